@@ -1,0 +1,43 @@
+//! QKD devices: the polled [`QkdDevice`] trait, its drivers, and the poller
+//! thread that feeds a device's blocks into the key ring with backpressure.
+//! Devices know nothing of streams or protocols.
+
+mod file;
+mod poller;
+mod simulated;
+
+use std::time::Duration;
+
+pub use file::FileSource;
+pub use poller::{DeviceState, Poller};
+pub use simulated::{LinkControl, SimulatedDevice, SimulatedLink};
+
+/// What one non-blocking [`QkdDevice::poll`] gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DevicePoll {
+    /// A whole block with this id was written into the buffer.
+    Ready(u64),
+    /// No block yet; poll again after about this long.
+    Pending(Duration),
+    /// The device (or its quantum link) is down; poll again after about this
+    /// long.
+    Down(Duration),
+    /// The device will never produce another block (end of a key file).
+    Exhausted,
+}
+
+/// A source of post-processed QKD key, polled without blocking.
+///
+/// Both devices of one link produce byte-identical blocks under identical
+/// block ids, in increasing id order.
+pub trait QkdDevice: Send {
+    /// Bytes per block; fixed for the device's lifetime.
+    fn block_size(&self) -> usize;
+
+    /// Tries to produce the next block into `out` (`block_size` bytes).
+    ///
+    /// Never blocks. Until it returns [`DevicePoll::Ready`], the caller
+    /// hands the *same* buffer back on every call, so a device may fill it
+    /// across several polls; a partially filled buffer is never handed out.
+    fn poll(&mut self, out: &mut [u8]) -> DevicePoll;
+}

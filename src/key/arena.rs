@@ -1,0 +1,333 @@
+//! The key arena: one pre-allocated, memory-locked region cut into fixed-size
+//! slots, each reached only through a [`KeyBlock`] handle.
+//!
+//! Key bytes live here and nowhere else inside the engine: queues carry
+//! handles, never bytes. Dropping a handle zeroizes its slot and returns the
+//! slot index to a lock-free free list.
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use crossbeam::queue::ArrayQueue;
+use zeroize::Zeroize;
+
+/// Smallest block size the arena accepts, in bytes.
+pub const MIN_BLOCK_SIZE: usize = 16;
+/// Largest block size the arena accepts, in bytes (64 KiB).
+pub const MAX_BLOCK_SIZE: usize = 64 * 1024;
+
+/// Slots start on this alignment so they can be zeroized a word at a time.
+const SLOT_ALIGN: usize = 16;
+const PAGE: usize = 4096;
+
+/// Why an arena could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArenaError {
+    /// The block size is outside `MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE`.
+    #[error("block size {0} is outside 16..=65536 bytes")]
+    BlockSize(usize),
+    /// Zero slots, or more than `u32::MAX`, or a region too large to allocate.
+    #[error("arena of {0} slots cannot be allocated")]
+    Capacity(usize),
+}
+
+/// What the operating system granted for the arena's protection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Protection {
+    /// The region is locked in RAM (`mlock`): never written to swap.
+    pub locked: bool,
+    /// The region is excluded from core dumps (`MADV_DONTDUMP`).
+    pub excluded_from_dumps: bool,
+}
+
+struct Region {
+    base: NonNull<u8>,
+    layout: Layout,
+    block_size: usize,
+    stride: usize,
+    free: ArrayQueue<u32>,
+    protection: Protection,
+}
+
+// SAFETY: the region is plain memory owned by `Region`; slot `i` is only
+// accessed through the unique `KeyBlock` that holds index `i` (the free list
+// hands every index to at most one handle at a time), so sharing the region
+// between threads never creates two mutable views of one slot.
+unsafe impl Send for Region {}
+// SAFETY: see `Send`; the free list is a lock-free MPMC queue.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// Pointer to the first byte of slot `index`.
+    fn slot_ptr(&self, index: u32) -> *mut u8 {
+        debug_assert!((index as usize) < self.free.capacity());
+        // SAFETY: `index < capacity`, and the allocation spans
+        // `capacity * stride` bytes, so the offset stays inside it.
+        unsafe { self.base.as_ptr().add(index as usize * self.stride) }
+    }
+
+    /// Zeroizes the whole stride of slot `index`, a word at a time.
+    ///
+    /// # Safety
+    /// The caller must have exclusive access to slot `index`.
+    unsafe fn wipe(&self, index: u32) {
+        let words = self.stride / std::mem::size_of::<u64>();
+        // SAFETY: slots start at `base + index * stride`; `base` is page
+        // aligned and `stride` a multiple of 16, so the pointer is aligned
+        // for u64 and the `stride` bytes belong to this slot alone, which the
+        // caller holds exclusively.
+        let words = unsafe { std::slice::from_raw_parts_mut(self.slot_ptr(index).cast::<u64>(), words) };
+        words.zeroize();
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // Every handle holds an `Arc<Region>`, so no slot is in use here.
+        for index in 0..self.free.capacity() as u32 {
+            // SAFETY: no handle is alive (see above): access is exclusive.
+            unsafe { self.wipe(index) };
+        }
+        if self.protection.locked {
+            // SAFETY: the same range was locked in `KeyArena::new`.
+            unsafe { libc::munlock(self.base.as_ptr().cast(), self.layout.size()) };
+        }
+        // SAFETY: `base` came from `alloc_zeroed(self.layout)`.
+        unsafe { dealloc(self.base.as_ptr(), self.layout) };
+    }
+}
+
+/// A fixed pool of key slots. Cloning shares the same pool.
+#[derive(Clone)]
+pub struct KeyArena {
+    region: Arc<Region>,
+}
+
+impl fmt::Debug for KeyArena {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyArena")
+            .field("block_size", &self.region.block_size)
+            .field("capacity", &self.capacity())
+            .field("free", &self.free_slots())
+            .field("protection", &self.region.protection)
+            .finish()
+    }
+}
+
+impl KeyArena {
+    /// Allocates `capacity` slots of `block_size` bytes, locks them in memory
+    /// and excludes them from core dumps where the OS allows. A refusal by
+    /// the OS is logged as a warning and reported by [`KeyArena::protection`].
+    pub fn new(block_size: usize, capacity: usize) -> Result<Self, ArenaError> {
+        if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
+            return Err(ArenaError::BlockSize(block_size));
+        }
+        if capacity == 0 || capacity > u32::MAX as usize {
+            return Err(ArenaError::Capacity(capacity));
+        }
+        let stride = block_size.next_multiple_of(SLOT_ALIGN);
+        let size = stride
+            .checked_mul(capacity)
+            .and_then(|s| s.checked_next_multiple_of(PAGE))
+            .ok_or(ArenaError::Capacity(capacity))?;
+        let layout = Layout::from_size_align(size, PAGE).map_err(|_| ArenaError::Capacity(capacity))?;
+        // SAFETY: `layout` has a non-zero size (capacity >= 1, stride >= 16).
+        let base = NonNull::new(unsafe { alloc_zeroed(layout) }).ok_or(ArenaError::Capacity(capacity))?;
+        let protection = protect(base, size);
+        let free = ArrayQueue::new(capacity);
+        for index in 0..capacity as u32 {
+            // Cannot fail: the queue has exactly `capacity` places.
+            let _ = free.push(index);
+        }
+        Ok(Self { region: Arc::new(Region { base, layout, block_size, stride, free, protection }) })
+    }
+
+    /// Takes a free slot, or `None` when every slot is in use. The slot
+    /// reads all zero.
+    pub fn alloc(&self) -> Option<KeyBlock> {
+        let index = self.region.free.pop()?;
+        Some(KeyBlock { region: Arc::clone(&self.region), index })
+    }
+
+    /// Bytes per slot.
+    pub fn block_size(&self) -> usize {
+        self.region.block_size
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> usize {
+        self.region.free.capacity()
+    }
+
+    /// Number of slots not held by any handle right now.
+    pub fn free_slots(&self) -> usize {
+        self.region.free.len()
+    }
+
+    /// What the OS granted: memory lock and core-dump exclusion.
+    pub fn protection(&self) -> Protection {
+        self.region.protection
+    }
+
+    /// Reads slot `index` directly, for tests that check a released slot
+    /// was wiped. Returns `None` while a handle holds the slot (reading it
+    /// then would race with the holder).
+    #[doc(hidden)]
+    pub fn peek_free_slot(&self, index: u32) -> Option<Vec<u8>> {
+        // Take the slot out of the free list so nobody can allocate it while
+        // we read, then put it back.
+        let mut taken = Vec::new();
+        let mut found = None;
+        while let Some(i) = self.region.free.pop() {
+            if i == index {
+                // SAFETY: we popped `index` from the free list: no handle
+                // holds it until we push it back below.
+                let bytes = unsafe { std::slice::from_raw_parts(self.region.slot_ptr(i), self.region.block_size) };
+                found = Some(bytes.to_vec());
+            }
+            taken.push(i);
+            if found.is_some() {
+                break;
+            }
+        }
+        for i in taken {
+            let _ = self.region.free.push(i);
+        }
+        found
+    }
+}
+
+/// Locks and marks the region; failures are warnings, never errors.
+fn protect(base: NonNull<u8>, size: usize) -> Protection {
+    // SAFETY: `base..base+size` is a live allocation owned by the caller.
+    let locked = unsafe { libc::mlock(base.as_ptr().cast(), size) } == 0;
+    if !locked {
+        tracing::warn!(
+            bytes = size,
+            error = %std::io::Error::last_os_error(),
+            "key arena could not be locked in memory (raise RLIMIT_MEMLOCK); key may reach swap"
+        );
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: as above; madvise only changes the mapping's dump flag.
+    let excluded_from_dumps = unsafe { libc::madvise(base.as_ptr().cast(), size, libc::MADV_DONTDUMP) } == 0;
+    #[cfg(not(target_os = "linux"))]
+    let excluded_from_dumps = false;
+    if !excluded_from_dumps {
+        tracing::warn!(bytes = size, "key arena could not be excluded from core dumps");
+    }
+    Protection { locked, excluded_from_dumps }
+}
+
+/// The unique handle to one arena slot. Dropping it zeroizes the slot and
+/// returns it to the free list. Its `Debug` output never shows key bytes.
+pub struct KeyBlock {
+    region: Arc<Region>,
+    index: u32,
+}
+
+impl KeyBlock {
+    /// The slot's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: this handle is the only holder of slot `index` (see
+        // `Region`), and the slice lives no longer than `&self`.
+        unsafe { std::slice::from_raw_parts(self.region.slot_ptr(self.index), self.region.block_size) }
+    }
+
+    /// The slot's bytes, writable.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, and `&mut self` makes the view exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.region.slot_ptr(self.index), self.region.block_size) }
+    }
+
+    /// Zeroizes `range` of the slot now (e.g. a chunk already delivered),
+    /// keeping the rest.
+    pub fn wipe_range(&mut self, range: std::ops::Range<usize>) {
+        self.bytes_mut()[range].zeroize();
+    }
+
+    /// The slot's index in its arena (not secret).
+    pub fn slot(&self) -> u32 {
+        self.index
+    }
+}
+
+impl Drop for KeyBlock {
+    fn drop(&mut self) {
+        // SAFETY: this handle holds the slot exclusively until the push below.
+        unsafe { self.region.wipe(self.index) };
+        // Cannot fail: the queue holds at most `capacity` indexes and this
+        // one is not in it.
+        let _ = self.region.free.push(self.index);
+    }
+}
+
+impl fmt::Debug for KeyBlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyBlock").field("slot", &self.index).field("len", &self.region.block_size).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_size_bounds_are_enforced() {
+        assert_eq!(KeyArena::new(15, 4).unwrap_err(), ArenaError::BlockSize(15));
+        assert_eq!(KeyArena::new(65537, 4).unwrap_err(), ArenaError::BlockSize(65537));
+        assert_eq!(KeyArena::new(16, 0).unwrap_err(), ArenaError::Capacity(0));
+        assert!(KeyArena::new(16, 1).is_ok());
+        assert!(KeyArena::new(65536, 2).is_ok());
+    }
+
+    #[test]
+    fn dropped_handle_slot_reads_all_zero_and_is_reused() {
+        let arena = KeyArena::new(33, 2).unwrap();
+        let mut a = arena.alloc().unwrap();
+        let mut b = arena.alloc().unwrap();
+        assert!(arena.alloc().is_none(), "only two slots");
+        assert!(a.bytes().iter().all(|&x| x == 0));
+        a.bytes_mut().fill(0xA5);
+        b.bytes_mut().fill(0x5A);
+        let slot = a.slot();
+        assert_eq!(arena.peek_free_slot(slot), None, "held slot is not readable");
+        drop(a);
+        assert_eq!(arena.peek_free_slot(slot), Some(vec![0u8; 33]));
+        assert_eq!(b.bytes(), &[0x5A; 33][..], "neighbour untouched");
+        assert_eq!(arena.free_slots(), 1);
+        let again = arena.alloc().unwrap();
+        assert_eq!(again.slot(), slot);
+        assert!(again.bytes().iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn wipe_range_clears_only_that_range() {
+        let arena = KeyArena::new(64, 1).unwrap();
+        let mut a = arena.alloc().unwrap();
+        a.bytes_mut().fill(7);
+        a.wipe_range(16..48);
+        assert!(a.bytes()[..16].iter().all(|&x| x == 7));
+        assert!(a.bytes()[16..48].iter().all(|&x| x == 0));
+        assert!(a.bytes()[48..].iter().all(|&x| x == 7));
+    }
+
+    #[test]
+    fn debug_never_shows_bytes() {
+        let arena = KeyArena::new(16, 1).unwrap();
+        let mut a = arena.alloc().unwrap();
+        a.bytes_mut().fill(0xAB);
+        let text = format!("{a:?} {arena:?}");
+        assert!(!text.contains("171") && !text.to_lowercase().contains("ab, "), "{text}");
+    }
+
+    #[test]
+    fn handles_cross_threads() {
+        let arena = KeyArena::new(16, 64).unwrap();
+        let handles: Vec<_> = (0..64).map(|_| arena.alloc().unwrap()).collect();
+        std::thread::spawn(move || drop(handles)).join().unwrap();
+        assert_eq!(arena.free_slots(), 64);
+    }
+}

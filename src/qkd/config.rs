@@ -1,0 +1,214 @@
+//! Engine configuration (TOML). Every key has a default; unknown keys are
+//! refused so a typo never silently falls back to a default.
+//!
+//! ```toml
+//! role = "leader"            # "leader" assigns key blocks to streams; its peer is "follower"
+//! block_size = 4096          # bytes per device block, 16..=65536 (both nodes alike)
+//! arena_blocks = 1024        # key slots pre-allocated (and mlocked) for this node
+//! ring_blocks = 256          # device-to-stream ring capacity, blocks (< arena_blocks)
+//! max_key_chunk_size = 65536 # largest key_chunk_size a stream may ask for
+//! max_timeout_ms = 60000     # longest GET_KEY wait a stream may ask for
+//! default_ttl_s = 300        # TTL given to streams that ask for 0
+//! max_ttl_s = 86400          # longest TTL a stream may ask for
+//!
+//! [device]
+//! driver = "simulated"       # or "file"
+//! rate_bps = 0               # simulated: secret-key rate, bit/s (0 = as fast as possible)
+//! link_secret = "…64 hex…"   # simulated: shared by both nodes; random per pair when absent
+//! # path = "/run/qkd/keys"   # file: key file or named pipe
+//! ```
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::link::Role;
+use super::qos::QosLimits;
+use crate::key::{MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+
+/// Largest chunk size a configuration may allow (1 MiB).
+const CHUNK_CEILING: u32 = 1 << 20;
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid engine configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Configuration of one node's engine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Leader or follower on the link.
+    pub role: Role,
+    /// Bytes per device block.
+    pub block_size: usize,
+    /// Key slots in the arena.
+    pub arena_blocks: usize,
+    /// Capacity of the ring, in blocks.
+    pub ring_blocks: usize,
+    /// Largest `key_chunk_size`, bytes.
+    pub max_key_chunk_size: u32,
+    /// Longest `timeout`, ms.
+    pub max_timeout_ms: u32,
+    /// TTL for streams asking 0, s.
+    pub default_ttl_s: u32,
+    /// Longest TTL, s.
+    pub max_ttl_s: u32,
+    /// The QKD device.
+    pub device: DeviceConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            role: Role::Leader,
+            block_size: 4096,
+            arena_blocks: 1024,
+            ring_blocks: 256,
+            max_key_chunk_size: 65536,
+            max_timeout_ms: 60_000,
+            default_ttl_s: 300,
+            max_ttl_s: 86_400,
+            device: DeviceConfig::default(),
+        }
+    }
+}
+
+/// Which device driver feeds the node.
+#[derive(Clone, Deserialize)]
+#[serde(tag = "driver", rename_all = "lowercase", deny_unknown_fields)]
+pub enum DeviceConfig {
+    /// A simulated link (see `device::SimulatedLink`).
+    Simulated {
+        /// Secret-key rate, bit/s (0: as fast as possible).
+        #[serde(default)]
+        rate_bps: u64,
+        /// Hex of the 32-byte link secret both nodes share.
+        #[serde(default)]
+        link_secret: Option<Zeroizing<String>>,
+    },
+    /// Blocks read from a file or named pipe.
+    File {
+        /// Path of the file or pipe.
+        path: PathBuf,
+    },
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig::Simulated { rate_bps: 0, link_secret: None }
+    }
+}
+
+impl fmt::Debug for DeviceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceConfig::Simulated { rate_bps, link_secret } => f
+                .debug_struct("Simulated")
+                .field("rate_bps", rate_bps)
+                .field("link_secret", &link_secret.as_ref().map(|_| "<redacted>"))
+                .finish(),
+            DeviceConfig::File { path } => f.debug_struct("File").field("path", path).finish(),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Parses and checks a TOML configuration.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: EngineConfig = toml::from_str(text).map_err(|e| ConfigError(e.to_string().trim_end().to_owned()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and relations between keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError(m));
+        if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&self.block_size) {
+            return bad(format!("block_size = {} is outside {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}", self.block_size));
+        }
+        if self.ring_blocks == 0 || self.arena_blocks <= self.ring_blocks || self.arena_blocks > u32::MAX as usize {
+            return bad(format!(
+                "arena_blocks = {} must exceed ring_blocks = {} (>= 1): streams hold blocks too",
+                self.arena_blocks, self.ring_blocks
+            ));
+        }
+        if self.max_key_chunk_size == 0 || self.max_key_chunk_size > CHUNK_CEILING {
+            return bad(format!("max_key_chunk_size = {} is outside 1..={CHUNK_CEILING}", self.max_key_chunk_size));
+        }
+        if self.default_ttl_s == 0 || self.default_ttl_s > self.max_ttl_s {
+            return bad(format!("default_ttl_s = {} must be in 1..=max_ttl_s ({})", self.default_ttl_s, self.max_ttl_s));
+        }
+        if let DeviceConfig::Simulated { link_secret: Some(hex), .. } = &self.device {
+            parse_secret(hex)?;
+        }
+        Ok(())
+    }
+
+    /// The QoS limits this configuration gives streams.
+    pub fn limits(&self) -> QosLimits {
+        let link_rate_bps = match self.device {
+            DeviceConfig::Simulated { rate_bps, .. } => rate_bps,
+            DeviceConfig::File { .. } => 0,
+        };
+        QosLimits {
+            max_key_chunk_size: self.max_key_chunk_size,
+            link_rate_bps,
+            max_timeout_ms: self.max_timeout_ms,
+            default_ttl_s: self.default_ttl_s,
+            max_ttl_s: self.max_ttl_s,
+        }
+    }
+}
+
+/// Decodes the 64-hex-digit link secret.
+pub(crate) fn parse_secret(hex: &str) -> Result<Zeroizing<[u8; 32]>, ConfigError> {
+    let err = || ConfigError("device.link_secret must be 64 hex digits (32 bytes)".into());
+    let digits = hex.as_bytes();
+    if digits.len() != 64 {
+        return Err(err());
+    }
+    let mut out = Zeroizing::new([0u8; 32]);
+    for (i, pair) in digits.chunks_exact(2).enumerate() {
+        let nibble = |c: u8| (c as char).to_digit(16).ok_or_else(err);
+        out[i] = (nibble(pair[0])? << 4 | nibble(pair[1])?) as u8;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let c = EngineConfig::from_toml("").unwrap();
+        assert_eq!(c.block_size, 4096);
+        assert_eq!(c.role, Role::Leader);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = EngineConfig::from_toml("block_size = 8").unwrap_err();
+        assert!(e.0.contains("block_size = 8"), "{e}");
+        let e = EngineConfig::from_toml("blok_size = 64").unwrap_err();
+        assert!(e.0.contains("blok_size"), "{e}");
+        let e = EngineConfig::from_toml("role = \"boss\"").unwrap_err();
+        assert!(e.0.contains("role") || e.0.contains("boss"), "{e}");
+        let e = EngineConfig::from_toml("[device]\ndriver = \"simulated\"\nlink_secret = \"abc\"").unwrap_err();
+        assert!(e.0.contains("link_secret"), "{e}");
+        let e = EngineConfig::from_toml("arena_blocks = 10\nring_blocks = 10").unwrap_err();
+        assert!(e.0.contains("arena_blocks"), "{e}");
+        assert!(EngineConfig::from_toml("this is not toml").is_err());
+    }
+
+    #[test]
+    fn secret_is_redacted_in_debug() {
+        let hex = "ab".repeat(32);
+        let c = EngineConfig::from_toml(&format!("[device]\ndriver = \"simulated\"\nlink_secret = \"{hex}\"")).unwrap();
+        assert!(!format!("{c:?}").contains(&hex));
+        assert_eq!(*parse_secret(&hex).unwrap(), [0xab; 32]);
+    }
+}

@@ -1,0 +1,339 @@
+//! The engine: one node's [`Node`] with its device poller and link thread,
+//! and GET_KEY that waits (at most the stream's timeout) for key.
+//!
+//! Threads per engine: the device poller (fills the ring) and the link
+//! thread (applies the peer's link-sync messages, serves lease requests,
+//! expires key). API calls run on the caller's thread under one mutex;
+//! a waiting GET_KEY sleeps on a condition variable the link thread signals,
+//! re-checking the ring at least every millisecond.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::RecvTimeoutError;
+use uuid::Uuid;
+
+use super::config::{DeviceConfig, EngineConfig, parse_secret};
+use super::link::{ChannelTransport, Inbox, LinkTransport, NoPeer, Role};
+use super::node::{Attempt, Node};
+use super::{GetKeyError, GetKeyReply, OpenReply, Qos, Status, StreamError};
+use crate::device::{DeviceState, FileSource, LinkControl, Poller, QkdDevice, SimulatedDevice};
+use crate::key::{ArenaError, CounterSnapshot, KeyArena, KeyCounters, KeyRing, Protection};
+
+/// Longest sleep of a waiting GET_KEY before it looks at the ring again.
+const WAIT_SLICE: Duration = Duration::from_millis(1);
+/// Link thread wake-up period when nothing waits on key.
+const IDLE_TICK: Duration = Duration::from_millis(20);
+
+/// Why an engine could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] super::ConfigError),
+    /// The key arena could not be allocated.
+    #[error("key arena: {0}")]
+    Arena(#[from] ArenaError),
+    /// The device could not be opened, or a thread not started.
+    #[error("device: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A snapshot of an engine's counters and health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Block counters.
+    pub counters: CounterSnapshot,
+    /// Blocks waiting in the ring.
+    pub ring_len: usize,
+    /// Ring capacity.
+    pub ring_capacity: usize,
+    /// Arena slots not in use.
+    pub arena_free: usize,
+    /// Arena slots.
+    pub arena_capacity: usize,
+    /// Streams known to this node.
+    pub streams: usize,
+    /// The device is producing (no outage, not exhausted).
+    pub device_up: bool,
+    /// The peer node is reachable.
+    pub link_up: bool,
+    /// Memory protection the OS granted the arena.
+    pub protection: Protection,
+}
+
+struct Shared {
+    node: Mutex<Node>,
+    key_arrived: Condvar,
+    ring: Arc<KeyRing>,
+    arena: KeyArena,
+    counters: Arc<KeyCounters>,
+    device: Arc<DeviceState>,
+    transport: Box<dyn LinkTransport>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Node> {
+        // A panic under the lock is caught at the API boundary; the node's
+        // state is updated in steps that each leave it consistent.
+        self.node.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends the node's outbox to the peer (non-blocking).
+    fn flush(&self, node: &mut Node) {
+        for msg in node.take_outbox() {
+            if self.transport.send(msg).is_err() {
+                tracing::debug!("link-sync message not sent: peer node unreachable");
+            }
+        }
+    }
+
+    fn link_ok(&self) -> bool {
+        self.device.is_up() && self.transport.is_up()
+    }
+}
+
+/// One node of a QKD link, running. Thread-safe; dropping it stops its
+/// threads and zeroizes all its key.
+pub struct Engine {
+    shared: Arc<Shared>,
+    link_thread: Option<JoinHandle<()>>,
+    poller: Option<Poller>,
+    control: Option<LinkControl>,
+    block_size: usize,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("stats", &self.stats()).finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Both nodes of one link in this process: node A (leader) and node B
+    /// (follower) on one simulated link (or both reading the same key
+    /// file), linked in-process. `config.role` is ignored.
+    pub fn pair(config: &EngineConfig) -> Result<(Engine, Engine), EngineError> {
+        config.validate()?;
+        let ((ta, inbox_a), (tb, inbox_b)) = ChannelTransport::pair();
+        let (dev_a, dev_b, control): (Box<dyn QkdDevice>, Box<dyn QkdDevice>, _) = match &config.device {
+            DeviceConfig::Simulated { rate_bps, link_secret } => {
+                let secret = match link_secret {
+                    Some(hex) => parse_secret(hex)?,
+                    None => {
+                        let mut s = zeroize::Zeroizing::new([0u8; 32]);
+                        getrandom::fill(s.as_mut()).map_err(|e| std::io::Error::other(e.to_string()))?;
+                        s
+                    }
+                };
+                let control = LinkControl::default();
+                let a = SimulatedDevice::new(&secret, config.block_size, *rate_bps, control.clone());
+                let b = SimulatedDevice::new(&secret, config.block_size, *rate_bps, control.clone());
+                (Box::new(a), Box::new(b), Some(control))
+            }
+            DeviceConfig::File { path } => (
+                Box::new(FileSource::open(path, config.block_size)?),
+                Box::new(FileSource::open(path, config.block_size)?),
+                None,
+            ),
+        };
+        let mut a = Engine::with_parts(config, Role::Leader, dev_a, Box::new(ta), Some(inbox_a))?;
+        let mut b = Engine::with_parts(config, Role::Follower, dev_b, Box::new(tb), Some(inbox_b))?;
+        a.control = control.clone();
+        b.control = control;
+        Ok((a, b))
+    }
+
+    /// One node from its configuration, with no peer node yet (the network
+    /// link comes with the HTTP server): its streams answer status 4 until
+    /// linked. A simulated device needs `device.link_secret` here.
+    pub fn new(config: &EngineConfig) -> Result<Engine, EngineError> {
+        config.validate()?;
+        let device: Box<dyn QkdDevice> = match &config.device {
+            DeviceConfig::Simulated { rate_bps, link_secret } => {
+                let hex = link_secret.as_ref().ok_or_else(|| {
+                    super::ConfigError("device.link_secret is required for a single node: both nodes must share it".into())
+                })?;
+                Box::new(SimulatedDevice::new(&*parse_secret(hex)?, config.block_size, *rate_bps, LinkControl::default()))
+            }
+            DeviceConfig::File { path } => Box::new(FileSource::open(path, config.block_size)?),
+        };
+        Engine::with_parts(config, config.role, device, Box::new(NoPeer), None)
+    }
+
+    /// An engine over any device and link transport; `inbox` receives the
+    /// peer's link-sync messages.
+    pub fn with_parts(
+        config: &EngineConfig,
+        role: Role,
+        device: Box<dyn QkdDevice>,
+        transport: Box<dyn LinkTransport>,
+        inbox: Option<Inbox>,
+    ) -> Result<Engine, EngineError> {
+        config.validate()?;
+        if device.block_size() != config.block_size {
+            return Err(super::ConfigError(format!(
+                "device block size {} differs from block_size = {}",
+                device.block_size(),
+                config.block_size
+            ))
+            .into());
+        }
+        let arena = KeyArena::new(config.block_size, config.arena_blocks)?;
+        let ring = Arc::new(KeyRing::new(config.ring_blocks));
+        let counters = Arc::new(KeyCounters::default());
+        let device_state = Arc::new(DeviceState::default());
+        let shared = Arc::new(Shared {
+            node: Mutex::new(Node::new(role, config.block_size, config.limits(), Arc::clone(&counters))),
+            key_arrived: Condvar::new(),
+            ring: Arc::clone(&ring),
+            arena: arena.clone(),
+            counters: Arc::clone(&counters),
+            device: Arc::clone(&device_state),
+            transport,
+            stop: AtomicBool::new(false),
+        });
+        let poller = Poller::spawn(device, arena, ring, counters, device_state)?;
+        let worker = Arc::clone(&shared);
+        let link_thread = thread::Builder::new().name("keypipe-link".into()).spawn(move || link_loop(&worker, inbox))?;
+        Ok(Engine { shared, link_thread: Some(link_thread), poller: Some(poller), control: None, block_size: config.block_size })
+    }
+
+    /// The outage switch of a simulated link (`None` for other devices).
+    pub fn link_control(&self) -> Option<&LinkControl> {
+        self.control.as_ref()
+    }
+
+    /// Bytes per device block.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// OPEN_CONNECT: opens `ksid` (a new UUIDv4 when `None` or nil) on this
+    /// node with `qos` negotiated; see [`OpenReply`].
+    pub fn open_connect(&self, source: &str, destination: &str, qos: &Qos, ksid: Option<Uuid>) -> OpenReply {
+        let link_ok = self.shared.link_ok();
+        let mut node = self.shared.lock();
+        let reply = node.open_connect(source, destination, qos, ksid, link_ok);
+        self.shared.flush(&mut node);
+        reply
+    }
+
+    /// GET_KEY: writes chunk `index` of stream `ksid` into `out` (at least
+    /// `key_chunk_size` bytes), waiting at most the stream's timeout for
+    /// key. `metadata_capacity`: the caller's metadata buffer size, or
+    /// `None` when no metadata is wanted.
+    pub fn get_key(
+        &self,
+        ksid: &Uuid,
+        index: u32,
+        out: &mut [u8],
+        metadata_capacity: Option<usize>,
+    ) -> Result<GetKeyReply, GetKeyError> {
+        let start = Instant::now();
+        let mut now = start;
+        let mut node = self.shared.lock();
+        loop {
+            let attempt = node.get_key(now, ksid, index, out, metadata_capacity, &self.shared.ring);
+            self.shared.flush(&mut node);
+            if let Attempt::Reply(reply) = attempt? {
+                return Ok(reply);
+            }
+            if !self.shared.link_ok() {
+                return Ok(GetKeyReply::Status(Status::NoQkdConnection));
+            }
+            let timeout = Duration::from_millis(u64::from(node.stream_timeout_ms(ksid).unwrap_or(0)));
+            if timeout.is_zero() {
+                return Ok(GetKeyReply::Status(Status::InsufficientKey));
+            }
+            let elapsed = now - start;
+            if elapsed >= timeout {
+                return Ok(GetKeyReply::Status(Status::Timeout));
+            }
+            node = self
+                .shared
+                .key_arrived
+                .wait_timeout(node, (timeout - elapsed).min(WAIT_SLICE))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            now = Instant::now();
+        }
+    }
+
+    /// CLOSE: stops allocation for `ksid` on this node.
+    pub fn close(&self, ksid: &Uuid) -> Result<Status, StreamError> {
+        let mut node = self.shared.lock();
+        let status = node.close(ksid);
+        self.shared.flush(&mut node);
+        status
+    }
+
+    /// Counters and health.
+    pub fn stats(&self) -> EngineStats {
+        let streams = self.shared.lock().stream_count();
+        EngineStats {
+            counters: self.shared.counters.snapshot(),
+            ring_len: self.shared.ring.len(),
+            ring_capacity: self.shared.ring.capacity(),
+            arena_free: self.shared.arena.free_slots(),
+            arena_capacity: self.shared.arena.capacity(),
+            streams,
+            device_up: self.shared.device.is_up(),
+            link_up: self.shared.transport.is_up(),
+            protection: self.shared.arena.protection(),
+        }
+    }
+
+    /// The arena, for tests that check released slots are wiped.
+    #[doc(hidden)]
+    pub fn arena(&self) -> &KeyArena {
+        &self.shared.arena
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.poller.take();
+        if let Some(t) = self.link_thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+/// The link thread: applies the peer's messages and does background work.
+fn link_loop(shared: &Shared, inbox: Option<Inbox>) {
+    while !shared.stop.load(Ordering::Acquire) {
+        let wait = if shared.lock().has_pending() { WAIT_SLICE } else { IDLE_TICK };
+        let first = match &inbox {
+            Some(inbox) => match inbox.receiver().recv_timeout(wait) {
+                Ok(msg) => Some(msg),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    thread::park_timeout(wait);
+                    None
+                }
+            },
+            None => {
+                thread::park_timeout(wait);
+                None
+            }
+        };
+        let now = Instant::now();
+        let mut node = shared.lock();
+        if let (Some(msg), Some(inbox)) = (first, &inbox) {
+            node.handle(now, msg, &shared.ring);
+            while let Ok(msg) = inbox.receiver().try_recv() {
+                node.handle(now, msg, &shared.ring);
+            }
+        }
+        node.tick(now, &shared.ring);
+        shared.flush(&mut node);
+        drop(node);
+        shared.key_arrived.notify_all();
+    }
+}

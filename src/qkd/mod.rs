@@ -1,0 +1,123 @@
+//! One node of a QKD link with ETSI GS QKD 004 semantics: streams (KSID,
+//! QoS negotiation, index addressing, TTL, close), link sync with the peer
+//! node, and the [`Engine`] that runs a node with its device.
+//!
+//! [`Node`] is sans-IO; [`Engine`] adds the threads (device poller, link
+//! thread) and the blocking-with-timeout GET_KEY. The HTTP server and the C
+//! ABI are thin adapters over the engine.
+
+mod config;
+mod engine;
+pub mod link;
+mod node;
+mod qos;
+mod rangeset;
+mod status;
+mod stream;
+
+use std::fmt;
+
+use uuid::Uuid;
+
+pub use config::{ConfigError, DeviceConfig, EngineConfig};
+pub use engine::{Engine, EngineError, EngineStats};
+pub use link::{LinkMsg, LinkTransport, Role};
+pub use node::Node;
+pub use qos::{METADATA_MIMETYPE, Qos, QosLimits, negotiate};
+pub use status::Status;
+
+/// Answer to OPEN_CONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenReply {
+    /// 0 (both sides open), 1 (waiting for the peer side), 4, 5 or 7.
+    pub status: Status,
+    /// The stream's KSID (assigned when the request had none); `None` only
+    /// when nothing was created and none was given.
+    pub ksid: Option<Uuid>,
+    /// The stream's QoS, or the counter-proposal with status 7.
+    pub qos: Qos,
+}
+
+/// Metadata of a delivered chunk: `{"age_ms":N,"hops":0}` (JSON, ASCII).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Metadata {
+    buf: [u8; 48],
+    len: u8,
+}
+
+impl Metadata {
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or("{}")
+    }
+    /// Length of the JSON text in bytes.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+    /// Never true (kept for symmetry with `len`).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Answer to GET_KEY that ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetKeyReply {
+    /// Status 0: the chunk is in the caller's buffer (`key_chunk_size`
+    /// bytes); metadata when it was asked for.
+    Key {
+        /// The index delivered.
+        index: u32,
+        /// The chunk's metadata, if asked for.
+        metadata: Option<Metadata>,
+    },
+    /// Status 8: the metadata buffer is too small; nothing was consumed.
+    MetadataTooSmall {
+        /// Bytes of metadata text needed.
+        needed: usize,
+    },
+    /// Status 2, 3, 4 or 6: no key delivered, nothing consumed.
+    Status(Status),
+}
+
+impl GetKeyReply {
+    /// The ETSI status of this reply.
+    pub fn status(&self) -> Status {
+        match self {
+            GetKeyReply::Key { .. } => Status::Successful,
+            GetKeyReply::MetadataTooSmall { .. } => Status::MetadataTooSmall,
+            GetKeyReply::Status(s) => *s,
+        }
+    }
+}
+
+/// GET_KEY misuse: no ETSI status fits, the call did not run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GetKeyError {
+    /// No stream with this KSID is open on this node.
+    #[error("no key stream with this KSID is open on this node")]
+    UnknownStream,
+    /// The index was already delivered on this node, or its key expired.
+    #[error("this index was already delivered on this node, or its key expired")]
+    Consumed,
+    /// The key buffer is shorter than the stream's chunk size.
+    #[error("key buffer too small: the stream's chunks are {needed} bytes")]
+    BufferTooSmall {
+        /// The stream's `key_chunk_size`.
+        needed: usize,
+    },
+}
+
+/// CLOSE misuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    /// No stream with this KSID is open on this node.
+    #[error("no key stream with this KSID is open on this node")]
+    UnknownStream,
+}

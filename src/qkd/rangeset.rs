@@ -1,0 +1,67 @@
+//! A set of `u64` kept as disjoint half-open runs: sequential use stays one
+//! run, so tracking millions of delivered chunks costs a few words.
+
+use std::collections::BTreeMap;
+
+/// Set of `u64` values stored as merged runs `start..end`.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct RangeSet {
+    runs: BTreeMap<u64, u64>,
+}
+
+impl RangeSet {
+    /// True when `x` is in the set.
+    pub(crate) fn contains(&self, x: u64) -> bool {
+        self.runs.range(..=x).next_back().is_some_and(|(_, &end)| x < end)
+    }
+
+    /// True when every value of `lo..=hi` is in the set.
+    pub(crate) fn covers(&self, lo: u64, hi: u64) -> bool {
+        self.runs.range(..=lo).next_back().is_some_and(|(_, &end)| hi < end)
+    }
+
+    /// Adds `x`, merging with neighbouring runs.
+    pub(crate) fn insert(&mut self, x: u64) {
+        if self.contains(x) {
+            return;
+        }
+        let joins_left = self.runs.range(..x).next_back().filter(|(_, end)| **end == x).map(|(&s, _)| s);
+        let right_end = x.checked_add(1).and_then(|n| self.runs.remove(&n));
+        let start = joins_left.unwrap_or(x);
+        let end = right_end.unwrap_or(x.saturating_add(1));
+        self.runs.insert(start, end);
+    }
+
+    /// True when the set has no value.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    /// Number of separate runs (for tests and stats).
+    #[cfg(test)]
+    pub(crate) fn runs(&self) -> usize {
+        self.runs.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_and_answers() {
+        let mut s = RangeSet::default();
+        for x in [5, 7, 6, 1, 2, 0, 10] {
+            s.insert(x);
+        }
+        assert_eq!(s.runs(), 3, "{s:?}");
+        assert!(s.covers(0, 2) && s.covers(5, 7) && s.covers(10, 10));
+        assert!(!s.covers(0, 3) && !s.contains(3) && !s.contains(4) && !s.contains(8) && !s.contains(11));
+        s.insert(3);
+        s.insert(4);
+        assert_eq!(s.runs(), 2);
+        assert!(s.covers(0, 7));
+        s.insert(u64::MAX - 1);
+        assert!(s.contains(u64::MAX - 1) && !s.contains(u64::MAX));
+    }
+}
