@@ -215,11 +215,27 @@ impl Engine {
     /// OPEN_CONNECT: opens `ksid` (a new UUIDv4 when `None` or nil) on this
     /// node with `qos` negotiated; see [`OpenReply`].
     pub fn open_connect(&self, source: &str, destination: &str, qos: &Qos, ksid: Option<Uuid>) -> OpenReply {
+        let start = Instant::now();
         let link_ok = self.shared.link_ok();
         let mut node = self.shared.lock();
+        // A KSID named by the caller is usually the peer side's: wait (at
+        // most the requested timeout) for the peer's announcement so this
+        // side inherits the source's QoS instead of racing it.
+        if let Some(k) = ksid.filter(|k| link_ok && !k.is_nil()) {
+            let wait = Duration::from_millis(u64::from(qos.timeout.min(node.limits().max_timeout_ms)));
+            while !node.knows(&k) && start.elapsed() < wait {
+                node = self.wait(node, wait - start.elapsed());
+            }
+        }
         let reply = node.open_connect(source, destination, qos, ksid, link_ok);
         self.shared.flush(&mut node);
         reply
+    }
+
+    /// Sleeps until the link thread signals, at most `max` (and at most a
+    /// slice, so the ring is looked at again soon).
+    fn wait<'a>(&'a self, node: MutexGuard<'a, Node>, max: Duration) -> MutexGuard<'a, Node> {
+        self.shared.key_arrived.wait_timeout(node, max.min(WAIT_SLICE)).unwrap_or_else(PoisonError::into_inner).0
     }
 
     /// GET_KEY: writes chunk `index` of stream `ksid` into `out` (at least
@@ -239,26 +255,24 @@ impl Engine {
         loop {
             let attempt = node.get_key(now, ksid, index, out, metadata_capacity, &self.shared.ring);
             self.shared.flush(&mut node);
-            if let Attempt::Reply(reply) = attempt? {
-                return Ok(reply);
-            }
+            // What to answer if the wait ends empty-handed.
+            let (now_answer, late_answer) = match attempt? {
+                Attempt::Reply(reply) => return Ok(reply),
+                Attempt::NeedPeer => (Status::PeerNotConnectedGetKey, Status::PeerNotConnectedGetKey),
+                Attempt::NeedKey => (Status::InsufficientKey, Status::Timeout),
+            };
             if !self.shared.link_ok() {
                 return Ok(GetKeyReply::Status(Status::NoQkdConnection));
             }
             let timeout = Duration::from_millis(u64::from(node.stream_timeout_ms(ksid).unwrap_or(0)));
             if timeout.is_zero() {
-                return Ok(GetKeyReply::Status(Status::InsufficientKey));
+                return Ok(GetKeyReply::Status(now_answer));
             }
             let elapsed = now - start;
             if elapsed >= timeout {
-                return Ok(GetKeyReply::Status(Status::Timeout));
+                return Ok(GetKeyReply::Status(late_answer));
             }
-            node = self
-                .shared
-                .key_arrived
-                .wait_timeout(node, (timeout - elapsed).min(WAIT_SLICE))
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            node = self.wait(node, timeout - elapsed);
             now = Instant::now();
         }
     }

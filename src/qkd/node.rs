@@ -26,6 +26,8 @@ pub(crate) enum Attempt {
     Reply(GetKeyReply),
     /// The key is not here yet (ring empty, or the leader's lease pending).
     NeedKey,
+    /// The peer side has not opened the stream yet.
+    NeedPeer,
 }
 
 /// The stream manager of one node.
@@ -80,6 +82,17 @@ impl Node {
     /// The `timeout` (ms) of stream `ksid`, if this node knows it.
     pub fn stream_timeout_ms(&self, ksid: &Uuid) -> Option<u32> {
         self.streams.get(ksid).map(|s| s.qos.timeout)
+    }
+
+    /// True when this node knows stream `ksid` (opened here or announced
+    /// by the peer).
+    pub fn knows(&self, ksid: &Uuid) -> bool {
+        self.streams.contains_key(ksid)
+    }
+
+    /// The QoS limits of this node.
+    pub fn limits(&self) -> &QosLimits {
+        &self.limits
     }
 
     /// OPEN_CONNECT. `link_ok` is false when the device or the peer node is
@@ -139,7 +152,7 @@ impl Node {
             return Err(GetKeyError::BufferTooSmall { needed: chunk });
         }
         if stream.peer == Side::Absent {
-            return Ok(Attempt::Reply(GetKeyReply::Status(Status::PeerNotConnectedGetKey)));
+            return Ok(Attempt::NeedPeer);
         }
         let a = stream.absolute(index);
         if stream.delivered.contains(a) {
