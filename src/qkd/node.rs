@@ -239,8 +239,8 @@ impl Node {
             }
             LinkMsg::Lease { ksid, stream_block, block_id } => {
                 if let Some(stream) = self.streams.get_mut(&ksid) {
-                    stream.assigned.insert(stream_block);
-                    stream.requested.remove(&stream_block);
+                    // On its way: the block comes out of this node's ring.
+                    stream.requested.insert(stream_block);
                 }
                 self.pending_leases.push_back((ksid, stream_block, block_id));
                 self.pump_leases(now, ring);
@@ -298,13 +298,18 @@ impl Node {
                 continue; // dropped: zeroized
             }
             self.pending_leases.pop_front();
+            let mut stream = self.streams.get_mut(&ksid);
+            if let Some(stream) = stream.as_deref_mut() {
+                stream.requested.remove(&sb);
+                stream.assigned.insert(sb);
+            }
             if block.id > id {
                 tracing::warn!(block_id = id, "leased block missing on this node; its chunks are lost");
                 self.spare = Some(block);
                 continue;
             }
             self.counters.consumed(1);
-            match self.streams.get_mut(&ksid).filter(|s| s.local != Side::Closed) {
+            match stream.filter(|s| s.local != Side::Closed) {
                 Some(stream) => {
                     let expires = now + Duration::from_secs(u64::from(stream.qos.ttl));
                     stream.held.insert(sb, Held { key: block.key, born: block.born, expires });
