@@ -9,7 +9,11 @@ fn c_examples_build_and_pass_under_sanitizers() {
     // target/<profile>/deps/c_examples-<hash> -> target/<profile>
     let exe = std::env::current_exe().unwrap();
     let libdir: PathBuf = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
-    assert!(libdir.join("libkeypipe.a").exists(), "libkeypipe.a not built in {}", libdir.display());
+    assert!(
+        libdir.join("libkeypipe.a").exists(),
+        "libkeypipe.a not built in {}",
+        libdir.display()
+    );
     let build = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("c-examples");
     let out = Command::new("make")
         .arg("-C")
@@ -21,7 +25,11 @@ fn c_examples_build_and_pass_under_sanitizers() {
         .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
         .output()
         .expect("make is installed");
-    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "C examples failed:\n{text}");
     assert!(text.contains("identical on both nodes"), "{text}");
     assert!(text.contains("api_errors: all checks passed"), "{text}");

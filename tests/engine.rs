@@ -12,7 +12,11 @@ use keypipe::qkd::{DeviceConfig, Engine, EngineConfig, GetKeyError, GetKeyReply,
 use uuid::Uuid;
 
 fn qos(chunk: u32, timeout: u32) -> Qos {
-    Qos { key_chunk_size: chunk, timeout, ..Qos::default() }
+    Qos {
+        key_chunk_size: chunk,
+        timeout,
+        ..Qos::default()
+    }
 }
 
 /// Opens a stream on A and the same KSID on B.
@@ -29,7 +33,10 @@ fn open_both(a: &Engine, b: &Engine, q: &Qos) -> Uuid {
 fn key(e: &Engine, ksid: &Uuid, index: u32, chunk: usize) -> Vec<u8> {
     let mut out = vec![0u8; chunk];
     let reply = e.get_key(ksid, index, &mut out, Some(64)).unwrap();
-    assert!(matches!(reply, GetKeyReply::Key { index: i, .. } if i == index), "index {index}: {reply:?}");
+    assert!(
+        matches!(reply, GetKeyReply::Key { index: i, .. } if i == index),
+        "index {index}: {reply:?}"
+    );
     out
 }
 
@@ -42,18 +49,28 @@ fn counter_file(words: u32) -> tempfile::NamedTempFile {
     f
 }
 
-fn file_config(path: &std::path::Path, block_size: usize, arena: usize, ring: usize) -> EngineConfig {
+fn file_config(
+    path: &std::path::Path,
+    block_size: usize,
+    arena: usize,
+    ring: usize,
+) -> EngineConfig {
     EngineConfig {
         block_size,
         arena_blocks: arena,
         ring_blocks: ring,
-        device: DeviceConfig::File { path: path.to_path_buf() },
+        device: DeviceConfig::File {
+            path: path.to_path_buf(),
+        },
         ..EngineConfig::default()
     }
 }
 
 fn words(chunk: &[u8]) -> Vec<u32> {
-    chunk.chunks_exact(4).map(|w| u32::from_be_bytes(w.try_into().unwrap())).collect()
+    chunk
+        .chunks_exact(4)
+        .map(|w| u32::from_be_bytes(w.try_into().unwrap()))
+        .collect()
 }
 
 #[test]
@@ -68,7 +85,6 @@ fn same_ksid_and_index_give_same_bytes_in_any_order_and_across_wrap() {
     }
     let distinct: HashSet<_> = from_a.iter().collect();
     assert_eq!(distinct.len(), 300);
-
 }
 
 #[test]
@@ -78,16 +94,30 @@ fn indexes_wrap_at_u32_max_with_fresh_key() {
     let lap_end: Vec<u32> = (u32::MAX - 3..=u32::MAX).collect();
     let next_lap: Vec<u32> = (0..4).collect();
     // A reads in order through the wrap; B reads each lap backwards.
-    let at_a: HashMap<u32, Vec<u8>> = lap_end.iter().chain(&next_lap).map(|&i| (i, key(&a, &ksid, i, 32))).collect();
-    let at_b: HashMap<u32, Vec<u8>> =
-        lap_end.iter().rev().chain(next_lap.iter().rev()).map(|&i| (i, key(&b, &ksid, i, 32))).collect();
+    let at_a: HashMap<u32, Vec<u8>> = lap_end
+        .iter()
+        .chain(&next_lap)
+        .map(|&i| (i, key(&a, &ksid, i, 32)))
+        .collect();
+    let at_b: HashMap<u32, Vec<u8>> = lap_end
+        .iter()
+        .rev()
+        .chain(next_lap.iter().rev())
+        .map(|&i| (i, key(&b, &ksid, i, 32)))
+        .collect();
     assert_eq!(at_a, at_b);
     let distinct: HashSet<_> = at_a.values().collect();
     assert_eq!(distinct.len(), 8, "index 0 after the wrap is new key");
     // Asking again for an index already delivered is refused, never answered.
     let mut out = [0u8; 32];
-    assert_eq!(a.get_key(&ksid, 2, &mut out, None), Err(GetKeyError::Consumed));
-    assert_eq!(b.get_key(&ksid, u32::MAX, &mut out, None), Err(GetKeyError::Consumed));
+    assert_eq!(
+        a.get_key(&ksid, 2, &mut out, None),
+        Err(GetKeyError::Consumed)
+    );
+    assert_eq!(
+        b.get_key(&ksid, u32::MAX, &mut out, None),
+        Err(GetKeyError::Consumed)
+    );
     assert_eq!(out, [0u8; 32], "refused call leaves the buffer untouched");
 }
 
@@ -99,7 +129,9 @@ fn many_threads_and_streams_never_share_a_byte_and_agree_pairwise() {
     let config = file_config(file.path(), 256, 2048, 64);
     let (a, b) = Engine::pair(&config).unwrap();
     let (a, b) = (Arc::new(a), Arc::new(b));
-    let ksids: Vec<Uuid> = (0..STREAMS).map(|_| open_both(&a, &b, &qos(16, 5000))).collect();
+    let ksids: Vec<Uuid> = (0..STREAMS)
+        .map(|_| open_both(&a, &b, &qos(16, 5000)))
+        .collect();
     // Per stream, per node, two threads: one takes even indexes, one odd.
     let mut handles = Vec::new();
     for (s, ksid) in ksids.iter().enumerate() {
@@ -109,7 +141,11 @@ fn many_threads_and_streams_never_share_a_byte_and_agree_pairwise() {
                 handles.push(thread::spawn(move || {
                     let mut got = Vec::new();
                     for n in 0..PER_THREAD {
-                        let index = if node == "a" { 2 * n + parity } else { 2 * (PER_THREAD - 1 - n) + parity };
+                        let index = if node == "a" {
+                            2 * n + parity
+                        } else {
+                            2 * (PER_THREAD - 1 - n) + parity
+                        };
                         got.push(((s, index), key(&engine, &ksid, index, 16)));
                     }
                     (node, got)
@@ -121,17 +157,30 @@ fn many_threads_and_streams_never_share_a_byte_and_agree_pairwise() {
     for h in handles {
         let (node, got) = h.join().unwrap();
         for (k, v) in got {
-            assert!(per_node.entry(node).or_default().insert(k, v).is_none(), "chunk {k:?} handed out twice on {node}");
+            assert!(
+                per_node.entry(node).or_default().insert(k, v).is_none(),
+                "chunk {k:?} handed out twice on {node}"
+            );
         }
     }
-    assert_eq!(per_node["a"], per_node["b"], "both nodes give identical chunks");
+    assert_eq!(
+        per_node["a"], per_node["b"],
+        "both nodes give identical chunks"
+    );
     // Each chunk is 4 consecutive words of the file; no word is in two chunks.
     let mut seen = HashSet::new();
     for chunk in per_node["a"].values() {
         let w = words(chunk);
-        assert!(w.windows(2).all(|p| p[1] == p[0] + 1), "chunk is contiguous key: {w:?}");
+        assert!(
+            w.windows(2).all(|p| p[1] == p[0] + 1),
+            "chunk is contiguous key: {w:?}"
+        );
         for word in w {
-            assert!(seen.insert(word), "byte position {} handed to two chunks", word * 4);
+            assert!(
+                seen.insert(word),
+                "byte position {} handed to two chunks",
+                word * 4
+            );
         }
     }
     assert_eq!(seen.len(), STREAMS * PER_THREAD as usize * 2 * 4);
@@ -144,13 +193,23 @@ fn every_status_has_its_scenario() {
         block_size: 16,
         arena_blocks: 64,
         ring_blocks: 4,
-        device: DeviceConfig::Simulated { rate_bps: 1280, link_secret: None },
+        device: DeviceConfig::Simulated {
+            rate_bps: 1280,
+            link_secret: None,
+        },
         ..EngineConfig::default()
     };
     let (a, b) = Engine::pair(&config).unwrap();
     let mut out = [0u8; 16];
     // 7: chunk size 0, above the maximum, min_bps above the link rate.
-    for bad in [qos(0, 0), qos(65537, 0), Qos { min_bps: 10_000, ..qos(16, 0) }] {
+    for bad in [
+        qos(0, 0),
+        qos(65537, 0),
+        Qos {
+            min_bps: 10_000,
+            ..qos(16, 0)
+        },
+    ] {
         let r = a.open_connect("a", "b", &bad, None);
         assert_eq!(r.status, Status::QosNotMet, "{bad:?}");
         assert!(r.ksid.is_none(), "nothing created");
@@ -159,8 +218,14 @@ fn every_status_has_its_scenario() {
     let r = a.open_connect("a", "b", &qos(16, 0), None);
     assert_eq!(r.status, Status::PeerNotConnected);
     let ksid = r.ksid.unwrap();
-    assert_eq!(a.get_key(&ksid, 0, &mut out, None), Ok(GetKeyReply::Status(Status::PeerNotConnectedGetKey)));
-    assert_eq!(a.open_connect("a", "b", &qos(16, 0), Some(ksid)).status, Status::KsidInUse);
+    assert_eq!(
+        a.get_key(&ksid, 0, &mut out, None),
+        Ok(GetKeyReply::Status(Status::PeerNotConnectedGetKey))
+    );
+    assert_eq!(
+        a.open_connect("a", "b", &qos(16, 0), Some(ksid)).status,
+        Status::KsidInUse
+    );
     // 0 at B (inherits the source's QoS: timeout 0).
     let rb = b.open_connect("a", "b", &qos(16, 1000), Some(ksid));
     assert_eq!((rb.status, rb.qos.timeout), (Status::Successful, 0));
@@ -172,7 +237,9 @@ fn every_status_has_its_scenario() {
     loop {
         assert!(Instant::now() < deadline, "never ran out of key");
         match a.get_key(&ksid, far, &mut out, None).unwrap() {
-            GetKeyReply::Status(Status::PeerNotConnectedGetKey) => thread::sleep(Duration::from_millis(1)),
+            GetKeyReply::Status(Status::PeerNotConnectedGetKey) => {
+                thread::sleep(Duration::from_millis(1))
+            }
             GetKeyReply::Key { .. } => far += 1,
             GetKeyReply::Status(Status::InsufficientKey) => break,
             other => panic!("{other:?}"),
@@ -189,7 +256,12 @@ fn every_status_has_its_scenario() {
     };
     assert_eq!(out, [0u8; 16], "no key written with status 8");
     let reply = a.get_key(&ksid, 0, &mut out, Some(needed)).unwrap();
-    let GetKeyReply::Key { metadata: Some(m), .. } = reply else { panic!("{reply:?}") };
+    let GetKeyReply::Key {
+        metadata: Some(m), ..
+    } = reply
+    else {
+        panic!("{reply:?}")
+    };
     assert_eq!(m.len(), needed);
     let meta: serde_json::Value = serde_json::from_str(m.as_str()).unwrap();
     assert_eq!(meta["hops"], 0);
@@ -199,7 +271,10 @@ fn every_status_has_its_scenario() {
     let slow = r.ksid.unwrap();
     b.open_connect("a", "b", &qos(16, 1000), Some(slow));
     let started = Instant::now();
-    assert_eq!(a.get_key(&slow, 50_000, &mut out, None), Ok(GetKeyReply::Status(Status::Timeout)));
+    assert_eq!(
+        a.get_key(&slow, 50_000, &mut out, None),
+        Ok(GetKeyReply::Status(Status::Timeout))
+    );
     assert!(started.elapsed() >= Duration::from_millis(60));
     // 4: the link goes down; once the ring is drained, no key.
     a.link_control().unwrap().set_down(true);
@@ -211,10 +286,17 @@ fn every_status_has_its_scenario() {
         }
     }
     assert_eq!(status, Status::NoQkdConnection);
-    assert_eq!(a.open_connect("a", "b", &qos(16, 0), None).status, Status::NoQkdConnection);
+    assert_eq!(
+        a.open_connect("a", "b", &qos(16, 0), None).status,
+        Status::NoQkdConnection
+    );
     a.link_control().unwrap().set_down(false);
     thread::sleep(Duration::from_millis(150));
-    assert_eq!(a.open_connect("a", "b", &qos(16, 0), None).status, Status::PeerNotConnected, "usable again");
+    assert_eq!(
+        a.open_connect("a", "b", &qos(16, 0), None).status,
+        Status::PeerNotConnected,
+        "usable again"
+    );
 }
 
 #[test]
@@ -222,18 +304,36 @@ fn bad_arguments_are_refused_and_the_engine_stays_usable() {
     let (a, b) = Engine::pair(&EngineConfig::default()).unwrap();
     let ksid = open_both(&a, &b, &qos(64, 1000));
     let mut short = [0xEEu8; 63];
-    assert_eq!(a.get_key(&ksid, 0, &mut short, None), Err(GetKeyError::BufferTooSmall { needed: 64 }));
+    assert_eq!(
+        a.get_key(&ksid, 0, &mut short, None),
+        Err(GetKeyError::BufferTooSmall { needed: 64 })
+    );
     assert_eq!(short, [0xEE; 63]);
-    assert_eq!(a.get_key(&Uuid::new_v4(), 0, &mut [0; 64], None), Err(GetKeyError::UnknownStream));
+    assert_eq!(
+        a.get_key(&Uuid::new_v4(), 0, &mut [0; 64], None),
+        Err(GetKeyError::UnknownStream)
+    );
     assert!(a.close(&Uuid::new_v4()).is_err());
     assert!(EngineConfig::from_toml("block_size = \"big\"").is_err());
-    assert!(Engine::pair(&EngineConfig { block_size: 8, ..EngineConfig::default() }).is_err());
+    assert!(
+        Engine::pair(&EngineConfig {
+            block_size: 8,
+            ..EngineConfig::default()
+        })
+        .is_err()
+    );
     assert_eq!(key(&a, &ksid, 0, 64), key(&b, &ksid, 0, 64));
 }
 
 /// Indexes of free arena slots that do not read all zero.
 fn dirty_free_slots(e: &Engine) -> Vec<u32> {
-    (0..e.arena().capacity() as u32).filter(|&i| e.arena().peek_free_slot(i).is_some_and(|b| b.iter().any(|&x| x != 0))).collect()
+    (0..e.arena().capacity() as u32)
+        .filter(|&i| {
+            e.arena()
+                .peek_free_slot(i)
+                .is_some_and(|b| b.iter().any(|&x| x != 0))
+        })
+        .collect()
 }
 
 #[test]
@@ -241,7 +341,14 @@ fn ttl_expiry_and_close_zeroize_undelivered_key() {
     let file = counter_file(1 << 16);
     let config = file_config(file.path(), 64, 128, 8);
     let (a, b) = Engine::pair(&config).unwrap();
-    let ksid = open_both(&a, &b, &Qos { ttl: 1, ..qos(16, 1000) });
+    let ksid = open_both(
+        &a,
+        &b,
+        &Qos {
+            ttl: 1,
+            ..qos(16, 1000)
+        },
+    );
     // Take chunk 0 on A: A now holds block 0 with 3 undelivered chunks.
     let first = key(&a, &ksid, 0, 16);
     let held = a.stats().arena_capacity - a.stats().arena_free - a.stats().ring_len;
@@ -250,7 +357,10 @@ fn ttl_expiry_and_close_zeroize_undelivered_key() {
     let expired_before = a.stats().counters.expired;
     // The link thread's sweep zeroized it; chunk 1 of that block is gone.
     let mut out = [0u8; 16];
-    assert_eq!(a.get_key(&ksid, 1, &mut out, None), Err(GetKeyError::Consumed));
+    assert_eq!(
+        a.get_key(&ksid, 1, &mut out, None),
+        Err(GetKeyError::Consumed)
+    );
     assert!(expired_before >= 1, "expired counter {expired_before}");
     assert!(dirty_free_slots(&a).is_empty(), "expired slot zeroized");
     // B received the same block for its application and kept it in its own TTL window.
@@ -262,13 +372,26 @@ fn ttl_expiry_and_close_zeroize_undelivered_key() {
     let before = a.stats().counters.expired;
     assert_eq!(a.close(&ksid), Ok(Status::Successful));
     assert!(a.stats().counters.expired > before);
-    assert!(dirty_free_slots(&a).is_empty(), "closed stream's slot zeroized");
+    assert!(
+        dirty_free_slots(&a).is_empty(),
+        "closed stream's slot zeroized"
+    );
     // No new key for the stream anywhere; B still gets what it holds.
-    assert_eq!(b.get_key(&ksid, 1, &mut out, None).unwrap().status(), Status::Successful);
-    assert_eq!(b.get_key(&ksid, 500, &mut out, None).unwrap().status(), Status::PeerNotConnectedGetKey);
+    assert_eq!(
+        b.get_key(&ksid, 1, &mut out, None).unwrap().status(),
+        Status::Successful
+    );
+    assert_eq!(
+        b.get_key(&ksid, 500, &mut out, None).unwrap().status(),
+        Status::PeerNotConnectedGetKey
+    );
     assert_eq!(b.close(&ksid), Ok(Status::Successful));
     thread::sleep(Duration::from_millis(50));
-    assert_eq!(a.stats().streams, 1, "only the expired-TTL stream remains known");
+    assert_eq!(
+        a.stats().streams,
+        1,
+        "only the expired-TTL stream remains known"
+    );
 }
 
 #[test]

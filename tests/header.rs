@@ -24,7 +24,15 @@ fn header_matches_fresh_cbindgen_run() {
         checked_in == fresh,
         "include/keypipe.h is stale: run `KEYPIPE_BLESS=1 cargo test --test header` and commit it"
     );
-    for name in ["kp_engine_new", "kp_engine_pair_new", "kp_engine_free", "kp_open_connect", "kp_get_key", "kp_close", "kp_result_message"] {
+    for name in [
+        "kp_engine_new",
+        "kp_engine_pair_new",
+        "kp_engine_free",
+        "kp_open_connect",
+        "kp_get_key",
+        "kp_close",
+        "kp_result_message",
+    ] {
         assert!(fresh.contains(name), "{name} missing from the header");
     }
 }

@@ -31,9 +31,19 @@ impl FileSource {
     /// merely `Pending`. Trailing bytes short of a whole block are never
     /// handed out.
     pub fn open(path: &Path, block_size: usize) -> std::io::Result<Self> {
-        let file = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)?;
         let is_pipe = file.metadata()?.file_type().is_fifo();
-        Ok(Self { file, is_pipe, block_size, filled: 0, next_id: 0, exhausted: false })
+        Ok(Self {
+            file,
+            is_pipe,
+            block_size,
+            filled: 0,
+            next_id: 0,
+            exhausted: false,
+        })
     }
 }
 
@@ -57,7 +67,9 @@ impl QkdDevice for FileSource {
                 }
                 Ok(n) => self.filled += n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return DevicePoll::Pending(PIPE_BACKOFF),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    return DevicePoll::Pending(PIPE_BACKOFF);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "key file read failed");
                     return DevicePoll::Down(Duration::from_millis(100));
@@ -86,7 +98,11 @@ mod tests {
             assert_eq!(src.poll(&mut buf), DevicePoll::Ready(id));
             assert_eq!(&buf[..], &data[id as usize * 32..(id as usize + 1) * 32]);
         }
-        assert_eq!(src.poll(&mut buf), DevicePoll::Exhausted, "4 trailing bytes are not a block");
+        assert_eq!(
+            src.poll(&mut buf),
+            DevicePoll::Exhausted,
+            "4 trailing bytes are not a block"
+        );
         assert_eq!(src.poll(&mut buf), DevicePoll::Exhausted);
     }
 
@@ -99,15 +115,24 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let mut src = FileSource::open(&path, 16).unwrap();
         let mut buf = [0u8; 16];
-        assert!(matches!(src.poll(&mut buf), DevicePoll::Pending(_)), "no writer yet");
+        assert!(
+            matches!(src.poll(&mut buf), DevicePoll::Pending(_)),
+            "no writer yet"
+        );
         let mut w = OpenOptions::new().write(true).open(&path).unwrap();
         w.write_all(&[1; 10]).unwrap();
-        assert!(matches!(src.poll(&mut buf), DevicePoll::Pending(_)), "10 of 16 bytes");
+        assert!(
+            matches!(src.poll(&mut buf), DevicePoll::Pending(_)),
+            "10 of 16 bytes"
+        );
         w.write_all(&[2; 10]).unwrap();
         assert_eq!(src.poll(&mut buf), DevicePoll::Ready(0));
         assert_eq!(&buf[..10], &[1; 10]);
         assert_eq!(&buf[10..], &[2; 6]);
         drop(w);
-        assert!(matches!(src.poll(&mut buf), DevicePoll::Pending(_)), "4-byte tail is held back");
+        assert!(
+            matches!(src.poll(&mut buf), DevicePoll::Pending(_)),
+            "4-byte tail is held back"
+        );
     }
 }

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{DevicePoll, QkdDevice};
-use crate::key::{DeviceBlock, KeyArena, KeyBlock, KeyCounters, KeyRing};
+use crate::key::{DeviceBlock, KeyArena, KeyBlock, KeyCounters, KeyRing, Stamp};
 
 /// Longest nap between polls, so a stop request is seen quickly.
 const MAX_NAP: Duration = Duration::from_millis(5);
@@ -25,7 +25,10 @@ pub struct DeviceState {
 
 impl Default for DeviceState {
     fn default() -> Self {
-        Self { up: AtomicBool::new(true), exhausted: AtomicBool::new(false) }
+        Self {
+            up: AtomicBool::new(true),
+            exhausted: AtomicBool::new(false),
+        }
     }
 }
 
@@ -54,50 +57,59 @@ impl Poller {
     ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
-        let thread = thread::Builder::new().name("keypipe-poller".into()).spawn(move || {
-            let mut slot: Option<KeyBlock> = None;
-            while !stopping.load(Ordering::Acquire) {
-                if ring.is_full() {
-                    counters.stalled();
-                    thread::park_timeout(FULL_NAP);
-                    continue;
-                }
-                if slot.is_none() {
-                    slot = arena.alloc();
-                }
-                let Some(block) = slot.as_mut() else {
-                    counters.stalled();
-                    thread::park_timeout(FULL_NAP);
-                    continue;
-                };
-                match device.poll(block.bytes_mut()) {
-                    DevicePoll::Ready(id) => {
-                        state.up.store(true, Ordering::Release);
-                        let key = slot.take().expect("slot present");
-                        // Only this thread pushes and the ring was not full.
-                        if let Err(back) = ring.push(DeviceBlock { id, born: Instant::now(), key }) {
-                            slot = Some(back.key);
-                            tracing::error!("ring refused a block it had room for");
-                            continue;
+        let thread = thread::Builder::new()
+            .name("keypipe-poller".into())
+            .spawn(move || {
+                let mut slot: Option<KeyBlock> = None;
+                while !stopping.load(Ordering::Acquire) {
+                    if ring.is_full() {
+                        counters.stalled();
+                        thread::park_timeout(FULL_NAP);
+                        continue;
+                    }
+                    if slot.is_none() {
+                        slot = arena.alloc();
+                    }
+                    let Some(block) = slot.as_mut() else {
+                        counters.stalled();
+                        thread::park_timeout(FULL_NAP);
+                        continue;
+                    };
+                    match device.poll(block.bytes_mut()) {
+                        DevicePoll::Ready(id) => {
+                            state.up.store(true, Ordering::Release);
+                            let key = slot.take().expect("slot present");
+                            // Only this thread pushes and the ring was not full.
+                            if let Err(back) = ring.push(DeviceBlock {
+                                id,
+                                born: Stamp::now(),
+                                key,
+                            }) {
+                                slot = Some(back.key);
+                                tracing::error!("ring refused a block it had room for");
+                                continue;
+                            }
+                            counters.produced();
                         }
-                        counters.produced();
-                    }
-                    DevicePoll::Pending(wait) => thread::park_timeout(wait.min(MAX_NAP)),
-                    DevicePoll::Down(wait) => {
-                        if state.up.swap(false, Ordering::AcqRel) {
-                            tracing::warn!("QKD device down");
+                        DevicePoll::Pending(wait) => thread::park_timeout(wait.min(MAX_NAP)),
+                        DevicePoll::Down(wait) => {
+                            if state.up.swap(false, Ordering::AcqRel) {
+                                tracing::warn!("QKD device down");
+                            }
+                            thread::park_timeout(wait.min(MAX_NAP));
                         }
-                        thread::park_timeout(wait.min(MAX_NAP));
-                    }
-                    DevicePoll::Exhausted => {
-                        state.exhausted.store(true, Ordering::Release);
-                        tracing::info!("QKD device exhausted: no more key");
-                        break;
+                        DevicePoll::Exhausted => {
+                            state.exhausted.store(true, Ordering::Release);
+                            tracing::info!("QKD device exhausted: no more key");
+                            break;
+                        }
                     }
                 }
-            }
-        })?;
-        Ok(Self { stop, thread: Some(thread) })
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
@@ -123,13 +135,24 @@ mod tests {
         let counters = Arc::new(KeyCounters::default());
         let state = Arc::new(DeviceState::default());
         let (dev, mut twin, _) = SimulatedLink::pair(&[3; 32], 64, 0);
-        let poller = Poller::spawn(Box::new(dev), arena.clone(), ring.clone(), counters.clone(), state).unwrap();
+        let poller = Poller::spawn(
+            Box::new(dev),
+            arena.clone(),
+            ring.clone(),
+            counters.clone(),
+            state,
+        )
+        .unwrap();
         // Nobody consumes: the ring fills and the poller stalls.
         while counters.snapshot().ring_full_stalls < 50 {
             thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(ring.len(), 4);
-        assert_eq!(counters.snapshot().produced, 4, "nothing produced past a full ring");
+        assert_eq!(
+            counters.snapshot().produced,
+            4,
+            "nothing produced past a full ring"
+        );
         // Now drain 1000 blocks: ids contiguous, bytes equal to the twin's.
         let mut expect = [0u8; 64];
         let mut next = 0;

@@ -1,14 +1,22 @@
 //! `SimulatedLink`: two devices producing identical blocks from a shared
 //! link secret, paced to a secret-key rate, with injectable outages.
+//!
+//! The key stream is AES-256-CTR (AES-NI where the CPU has it) under a key
+//! derived from the link secret with BLAKE3 `derive_key`; block `n` is
+//! bytes `n*block_size..(n+1)*block_size` of that stream.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use ctr::cipher::{KeyIvInit, StreamCipher};
+
 use super::{DevicePoll, QkdDevice};
 
-/// Domain separation for the link's key stream.
-const CONTEXT: &[u8] = b"keypipe simulated QKD link v1";
+/// BLAKE3 `derive_key` context for the link's stream-cipher key.
+const CONTEXT: &str = "keypipe 2026 simulated QKD link v1 AES-256-CTR key";
+
+type Aes256Ctr = ctr::Ctr128BE<aes::Aes256>;
 
 /// Switches a simulated link up or down, for both of its devices at once.
 #[derive(Debug, Clone, Default)]
@@ -34,10 +42,14 @@ pub struct SimulatedLink;
 
 impl SimulatedLink {
     /// Two devices (node A's, node B's) that yield byte-identical blocks for
-    /// identical block ids: block `n` is bytes `n*block_size..` of the BLAKE3
-    /// XOF keyed by `secret`. `rate_bps` paces each device to that many
+    /// identical block ids: block `n` is bytes `n*block_size..` of the
+    /// AES-256-CTR stream keyed from `secret`. `rate_bps` paces each device to that many
     /// secret bits per second (0: as fast as possible).
-    pub fn pair(secret: &[u8; 32], block_size: usize, rate_bps: u64) -> (SimulatedDevice, SimulatedDevice, LinkControl) {
+    pub fn pair(
+        secret: &[u8; 32],
+        block_size: usize,
+        rate_bps: u64,
+    ) -> (SimulatedDevice, SimulatedDevice, LinkControl) {
         let control = LinkControl::default();
         let a = SimulatedDevice::new(secret, block_size, rate_bps, control.clone());
         let b = SimulatedDevice::new(secret, block_size, rate_bps, control.clone());
@@ -47,7 +59,7 @@ impl SimulatedLink {
 
 /// One end of a simulated link.
 pub struct SimulatedDevice {
-    xof: blake3::OutputReader,
+    stream: Aes256Ctr,
     block_size: usize,
     next_id: u64,
     rate_bps: u64,
@@ -68,15 +80,24 @@ impl std::fmt::Debug for SimulatedDevice {
 impl SimulatedDevice {
     /// One end of the link keyed by `secret`; see [`SimulatedLink::pair`].
     pub fn new(secret: &[u8; 32], block_size: usize, rate_bps: u64, control: LinkControl) -> Self {
-        let mut hasher = blake3::Hasher::new_keyed(secret);
-        hasher.update(CONTEXT);
-        Self { xof: hasher.finalize_xof(), block_size, next_id: 0, rate_bps, start: Instant::now(), control }
+        let key = zeroize::Zeroizing::new(blake3::derive_key(CONTEXT, secret));
+        let stream = Aes256Ctr::new((&*key).into(), &Default::default());
+        Self {
+            stream,
+            block_size,
+            next_id: 0,
+            rate_bps,
+            start: Instant::now(),
+            control,
+        }
     }
 
     /// Time at which block number `n` (counted from start) is due.
     fn due(&self, n: u64) -> Duration {
         let bits = u128::from(n + 1) * self.block_size as u128 * 8;
-        Duration::from_nanos((bits * 1_000_000_000 / u128::from(self.rate_bps)).min(u64::MAX as u128) as u64)
+        Duration::from_nanos(
+            (bits * 1_000_000_000 / u128::from(self.rate_bps)).min(u64::MAX as u128) as u64,
+        )
     }
 }
 
@@ -96,7 +117,9 @@ impl QkdDevice for SimulatedDevice {
                 return DevicePoll::Pending(due - now);
             }
         }
-        self.xof.fill(&mut out[..self.block_size]);
+        let block = &mut out[..self.block_size];
+        block.fill(0);
+        self.stream.apply_keystream(block);
         self.next_id += 1;
         DevicePoll::Ready(self.next_id - 1)
     }

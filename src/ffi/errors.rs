@@ -63,7 +63,11 @@ pub extern "C" fn kp_result_message(code: kp_result) -> *const c_char {
 /// `buf` is NULL (with `len` 0) or has `len` writable bytes; `out_n` is NULL
 /// or writable.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn kp_last_error(buf: *mut c_char, len: usize, out_n: *mut usize) -> kp_result {
+pub unsafe extern "C" fn kp_last_error(
+    buf: *mut c_char,
+    len: usize,
+    out_n: *mut usize,
+) -> kp_result {
     let result = std::panic::catch_unwind(|| {
         if buf.is_null() && len > 0 {
             return KP_ERR_NULL_ARGUMENT;
@@ -91,9 +95,10 @@ pub unsafe extern "C" fn kp_last_error(buf: *mut c_char, len: usize, out_n: *mut
 /// The library version, a static NUL-terminated string such as "0.1.0".
 #[unsafe(no_mangle)]
 pub extern "C" fn kp_version() -> *const c_char {
-    const VERSION: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
-        Ok(v) => v,
-        Err(_) => c"unknown",
-    };
+    const VERSION: &CStr =
+        match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+            Ok(v) => v,
+            Err(_) => c"unknown",
+        };
     VERSION.as_ptr()
 }

@@ -24,7 +24,9 @@ use std::ptr;
 
 use uuid::Uuid;
 
-use crate::qkd::{Engine, EngineConfig, GetKeyError, GetKeyReply, METADATA_MIMETYPE, Qos, StreamError};
+use crate::qkd::{
+    Engine, EngineConfig, GetKeyError, GetKeyReply, METADATA_MIMETYPE, Qos, StreamError,
+};
 pub use errors::*;
 
 /// Opaque handle to one node's engine. Thread-safe.
@@ -99,7 +101,10 @@ pub struct kp_stats {
 fn guard(f: impl FnOnce() -> kp_result) -> kp_result {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(code) => code,
-        Err(_) => fail(KP_ERR_PANIC, "internal error: a panic was caught at the C boundary".into()),
+        Err(_) => fail(
+            KP_ERR_PANIC,
+            "internal error: a panic was caught at the C boundary".into(),
+        ),
     }
 }
 
@@ -112,7 +117,9 @@ unsafe fn arg_str<'a>(p: *const c_char, name: &str) -> Result<&'a str, kp_result
         return Err(fail(KP_ERR_NULL_ARGUMENT, format!("{name} is NULL")));
     }
     // SAFETY: non-NULL and NUL-terminated by the caller's contract.
-    unsafe { CStr::from_ptr(p) }.to_str().map_err(|_| fail(KP_ERR_INVALID_ARGUMENT, format!("{name} is not UTF-8")))
+    unsafe { CStr::from_ptr(p) }
+        .to_str()
+        .map_err(|_| fail(KP_ERR_INVALID_ARGUMENT, format!("{name} is not UTF-8")))
 }
 
 /// Borrows the engine behind `e`.
@@ -121,7 +128,9 @@ unsafe fn arg_str<'a>(p: *const c_char, name: &str) -> Result<&'a str, kp_result
 /// `e` is NULL or a live engine from `kp_engine_new`/`kp_engine_pair_new`.
 unsafe fn engine<'a>(e: *mut kp_engine) -> Result<&'a Engine, kp_result> {
     // SAFETY: by the caller's contract the pointer is NULL or live.
-    unsafe { e.as_ref() }.map(|e| &e.engine).ok_or_else(|| fail(KP_ERR_NULL_ARGUMENT, "engine is NULL".into()))
+    unsafe { e.as_ref() }
+        .map(|e| &e.engine)
+        .ok_or_else(|| fail(KP_ERR_NULL_ARGUMENT, "engine is NULL".into()))
 }
 
 /// Reads a 16-byte KSID.
@@ -133,7 +142,9 @@ unsafe fn ksid_arg(p: *const u8) -> Result<Uuid, kp_result> {
         return Err(fail(KP_ERR_NULL_ARGUMENT, "key_stream_id is NULL".into()));
     }
     // SAFETY: 16 readable bytes by the caller's contract.
-    Ok(Uuid::from_bytes(unsafe { ptr::read_unaligned(p.cast::<[u8; 16]>()) }))
+    Ok(Uuid::from_bytes(unsafe {
+        ptr::read_unaligned(p.cast::<[u8; 16]>())
+    }))
 }
 
 fn null(name: &str) -> kp_result {
@@ -164,7 +175,10 @@ fn boxed(engine: Engine) -> *mut kp_engine {
 /// # Safety
 /// `config_toml` is NULL or NUL-terminated; `out` is NULL or writable.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn kp_engine_new(config_toml: *const c_char, out: *mut *mut kp_engine) -> kp_result {
+pub unsafe extern "C" fn kp_engine_new(
+    config_toml: *const c_char,
+    out: *mut *mut kp_engine,
+) -> kp_result {
     guard(|| {
         if out.is_null() {
             return null("out");
@@ -192,7 +206,11 @@ pub unsafe extern "C" fn kp_engine_new(config_toml: *const c_char, out: *mut *mu
 /// # Safety
 /// `config_toml` is NULL or NUL-terminated; `a` and `b` are NULL or writable.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn kp_engine_pair_new(config_toml: *const c_char, a: *mut *mut kp_engine, b: *mut *mut kp_engine) -> kp_result {
+pub unsafe extern "C" fn kp_engine_pair_new(
+    config_toml: *const c_char,
+    a: *mut *mut kp_engine,
+    b: *mut *mut kp_engine,
+) -> kp_result {
     guard(|| {
         if a.is_null() || b.is_null() {
             return null(if a.is_null() { "a" } else { "b" });
@@ -258,7 +276,12 @@ pub unsafe extern "C" fn kp_open_connect(
             Err(code) => return code,
         };
         // SAFETY: as above.
-        let (source, destination) = match unsafe { (arg_str(source, "source"), arg_str(destination, "destination")) } {
+        let (source, destination) = match unsafe {
+            (
+                arg_str(source, "source"),
+                arg_str(destination, "destination"),
+            )
+        } {
             (Ok(s), Ok(d)) => (s, d),
             (Err(code), _) | (_, Err(code)) => return code,
         };
@@ -275,7 +298,12 @@ pub unsafe extern "C" fn kp_open_connect(
             Ok(q) => q,
             Err(code) => return code,
         };
-        let reply = engine.open_connect(source, destination, &request, (!ksid.is_nil()).then_some(ksid));
+        let reply = engine.open_connect(
+            source,
+            destination,
+            &request,
+            (!ksid.is_nil()).then_some(ksid),
+        );
         // SAFETY: non-NULL, writable by contract.
         unsafe {
             qos_to_c(&reply.qos, &mut *qos);
@@ -317,7 +345,13 @@ pub unsafe extern "C" fn kp_get_key(
             (Err(code), _) | (_, Err(code)) => return code,
         };
         if index.is_null() || key_buffer.is_null() || status.is_null() {
-            return null(if index.is_null() { "index" } else if key_buffer.is_null() { "key_buffer" } else { "status" });
+            return null(if index.is_null() {
+                "index"
+            } else if key_buffer.is_null() {
+                "key_buffer"
+            } else {
+                "status"
+            });
         }
         // SAFETY: `metadata` is NULL or valid by contract.
         let metadata = unsafe { metadata.as_mut() };
@@ -328,16 +362,26 @@ pub unsafe extern "C" fn kp_get_key(
             return null("metadata->buffer");
         }
         // One byte of the caller's capacity is kept for the NUL.
-        let capacity = metadata.as_ref().map(|m| (m.size as usize).saturating_sub(1));
+        let capacity = metadata
+            .as_ref()
+            .map(|m| (m.size as usize).saturating_sub(1));
         // SAFETY: `key_buffer` has `key_buffer_len` writable bytes, and
         // `index` is readable, by contract.
-        let (out, wanted) = unsafe { (std::slice::from_raw_parts_mut(key_buffer, key_buffer_len), index.read()) };
+        let (out, wanted) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(key_buffer, key_buffer_len),
+                index.read(),
+            )
+        };
         let reply = match engine.get_key(&ksid, wanted, out, capacity) {
             Ok(r) => r,
             Err(err) => return fail(get_key_error(err), err.to_string()),
         };
         match reply {
-            GetKeyReply::Key { index: delivered, metadata: text } => {
+            GetKeyReply::Key {
+                index: delivered,
+                metadata: text,
+            } => {
                 if let (Some(m), Some(text)) = (metadata, text) {
                     // SAFETY: `buffer` has `size` > text.len() bytes (checked
                     // through `capacity`).
@@ -369,7 +413,11 @@ pub unsafe extern "C" fn kp_get_key(
 /// # Safety
 /// `key_stream_id` is NULL or 16 readable bytes; `status` NULL or writable.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn kp_close(e: *mut kp_engine, key_stream_id: *const u8, status: *mut u32) -> kp_result {
+pub unsafe extern "C" fn kp_close(
+    e: *mut kp_engine,
+    key_stream_id: *const u8,
+    status: *mut u32,
+) -> kp_result {
     guard(|| {
         // SAFETY (both): the caller's contract on each pointer.
         let (engine, ksid) = match unsafe { (engine(e), ksid_arg(key_stream_id)) } {
@@ -445,7 +493,10 @@ pub unsafe extern "C" fn kp_simulated_link_set_down(e: *mut kp_engine, down: i32
                 control.set_down(down != 0);
                 KP_OK
             }
-            None => fail(KP_ERR_INVALID_ARGUMENT, "the engine's device is not a simulated link".into()),
+            None => fail(
+                KP_ERR_INVALID_ARGUMENT,
+                "the engine's device is not a simulated link".into(),
+            ),
         }
     })
 }
@@ -453,10 +504,17 @@ pub unsafe extern "C" fn kp_simulated_link_set_down(e: *mut kp_engine, down: i32
 fn qos_from_c(q: &kp_qos) -> Result<Qos, kp_result> {
     let raw: Vec<u8> = q.metadata_mimetype.iter().map(|&c| c as u8).collect();
     let end = raw.iter().position(|&b| b == 0).ok_or_else(|| {
-        fail(KP_ERR_INVALID_ARGUMENT, "qos.metadata_mimetype is not NUL-terminated within 256 bytes".into())
+        fail(
+            KP_ERR_INVALID_ARGUMENT,
+            "qos.metadata_mimetype is not NUL-terminated within 256 bytes".into(),
+        )
     })?;
-    let mimetype = std::str::from_utf8(&raw[..end])
-        .map_err(|_| fail(KP_ERR_INVALID_ARGUMENT, "qos.metadata_mimetype is not UTF-8".into()))?;
+    let mimetype = std::str::from_utf8(&raw[..end]).map_err(|_| {
+        fail(
+            KP_ERR_INVALID_ARGUMENT,
+            "qos.metadata_mimetype is not UTF-8".into(),
+        )
+    })?;
     Ok(Qos {
         key_chunk_size: q.key_chunk_size,
         max_bps: q.max_bps,
@@ -465,7 +523,11 @@ fn qos_from_c(q: &kp_qos) -> Result<Qos, kp_result> {
         priority: q.priority,
         timeout: q.timeout,
         ttl: q.ttl,
-        metadata_mimetype: if mimetype.is_empty() { METADATA_MIMETYPE.into() } else { mimetype.into() },
+        metadata_mimetype: if mimetype.is_empty() {
+            METADATA_MIMETYPE.into()
+        } else {
+            mimetype.into()
+        },
     })
 }
 
@@ -478,7 +540,11 @@ fn qos_to_c(q: &Qos, out: &mut kp_qos) {
     out.timeout = q.timeout;
     out.ttl = q.ttl;
     out.metadata_mimetype = [0; 256];
-    for (dst, &src) in out.metadata_mimetype.iter_mut().zip(q.metadata_mimetype.as_bytes().iter().take(255)) {
+    for (dst, &src) in out
+        .metadata_mimetype
+        .iter_mut()
+        .zip(q.metadata_mimetype.as_bytes().iter().take(255))
+    {
         *dst = src as c_char;
     }
 }

@@ -5,10 +5,10 @@
 //! handles, never bytes. Dropping a handle zeroizes its slot and returns the
 //! slot index to a lock-free free list.
 
-use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::alloc::{Layout, alloc_zeroed};
 use std::fmt;
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crossbeam::queue::ArrayQueue;
 use zeroize::Zeroize;
@@ -44,20 +44,26 @@ pub struct Protection {
 
 struct Region {
     base: NonNull<u8>,
-    layout: Layout,
     block_size: usize,
     stride: usize,
     free: ArrayQueue<u32>,
     protection: Protection,
 }
 
-// SAFETY: the region is plain memory owned by `Region`; slot `i` is only
-// accessed through the unique `KeyBlock` that holds index `i` (the free list
-// hands every index to at most one handle at a time), so sharing the region
-// between threads never creates two mutable views of one slot.
+// SAFETY: the region is plain memory that is never freed (see `POOL`);
+// slot `i` is only accessed through the unique `KeyBlock` that holds index
+// `i` (the free list hands every index to at most one handle at a time), so
+// sharing the region between threads never creates two views of one slot
+// where one is mutable.
 unsafe impl Send for Region {}
 // SAFETY: see `Send`; the free list is a lock-free MPMC queue.
 unsafe impl Sync for Region {}
+
+/// Regions whose arena was dropped, kept for reuse by a new arena of the
+/// same geometry. Regions are never returned to the allocator: a handle may
+/// outlive its arena, and giving every handle a reference count would put a
+/// contended atomic on the hot path. Their memory stays locked and all-zero.
+static POOL: Mutex<Vec<&'static Region>> = Mutex::new(Vec::new());
 
 impl Region {
     /// Pointer to the first byte of slot `index`.
@@ -78,40 +84,44 @@ impl Region {
         // aligned and `stride` a multiple of 16, so the pointer is aligned
         // for u64 and the `stride` bytes belong to this slot alone, which the
         // caller holds exclusively.
-        let words = unsafe { std::slice::from_raw_parts_mut(self.slot_ptr(index).cast::<u64>(), words) };
+        let words =
+            unsafe { std::slice::from_raw_parts_mut(self.slot_ptr(index).cast::<u64>(), words) };
         words.zeroize();
+    }
+
+    /// True when no handle holds any slot.
+    fn all_home(&self) -> bool {
+        self.free.len() == self.free.capacity()
     }
 }
 
-impl Drop for Region {
+/// Owns a region while an arena (and its clones) exist; returns it to the
+/// pool when the last clone goes.
+struct Owner {
+    region: &'static Region,
+}
+
+impl Drop for Owner {
     fn drop(&mut self) {
-        // Every handle holds an `Arc<Region>`, so no slot is in use here.
-        for index in 0..self.free.capacity() as u32 {
-            // SAFETY: no handle is alive (see above): access is exclusive.
-            unsafe { self.wipe(index) };
-        }
-        if self.protection.locked {
-            // SAFETY: the same range was locked in `KeyArena::new`.
-            unsafe { libc::munlock(self.base.as_ptr().cast(), self.layout.size()) };
-        }
-        // SAFETY: `base` came from `alloc_zeroed(self.layout)`.
-        unsafe { dealloc(self.base.as_ptr(), self.layout) };
+        POOL.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(self.region);
     }
 }
 
 /// A fixed pool of key slots. Cloning shares the same pool.
 #[derive(Clone)]
 pub struct KeyArena {
-    region: Arc<Region>,
+    owner: Arc<Owner>,
 }
 
 impl fmt::Debug for KeyArena {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyArena")
-            .field("block_size", &self.region.block_size)
+            .field("block_size", &self.region().block_size)
             .field("capacity", &self.capacity())
             .field("free", &self.free_slots())
-            .field("protection", &self.region.protection)
+            .field("protection", &self.region().protection)
             .finish()
     }
 }
@@ -120,6 +130,8 @@ impl KeyArena {
     /// Allocates `capacity` slots of `block_size` bytes, locks them in memory
     /// and excludes them from core dumps where the OS allows. A refusal by
     /// the OS is logged as a warning and reported by [`KeyArena::protection`].
+    /// A region left by a dropped arena of the same geometry is reused once
+    /// all its slots are back.
     pub fn new(block_size: usize, capacity: usize) -> Result<Self, ArenaError> {
         if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
             return Err(ArenaError::BlockSize(block_size));
@@ -127,48 +139,52 @@ impl KeyArena {
         if capacity == 0 || capacity > u32::MAX as usize {
             return Err(ArenaError::Capacity(capacity));
         }
-        let stride = block_size.next_multiple_of(SLOT_ALIGN);
-        let size = stride
-            .checked_mul(capacity)
-            .and_then(|s| s.checked_next_multiple_of(PAGE))
-            .ok_or(ArenaError::Capacity(capacity))?;
-        let layout = Layout::from_size_align(size, PAGE).map_err(|_| ArenaError::Capacity(capacity))?;
-        // SAFETY: `layout` has a non-zero size (capacity >= 1, stride >= 16).
-        let base = NonNull::new(unsafe { alloc_zeroed(layout) }).ok_or(ArenaError::Capacity(capacity))?;
-        let protection = protect(base, size);
-        let free = ArrayQueue::new(capacity);
-        for index in 0..capacity as u32 {
-            // Cannot fail: the queue has exactly `capacity` places.
-            let _ = free.push(index);
-        }
-        Ok(Self { region: Arc::new(Region { base, layout, block_size, stride, free, protection }) })
+        let reused = {
+            let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+            let found = pool.iter().position(|r| {
+                r.block_size == block_size && r.free.capacity() == capacity && r.all_home()
+            });
+            found.map(|i| pool.swap_remove(i))
+        };
+        let region = match reused {
+            Some(region) => region,
+            None => Box::leak(Box::new(Region::allocate(block_size, capacity)?)),
+        };
+        Ok(Self {
+            owner: Arc::new(Owner { region }),
+        })
+    }
+
+    fn region(&self) -> &'static Region {
+        self.owner.region
     }
 
     /// Takes a free slot, or `None` when every slot is in use. The slot
     /// reads all zero.
     pub fn alloc(&self) -> Option<KeyBlock> {
-        let index = self.region.free.pop()?;
-        Some(KeyBlock { region: Arc::clone(&self.region), index })
+        let region = self.region();
+        let index = region.free.pop()?;
+        Some(KeyBlock { region, index })
     }
 
     /// Bytes per slot.
     pub fn block_size(&self) -> usize {
-        self.region.block_size
+        self.region().block_size
     }
 
     /// Number of slots.
     pub fn capacity(&self) -> usize {
-        self.region.free.capacity()
+        self.region().free.capacity()
     }
 
     /// Number of slots not held by any handle right now.
     pub fn free_slots(&self) -> usize {
-        self.region.free.len()
+        self.region().free.len()
     }
 
     /// What the OS granted: memory lock and core-dump exclusion.
     pub fn protection(&self) -> Protection {
-        self.region.protection
+        self.region().protection
     }
 
     /// Reads slot `index` directly, for tests that check a released slot
@@ -176,26 +192,54 @@ impl KeyArena {
     /// then would race with the holder).
     #[doc(hidden)]
     pub fn peek_free_slot(&self, index: u32) -> Option<Vec<u8>> {
+        let region = self.region();
         // Take the slot out of the free list so nobody can allocate it while
         // we read, then put it back.
         let mut taken = Vec::new();
         let mut found = None;
-        while let Some(i) = self.region.free.pop() {
+        while let Some(i) = region.free.pop() {
+            taken.push(i);
             if i == index {
                 // SAFETY: we popped `index` from the free list: no handle
                 // holds it until we push it back below.
-                let bytes = unsafe { std::slice::from_raw_parts(self.region.slot_ptr(i), self.region.block_size) };
+                let bytes =
+                    unsafe { std::slice::from_raw_parts(region.slot_ptr(i), region.block_size) };
                 found = Some(bytes.to_vec());
-            }
-            taken.push(i);
-            if found.is_some() {
                 break;
             }
         }
         for i in taken {
-            let _ = self.region.free.push(i);
+            let _ = region.free.push(i);
         }
         found
+    }
+}
+
+impl Region {
+    fn allocate(block_size: usize, capacity: usize) -> Result<Region, ArenaError> {
+        let stride = block_size.next_multiple_of(SLOT_ALIGN);
+        let size = stride
+            .checked_mul(capacity)
+            .and_then(|s| s.checked_next_multiple_of(PAGE))
+            .ok_or(ArenaError::Capacity(capacity))?;
+        let layout =
+            Layout::from_size_align(size, PAGE).map_err(|_| ArenaError::Capacity(capacity))?;
+        // SAFETY: `layout` has a non-zero size (capacity >= 1, stride >= 16).
+        let base =
+            NonNull::new(unsafe { alloc_zeroed(layout) }).ok_or(ArenaError::Capacity(capacity))?;
+        let protection = protect(base, size);
+        let free = ArrayQueue::new(capacity);
+        for index in 0..capacity as u32 {
+            // Cannot fail: the queue has exactly `capacity` places.
+            let _ = free.push(index);
+        }
+        Ok(Region {
+            base,
+            block_size,
+            stride,
+            free,
+            protection,
+        })
     }
 }
 
@@ -212,19 +256,26 @@ fn protect(base: NonNull<u8>, size: usize) -> Protection {
     }
     #[cfg(target_os = "linux")]
     // SAFETY: as above; madvise only changes the mapping's dump flag.
-    let excluded_from_dumps = unsafe { libc::madvise(base.as_ptr().cast(), size, libc::MADV_DONTDUMP) } == 0;
+    let excluded_from_dumps =
+        unsafe { libc::madvise(base.as_ptr().cast(), size, libc::MADV_DONTDUMP) } == 0;
     #[cfg(not(target_os = "linux"))]
     let excluded_from_dumps = false;
     if !excluded_from_dumps {
-        tracing::warn!(bytes = size, "key arena could not be excluded from core dumps");
+        tracing::warn!(
+            bytes = size,
+            "key arena could not be excluded from core dumps"
+        );
     }
-    Protection { locked, excluded_from_dumps }
+    Protection {
+        locked,
+        excluded_from_dumps,
+    }
 }
 
 /// The unique handle to one arena slot. Dropping it zeroizes the slot and
 /// returns it to the free list. Its `Debug` output never shows key bytes.
 pub struct KeyBlock {
-    region: Arc<Region>,
+    region: &'static Region,
     index: u32,
 }
 
@@ -233,13 +284,17 @@ impl KeyBlock {
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: this handle is the only holder of slot `index` (see
         // `Region`), and the slice lives no longer than `&self`.
-        unsafe { std::slice::from_raw_parts(self.region.slot_ptr(self.index), self.region.block_size) }
+        unsafe {
+            std::slice::from_raw_parts(self.region.slot_ptr(self.index), self.region.block_size)
+        }
     }
 
     /// The slot's bytes, writable.
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `bytes`, and `&mut self` makes the view exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.region.slot_ptr(self.index), self.region.block_size) }
+        unsafe {
+            std::slice::from_raw_parts_mut(self.region.slot_ptr(self.index), self.region.block_size)
+        }
     }
 
     /// Zeroizes `range` of the slot now (e.g. a chunk already delivered),
@@ -266,7 +321,10 @@ impl Drop for KeyBlock {
 
 impl fmt::Debug for KeyBlock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyBlock").field("slot", &self.index).field("len", &self.region.block_size).finish_non_exhaustive()
+        f.debug_struct("KeyBlock")
+            .field("slot", &self.index)
+            .field("len", &self.region.block_size)
+            .finish_non_exhaustive()
     }
 }
 
@@ -277,7 +335,10 @@ mod tests {
     #[test]
     fn block_size_bounds_are_enforced() {
         assert_eq!(KeyArena::new(15, 4).unwrap_err(), ArenaError::BlockSize(15));
-        assert_eq!(KeyArena::new(65537, 4).unwrap_err(), ArenaError::BlockSize(65537));
+        assert_eq!(
+            KeyArena::new(65537, 4).unwrap_err(),
+            ArenaError::BlockSize(65537)
+        );
         assert_eq!(KeyArena::new(16, 0).unwrap_err(), ArenaError::Capacity(0));
         assert!(KeyArena::new(16, 1).is_ok());
         assert!(KeyArena::new(65536, 2).is_ok());
@@ -293,7 +354,11 @@ mod tests {
         a.bytes_mut().fill(0xA5);
         b.bytes_mut().fill(0x5A);
         let slot = a.slot();
-        assert_eq!(arena.peek_free_slot(slot), None, "held slot is not readable");
+        assert_eq!(
+            arena.peek_free_slot(slot),
+            None,
+            "held slot is not readable"
+        );
         drop(a);
         assert_eq!(arena.peek_free_slot(slot), Some(vec![0u8; 33]));
         assert_eq!(b.bytes(), &[0x5A; 33][..], "neighbour untouched");
@@ -320,7 +385,10 @@ mod tests {
         let mut a = arena.alloc().unwrap();
         a.bytes_mut().fill(0xAB);
         let text = format!("{a:?} {arena:?}");
-        assert!(!text.contains("171") && !text.to_lowercase().contains("ab, "), "{text}");
+        assert!(
+            !text.contains("171") && !text.to_lowercase().contains("ab, "),
+            "{text}"
+        );
     }
 
     #[test]

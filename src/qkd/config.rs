@@ -98,14 +98,20 @@ pub enum DeviceConfig {
 
 impl Default for DeviceConfig {
     fn default() -> Self {
-        DeviceConfig::Simulated { rate_bps: 0, link_secret: None }
+        DeviceConfig::Simulated {
+            rate_bps: 0,
+            link_secret: None,
+        }
     }
 }
 
 impl fmt::Debug for DeviceConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DeviceConfig::Simulated { rate_bps, link_secret } => f
+            DeviceConfig::Simulated {
+                rate_bps,
+                link_secret,
+            } => f
                 .debug_struct("Simulated")
                 .field("rate_bps", rate_bps)
                 .field("link_secret", &link_secret.as_ref().map(|_| "<redacted>"))
@@ -118,7 +124,8 @@ impl fmt::Debug for DeviceConfig {
 impl EngineConfig {
     /// Parses and checks a TOML configuration.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: EngineConfig = toml::from_str(text).map_err(|e| ConfigError(e.to_string().trim_end().to_owned()))?;
+        let config: EngineConfig =
+            toml::from_str(text).map_err(|e| ConfigError(e.to_string().trim_end().to_owned()))?;
         config.validate()?;
         Ok(config)
     }
@@ -127,21 +134,37 @@ impl EngineConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError(m));
         if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&self.block_size) {
-            return bad(format!("block_size = {} is outside {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}", self.block_size));
+            return bad(format!(
+                "block_size = {} is outside {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}",
+                self.block_size
+            ));
         }
-        if self.ring_blocks == 0 || self.arena_blocks <= self.ring_blocks || self.arena_blocks > u32::MAX as usize {
+        if self.ring_blocks == 0
+            || self.arena_blocks <= self.ring_blocks
+            || self.arena_blocks > u32::MAX as usize
+        {
             return bad(format!(
                 "arena_blocks = {} must exceed ring_blocks = {} (>= 1): streams hold blocks too",
                 self.arena_blocks, self.ring_blocks
             ));
         }
         if self.max_key_chunk_size == 0 || self.max_key_chunk_size > CHUNK_CEILING {
-            return bad(format!("max_key_chunk_size = {} is outside 1..={CHUNK_CEILING}", self.max_key_chunk_size));
+            return bad(format!(
+                "max_key_chunk_size = {} is outside 1..={CHUNK_CEILING}",
+                self.max_key_chunk_size
+            ));
         }
         if self.default_ttl_s == 0 || self.default_ttl_s > self.max_ttl_s {
-            return bad(format!("default_ttl_s = {} must be in 1..=max_ttl_s ({})", self.default_ttl_s, self.max_ttl_s));
+            return bad(format!(
+                "default_ttl_s = {} must be in 1..=max_ttl_s ({})",
+                self.default_ttl_s, self.max_ttl_s
+            ));
         }
-        if let DeviceConfig::Simulated { link_secret: Some(hex), .. } = &self.device {
+        if let DeviceConfig::Simulated {
+            link_secret: Some(hex),
+            ..
+        } = &self.device
+        {
             parse_secret(hex)?;
         }
         Ok(())
@@ -197,7 +220,8 @@ mod tests {
         assert!(e.0.contains("blok_size"), "{e}");
         let e = EngineConfig::from_toml("role = \"boss\"").unwrap_err();
         assert!(e.0.contains("role") || e.0.contains("boss"), "{e}");
-        let e = EngineConfig::from_toml("[device]\ndriver = \"simulated\"\nlink_secret = \"abc\"").unwrap_err();
+        let e = EngineConfig::from_toml("[device]\ndriver = \"simulated\"\nlink_secret = \"abc\"")
+            .unwrap_err();
         assert!(e.0.contains("link_secret"), "{e}");
         let e = EngineConfig::from_toml("arena_blocks = 10\nring_blocks = 10").unwrap_err();
         assert!(e.0.contains("arena_blocks"), "{e}");
@@ -207,7 +231,10 @@ mod tests {
     #[test]
     fn secret_is_redacted_in_debug() {
         let hex = "ab".repeat(32);
-        let c = EngineConfig::from_toml(&format!("[device]\ndriver = \"simulated\"\nlink_secret = \"{hex}\"")).unwrap();
+        let c = EngineConfig::from_toml(&format!(
+            "[device]\ndriver = \"simulated\"\nlink_secret = \"{hex}\""
+        ))
+        .unwrap();
         assert!(!format!("{c:?}").contains(&hex));
         assert_eq!(*parse_secret(&hex).unwrap(), [0xab; 32]);
     }

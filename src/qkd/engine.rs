@@ -108,7 +108,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("stats", &self.stats()).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
     }
 }
 
@@ -119,19 +121,27 @@ impl Engine {
     pub fn pair(config: &EngineConfig) -> Result<(Engine, Engine), EngineError> {
         config.validate()?;
         let ((ta, inbox_a), (tb, inbox_b)) = ChannelTransport::pair();
-        let (dev_a, dev_b, control): (Box<dyn QkdDevice>, Box<dyn QkdDevice>, _) = match &config.device {
-            DeviceConfig::Simulated { rate_bps, link_secret } => {
+        let (dev_a, dev_b, control): (Box<dyn QkdDevice>, Box<dyn QkdDevice>, _) = match &config
+            .device
+        {
+            DeviceConfig::Simulated {
+                rate_bps,
+                link_secret,
+            } => {
                 let secret = match link_secret {
                     Some(hex) => parse_secret(hex)?,
                     None => {
                         let mut s = zeroize::Zeroizing::new([0u8; 32]);
-                        getrandom::fill(s.as_mut()).map_err(|e| std::io::Error::other(e.to_string()))?;
+                        getrandom::fill(s.as_mut())
+                            .map_err(|e| std::io::Error::other(e.to_string()))?;
                         s
                     }
                 };
                 let control = LinkControl::default();
-                let a = SimulatedDevice::new(&secret, config.block_size, *rate_bps, control.clone());
-                let b = SimulatedDevice::new(&secret, config.block_size, *rate_bps, control.clone());
+                let a =
+                    SimulatedDevice::new(&secret, config.block_size, *rate_bps, control.clone());
+                let b =
+                    SimulatedDevice::new(&secret, config.block_size, *rate_bps, control.clone());
                 (Box::new(a), Box::new(b), Some(control))
             }
             DeviceConfig::File { path } => (
@@ -153,11 +163,19 @@ impl Engine {
     pub fn new(config: &EngineConfig) -> Result<Engine, EngineError> {
         config.validate()?;
         let device: Box<dyn QkdDevice> = match &config.device {
-            DeviceConfig::Simulated { rate_bps, link_secret } => {
+            DeviceConfig::Simulated {
+                rate_bps,
+                link_secret,
+            } => {
                 let hex = link_secret.as_ref().ok_or_else(|| {
                     super::ConfigError("device.link_secret is required for a single node: both nodes must share it".into())
                 })?;
-                Box::new(SimulatedDevice::new(&*parse_secret(hex)?, config.block_size, *rate_bps, LinkControl::default()))
+                Box::new(SimulatedDevice::new(
+                    &*parse_secret(hex)?,
+                    config.block_size,
+                    *rate_bps,
+                    LinkControl::default(),
+                ))
             }
             DeviceConfig::File { path } => Box::new(FileSource::open(path, config.block_size)?),
         };
@@ -187,7 +205,12 @@ impl Engine {
         let counters = Arc::new(KeyCounters::default());
         let device_state = Arc::new(DeviceState::default());
         let shared = Arc::new(Shared {
-            node: Mutex::new(Node::new(role, config.block_size, config.limits(), Arc::clone(&counters))),
+            node: Mutex::new(Node::new(
+                role,
+                config.block_size,
+                config.limits(),
+                Arc::clone(&counters),
+            )),
             key_arrived: Condvar::new(),
             ring: Arc::clone(&ring),
             arena: arena.clone(),
@@ -198,8 +221,16 @@ impl Engine {
         });
         let poller = Poller::spawn(device, arena, ring, counters, device_state)?;
         let worker = Arc::clone(&shared);
-        let link_thread = thread::Builder::new().name("keypipe-link".into()).spawn(move || link_loop(&worker, inbox))?;
-        Ok(Engine { shared, link_thread: Some(link_thread), poller: Some(poller), control: None, block_size: config.block_size })
+        let link_thread = thread::Builder::new()
+            .name("keypipe-link".into())
+            .spawn(move || link_loop(&worker, inbox))?;
+        Ok(Engine {
+            shared,
+            link_thread: Some(link_thread),
+            poller: Some(poller),
+            control: None,
+            block_size: config.block_size,
+        })
     }
 
     /// The outage switch of a simulated link (`None` for other devices).
@@ -214,7 +245,13 @@ impl Engine {
 
     /// OPEN_CONNECT: opens `ksid` (a new UUIDv4 when `None` or nil) on this
     /// node with `qos` negotiated; see [`OpenReply`].
-    pub fn open_connect(&self, source: &str, destination: &str, qos: &Qos, ksid: Option<Uuid>) -> OpenReply {
+    pub fn open_connect(
+        &self,
+        source: &str,
+        destination: &str,
+        qos: &Qos,
+        ksid: Option<Uuid>,
+    ) -> OpenReply {
         let start = Instant::now();
         let link_ok = self.shared.link_ok();
         let mut node = self.shared.lock();
@@ -222,7 +259,8 @@ impl Engine {
         // most the requested timeout) for the peer's announcement so this
         // side inherits the source's QoS instead of racing it.
         if let Some(k) = ksid.filter(|k| link_ok && !k.is_nil()) {
-            let wait = Duration::from_millis(u64::from(qos.timeout.min(node.limits().max_timeout_ms)));
+            let wait =
+                Duration::from_millis(u64::from(qos.timeout.min(node.limits().max_timeout_ms)));
             while !node.knows(&k) && start.elapsed() < wait {
                 node = self.wait(node, wait - start.elapsed());
             }
@@ -235,7 +273,11 @@ impl Engine {
     /// Sleeps until the link thread signals, at most `max` (and at most a
     /// slice, so the ring is looked at again soon).
     fn wait<'a>(&'a self, node: MutexGuard<'a, Node>, max: Duration) -> MutexGuard<'a, Node> {
-        self.shared.key_arrived.wait_timeout(node, max.min(WAIT_SLICE)).unwrap_or_else(PoisonError::into_inner).0
+        self.shared
+            .key_arrived
+            .wait_timeout(node, max.min(WAIT_SLICE))
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
     }
 
     /// GET_KEY: writes chunk `index` of stream `ksid` into `out` (at least
@@ -258,13 +300,17 @@ impl Engine {
             // What to answer if the wait ends empty-handed.
             let (now_answer, late_answer) = match attempt? {
                 Attempt::Reply(reply) => return Ok(reply),
-                Attempt::NeedPeer => (Status::PeerNotConnectedGetKey, Status::PeerNotConnectedGetKey),
+                Attempt::NeedPeer => (
+                    Status::PeerNotConnectedGetKey,
+                    Status::PeerNotConnectedGetKey,
+                ),
                 Attempt::NeedKey => (Status::InsufficientKey, Status::Timeout),
             };
             if !self.shared.link_ok() {
                 return Ok(GetKeyReply::Status(Status::NoQkdConnection));
             }
-            let timeout = Duration::from_millis(u64::from(node.stream_timeout_ms(ksid).unwrap_or(0)));
+            let timeout =
+                Duration::from_millis(u64::from(node.stream_timeout_ms(ksid).unwrap_or(0)));
             if timeout.is_zero() {
                 return Ok(GetKeyReply::Status(now_answer));
             }
@@ -322,7 +368,11 @@ impl Drop for Engine {
 /// The link thread: applies the peer's messages and does background work.
 fn link_loop(shared: &Shared, inbox: Option<Inbox>) {
     while !shared.stop.load(Ordering::Acquire) {
-        let wait = if shared.lock().has_pending() { WAIT_SLICE } else { IDLE_TICK };
+        let wait = if shared.lock().has_pending() {
+            WAIT_SLICE
+        } else {
+            IDLE_TICK
+        };
         let first = match &inbox {
             Some(inbox) => match inbox.receiver().recv_timeout(wait) {
                 Ok(msg) => Some(msg),

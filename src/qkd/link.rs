@@ -108,7 +108,10 @@ pub struct Inbox {
 impl Inbox {
     /// An inbox fed by `rx`, alive while it exists.
     pub fn new(rx: Receiver<LinkMsg>) -> Self {
-        Self { rx, _alive: Arc::new(()) }
+        Self {
+            rx,
+            _alive: Arc::new(()),
+        }
     }
 
     /// The channel the peer's messages arrive on.
@@ -132,8 +135,14 @@ impl ChannelTransport {
         let (to_b, rx_b) = crossbeam::channel::unbounded();
         let (to_a, rx_a) = crossbeam::channel::unbounded();
         let (inbox_a, inbox_b) = (Inbox::new(rx_a), Inbox::new(rx_b));
-        let a = ChannelTransport { to_peer: to_b, peer_alive: Arc::downgrade(&inbox_b._alive) };
-        let b = ChannelTransport { to_peer: to_a, peer_alive: Arc::downgrade(&inbox_a._alive) };
+        let a = ChannelTransport {
+            to_peer: to_b,
+            peer_alive: Arc::downgrade(&inbox_b._alive),
+        };
+        let b = ChannelTransport {
+            to_peer: to_a,
+            peer_alive: Arc::downgrade(&inbox_a._alive),
+        };
         ((a, inbox_a), (b, inbox_b))
     }
 }

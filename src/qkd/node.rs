@@ -15,9 +15,9 @@ use uuid::Uuid;
 
 use super::link::{LinkMsg, Role};
 use super::qos::{Qos, QosLimits, negotiate};
-use super::stream::{Held, Side, Stream};
+use super::stream::{Side, Stream};
 use super::{GetKeyError, GetKeyReply, Metadata, OpenReply, Status, StreamError};
-use crate::key::{DeviceBlock, KeyCounters, KeyRing};
+use crate::key::{DeviceBlock, KeyCounters, KeyRing, Stamp};
 
 /// Result of one non-blocking `get_key` attempt.
 #[derive(Debug)]
@@ -50,7 +50,12 @@ pub struct Node {
 
 impl Node {
     /// A node with `role` on its link, device blocks of `block_size` bytes.
-    pub fn new(role: Role, block_size: usize, limits: QosLimits, counters: Arc<KeyCounters>) -> Self {
+    pub fn new(
+        role: Role,
+        block_size: usize,
+        limits: QosLimits,
+        counters: Arc<KeyCounters>,
+    ) -> Self {
         Self {
             role,
             block_size: block_size as u64,
@@ -97,7 +102,14 @@ impl Node {
 
     /// OPEN_CONNECT. `link_ok` is false when the device or the peer node is
     /// down (status 4, nothing created).
-    pub fn open_connect(&mut self, source: &str, destination: &str, qos: &Qos, ksid: Option<Uuid>, link_ok: bool) -> OpenReply {
+    pub fn open_connect(
+        &mut self,
+        source: &str,
+        destination: &str,
+        qos: &Qos,
+        ksid: Option<Uuid>,
+        link_ok: bool,
+    ) -> OpenReply {
         let ksid = ksid.filter(|k| !k.is_nil());
         let reply = |status, ksid, qos| OpenReply { status, ksid, qos };
         if !link_ok {
@@ -109,7 +121,11 @@ impl Node {
             }
             // The peer opened it first: this side inherits its QoS.
             stream.local = Side::Open;
-            let status = if stream.peer == Side::Open { Status::Successful } else { Status::PeerNotConnected };
+            let status = if stream.peer == Side::Open {
+                Status::Successful
+            } else {
+                Status::PeerNotConnected
+            };
             let msg = open_msg(ksid.expect("present"), stream);
             let qos = stream.qos.clone();
             self.outbox.push(msg);
@@ -143,7 +159,10 @@ impl Node {
             self.pump_leases(now, ring);
         }
         let block_size = self.block_size;
-        let stream = self.streams.get_mut(ksid).ok_or(GetKeyError::UnknownStream)?;
+        let stream = self
+            .streams
+            .get_mut(ksid)
+            .ok_or(GetKeyError::UnknownStream)?;
         if stream.local != Side::Open {
             return Err(GetKeyError::UnknownStream);
         }
@@ -173,17 +192,30 @@ impl Node {
                 return Err(GetKeyError::Consumed);
             }
             if !stream.allocating() {
-                return Ok(Attempt::Reply(GetKeyReply::Status(Status::PeerNotConnectedGetKey)));
+                return Ok(Attempt::Reply(GetKeyReply::Status(
+                    Status::PeerNotConnectedGetKey,
+                )));
             }
             match self.role {
                 Role::Leader => {
-                    if !assign(ksid, stream, sb, now, ring, &self.counters, &mut self.outbox) {
+                    if !assign(
+                        ksid,
+                        stream,
+                        sb,
+                        now,
+                        ring,
+                        &self.counters,
+                        &mut self.outbox,
+                    ) {
                         missing = true;
                     }
                 }
                 Role::Follower => {
                     if stream.requested.insert(sb) {
-                        self.outbox.push(LinkMsg::LeaseRequest { ksid: *ksid, stream_block: sb });
+                        self.outbox.push(LinkMsg::LeaseRequest {
+                            ksid: *ksid,
+                            stream_block: sb,
+                        });
                     }
                     missing = true;
                 }
@@ -195,10 +227,17 @@ impl Node {
         let metadata = match metadata_capacity {
             None => None,
             Some(capacity) => {
-                let oldest = stream.blocks_of(a, block_size).filter_map(|sb| stream.held.get(&sb)).map(|h| h.born).min();
-                let metadata = Metadata::new(now.saturating_duration_since(oldest.unwrap_or(now)));
+                let oldest = stream
+                    .blocks_of(a, block_size)
+                    .filter_map(|sb| stream.held.get(&sb))
+                    .map(|h| h.born)
+                    .min();
+                let metadata =
+                    Metadata::new(oldest.map_or(Duration::ZERO, |b| b.until(Stamp::at(now))));
                 if capacity < metadata.len() {
-                    return Ok(Attempt::Reply(GetKeyReply::MetadataTooSmall { needed: metadata.len() }));
+                    return Ok(Attempt::Reply(GetKeyReply::MetadataTooSmall {
+                        needed: metadata.len(),
+                    }));
                 }
                 Some(metadata)
             }
@@ -211,7 +250,11 @@ impl Node {
     /// is zeroized now (the peer keeps its own copy for its application
     /// until it closes or the TTL ends).
     pub fn close(&mut self, ksid: &Uuid) -> Result<Status, StreamError> {
-        let stream = self.streams.get_mut(ksid).filter(|s| s.local == Side::Open).ok_or(StreamError::UnknownStream)?;
+        let stream = self
+            .streams
+            .get_mut(ksid)
+            .filter(|s| s.local == Side::Open)
+            .ok_or(StreamError::UnknownStream)?;
         stream.local = Side::Closed;
         let dropped = std::mem::take(&mut stream.held).len() as u64;
         self.counters.expired(dropped);
@@ -223,8 +266,16 @@ impl Node {
     /// Applies a message from the peer node.
     pub fn handle(&mut self, now: Instant, msg: LinkMsg, ring: &KeyRing) {
         match msg {
-            LinkMsg::Open { ksid, qos, source, destination } => {
-                let stream = self.streams.entry(ksid).or_insert_with(|| Stream::new(qos.clone(), &source, &destination));
+            LinkMsg::Open {
+                ksid,
+                qos,
+                source,
+                destination,
+            } => {
+                let stream = self
+                    .streams
+                    .entry(ksid)
+                    .or_insert_with(|| Stream::new(qos.clone(), &source, &destination));
                 stream.peer = Side::Open;
                 if self.role == Role::Follower && stream.assigned.is_empty() {
                     stream.qos = qos; // the leader's QoS wins a simultaneous open
@@ -237,12 +288,17 @@ impl Node {
                     self.forget_if_finished(&ksid);
                 }
             }
-            LinkMsg::Lease { ksid, stream_block, block_id } => {
+            LinkMsg::Lease {
+                ksid,
+                stream_block,
+                block_id,
+            } => {
                 if let Some(stream) = self.streams.get_mut(&ksid) {
                     // On its way: the block comes out of this node's ring.
                     stream.requested.insert(stream_block);
                 }
-                self.pending_leases.push_back((ksid, stream_block, block_id));
+                self.pending_leases
+                    .push_back((ksid, stream_block, block_id));
                 self.pump_leases(now, ring);
             }
             LinkMsg::LeaseRequest { ksid, stream_block } => {
@@ -276,11 +332,22 @@ impl Node {
             match self.streams.get_mut(&ksid) {
                 Some(stream) if stream.assigned.contains(sb) => {}
                 Some(stream) if stream.allocating() => {
-                    if !assign(&ksid, stream, sb, now, ring, &self.counters, &mut self.outbox) {
+                    if !assign(
+                        &ksid,
+                        stream,
+                        sb,
+                        now,
+                        ring,
+                        &self.counters,
+                        &mut self.outbox,
+                    ) {
                         return;
                     }
                 }
-                _ => self.outbox.push(LinkMsg::LeaseRefused { ksid, stream_block: sb }),
+                _ => self.outbox.push(LinkMsg::LeaseRefused {
+                    ksid,
+                    stream_block: sb,
+                }),
             }
             self.lease_requests.pop_front();
         }
@@ -292,7 +359,9 @@ impl Node {
     /// refused as consumed).
     fn pump_leases(&mut self, now: Instant, ring: &KeyRing) {
         while let Some(&(ksid, sb, id)) = self.pending_leases.front() {
-            let Some(block) = self.spare.take().or_else(|| ring.pop()) else { return };
+            let Some(block) = self.spare.take().or_else(|| ring.pop()) else {
+                return;
+            };
             if block.id < id {
                 self.counters.consumed(1);
                 continue; // dropped: zeroized
@@ -304,16 +373,16 @@ impl Node {
                 stream.assigned.insert(sb);
             }
             if block.id > id {
-                tracing::warn!(block_id = id, "leased block missing on this node; its chunks are lost");
+                tracing::warn!(
+                    block_id = id,
+                    "leased block missing on this node; its chunks are lost"
+                );
                 self.spare = Some(block);
                 continue;
             }
             self.counters.consumed(1);
             match stream.filter(|s| s.local != Side::Closed) {
-                Some(stream) => {
-                    let expires = now + Duration::from_secs(u64::from(stream.qos.ttl));
-                    stream.held.insert(sb, Held { key: block.key, born: block.born, expires });
-                }
+                Some(stream) => stream.hold(sb, block, now),
                 None => self.counters.expired(1),
             }
         }
@@ -339,25 +408,44 @@ fn assign(
     counters: &KeyCounters,
     outbox: &mut Vec<LinkMsg>,
 ) -> bool {
-    let Some(block) = ring.pop() else { return false };
+    let Some(block) = ring.pop() else {
+        return false;
+    };
     counters.consumed(1);
-    outbox.push(LinkMsg::Lease { ksid: *ksid, stream_block: sb, block_id: block.id });
+    outbox.push(LinkMsg::Lease {
+        ksid: *ksid,
+        stream_block: sb,
+        block_id: block.id,
+    });
     stream.assigned.insert(sb);
-    let expires = now + Duration::from_secs(u64::from(stream.qos.ttl));
-    stream.held.insert(sb, Held { key: block.key, born: block.born, expires });
+    stream.hold(sb, block, now);
     true
 }
 
 fn open_msg(ksid: Uuid, stream: &Stream) -> LinkMsg {
-    LinkMsg::Open { ksid, qos: stream.qos.clone(), source: stream.source.clone(), destination: stream.destination.clone() }
+    LinkMsg::Open {
+        ksid,
+        qos: stream.qos.clone(),
+        source: stream.source.clone(),
+        destination: stream.destination.clone(),
+    }
 }
 
 impl Metadata {
     /// `{"age_ms":N,"hops":0}` for key of that age.
     pub(crate) fn new(age: Duration) -> Self {
-        let mut m = Metadata { buf: [0; 48], len: 0 };
+        let mut m = Metadata {
+            buf: [0; 48],
+            len: 0,
+        };
         let mut w = &mut m.buf[..];
-        let _ = std::io::Write::write_fmt(&mut w, format_args!("{{\"age_ms\":{},\"hops\":0}}", age.as_millis().min(u128::from(u64::MAX))));
+        let _ = std::io::Write::write_fmt(
+            &mut w,
+            format_args!(
+                "{{\"age_ms\":{},\"hops\":0}}",
+                age.as_millis().min(u128::from(u64::MAX))
+            ),
+        );
         m.len = (48 - w.len()) as u8;
         m
     }

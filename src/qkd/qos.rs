@@ -84,7 +84,10 @@ pub fn negotiate(req: &Qos, limits: &QosLimits) -> Result<Qos, Qos> {
     }
     if qos.metadata_mimetype.is_empty() {
         qos.metadata_mimetype = METADATA_MIMETYPE.into();
-    } else if !qos.metadata_mimetype.eq_ignore_ascii_case(METADATA_MIMETYPE) {
+    } else if !qos
+        .metadata_mimetype
+        .eq_ignore_ascii_case(METADATA_MIMETYPE)
+    {
         qos.metadata_mimetype = METADATA_MIMETYPE.into();
         met = false;
     }
@@ -95,21 +98,65 @@ pub fn negotiate(req: &Qos, limits: &QosLimits) -> Result<Qos, Qos> {
 mod tests {
     use super::*;
 
-    const LIMITS: QosLimits =
-        QosLimits { max_key_chunk_size: 1024, link_rate_bps: 1_000_000, max_timeout_ms: 5000, default_ttl_s: 60, max_ttl_s: 3600 };
+    const LIMITS: QosLimits = QosLimits {
+        max_key_chunk_size: 1024,
+        link_rate_bps: 1_000_000,
+        max_timeout_ms: 5000,
+        default_ttl_s: 60,
+        max_ttl_s: 3600,
+    };
 
     #[test]
     fn clamps_what_it_can_and_counter_proposes_the_rest() {
-        let ok = negotiate(&Qos { timeout: 9999, ttl: 0, ..Qos::default() }, &LIMITS).unwrap();
+        let ok = negotiate(
+            &Qos {
+                timeout: 9999,
+                ttl: 0,
+                ..Qos::default()
+            },
+            &LIMITS,
+        )
+        .unwrap();
         assert_eq!((ok.timeout, ok.ttl), (5000, 60));
-        let c = negotiate(&Qos { key_chunk_size: 0, ..Qos::default() }, &LIMITS).unwrap_err();
+        let c = negotiate(
+            &Qos {
+                key_chunk_size: 0,
+                ..Qos::default()
+            },
+            &LIMITS,
+        )
+        .unwrap_err();
         assert_eq!(c.key_chunk_size, 1);
-        let c = negotiate(&Qos { key_chunk_size: 4096, ..Qos::default() }, &LIMITS).unwrap_err();
+        let c = negotiate(
+            &Qos {
+                key_chunk_size: 4096,
+                ..Qos::default()
+            },
+            &LIMITS,
+        )
+        .unwrap_err();
         assert_eq!(c.key_chunk_size, 1024);
-        let c = negotiate(&Qos { min_bps: 2_000_000, ..Qos::default() }, &LIMITS).unwrap_err();
+        let c = negotiate(
+            &Qos {
+                min_bps: 2_000_000,
+                ..Qos::default()
+            },
+            &LIMITS,
+        )
+        .unwrap_err();
         assert_eq!(c.min_bps, 1_000_000);
-        assert!(negotiate(&c, &LIMITS).is_ok(), "the counter-proposal is acceptable");
-        let c = negotiate(&Qos { metadata_mimetype: "text/xml".into(), ..Qos::default() }, &LIMITS).unwrap_err();
+        assert!(
+            negotiate(&c, &LIMITS).is_ok(),
+            "the counter-proposal is acceptable"
+        );
+        let c = negotiate(
+            &Qos {
+                metadata_mimetype: "text/xml".into(),
+                ..Qos::default()
+            },
+            &LIMITS,
+        )
+        .unwrap_err();
         assert_eq!(c.metadata_mimetype, METADATA_MIMETYPE);
     }
 }

@@ -12,24 +12,39 @@ pub(crate) struct RangeSet {
 impl RangeSet {
     /// True when `x` is in the set.
     pub(crate) fn contains(&self, x: u64) -> bool {
-        self.runs.range(..=x).next_back().is_some_and(|(_, &end)| x < end)
+        self.runs
+            .range(..=x)
+            .next_back()
+            .is_some_and(|(_, &end)| x < end)
     }
 
     /// True when every value of `lo..=hi` is in the set.
     pub(crate) fn covers(&self, lo: u64, hi: u64) -> bool {
-        self.runs.range(..=lo).next_back().is_some_and(|(_, &end)| hi < end)
+        self.runs
+            .range(..=lo)
+            .next_back()
+            .is_some_and(|(_, &end)| hi < end)
     }
 
-    /// Adds `x`, merging with neighbouring runs.
+    /// Adds `x`, merging with neighbouring runs. Appending right after a
+    /// run (sequential use) costs one lookup.
     pub(crate) fn insert(&mut self, x: u64) {
-        if self.contains(x) {
-            return;
+        let next = x.saturating_add(1);
+        let start = match self.runs.range_mut(..=x).next_back() {
+            Some((_, end)) if x < *end => return,
+            Some((&start, end)) if *end == x => {
+                *end = next;
+                start
+            }
+            _ => {
+                self.runs.insert(x, next);
+                x
+            }
+        };
+        // Merge with a run starting right after `x`.
+        if let Some(right_end) = self.runs.remove(&next) {
+            self.runs.insert(start, right_end);
         }
-        let joins_left = self.runs.range(..x).next_back().filter(|(_, end)| **end == x).map(|(&s, _)| s);
-        let right_end = x.checked_add(1).and_then(|n| self.runs.remove(&n));
-        let start = joins_left.unwrap_or(x);
-        let end = right_end.unwrap_or(x.saturating_add(1));
-        self.runs.insert(start, end);
     }
 
     /// True when the set has no value.
@@ -56,7 +71,13 @@ mod tests {
         }
         assert_eq!(s.runs(), 3, "{s:?}");
         assert!(s.covers(0, 2) && s.covers(5, 7) && s.covers(10, 10));
-        assert!(!s.covers(0, 3) && !s.contains(3) && !s.contains(4) && !s.contains(8) && !s.contains(11));
+        assert!(
+            !s.covers(0, 3)
+                && !s.contains(3)
+                && !s.contains(4)
+                && !s.contains(8)
+                && !s.contains(11)
+        );
         s.insert(3);
         s.insert(4);
         assert_eq!(s.runs(), 2);

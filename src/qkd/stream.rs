@@ -10,11 +10,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeInclusive;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::Qos;
 use super::rangeset::RangeSet;
-use crate::key::KeyBlock;
+use crate::key::{DeviceBlock, KeyBlock, Stamp};
 
 /// Whether one side (this node's application, or the peer's) has the
 /// stream open.
@@ -32,7 +32,7 @@ pub(crate) enum Side {
 #[derive(Debug)]
 pub(crate) struct Held {
     pub(crate) key: KeyBlock,
-    pub(crate) born: Instant,
+    pub(crate) born: Stamp,
     pub(crate) expires: Instant,
 }
 
@@ -56,6 +56,8 @@ pub(crate) struct Stream {
     pub(crate) delivered: RangeSet,
     /// Absolute number of the last chunk asked for on this node.
     pub(crate) cursor: u64,
+    /// Earliest `expires` among held blocks (none: nothing held).
+    next_expiry: Option<Instant>,
 }
 
 impl Stream {
@@ -72,6 +74,7 @@ impl Stream {
             refused: false,
             delivered: RangeSet::default(),
             cursor: 0,
+            next_expiry: None,
         }
     }
 
@@ -83,7 +86,9 @@ impl Stream {
     /// True once neither side will ask for key again.
     pub(crate) fn finished(&self) -> bool {
         let done = |s: Side| s != Side::Open;
-        done(self.local) && done(self.peer) && (self.local == Side::Closed || self.peer == Side::Closed)
+        done(self.local)
+            && done(self.peer)
+            && (self.local == Side::Closed || self.peer == Side::Closed)
     }
 
     fn chunk_size(&self) -> u64 {
@@ -96,7 +101,11 @@ impl Stream {
     pub(crate) fn absolute(&self, index: u32) -> u64 {
         let delta = i64::from(index.wrapping_sub(self.cursor as u32) as i32);
         let a = self.cursor as i64 + delta;
-        if a < 0 { (a + (1i64 << 32)) as u64 } else { a as u64 }
+        if a < 0 {
+            (a + (1i64 << 32)) as u64
+        } else {
+            a as u64
+        }
     }
 
     /// Stream blocks chunk `a` spans.
@@ -107,7 +116,10 @@ impl Stream {
 
     /// Chunks overlapping stream block `sb`.
     fn chunks_of(&self, sb: u64, block_size: u64) -> (u64, u64) {
-        (sb * block_size / self.chunk_size(), ((sb + 1) * block_size - 1) / self.chunk_size())
+        (
+            sb * block_size / self.chunk_size(),
+            ((sb + 1) * block_size - 1) / self.chunk_size(),
+        )
     }
 
     /// Copies chunk `a` into `out`, wipes its bytes from the held blocks,
@@ -121,8 +133,12 @@ impl Stream {
             let sb = offset / block_size;
             let in_block = (offset % block_size) as usize;
             let len = (block_size as usize - in_block).min(c as usize - written);
-            let held = self.held.get_mut(&sb).expect("caller checked the block is held");
-            out[written..written + len].copy_from_slice(&held.key.bytes()[in_block..in_block + len]);
+            let held = self
+                .held
+                .get_mut(&sb)
+                .expect("caller checked the block is held");
+            out[written..written + len]
+                .copy_from_slice(&held.key.bytes()[in_block..in_block + len]);
             held.key.wipe_range(in_block..in_block + len);
             written += len;
             offset += len as u64;
@@ -137,10 +153,29 @@ impl Stream {
         }
     }
 
-    /// Drops held blocks whose TTL ended; returns how many.
+    /// Holds `block` as stream block `sb` until the stream's TTL ends.
+    pub(crate) fn hold(&mut self, sb: u64, block: DeviceBlock, now: Instant) {
+        let expires = now + Duration::from_secs(u64::from(self.qos.ttl));
+        self.next_expiry = Some(self.next_expiry.map_or(expires, |t| t.min(expires)));
+        self.held.insert(
+            sb,
+            Held {
+                key: block.key,
+                born: block.born,
+                expires,
+            },
+        );
+    }
+
+    /// Drops held blocks whose TTL ended; returns how many. Costs nothing
+    /// until the earliest expiry is due.
     pub(crate) fn expire(&mut self, now: Instant) -> u64 {
+        if self.next_expiry.is_none_or(|t| now < t) {
+            return 0;
+        }
         let before = self.held.len();
         self.held.retain(|_, h| h.expires > now);
+        self.next_expiry = self.held.values().map(|h| h.expires).min();
         (before - self.held.len()) as u64
     }
 }
@@ -150,14 +185,25 @@ mod tests {
     use super::*;
 
     fn stream(chunk: u32) -> Stream {
-        Stream::new(Qos { key_chunk_size: chunk, ..Qos::default() }, "a", "b")
+        Stream::new(
+            Qos {
+                key_chunk_size: chunk,
+                ..Qos::default()
+            },
+            "a",
+            "b",
+        )
     }
 
     #[test]
     fn index_wraps_around_the_cursor() {
         let mut s = stream(32);
         assert_eq!(s.absolute(7), 7);
-        assert_eq!(s.absolute(u32::MAX), (1 << 32) - 1, "behind 0 means the top of the first lap");
+        assert_eq!(
+            s.absolute(u32::MAX),
+            (1 << 32) - 1,
+            "behind 0 means the top of the first lap"
+        );
         s.cursor = (1 << 32) - 1;
         assert_eq!(s.absolute(0), 1 << 32, "after u32::MAX comes the next lap");
         assert_eq!(s.absolute(u32::MAX - 5), (1 << 32) - 6);
@@ -168,6 +214,10 @@ mod tests {
         let s = stream(24);
         assert_eq!(s.blocks_of(0, 64), 0..=0);
         assert_eq!(s.blocks_of(2, 64), 0..=1, "bytes 48..72 straddle");
-        assert_eq!(s.chunks_of(1, 64), (2, 5), "bytes 64..128 hold parts of chunks 2..=5");
+        assert_eq!(
+            s.chunks_of(1, 64),
+            (2, 5),
+            "bytes 64..128 hold parts of chunks 2..=5"
+        );
     }
 }
