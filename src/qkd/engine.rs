@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::RecvTimeoutError;
+use crossbeam::channel::{Select, TryRecvError};
 use uuid::Uuid;
 
 use super::config::{DeviceConfig, EngineConfig, parse_secret};
@@ -72,6 +72,9 @@ struct Shared {
     counters: Arc<KeyCounters>,
     device: Arc<DeviceState>,
     transport: Box<dyn LinkTransport>,
+    /// The peer's messages. Only ever read with the node locked, so they
+    /// are applied in order whichever thread reads them.
+    inbox: Option<Inbox>,
     stop: AtomicBool,
 }
 
@@ -87,6 +90,23 @@ impl Shared {
         for msg in node.take_outbox() {
             if self.transport.send(msg).is_err() {
                 tracing::debug!("link-sync message not sent: peer node unreachable");
+            }
+        }
+    }
+
+    /// Applies every message waiting in the inbox; `None` when the peer's
+    /// side of the channel is gone, else how many were applied.
+    fn drain_inbox(&self, node: &mut Node, now: Instant) -> Option<usize> {
+        let inbox = self.inbox.as_ref()?;
+        let mut applied = 0;
+        loop {
+            match inbox.receiver().try_recv() {
+                Ok(msg) => {
+                    node.handle(now, msg, &self.ring);
+                    applied += 1;
+                }
+                Err(TryRecvError::Empty) => return Some(applied),
+                Err(TryRecvError::Disconnected) => return (applied > 0).then_some(applied),
             }
         }
     }
@@ -217,13 +237,14 @@ impl Engine {
             counters: Arc::clone(&counters),
             device: Arc::clone(&device_state),
             transport,
+            inbox,
             stop: AtomicBool::new(false),
         });
         let poller = Poller::spawn(device, arena, ring, counters, device_state)?;
         let worker = Arc::clone(&shared);
         let link_thread = thread::Builder::new()
             .name("keypipe-link".into())
-            .spawn(move || link_loop(&worker, inbox))?;
+            .spawn(move || link_loop(&worker))?;
         Ok(Engine {
             shared,
             link_thread: Some(link_thread),
@@ -262,6 +283,9 @@ impl Engine {
             let wait =
                 Duration::from_millis(u64::from(qos.timeout.min(node.limits().max_timeout_ms)));
             while !node.knows(&k) && start.elapsed() < wait {
+                if self.shared.drain_inbox(&mut node, Instant::now()).is_some_and(|n| n > 0) {
+                    continue;
+                }
                 node = self.wait(node, wait - start.elapsed());
             }
         }
@@ -306,6 +330,9 @@ impl Engine {
                 ),
                 Attempt::NeedKey => (Status::InsufficientKey, Status::Timeout),
             };
+            if self.shared.drain_inbox(&mut node, now).is_some_and(|n| n > 0) {
+                continue; // the peer's messages may have brought what was missing
+            }
             if !self.shared.link_ok() {
                 return Ok(GetKeyReply::Status(Status::NoQkdConnection));
             }
@@ -366,35 +393,21 @@ impl Drop for Engine {
 }
 
 /// The link thread: applies the peer's messages and does background work.
-fn link_loop(shared: &Shared, inbox: Option<Inbox>) {
+fn link_loop(shared: &Shared) {
+    let mut peer_gone = false;
     while !shared.stop.load(Ordering::Acquire) {
-        let wait = if shared.lock().has_pending() {
-            WAIT_SLICE
-        } else {
-            IDLE_TICK
-        };
-        let first = match &inbox {
-            Some(inbox) => match inbox.receiver().recv_timeout(wait) {
-                Ok(msg) => Some(msg),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => {
-                    thread::park_timeout(wait);
-                    None
-                }
-            },
-            None => {
-                thread::park_timeout(wait);
-                None
+        let wait = if shared.lock().has_pending() { WAIT_SLICE } else { IDLE_TICK };
+        match &shared.inbox {
+            Some(inbox) if !peer_gone => {
+                let mut select = Select::new();
+                select.recv(inbox.receiver());
+                let _ = select.ready_timeout(wait);
             }
-        };
+            _ => thread::park_timeout(wait),
+        }
         let now = Instant::now();
         let mut node = shared.lock();
-        if let (Some(msg), Some(inbox)) = (first, &inbox) {
-            node.handle(now, msg, &shared.ring);
-            while let Ok(msg) = inbox.receiver().try_recv() {
-                node.handle(now, msg, &shared.ring);
-            }
-        }
+        peer_gone = shared.inbox.is_some() && shared.drain_inbox(&mut node, now).is_none();
         node.tick(now, &shared.ring);
         shared.flush(&mut node);
         drop(node);
