@@ -283,7 +283,11 @@ impl Engine {
             let wait =
                 Duration::from_millis(u64::from(qos.timeout.min(node.limits().max_timeout_ms)));
             while !node.knows(&k) && start.elapsed() < wait {
-                if self.shared.drain_inbox(&mut node, Instant::now()).is_some_and(|n| n > 0) {
+                if self
+                    .shared
+                    .drain_inbox(&mut node, Instant::now())
+                    .is_some_and(|n| n > 0)
+                {
                     continue;
                 }
                 node = self.wait(node, wait - start.elapsed());
@@ -330,7 +334,11 @@ impl Engine {
                 ),
                 Attempt::NeedKey => (Status::InsufficientKey, Status::Timeout),
             };
-            if self.shared.drain_inbox(&mut node, now).is_some_and(|n| n > 0) {
+            if self
+                .shared
+                .drain_inbox(&mut node, now)
+                .is_some_and(|n| n > 0)
+            {
                 continue; // the peer's messages may have brought what was missing
             }
             if !self.shared.link_ok() {
@@ -396,7 +404,11 @@ impl Drop for Engine {
 fn link_loop(shared: &Shared) {
     let mut peer_gone = false;
     while !shared.stop.load(Ordering::Acquire) {
-        let wait = if shared.lock().has_pending() { WAIT_SLICE } else { IDLE_TICK };
+        let wait = if shared.lock().has_pending() {
+            WAIT_SLICE
+        } else {
+            IDLE_TICK
+        };
         match &shared.inbox {
             Some(inbox) if !peer_gone => {
                 let mut select = Select::new();
