@@ -6,14 +6,15 @@ use std::process::Command;
 
 #[test]
 fn c_examples_build_and_pass_under_sanitizers() {
-    // target/<profile>/deps/c_examples-<hash> -> target/<profile>
+    // `cargo test` leaves the staticlib beside this test binary
+    // (target/<profile>/deps); `cargo build` also copies it one level up.
     let exe = std::env::current_exe().unwrap();
-    let libdir: PathBuf = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
-    assert!(
-        libdir.join("libkeypipe.a").exists(),
-        "libkeypipe.a not built in {}",
-        libdir.display()
-    );
+    let deps = exe.parent().unwrap();
+    let libdir: PathBuf = [deps, deps.parent().unwrap()]
+        .into_iter()
+        .find(|d| d.join("libkeypipe.a").exists())
+        .unwrap_or_else(|| panic!("libkeypipe.a not built near {}", deps.display()))
+        .to_path_buf();
     let build = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("c-examples");
     let out = Command::new("make")
         .arg("-C")
