@@ -26,7 +26,8 @@
  *   block_size = 4096           bytes per device block, 16..65536
  *   arena_blocks = 1024         mlocked key slots per node (> ring_blocks)
  *   ring_blocks = 256           device-to-stream ring capacity
- *   max_key_chunk_size = 65536  largest qos.key_chunk_size (else status 7)
+ *   max_key_chunk_size = 65536  largest qos.key_chunk_size (else status 7), and at
+ *                               most (arena_blocks - ring_blocks) * block_size / 2
  *   max_timeout_ms = 60000      largest qos.timeout (clamped)
  *   default_ttl_s = 300         TTL of streams asking qos.ttl = 0
  *   max_ttl_s = 86400           largest qos.ttl (clamped)

@@ -97,10 +97,11 @@ pub struct kp_stats {
     pub memory_locked: u8,
 }
 
-/// Runs `f` behind the panic boundary.
-fn guard(f: impl FnOnce() -> kp_result) -> kp_result {
+/// Runs `f` behind the panic boundary; `Err(code)` and `Ok(code)` both
+/// become the returned code (errors have recorded their detail).
+fn guard(f: impl FnOnce() -> Result<kp_result, kp_result>) -> kp_result {
     match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(code) => code,
+        Ok(Ok(code) | Err(code)) => code,
         Err(_) => fail(
             KP_ERR_PANIC,
             "internal error: a panic was caught at the C boundary".into(),
@@ -147,8 +148,13 @@ unsafe fn ksid_arg(p: *const u8) -> Result<Uuid, kp_result> {
     }))
 }
 
-fn null(name: &str) -> kp_result {
-    fail(KP_ERR_NULL_ARGUMENT, format!("{name} is NULL"))
+/// `Err(KP_ERR_NULL_ARGUMENT)` naming `name` when `p` is NULL.
+fn required<T>(p: *const T, name: &str) -> Result<(), kp_result> {
+    if p.is_null() {
+        Err(fail(KP_ERR_NULL_ARGUMENT, format!("{name} is NULL")))
+    } else {
+        Ok(())
+    }
 }
 
 /// Parses an optional TOML text; NULL means the defaults.
@@ -180,22 +186,13 @@ pub unsafe extern "C" fn kp_engine_new(
     out: *mut *mut kp_engine,
 ) -> kp_result {
     guard(|| {
-        if out.is_null() {
-            return null("out");
-        }
+        required(out, "out")?;
         // SAFETY: forwarded contract.
-        let config = match unsafe { config_arg(config_toml) } {
-            Ok(c) => c,
-            Err(code) => return code,
-        };
-        match Engine::new(&config) {
-            Ok(engine) => {
-                // SAFETY: `out` is non-NULL and writable by contract.
-                unsafe { out.write(boxed(engine)) };
-                KP_OK
-            }
-            Err(e) => fail(start_error(&e), e.to_string()),
-        }
+        let config = unsafe { config_arg(config_toml) }?;
+        let engine = Engine::new(&config).map_err(start_error)?;
+        // SAFETY: `out` is non-NULL and writable by contract.
+        unsafe { out.write(boxed(engine)) };
+        Ok(KP_OK)
     })
 }
 
@@ -212,25 +209,17 @@ pub unsafe extern "C" fn kp_engine_pair_new(
     b: *mut *mut kp_engine,
 ) -> kp_result {
     guard(|| {
-        if a.is_null() || b.is_null() {
-            return null(if a.is_null() { "a" } else { "b" });
-        }
+        required(a, "a")?;
+        required(b, "b")?;
         // SAFETY: forwarded contract.
-        let config = match unsafe { config_arg(config_toml) } {
-            Ok(c) => c,
-            Err(code) => return code,
-        };
-        match Engine::pair(&config) {
-            Ok((ea, eb)) => {
-                // SAFETY: both non-NULL and writable by contract.
-                unsafe {
-                    a.write(boxed(ea));
-                    b.write(boxed(eb));
-                }
-                KP_OK
-            }
-            Err(e) => fail(start_error(&e), e.to_string()),
+        let config = unsafe { config_arg(config_toml) }?;
+        let (ea, eb) = Engine::pair(&config).map_err(start_error)?;
+        // SAFETY: both non-NULL and writable by contract.
+        unsafe {
+            a.write(boxed(ea));
+            b.write(boxed(eb));
         }
+        Ok(KP_OK)
     })
 }
 
@@ -247,7 +236,7 @@ pub unsafe extern "C" fn kp_engine_free(engine: *mut kp_engine) {
             // SAFETY: allocated by `boxed` and not yet freed, by contract.
             drop(unsafe { Box::from_raw(engine) });
         }
-        KP_OK
+        Ok(KP_OK)
     });
 }
 
@@ -270,34 +259,19 @@ pub unsafe extern "C" fn kp_open_connect(
     status: *mut u32,
 ) -> kp_result {
     guard(|| {
-        // SAFETY (all four): the caller's contract on each pointer.
-        let engine = match unsafe { engine(e) } {
-            Ok(x) => x,
-            Err(code) => return code,
-        };
-        // SAFETY: as above.
-        let (source, destination) = match unsafe {
+        // SAFETY (this block): each pointer is NULL or valid as documented.
+        let (engine, source, destination, ksid) = unsafe {
             (
-                arg_str(source, "source"),
-                arg_str(destination, "destination"),
+                engine(e)?,
+                arg_str(source, "source")?,
+                arg_str(destination, "destination")?,
+                ksid_arg(key_stream_id)?,
             )
-        } {
-            (Ok(s), Ok(d)) => (s, d),
-            (Err(code), _) | (_, Err(code)) => return code,
         };
-        if qos.is_null() || status.is_null() {
-            return null(if qos.is_null() { "qos" } else { "status" });
-        }
-        // SAFETY: as above.
-        let ksid = match unsafe { ksid_arg(key_stream_id) } {
-            Ok(k) => k,
-            Err(code) => return code,
-        };
+        required(qos, "qos")?;
+        required(status, "status")?;
         // SAFETY: non-NULL, readable by contract.
-        let request = match qos_from_c(unsafe { &*qos }) {
-            Ok(q) => q,
-            Err(code) => return code,
-        };
+        let request = qos_from_c(unsafe { &*qos })?;
         let reply = engine.open_connect(
             source,
             destination,
@@ -312,7 +286,7 @@ pub unsafe extern "C" fn kp_open_connect(
             }
             status.write(reply.status.code());
         }
-        KP_OK
+        Ok(KP_OK)
     })
 }
 
@@ -339,27 +313,17 @@ pub unsafe extern "C" fn kp_get_key(
     status: *mut u32,
 ) -> kp_result {
     guard(|| {
-        // SAFETY (both): the caller's contract on each pointer.
-        let (engine, ksid) = match unsafe { (engine(e), ksid_arg(key_stream_id)) } {
-            (Ok(e), Ok(k)) => (e, k),
-            (Err(code), _) | (_, Err(code)) => return code,
-        };
-        if index.is_null() || key_buffer.is_null() || status.is_null() {
-            return null(if index.is_null() {
-                "index"
-            } else if key_buffer.is_null() {
-                "key_buffer"
-            } else {
-                "status"
-            });
-        }
+        // SAFETY: each pointer is NULL or valid as documented.
+        let (engine, ksid) = unsafe { (engine(e)?, ksid_arg(key_stream_id)?) };
+        required(index, "index")?;
+        required(key_buffer, "key_buffer")?;
+        required(status, "status")?;
         // SAFETY: `metadata` is NULL or valid by contract.
         let metadata = unsafe { metadata.as_mut() };
-        if let Some(m) = &metadata
-            && m.buffer.is_null()
-            && m.size > 0
-        {
-            return null("metadata->buffer");
+        if let Some(m) = &metadata {
+            if m.size > 0 {
+                required(m.buffer, "metadata->buffer")?;
+            }
         }
         // One byte of the caller's capacity is kept for the NUL.
         let capacity = metadata
@@ -373,10 +337,9 @@ pub unsafe extern "C" fn kp_get_key(
                 index.read(),
             )
         };
-        let reply = match engine.get_key(&ksid, wanted, out, capacity) {
-            Ok(r) => r,
-            Err(err) => return fail(get_key_error(err), err.to_string()),
-        };
+        let reply = engine
+            .get_key(&ksid, wanted, out, capacity)
+            .map_err(|err| fail(get_key_error(err), err.to_string()))?;
         match reply {
             GetKeyReply::Key {
                 index: delivered,
@@ -403,7 +366,7 @@ pub unsafe extern "C" fn kp_get_key(
         }
         // SAFETY: writable by contract.
         unsafe { status.write(reply.status().code()) };
-        KP_OK
+        Ok(KP_OK)
     })
 }
 
@@ -419,22 +382,17 @@ pub unsafe extern "C" fn kp_close(
     status: *mut u32,
 ) -> kp_result {
     guard(|| {
-        // SAFETY (both): the caller's contract on each pointer.
-        let (engine, ksid) = match unsafe { (engine(e), ksid_arg(key_stream_id)) } {
-            (Ok(e), Ok(k)) => (e, k),
-            (Err(code), _) | (_, Err(code)) => return code,
-        };
-        if status.is_null() {
-            return null("status");
-        }
-        match engine.close(&ksid) {
-            Ok(s) => {
-                // SAFETY: writable by contract.
-                unsafe { status.write(s.code()) };
-                KP_OK
-            }
-            Err(err @ StreamError::UnknownStream) => fail(KP_ERR_UNKNOWN_KSID, err.to_string()),
-        }
+        // SAFETY: each pointer is NULL or valid as documented.
+        let (engine, ksid) = unsafe { (engine(e)?, ksid_arg(key_stream_id)?) };
+        required(status, "status")?;
+        let closed = engine
+            .close(&ksid)
+            .map_err(|err @ StreamError::UnknownStream| {
+                fail(KP_ERR_UNKNOWN_KSID, err.to_string())
+            })?;
+        // SAFETY: writable by contract.
+        unsafe { status.write(closed.code()) };
+        Ok(KP_OK)
     })
 }
 
@@ -446,13 +404,8 @@ pub unsafe extern "C" fn kp_close(
 pub unsafe extern "C" fn kp_engine_stats(e: *mut kp_engine, out: *mut kp_stats) -> kp_result {
     guard(|| {
         // SAFETY: the caller's contract.
-        let engine = match unsafe { engine(e) } {
-            Ok(x) => x,
-            Err(code) => return code,
-        };
-        if out.is_null() {
-            return null("out");
-        }
+        let engine = unsafe { engine(e) }?;
+        required(out, "out")?;
         let s = engine.stats();
         let stats = kp_stats {
             blocks_produced: s.counters.produced,
@@ -470,7 +423,7 @@ pub unsafe extern "C" fn kp_engine_stats(e: *mut kp_engine, out: *mut kp_stats) 
         };
         // SAFETY: non-NULL, writable by contract.
         unsafe { out.write(stats) };
-        KP_OK
+        Ok(KP_OK)
     })
 }
 
@@ -484,20 +437,15 @@ pub unsafe extern "C" fn kp_engine_stats(e: *mut kp_engine, out: *mut kp_stats) 
 pub unsafe extern "C" fn kp_simulated_link_set_down(e: *mut kp_engine, down: i32) -> kp_result {
     guard(|| {
         // SAFETY: the caller's contract.
-        let engine = match unsafe { engine(e) } {
-            Ok(x) => x,
-            Err(code) => return code,
-        };
-        match engine.link_control() {
-            Some(control) => {
-                control.set_down(down != 0);
-                KP_OK
-            }
-            None => fail(
+        let engine = unsafe { engine(e) }?;
+        let control = engine.link_control().ok_or_else(|| {
+            fail(
                 KP_ERR_INVALID_ARGUMENT,
                 "the engine's device is not a simulated link".into(),
-            ),
-        }
+            )
+        })?;
+        control.set_down(down != 0);
+        Ok(KP_OK)
     })
 }
 
@@ -557,9 +505,10 @@ fn get_key_error(err: GetKeyError) -> kp_result {
     }
 }
 
-fn start_error(e: &crate::qkd::EngineError) -> kp_result {
-    match e {
+fn start_error(e: crate::qkd::EngineError) -> kp_result {
+    let code = match e {
         crate::qkd::EngineError::Config(_) => KP_ERR_CONFIG,
         _ => KP_ERR_ENGINE_START,
-    }
+    };
+    fail(code, e.to_string())
 }

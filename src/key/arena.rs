@@ -392,6 +392,33 @@ mod tests {
     }
 
     #[test]
+    fn handle_may_outlive_its_arena_and_the_region_is_reused() {
+        // A geometry no other test uses, so the pool holds only ours.
+        let arena = KeyArena::new(4000, 3).unwrap();
+        let mut kept = arena.alloc().unwrap();
+        kept.bytes_mut().fill(9);
+        drop(arena);
+        assert_eq!(kept.bytes()[3999], 9, "still valid memory");
+        let other = KeyArena::new(4000, 3).unwrap();
+        assert_eq!(
+            other.free_slots(),
+            3,
+            "a region with a slot out is not reused"
+        );
+        drop(kept);
+        drop(other);
+        let again = KeyArena::new(4000, 3).unwrap();
+        assert_eq!(again.free_slots(), 3);
+        for i in 0..3 {
+            assert_eq!(
+                again.peek_free_slot(i),
+                Some(vec![0u8; 4000]),
+                "reused slots are zero"
+            );
+        }
+    }
+
+    #[test]
     fn handles_cross_threads() {
         let arena = KeyArena::new(16, 64).unwrap();
         let handles: Vec<_> = (0..64).map(|_| arena.alloc().unwrap()).collect();
