@@ -2,7 +2,8 @@
 //! secret), for small and large blocks.
 
 use std::hint::black_box;
-use std::time::Duration;
+
+mod support;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use keypipe::device::{DevicePoll, QkdDevice, SimulatedLink};
@@ -26,7 +27,7 @@ fn bench(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    config = support::criterion();
     targets = bench
 }
 criterion_main!(benches);

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod support;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use crossbeam::queue::ArrayQueue;
 use keypipe::key::{DeviceBlock, KeyArena, KeyRing, Stamp};
@@ -100,7 +102,7 @@ fn bench(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    config = support::criterion();
     targets = bench
 }
 criterion_main!(benches);

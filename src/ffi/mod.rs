@@ -320,10 +320,8 @@ pub unsafe extern "C" fn kp_get_key(
         required(status, "status")?;
         // SAFETY: `metadata` is NULL or valid by contract.
         let metadata = unsafe { metadata.as_mut() };
-        if let Some(m) = &metadata {
-            if m.size > 0 {
-                required(m.buffer, "metadata->buffer")?;
-            }
+        if let Some(m) = metadata.as_ref().filter(|m| m.size > 0) {
+            required(m.buffer, "metadata->buffer")?;
         }
         // One byte of the caller's capacity is kept for the NUL.
         let capacity = metadata

@@ -79,13 +79,11 @@ impl Region {
     /// # Safety
     /// The caller must have exclusive access to slot `index`.
     unsafe fn wipe(&self, index: u32) {
-        let words = self.stride / std::mem::size_of::<u64>();
-        // SAFETY: slots start at `base + index * stride`; `base` is page
-        // aligned and `stride` a multiple of 16, so the pointer is aligned
-        // for u64 and the `stride` bytes belong to this slot alone, which the
-        // caller holds exclusively.
-        let words =
-            unsafe { std::slice::from_raw_parts_mut(self.slot_ptr(index).cast::<u64>(), words) };
+        let (start, len) = (self.slot_ptr(index).cast::<u64>(), self.stride / 8);
+        // Slots start at `base + index * stride`, `base` page aligned and
+        // `stride` a multiple of 16: aligned for u64, and this slot's alone.
+        // SAFETY: in bounds and aligned (above); the caller holds the slot.
+        let words = unsafe { std::slice::from_raw_parts_mut(start, len) };
         words.zeroize();
     }
 
@@ -200,10 +198,10 @@ impl KeyArena {
         while let Some(i) = region.free.pop() {
             taken.push(i);
             if i == index {
+                let (start, len) = (region.slot_ptr(i), region.block_size);
                 // SAFETY: we popped `index` from the free list: no handle
                 // holds it until we push it back below.
-                let bytes =
-                    unsafe { std::slice::from_raw_parts(region.slot_ptr(i), region.block_size) };
+                let bytes = unsafe { std::slice::from_raw_parts(start, len) };
                 found = Some(bytes.to_vec());
                 break;
             }
