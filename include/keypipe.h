@@ -26,8 +26,9 @@
  *   block_size = 4096           bytes per device block, 16..65536
  *   arena_blocks = 1024         mlocked key slots per node (> ring_blocks)
  *   ring_blocks = 256           device-to-stream ring capacity
- *   max_key_chunk_size = 65536  largest qos.key_chunk_size (else status 7), and at
- *                               most (arena_blocks - ring_blocks) * block_size / 2
+ *   max_key_chunk_size = 65536  largest qos.key_chunk_size (else status 7); also at most
+ *                               (ring_blocks - 1) * block_size and
+ *                               (arena_blocks - ring_blocks) * block_size / 2
  *   max_timeout_ms = 60000      largest qos.timeout (clamped)
  *   default_ttl_s = 300         TTL of streams asking qos.ttl = 0
  *   max_ttl_s = 86400           largest qos.ttl (clamped)
@@ -138,6 +139,10 @@ typedef struct kp_stats {
 
 // Internal error: a panic was caught at the C boundary.
 #define KP_ERR_PANIC -8
+
+// Both sides opened this KSID on their own with different chunk sizes:
+// close it and open it again.
+#define KP_ERR_QOS_CONFLICT -9
 
 #ifdef __cplusplus
 extern "C" {

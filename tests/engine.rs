@@ -415,3 +415,49 @@ fn dropped_blocks_never_happen_under_backpressure() {
         }
     }
 }
+
+#[test]
+fn a_pair_cannot_share_one_named_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.fifo");
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let err = Engine::pair(&file_config(&path, 64, 64, 8)).unwrap_err();
+    assert!(err.to_string().contains("named pipe"), "{err}");
+}
+
+#[test]
+fn streams_waiting_for_multi_block_chunks_do_not_starve_each_other() {
+    // 64-byte blocks at 100 blocks/s, a 16-slot arena: six streams each
+    // wanting 256-byte chunks (4 blocks). Reserving piecemeal would let each
+    // hold 3 of the 4 blocks it needs until the arena is full.
+    let config = EngineConfig {
+        block_size: 64,
+        arena_blocks: 16,
+        ring_blocks: 7,
+        device: DeviceConfig::Simulated {
+            rate_bps: 64 * 8 * 100,
+            link_secret: None,
+        },
+        ..EngineConfig::default()
+    };
+    let (a, b) = Engine::pair(&config).unwrap();
+    let a = Arc::new(a);
+    let ksids: Vec<Uuid> = (0..6).map(|_| open_both(&a, &b, &qos(256, 5000))).collect();
+    let readers: Vec<_> = ksids
+        .into_iter()
+        .map(|ksid| {
+            let a = Arc::clone(&a);
+            thread::spawn(move || {
+                let mut out = [0u8; 256];
+                (0..3)
+                    .map(|i| a.get_key(&ksid, i, &mut out, None).unwrap().status())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for r in readers {
+        assert_eq!(r.join().unwrap(), vec![Status::Successful; 3]);
+    }
+}

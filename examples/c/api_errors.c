@@ -82,8 +82,8 @@ int main(void) {
     EXPECT(q.key_chunk_size == 1, "counter-proposal chunk 1, got %u", q.key_chunk_size);
     q = make_qos(1u << 20, 100);
     EXPECT(kp_open_connect(a, "a", "b", &q, ksid, &status) == KP_OK && status == 7, "chunk too big: status %u", status);
-    /* the counter-proposal is what this node can hold: (64 - 4) * 16 / 2 bytes */
-    EXPECT(q.key_chunk_size == 480, "counter-proposal 480, got %u", q.key_chunk_size);
+    /* the counter-proposal is what this node can reserve at once: (4 - 1) * 16 bytes */
+    EXPECT(q.key_chunk_size == 48, "counter-proposal 48, got %u", q.key_chunk_size);
     q = make_qos(16, 100);
     q.min_bps = 1000000;
     EXPECT(kp_open_connect(a, "a", "b", &q, ksid, &status) == KP_OK && status == 7 && q.min_bps == 1280, "min_bps: %u %u", status, q.min_bps);

@@ -13,8 +13,10 @@ use crate::key::{DeviceBlock, KeyArena, KeyBlock, KeyCounters, KeyRing, Stamp};
 
 /// Longest nap between polls, so a stop request is seen quickly.
 const MAX_NAP: Duration = Duration::from_millis(5);
-/// Nap while the ring is full.
-const FULL_NAP: Duration = Duration::from_micros(100);
+/// Longest sleep while the ring is full (a pop wakes the poller sooner).
+const FULL_WAIT: Duration = Duration::from_millis(50);
+/// Nap while every arena slot is held (streams hold key; rare).
+const ARENA_NAP: Duration = Duration::from_millis(2);
 
 /// Device health as seen by the poller, read by the stream manager.
 #[derive(Debug)]
@@ -64,7 +66,7 @@ impl Poller {
                 while !stopping.load(Ordering::Acquire) {
                     if ring.is_full() {
                         counters.stalled();
-                        thread::park_timeout(FULL_NAP);
+                        ring.wait_for_room(FULL_WAIT);
                         continue;
                     }
                     if slot.is_none() {
@@ -72,7 +74,7 @@ impl Poller {
                     }
                     let Some(block) = slot.as_mut() else {
                         counters.stalled();
-                        thread::park_timeout(FULL_NAP);
+                        thread::park_timeout(ARENA_NAP);
                         continue;
                     };
                     match device.poll(block.bytes_mut()) {
@@ -144,7 +146,7 @@ mod tests {
         )
         .unwrap();
         // Nobody consumes: the ring fills and the poller stalls.
-        while counters.snapshot().ring_full_stalls < 50 {
+        while counters.snapshot().ring_full_stalls < 3 {
             thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(ring.len(), 4);

@@ -25,6 +25,9 @@ pub const KP_ERR_INDEX_CONSUMED: kp_result = -6;
 pub const KP_ERR_ENGINE_START: kp_result = -7;
 /// Internal error: a panic was caught at the C boundary.
 pub const KP_ERR_PANIC: kp_result = -8;
+/// Both sides opened this KSID on their own with different chunk sizes:
+/// close it and open it again.
+pub const KP_ERR_QOS_CONFLICT: kp_result = -9;
 
 thread_local! {
     static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
@@ -49,6 +52,7 @@ pub extern "C" fn kp_result_message(code: kp_result) -> *const c_char {
         KP_ERR_INDEX_CONSUMED => c"index already delivered on this node, or its key expired",
         KP_ERR_ENGINE_START => c"the engine could not start",
         KP_ERR_PANIC => c"internal error (panic caught at the C boundary)",
+        KP_ERR_QOS_CONFLICT => c"both sides opened this KSID with different key_chunk_size",
         _ => c"unknown result code",
     };
     text.as_ptr()

@@ -102,10 +102,13 @@ pub struct kp_stats {
 fn guard(f: impl FnOnce() -> Result<kp_result, kp_result>) -> kp_result {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(code) | Err(code)) => code,
-        Err(_) => fail(
-            KP_ERR_PANIC,
-            "internal error: a panic was caught at the C boundary".into(),
-        ),
+        Err(_) => {
+            // Recording the detail touches a thread-local: keep it inside
+            // the boundary too.
+            let detail = "internal error: a panic was caught at the C boundary";
+            let _ = catch_unwind(|| fail(KP_ERR_PANIC, detail.into()));
+            KP_ERR_PANIC
+        }
     }
 }
 
@@ -500,6 +503,7 @@ fn get_key_error(err: GetKeyError) -> kp_result {
         GetKeyError::UnknownStream => KP_ERR_UNKNOWN_KSID,
         GetKeyError::Consumed => KP_ERR_INDEX_CONSUMED,
         GetKeyError::BufferTooSmall { .. } => KP_ERR_KEY_BUFFER_TOO_SMALL,
+        GetKeyError::QosConflict => KP_ERR_QOS_CONFLICT,
     }
 }
 

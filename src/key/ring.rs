@@ -5,6 +5,8 @@
 //! enter the queue.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use crossbeam::queue::ArrayQueue;
@@ -49,10 +51,13 @@ impl Stamp {
     }
 }
 
-/// Bounded multi-producer multi-consumer ring of device blocks.
+/// Bounded multi-consumer ring of device blocks, fed by one producer
+/// thread that sleeps while the ring is full and is woken by the next pop.
 #[derive(Debug)]
 pub struct KeyRing {
     queue: ArrayQueue<DeviceBlock>,
+    producer: OnceLock<Thread>,
+    producer_waiting: AtomicBool,
 }
 
 impl KeyRing {
@@ -60,6 +65,8 @@ impl KeyRing {
     pub fn new(capacity: usize) -> Self {
         Self {
             queue: ArrayQueue::new(capacity.max(1)),
+            producer: OnceLock::new(),
+            producer_waiting: AtomicBool::new(false),
         }
     }
 
@@ -69,9 +76,31 @@ impl KeyRing {
         self.queue.push(block)
     }
 
-    /// Takes the oldest block.
+    /// Takes the oldest block, waking the producer if it waits for room.
     pub fn pop(&self) -> Option<DeviceBlock> {
-        self.queue.pop()
+        let block = self.queue.pop()?;
+        // SeqCst pairs with `wait_for_room`: either the producer sees the
+        // room made here, or this sees it waiting and wakes it.
+        if self.producer_waiting.load(Ordering::SeqCst)
+            && self.producer_waiting.swap(false, Ordering::SeqCst)
+        {
+            if let Some(producer) = self.producer.get() {
+                producer.unpark();
+            }
+        }
+        Some(block)
+    }
+
+    /// Producer side: sleeps while the ring is full, until a pop makes room
+    /// or `max` passes (or the thread is unparked). Always called from the
+    /// same producer thread.
+    pub fn wait_for_room(&self, max: Duration) {
+        self.producer.get_or_init(thread::current);
+        self.producer_waiting.store(true, Ordering::SeqCst);
+        if self.queue.is_full() {
+            thread::park_timeout(max);
+        }
+        self.producer_waiting.store(false, Ordering::SeqCst);
     }
 
     /// Blocks waiting in the ring.

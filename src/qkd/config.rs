@@ -6,8 +6,9 @@
 //! block_size = 4096          # bytes per device block, 16..=65536 (both nodes alike)
 //! arena_blocks = 1024        # key slots pre-allocated (and mlocked) for this node
 //! ring_blocks = 256          # device-to-stream ring capacity, blocks (< arena_blocks)
-//! max_key_chunk_size = 65536 # largest key_chunk_size a stream may ask for (and at most
-//!                            # half of (arena_blocks - ring_blocks) * block_size)
+//! max_key_chunk_size = 65536 # largest key_chunk_size a stream may ask for; also at most
+//!                            # (ring_blocks - 1) * block_size and half of
+//!                            # (arena_blocks - ring_blocks) * block_size
 //! max_timeout_ms = 60000     # longest GET_KEY wait a stream may ask for
 //! default_ttl_s = 300        # TTL given to streams that ask for 0
 //! max_ttl_s = 86400          # longest TTL a stream may ask for
@@ -179,7 +180,10 @@ impl EngineConfig {
         };
         // A chunk must fit in the key a node can hold beside a full ring,
         // with room to spare for other streams: at most half of it.
-        let holdable = (self.arena_blocks - self.ring_blocks).saturating_mul(self.block_size) / 2;
+        // It is reserved all at once from the ring, and spans at most one
+        // block more than its size: it must fit in ring_blocks - 1 blocks.
+        let holdable = ((self.arena_blocks - self.ring_blocks).saturating_mul(self.block_size) / 2)
+            .min((self.ring_blocks - 1).saturating_mul(self.block_size));
         QosLimits {
             max_key_chunk_size: self
                 .max_key_chunk_size

@@ -164,11 +164,23 @@ impl Engine {
                     SimulatedDevice::new(&secret, config.block_size, *rate_bps, control.clone());
                 (Box::new(a), Box::new(b), Some(control))
             }
-            DeviceConfig::File { path } => (
-                Box::new(FileSource::open(path, config.block_size)?),
-                Box::new(FileSource::open(path, config.block_size)?),
-                None,
-            ),
+            DeviceConfig::File { path } => {
+                let a = FileSource::open(path, config.block_size)?;
+                if a.is_pipe() {
+                    // Two readers of one pipe would split its bytes between them.
+                    return Err(super::ConfigError(format!(
+                        "device.path {} is a named pipe: the two nodes of a pair cannot share one; \
+                         give each node its own pipe (one engine per node)",
+                        path.display()
+                    ))
+                    .into());
+                }
+                (
+                    Box::new(a),
+                    Box::new(FileSource::open(path, config.block_size)?),
+                    None,
+                )
+            }
         };
         let mut a = Engine::with_parts(config, Role::Leader, dev_a, Box::new(ta), Some(inbox_a))?;
         let mut b = Engine::with_parts(config, Role::Follower, dev_b, Box::new(tb), Some(inbox_b))?;
@@ -290,7 +302,7 @@ impl Engine {
                 {
                     continue;
                 }
-                node = self.wait(node, wait - start.elapsed());
+                node = self.wait(node, wait.saturating_sub(start.elapsed()));
             }
         }
         let reply = node.open_connect(source, destination, qos, ksid, link_ok);

@@ -106,6 +106,12 @@ pub enum GetKeyError {
     /// The index was already delivered on this node, or its key expired.
     #[error("this index was already delivered on this node, or its key expired")]
     Consumed,
+    /// Both sides opened this KSID on their own with different chunk sizes;
+    /// close it and open it again.
+    #[error(
+        "both sides opened this KSID with different key_chunk_size: close it and open it again"
+    )]
+    QosConflict,
     /// The key buffer is shorter than the stream's chunk size.
     #[error("key buffer too small: the stream's chunks are {needed} bytes")]
     BufferTooSmall {

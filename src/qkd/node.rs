@@ -166,6 +166,9 @@ impl Node {
         if stream.local != Side::Open {
             return Err(GetKeyError::UnknownStream);
         }
+        if stream.conflict {
+            return Err(GetKeyError::QosConflict);
+        }
         let chunk = stream.qos.key_chunk_size as usize;
         if out.len() < chunk {
             return Err(GetKeyError::BufferTooSmall { needed: chunk });
@@ -177,7 +180,8 @@ impl Node {
         if stream.delivered.contains(a) {
             return Err(GetKeyError::Consumed);
         }
-        let mut missing = false;
+        // First pass: what of the chunk is here, gone, or missing.
+        let mut missing = 0;
         for sb in stream.blocks_of(a, block_size) {
             if let Some(held) = stream.held.get(&sb) {
                 if held.expires <= now {
@@ -185,44 +189,54 @@ impl Node {
                     self.counters.expired(1);
                     return Err(GetKeyError::Consumed);
                 }
-                continue;
-            }
-            if stream.assigned.contains(sb) {
+            } else if stream.assigned.contains(sb) {
                 // Assigned to this node once, and since released or expired.
                 return Err(GetKeyError::Consumed);
-            }
-            if !stream.allocating() {
-                return Ok(Attempt::Reply(GetKeyReply::Status(
-                    Status::PeerNotConnectedGetKey,
-                )));
-            }
-            match self.role {
-                Role::Leader => {
-                    if !assign(
-                        ksid,
-                        stream,
-                        sb,
-                        now,
-                        ring,
-                        &self.counters,
-                        &mut self.outbox,
-                    ) {
-                        missing = true;
-                    }
-                }
-                Role::Follower => {
-                    if stream.requested.insert(sb) {
-                        self.outbox.push(LinkMsg::LeaseRequest {
-                            ksid: *ksid,
-                            stream_block: sb,
-                        });
-                    }
-                    missing = true;
-                }
+            } else if !stream.allocating() {
+                let status = Status::PeerNotConnectedGetKey;
+                return Ok(Attempt::Reply(GetKeyReply::Status(status)));
+            } else {
+                missing += 1;
             }
         }
-        if missing {
-            return Ok(Attempt::NeedKey);
+        // Second pass: get the missing blocks, all or none, so streams
+        // waiting for key never each hold part of what they need.
+        if missing > 0 {
+            if self.role == Role::Leader && ring.len() < missing {
+                return Ok(Attempt::NeedKey);
+            }
+            for sb in stream.blocks_of(a, block_size) {
+                if stream.held.contains_key(&sb) {
+                    continue;
+                }
+                match self.role {
+                    Role::Leader => {
+                        // Only the node's lock holder pops the ring: the
+                        // blocks counted above are there.
+                        let assigned = assign(
+                            ksid,
+                            stream,
+                            sb,
+                            now,
+                            ring,
+                            &self.counters,
+                            &mut self.outbox,
+                        );
+                        debug_assert!(assigned);
+                    }
+                    Role::Follower => {
+                        if stream.requested.insert(sb) {
+                            self.outbox.push(LinkMsg::LeaseRequest {
+                                ksid: *ksid,
+                                stream_block: sb,
+                            });
+                        }
+                    }
+                }
+            }
+            if self.role == Role::Follower {
+                return Ok(Attempt::NeedKey);
+            }
         }
         let metadata = match metadata_capacity {
             None => None,
@@ -277,8 +291,13 @@ impl Node {
                     .entry(ksid)
                     .or_insert_with(|| Stream::new(qos.clone(), &source, &destination));
                 stream.peer = Side::Open;
-                if self.role == Role::Follower && stream.assigned.is_empty() {
-                    stream.qos = qos; // the leader's QoS wins a simultaneous open
+                if stream.local == Side::Absent {
+                    stream.qos = qos; // not told to an application yet: take the peer's
+                } else if stream.qos.key_chunk_size != qos.key_chunk_size {
+                    // Both sides opened this KSID on their own, with different
+                    // chunk sizes: their keys cannot line up. Both detect it.
+                    tracing::warn!(%ksid, "both sides opened the stream with different key_chunk_size");
+                    stream.conflict = true;
                 }
             }
             LinkMsg::Close { ksid } => {
@@ -448,5 +467,107 @@ impl Metadata {
         );
         m.len = (48 - w.len()) as u8;
         m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: QosLimits = QosLimits {
+        max_key_chunk_size: 1024,
+        link_rate_bps: 0,
+        max_timeout_ms: 1000,
+        default_ttl_s: 60,
+        max_ttl_s: 60,
+    };
+
+    fn node(role: Role) -> Node {
+        Node::new(role, 64, LIMITS, Arc::new(KeyCounters::default()))
+    }
+
+    fn deliver(from: &mut Node, to: &mut Node, ring: &KeyRing) {
+        for msg in from.take_outbox() {
+            to.handle(Instant::now(), msg, ring);
+        }
+    }
+
+    #[test]
+    fn independent_opens_with_different_chunk_sizes_are_a_conflict_on_both_sides() {
+        let (mut a, mut b) = (node(Role::Leader), node(Role::Follower));
+        let ring = KeyRing::new(4);
+        let ksid = Uuid::new_v4();
+        let qos = |c| Qos {
+            key_chunk_size: c,
+            ..Qos::default()
+        };
+        assert_eq!(
+            a.open_connect("s", "d", &qos(32), Some(ksid), true).status,
+            Status::PeerNotConnected
+        );
+        assert_eq!(
+            b.open_connect("s", "d", &qos(64), Some(ksid), true).status,
+            Status::PeerNotConnected
+        );
+        deliver(&mut a, &mut b, &ring);
+        deliver(&mut b, &mut a, &ring);
+        let mut out = [0u8; 64];
+        for n in [&mut a, &mut b] {
+            let got = n.get_key(Instant::now(), &ksid, 0, &mut out, None, &ring);
+            assert!(matches!(got, Err(GetKeyError::QosConflict)), "{got:?}");
+        }
+        assert_eq!(out, [0u8; 64]);
+        // Equal chunk sizes opened independently are fine.
+        let other = Uuid::new_v4();
+        a.open_connect("s", "d", &qos(32), Some(other), true);
+        b.open_connect("s", "d", &qos(32), Some(other), true);
+        deliver(&mut a, &mut b, &ring);
+        deliver(&mut b, &mut a, &ring);
+        let got = a.get_key(Instant::now(), &other, 0, &mut out, None, &ring);
+        assert!(matches!(got, Ok(Attempt::NeedKey)), "{got:?}");
+    }
+
+    #[test]
+    fn a_chunk_reserves_all_its_blocks_or_none() {
+        let (mut a, mut b) = (node(Role::Leader), node(Role::Follower));
+        let ring = KeyRing::new(8);
+        let arena = crate::key::KeyArena::new(64, 8).unwrap();
+        let push = |id| {
+            ring.push(DeviceBlock {
+                id,
+                born: Stamp::now(),
+                key: arena.alloc().unwrap(),
+            })
+            .unwrap()
+        };
+        let qos = Qos {
+            key_chunk_size: 256,
+            ..Qos::default()
+        }; // 4 blocks of 64
+        let ksid = a.open_connect("s", "d", &qos, None, true).ksid.unwrap();
+        deliver(&mut a, &mut b, &ring);
+        b.open_connect("s", "d", &qos, Some(ksid), true);
+        deliver(&mut b, &mut a, &ring);
+        (0..3).for_each(push);
+        let mut out = [0u8; 256];
+        let got = a.get_key(Instant::now(), &ksid, 0, &mut out, None, &ring);
+        assert!(matches!(got, Ok(Attempt::NeedKey)), "{got:?}");
+        assert_eq!(
+            ring.len(),
+            3,
+            "no block taken while the chunk cannot be whole"
+        );
+        push(3);
+        let got = a.get_key(Instant::now(), &ksid, 0, &mut out, None, &ring);
+        assert!(
+            matches!(got, Ok(Attempt::Reply(GetKeyReply::Key { index: 0, .. }))),
+            "{got:?}"
+        );
+        assert!(ring.is_empty());
+        assert_eq!(
+            arena.free_slots(),
+            8,
+            "all four blocks released once the chunk is delivered"
+        );
     }
 }

@@ -47,11 +47,6 @@ impl RangeSet {
         }
     }
 
-    /// True when the set has no value.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.runs.is_empty()
-    }
-
     /// Number of separate runs (for tests and stats).
     #[cfg(test)]
     pub(crate) fn runs(&self) -> usize {

@@ -52,6 +52,8 @@ pub(crate) struct Stream {
     pub(crate) requested: BTreeSet<u64>,
     /// Follower: the leader refused to assign more blocks.
     pub(crate) refused: bool,
+    /// Both sides opened the KSID independently with different chunk sizes.
+    pub(crate) conflict: bool,
     /// Chunks handed out on this node.
     pub(crate) delivered: RangeSet,
     /// Absolute number of the last chunk asked for on this node.
@@ -72,6 +74,7 @@ impl Stream {
             assigned: RangeSet::default(),
             requested: BTreeSet::new(),
             refused: false,
+            conflict: false,
             delivered: RangeSet::default(),
             cursor: 0,
             next_expiry: None,
@@ -80,7 +83,7 @@ impl Stream {
 
     /// True while new blocks may be assigned (neither side closed).
     pub(crate) fn allocating(&self) -> bool {
-        self.local != Side::Closed && self.peer != Side::Closed && !self.refused
+        self.local != Side::Closed && self.peer != Side::Closed && !self.refused && !self.conflict
     }
 
     /// True once neither side will ask for key again.
