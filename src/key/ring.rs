@@ -83,10 +83,9 @@ impl KeyRing {
         // room made here, or this sees it waiting and wakes it.
         if self.producer_waiting.load(Ordering::SeqCst)
             && self.producer_waiting.swap(false, Ordering::SeqCst)
+            && let Some(producer) = self.producer.get()
         {
-            if let Some(producer) = self.producer.get() {
-                producer.unpark();
-            }
+            producer.unpark();
         }
         Some(block)
     }
