@@ -1,6 +1,6 @@
 //! Ring throughput, one producer thread to one consumer thread:
 //! - `handles`: take an arena slot, write 32 key bytes into it, push its
-//!   handle through the `KeyRing`, pop it, drop it (zeroize + free list);
+//!   handle through the key ring, pop it, drop it (zeroize + free list);
 //! - `arrayqueue_u8x32`: the baseline, 32-byte arrays by value through a
 //!   crossbeam `ArrayQueue<[u8; 32]>`;
 //! - `memcpy`: copying the same bytes, single thread.
@@ -14,20 +14,19 @@ mod support;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use crossbeam::queue::ArrayQueue;
-use keypipe::key::{DeviceBlock, KeyArena, KeyRing, Stamp};
+use keypipe::key::{DeviceBlock, KeyArena, Stamp, ring};
 
 const RING: usize = 1024;
 
 fn handles(iters: u64) -> Duration {
     let arena = KeyArena::new(32, RING * 2).unwrap();
-    let ring = Arc::new(KeyRing::new(RING));
+    let (mut tx, mut rx) = ring(RING);
     let born = Stamp::now();
     let consumer = {
-        let ring = Arc::clone(&ring);
         thread::spawn(move || {
             let mut n = 0;
             while n < iters {
-                if let Some(block) = ring.pop() {
+                if let Some(block) = rx.pop() {
                     black_box(block.key.bytes()[0]);
                     n += 1;
                 } else {
@@ -45,7 +44,7 @@ fn handles(iters: u64) -> Duration {
         };
         key.bytes_mut().fill(id as u8);
         let mut block = DeviceBlock { id, born, key };
-        while let Err(back) = ring.push(block) {
+        while let Err(back) = tx.push(block) {
             block = back;
             std::hint::spin_loop();
         }

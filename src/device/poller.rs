@@ -9,12 +9,13 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use super::{DevicePoll, QkdDevice};
-use crate::key::{DeviceBlock, KeyArena, KeyBlock, KeyCounters, KeyRing, Stamp};
+use crate::key::{DeviceBlock, KeyArena, KeyBlock, KeyCounters, RingProducer, Stamp};
 
 /// Longest nap between polls, so a stop request is seen quickly.
 const MAX_NAP: Duration = Duration::from_millis(5);
-/// Longest sleep while the ring is full (a pop wakes the poller sooner).
-const FULL_WAIT: Duration = Duration::from_millis(50);
+/// Longest sleep while the ring is full (a pop wakes the poller sooner;
+/// this bounds the rare wake-up lost to a race).
+const FULL_WAIT: Duration = Duration::from_millis(5);
 /// Nap while every arena slot is held (streams hold key; rare).
 const ARENA_NAP: Duration = Duration::from_millis(2);
 
@@ -53,7 +54,7 @@ impl Poller {
     pub fn spawn(
         mut device: Box<dyn QkdDevice>,
         arena: KeyArena,
-        ring: Arc<KeyRing>,
+        mut ring: RingProducer,
         counters: Arc<KeyCounters>,
         state: Arc<DeviceState>,
     ) -> std::io::Result<Self> {
@@ -133,18 +134,12 @@ mod tests {
     #[test]
     fn stalled_consumer_loses_nothing() {
         let arena = KeyArena::new(64, 16).unwrap();
-        let ring = Arc::new(KeyRing::new(4));
+        let (tx, mut ring) = crate::key::ring(4);
         let counters = Arc::new(KeyCounters::default());
         let state = Arc::new(DeviceState::default());
         let (dev, mut twin, _) = SimulatedLink::pair(&[3; 32], 64, 0);
-        let poller = Poller::spawn(
-            Box::new(dev),
-            arena.clone(),
-            ring.clone(),
-            counters.clone(),
-            state,
-        )
-        .unwrap();
+        let poller =
+            Poller::spawn(Box::new(dev), arena.clone(), tx, counters.clone(), state).unwrap();
         // Nobody consumes: the ring fills and the poller stalls.
         while counters.snapshot().ring_full_stalls < 3 {
             thread::sleep(Duration::from_millis(1));

@@ -8,4 +8,4 @@ mod ring;
 
 pub use arena::{ArenaError, KeyArena, KeyBlock, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Protection};
 pub use counters::{CounterSnapshot, KeyCounters};
-pub use ring::{DeviceBlock, KeyRing, Stamp};
+pub use ring::{DeviceBlock, RingConsumer, RingProducer, Stamp, ring};

@@ -1,15 +1,25 @@
-//! The bounded lock-free ring between a device poller and the consumers.
+//! The bounded lock-free ring between a device poller and its node.
 //!
 //! It carries [`DeviceBlock`]s: a block id, its production time and the
-//! handle of the arena slot holding the bytes. The bytes themselves never
-//! enter the queue.
+//! handle of the arena slot holding the bytes (32 bytes in all). The bytes
+//! themselves never enter the ring.
+//!
+//! There is exactly one producer (the device's poller thread) and one
+//! consumer (the node, used under its lock), so the ring is single-producer
+//! single-consumer: [`ring`] returns the two halves, each usable by one
+//! thread at a time. Each side keeps a private copy of the other side's
+//! index and reads the shared one only when its copy says full (or empty),
+//! so in steady state a push or pop touches no line the other side writes,
+//! apart from the slot itself.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::UnsafeCell;
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-use crossbeam::queue::ArrayQueue;
+use crossbeam::utils::CachePadded;
 
 use super::KeyBlock;
 
@@ -51,74 +61,281 @@ impl Stamp {
     }
 }
 
-/// Bounded multi-consumer ring of device blocks, fed by one producer
-/// thread that sleeps while the ring is full and is woken by the next pop.
-#[derive(Debug)]
-pub struct KeyRing {
-    queue: ArrayQueue<DeviceBlock>,
+/// The state both halves share.
+struct Shared {
+    /// Count of blocks ever popped (written by the consumer only).
+    head: CachePadded<AtomicUsize>,
+    /// Count of blocks ever pushed (written by the producer only).
+    tail: CachePadded<AtomicUsize>,
+    slots: Box<[UnsafeCell<MaybeUninit<DeviceBlock>>]>,
     producer: OnceLock<Thread>,
-    producer_waiting: AtomicBool,
+    producer_waiting: CachePadded<AtomicBool>,
 }
 
-impl KeyRing {
-    /// A ring holding at most `capacity` blocks (at least 1).
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            queue: ArrayQueue::new(capacity.max(1)),
-            producer: OnceLock::new(),
-            producer_waiting: AtomicBool::new(false),
+// SAFETY: slot `i` is written only by the producer while `i` lies outside
+// `head..tail` and read (moved out) only by the consumer while it lies
+// inside; the Release stores of `tail`/`head` and the Acquire loads on the
+// other side order those accesses. `DeviceBlock` is `Send`.
+unsafe impl Sync for Shared {}
+// SAFETY: as above; the shared state only holds `Send` data.
+unsafe impl Send for Shared {}
+
+impl Shared {
+    fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn len(&self) -> usize {
+        let head = self.head.load(Ordering::Acquire);
+        self.tail.load(Ordering::Acquire).wrapping_sub(head)
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Both halves are gone: drop (and so zeroize) what is still queued.
+        let (head, tail) = (*self.head.get_mut(), *self.tail.get_mut());
+        for pos in head..tail {
+            let slot = self.slots[pos % self.slots.len()].get_mut();
+            // SAFETY: positions `head..tail` hold initialized blocks that
+            // nobody else can reach any more.
+            unsafe { slot.assume_init_drop() };
         }
     }
+}
 
+/// A ring of `capacity` blocks (at least 1): the producer half for the
+/// device's poller, the consumer half for the node.
+pub fn ring(capacity: usize) -> (RingProducer, RingConsumer) {
+    let capacity = capacity.max(1);
+    let shared = Arc::new(Shared {
+        head: CachePadded::new(AtomicUsize::new(0)),
+        tail: CachePadded::new(AtomicUsize::new(0)),
+        slots: (0..capacity)
+            .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
+            .collect(),
+        producer: OnceLock::new(),
+        producer_waiting: CachePadded::new(AtomicBool::new(false)),
+    });
+    let producer = RingProducer {
+        shared: Arc::clone(&shared),
+        tail: 0,
+        slot: 0,
+        head_seen: 0,
+    };
+    (
+        producer,
+        RingConsumer {
+            shared,
+            head: 0,
+            slot: 0,
+            tail_seen: 0,
+        },
+    )
+}
+
+/// The pushing half of a ring (the device poller's).
+pub struct RingProducer {
+    shared: Arc<Shared>,
+    tail: usize,
+    slot: usize,
+    head_seen: usize,
+}
+
+impl std::fmt::Debug for RingProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingProducer")
+            .field("len", &self.shared.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RingProducer {
     /// Appends a block, or gives it back when the ring is full (it is never
     /// dropped or overwritten).
-    pub fn push(&self, block: DeviceBlock) -> Result<(), DeviceBlock> {
-        self.queue.push(block)
+    pub fn push(&mut self, block: DeviceBlock) -> Result<(), DeviceBlock> {
+        if self.is_full() {
+            return Err(block);
+        }
+        // SAFETY: position `tail` is outside `head..tail` (not full), so the
+        // consumer does not touch this slot until the store below.
+        unsafe { (*self.shared.slots[self.slot].get()).write(block) };
+        self.tail = self.tail.wrapping_add(1);
+        self.slot = if self.slot + 1 == self.shared.capacity() {
+            0
+        } else {
+            self.slot + 1
+        };
+        self.shared.tail.store(self.tail, Ordering::Release);
+        Ok(())
     }
 
+    /// True when a push would be refused.
+    pub fn is_full(&mut self) -> bool {
+        let capacity = self.shared.capacity();
+        if self.tail.wrapping_sub(self.head_seen) < capacity {
+            return false;
+        }
+        self.head_seen = self.shared.head.load(Ordering::Acquire);
+        self.tail.wrapping_sub(self.head_seen) >= capacity
+    }
+
+    /// Sleeps while the ring is full, until a pop makes room or `max`
+    /// passes (or the thread is unparked). Always called from the same
+    /// thread.
+    pub fn wait_for_room(&mut self, max: Duration) {
+        self.shared.producer.get_or_init(thread::current);
+        self.shared.producer_waiting.store(true, Ordering::SeqCst);
+        if self.is_full() {
+            thread::park_timeout(max);
+        }
+        self.shared.producer_waiting.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The popping half of a ring (the node's).
+pub struct RingConsumer {
+    shared: Arc<Shared>,
+    head: usize,
+    slot: usize,
+    tail_seen: usize,
+}
+
+impl std::fmt::Debug for RingConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingConsumer")
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RingConsumer {
     /// Takes the oldest block, waking the producer if it waits for room.
-    pub fn pop(&self) -> Option<DeviceBlock> {
-        let block = self.queue.pop()?;
-        // SeqCst pairs with `wait_for_room`: either the producer sees the
-        // room made here, or this sees it waiting and wakes it.
-        if self.producer_waiting.load(Ordering::SeqCst)
-            && self.producer_waiting.swap(false, Ordering::SeqCst)
-            && let Some(producer) = self.producer.get()
+    pub fn pop(&mut self) -> Option<DeviceBlock> {
+        if self.head == self.tail_seen {
+            self.tail_seen = self.shared.tail.load(Ordering::Acquire);
+            if self.head == self.tail_seen {
+                return None;
+            }
+        }
+        // SAFETY: position `head` is inside `head..tail`: the producer wrote
+        // it before its Release store of `tail`, which we loaded (Acquire),
+        // and will not touch it again until our store below.
+        let block = unsafe { (*self.shared.slots[self.slot].get()).assume_init_read() };
+        self.head = self.head.wrapping_add(1);
+        self.slot = if self.slot + 1 == self.shared.capacity() {
+            0
+        } else {
+            self.slot + 1
+        };
+        self.shared.head.store(self.head, Ordering::Release);
+        // A waiting producer is woken here; a wake-up lost to the race with
+        // its `waiting` flag costs it at most its `wait_for_room` timeout.
+        if self.shared.producer_waiting.load(Ordering::Relaxed)
+            && self.shared.producer_waiting.swap(false, Ordering::SeqCst)
+            && let Some(producer) = self.shared.producer.get()
         {
             producer.unpark();
         }
         Some(block)
     }
 
-    /// Producer side: sleeps while the ring is full, until a pop makes room
-    /// or `max` passes (or the thread is unparked). Always called from the
-    /// same producer thread.
-    pub fn wait_for_room(&self, max: Duration) {
-        self.producer.get_or_init(thread::current);
-        self.producer_waiting.store(true, Ordering::SeqCst);
-        if self.queue.is_full() {
-            thread::park_timeout(max);
-        }
-        self.producer_waiting.store(false, Ordering::SeqCst);
-    }
-
     /// Blocks waiting in the ring.
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.shared.len()
     }
 
     /// True when no block waits.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-
-    /// True when a push would be refused.
-    pub fn is_full(&self) -> bool {
-        self.queue.is_full()
+        self.len() == 0
     }
 
     /// Maximum number of blocks.
     pub fn capacity(&self) -> usize {
-        self.queue.capacity()
+        self.shared.capacity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::KeyArena;
+
+    #[test]
+    fn fifo_bounded_and_drops_leftovers() {
+        let arena = KeyArena::new(16, 8).unwrap();
+        let (mut tx, mut rx) = ring(3);
+        for lap in 0..4u64 {
+            for i in 0..3 {
+                let block = DeviceBlock {
+                    id: lap * 10 + i,
+                    born: Stamp::now(),
+                    key: arena.alloc().unwrap(),
+                };
+                tx.push(block).unwrap();
+            }
+            let extra = DeviceBlock {
+                id: 99,
+                born: Stamp::now(),
+                key: arena.alloc().unwrap(),
+            };
+            assert_eq!(
+                tx.push(extra).unwrap_err().id,
+                99,
+                "full: refused, handed back"
+            );
+            assert_eq!(rx.len(), 3);
+            for i in 0..3 {
+                assert_eq!(rx.pop().unwrap().id, lap * 10 + i);
+            }
+            assert!(rx.pop().is_none());
+        }
+        tx.push(DeviceBlock {
+            id: 1,
+            born: Stamp::now(),
+            key: arena.alloc().unwrap(),
+        })
+        .unwrap();
+        assert_eq!(arena.free_slots(), 7);
+        drop((tx, rx));
+        assert_eq!(arena.free_slots(), 8, "queued block dropped with the ring");
+    }
+
+    #[test]
+    fn threads_pass_every_block_in_order() {
+        let arena = KeyArena::new(16, 64).unwrap();
+        let (mut tx, mut rx) = ring(16);
+        let producer = thread::spawn(move || {
+            for id in 0..100_000u64 {
+                let mut block = loop {
+                    if let Some(key) = arena.alloc() {
+                        break DeviceBlock {
+                            id,
+                            born: Stamp::now(),
+                            key,
+                        };
+                    }
+                    thread::yield_now();
+                };
+                block.key.bytes_mut()[..8].copy_from_slice(&id.to_le_bytes());
+                while let Err(back) = tx.push(block) {
+                    block = back;
+                    tx.wait_for_room(Duration::from_millis(5));
+                }
+            }
+        });
+        for id in 0..100_000u64 {
+            let block = loop {
+                match rx.pop() {
+                    Some(b) => break b,
+                    None => thread::yield_now(),
+                }
+            };
+            assert_eq!(
+                (block.id, &block.key.bytes()[..8]),
+                (id, &id.to_le_bytes()[..])
+            );
+        }
+        producer.join().unwrap();
     }
 }

@@ -20,7 +20,7 @@ use super::link::{ChannelTransport, Inbox, LinkTransport, NoPeer, Role};
 use super::node::{Attempt, Node};
 use super::{GetKeyError, GetKeyReply, OpenReply, Qos, Status, StreamError};
 use crate::device::{DeviceState, FileSource, LinkControl, Poller, QkdDevice, SimulatedDevice};
-use crate::key::{ArenaError, CounterSnapshot, KeyArena, KeyCounters, KeyRing, Protection};
+use crate::key::{ArenaError, CounterSnapshot, KeyArena, KeyCounters, Protection};
 
 /// Longest sleep of a waiting GET_KEY before it looks at the ring again.
 const WAIT_SLICE: Duration = Duration::from_millis(1);
@@ -67,7 +67,6 @@ pub struct EngineStats {
 struct Shared {
     node: Mutex<Node>,
     key_arrived: Condvar,
-    ring: Arc<KeyRing>,
     arena: KeyArena,
     counters: Arc<KeyCounters>,
     device: Arc<DeviceState>,
@@ -102,7 +101,7 @@ impl Shared {
         loop {
             match inbox.receiver().try_recv() {
                 Ok(msg) => {
-                    node.handle(now, msg, &self.ring);
+                    node.handle(now, msg);
                     applied += 1;
                 }
                 Err(TryRecvError::Empty) => return Some(applied),
@@ -233,7 +232,7 @@ impl Engine {
             .into());
         }
         let arena = KeyArena::new(config.block_size, config.arena_blocks)?;
-        let ring = Arc::new(KeyRing::new(config.ring_blocks));
+        let (ring_in, ring_out) = crate::key::ring(config.ring_blocks);
         let counters = Arc::new(KeyCounters::default());
         let device_state = Arc::new(DeviceState::default());
         let shared = Arc::new(Shared {
@@ -242,9 +241,9 @@ impl Engine {
                 config.block_size,
                 config.limits(),
                 Arc::clone(&counters),
+                ring_out,
             )),
             key_arrived: Condvar::new(),
-            ring: Arc::clone(&ring),
             arena: arena.clone(),
             counters: Arc::clone(&counters),
             device: Arc::clone(&device_state),
@@ -252,7 +251,7 @@ impl Engine {
             inbox,
             stop: AtomicBool::new(false),
         });
-        let poller = Poller::spawn(device, arena, ring, counters, device_state)?;
+        let poller = Poller::spawn(device, arena, ring_in, counters, device_state)?;
         let worker = Arc::clone(&shared);
         let link_thread = thread::Builder::new()
             .name("keypipe-link".into())
@@ -335,7 +334,7 @@ impl Engine {
         let mut now = start;
         let mut node = self.shared.lock();
         loop {
-            let attempt = node.get_key(now, ksid, index, out, metadata_capacity, &self.shared.ring);
+            let attempt = node.get_key(now, ksid, index, out, metadata_capacity);
             self.shared.flush(&mut node);
             // What to answer if the wait ends empty-handed.
             let (now_answer, late_answer) = match attempt? {
@@ -380,11 +379,14 @@ impl Engine {
 
     /// Counters and health.
     pub fn stats(&self) -> EngineStats {
-        let streams = self.shared.lock().stream_count();
+        let (streams, (ring_len, ring_capacity)) = {
+            let node = self.shared.lock();
+            (node.stream_count(), node.ring_fill())
+        };
         EngineStats {
             counters: self.shared.counters.snapshot(),
-            ring_len: self.shared.ring.len(),
-            ring_capacity: self.shared.ring.capacity(),
+            ring_len,
+            ring_capacity,
             arena_free: self.shared.arena.free_slots(),
             arena_capacity: self.shared.arena.capacity(),
             streams,
@@ -432,7 +434,7 @@ fn link_loop(shared: &Shared) {
         let now = Instant::now();
         let mut node = shared.lock();
         peer_gone = shared.inbox.is_some() && shared.drain_inbox(&mut node, now).is_none();
-        node.tick(now, &shared.ring);
+        node.tick(now);
         shared.flush(&mut node);
         drop(node);
         shared.key_arrived.notify_all();

@@ -17,7 +17,7 @@ use super::link::{LinkMsg, Role};
 use super::qos::{Qos, QosLimits, negotiate};
 use super::stream::{Side, Stream};
 use super::{GetKeyError, GetKeyReply, Metadata, OpenReply, Status, StreamError};
-use crate::key::{DeviceBlock, KeyCounters, KeyRing, Stamp};
+use crate::key::{DeviceBlock, KeyCounters, RingConsumer, Stamp};
 
 /// Result of one non-blocking `get_key` attempt.
 #[derive(Debug)]
@@ -46,15 +46,19 @@ pub struct Node {
     /// Leader: the follower's lease requests not served yet.
     lease_requests: VecDeque<(Uuid, u64)>,
     outbox: Vec<LinkMsg>,
+    /// Blocks from this node's device, in id order.
+    ring: RingConsumer,
 }
 
 impl Node {
-    /// A node with `role` on its link, device blocks of `block_size` bytes.
+    /// A node with `role` on its link, device blocks of `block_size` bytes
+    /// arriving through `ring`.
     pub fn new(
         role: Role,
         block_size: usize,
         limits: QosLimits,
         counters: Arc<KeyCounters>,
+        ring: RingConsumer,
     ) -> Self {
         Self {
             role,
@@ -66,6 +70,7 @@ impl Node {
             spare: None,
             lease_requests: VecDeque::new(),
             outbox: Vec::new(),
+            ring,
         }
     }
 
@@ -77,6 +82,11 @@ impl Node {
     /// True when work waits on key from the ring (a background tick helps).
     pub fn has_pending(&self) -> bool {
         !self.pending_leases.is_empty() || !self.lease_requests.is_empty()
+    }
+
+    /// Blocks waiting in this node's ring, and its capacity.
+    pub fn ring_fill(&self) -> (usize, usize) {
+        (self.ring.len(), self.ring.capacity())
     }
 
     /// Number of streams known to this node.
@@ -153,10 +163,9 @@ impl Node {
         index: u32,
         out: &mut [u8],
         metadata_capacity: Option<usize>,
-        ring: &KeyRing,
     ) -> Result<Attempt, GetKeyError> {
         if self.role == Role::Follower {
-            self.pump_leases(now, ring);
+            self.pump_leases(now);
         }
         let block_size = self.block_size;
         let stream = self
@@ -202,7 +211,7 @@ impl Node {
         // Second pass: get the missing blocks, all or none, so streams
         // waiting for key never each hold part of what they need.
         if missing > 0 {
-            if self.role == Role::Leader && ring.len() < missing {
+            if self.role == Role::Leader && self.ring.len() < missing {
                 return Ok(Attempt::NeedKey);
             }
             for sb in stream.blocks_of(a, block_size) {
@@ -211,14 +220,14 @@ impl Node {
                 }
                 match self.role {
                     Role::Leader => {
-                        // Only the node's lock holder pops the ring: the
-                        // blocks counted above are there.
+                        // Only this node pops its ring: the blocks counted
+                        // above are there.
                         let assigned = assign(
                             ksid,
                             stream,
                             sb,
                             now,
-                            ring,
+                            &mut self.ring,
                             &self.counters,
                             &mut self.outbox,
                         );
@@ -278,7 +287,7 @@ impl Node {
     }
 
     /// Applies a message from the peer node.
-    pub fn handle(&mut self, now: Instant, msg: LinkMsg, ring: &KeyRing) {
+    pub fn handle(&mut self, now: Instant, msg: LinkMsg) {
         match msg {
             LinkMsg::Open {
                 ksid,
@@ -318,11 +327,11 @@ impl Node {
                 }
                 self.pending_leases
                     .push_back((ksid, stream_block, block_id));
-                self.pump_leases(now, ring);
+                self.pump_leases(now);
             }
             LinkMsg::LeaseRequest { ksid, stream_block } => {
                 self.lease_requests.push_back((ksid, stream_block));
-                self.serve_requests(now, ring);
+                self.serve_requests(now);
             }
             LinkMsg::LeaseRefused { ksid, stream_block } => {
                 if let Some(stream) = self.streams.get_mut(&ksid) {
@@ -335,10 +344,10 @@ impl Node {
 
     /// Background work: serve waiting lease requests or leases from the
     /// ring, and zeroize key whose TTL ended.
-    pub fn tick(&mut self, now: Instant, ring: &KeyRing) {
+    pub fn tick(&mut self, now: Instant) {
         match self.role {
-            Role::Leader => self.serve_requests(now, ring),
-            Role::Follower => self.pump_leases(now, ring),
+            Role::Leader => self.serve_requests(now),
+            Role::Follower => self.pump_leases(now),
         }
         let expired: u64 = self.streams.values_mut().map(|s| s.expire(now)).sum();
         self.counters.expired(expired);
@@ -346,7 +355,7 @@ impl Node {
 
     /// Leader: assigns blocks for the follower's requests, in order, while
     /// the ring has blocks.
-    fn serve_requests(&mut self, now: Instant, ring: &KeyRing) {
+    fn serve_requests(&mut self, now: Instant) {
         while let Some(&(ksid, sb)) = self.lease_requests.front() {
             match self.streams.get_mut(&ksid) {
                 Some(stream) if stream.assigned.contains(sb) => {}
@@ -356,7 +365,7 @@ impl Node {
                         stream,
                         sb,
                         now,
-                        ring,
+                        &mut self.ring,
                         &self.counters,
                         &mut self.outbox,
                     ) {
@@ -376,9 +385,9 @@ impl Node {
     /// come in the same id order. Blocks the leader skipped are discarded;
     /// a lease whose block this node no longer has is lost (its chunks are
     /// refused as consumed).
-    fn pump_leases(&mut self, now: Instant, ring: &KeyRing) {
+    fn pump_leases(&mut self, now: Instant) {
         while let Some(&(ksid, sb, id)) = self.pending_leases.front() {
-            let Some(block) = self.spare.take().or_else(|| ring.pop()) else {
+            let Some(block) = self.spare.take().or_else(|| self.ring.pop()) else {
                 return;
             };
             if block.id < id {
@@ -423,7 +432,7 @@ fn assign(
     stream: &mut Stream,
     sb: u64,
     now: Instant,
-    ring: &KeyRing,
+    ring: &mut RingConsumer,
     counters: &KeyCounters,
     outbox: &mut Vec<LinkMsg>,
 ) -> bool {
@@ -482,20 +491,23 @@ mod tests {
         max_ttl_s: 60,
     };
 
-    fn node(role: Role) -> Node {
-        Node::new(role, 64, LIMITS, Arc::new(KeyCounters::default()))
+    fn node(role: Role) -> (Node, crate::key::RingProducer) {
+        let (tx, rx) = crate::key::ring(8);
+        (
+            Node::new(role, 64, LIMITS, Arc::new(KeyCounters::default()), rx),
+            tx,
+        )
     }
 
-    fn deliver(from: &mut Node, to: &mut Node, ring: &KeyRing) {
+    fn deliver(from: &mut Node, to: &mut Node) {
         for msg in from.take_outbox() {
-            to.handle(Instant::now(), msg, ring);
+            to.handle(Instant::now(), msg);
         }
     }
 
     #[test]
     fn independent_opens_with_different_chunk_sizes_are_a_conflict_on_both_sides() {
-        let (mut a, mut b) = (node(Role::Leader), node(Role::Follower));
-        let ring = KeyRing::new(4);
+        let ((mut a, _), (mut b, _)) = (node(Role::Leader), node(Role::Follower));
         let ksid = Uuid::new_v4();
         let qos = |c| Qos {
             key_chunk_size: c,
@@ -509,11 +521,11 @@ mod tests {
             b.open_connect("s", "d", &qos(64), Some(ksid), true).status,
             Status::PeerNotConnected
         );
-        deliver(&mut a, &mut b, &ring);
-        deliver(&mut b, &mut a, &ring);
+        deliver(&mut a, &mut b);
+        deliver(&mut b, &mut a);
         let mut out = [0u8; 64];
         for n in [&mut a, &mut b] {
-            let got = n.get_key(Instant::now(), &ksid, 0, &mut out, None, &ring);
+            let got = n.get_key(Instant::now(), &ksid, 0, &mut out, None);
             assert!(matches!(got, Err(GetKeyError::QosConflict)), "{got:?}");
         }
         assert_eq!(out, [0u8; 64]);
@@ -521,18 +533,17 @@ mod tests {
         let other = Uuid::new_v4();
         a.open_connect("s", "d", &qos(32), Some(other), true);
         b.open_connect("s", "d", &qos(32), Some(other), true);
-        deliver(&mut a, &mut b, &ring);
-        deliver(&mut b, &mut a, &ring);
-        let got = a.get_key(Instant::now(), &other, 0, &mut out, None, &ring);
+        deliver(&mut a, &mut b);
+        deliver(&mut b, &mut a);
+        let got = a.get_key(Instant::now(), &other, 0, &mut out, None);
         assert!(matches!(got, Ok(Attempt::NeedKey)), "{got:?}");
     }
 
     #[test]
     fn a_chunk_reserves_all_its_blocks_or_none() {
-        let (mut a, mut b) = (node(Role::Leader), node(Role::Follower));
-        let ring = KeyRing::new(8);
+        let ((mut a, mut ring), (mut b, _)) = (node(Role::Leader), node(Role::Follower));
         let arena = crate::key::KeyArena::new(64, 8).unwrap();
-        let push = |id| {
+        let mut push = |id| {
             ring.push(DeviceBlock {
                 id,
                 born: Stamp::now(),
@@ -545,25 +556,25 @@ mod tests {
             ..Qos::default()
         }; // 4 blocks of 64
         let ksid = a.open_connect("s", "d", &qos, None, true).ksid.unwrap();
-        deliver(&mut a, &mut b, &ring);
+        deliver(&mut a, &mut b);
         b.open_connect("s", "d", &qos, Some(ksid), true);
-        deliver(&mut b, &mut a, &ring);
-        (0..3).for_each(push);
+        deliver(&mut b, &mut a);
+        (0..3).for_each(&mut push);
         let mut out = [0u8; 256];
-        let got = a.get_key(Instant::now(), &ksid, 0, &mut out, None, &ring);
+        let got = a.get_key(Instant::now(), &ksid, 0, &mut out, None);
         assert!(matches!(got, Ok(Attempt::NeedKey)), "{got:?}");
         assert_eq!(
-            ring.len(),
+            a.ring_fill().0,
             3,
             "no block taken while the chunk cannot be whole"
         );
         push(3);
-        let got = a.get_key(Instant::now(), &ksid, 0, &mut out, None, &ring);
+        let got = a.get_key(Instant::now(), &ksid, 0, &mut out, None);
         assert!(
             matches!(got, Ok(Attempt::Reply(GetKeyReply::Key { index: 0, .. }))),
             "{got:?}"
         );
-        assert!(ring.is_empty());
+        assert_eq!(a.ring_fill().0, 0);
         assert_eq!(
             arena.free_slots(),
             8,
