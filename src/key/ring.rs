@@ -218,9 +218,9 @@ impl RingConsumer {
                 return None;
             }
         }
-        // Position `head` is inside `head..tail`: the producer wrote it before
-        // its Release store of `tail`, which we loaded (Acquire), and will not
-        // SAFETY: touch it again until our store below; it is initialized.
+        // The producer wrote this slot before its Release store of `tail`
+        // (loaded with Acquire above) and reuses it only after our store below.
+        // SAFETY: `head` is inside `head..tail`, so the slot is initialized.
         let block = unsafe { (*self.shared.slots[self.slot].get()).assume_init_read() };
         self.head = self.head.wrapping_add(1);
         self.slot = if self.slot + 1 == self.shared.capacity() {
