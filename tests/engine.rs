@@ -351,6 +351,11 @@ fn ttl_expiry_and_close_zeroize_undelivered_key() {
     );
     // Take chunk 0 on A: A now holds block 0 with 3 undelivered chunks.
     let first = key(&a, &ksid, 0, 16);
+    assert_eq!(
+        key(&b, &ksid, 0, 16),
+        first,
+        "B holds its own copy of the block"
+    );
     let held = a.stats().arena_capacity - a.stats().arena_free - a.stats().ring_len;
     assert_eq!(held, 1);
     thread::sleep(Duration::from_millis(1300));
@@ -363,8 +368,6 @@ fn ttl_expiry_and_close_zeroize_undelivered_key() {
     );
     assert!(expired_before >= 1, "expired counter {expired_before}");
     assert!(dirty_free_slots(&a).is_empty(), "expired slot zeroized");
-    // B received the same block for its application and kept it in its own TTL window.
-    let _ = first;
 
     // Close: undelivered key on the closing node is zeroized at once.
     let ksid = open_both(&a, &b, &qos(16, 1000));

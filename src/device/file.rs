@@ -47,13 +47,6 @@ impl FileSource {
     }
 }
 
-impl FileSource {
-    /// True when the source is a named pipe (each reader takes its own bytes).
-    pub fn is_pipe(&self) -> bool {
-        self.is_pipe
-    }
-}
-
 impl QkdDevice for FileSource {
     fn block_size(&self) -> usize {
         self.block_size

@@ -5,7 +5,9 @@
 mod arena;
 mod counters;
 mod ring;
+mod stamp;
 
 pub use arena::{ArenaError, KeyArena, KeyBlock, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Protection};
 pub use counters::{CounterSnapshot, KeyCounters};
-pub use ring::{DeviceBlock, RingConsumer, RingProducer, Stamp, ring};
+pub use ring::{DeviceBlock, RingConsumer, RingProducer, ring};
+pub use stamp::Stamp;

@@ -17,11 +17,11 @@ use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, Thread};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam::utils::CachePadded;
 
-use super::KeyBlock;
+use super::{KeyBlock, Stamp};
 
 /// One block as produced by a device: its id on the link, when it was
 /// produced, and the slot holding its bytes.
@@ -34,31 +34,6 @@ pub struct DeviceBlock {
     pub born: Stamp,
     /// The key bytes.
     pub key: KeyBlock,
-}
-
-/// A point in time as microseconds since the process's first stamp: 8
-/// bytes instead of an `Instant`'s 16, so a ring entry fits 32 bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Stamp(u64);
-
-static EPOCH: OnceLock<Instant> = OnceLock::new();
-
-impl Stamp {
-    /// The stamp of `at` (instants before the epoch count as the epoch).
-    pub fn at(at: Instant) -> Stamp {
-        let epoch = *EPOCH.get_or_init(Instant::now);
-        Stamp(at.saturating_duration_since(epoch).as_micros() as u64)
-    }
-
-    /// The stamp of now.
-    pub fn now() -> Stamp {
-        Stamp::at(Instant::now())
-    }
-
-    /// Time from `self` to `later` (zero if `later` is earlier).
-    pub fn until(self, later: Stamp) -> Duration {
-        Duration::from_micros(later.0.saturating_sub(self.0))
-    }
 }
 
 /// The state both halves share.

@@ -7,6 +7,7 @@
 //! a waiting GET_KEY sleeps on a condition variable the link thread signals,
 //! re-checking the ring at least every millisecond.
 
+use std::os::unix::fs::FileTypeExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Select, TryRecvError};
 use uuid::Uuid;
+use zeroize::Zeroizing;
 
 use super::config::{DeviceConfig, EngineConfig, parse_secret};
 use super::link::{ChannelTransport, Inbox, LinkTransport, NoPeer, Role};
@@ -122,7 +124,6 @@ pub struct Engine {
     link_thread: Option<JoinHandle<()>>,
     poller: Option<Poller>,
     control: Option<LinkControl>,
-    block_size: usize,
 }
 
 impl std::fmt::Debug for Engine {
@@ -139,52 +140,36 @@ impl Engine {
     /// file), linked in-process. `config.role` is ignored.
     pub fn pair(config: &EngineConfig) -> Result<(Engine, Engine), EngineError> {
         config.validate()?;
-        let ((ta, inbox_a), (tb, inbox_b)) = ChannelTransport::pair();
-        let (dev_a, dev_b, control): (Box<dyn QkdDevice>, Box<dyn QkdDevice>, _) = match &config
-            .device
+        if let DeviceConfig::File { path } = &config.device
+            && std::fs::metadata(path)?.file_type().is_fifo()
         {
-            DeviceConfig::Simulated {
-                rate_bps,
-                link_secret,
-            } => {
-                let secret = match link_secret {
-                    Some(hex) => parse_secret(hex)?,
-                    None => {
-                        let mut s = zeroize::Zeroizing::new([0u8; 32]);
-                        getrandom::fill(s.as_mut())
-                            .map_err(|e| std::io::Error::other(e.to_string()))?;
-                        s
-                    }
-                };
-                let control = LinkControl::default();
-                let a =
-                    SimulatedDevice::new(&secret, config.block_size, *rate_bps, control.clone());
-                let b =
-                    SimulatedDevice::new(&secret, config.block_size, *rate_bps, control.clone());
-                (Box::new(a), Box::new(b), Some(control))
-            }
-            DeviceConfig::File { path } => {
-                let a = FileSource::open(path, config.block_size)?;
-                if a.is_pipe() {
-                    // Two readers of one pipe would split its bytes between them.
-                    return Err(super::ConfigError(format!(
-                        "device.path {} is a named pipe: the two nodes of a pair cannot share one; \
-                         give each node its own pipe (one engine per node)",
-                        path.display()
-                    ))
-                    .into());
-                }
-                (
-                    Box::new(a),
-                    Box::new(FileSource::open(path, config.block_size)?),
-                    None,
-                )
+            // Two readers of one pipe would split its bytes between them.
+            return Err(super::ConfigError(format!(
+                "device.path {} is a named pipe: the two nodes of a pair cannot share one; \
+                 give each node its own pipe (one engine per node)",
+                path.display()
+            ))
+            .into());
+        }
+        let secret = match configured_secret(config)? {
+            Some(secret) => secret,
+            None => {
+                let mut secret = Zeroizing::new([0u8; 32]);
+                getrandom::fill(secret.as_mut())
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                secret
             }
         };
+        let control = LinkControl::default();
+        let dev_a = open_device(config, Some(&secret), &control)?;
+        let dev_b = open_device(config, Some(&secret), &control)?;
+        let ((ta, inbox_a), (tb, inbox_b)) = ChannelTransport::pair();
         let mut a = Engine::with_parts(config, Role::Leader, dev_a, Box::new(ta), Some(inbox_a))?;
         let mut b = Engine::with_parts(config, Role::Follower, dev_b, Box::new(tb), Some(inbox_b))?;
-        a.control = control.clone();
-        b.control = control;
+        if matches!(config.device, DeviceConfig::Simulated { .. }) {
+            a.control = Some(control.clone());
+            b.control = Some(control);
+        }
         Ok((a, b))
     }
 
@@ -193,23 +178,8 @@ impl Engine {
     /// linked. A simulated device needs `device.link_secret` here.
     pub fn new(config: &EngineConfig) -> Result<Engine, EngineError> {
         config.validate()?;
-        let device: Box<dyn QkdDevice> = match &config.device {
-            DeviceConfig::Simulated {
-                rate_bps,
-                link_secret,
-            } => {
-                let hex = link_secret.as_ref().ok_or_else(|| {
-                    super::ConfigError("device.link_secret is required for a single node: both nodes must share it".into())
-                })?;
-                Box::new(SimulatedDevice::new(
-                    &*parse_secret(hex)?,
-                    config.block_size,
-                    *rate_bps,
-                    LinkControl::default(),
-                ))
-            }
-            DeviceConfig::File { path } => Box::new(FileSource::open(path, config.block_size)?),
-        };
+        let secret = configured_secret(config)?;
+        let device = open_device(config, secret.as_deref(), &LinkControl::default())?;
         Engine::with_parts(config, config.role, device, Box::new(NoPeer), None)
     }
 
@@ -261,18 +231,12 @@ impl Engine {
             link_thread: Some(link_thread),
             poller: Some(poller),
             control: None,
-            block_size: config.block_size,
         })
     }
 
     /// The outage switch of a simulated link (`None` for other devices).
     pub fn link_control(&self) -> Option<&LinkControl> {
         self.control.as_ref()
-    }
-
-    /// Bytes per device block.
-    pub fn block_size(&self) -> usize {
-        self.block_size
     }
 
     /// OPEN_CONNECT: opens `ksid` (a new UUIDv4 when `None` or nil) on this
@@ -412,6 +376,43 @@ impl Drop for Engine {
             let _ = t.join();
         }
     }
+}
+
+/// The link secret the configuration names, if any.
+fn configured_secret(config: &EngineConfig) -> Result<Option<Zeroizing<[u8; 32]>>, EngineError> {
+    match &config.device {
+        DeviceConfig::Simulated {
+            link_secret: Some(hex),
+            ..
+        } => Ok(Some(parse_secret(hex)?)),
+        _ => Ok(None),
+    }
+}
+
+/// Opens one node's device; a simulated one is keyed by `secret`, which
+/// both nodes of the link share.
+fn open_device(
+    config: &EngineConfig,
+    secret: Option<&[u8; 32]>,
+    control: &LinkControl,
+) -> Result<Box<dyn QkdDevice>, EngineError> {
+    Ok(match &config.device {
+        DeviceConfig::Simulated { rate_bps, .. } => {
+            let secret = secret.ok_or_else(|| {
+                super::ConfigError(
+                    "device.link_secret is required for a single node: both nodes must share it"
+                        .into(),
+                )
+            })?;
+            Box::new(SimulatedDevice::new(
+                secret,
+                config.block_size,
+                *rate_bps,
+                control.clone(),
+            ))
+        }
+        DeviceConfig::File { path } => Box::new(FileSource::open(path, config.block_size)?),
+    })
 }
 
 /// The link thread: applies the peer's messages and does background work.
