@@ -9,7 +9,12 @@
 
 #![deny(missing_docs)]
 
+pub mod api;
+pub mod config;
 pub mod device;
 pub mod ffi;
+pub mod http;
 pub mod key;
+pub mod kms;
+pub mod node;
 pub mod qkd;

@@ -18,6 +18,11 @@
 //! rate_bps = 0               # simulated: secret-key rate, bit/s (0 = as fast as possible)
 //! link_secret = "…64 hex…"   # simulated: shared by both nodes; random per pair when absent
 //! # path = "/run/qkd/keys"   # file: key file or named pipe
+//!
+//! [link]                     # optional: the peer node, over HTTP
+//! peer = "http://10.0.0.2:7005"  # the peer node's base URL
+//! secret = "…64 hex…"        # HMAC-SHA256 key authenticating link-sync requests
+//! # listen = "0.0.0.0:7004"  # C ABI only: where this node receives link sync
 //! ```
 
 use std::fmt;
@@ -60,6 +65,32 @@ pub struct EngineConfig {
     pub max_ttl_s: u32,
     /// The QKD device.
     pub device: DeviceConfig,
+    /// The peer node over the network (none: no peer, or in-process).
+    pub link: Option<LinkConfig>,
+}
+
+/// The peer node, reached over HTTP (`/api/v1/link/…`).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkConfig {
+    /// Base URL of the peer node, `http://host:port`.
+    pub peer: String,
+    /// Hex of the 32-byte key both nodes use to authenticate link sync.
+    pub secret: Zeroizing<String>,
+    /// Where this node receives link sync when embedded through the C ABI
+    /// (the server uses its own listener instead).
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+impl fmt::Debug for LinkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinkConfig")
+            .field("peer", &self.peer)
+            .field("secret", &"<redacted>")
+            .field("listen", &self.listen)
+            .finish()
+    }
 }
 
 impl Default for EngineConfig {
@@ -74,6 +105,7 @@ impl Default for EngineConfig {
             default_ttl_s: 300,
             max_ttl_s: 86_400,
             device: DeviceConfig::default(),
+            link: None,
         }
     }
 }
@@ -167,7 +199,16 @@ impl EngineConfig {
             ..
         } = &self.device
         {
-            parse_secret(hex)?;
+            parse_secret(hex, "device.link_secret")?;
+        }
+        if let Some(link) = &self.link {
+            if !link.peer.starts_with("http://") {
+                return bad(format!(
+                    "link.peer = {:?} must be an http:// URL",
+                    link.peer
+                ));
+            }
+            parse_secret(&link.secret, "link.secret")?;
         }
         Ok(())
     }
@@ -196,9 +237,9 @@ impl EngineConfig {
     }
 }
 
-/// Decodes the 64-hex-digit link secret.
-pub(crate) fn parse_secret(hex: &str) -> Result<Zeroizing<[u8; 32]>, ConfigError> {
-    let err = || ConfigError("device.link_secret must be 64 hex digits (32 bytes)".into());
+/// Decodes a 64-hex-digit secret; `key` names it in the error.
+pub fn parse_secret(hex: &str, key: &str) -> Result<Zeroizing<[u8; 32]>, ConfigError> {
+    let err = || ConfigError(format!("{key} must be 64 hex digits (32 bytes)"));
     let digits = hex.as_bytes();
     if digits.len() != 64 {
         return Err(err());
@@ -246,6 +287,6 @@ mod tests {
         ))
         .unwrap();
         assert!(!format!("{c:?}").contains(&hex));
-        assert_eq!(*parse_secret(&hex).unwrap(), [0xab; 32]);
+        assert_eq!(*parse_secret(&hex, "k").unwrap(), [0xab; 32]);
     }
 }

@@ -173,14 +173,23 @@ impl Engine {
         Ok((a, b))
     }
 
-    /// One node from its configuration, with no peer node yet (the network
-    /// link comes with the HTTP server): its streams answer status 4 until
-    /// linked. A simulated device needs `device.link_secret` here.
+    /// One node from its configuration, with no peer node: its streams
+    /// answer status 4. A simulated device needs `device.link_secret` here.
     pub fn new(config: &EngineConfig) -> Result<Engine, EngineError> {
+        Engine::with_link(config, Box::new(NoPeer), None)
+    }
+
+    /// One node from its configuration, linked to its peer through
+    /// `transport` (outgoing) and `inbox` (incoming), e.g. over the network.
+    pub fn with_link(
+        config: &EngineConfig,
+        transport: Box<dyn LinkTransport>,
+        inbox: Option<Inbox>,
+    ) -> Result<Engine, EngineError> {
         config.validate()?;
         let secret = configured_secret(config)?;
         let device = open_device(config, secret.as_deref(), &LinkControl::default())?;
-        Engine::with_parts(config, config.role, device, Box::new(NoPeer), None)
+        Engine::with_parts(config, config.role, device, transport, inbox)
     }
 
     /// An engine over any device and link transport; `inbox` receives the
@@ -294,6 +303,33 @@ impl Engine {
         out: &mut [u8],
         metadata_capacity: Option<usize>,
     ) -> Result<GetKeyReply, GetKeyError> {
+        self.get_key_within(ksid, index, out, metadata_capacity, true)
+    }
+
+    /// GET_KEY that never waits: status 2 (no key yet) or 3 (peer side not
+    /// open) instead of waiting. For pushers that poll many streams.
+    pub fn try_get_key(
+        &self,
+        ksid: &Uuid,
+        index: u32,
+        out: &mut [u8],
+    ) -> Result<GetKeyReply, GetKeyError> {
+        self.get_key_within(ksid, index, out, None, false)
+    }
+
+    /// The QoS of stream `ksid` when it is open on this node.
+    pub fn stream_qos(&self, ksid: &Uuid) -> Result<Qos, GetKeyError> {
+        self.shared.lock().open_qos(ksid)
+    }
+
+    fn get_key_within(
+        &self,
+        ksid: &Uuid,
+        index: u32,
+        out: &mut [u8],
+        metadata_capacity: Option<usize>,
+        may_wait: bool,
+    ) -> Result<GetKeyReply, GetKeyError> {
         let start = Instant::now();
         let mut now = start;
         let mut node = self.shared.lock();
@@ -319,8 +355,10 @@ impl Engine {
             if !self.shared.link_ok() {
                 return Ok(GetKeyReply::Status(Status::NoQkdConnection));
             }
-            let timeout =
-                Duration::from_millis(u64::from(node.stream_timeout_ms(ksid).unwrap_or(0)));
+            let timeout = match may_wait {
+                true => Duration::from_millis(u64::from(node.stream_timeout_ms(ksid).unwrap_or(0))),
+                false => Duration::ZERO,
+            };
             if timeout.is_zero() {
                 return Ok(GetKeyReply::Status(now_answer));
             }
@@ -384,7 +422,7 @@ fn configured_secret(config: &EngineConfig) -> Result<Option<Zeroizing<[u8; 32]>
         DeviceConfig::Simulated {
             link_secret: Some(hex),
             ..
-        } => Ok(Some(parse_secret(hex)?)),
+        } => Ok(Some(parse_secret(hex, "device.link_secret")?)),
         _ => Ok(None),
     }
 }

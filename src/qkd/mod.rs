@@ -19,9 +19,9 @@ use std::fmt;
 
 use uuid::Uuid;
 
-pub use config::{ConfigError, DeviceConfig, EngineConfig};
+pub use config::{ConfigError, DeviceConfig, EngineConfig, LinkConfig, parse_secret};
 pub use engine::{Engine, EngineError, EngineStats};
-pub use link::{LinkMsg, LinkTransport, Role};
+pub use link::{Inbox, LinkDown, LinkMsg, LinkTransport, Role};
 pub use node::Node;
 pub use qos::{METADATA_MIMETYPE, Qos, QosLimits, negotiate};
 pub use status::Status;

@@ -105,6 +105,15 @@ impl Node {
         self.streams.contains_key(ksid)
     }
 
+    /// The QoS of `ksid` when it is open on this node.
+    pub fn open_qos(&self, ksid: &Uuid) -> Result<Qos, GetKeyError> {
+        match self.streams.get(ksid) {
+            Some(s) if s.local == Side::Open && s.conflict => Err(GetKeyError::QosConflict),
+            Some(s) if s.local == Side::Open => Ok(s.qos.clone()),
+            _ => Err(GetKeyError::UnknownStream),
+        }
+    }
+
     /// The QoS limits of this node.
     pub fn limits(&self) -> &QosLimits {
         &self.limits

@@ -1,0 +1,1222 @@
+//! Load generator for keypipe's HTTP API, and the baseline server it is
+//! measured against.
+//!
+//! `cargo run --release --example load -- <scenario> [options]`; `--help`
+//! lists the scenarios, `<scenario> --help` their options.
+//!
+//! Everything runs on mio, non-blocking: a client thread drives all its
+//! connections from one event loop, each connection keep-alive with one
+//! request in flight (closed loop). Latency is measured per request, from
+//! the start of the send to the end of the response, into a log-linear
+//! histogram (about 1.6 % resolution). Requests answered with another status
+//! than expected, and connections that fail, are counted as errors.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream as StdStream, ToSocketAddrs};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use clap::{Args, Parser, Subcommand};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Registry, Token};
+use serde::Deserialize;
+use serde_json::json;
+use socket2::{Domain, Socket, Type};
+
+/// Prefix of the ETSI GS QKD 004 application API.
+const API: &str = "/api/v1/kms/etsi004";
+/// Body of the `cycle` scenario's OPEN_CONNECT.
+const OPEN_BODY: &str = r#"{"source":"http://127.0.0.1:9/","destination":"http://127.0.0.1:9/","key_stream_id":null,"qos":{"key_chunk_size":32,"timeout":1000}}"#;
+/// The baseline server's only answer.
+const OK_RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{\"status\":\"ok\"}";
+/// A KMS receiver's answer to key material it accepted.
+const CREATED: &[u8] = b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n{\"status\":0}";
+/// A KMS receiver's answer to key material it could not read.
+const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+/// A KMS receiver's answer to any other request.
+const NOT_FOUND: &[u8] = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+
+/// Load generator for keypipe's HTTP API and the baseline server it is
+/// measured against.
+#[derive(Parser)]
+#[command(name = "load", about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+/// The scenarios.
+#[derive(Subcommand)]
+enum Scenario {
+    /// Run the baseline server until killed: a fixed 200 JSON answer to every
+    /// request, one mio loop and SO_REUSEPORT listener per core.
+    Baseline {
+        /// Address to listen on (port 0: an ephemeral port, printed).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+    /// Closed-loop GET /healthz against the server, then the same load
+    /// against an in-process baseline server; prints the ratio in %.
+    Healthz(LoadArgs),
+    /// Closed-loop cycles of open-connect (201), get-key (205) and close
+    /// (204) on each connection; per-request-type latency.
+    Cycle(LoadArgs),
+    /// Two in-process KMS receivers; one stream opened on both nodes with
+    /// the receivers as source and destination, key material pushed to them
+    /// is counted and compared. Exits non-zero on any mismatch.
+    Push(PushArgs),
+    /// healthz and cycle at 64 and 256 connections, push with 32 B and
+    /// 1024 B chunks, then one summary table.
+    All(AllArgs),
+}
+
+/// Options of a closed-loop load.
+#[derive(Args, Clone)]
+struct LoadArgs {
+    /// Base URL of the node under load.
+    #[arg(long, default_value = "http://127.0.0.1:7004")]
+    url: String,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 64)]
+    conns: usize,
+    /// Duration of each run, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    secs: f64,
+    /// Client threads (one mio event loop each).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+/// Options of the push scenario.
+#[derive(Args, Clone)]
+struct PushArgs {
+    /// Base URL of node A.
+    #[arg(long, default_value = "http://127.0.0.1:7004")]
+    a: String,
+    /// Base URL of node B.
+    #[arg(long, default_value = "http://127.0.0.1:7005")]
+    b: String,
+    /// key_chunk_size of the stream, bytes.
+    #[arg(long, default_value_t = 32)]
+    chunk: u32,
+    /// Measurement time after the first chunk arrives, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    secs: f64,
+}
+
+/// Options of the `all` scenario.
+#[derive(Args)]
+struct AllArgs {
+    /// Base URL of node A (healthz, cycle and push).
+    #[arg(long, default_value = "http://127.0.0.1:7004")]
+    a: String,
+    /// Base URL of node B (push).
+    #[arg(long, default_value = "http://127.0.0.1:7005")]
+    b: String,
+    /// Duration of each healthz and cycle run, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    secs: f64,
+    /// Measurement time of each push run, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    push_secs: f64,
+    /// Client threads (one mio event loop each).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+fn main() -> ExitCode {
+    let outcome = match Cli::parse().scenario {
+        Scenario::Baseline { listen } => baseline(listen),
+        Scenario::Healthz(l) => healthz(&l).map(|rows| print_table(&rows)),
+        Scenario::Cycle(l) => cycle(&l).map(|rows| print_table(&rows)),
+        Scenario::Push(p) => push(&p).and_then(|out| match out.mismatches {
+            0 => Ok(()),
+            n => Err(format!("{n} mismatching chunks")),
+        }),
+        Scenario::All(a) => all(&a),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Formats an error with what was being done.
+fn ctx<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnce(E) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+/// An error for a malformed message.
+fn bad(what: &str) -> io::Error {
+    io::Error::new(ErrorKind::InvalidData, what.to_string())
+}
+
+// ---------------------------------------------------------------- histogram
+
+/// Sub-buckets per power of two (2^6 = 64: about 1.6 % resolution).
+const SUB_BITS: u32 = 6;
+/// Buckets needed for every u64.
+const BUCKETS: usize = ((64 - SUB_BITS as usize) << SUB_BITS) + (1 << SUB_BITS);
+
+/// Log-linear histogram of latencies in nanoseconds.
+#[derive(Clone)]
+struct Hist {
+    counts: Vec<u64>,
+    n: u64,
+}
+
+impl Default for Hist {
+    fn default() -> Self {
+        Self {
+            counts: vec![0; BUCKETS],
+            n: 0,
+        }
+    }
+}
+
+impl Hist {
+    /// Bucket of `v`: exact below 128, then 64 buckets per power of two.
+    fn bucket(v: u64) -> usize {
+        if v < (2 << SUB_BITS) {
+            return v as usize;
+        }
+        let shift = 63 - v.leading_zeros() - SUB_BITS;
+        ((shift as usize) << SUB_BITS) + (v >> shift) as usize
+    }
+
+    /// Smallest value that falls in bucket `i`.
+    fn low(i: usize) -> u64 {
+        if i < (2 << SUB_BITS) {
+            return i as u64;
+        }
+        let shift = (i >> SUB_BITS) - 1;
+        (((i & ((1 << SUB_BITS) - 1)) + (1 << SUB_BITS)) as u64) << shift
+    }
+
+    /// Records one latency.
+    fn record(&mut self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.counts[Self::bucket(ns)] += 1;
+        self.n += 1;
+    }
+
+    /// Adds `other`'s samples.
+    fn merge(&mut self, other: &Hist) {
+        self.counts
+            .iter_mut()
+            .zip(&other.counts)
+            .for_each(|(a, b)| *a += b);
+        self.n += other.n;
+    }
+
+    /// The `q` quantile in µs (`None` without samples).
+    fn quantile_us(&self, q: f64) -> Option<f64> {
+        let rank = ((self.n as f64 * q).ceil() as u64).max(1);
+        let mut seen = 0;
+        let i = self.counts.iter().position(|c| {
+            seen += c;
+            seen >= rank
+        })?;
+        Some(Self::low(i) as f64 / 1000.0)
+    }
+}
+
+// -------------------------------------------------------------------- HTTP
+
+/// A node's base URL, resolved.
+#[derive(Clone)]
+struct Target {
+    addr: SocketAddr,
+    host: String,
+}
+
+/// Parses an `http://host:port[/]` base URL.
+fn target(url: &str) -> Result<Target, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
+    let host = rest.split('/').next().unwrap_or_default().to_string();
+    let with_port = if host.contains(':') {
+        host.clone()
+    } else {
+        format!("{host}:80")
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(ctx(url))?
+        .next()
+        .ok_or_else(|| format!("{url}: no address"))?;
+    Ok(Target { addr, host })
+}
+
+/// Appends one HTTP/1.1 request to `out`, with a JSON body unless `body` is empty.
+fn request(out: &mut Vec<u8>, method: &str, path: &str, host: &str, body: &str) {
+    let req = if body.is_empty() {
+        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n\r\n")
+    } else {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    out.extend_from_slice(req.as_bytes());
+}
+
+/// Content-Length of a parsed message (`None`: no such header), and whether
+/// it asks to close the connection.
+fn framing(headers: &[httparse::Header]) -> io::Result<(Option<usize>, bool)> {
+    let (mut len, mut close) = (None, false);
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok());
+            len = Some(v.ok_or_else(|| bad("bad Content-Length"))?);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(bad("Transfer-Encoding is not supported"));
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            close = h.value.eq_ignore_ascii_case(b"close");
+        }
+    }
+    Ok((len, close))
+}
+
+/// A complete response at the front of `buf`: (status, head length, body
+/// length, server closes). `None`: not complete yet.
+fn parse_response(buf: &[u8]) -> io::Result<Option<(u16, usize, usize, bool)>> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut r = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(head) = r.parse(buf).map_err(|e| bad(&e.to_string()))? else {
+        return Ok(None);
+    };
+    let code = r.code.unwrap_or(0);
+    let (len, close) = framing(r.headers)?;
+    let body = match code {
+        100..=199 | 204 | 304 => 0,
+        205 => len.unwrap_or(0),
+        _ => len.ok_or_else(|| bad("response without Content-Length"))?,
+    };
+    Ok((buf.len() >= head + body).then_some((code, head, body, close)))
+}
+
+/// A complete request at the front of `buf`: (is a key-material POST, head
+/// length, body length). `None`: not complete yet.
+fn parse_request(buf: &[u8]) -> io::Result<Option<(bool, usize, usize)>> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut r = httparse::Request::new(&mut headers);
+    let httparse::Status::Complete(head) = r.parse(buf).map_err(|e| bad(&e.to_string()))? else {
+        return Ok(None);
+    };
+    let key_material =
+        r.method == Some("POST") && r.path == Some("/api/v1/qkd/etsi004/key-material");
+    let body = framing(r.headers)?.0.unwrap_or(0);
+    Ok((buf.len() >= head + body).then_some((key_material, head, body)))
+}
+
+/// One blocking request on a new connection: (status, body).
+fn call(t: &Target, method: &str, path: &str, body: &str) -> Result<(u16, Vec<u8>), String> {
+    let what = format!("{method} http://{}{path}", t.host);
+    let mut s = StdStream::connect_timeout(&t.addr, Duration::from_secs(5)).map_err(ctx(&what))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(ctx(&what))?;
+    let mut req = Vec::new();
+    request(&mut req, method, path, &t.host, body);
+    s.write_all(&req).map_err(ctx(&what))?;
+    let (mut inb, mut buf) = (Vec::new(), [0; 4096]);
+    loop {
+        if let Some((code, head, len, _)) = parse_response(&inb).map_err(ctx(&what))? {
+            return Ok((code, inb[head..head + len].to_vec()));
+        }
+        match s.read(&mut buf).map_err(ctx(&what))? {
+            0 => return Err(format!("{what}: connection closed")),
+            n => inb.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// [`call`] expecting `status`; the error quotes the body.
+fn expect(
+    t: &Target,
+    method: &str,
+    path: &str,
+    body: &str,
+    status: u16,
+) -> Result<Vec<u8>, String> {
+    let (code, body) = call(t, method, path, body)?;
+    if code != status {
+        let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+        return Err(format!(
+            "{method} {path} on {}: status {code} (expected {status}): {text}",
+            t.host
+        ));
+    }
+    Ok(body)
+}
+
+/// The `key_stream_id` of an OPEN_CONNECT answer.
+fn ksid_of(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.get("key_stream_id")?.as_str().map(str::to_owned)
+}
+
+// ------------------------------------------------------------------ servers
+
+/// Token of a server loop's listener.
+const LISTENER: Token = Token(usize::MAX);
+
+/// A server-side connection.
+struct Peer {
+    sock: TcpStream,
+    inb: Vec<u8>,
+    out: Vec<u8>,
+    sent: usize,
+}
+
+impl Peer {
+    /// Reads what is there, answers the complete requests, writes what it
+    /// can. `false`: close the connection.
+    fn pump(
+        &mut self,
+        buf: &mut [u8],
+        handle: &mut impl FnMut(&[u8], &mut Vec<u8>) -> Option<usize>,
+    ) -> bool {
+        let mut open = true;
+        loop {
+            match self.sock.read(buf) {
+                Ok(0) => break open = false,
+                Ok(n) => self.inb.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        match handle(&self.inb, &mut self.out) {
+            Some(used) => drop(self.inb.drain(..used)),
+            None => return false,
+        }
+        while self.sent < self.out.len() {
+            match self.sock.write(&self.out[self.sent..]) {
+                Ok(0) => return false,
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        if self.sent == self.out.len() {
+            self.out.clear();
+            self.sent = 0;
+        }
+        open
+    }
+}
+
+/// One mio event loop serving `listener` until `stop`. `handle(input,
+/// output)` answers the complete requests at the front of `input` in order,
+/// appends the answers to `output` and returns how many input bytes it used
+/// (`None`: close the connection). Pipelined requests are answered in order.
+fn serve(
+    mut listener: TcpListener,
+    stop: &AtomicBool,
+    mut handle: impl FnMut(&[u8], &mut Vec<u8>) -> Option<usize>,
+) -> io::Result<()> {
+    let mut poll = Poll::new()?;
+    let mut events = Events::with_capacity(1024);
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    let mut peers: Vec<Option<Peer>> = Vec::new();
+    let mut buf = vec![0; 1 << 16];
+    while !stop.load(Relaxed) {
+        match poll.poll(&mut events, Some(Duration::from_millis(50))) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            r => r?,
+        }
+        for ev in &events {
+            if ev.token() == LISTENER {
+                loop {
+                    let mut sock = match listener.accept() {
+                        Ok((sock, _)) => sock,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        Err(e) if e.kind() == ErrorKind::ConnectionAborted => continue,
+                        Err(_) => break,
+                    };
+                    sock.set_nodelay(true)?;
+                    let i = peers
+                        .iter()
+                        .position(Option::is_none)
+                        .unwrap_or(peers.len());
+                    poll.registry().register(
+                        &mut sock,
+                        Token(i),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )?;
+                    let peer = Peer {
+                        sock,
+                        inb: Vec::new(),
+                        out: Vec::new(),
+                        sent: 0,
+                    };
+                    match peers.get_mut(i) {
+                        Some(slot) => *slot = Some(peer),
+                        None => peers.push(Some(peer)),
+                    }
+                }
+            } else if let Some(slot) = peers.get_mut(ev.token().0)
+                && slot
+                    .as_mut()
+                    .is_some_and(|p| !p.pump(&mut buf, &mut handle))
+                && let Some(mut p) = slot.take()
+            {
+                poll.registry().deregister(&mut p.sock)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Baseline handler: one [`OK_RESPONSE`] per request head (bodiless requests).
+fn static_ok(inb: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    let mut used = 0;
+    let mut i = 3;
+    while i < inb.len() {
+        if &inb[i - 3..=i] == b"\r\n\r\n" {
+            out.extend_from_slice(OK_RESPONSE);
+            used = i + 1;
+            i += 4;
+        } else {
+            i += 1;
+        }
+    }
+    Some(used)
+}
+
+/// The baseline server, running in this process.
+struct Baseline {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<io::Result<()>>>,
+}
+
+impl Baseline {
+    /// Starts one loop per core, each with its own SO_REUSEPORT listener on
+    /// `listen` (port 0: the first listener's ephemeral port).
+    fn start(listen: SocketAddr) -> io::Result<Self> {
+        let cores = thread::available_parallelism().map_or(1, |n| n.get());
+        let (stop, mut addr, mut threads) = (Arc::new(AtomicBool::new(false)), listen, Vec::new());
+        for _ in 0..cores {
+            let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+            s.set_reuse_address(true)?;
+            s.set_reuse_port(true)?;
+            s.bind(&addr.into())?;
+            s.listen(1024)?;
+            s.set_nonblocking(true)?;
+            let listener = TcpListener::from_std(s.into());
+            addr = listener.local_addr()?;
+            let stop = stop.clone();
+            threads.push(thread::spawn(move || serve(listener, &stop, static_ok)));
+        }
+        Ok(Self {
+            addr,
+            stop,
+            threads,
+        })
+    }
+
+    /// Stops the loops and waits for them.
+    fn stop(self) {
+        self.stop.store(true, Relaxed);
+        self.threads.into_iter().for_each(|t| drop(t.join()));
+    }
+}
+
+/// The `baseline` scenario: serves until killed.
+fn baseline(listen: SocketAddr) -> Result<(), String> {
+    let b = Baseline::start(listen).map_err(ctx(listen))?;
+    println!(
+        "baseline listening on http://{} ({} loops)",
+        b.addr,
+        b.threads.len()
+    );
+    for t in b.threads {
+        t.join()
+            .map_err(|_| "server thread panicked")?
+            .map_err(ctx("server"))?;
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------- client
+
+/// What a closed-loop load does on each connection.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// GET /healthz, expecting 200.
+    Healthz,
+    /// open-connect (201), get-key (205), close (204).
+    Cycle,
+}
+
+/// What one load measured (per request type: `[healthz]` or `[open, get-key, close]`).
+#[derive(Default)]
+struct Stats {
+    hist: [Hist; 3],
+    ok: [u64; 3],
+    errors: u64,
+    cycles: u64,
+}
+
+impl Stats {
+    /// Adds `o`'s counts.
+    fn merge(&mut self, o: &Stats) {
+        (0..3).for_each(|i| self.hist[i].merge(&o.hist[i]));
+        (0..3).for_each(|i| self.ok[i] += o.ok[i]);
+        self.errors += o.errors;
+        self.cycles += o.cycles;
+    }
+}
+
+/// A client connection with its request in flight.
+struct Conn {
+    sock: TcpStream,
+    connected: bool,
+    out: Vec<u8>,
+    sent: usize,
+    inb: Vec<u8>,
+    started: Instant,
+    step: usize,
+    ksid: String,
+    cycle_ok: bool,
+}
+
+impl Conn {
+    /// Opens connection `i` (its token) to `addr`.
+    fn open(addr: SocketAddr, reg: &Registry, i: usize) -> io::Result<TcpStream> {
+        let mut s = TcpStream::connect(addr)?;
+        reg.register(&mut s, Token(i), Interest::READABLE | Interest::WRITABLE)?;
+        Ok(s)
+    }
+
+    /// Puts the next request of the loop in `out`.
+    fn prepare(&mut self, kind: Kind, host: &str) {
+        self.out.clear();
+        self.sent = 0;
+        self.started = Instant::now();
+        let ksid = format!(r#"{{"key_stream_id":"{}"}}"#, self.ksid);
+        match (kind, self.step) {
+            (Kind::Healthz, _) => request(&mut self.out, "GET", "/healthz", host, ""),
+            (_, 0) => request(
+                &mut self.out,
+                "POST",
+                &format!("{API}/open-connect"),
+                host,
+                OPEN_BODY,
+            ),
+            (_, 1) => request(&mut self.out, "GET", &format!("{API}/get-key"), host, &ksid),
+            _ => request(&mut self.out, "PUT", &format!("{API}/close"), host, &ksid),
+        }
+    }
+
+    /// Sends what it can of the request.
+    fn flush(&mut self) -> io::Result<()> {
+        while self.sent < self.out.len() {
+            match self.sock.write(&self.out[self.sent..]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the answer to the request in flight and moves the loop on.
+    fn finish(&mut self, kind: Kind, code: u16, body: &[u8], st: &mut Stats) {
+        let (step, took) = (self.step, self.started.elapsed());
+        let ok = match (kind, step) {
+            (Kind::Healthz, _) => code == 200,
+            (_, 0) => match ksid_of(body).filter(|_| code == 201) {
+                Some(k) => {
+                    (self.ksid, self.step, self.cycle_ok) = (k, 1, true);
+                    true
+                }
+                None => false,
+            },
+            (_, 1) => {
+                self.step = 2;
+                self.cycle_ok &= code == 205;
+                code == 205
+            }
+            _ => {
+                self.step = 0;
+                st.cycles += u64::from(code == 204 && self.cycle_ok);
+                code == 204
+            }
+        };
+        if ok {
+            st.ok[step] += 1;
+            st.hist[step].record(took);
+        } else {
+            st.errors += 1;
+        }
+    }
+
+    /// Handles an event. `Ok(true)`: the server closes, reconnect.
+    fn drive(
+        &mut self,
+        kind: Kind,
+        host: &str,
+        st: &mut Stats,
+        buf: &mut [u8],
+    ) -> io::Result<bool> {
+        if !self.connected {
+            if let Some(e) = self.sock.take_error()? {
+                return Err(e);
+            }
+            match self.sock.peer_addr() {
+                Ok(_) => self.connected = true,
+                Err(e) if e.kind() == ErrorKind::NotConnected => return Ok(false),
+                Err(e) => return Err(e),
+            }
+            self.sock.set_nodelay(true)?;
+            self.started = Instant::now();
+        }
+        self.flush()?;
+        loop {
+            let n = match self.sock.read(buf) {
+                Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.inb.extend_from_slice(&buf[..n]);
+            if let Some((code, head, len, close)) = parse_response(&self.inb)? {
+                let mut inb = std::mem::take(&mut self.inb);
+                self.finish(kind, code, &inb[head..head + len], st);
+                inb.drain(..head + len);
+                self.inb = inb;
+                self.prepare(kind, host);
+                if close {
+                    return Ok(true);
+                }
+                self.flush()?;
+            }
+        }
+    }
+}
+
+/// One client thread: `conns` closed-loop connections until `deadline`.
+fn client(t: &Target, kind: Kind, conns: usize, deadline: Instant) -> io::Result<Stats> {
+    let mut poll = Poll::new()?;
+    let mut events = Events::with_capacity(1024);
+    let mut st = Stats::default();
+    let mut cs = Vec::with_capacity(conns);
+    for i in 0..conns {
+        let sock = Conn::open(t.addr, poll.registry(), i)?;
+        let (out, inb, ksid) = (Vec::new(), Vec::new(), String::new());
+        let started = Instant::now();
+        let mut c = Conn {
+            sock,
+            connected: false,
+            out,
+            sent: 0,
+            inb,
+            started,
+            step: 0,
+            ksid,
+            cycle_ok: false,
+        };
+        c.prepare(kind, &t.host);
+        cs.push(c);
+    }
+    let mut buf = vec![0; 1 << 16];
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(st);
+        }
+        match poll.poll(&mut events, Some(deadline - now)) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            r => r?,
+        }
+        for ev in &events {
+            let (i, c) = (ev.token().0, &mut cs[ev.token().0]);
+            let reconnect = c
+                .drive(kind, &t.host, &mut st, &mut buf)
+                .unwrap_or_else(|_| {
+                    st.errors += 1;
+                    true
+                });
+            if reconnect && Instant::now() < deadline {
+                poll.registry().deregister(&mut c.sock)?;
+                c.sock = Conn::open(t.addr, poll.registry(), i)?;
+                (c.connected, c.sent) = (false, 0);
+                c.inb.clear();
+            }
+        }
+    }
+}
+
+/// Runs a closed-loop load for `l.secs` over `l.threads` client threads.
+fn load(t: &Target, kind: Kind, l: &LoadArgs) -> Result<Stats, String> {
+    StdStream::connect_timeout(&t.addr, Duration::from_secs(2))
+        .map_err(ctx(format!("http://{}", t.host)))?;
+    let threads = l.threads.clamp(1, l.conns.max(1));
+    let deadline = Instant::now() + Duration::from_secs_f64(l.secs);
+    let results: Vec<_> = thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let n = l.conns / threads + usize::from(i < l.conns % threads);
+                s.spawn(move || client(t, kind, n, deadline))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join()).collect()
+    });
+    let mut total = Stats::default();
+    for r in results {
+        total.merge(
+            &r.map_err(|_| "client thread panicked")?
+                .map_err(ctx("client"))?,
+        );
+    }
+    Ok(total)
+}
+
+// ------------------------------------------------------------------- tables
+
+/// One line of a table.
+struct Row {
+    name: String,
+    conns: String,
+    rate: f64,
+    mbps: Option<f64>,
+    p50: Option<f64>,
+    p99: Option<f64>,
+    errors: u64,
+    ratio: Option<f64>,
+}
+
+impl Row {
+    /// A load row: `ok` requests over `secs`, latencies from `h`.
+    fn load(
+        name: impl Into<String>,
+        conns: usize,
+        ok: u64,
+        secs: f64,
+        h: &Hist,
+        errors: u64,
+    ) -> Self {
+        let (p50, p99) = (h.quantile_us(0.5), h.quantile_us(0.99));
+        let (name, conns, rate) = (name.into(), conns.to_string(), ok as f64 / secs);
+        Row {
+            name,
+            conns,
+            rate,
+            mbps: None,
+            p50,
+            p99,
+            errors,
+            ratio: None,
+        }
+    }
+}
+
+/// Prints `rows` under the common header.
+fn print_table(rows: &[Row]) {
+    let opt = |v: Option<f64>, p: usize| v.map_or("-".into(), |v| format!("{v:.p$}"));
+    println!(
+        "{:<28} {:>6} {:>13} {:>9} {:>9} {:>9} {:>8} {:>9}",
+        "scenario", "conns", "req|chunks/s", "Mbit/s", "p50 µs", "p99 µs", "errors", "baseline"
+    );
+    for r in rows {
+        let ratio = r.ratio.map_or("-".into(), |v| format!("{v:.1} %"));
+        println!(
+            "{:<28} {:>6} {:>13.0} {:>9} {:>9} {:>9} {:>8} {:>9}",
+            r.name,
+            r.conns,
+            r.rate,
+            opt(r.mbps, 2),
+            opt(r.p50, 0),
+            opt(r.p99, 0),
+            r.errors,
+            ratio
+        );
+    }
+}
+
+// ---------------------------------------------------------------- scenarios
+
+/// The `healthz` scenario: the node, then the baseline; rows of both.
+fn healthz(l: &LoadArgs) -> Result<Vec<Row>, String> {
+    let t = target(&l.url)?;
+    let node = load(&t, Kind::Healthz, l)?;
+    let base = Baseline::start(([127, 0, 0, 1], 0).into()).map_err(ctx("baseline"))?;
+    let bt = Target {
+        addr: base.addr,
+        host: base.addr.to_string(),
+    };
+    let against = load(&bt, Kind::Healthz, l);
+    base.stop();
+    let against = against?;
+    let mut rows = vec![
+        Row::load(
+            "healthz",
+            l.conns,
+            node.ok[0],
+            l.secs,
+            &node.hist[0],
+            node.errors,
+        ),
+        Row::load(
+            "healthz baseline",
+            l.conns,
+            against.ok[0],
+            l.secs,
+            &against.hist[0],
+            against.errors,
+        ),
+    ];
+    rows[0].ratio = Some(100.0 * rows[0].rate / rows[1].rate.max(f64::MIN_POSITIVE));
+    Ok(rows)
+}
+
+/// The `cycle` scenario: rows per request type, then all requests.
+fn cycle(l: &LoadArgs) -> Result<Vec<Row>, String> {
+    let st = load(&target(&l.url)?, Kind::Cycle, l)?;
+    let mut all = Hist::default();
+    st.hist.iter().for_each(|h| all.merge(h));
+    let names = ["cycle open-connect", "cycle get-key", "cycle close"];
+    let mut rows: Vec<_> = (0..3)
+        .map(|i| Row::load(names[i], l.conns, st.ok[i], l.secs, &st.hist[i], 0))
+        .collect();
+    let cycles = format!("cycle ({:.0} cycles/s)", st.cycles as f64 / l.secs);
+    rows.push(Row::load(
+        cycles,
+        l.conns,
+        st.ok.iter().sum(),
+        l.secs,
+        &all,
+        st.errors,
+    ));
+    Ok(rows)
+}
+
+/// Live counters of a KMS receiver.
+#[derive(Default)]
+struct Live {
+    chunks: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// What a KMS receiver kept, returned when it stops.
+#[derive(Default)]
+struct Seen {
+    /// First 16 bytes of the BLAKE3 hash of each index's key.
+    digests: HashMap<u64, [u8; 16]>,
+    dups: u64,
+    mismatches: u64,
+    errors: u64,
+}
+
+/// A key-material POST body.
+#[derive(Deserialize)]
+struct KeyMaterial {
+    status: i64,
+    index: u64,
+    key_buffer: String,
+    metadata: Metadata,
+}
+
+/// Its metadata.
+#[derive(Deserialize)]
+struct Metadata {
+    size: u64,
+    #[allow(dead_code)]
+    buffer: serde_json::Value,
+}
+
+/// Records one key-material body of `chunk`-byte keys. `false`: unreadable.
+fn record(body: &[u8], chunk: usize, live: &Live, seen: &mut Seen) -> bool {
+    let Ok(km) = serde_json::from_slice::<KeyMaterial>(body) else {
+        return false;
+    };
+    let Ok(key) = base64::engine::general_purpose::STANDARD.decode(&km.key_buffer) else {
+        return false;
+    };
+    if km.status != 0 || key.len() != chunk || km.metadata.size != chunk as u64 {
+        return false;
+    }
+    let mut d = [0; 16];
+    d.copy_from_slice(&blake3::hash(&key).as_bytes()[..16]);
+    match seen.digests.entry(km.index) {
+        Entry::Occupied(e) => {
+            seen.dups += 1;
+            seen.mismatches += u64::from(*e.get() != d);
+        }
+        Entry::Vacant(e) => drop(e.insert(d)),
+    }
+    live.chunks.fetch_add(1, Relaxed);
+    live.bytes.fetch_add(key.len() as u64, Relaxed);
+    true
+}
+
+/// Starts a KMS receiver on an ephemeral port: its address and thread.
+fn kms(
+    stop: &Arc<AtomicBool>,
+    live: &Arc<Live>,
+    chunk: usize,
+) -> io::Result<(SocketAddr, JoinHandle<io::Result<Seen>>)> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    l.set_nonblocking(true)?;
+    let (addr, stop, live) = (l.local_addr()?, stop.clone(), live.clone());
+    let thread = thread::spawn(move || {
+        let mut seen = Seen::default();
+        serve(TcpListener::from_std(l), &stop, |inb, out| {
+            let mut pos = 0;
+            loop {
+                let (km, head, len) = match parse_request(&inb[pos..]) {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return Some(pos),
+                    Err(_) => {
+                        seen.errors += 1;
+                        return None;
+                    }
+                };
+                let body = &inb[pos + head..pos + head + len];
+                out.extend_from_slice(match km {
+                    true if record(body, chunk, &live, &mut seen) => CREATED,
+                    true => {
+                        seen.errors += 1;
+                        BAD_REQUEST
+                    }
+                    false => NOT_FOUND,
+                });
+                pos += head + len;
+            }
+        })?;
+        Ok(seen)
+    });
+    Ok((addr, thread))
+}
+
+/// What a push run found.
+struct PushOut {
+    row: Row,
+    note: String,
+    mismatches: u64,
+}
+
+/// The `push` scenario.
+fn push(p: &PushArgs) -> Result<PushOut, String> {
+    let (ta, tb) = (target(&p.a)?, target(&p.b)?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let lives = [Arc::new(Live::default()), Arc::new(Live::default())];
+    let chunk = p.chunk as usize;
+    let (addr_a, kms_a) = kms(&stop, &lives[0], chunk).map_err(ctx("KMS_A"))?;
+    let (addr_b, kms_b) = kms(&stop, &lives[1], chunk).map_err(ctx("KMS_B"))?;
+    let measured = push_run(p, &ta, &tb, (addr_a, addr_b), &lives);
+    thread::sleep(Duration::from_millis(200));
+    stop.store(true, Relaxed);
+    let join = |h: JoinHandle<io::Result<Seen>>| {
+        h.join()
+            .map_err(|_| "KMS thread panicked".to_string())?
+            .map_err(ctx("KMS"))
+    };
+    let (seen_a, seen_b) = (join(kms_a)?, join(kms_b)?);
+    let (rates, control_errors) = measured?;
+    let mut compared = 0;
+    let mut mismatches = seen_a.mismatches + seen_b.mismatches;
+    for (i, d) in &seen_a.digests {
+        if let Some(e) = seen_b.digests.get(i) {
+            compared += 1;
+            mismatches += u64::from(d != e);
+        }
+    }
+    let mbps = |(_, bytes): (f64, f64)| bytes * 8.0 / 1e6;
+    println!(
+        "push: chunk {} B, {} s after the first chunk",
+        p.chunk, p.secs
+    );
+    for (name, r, s) in [("KMS_A", rates[0], &seen_a), ("KMS_B", rates[1], &seen_b)] {
+        println!(
+            "  {name}: {:.0} chunks/s, {:.2} Mbit/s, {} indexes, {} duplicates, {} errors",
+            r.0,
+            mbps(r),
+            s.digests.len(),
+            s.dups,
+            s.errors
+        );
+    }
+    let dups = seen_a.dups + seen_b.dups;
+    let note = format!(
+        "push {} B: {compared} indexes compared, {mismatches} mismatches, {dups} duplicates",
+        p.chunk
+    );
+    println!("  {note}");
+    let side = if rates[0].0 <= rates[1].0 {
+        rates[0]
+    } else {
+        rates[1]
+    };
+    let errors = seen_a.errors + seen_b.errors + control_errors + mismatches;
+    let (name, conns, rate, mbps) = (
+        format!("push {} B", p.chunk),
+        "-".into(),
+        side.0,
+        Some(mbps(side)),
+    );
+    let row = Row {
+        name,
+        conns,
+        rate,
+        mbps,
+        p50: None,
+        p99: None,
+        errors,
+        ratio: None,
+    };
+    Ok(PushOut {
+        row,
+        note,
+        mismatches,
+    })
+}
+
+/// Opens the stream on both nodes, measures (chunks/s, bytes/s) per
+/// receiver, closes it. Also returns how many closes failed.
+fn push_run(
+    p: &PushArgs,
+    ta: &Target,
+    tb: &Target,
+    kms: (SocketAddr, SocketAddr),
+    lives: &[Arc<Live>; 2],
+) -> Result<([(f64, f64); 2], u64), String> {
+    let qos = json!({"key_chunk_size": p.chunk, "timeout": 5000, "ttl": 600});
+    let (src, dst) = (format!("http://{}", kms.0), format!("http://{}", kms.1));
+    let open = |ksid: Option<&str>| {
+        json!({"source": src, "destination": dst, "key_stream_id": ksid, "qos": qos}).to_string()
+    };
+    let body = expect(ta, "POST", &format!("{API}/open-connect"), &open(None), 201)?;
+    let ksid = ksid_of(&body).ok_or("node A's open-connect answer has no key_stream_id")?;
+    let ks = json!({ "key_stream_id": ksid }).to_string();
+    let run = || -> Result<[(f64, f64); 2], String> {
+        expect(
+            tb,
+            "POST",
+            &format!("{API}/open-connect"),
+            &open(Some(&ksid)),
+            201,
+        )?;
+        let get = |t: &Target| expect(t, "GET", &format!("{API}/get-key"), &ks, 205).map(drop);
+        let (ra, rb) = thread::scope(|s| {
+            let a = s.spawn(|| get(ta));
+            (a.join(), get(tb))
+        });
+        ra.map_err(|_| "get-key thread panicked")??;
+        rb?;
+        let total = || lives.iter().map(|l| l.chunks.load(Relaxed)).sum::<u64>();
+        let wait = Instant::now();
+        while total() == 0 {
+            if wait.elapsed() > Duration::from_secs(10) {
+                return Err("no key material arrived within 10 s of get-key".into());
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        let snap = || {
+            lives
+                .each_ref()
+                .map(|l| (l.chunks.load(Relaxed), l.bytes.load(Relaxed)))
+        };
+        let (t0, before) = (Instant::now(), snap());
+        thread::sleep(Duration::from_secs_f64(p.secs));
+        let (secs, after) = (t0.elapsed().as_secs_f64(), snap());
+        let rate = |i: usize| {
+            (
+                (after[i].0 - before[i].0) as f64 / secs,
+                (after[i].1 - before[i].1) as f64 / secs,
+            )
+        };
+        Ok([rate(0), rate(1)])
+    };
+    let measured = run();
+    let close = |t: &Target| expect(t, "PUT", &format!("{API}/close"), &ks, 204);
+    let (ca, cb) = (close(ta), close(tb));
+    let rates = measured?;
+    let closed = [ca, cb]
+        .into_iter()
+        .filter_map(|r| r.err())
+        .inspect(|e| eprintln!("load: {e}"));
+    Ok((rates, closed.count() as u64))
+}
+
+/// The `all` scenario.
+fn all(a: &AllArgs) -> Result<(), String> {
+    let (mut rows, mut notes, mut failed, mut mismatches) = (Vec::new(), Vec::new(), 0, 0);
+    for (name, kind) in [("healthz", Kind::Healthz), ("cycle", Kind::Cycle)] {
+        for conns in [64, 256] {
+            let l = LoadArgs {
+                url: a.a.clone(),
+                conns,
+                secs: a.secs,
+                threads: a.threads,
+            };
+            let r = if kind == Kind::Healthz {
+                healthz(&l)
+            } else {
+                cycle(&l)
+            };
+            match r {
+                Ok(r) => {
+                    print_table(&r);
+                    let keep = if kind == Kind::Healthz {
+                        0
+                    } else {
+                        r.len() - 1
+                    };
+                    rows.extend(r.into_iter().skip(keep));
+                }
+                Err(e) => {
+                    failed += 1;
+                    notes.push(format!("{name} {conns}: FAILED: {e}"));
+                }
+            }
+        }
+    }
+    for chunk in [32, 1024] {
+        let p = PushArgs {
+            a: a.a.clone(),
+            b: a.b.clone(),
+            chunk,
+            secs: a.push_secs,
+        };
+        match push(&p) {
+            Ok(out) => {
+                rows.push(out.row);
+                notes.push(out.note);
+                mismatches += out.mismatches;
+            }
+            Err(e) => {
+                failed += 1;
+                notes.push(format!("push {chunk} B: FAILED: {e}"));
+            }
+        }
+    }
+    println!("\nsummary");
+    print_table(&rows);
+    notes.iter().for_each(|n| println!("{n}"));
+    match (failed, mismatches) {
+        (0, 0) => Ok(()),
+        (f, m) => Err(format!("{f} scenarios failed, {m} mismatching chunks")),
+    }
+}

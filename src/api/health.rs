@@ -1,0 +1,109 @@
+//! `GET /healthz` (200 when the device and the peer link are up, 503
+//! otherwise, JSON detail) and `GET /metrics` (Prometheus text format).
+
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde_json::json;
+
+use super::metrics::RequestMetrics;
+use super::push::PushTable;
+use super::{Handler, Router};
+use crate::http::{Method, Reply, Response, ServerStats};
+use crate::kms::ReceivedKeys;
+use crate::qkd::Engine;
+
+/// What health and metrics report on.
+#[derive(Debug, Clone)]
+pub struct HealthSources {
+    /// The node's name (a label on every metric).
+    pub node: String,
+    /// The engine, when this listener fronts a node.
+    pub engine: Option<Arc<Engine>>,
+    /// Push counters.
+    pub push: Option<Arc<PushTable>>,
+    /// The KMS-side store.
+    pub received: Option<Arc<ReceivedKeys>>,
+    /// Requests by route and status.
+    pub requests: Arc<RequestMetrics>,
+    /// The listener's connection counters (set once it started).
+    pub server: Arc<std::sync::OnceLock<Arc<ServerStats>>>,
+}
+
+fn healthz(src: &HealthSources) -> Response {
+    let Some(engine) = &src.engine else {
+        return super::json(200, &json!({ "status": "ok", "node": src.node }));
+    };
+    let s = engine.stats();
+    let ok = s.device_up && s.link_up;
+    super::json(
+        if ok { 200 } else { 503 },
+        &json!({
+            "status": if ok { "ok" } else { "degraded" },
+            "node": src.node,
+            "device_up": s.device_up,
+            "link_up": s.link_up,
+            "ring_fill": s.ring_len,
+            "ring_capacity": s.ring_capacity,
+            "streams": s.streams,
+        }),
+    )
+}
+
+fn metrics(src: &HealthSources) -> Response {
+    let mut out = String::with_capacity(4096);
+    let node = &src.node;
+    let gauge = |out: &mut String, name: &str, kind: &str, help: &str, v: f64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {v}"
+        );
+    };
+    if let Some(engine) = &src.engine {
+        let s = engine.stats();
+        let c = s.counters;
+        gauge(&mut out, "keypipe_key_blocks_produced_total", "counter", "Key blocks the device produced.", c.produced as f64);
+        gauge(&mut out, "keypipe_key_blocks_delivered_total", "counter", "Key blocks handed to streams.", c.consumed as f64);
+        gauge(&mut out, "keypipe_key_blocks_expired_total", "counter", "Key blocks zeroized unused (TTL, close).", c.expired as f64);
+        gauge(&mut out, "keypipe_ring_fill_blocks", "gauge", "Key blocks waiting in the ring.", s.ring_len as f64);
+        gauge(&mut out, "keypipe_ring_capacity_blocks", "gauge", "Ring capacity.", s.ring_capacity as f64);
+        gauge(&mut out, "keypipe_streams", "gauge", "Key streams known to the node.", s.streams as f64);
+        gauge(&mut out, "keypipe_device_up", "gauge", "1 when the QKD device produces key.", f64::from(u8::from(s.device_up)));
+        gauge(&mut out, "keypipe_link_up", "gauge", "1 when the peer node answers.", f64::from(u8::from(s.link_up)));
+    }
+    if let Some(push) = &src.push {
+        let p = &push.stats;
+        gauge(&mut out, "keypipe_push_chunks_taken_total", "counter", "Key chunks taken into pushes.", p.taken.load(Ordering::Relaxed) as f64);
+        gauge(&mut out, "keypipe_push_chunks_acked_total", "counter", "Key chunks a KMS acknowledged (201).", p.acked.load(Ordering::Relaxed) as f64);
+        gauge(&mut out, "keypipe_push_refused_total", "counter", "Push answers other than 201 (resent).", p.refused.load(Ordering::Relaxed) as f64);
+        gauge(&mut out, "keypipe_push_expired_total", "counter", "Chunks whose key expired before the push.", p.expired.load(Ordering::Relaxed) as f64);
+        p.latency.render(&mut out, "keypipe_push_latency_seconds", "Key chunk taken to KMS 201.", &format!("node=\"{node}\""));
+    }
+    if let Some(received) = &src.received {
+        let (chunks, bytes, total) = received.stats();
+        gauge(&mut out, "keypipe_kms_received_chunks_total", "counter", "Key chunks received (KMS side).", total as f64);
+        gauge(&mut out, "keypipe_kms_held_chunks", "gauge", "Key chunks held for local consumers.", chunks as f64);
+        gauge(&mut out, "keypipe_kms_held_bytes", "gauge", "Key bytes held for local consumers.", bytes as f64);
+    }
+    if let Some(server) = src.server.get() {
+        gauge(&mut out, "keypipe_http_open_connections", "gauge", "Open HTTP connections.", server.open_connections.load(Ordering::Relaxed) as f64);
+        gauge(&mut out, "keypipe_http_refused_connections_total", "counter", "Connections refused by the cap.", server.refused.load(Ordering::Relaxed) as f64);
+    }
+    src.requests.render(&mut out, node);
+    Response::empty(200)
+        .header("Content-Type", "text/plain; version=0.0.4")
+        .body(out)
+}
+
+/// Adds `GET /healthz`.
+pub fn healthz_route(router: &mut Router, src: HealthSources) {
+    let handler: Handler = Arc::new(move |_| Reply::Now(healthz(&src)));
+    router.route(Method::Get, "/healthz", handler);
+}
+
+/// Adds `GET /metrics`.
+pub fn metrics_route(router: &mut Router, src: HealthSources) {
+    let handler: Handler = Arc::new(move |_| Reply::Now(metrics(&src)));
+    router.route(Method::Get, "/metrics", handler);
+}

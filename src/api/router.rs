@@ -1,0 +1,103 @@
+//! Dispatch by exact path, then method: 404 for an unknown path, 405 with
+//! `Allow` for a known path and another method (HEAD is served by a GET
+//! handler). Every answer is counted by route and status.
+
+use std::sync::Arc;
+
+use super::metrics::RequestMetrics;
+use crate::http::{Method, Reply, Request, Response, Service};
+
+/// A request handler.
+pub type Handler = Arc<dyn Fn(Request) -> Reply + Send + Sync>;
+
+struct Route {
+    path: &'static str,
+    methods: Vec<(Method, Handler)>,
+}
+
+/// The route table of one listener.
+pub struct Router {
+    routes: Vec<Route>,
+    metrics: Arc<RequestMetrics>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.routes.iter().map(|r| r.path))
+            .finish()
+    }
+}
+
+impl Router {
+    /// An empty router counting into `metrics`.
+    pub fn new(metrics: Arc<RequestMetrics>) -> Self {
+        Self {
+            routes: Vec::new(),
+            metrics,
+        }
+    }
+
+    /// Serves `method path` with `handler`.
+    pub fn route(&mut self, method: Method, path: &'static str, handler: Handler) -> &mut Self {
+        self.metrics.register(path);
+        match self.routes.iter_mut().find(|r| r.path == path) {
+            Some(r) => r.methods.push((method, handler)),
+            None => self.routes.push(Route {
+                path,
+                methods: vec![(method, handler)],
+            }),
+        }
+        self
+    }
+
+    /// The paths served.
+    pub fn paths(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.routes.iter().map(|r| r.path)
+    }
+}
+
+impl Service for Router {
+    fn call(&self, req: Request) -> Reply {
+        let Some(route) = self.routes.iter().find(|r| r.path == req.path()) else {
+            self.metrics.count(None, 404);
+            return Reply::Now(super::json(
+                404,
+                &serde_json::json!({ "message": "no such path" }),
+            ));
+        };
+        let wanted = match req.method {
+            Method::Head => [Method::Head, Method::Get],
+            m => [m, m],
+        };
+        let Some((_, handler)) = wanted
+            .iter()
+            .find_map(|w| route.methods.iter().find(|(m, _)| m == w))
+        else {
+            let mut allow: Vec<&str> = route.methods.iter().map(|(m, _)| m.as_str()).collect();
+            if allow.contains(&"GET") {
+                allow.push("HEAD");
+            }
+            self.metrics.count(Some(route.path), 405);
+            return Reply::Now(
+                super::json(405, &serde_json::json!({ "message": "method not allowed" }))
+                    .header("Allow", allow.join(", ")),
+            );
+        };
+        let path = route.path;
+        match handler(req) {
+            Reply::Now(r) => {
+                self.metrics.count(Some(path), r.status);
+                Reply::Now(r)
+            }
+            Reply::Later(job) => {
+                let metrics = Arc::clone(&self.metrics);
+                Reply::Later(Box::new(move || {
+                    let r: Response = job();
+                    metrics.count(Some(path), r.status);
+                    r
+                }))
+            }
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The server's configuration file (TOML): one `[[node]]` table per
+//! listener. Unknown keys are refused so a typo never silently falls back
+//! to a default. [`DEFAULT_CONFIG`] is the embedded default, documented key
+//! by key; `keypipe serve --print-default-config` prints it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::http::{Limits, ServerConfig};
+use crate::qkd::EngineConfig;
+
+/// The embedded default: a whole simulated QKD link in one process.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// A protocol a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Protocol {
+    /// ETSI GS QKD 004 push mode, QKD side (`/api/v1/kms/etsi004/…`).
+    #[serde(rename = "etsi004-qkd")]
+    Etsi004Qkd,
+    /// ETSI GS QKD 004 push mode, KMS side (`/api/v1/qkd/etsi004/key-material`).
+    #[serde(rename = "etsi004-kms")]
+    Etsi004Kms,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Threads for slow handlers, shared by all listeners.
+    #[serde(default = "default_pool_threads")]
+    pub pool_threads: usize,
+    /// The nodes (listeners).
+    #[serde(rename = "node")]
+    pub nodes: Vec<NodeConfig>,
+}
+
+fn default_pool_threads() -> usize {
+    8
+}
+
+/// One listener and what it serves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Name in logs and metrics.
+    pub name: String,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Event-loop threads (0: one per core).
+    #[serde(default)]
+    pub workers: usize,
+    /// Protocols served (`/healthz`, `/metrics` and, with `[node.engine.link]`,
+    /// the link-sync route are always served).
+    #[serde(default)]
+    pub serve: Vec<Protocol>,
+    /// HTTP limits and timeouts.
+    #[serde(default)]
+    pub http: HttpSettings,
+    /// Key pushes.
+    #[serde(default)]
+    pub push: PushSettings,
+    /// KMS side.
+    #[serde(default)]
+    pub kms: KmsSettings,
+    /// The QKD node (needed for `etsi004-qkd`).
+    #[serde(default)]
+    pub engine: Option<EngineConfig>,
+}
+
+/// HTTP limits and timeouts of a listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Most open connections (more: 503 and closed).
+    pub max_connections: usize,
+    /// Longest request line + headers, bytes (431 beyond).
+    pub max_header_bytes: usize,
+    /// Longest request body, bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// A request must arrive whole within this many ms of its first byte (408).
+    pub request_timeout_ms: u64,
+    /// An idle keep-alive connection is closed after this many ms.
+    pub idle_timeout_ms: u64,
+    /// On shutdown, in-flight requests and pushes get this many ms.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        let d = ServerConfig::default();
+        Self {
+            max_connections: d.max_connections,
+            max_header_bytes: d.limits.max_header_bytes,
+            max_body_bytes: d.limits.max_body_bytes,
+            request_timeout_ms: d.request_timeout.as_millis() as u64,
+            idle_timeout_ms: d.idle_timeout.as_millis() as u64,
+            shutdown_grace_ms: d.shutdown_grace.as_millis() as u64,
+        }
+    }
+}
+
+impl HttpSettings {
+    /// The server settings for a listener on `listen` with `workers`.
+    pub fn server_config(&self, listen: SocketAddr, workers: usize) -> ServerConfig {
+        ServerConfig {
+            listen,
+            workers,
+            limits: Limits {
+                max_header_bytes: self.max_header_bytes,
+                max_body_bytes: self.max_body_bytes,
+            },
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            max_connections: self.max_connections,
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+        }
+    }
+}
+
+/// Key pushes to KMSes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushSettings {
+    /// Most chunks per KMS taken ahead of their 201 (the bounded queue).
+    pub queue_chunks: usize,
+    /// Most requests pipelined on one connection.
+    pub max_in_flight: usize,
+}
+
+impl Default for PushSettings {
+    fn default() -> Self {
+        Self {
+            queue_chunks: 1024,
+            max_in_flight: 64,
+        }
+    }
+}
+
+/// The KMS side.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KmsSettings {
+    /// Most key bytes held for local consumers (more: 503, the node retries).
+    pub received_capacity_bytes: usize,
+}
+
+impl Default for KmsSettings {
+    fn default() -> Self {
+        Self {
+            received_capacity_bytes: 64 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// Parses and checks a configuration file's text.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        if config.nodes.is_empty() {
+            return Err("no [[node]] configured".into());
+        }
+        for node in &config.nodes {
+            if let Some(engine) = &node.engine {
+                engine
+                    .validate()
+                    .map_err(|e| format!("node {}: {e}", node.name))?;
+                if engine.link.as_ref().is_some_and(|l| l.listen.is_some()) {
+                    return Err(format!(
+                        "node {}: engine.link.listen is for the C ABI; the server receives link sync on node.listen",
+                        node.name
+                    ));
+                }
+            }
+            if node.serve.contains(&Protocol::Etsi004Qkd) && node.engine.is_none() {
+                return Err(format!(
+                    "node {}: serve = [\"etsi004-qkd\"] needs a [node.engine] section",
+                    node.name
+                ));
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_parses() {
+        let c = Config::from_toml(DEFAULT_CONFIG).unwrap();
+        assert_eq!(c.nodes.len(), 2);
+        assert_eq!(c.nodes[0].listen.port(), 7004);
+        assert_eq!(c.nodes[1].listen.port(), 7005);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = Config::from_toml("[[node]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nserve = [\"etsi004-qkd\"]").unwrap_err();
+        assert!(e.contains("engine"), "{e}");
+        let e = Config::from_toml("[[node]]\nname = \"a\"\nlisten = \"x\"").unwrap_err();
+        assert!(e.contains("listen"), "{e}");
+        let e = Config::from_toml("[[node]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nserve = [\"ftp\"]").unwrap_err();
+        assert!(e.contains("ftp"), "{e}");
+    }
+}

@@ -1,0 +1,489 @@
+//! Non-blocking outbound HTTP/1.1 client: one keep-alive connection per
+//! origin, requests pipelined (up to `max_in_flight` unanswered), answers
+//! matched in order, and retry with backoff of everything not yet accepted.
+//!
+//! A request stays queued, bytes unchanged, until the caller's callback
+//! accepts its answer; only then is it dropped (its buffer is zeroizing, so
+//! key material in it is wiped). A refused answer, a broken connection or a
+//! silent peer resends every unaccepted request, in order.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+use zeroize::Zeroizing;
+
+const WAKER: Token = Token(usize::MAX);
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// An origin that leaves requests unanswered this long is reconnected.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where requests go: `http://host:port[/base]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Path prefix without a trailing `/` (may be empty).
+    pub base_path: String,
+}
+
+impl Origin {
+    /// Parses an `http://` URL (https is not supported yet).
+    pub fn parse(url: &str) -> Result<Origin, String> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{url:?}: only http:// URLs are supported"))?;
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("{url:?}: bad port {p:?}"))?,
+            ),
+            _ => (authority, 80),
+        };
+        if host.is_empty() {
+            return Err(format!("{url:?}: no host"));
+        }
+        Ok(Origin {
+            host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            port,
+            base_path: path.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// The `Host` header value.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Builds a request with a body (`Content-Length` framing, keep-alive).
+pub fn request_bytes(
+    method: &str,
+    origin: &Origin,
+    path: &str,
+    extra_headers: &[(&str, &str)],
+    body: &[u8],
+) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(160 + body.len()));
+    let head = format!(
+        "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        origin.base_path,
+        origin.authority(),
+        body.len()
+    );
+    out.extend_from_slice(head.as_bytes());
+    for (name, value) in extra_headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// One queued request.
+pub struct Outgoing {
+    /// The whole request (head and body); zeroized when dropped.
+    pub bytes: Zeroizing<Vec<u8>>,
+    /// The caller's tag, handed back with the answer.
+    pub tag: u64,
+}
+
+/// The caller's verdict on an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Done: drop the request.
+    Accepted,
+    /// Not accepted: reconnect after a backoff and resend it (and every
+    /// request after it).
+    Retry,
+}
+
+/// Index of an origin in a [`Client`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OriginId(usize);
+
+struct OriginConn {
+    origin: Origin,
+    stream: Option<TcpStream>,
+    connected: bool,
+    /// Every request not yet accepted, oldest first.
+    queue: VecDeque<Outgoing>,
+    /// `queue[..sent]` are written and await their answers.
+    sent: usize,
+    /// Bytes of `queue[sent]` already written.
+    partial: usize,
+    inbuf: Vec<u8>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    waiting_since: Option<Instant>,
+}
+
+/// The client: a mio `Poll` over one connection per origin.
+pub struct Client {
+    poll: Poll,
+    waker: Arc<Waker>,
+    events: Events,
+    conns: Vec<OriginConn>,
+    max_in_flight: usize,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("origins", &self.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client pipelining up to `max_in_flight` requests per origin.
+    pub fn new(max_in_flight: usize) -> io::Result<Client> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        Ok(Client {
+            poll,
+            waker,
+            events: Events::with_capacity(256),
+            conns: Vec::new(),
+            max_in_flight: max_in_flight.max(1),
+        })
+    }
+
+    /// Wakes a [`Client::run`] in progress (from any thread).
+    pub fn waker(&self) -> Arc<Waker> {
+        Arc::clone(&self.waker)
+    }
+
+    /// The id of `origin`, added on first use.
+    pub fn origin(&mut self, origin: &Origin) -> OriginId {
+        if let Some(i) = self.conns.iter().position(|c| &c.origin == origin) {
+            return OriginId(i);
+        }
+        self.conns.push(OriginConn {
+            origin: origin.clone(),
+            stream: None,
+            connected: false,
+            queue: VecDeque::new(),
+            sent: 0,
+            partial: 0,
+            inbuf: Vec::new(),
+            retry_at: None,
+            backoff: FIRST_BACKOFF,
+            waiting_since: None,
+        });
+        OriginId(self.conns.len() - 1)
+    }
+
+    /// The origin behind `id`.
+    pub fn origin_of(&self, id: OriginId) -> &Origin {
+        &self.conns[id.0].origin
+    }
+
+    /// Requests queued for `id` and not yet accepted.
+    pub fn queued(&self, id: OriginId) -> usize {
+        self.conns[id.0].queue.len()
+    }
+
+    /// True when no request is queued anywhere.
+    pub fn is_idle(&self) -> bool {
+        self.conns.iter().all(|c| c.queue.is_empty())
+    }
+
+    /// True when the origin is connected and not backing off.
+    pub fn is_connected(&self, id: OriginId) -> bool {
+        let c = &self.conns[id.0];
+        c.connected && c.retry_at.is_none()
+    }
+
+    /// Queues a request for `id`.
+    pub fn enqueue(&mut self, id: OriginId, request: Outgoing) {
+        self.conns[id.0].queue.push_back(request);
+    }
+
+    /// Drops every queued request of `id` (they are zeroized).
+    pub fn discard(&mut self, id: OriginId) {
+        let c = &mut self.conns[id.0];
+        c.queue.clear();
+        c.reset(None);
+    }
+
+    /// Moves requests for at most `timeout`: connects, writes, reads
+    /// answers and hands each to `on_answer(origin, tag, status, body)`.
+    pub fn run(
+        &mut self,
+        timeout: Duration,
+        on_answer: &mut dyn FnMut(OriginId, u64, u16, &[u8]) -> PushOutcome,
+    ) -> io::Result<()> {
+        let now = Instant::now();
+        for (i, c) in self.conns.iter_mut().enumerate() {
+            c.step(i, &self.poll, now, self.max_in_flight, on_answer);
+        }
+        let mut wait = timeout;
+        for c in &self.conns {
+            if let Some(t) = c.retry_at.filter(|_| !c.queue.is_empty()) {
+                wait = wait.min(t.saturating_duration_since(now));
+            }
+        }
+        match self.poll.poll(&mut self.events, Some(wait)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        let ready: Vec<usize> = self
+            .events
+            .iter()
+            .map(|e| e.token().0)
+            .filter(|&t| t < self.conns.len())
+            .collect();
+        let now = Instant::now();
+        for i in ready {
+            self.conns[i].step(i, &self.poll, now, self.max_in_flight, on_answer);
+        }
+        Ok(())
+    }
+}
+
+impl OriginConn {
+    /// Drives this origin's connection as far as it goes without blocking.
+    fn step(
+        &mut self,
+        me: usize,
+        poll: &Poll,
+        now: Instant,
+        max_in_flight: usize,
+        on_answer: &mut dyn FnMut(OriginId, u64, u16, &[u8]) -> PushOutcome,
+    ) {
+        if self.queue.is_empty() && self.stream.is_none() {
+            return;
+        }
+        if self.retry_at.is_some_and(|t| now < t) {
+            return;
+        }
+        self.retry_at = None;
+        if self.stream.is_none() {
+            if let Err(e) = self.connect(me, poll) {
+                tracing::debug!(origin = %self.origin.authority(), "connect failed: {e}");
+                self.reset(Some(now));
+                return;
+            }
+        }
+        if !self.connected {
+            match self.stream.as_ref().map(|s| (s.take_error(), s.peer_addr())) {
+                Some((Ok(None), Ok(_))) => self.connected = true,
+                Some((Ok(None), Err(e))) if e.kind() == io::ErrorKind::NotConnected => return,
+                _ => {
+                    self.reset(Some(now));
+                    return;
+                }
+            }
+        }
+        if let Err(e) = self.read_answers(me, now, on_answer) {
+            tracing::debug!(origin = %self.origin.authority(), "connection dropped: {e}");
+            self.reset(Some(now));
+            return;
+        }
+        if self.retry_at.is_some() {
+            return;
+        }
+        if let Err(e) = self.write_requests(max_in_flight) {
+            tracing::debug!(origin = %self.origin.authority(), "write failed: {e}");
+            self.reset(Some(now));
+            return;
+        }
+        if self.sent > 0 {
+            let since = *self.waiting_since.get_or_insert(now);
+            if now.duration_since(since) > ANSWER_TIMEOUT {
+                tracing::warn!(origin = %self.origin.authority(), "no answer, reconnecting");
+                self.reset(Some(now));
+            }
+        } else {
+            self.waiting_since = None;
+        }
+    }
+
+    fn connect(&mut self, me: usize, poll: &Poll) -> io::Result<()> {
+        let addr: SocketAddr = (self.origin.host.as_str(), self.origin.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::other("host has no address"))?;
+        let mut stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        poll.registry()
+            .register(&mut stream, Token(me), Interest::READABLE | Interest::WRITABLE)?;
+        self.stream = Some(stream);
+        self.connected = false;
+        Ok(())
+    }
+
+    /// Forgets the connection; with `failed_at`, waits a growing backoff
+    /// before reconnecting. Everything queued will be sent again.
+    fn reset(&mut self, failed_at: Option<Instant>) {
+        self.stream = None;
+        self.connected = false;
+        self.sent = 0;
+        self.partial = 0;
+        self.inbuf.clear();
+        self.waiting_since = None;
+        if let Some(t) = failed_at {
+            self.retry_at = Some(t + self.backoff);
+            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    fn write_requests(&mut self, max_in_flight: usize) -> io::Result<()> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        while self.sent < self.queue.len() && self.sent < max_in_flight {
+            let end = self.queue.len().min(max_in_flight);
+            let slices: Vec<IoSlice<'_>> = self
+                .queue
+                .range(self.sent..end)
+                .enumerate()
+                .map(|(i, r)| IoSlice::new(&r.bytes[if i == 0 { self.partial } else { 0 }..]))
+                .collect();
+            let mut n = match stream.write_vectored(&slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            while n > 0 {
+                let left = self.queue[self.sent].bytes.len() - self.partial;
+                if n >= left {
+                    n -= left;
+                    self.sent += 1;
+                    self.partial = 0;
+                } else {
+                    self.partial += n;
+                    n = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_answers(
+        &mut self,
+        me: usize,
+        now: Instant,
+        on_answer: &mut dyn FnMut(OriginId, u64, u16, &[u8]) -> PushOutcome,
+    ) -> io::Result<()> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => {
+                    self.parse_answers(me, now, on_answer)?;
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                Ok(n) => self.inbuf.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.parse_answers(me, now, on_answer)
+    }
+
+    fn parse_answers(
+        &mut self,
+        me: usize,
+        now: Instant,
+        on_answer: &mut dyn FnMut(OriginId, u64, u16, &[u8]) -> PushOutcome,
+    ) -> io::Result<()> {
+        let mut used = 0;
+        while used < self.inbuf.len() {
+            let Some((status, head, body_len)) = parse_answer(&self.inbuf[used..])? else {
+                break;
+            };
+            let body = &self.inbuf[used + head..used + head + body_len];
+            used += head + body_len;
+            if (100..200).contains(&status) {
+                continue;
+            }
+            if self.sent == 0 {
+                return Err(io::Error::other("answer to no request"));
+            }
+            let tag = self.queue[0].tag;
+            self.waiting_since = Some(now);
+            match on_answer(OriginId(me), tag, status, body) {
+                PushOutcome::Accepted => {
+                    self.queue.pop_front();
+                    self.sent -= 1;
+                    self.backoff = FIRST_BACKOFF;
+                }
+                PushOutcome::Retry => {
+                    self.reset(Some(now));
+                    return Ok(());
+                }
+            }
+        }
+        self.inbuf.drain(..used);
+        Ok(())
+    }
+}
+
+/// One answer at the front of `buf`: status, head length, body length.
+fn parse_answer(buf: &[u8]) -> io::Result<Option<(u16, usize, usize)>> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(io::Error::other(format!("bad answer: {e}"))),
+    };
+    let status = resp.code.unwrap_or(0);
+    let length = resp
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .map(|h| {
+            std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| io::Error::other("bad Content-Length in answer"))
+        })
+        .transpose()?;
+    let body = match (status, length) {
+        (100..=199 | 204 | 304, _) => 0,
+        (_, Some(n)) => n,
+        (_, None) => return Err(io::Error::other("answer without Content-Length")),
+    };
+    Ok((buf.len() >= head + body).then_some((status, head, body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let o = Origin::parse("http://127.0.0.1:7004/kms/").unwrap();
+        assert_eq!((o.host.as_str(), o.port, o.base_path.as_str()), ("127.0.0.1", 7004, "/kms"));
+        assert_eq!(Origin::parse("http://h").unwrap().port, 80);
+        assert_eq!(Origin::parse("http://[::1]:9").unwrap().authority(), "[::1]:9");
+        assert!(Origin::parse("https://h").is_err());
+        assert!(Origin::parse("http://h:x").is_err());
+        assert!(Origin::parse("http://:80").is_err());
+    }
+}

@@ -1,0 +1,303 @@
+//! One server connection: bytes in, requests to the service, responses out
+//! in request order (pipelining), keep-alive and timeouts.
+//!
+//! The socket is reached only through `Read`/`Write`, so a TLS session
+//! (rustls, sans-IO) can later wrap it here without the protocol code
+//! noticing.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use mio::net::TcpStream;
+use zeroize::{Zeroize, Zeroizing};
+
+use super::request::{Limits, Method, Parsed, parse};
+use super::{HttpError, Reply, Response, Service};
+
+/// Most requests of one connection parsed ahead of their answers.
+const MAX_PIPELINE: usize = 32;
+/// Reads per wake-up before other connections get their turn.
+const READ_BUDGET: usize = 16;
+/// Bytes read per `read` call.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What the loop should do with the connection after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    /// Wait for the next event.
+    Wait,
+    /// Serve again soon without waiting for an event (budget used up).
+    Again,
+    /// Close and forget it.
+    Close,
+}
+
+/// Everything a connection needs from its worker to dispatch a request.
+pub(super) struct Dispatch<'a> {
+    pub service: &'a dyn Service,
+    pub limits: &'a Limits,
+    /// Runs a [`Reply::Later`] job; the answer comes back through
+    /// [`Conn::complete`] with the given sequence number.
+    pub later: &'a dyn Fn(u64, Box<dyn FnOnce() -> Response + Send>),
+}
+
+struct Slot {
+    head_only: bool,
+    keep_alive: bool,
+    response: Option<Response>,
+}
+
+pub(super) struct Conn {
+    stream: TcpStream,
+    /// Received bytes not yet parsed; may hold key material (zeroized).
+    inbuf: Zeroizing<Vec<u8>>,
+    out: BytesMut,
+    slots: VecDeque<Slot>,
+    /// Sequence number of `slots[0]`.
+    first_seq: u64,
+    read_closed: bool,
+    /// No more requests are read; close once the answers are out.
+    closing: bool,
+    continue_sent: bool,
+    partial_since: Option<Instant>,
+    last_progress: Instant,
+}
+
+impl Conn {
+    pub(super) fn new(stream: TcpStream, now: Instant) -> Conn {
+        Conn {
+            stream,
+            inbuf: Zeroizing::new(Vec::new()),
+            out: BytesMut::new(),
+            slots: VecDeque::new(),
+            first_seq: 0,
+            read_closed: false,
+            closing: false,
+            continue_sent: false,
+            partial_since: None,
+            last_progress: now,
+        }
+    }
+
+    pub(super) fn stream(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    /// Reads, dispatches and writes as far as possible.
+    pub(super) fn pump(&mut self, d: &Dispatch<'_>, now: Instant) -> Step {
+        let mut reads = 0;
+        loop {
+            self.parse_requests(d, now);
+            if self.flush().is_err() {
+                return Step::Close;
+            }
+            if self.finished() {
+                return Step::Close;
+            }
+            if self.read_closed || self.closing || self.slots.len() >= MAX_PIPELINE {
+                return Step::Wait;
+            }
+            if reads == READ_BUDGET {
+                return Step::Again;
+            }
+            reads += 1;
+            match self.read_some(d.limits) {
+                Ok(true) => self.last_progress = now,
+                Ok(false) => return Step::Wait,
+                Err(_) => return Step::Close,
+            }
+        }
+    }
+
+    /// The answer to the request numbered `seq` is ready.
+    pub(super) fn complete(&mut self, seq: u64, response: Response) {
+        if let Some(slot) = seq
+            .checked_sub(self.first_seq)
+            .and_then(|i| self.slots.get_mut(i as usize))
+        {
+            slot.response = Some(response);
+        }
+    }
+
+    /// Applies the request and idle timeouts.
+    pub(super) fn check_timeouts(&mut self, now: Instant, request: Duration, idle: Duration) {
+        if self.closing {
+            if now.duration_since(self.last_progress) > idle {
+                self.read_closed = true;
+                self.slots.clear();
+                self.out.clear();
+            }
+            return;
+        }
+        if self
+            .partial_since
+            .is_some_and(|t| now.duration_since(t) > request)
+        {
+            self.fail(HttpError::TIMEOUT);
+        } else if self.inbuf.is_empty()
+            && self.slots.is_empty()
+            && now.duration_since(self.last_progress) > idle
+        {
+            self.closing = true;
+        }
+    }
+
+    /// Graceful shutdown: answer what was received, read nothing more.
+    pub(super) fn shut_down(&mut self) {
+        if self.partial_since.is_none() || self.inbuf.is_empty() {
+            self.closing = true;
+        }
+    }
+
+    /// True when the connection has nothing left to do.
+    pub(super) fn finished(&self) -> bool {
+        (self.closing || self.read_closed) && self.slots.is_empty() && self.out.is_empty()
+    }
+
+    /// Answers `err` (after the requests already received) and stops reading.
+    fn fail(&mut self, err: HttpError) {
+        self.slots.push_back(Slot {
+            head_only: false,
+            keep_alive: false,
+            response: Some(err.response()),
+        });
+        self.stop_reading();
+    }
+
+    fn stop_reading(&mut self) {
+        self.closing = true;
+        self.partial_since = None;
+        self.inbuf.zeroize();
+        self.inbuf.clear();
+    }
+
+    fn parse_requests(&mut self, d: &Dispatch<'_>, now: Instant) {
+        while !self.closing && !self.inbuf.is_empty() && self.slots.len() < MAX_PIPELINE {
+            match parse(&self.inbuf, d.limits) {
+                Ok(Parsed::Complete(req, used)) => {
+                    self.consume(used);
+                    self.continue_sent = false;
+                    self.partial_since = (!self.inbuf.is_empty()).then_some(now);
+                    let keep_alive = req.keep_alive;
+                    let head_only = req.method == Method::Head;
+                    let seq = self.first_seq + self.slots.len() as u64;
+                    let response = match d.service.call(req) {
+                        Reply::Now(r) => Some(r),
+                        Reply::Later(job) => {
+                            (d.later)(seq, job);
+                            None
+                        }
+                    };
+                    self.slots.push_back(Slot {
+                        head_only,
+                        keep_alive,
+                        response,
+                    });
+                    if !keep_alive {
+                        self.stop_reading();
+                    }
+                }
+                Ok(Parsed::Partial { expects_continue }) => {
+                    self.partial_since.get_or_insert(now);
+                    if expects_continue && !self.continue_sent && self.slots.is_empty() {
+                        self.continue_sent = true;
+                        self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    self.fail(e);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Serializes ready answers in order and writes what the socket takes.
+    fn flush(&mut self) -> io::Result<()> {
+        while let Some(slot) = self.slots.front_mut() {
+            let Some(response) = slot.response.take() else {
+                break;
+            };
+            let close = response.close || !slot.keep_alive;
+            response.write_to(&mut self.out, slot.head_only, close);
+            self.slots.pop_front();
+            self.first_seq += 1;
+            if close {
+                self.slots.clear();
+                self.stop_reading();
+                break;
+            }
+        }
+        while !self.out.is_empty() {
+            match self.stream.write(&self.out) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.out.advance(n);
+                    self.last_progress = Instant::now();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.out.is_empty() {
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// One read into `inbuf`: `Ok(false)` when nothing more is available
+    /// now; end of stream drops an unfinished request.
+    fn read_some(&mut self, limits: &Limits) -> io::Result<bool> {
+        // Chunked framing may add overhead to a body at the limit.
+        let cap = limits.max_header_bytes + 2 * limits.max_body_bytes + 64 * 1024;
+        if self.inbuf.len() >= cap {
+            self.fail(HttpError::BODY_TOO_LARGE);
+            return Ok(true);
+        }
+        self.reserve(READ_CHUNK);
+        let len = self.inbuf.len();
+        self.inbuf.resize(len + READ_CHUNK, 0);
+        let result = self.stream.read(&mut self.inbuf[len..]);
+        let n = *result.as_ref().unwrap_or(&0);
+        self.inbuf.truncate(len + n);
+        match result {
+            Ok(0) => {
+                self.read_closed = true;
+                self.stop_reading();
+                Ok(true)
+            }
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes room for `more` bytes without leaving an unwiped copy behind.
+    fn reserve(&mut self, more: usize) {
+        let need = self.inbuf.len() + more;
+        if self.inbuf.capacity() < need {
+            let mut bigger = Zeroizing::new(Vec::with_capacity(need.next_power_of_two()));
+            bigger.extend_from_slice(&self.inbuf);
+            self.inbuf = bigger; // the old buffer is zeroized on drop
+        }
+    }
+
+    /// Drops the first `n` bytes of `inbuf`, wiping what they leave behind.
+    fn consume(&mut self, n: usize) {
+        let len = self.inbuf.len();
+        self.inbuf.copy_within(n.., 0);
+        self.inbuf[len - n..].zeroize();
+        self.inbuf.truncate(len - n);
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.inbuf.zeroize();
+    }
+}

@@ -1,0 +1,166 @@
+//! HTTP/1.1 responses, serialized into `bytes` buffers.
+//!
+//! Framing rules kept here once for every protocol: 1xx and 204 carry no
+//! `Content-Length` and no content; 205 carries `Content-Length: 0` and no
+//! content (RFC 9110 §15.3.6); a HEAD answer carries the length of the GET
+//! answer but no content.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// One response. Never carries key material (keypipe pushes key as a
+/// client; what it serves is bookkeeping and public data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Extra header fields (`Content-Length` and `Connection` are added).
+    pub headers: Vec<(&'static str, String)>,
+    /// Content (ignored for 204 and 205).
+    pub body: Bytes,
+    /// Close the connection after this response.
+    pub close: bool,
+}
+
+impl Response {
+    /// An empty response with `status`.
+    pub fn empty(status: u16) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: Bytes::new(),
+            close: false,
+        }
+    }
+
+    /// A JSON response.
+    pub fn json(status: u16, body: impl Into<Bytes>) -> Self {
+        Self::empty(status)
+            .header("Content-Type", "application/json")
+            .body(body)
+    }
+
+    /// Adds a header field.
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Sets the content.
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// Marks the connection to be closed after this response.
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
+    }
+
+    /// Appends the serialized response to `out`. `head_only`: the request
+    /// was HEAD. `close`: add `Connection: close`.
+    pub fn write_to(&self, out: &mut BytesMut, head_only: bool, close: bool) {
+        let no_content = matches!(self.status, 100..=199 | 204 | 205 | 304);
+        out.reserve(128 + self.body.len());
+        out.put_slice(b"HTTP/1.1 ");
+        put_u64(out, u64::from(self.status));
+        out.put_u8(b' ');
+        out.put_slice(reason(self.status).as_bytes());
+        out.put_slice(b"\r\n");
+        for (name, value) in &self.headers {
+            out.put_slice(name.as_bytes());
+            out.put_slice(b": ");
+            out.put_slice(value.as_bytes());
+            out.put_slice(b"\r\n");
+        }
+        match self.status {
+            100..=199 | 204 | 304 => {}
+            205 => out.put_slice(b"Content-Length: 0\r\n"),
+            _ => {
+                out.put_slice(b"Content-Length: ");
+                put_u64(out, self.body.len() as u64);
+                out.put_slice(b"\r\n");
+            }
+        }
+        if close {
+            out.put_slice(b"Connection: close\r\n");
+        }
+        out.put_slice(b"\r\n");
+        if !no_content && !head_only {
+            out.put_slice(&self.body);
+        }
+    }
+}
+
+fn put_u64(out: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[i..]);
+}
+
+/// The reason phrase of `status`.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        205 => "Reset Content",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(r: &Response, head: bool, close: bool) -> String {
+        let mut out = BytesMut::new();
+        r.write_to(&mut out, head, close);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn framing_per_status() {
+        let ok = Response::json(201, "{}");
+        assert_eq!(
+            text(&ok, false, false),
+            "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+        );
+        assert_eq!(
+            text(&ok, true, true),
+            "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"
+        );
+        assert_eq!(
+            text(&Response::empty(204).body("x"), false, false),
+            "HTTP/1.1 204 No Content\r\n\r\n"
+        );
+        assert_eq!(
+            text(&Response::empty(205).body("x"), false, false),
+            "HTTP/1.1 205 Reset Content\r\nContent-Length: 0\r\n\r\n"
+        );
+    }
+}

@@ -1,0 +1,244 @@
+//! A running node: its engine (when it fronts a QKD device), the network
+//! link to its peer node, the outbound thread (link sync and key pushes),
+//! and its HTTP listener serving the configured protocols.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use mio::Waker;
+
+use crate::api::link::{LINK_TAG, NetLink};
+use crate::api::push::{PushTable, wait_for};
+use crate::api::{Etsi004, HealthSources, RequestMetrics, Router};
+use crate::config::{NodeConfig, Protocol};
+use crate::http::{Client, Origin, Pool, PushOutcome, Server};
+use crate::kms::ReceivedKeys;
+use crate::qkd::{Engine, EngineConfig, EngineError, parse_secret};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is inconsistent.
+    #[error("node {node}: {message}")]
+    Config {
+        /// The node's name.
+        node: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The engine could not start.
+    #[error("node {0}: {1}")]
+    Engine(String, EngineError),
+    /// A socket or thread could not be set up.
+    #[error("node {0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+/// The engine side of a node: engine, link, push table, outbound thread.
+struct Core {
+    engine: Arc<Engine>,
+    link: Option<Arc<NetLink>>,
+    push: Arc<PushTable>,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    outbound: Option<JoinHandle<()>>,
+}
+
+/// One running node.
+pub struct RunningNode {
+    name: String,
+    core: Option<Core>,
+    server: Option<Server>,
+}
+
+impl std::fmt::Debug for RunningNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningNode")
+            .field("name", &self.name)
+            .field("addr", &self.server.as_ref().map(Server::local_addr))
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningNode {
+    /// Starts the node `config` describes; slow handlers run on `pool`.
+    pub fn start(config: &NodeConfig, pool: &Pool) -> Result<RunningNode, NodeError> {
+        let name = config.name.clone();
+        let bad = |message: String| NodeError::Config {
+            node: name.clone(),
+            message,
+        };
+        let needs_engine = config.serve.contains(&Protocol::Etsi004Qkd);
+        if needs_engine && config.engine.is_none() {
+            return Err(bad("serving etsi004-qkd needs an [node.engine] section".into()));
+        }
+        let core = match &config.engine {
+            Some(engine) => Some(start_core(
+                &name,
+                engine,
+                config.push.queue_chunks,
+                config.push.max_in_flight,
+            )?),
+            None => None,
+        };
+        let requests = Arc::new(RequestMetrics::default());
+        let mut router = Router::new(Arc::clone(&requests));
+        let received = config
+            .serve
+            .contains(&Protocol::Etsi004Kms)
+            .then(|| Arc::new(ReceivedKeys::new(config.kms.received_capacity_bytes)));
+        let server_stats = Arc::new(OnceLock::new());
+        let health = HealthSources {
+            node: name.clone(),
+            engine: core.as_ref().map(|c| Arc::clone(&c.engine)),
+            push: core.as_ref().map(|c| Arc::clone(&c.push)),
+            received: received.clone(),
+            requests: Arc::clone(&requests),
+            server: Arc::clone(&server_stats),
+        };
+        crate::api::healthz_route(&mut router, health.clone());
+        crate::api::metrics_route(&mut router, health);
+        if let Some(core) = &core {
+            if let Some(link) = &core.link {
+                link.mount(&mut router);
+            }
+            if config.serve.contains(&Protocol::Etsi004Qkd) {
+                Etsi004::new(Arc::clone(&core.engine), Arc::clone(&core.push)).mount(&mut router);
+            }
+        }
+        if let Some(store) = &received {
+            crate::api::key_material_route(&mut router, Arc::clone(store));
+        }
+        let server = Server::start(&name, &config.http.server_config(config.listen, config.workers), Arc::new(router), pool.clone())
+            .map_err(|e| NodeError::Io(name.clone(), e))?;
+        let _ = server_stats.set(Arc::clone(server.stats()));
+        Ok(RunningNode {
+            name,
+            core,
+            server: Some(server),
+        })
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where the node's listener is.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.server
+            .as_ref()
+            .map(Server::local_addr)
+            .expect("running until shut down")
+    }
+
+    /// The node's engine, if it fronts a device.
+    pub fn engine(&self) -> Option<&Arc<Engine>> {
+        self.core.as_ref().map(|c| &c.engine)
+    }
+
+    /// Shutdown, step 1: take no more key for pushes.
+    pub fn stop_pushing(&self) {
+        if let Some(core) = &self.core {
+            core.push.stop_all();
+            let _ = core.waker.wake();
+        }
+    }
+
+    /// Chunks taken for pushes and not yet acknowledged.
+    pub fn pushes_pending(&self) -> usize {
+        self.core.as_ref().map_or(0, |c| c.push.unacked())
+    }
+
+    /// Shutdown, step 2: stop the outbound thread and the listener (which
+    /// finishes its in-flight requests), and wait for them.
+    pub fn shut_down(mut self) {
+        if let Some(core) = self.core.as_mut() {
+            core.stop.store(true, Ordering::Release);
+            let _ = core.waker.wake();
+            if let Some(t) = core.outbound.take() {
+                let _ = t.join();
+            }
+        }
+        if let Some(server) = self.server.take() {
+            server.shutdown_handle().trigger();
+            server.join();
+        }
+    }
+}
+
+/// Builds the engine, its network link and the outbound thread.
+fn start_core(
+    name: &str,
+    config: &EngineConfig,
+    queue_chunks: usize,
+    max_in_flight: usize,
+) -> Result<Core, NodeError> {
+    let io = |e| NodeError::Io(name.to_owned(), e);
+    let mut client = Client::new(max_in_flight).map_err(io)?;
+    let waker = client.waker();
+    let (link, engine) = match &config.link {
+        Some(l) => {
+            let key = parse_secret(&l.secret, "link.secret")
+                .map_err(|e| NodeError::Engine(name.to_owned(), e.into()))?;
+            let (link, inbox) = NetLink::new(key, Arc::clone(&waker));
+            let engine = Engine::with_link(config, link.transport(), Some(inbox));
+            (Some(link), engine)
+        }
+        None => (None, Engine::new(config)),
+    };
+    let engine = Arc::new(engine.map_err(|e| NodeError::Engine(name.to_owned(), e))?);
+    let peer = match (&config.link, &link) {
+        (Some(l), Some(_)) => Some(client.origin(&Origin::parse(&l.peer).map_err(|m| {
+            NodeError::Config {
+                node: name.to_owned(),
+                message: format!("link.peer: {m}"),
+            }
+        })?)),
+        _ => None,
+    };
+    let push = Arc::new(PushTable::new(queue_chunks));
+    let stop = Arc::new(AtomicBool::new(false));
+    let outbound = {
+        let (engine, link, push, stop) = (
+            Arc::clone(&engine),
+            link.clone(),
+            Arc::clone(&push),
+            Arc::clone(&stop),
+        );
+        thread::Builder::new()
+            .name(format!("{name}-out"))
+            .spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    let now = Instant::now();
+                    if let (Some(link), Some(peer)) = (&link, peer) {
+                        link.fill(&mut client, peer, now);
+                    }
+                    let state = push.fill(&engine, &mut client, now);
+                    let mut on_answer = |_, tag: u64, status: u16, _: &[u8]| {
+                        let now = Instant::now();
+                        match &link {
+                            Some(link) if tag & LINK_TAG != 0 => link.answer(status, now),
+                            Some(_) | None if tag & LINK_TAG != 0 => PushOutcome::Accepted,
+                            _ => push.answer(tag, status, now),
+                        }
+                    };
+                    if let Err(e) = client.run(wait_for(state), &mut on_answer) {
+                        tracing::error!("outbound poll failed: {e}");
+                        thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            })
+            .map_err(io)?
+    };
+    Ok(Core {
+        engine,
+        link,
+        push,
+        stop,
+        waker,
+        outbound: Some(outbound),
+    })
+}
