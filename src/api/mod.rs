@@ -17,13 +17,24 @@ pub use router::{Handler, Router};
 
 use crate::http::Response;
 
-/// Parses a JSON body into `T`; the error message names the problem
-/// (serde's text: field, expected type, position).
+/// Parses a JSON body into `T`; the error message names the problem and
+/// the field it is in (`qos.key_chunk_size: invalid type: string "x",
+/// expected u32`). Never echoes values beyond what serde quotes of a
+/// mistyped scalar.
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     if body.is_empty() {
         return Err("a JSON body is required".into());
     }
-    serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match (inner.classify(), path.as_str()) {
+            (serde_json::error::Category::Data, ".") => format!("invalid request: {inner}"),
+            (serde_json::error::Category::Data, _) => format!("invalid field {path}: {inner}"),
+            _ => format!("body is not valid JSON: {inner}"),
+        }
+    })
 }
 
 /// A JSON response from a `serde_json::Value`.

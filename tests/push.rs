@@ -1,0 +1,177 @@
+//! ETSI 004 push mode end to end over real sockets: two keypipe nodes
+//! linked over HTTP, two KMS receivers.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::*;
+
+#[test]
+fn full_sequence_pushes_identical_keys_to_both_kmses() {
+    let (a, b) = linked_pair();
+    let (kms_a, kms_b) = (TestKms::start(), TestKms::start());
+    let ksid = open_stream(
+        a.local_addr(),
+        b.local_addr(),
+        &kms_a.url(),
+        &kms_b.url(),
+        json!({"key_chunk_size": 32, "timeout": 2000}),
+    );
+    start_pushing(a.local_addr(), ksid, None);
+    start_pushing(b.local_addr(), ksid, None);
+    kms_a.wait_for(&ksid, 3000, 30);
+    kms_b.wait_for(&ksid, 3000, 30);
+    let common = assert_identical(&kms_a, &kms_b, &ksid, 32);
+    assert!(common >= 2000, "{common}");
+    assert_eq!(kms_a.indexes(&ksid)[0], 0);
+    assert_eq!(kms_b.indexes(&ksid)[0], 0);
+    for node in [a.local_addr(), b.local_addr()] {
+        let r = request(node, "PUT", CLOSE, Some(&json!({"key_stream_id": ksid}))).unwrap();
+        assert_eq!(r.status, 204);
+        assert!(r.header("content-length").is_none(), "204 has no Content-Length");
+    }
+    // After close, what was taken is still delivered, then pushing stops.
+    std::thread::sleep(Duration::from_millis(300));
+    let settled = (kms_a.indexes(&ksid).len(), kms_b.indexes(&ksid).len());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(settled, (kms_a.indexes(&ksid).len(), kms_b.indexes(&ksid).len()));
+    assert_identical(&kms_a, &kms_b, &ksid, 32);
+    let log = kms_a.log.lock().unwrap();
+    assert_eq!((log.repeats, log.conflicts), (0, 0));
+    drop(log);
+    let metrics = String::from_utf8(request(a.local_addr(), "GET", "/metrics", None).unwrap().body).unwrap();
+    assert!(metrics.contains("keypipe_push_chunks_acked_total{node=\"node-a\"}"), "{metrics}");
+    assert!(metrics.contains("route=\"/api/v1/kms/etsi004/open-connect\",status=\"201\""));
+    a.shut_down();
+    b.shut_down();
+}
+
+#[test]
+fn kms_down_for_a_while_gets_every_index_once() {
+    let (a, b) = linked_pair();
+    let (kms_a, mut kms_b) = (TestKms::start(), TestKms::start());
+    let ksid = open_stream(
+        a.local_addr(),
+        b.local_addr(),
+        &kms_a.url(),
+        &kms_b.url(),
+        json!({"key_chunk_size": 64}),
+    );
+    start_pushing(a.local_addr(), ksid, None);
+    start_pushing(b.local_addr(), ksid, None);
+    kms_b.wait_for(&ksid, 500, 30);
+    kms_b.down();
+    let during = kms_b.indexes(&ksid).len();
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(kms_b.indexes(&ksid).len(), during, "nothing arrives while down");
+    kms_b.up();
+    kms_b.wait_for(&ksid, during + 2000, 30);
+    kms_a.wait_for(&ksid, during + 2000, 30);
+    // Contiguous from 0 on both sides: none skipped; identical bytes.
+    assert_identical(&kms_a, &kms_b, &ksid, 64);
+    assert_eq!(kms_b.indexes(&ksid)[0], 0);
+    let log = kms_b.log.lock().unwrap();
+    assert_eq!((log.repeats, log.conflicts), (0, 0), "no index twice");
+    drop(log);
+    a.shut_down();
+    b.shut_down();
+}
+
+#[test]
+fn get_key_with_index_resumes_after_kms_restart() {
+    let (a, b) = linked_pair();
+    let (mut kms_a, kms_b) = (TestKms::start(), TestKms::start());
+    let ksid = open_stream(
+        a.local_addr(),
+        b.local_addr(),
+        &kms_a.url(),
+        &kms_b.url(),
+        json!({"key_chunk_size": 32}),
+    );
+    start_pushing(a.local_addr(), ksid, None);
+    start_pushing(b.local_addr(), ksid, None);
+    kms_a.wait_for(&ksid, 400, 30);
+    kms_a.down();
+    // The restarted KMS lost its volatile state; it knows (from its own
+    // durable store) the last index it holds and resumes after it.
+    let last = *kms_a.indexes(&ksid).last().unwrap();
+    let before = std::mem::take(&mut kms_a.log.lock().unwrap().keys);
+    kms_a.up();
+    start_pushing(a.local_addr(), ksid, Some(last + 1));
+    kms_a.wait_for(&ksid, 1000, 30);
+    let after = kms_a.indexes(&ksid);
+    assert_eq!(after[0], last + 1, "resumed exactly after the last index held");
+    // An index already acknowledged cannot be asked again: its key is gone.
+    let r = request(
+        a.local_addr(),
+        "GET",
+        GET_KEY,
+        Some(&json!({"key_stream_id": ksid, "index": 0})),
+    )
+    .unwrap();
+    assert_eq!(r.status, 500);
+    assert_eq!(r.json()["status"], 2, "{:?}", r.json());
+    // What A's KMS got, before and after, matches B's KMS byte for byte.
+    let mut log = kms_a.log.lock().unwrap();
+    for (i, k) in &before[&ksid] {
+        assert!(log.keys.get_mut(&ksid).unwrap().insert(*i, k.clone()).is_none());
+    }
+    drop(log);
+    kms_b.wait_for(&ksid, before[&ksid].len() + 1000, 30);
+    assert_identical(&kms_a, &kms_b, &ksid, 32);
+    a.shut_down();
+    b.shut_down();
+}
+
+#[test]
+fn peer_node_unreachable_gives_status_4_and_streams_resume() {
+    let (pa, pb) = (free_port(), free_port());
+    let proxy_to_a = Proxy::start(pa);
+    let proxy_to_b = Proxy::start(pb);
+    let mut nodes = start_nodes(&pair_toml(pa, pb, proxy_to_b.port, proxy_to_a.port, ""));
+    let (b, a) = (nodes.pop().unwrap(), nodes.pop().unwrap());
+    wait_healthy(a.local_addr());
+    wait_healthy(b.local_addr());
+    let (kms_a, kms_b) = (TestKms::start(), TestKms::start());
+    let ksid = open_stream(
+        a.local_addr(),
+        b.local_addr(),
+        &kms_a.url(),
+        &kms_b.url(),
+        json!({"key_chunk_size": 32, "ttl": 600}),
+    );
+    start_pushing(a.local_addr(), ksid, None);
+    start_pushing(b.local_addr(), ksid, None);
+    kms_b.wait_for(&ksid, 300, 30);
+
+    proxy_to_a.cut(true);
+    proxy_to_b.cut(true);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while request(a.local_addr(), "GET", "/healthz", None).unwrap().status != 503 {
+        assert!(Instant::now() < deadline, "A never noticed the link is down");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let health = request(a.local_addr(), "GET", "/healthz", None).unwrap().json();
+    assert_eq!(health["link_up"], false);
+    let r = request(
+        a.local_addr(),
+        "POST",
+        OPEN,
+        Some(&json!({"source": kms_a.url(), "destination": kms_b.url(), "qos": {}})),
+    )
+    .unwrap();
+    assert_eq!(r.status, 500);
+    assert_eq!(r.json()["status"], 4);
+
+    let held = kms_b.indexes(&ksid).len();
+    proxy_to_a.cut(false);
+    proxy_to_b.cut(false);
+    wait_healthy(a.local_addr());
+    kms_b.wait_for(&ksid, held + 2000, 30);
+    kms_a.wait_for(&ksid, held + 2000, 30);
+    assert_identical(&kms_a, &kms_b, &ksid, 32);
+    a.shut_down();
+    b.shut_down();
+}

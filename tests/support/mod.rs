@@ -1,0 +1,449 @@
+//! Shared helpers of the server tests: nodes on free ports, a blocking
+//! HTTP/1.1 test client over real sockets, and a KMS receiver that records
+//! every push (and can go down and come back on the same port).
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use keypipe::config::Config;
+use keypipe::http::{Method, Pool, Reply, Request, Response, Server, ServerConfig, Service};
+use keypipe::node::RunningNode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The TOML of a two-node link: node A (leader) on `a`, node B on `b`;
+/// A's peer URL `peer_of_a`, B's `peer_of_b` (normally each other's).
+pub fn pair_toml(a: u16, b: u16, peer_of_a: u16, peer_of_b: u16, extra_http: &str) -> String {
+    let node = |name: &str, port: u16, role: &str, peer: u16| {
+        format!(
+            r#"
+[[node]]
+name = "{name}"
+listen = "127.0.0.1:{port}"
+workers = 2
+serve = ["etsi004-qkd", "etsi004-kms"]
+[node.http]
+{extra_http}
+[node.push]
+queue_chunks = 256
+[node.engine]
+role = "{role}"
+block_size = 1024
+arena_blocks = 512
+ring_blocks = 64
+max_key_chunk_size = 4096
+[node.engine.device]
+driver = "simulated"
+rate_bps = 0
+link_secret = "{dev}"
+[node.engine.link]
+peer = "http://127.0.0.1:{peer}"
+secret = "{link}"
+"#,
+            dev = "11".repeat(32),
+            link = "22".repeat(32),
+        )
+    };
+    format!(
+        "pool_threads = 4\n{}{}",
+        node("node-a", a, "leader", peer_of_a),
+        node("node-b", b, "follower", peer_of_b)
+    )
+}
+
+/// Starts every node of `toml` in this process.
+pub fn start_nodes(toml: &str) -> Vec<RunningNode> {
+    let config = Config::from_toml(toml).unwrap();
+    let pool = Pool::new(config.pool_threads).unwrap();
+    config
+        .nodes
+        .iter()
+        .map(|n| RunningNode::start(n, &pool).unwrap())
+        .collect()
+}
+
+/// Two linked nodes on free ports, once both report healthy.
+pub fn linked_pair() -> (RunningNode, RunningNode) {
+    let (a, b) = (free_port(), free_port());
+    let mut nodes = start_nodes(&pair_toml(a, b, b, a, ""));
+    let nb = nodes.pop().unwrap();
+    let na = nodes.pop().unwrap();
+    wait_healthy(na.local_addr());
+    wait_healthy(nb.local_addr());
+    (na, nb)
+}
+
+/// Waits (at most 10 s) until `/healthz` answers 200.
+pub fn wait_healthy(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(r) = request(addr, "GET", "/healthz", None)
+            && r.status == 200
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{addr} never became healthy");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A parsed answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {:?} (status {})",
+                String::from_utf8_lossy(&self.body),
+                self.status
+            )
+        })
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one answer from `reader` (Content-Length framing; 204 and 1xx
+/// without content). 100 Continue is skipped.
+pub fn read_answer(reader: &mut impl BufRead) -> std::io::Result<Answer> {
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h)?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (n, v) = h.split_once(':').unwrap();
+            headers.push((n.trim().to_owned(), v.trim().to_owned()));
+        }
+        if status == 100 {
+            continue;
+        }
+        let len = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .map_or(0, |(_, v)| v.parse::<usize>().unwrap());
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body)?;
+        return Ok(Answer {
+            status,
+            headers,
+            body,
+        });
+    }
+}
+
+/// A keep-alive test connection.
+pub struct Conn {
+    pub reader: BufReader<TcpStream>,
+    pub stream: TcpStream,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        Ok(Conn {
+            reader: BufReader::new(stream.try_clone()?),
+            stream,
+        })
+    }
+
+    pub fn send(&mut self, method: &str, path: &str, body: Option<&Value>) -> std::io::Result<Answer> {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        write!(
+            self.stream,
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
+        read_answer(&mut self.reader)
+    }
+}
+
+/// One request on a fresh connection.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> std::io::Result<Answer> {
+    Conn::open(addr)?.send(method, path, body)
+}
+
+pub const OPEN: &str = "/api/v1/kms/etsi004/open-connect";
+pub const GET_KEY: &str = "/api/v1/kms/etsi004/get-key";
+pub const CLOSE: &str = "/api/v1/kms/etsi004/close";
+
+/// Opens a stream on A (new KSID) and on B, pushing to `kms_a` / `kms_b`.
+pub fn open_stream(a: SocketAddr, b: SocketAddr, kms_a: &str, kms_b: &str, qos: Value) -> Uuid {
+    let r = request(
+        a,
+        "POST",
+        OPEN,
+        Some(&json!({"source": kms_a, "destination": kms_b, "key_stream_id": null, "qos": qos})),
+    )
+    .unwrap();
+    assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert_eq!(v["status"], 1);
+    let ksid: Uuid = v["key_stream_id"].as_str().unwrap().parse().unwrap();
+    let r = request(
+        b,
+        "POST",
+        OPEN,
+        Some(&json!({"source": kms_a, "destination": kms_b, "key_stream_id": ksid, "qos": {}})),
+    )
+    .unwrap();
+    assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["status"], 0);
+    assert_eq!(r.json()["qos"], v["qos"], "B inherits A's QoS");
+    ksid
+}
+
+/// Calls get-key for `ksid` (optionally at `index`) and expects 205.
+pub fn start_pushing(node: SocketAddr, ksid: Uuid, index: Option<u32>) {
+    let mut body = json!({ "key_stream_id": ksid });
+    if let Some(i) = index {
+        body["index"] = json!(i);
+    }
+    let r = request(node, "GET", GET_KEY, Some(&body)).unwrap();
+    assert_eq!(r.status, 205, "{:?}", String::from_utf8_lossy(&r.body));
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("content-length"), Some("0"));
+}
+
+/// What a test KMS received: stream -> index -> key bytes.
+#[derive(Default)]
+pub struct Log {
+    pub keys: HashMap<Uuid, BTreeMap<u32, Vec<u8>>>,
+    /// Pushes of an index already held (with the same bytes).
+    pub repeats: u64,
+    /// Pushes of an index already held with different bytes.
+    pub conflicts: u64,
+}
+
+struct KmsService {
+    log: Arc<Mutex<Log>>,
+}
+
+impl Service for KmsService {
+    fn call(&self, req: Request) -> Reply {
+        if req.method != Method::Post || req.path() != "/api/v1/qkd/etsi004/key-material" {
+            return Reply::Now(Response::json(404, "{}"));
+        }
+        let v: Value = serde_json::from_slice(&req.body).unwrap();
+        let ksid: Uuid = v["metadata"]["buffer"]["key_stream_id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            v["metadata"]["size"].as_u64().unwrap() as usize,
+            v["metadata"]["buffer"].to_string().len()
+        );
+        let index = v["index"].as_u64().unwrap() as u32;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(v["key_buffer"].as_str().unwrap())
+            .unwrap();
+        let mut log = self.log.lock().unwrap();
+        let stream = log.keys.entry(ksid).or_default();
+        match stream.get(&index) {
+            Some(k) if *k == key => log.repeats += 1,
+            Some(_) => log.conflicts += 1,
+            None => {
+                stream.insert(index, key);
+            }
+        }
+        Reply::Now(Response::json(201, r#"{"status":0}"#))
+    }
+}
+
+/// A KMS receiver over real sockets that keeps its log across restarts.
+pub struct TestKms {
+    pub port: u16,
+    pub log: Arc<Mutex<Log>>,
+    server: Option<Server>,
+}
+
+impl TestKms {
+    pub fn start() -> TestKms {
+        let mut kms = TestKms {
+            port: free_port(),
+            log: Arc::default(),
+            server: None,
+        };
+        kms.up();
+        kms
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts listening on the same port.
+    pub fn up(&mut self) {
+        let config = ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], self.port)),
+            workers: 1,
+            ..ServerConfig::default()
+        };
+        let service = Arc::new(KmsService {
+            log: Arc::clone(&self.log),
+        });
+        self.server = Some(Server::start("kms", &config, service, Pool::new(1).unwrap()).unwrap());
+    }
+
+    /// Stops listening (connections are closed).
+    pub fn down(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown_handle().trigger();
+            s.join();
+        }
+    }
+
+    /// Indexes received for `ksid`, in order.
+    pub fn indexes(&self, ksid: &Uuid) -> Vec<u32> {
+        self.log
+            .lock()
+            .unwrap()
+            .keys
+            .get(ksid)
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Waits (at most `secs`) until `n` indexes of `ksid` arrived.
+    pub fn wait_for(&self, ksid: &Uuid, n: usize, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while self.indexes(ksid).len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} chunks arrived",
+                self.indexes(ksid).len()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for TestKms {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// Asserts that what both KMSes received of `ksid` is byte-identical on
+/// every index both have, and that each side's indexes are contiguous from
+/// its first. Returns how many indexes both have.
+pub fn assert_identical(kms_a: &TestKms, kms_b: &TestKms, ksid: &Uuid, chunk: usize) -> usize {
+    let la = kms_a.log.lock().unwrap();
+    let lb = kms_b.log.lock().unwrap();
+    assert_eq!((la.conflicts, lb.conflicts), (0, 0), "an index came with different bytes");
+    let (ka, kb) = (&la.keys[ksid], &lb.keys[ksid]);
+    for keys in [ka, kb] {
+        let idx: Vec<u32> = keys.keys().copied().collect();
+        let first = idx[0];
+        assert!(
+            idx.iter().enumerate().all(|(i, &x)| x == first + i as u32),
+            "indexes not contiguous: {:?}..",
+            &idx[..idx.len().min(20)]
+        );
+        assert!(keys.values().all(|k| k.len() == chunk));
+    }
+    let mut common = 0;
+    for (i, k) in ka {
+        if let Some(other) = kb.get(i) {
+            assert_eq!(k, other, "index {i} differs between the two KMSes");
+            common += 1;
+        }
+    }
+    common
+}
+
+/// A TCP forwarder to `127.0.0.1:target` that can cut the connection (to
+/// simulate a network partition between the nodes).
+pub struct Proxy {
+    pub port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    live: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    pub fn start(target: u16) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let live: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (c, l) = (Arc::clone(&cut), Arc::clone(&live));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: connection closed
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let mut live = l.lock().unwrap();
+                live.push(client.try_clone().unwrap());
+                live.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { port, cut, live }
+    }
+
+    /// Cuts (and refuses) connections, or lets them through again.
+    pub fn cut(&self, on: bool) {
+        self.cut.store(on, std::sync::atomic::Ordering::SeqCst);
+        if on {
+            for s in self.live.lock().unwrap().drain(..) {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
