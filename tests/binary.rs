@@ -1,0 +1,142 @@
+//! The `keypipe` binary as a user runs it: the embedded default, the
+//! printed configuration, and SIGTERM in the middle of a push run.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::*;
+
+fn keypipe() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_keypipe"))
+}
+
+/// Spawns `keypipe serve args…` and returns it with its `listening` lines.
+fn serve(args: &[&str]) -> (Child, Vec<String>) {
+    let mut child = keypipe()
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "keypipe exited early: {lines:?}");
+        if line.starts_with("try:") {
+            break;
+        }
+        lines.push(line.trim_end().to_owned());
+    }
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    (child, lines)
+}
+
+/// SIGTERM, then the exit status (at most 20 s).
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    // SAFETY: kill(2) on our own child's pid, which we have not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "keypipe did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn print_default_config_reproduces_the_default() {
+    let out = keypipe()
+        .args(["serve", "--print-default-config"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text, keypipe::config::DEFAULT_CONFIG);
+    let config = keypipe::config::Config::from_toml(&text).unwrap();
+    let listens: Vec<String> = config.nodes.iter().map(|n| n.listen.to_string()).collect();
+    assert_eq!(listens, ["127.0.0.1:7004", "127.0.0.1:7005"]);
+    // A bad file is refused with a message naming the file and the key.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, text.replace("max_connections", "max_conections")).unwrap();
+    let out = keypipe().args(["serve", "--config"]).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("bad.toml") && err.contains("max_conections"), "{err}");
+}
+
+#[test]
+fn default_serve_runs_a_whole_link_and_stops_on_sigterm() {
+    let (mut child, lines) = serve(&[]);
+    assert_eq!(
+        lines,
+        ["listening node-a http://127.0.0.1:7004", "listening node-b http://127.0.0.1:7005"]
+    );
+    let (a, b) = ("127.0.0.1:7004".parse().unwrap(), "127.0.0.1:7005".parse().unwrap());
+    wait_healthy(a);
+    wait_healthy(b);
+    // The README walk-through: open-connect, get-key, close on node A,
+    // pushing to node A's own KMS side.
+    let ksid = open_stream(a, b, "http://127.0.0.1:7004", "http://127.0.0.1:7005", json!({"key_chunk_size": 32}));
+    start_pushing(a, ksid, None);
+    start_pushing(b, ksid, None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let received = |node| {
+        let m = String::from_utf8(request(node, "GET", "/metrics", None).unwrap().body).unwrap();
+        m.lines()
+            .find(|l| l.starts_with("keypipe_kms_received_chunks_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    while received(a) < 100.0 || received(b) < 100.0 {
+        assert!(Instant::now() < deadline, "no key arrived at the KMS sides");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(request(a, "PUT", CLOSE, Some(&json!({"key_stream_id": ksid}))).unwrap().status, 204);
+    assert!(terminate(&mut child).success());
+}
+
+#[test]
+fn sigterm_during_a_push_run_loses_no_acknowledged_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let config = dir.path().join("pair.toml");
+    std::fs::write(&config, pair_toml(pa, pb, pb, pa, "")).unwrap();
+    let (mut child, lines) = serve(&["--config", config.to_str().unwrap()]);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let (a, b) = (format!("127.0.0.1:{pa}").parse().unwrap(), format!("127.0.0.1:{pb}").parse().unwrap());
+    wait_healthy(a);
+    wait_healthy(b);
+    let (kms_a, kms_b) = (TestKms::start(), TestKms::start());
+    let ksid = open_stream(a, b, &kms_a.url(), &kms_b.url(), json!({"key_chunk_size": 32}));
+    start_pushing(a, ksid, None);
+    start_pushing(b, ksid, None);
+    kms_a.wait_for(&ksid, 2000, 30);
+    kms_b.wait_for(&ksid, 2000, 30);
+    let pid = child.id() as i32;
+    let status = terminate(&mut child);
+    assert!(status.success(), "exit status {status:?}");
+    // SAFETY: signal 0 only checks whether the (reaped) pid still exists.
+    assert_ne!(unsafe { libc::kill(pid, 0) }, 0, "no process left behind");
+    // Every acknowledged chunk is there, contiguous from 0, identical on
+    // both sides, none twice.
+    let common = assert_identical(&kms_a, &kms_b, &ksid, 32);
+    assert!(common >= 2000);
+    for kms in [&kms_a, &kms_b] {
+        let log = kms.log.lock().unwrap();
+        assert_eq!((log.repeats, log.conflicts), (0, 0));
+        assert_eq!(*log.keys[&ksid].keys().next().unwrap(), 0);
+    }
+    // Pushing stopped with the process.
+    let n = kms_a.indexes(&ksid).len();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(kms_a.indexes(&ksid).len(), n);
+}

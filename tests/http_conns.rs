@@ -1,0 +1,113 @@
+//! Connection handling over real sockets: 1 000 concurrent keep-alive
+//! connections, a slow-loris client that is cut off without holding anyone
+//! up, the connection cap, the idle timeout.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn kms_only(extra_http: &str) -> keypipe::node::RunningNode {
+    let toml = format!(
+        "[[node]]\nname = \"t\"\nlisten = \"127.0.0.1:{}\"\nworkers = 2\nserve = [\"etsi004-kms\"]\n[node.http]\n{extra_http}\n",
+        free_port()
+    );
+    start_nodes(&toml).pop().unwrap()
+}
+
+#[test]
+fn thousand_keep_alive_connections_and_a_slow_loris() {
+    let node = kms_only("request_timeout_ms = 1500");
+    let addr = node.local_addr();
+
+    // The slow loris: one header byte every 200 ms, never finishing.
+    let loris = thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let start = Instant::now();
+        for b in b"GET /healthz HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+            if s.write_all(&[*b]).is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(200));
+            if start.elapsed() > Duration::from_secs(4) {
+                break;
+            }
+        }
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        (start.elapsed(), String::from_utf8_lossy(&answer).into_owned())
+    });
+
+    let mut conns: Vec<Conn> = (0..1000).map(|_| Conn::open(addr).unwrap()).collect();
+    let started = Instant::now();
+    for round in 0..3 {
+        for c in conns.iter_mut() {
+            c.stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+        }
+        for (i, c) in conns.iter_mut().enumerate() {
+            let r = read_answer(&mut c.reader).unwrap_or_else(|e| panic!("round {round} conn {i}: {e}"));
+            assert_eq!(r.status, 200);
+        }
+    }
+    let served_in = started.elapsed();
+    let (loris_time, loris_answer) = loris.join().unwrap();
+    assert!(loris_answer.starts_with("HTTP/1.1 408"), "{loris_answer:?}");
+    assert!(loris_time < Duration::from_secs(4), "cut off after {loris_time:?}");
+    // 3 000 requests on 1 000 connections were not held up by the loris
+    // (generous bound: this is a behaviour check, not a benchmark).
+    assert!(served_in < Duration::from_secs(10), "{served_in:?}");
+    let metrics = String::from_utf8(request(addr, "GET", "/metrics", None).unwrap().body).unwrap();
+    assert!(metrics.contains("keypipe_http_open_connections{node=\"t\"} 100"), "{metrics}");
+    drop(conns);
+    node.shut_down();
+}
+
+#[test]
+fn connection_cap_and_idle_timeout() {
+    let node = kms_only("max_connections = 3\nidle_timeout_ms = 300");
+    let addr = node.local_addr();
+    let mut held: Vec<Conn> = (0..3).map(|_| Conn::open(addr).unwrap()).collect();
+    for c in held.iter_mut() {
+        assert_eq!(c.send("GET", "/healthz", None).unwrap().status, 200);
+    }
+    // A fourth is refused with 503 and closed.
+    let refused = request(addr, "GET", "/healthz", None).unwrap();
+    assert_eq!((refused.status, refused.header("connection")), (503, Some("close")));
+    // Idle connections are closed after the idle timeout, freeing room.
+    thread::sleep(Duration::from_millis(600));
+    let mut buf = [0u8; 1];
+    assert_eq!(held[0].reader.read(&mut buf).unwrap(), 0, "idle connection closed");
+    assert_eq!(request(addr, "GET", "/healthz", None).unwrap().status, 200);
+    node.shut_down();
+}
+
+#[test]
+fn head_and_http10() {
+    let node = kms_only("");
+    let addr = node.local_addr();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"HEAD /healthz HTTP/1.1\r\n\r\nGET /healthz HTTP/1.0\r\n\r\n")
+        .unwrap();
+    // HTTP/1.0 without keep-alive: the server closes after answering.
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    let body = "{\"node\":\"t\",\"status\":\"ok\"}";
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    // HEAD: the GET's Content-Length, no content.
+    assert_eq!(
+        all,
+        format!("{head}{}{body}", head.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n"))
+    );
+    node.shut_down();
+}
