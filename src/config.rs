@@ -199,11 +199,17 @@ mod tests {
 
     #[test]
     fn errors_name_the_problem() {
-        let e = Config::from_toml("[[node]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nserve = [\"etsi004-qkd\"]").unwrap_err();
+        let e = Config::from_toml(
+            "[[node]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nserve = [\"etsi004-qkd\"]",
+        )
+        .unwrap_err();
         assert!(e.contains("engine"), "{e}");
         let e = Config::from_toml("[[node]]\nname = \"a\"\nlisten = \"x\"").unwrap_err();
         assert!(e.contains("listen"), "{e}");
-        let e = Config::from_toml("[[node]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nserve = [\"ftp\"]").unwrap_err();
+        let e = Config::from_toml(
+            "[[node]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nserve = [\"ftp\"]",
+        )
+        .unwrap_err();
         assert!(e.contains("ftp"), "{e}");
     }
 }

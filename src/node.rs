@@ -72,7 +72,9 @@ impl RunningNode {
         };
         let needs_engine = config.serve.contains(&Protocol::Etsi004Qkd);
         if needs_engine && config.engine.is_none() {
-            return Err(bad("serving etsi004-qkd needs an [node.engine] section".into()));
+            return Err(bad(
+                "serving etsi004-qkd needs an [node.engine] section".into()
+            ));
         }
         let core = match &config.engine {
             Some(engine) => Some(start_core(
@@ -111,8 +113,13 @@ impl RunningNode {
         if let Some(store) = &received {
             crate::api::key_material_route(&mut router, Arc::clone(store));
         }
-        let server = Server::start(&name, &config.http.server_config(config.listen, config.workers), Arc::new(router), pool.clone())
-            .map_err(|e| NodeError::Io(name.clone(), e))?;
+        let server = Server::start(
+            &name,
+            &config.http.server_config(config.listen, config.workers),
+            Arc::new(router),
+            pool.clone(),
+        )
+        .map_err(|e| NodeError::Io(name.clone(), e))?;
         let _ = server_stats.set(Arc::clone(server.stats()));
         Ok(RunningNode {
             name,
@@ -191,12 +198,14 @@ fn start_core(
     };
     let engine = Arc::new(engine.map_err(|e| NodeError::Engine(name.to_owned(), e))?);
     let peer = match (&config.link, &link) {
-        (Some(l), Some(_)) => Some(client.origin(&Origin::parse(&l.peer).map_err(|m| {
-            NodeError::Config {
-                node: name.to_owned(),
-                message: format!("link.peer: {m}"),
-            }
-        })?)),
+        (Some(l), Some(_)) => {
+            Some(
+                client.origin(&Origin::parse(&l.peer).map_err(|m| NodeError::Config {
+                    node: name.to_owned(),
+                    message: format!("link.peer: {m}"),
+                })?),
+            )
+        }
         _ => None,
     };
     let push = Arc::new(PushTable::new(queue_chunks));

@@ -27,7 +27,10 @@ fn serve(args: &[&str]) -> (Child, Vec<String>) {
     let mut out = BufReader::new(child.stdout.take().unwrap());
     loop {
         let mut line = String::new();
-        assert!(out.read_line(&mut line).unwrap() > 0, "keypipe exited early: {lines:?}");
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "keypipe exited early: {lines:?}"
+        );
         if line.starts_with("try:") {
             break;
         }
@@ -46,7 +49,10 @@ fn terminate(child: &mut Child) -> std::process::ExitStatus {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(Instant::now() < deadline, "keypipe did not exit after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "keypipe did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -67,10 +73,17 @@ fn print_default_config_reproduces_the_default() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, text.replace("max_connections", "max_conections")).unwrap();
-    let out = keypipe().args(["serve", "--config"]).arg(&bad).output().unwrap();
+    let out = keypipe()
+        .args(["serve", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("bad.toml") && err.contains("max_conections"), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("max_conections"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -78,14 +91,26 @@ fn default_serve_runs_a_whole_link_and_stops_on_sigterm() {
     let (mut child, lines) = serve(&[]);
     assert_eq!(
         lines,
-        ["listening node-a http://127.0.0.1:7004", "listening node-b http://127.0.0.1:7005"]
+        [
+            "listening node-a http://127.0.0.1:7004",
+            "listening node-b http://127.0.0.1:7005"
+        ]
     );
-    let (a, b) = ("127.0.0.1:7004".parse().unwrap(), "127.0.0.1:7005".parse().unwrap());
+    let (a, b) = (
+        "127.0.0.1:7004".parse().unwrap(),
+        "127.0.0.1:7005".parse().unwrap(),
+    );
     wait_healthy(a);
     wait_healthy(b);
     // The README walk-through: open-connect, get-key, close on node A,
     // pushing to node A's own KMS side.
-    let ksid = open_stream(a, b, "http://127.0.0.1:7004", "http://127.0.0.1:7005", json!({"key_chunk_size": 32}));
+    let ksid = open_stream(
+        a,
+        b,
+        "http://127.0.0.1:7004",
+        "http://127.0.0.1:7005",
+        json!({"key_chunk_size": 32}),
+    );
     start_pushing(a, ksid, None);
     start_pushing(b, ksid, None);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -100,7 +125,12 @@ fn default_serve_runs_a_whole_link_and_stops_on_sigterm() {
         assert!(Instant::now() < deadline, "no key arrived at the KMS sides");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(request(a, "PUT", CLOSE, Some(&json!({"key_stream_id": ksid}))).unwrap().status, 204);
+    assert_eq!(
+        request(a, "PUT", CLOSE, Some(&json!({"key_stream_id": ksid})))
+            .unwrap()
+            .status,
+        204
+    );
     assert!(terminate(&mut child).success());
 }
 
@@ -112,11 +142,20 @@ fn sigterm_during_a_push_run_loses_no_acknowledged_key() {
     std::fs::write(&config, pair_toml(pa, pb, pb, pa, "")).unwrap();
     let (mut child, lines) = serve(&["--config", config.to_str().unwrap()]);
     assert_eq!(lines.len(), 2, "{lines:?}");
-    let (a, b) = (format!("127.0.0.1:{pa}").parse().unwrap(), format!("127.0.0.1:{pb}").parse().unwrap());
+    let (a, b) = (
+        format!("127.0.0.1:{pa}").parse().unwrap(),
+        format!("127.0.0.1:{pb}").parse().unwrap(),
+    );
     wait_healthy(a);
     wait_healthy(b);
     let (kms_a, kms_b) = (TestKms::start(), TestKms::start());
-    let ksid = open_stream(a, b, &kms_a.url(), &kms_b.url(), json!({"key_chunk_size": 32}));
+    let ksid = open_stream(
+        a,
+        b,
+        &kms_a.url(),
+        &kms_b.url(),
+        json!({"key_chunk_size": 32}),
+    );
     start_pushing(a, ksid, None);
     start_pushing(b, ksid, None);
     kms_a.wait_for(&ksid, 2000, 30);

@@ -29,7 +29,10 @@ fn thousand_keep_alive_connections_and_a_slow_loris() {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let start = Instant::now();
-        for b in b"GET /healthz HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+        for b in
+            b"GET /healthz HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                .iter()
+        {
             if s.write_all(&[*b]).is_err() {
                 break;
             }
@@ -40,7 +43,10 @@ fn thousand_keep_alive_connections_and_a_slow_loris() {
         }
         let mut answer = Vec::new();
         let _ = s.read_to_end(&mut answer);
-        (start.elapsed(), String::from_utf8_lossy(&answer).into_owned())
+        (
+            start.elapsed(),
+            String::from_utf8_lossy(&answer).into_owned(),
+        )
     });
 
     let mut conns: Vec<Conn> = (0..1000).map(|_| Conn::open(addr).unwrap()).collect();
@@ -52,19 +58,26 @@ fn thousand_keep_alive_connections_and_a_slow_loris() {
                 .unwrap();
         }
         for (i, c) in conns.iter_mut().enumerate() {
-            let r = read_answer(&mut c.reader).unwrap_or_else(|e| panic!("round {round} conn {i}: {e}"));
+            let r = read_answer(&mut c.reader)
+                .unwrap_or_else(|e| panic!("round {round} conn {i}: {e}"));
             assert_eq!(r.status, 200);
         }
     }
     let served_in = started.elapsed();
     let (loris_time, loris_answer) = loris.join().unwrap();
     assert!(loris_answer.starts_with("HTTP/1.1 408"), "{loris_answer:?}");
-    assert!(loris_time < Duration::from_secs(4), "cut off after {loris_time:?}");
+    assert!(
+        loris_time < Duration::from_secs(4),
+        "cut off after {loris_time:?}"
+    );
     // 3 000 requests on 1 000 connections were not held up by the loris
     // (generous bound: this is a behaviour check, not a benchmark).
     assert!(served_in < Duration::from_secs(10), "{served_in:?}");
     let metrics = String::from_utf8(request(addr, "GET", "/metrics", None).unwrap().body).unwrap();
-    assert!(metrics.contains("keypipe_http_open_connections{node=\"t\"} 100"), "{metrics}");
+    assert!(
+        metrics.contains("keypipe_http_open_connections{node=\"t\"} 100"),
+        "{metrics}"
+    );
     drop(conns);
     node.shut_down();
 }
@@ -79,11 +92,18 @@ fn connection_cap_and_idle_timeout() {
     }
     // A fourth is refused with 503 and closed.
     let refused = request(addr, "GET", "/healthz", None).unwrap();
-    assert_eq!((refused.status, refused.header("connection")), (503, Some("close")));
+    assert_eq!(
+        (refused.status, refused.header("connection")),
+        (503, Some("close"))
+    );
     // Idle connections are closed after the idle timeout, freeing room.
     thread::sleep(Duration::from_millis(600));
     let mut buf = [0u8; 1];
-    assert_eq!(held[0].reader.read(&mut buf).unwrap(), 0, "idle connection closed");
+    assert_eq!(
+        held[0].reader.read(&mut buf).unwrap(),
+        0,
+        "idle connection closed"
+    );
     assert_eq!(request(addr, "GET", "/healthz", None).unwrap().status, 200);
     node.shut_down();
 }
@@ -107,7 +127,10 @@ fn head_and_http10() {
     // HEAD: the GET's Content-Length, no content.
     assert_eq!(
         all,
-        format!("{head}{}{body}", head.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n"))
+        format!(
+            "{head}{}{body}",
+            head.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n")
+        )
     );
     node.shut_down();
 }

@@ -33,7 +33,13 @@ fn bad_requests_get_clear_answers_and_lose_no_key() {
     let (a, b) = linked_pair();
     let (na, nb) = (a.local_addr(), b.local_addr());
     let (kms_a, kms_b) = (TestKms::start(), TestKms::start());
-    let ksid = open_stream(na, nb, &kms_a.url(), &kms_b.url(), json!({"key_chunk_size": 32}));
+    let ksid = open_stream(
+        na,
+        nb,
+        &kms_a.url(),
+        &kms_b.url(),
+        json!({"key_chunk_size": 32}),
+    );
     start_pushing(na, ksid, None);
     start_pushing(nb, ksid, None);
     let post = |body: &str| {
@@ -51,15 +57,24 @@ fn bad_requests_get_clear_answers_and_lose_no_key() {
     // Body not JSON, empty, missing and mistyped fields, bad UUID or URL.
     assert_etsi_error(&post("{not json"), 400, 3, "not valid JSON");
     assert_etsi_error(&post(""), 400, 3, "JSON body is required");
-    assert_etsi_error(&open(json!({"source": "http://k:1", "qos": {}})), 400, 3, "destination");
     assert_etsi_error(
-        &open(json!({"source": "http://k:1", "destination": "http://k:2", "qos": {"key_chunk_size": "x"}})),
+        &open(json!({"source": "http://k:1", "qos": {}})),
+        400,
+        3,
+        "destination",
+    );
+    assert_etsi_error(
+        &open(
+            json!({"source": "http://k:1", "destination": "http://k:2", "qos": {"key_chunk_size": "x"}}),
+        ),
         400,
         3,
         "qos.key_chunk_size",
     );
     assert_etsi_error(
-        &open(json!({"source": "http://k:1", "destination": "http://k:2", "key_stream_id": "nope", "qos": {}})),
+        &open(
+            json!({"source": "http://k:1", "destination": "http://k:2", "key_stream_id": "nope", "qos": {}}),
+        ),
         400,
         3,
         "not a UUID",
@@ -72,16 +87,34 @@ fn bad_requests_get_clear_answers_and_lose_no_key() {
     );
     // Unknown KSID on get-key and close; malformed get-key.
     let unknown = json!({"key_stream_id": uuid::Uuid::new_v4()});
-    assert_etsi_error(&request(na, "GET", GET_KEY, Some(&unknown)).unwrap(), 400, 3, "key_stream_id");
-    assert_etsi_error(&request(na, "PUT", CLOSE, Some(&unknown)).unwrap(), 400, 3, "key_stream_id");
     assert_etsi_error(
-        &request(na, "GET", GET_KEY, Some(&json!({"key_stream_id": ksid, "index": -1}))).unwrap(),
+        &request(na, "GET", GET_KEY, Some(&unknown)).unwrap(),
+        400,
+        3,
+        "key_stream_id",
+    );
+    assert_etsi_error(
+        &request(na, "PUT", CLOSE, Some(&unknown)).unwrap(),
+        400,
+        3,
+        "key_stream_id",
+    );
+    assert_etsi_error(
+        &request(
+            na,
+            "GET",
+            GET_KEY,
+            Some(&json!({"key_stream_id": ksid, "index": -1})),
+        )
+        .unwrap(),
         400,
         3,
         "index",
     );
     // QoS that cannot be met: 500, status 7, counter-proposal.
-    let r = open(json!({"source": "http://k:1", "destination": "http://k:2", "qos": {"key_chunk_size": 1_000_000}}));
+    let r = open(
+        json!({"source": "http://k:1", "destination": "http://k:2", "qos": {"key_chunk_size": 1_000_000}}),
+    );
     assert_eq!(r.status, 500);
     assert_eq!(r.json()["status"], 7);
     assert_eq!(r.json()["qos"]["key_chunk_size"], 4096);
@@ -92,7 +125,11 @@ fn bad_requests_get_clear_answers_and_lose_no_key() {
     assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
 
     // A 10 MiB body: 413 without reading it all, connection closed.
-    let mut big = format!("POST {OPEN} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", 10 << 20).into_bytes();
+    let mut big = format!(
+        "POST {OPEN} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        10 << 20
+    )
+    .into_bytes();
     big.resize(big.len() + (10 << 20), b'x');
     let r = raw(na, &big);
     assert_eq!((r.status, r.header("connection")), (413, Some("close")));
@@ -118,19 +155,26 @@ fn bad_requests_get_clear_answers_and_lose_no_key() {
     // then 400 and the connection closes.
     let mut s = TcpStream::connect(na).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n\x00\x01garbage\r\n\r\n").unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n\x00\x01garbage\r\n\r\n")
+        .unwrap();
     let mut reader = BufReader::new(s.try_clone().unwrap());
     assert_eq!(read_answer(&mut reader).unwrap().status, 200);
     let bad = read_answer(&mut reader).unwrap();
     assert_eq!((bad.status, bad.header("connection")), (400, Some("close")));
     let mut rest = Vec::new();
-    assert_eq!(reader.read_to_end(&mut rest).unwrap(), 0, "closed after the 400");
+    assert_eq!(
+        reader.read_to_end(&mut rest).unwrap(),
+        0,
+        "closed after the 400"
+    );
 
     // Abrupt disconnect mid-body, on both nodes.
     for node in [na, nb] {
         let mut s = TcpStream::connect(node).unwrap();
-        s.write_all(format!("POST {OPEN} HTTP/1.1\r\nContent-Length: 500\r\n\r\n{{\"source\":").as_bytes())
-            .unwrap();
+        s.write_all(
+            format!("POST {OPEN} HTTP/1.1\r\nContent-Length: 500\r\n\r\n{{\"source\":").as_bytes(),
+        )
+        .unwrap();
         drop(s);
     }
 
@@ -167,18 +211,43 @@ fn kms_side_refuses_bad_pushes_and_stores_good_ones() {
     let r = request(addr, "POST", path, Some(&push(0, key))).unwrap();
     assert_eq!((r.status, r.json()["status"].clone()), (201, json!(0)));
     // The same again (a node's retry): accepted, stored once.
-    assert_eq!(request(addr, "POST", path, Some(&push(0, key))).unwrap().status, 201);
+    assert_eq!(
+        request(addr, "POST", path, Some(&push(0, key)))
+            .unwrap()
+            .status,
+        201
+    );
     // Same index, other bytes: 409.
     let other = "/wECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-    assert_eq!(request(addr, "POST", path, Some(&push(0, other))).unwrap().status, 409);
+    assert_eq!(
+        request(addr, "POST", path, Some(&push(0, other)))
+            .unwrap()
+            .status,
+        409
+    );
     // Bad Base64, missing metadata, not JSON: 400.
-    assert_eq!(request(addr, "POST", path, Some(&push(1, "!!!"))).unwrap().status, 400);
+    assert_eq!(
+        request(addr, "POST", path, Some(&push(1, "!!!")))
+            .unwrap()
+            .status,
+        400
+    );
     let no_meta = json!({"status": 0, "index": 1, "key_buffer": key});
     let r = request(addr, "POST", path, Some(&no_meta)).unwrap();
     assert_eq!(r.status, 400);
-    assert!(r.json()["message"].as_str().unwrap().contains("key_stream_id"));
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("key_stream_id")
+    );
     // Full store: 503 (the node keeps the chunk and retries).
-    assert_eq!(request(addr, "POST", path, Some(&push(1, key))).unwrap().status, 201);
+    assert_eq!(
+        request(addr, "POST", path, Some(&push(1, key)))
+            .unwrap()
+            .status,
+        201
+    );
     let r = request(addr, "POST", path, Some(&push(2, key))).unwrap();
     assert_eq!((r.status, r.header("retry-after")), (503, Some("1")));
     node.shut_down();

@@ -30,19 +30,33 @@ fn full_sequence_pushes_identical_keys_to_both_kmses() {
     for node in [a.local_addr(), b.local_addr()] {
         let r = request(node, "PUT", CLOSE, Some(&json!({"key_stream_id": ksid}))).unwrap();
         assert_eq!(r.status, 204);
-        assert!(r.header("content-length").is_none(), "204 has no Content-Length");
+        assert!(
+            r.header("content-length").is_none(),
+            "204 has no Content-Length"
+        );
     }
     // After close, what was taken is still delivered, then pushing stops.
     std::thread::sleep(Duration::from_millis(300));
     let settled = (kms_a.indexes(&ksid).len(), kms_b.indexes(&ksid).len());
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(settled, (kms_a.indexes(&ksid).len(), kms_b.indexes(&ksid).len()));
+    assert_eq!(
+        settled,
+        (kms_a.indexes(&ksid).len(), kms_b.indexes(&ksid).len())
+    );
     assert_identical(&kms_a, &kms_b, &ksid, 32);
     let log = kms_a.log.lock().unwrap();
     assert_eq!((log.repeats, log.conflicts), (0, 0));
     drop(log);
-    let metrics = String::from_utf8(request(a.local_addr(), "GET", "/metrics", None).unwrap().body).unwrap();
-    assert!(metrics.contains("keypipe_push_chunks_acked_total{node=\"node-a\"}"), "{metrics}");
+    let metrics = String::from_utf8(
+        request(a.local_addr(), "GET", "/metrics", None)
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    assert!(
+        metrics.contains("keypipe_push_chunks_acked_total{node=\"node-a\"}"),
+        "{metrics}"
+    );
     assert!(metrics.contains("route=\"/api/v1/kms/etsi004/open-connect\",status=\"201\""));
     a.shut_down();
     b.shut_down();
@@ -65,7 +79,11 @@ fn kms_down_for_a_while_gets_every_index_once() {
     kms_b.down();
     let during = kms_b.indexes(&ksid).len();
     std::thread::sleep(Duration::from_millis(700));
-    assert_eq!(kms_b.indexes(&ksid).len(), during, "nothing arrives while down");
+    assert_eq!(
+        kms_b.indexes(&ksid).len(),
+        during,
+        "nothing arrives while down"
+    );
     kms_b.up();
     kms_b.wait_for(&ksid, during + 2000, 30);
     kms_a.wait_for(&ksid, during + 2000, 30);
@@ -102,7 +120,11 @@ fn get_key_with_index_resumes_after_kms_restart() {
     start_pushing(a.local_addr(), ksid, Some(last + 1));
     kms_a.wait_for(&ksid, 1000, 30);
     let after = kms_a.indexes(&ksid);
-    assert_eq!(after[0], last + 1, "resumed exactly after the last index held");
+    assert_eq!(
+        after[0],
+        last + 1,
+        "resumed exactly after the last index held"
+    );
     // An index already acknowledged cannot be asked again: its key is gone.
     let r = request(
         a.local_addr(),
@@ -116,7 +138,13 @@ fn get_key_with_index_resumes_after_kms_restart() {
     // What A's KMS got, before and after, matches B's KMS byte for byte.
     let mut log = kms_a.log.lock().unwrap();
     for (i, k) in &before[&ksid] {
-        assert!(log.keys.get_mut(&ksid).unwrap().insert(*i, k.clone()).is_none());
+        assert!(
+            log.keys
+                .get_mut(&ksid)
+                .unwrap()
+                .insert(*i, k.clone())
+                .is_none()
+        );
     }
     drop(log);
     kms_b.wait_for(&ksid, before[&ksid].len() + 1000, 30);
@@ -149,11 +177,20 @@ fn peer_node_unreachable_gives_status_4_and_streams_resume() {
     proxy_to_a.cut(true);
     proxy_to_b.cut(true);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while request(a.local_addr(), "GET", "/healthz", None).unwrap().status != 503 {
-        assert!(Instant::now() < deadline, "A never noticed the link is down");
+    while request(a.local_addr(), "GET", "/healthz", None)
+        .unwrap()
+        .status
+        != 503
+    {
+        assert!(
+            Instant::now() < deadline,
+            "A never noticed the link is down"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let health = request(a.local_addr(), "GET", "/healthz", None).unwrap().json();
+    let health = request(a.local_addr(), "GET", "/healthz", None)
+        .unwrap()
+        .json();
     assert_eq!(health["link_up"], false);
     let r = request(
         a.local_addr(),

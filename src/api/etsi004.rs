@@ -184,12 +184,10 @@ impl Etsi004 {
                     &body.destination
                 };
                 match Origin::parse(target) {
-                    Ok(origin) => self.push.register(
-                        k,
-                        origin,
-                        qos.key_chunk_size as usize,
-                        qos.max_bps,
-                    ),
+                    Ok(origin) => {
+                        self.push
+                            .register(k, origin, qos.key_chunk_size as usize, qos.max_bps)
+                    }
                     Err(e) => return malformed(e),
                 }
                 super::json(

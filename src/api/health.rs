@@ -63,32 +63,139 @@ fn metrics(src: &HealthSources) -> Response {
     if let Some(engine) = &src.engine {
         let s = engine.stats();
         let c = s.counters;
-        gauge(&mut out, "keypipe_key_blocks_produced_total", "counter", "Key blocks the device produced.", c.produced as f64);
-        gauge(&mut out, "keypipe_key_blocks_delivered_total", "counter", "Key blocks handed to streams.", c.consumed as f64);
-        gauge(&mut out, "keypipe_key_blocks_expired_total", "counter", "Key blocks zeroized unused (TTL, close).", c.expired as f64);
-        gauge(&mut out, "keypipe_ring_fill_blocks", "gauge", "Key blocks waiting in the ring.", s.ring_len as f64);
-        gauge(&mut out, "keypipe_ring_capacity_blocks", "gauge", "Ring capacity.", s.ring_capacity as f64);
-        gauge(&mut out, "keypipe_streams", "gauge", "Key streams known to the node.", s.streams as f64);
-        gauge(&mut out, "keypipe_device_up", "gauge", "1 when the QKD device produces key.", f64::from(u8::from(s.device_up)));
-        gauge(&mut out, "keypipe_link_up", "gauge", "1 when the peer node answers.", f64::from(u8::from(s.link_up)));
+        gauge(
+            &mut out,
+            "keypipe_key_blocks_produced_total",
+            "counter",
+            "Key blocks the device produced.",
+            c.produced as f64,
+        );
+        gauge(
+            &mut out,
+            "keypipe_key_blocks_delivered_total",
+            "counter",
+            "Key blocks handed to streams.",
+            c.consumed as f64,
+        );
+        gauge(
+            &mut out,
+            "keypipe_key_blocks_expired_total",
+            "counter",
+            "Key blocks zeroized unused (TTL, close).",
+            c.expired as f64,
+        );
+        gauge(
+            &mut out,
+            "keypipe_ring_fill_blocks",
+            "gauge",
+            "Key blocks waiting in the ring.",
+            s.ring_len as f64,
+        );
+        gauge(
+            &mut out,
+            "keypipe_ring_capacity_blocks",
+            "gauge",
+            "Ring capacity.",
+            s.ring_capacity as f64,
+        );
+        gauge(
+            &mut out,
+            "keypipe_streams",
+            "gauge",
+            "Key streams known to the node.",
+            s.streams as f64,
+        );
+        gauge(
+            &mut out,
+            "keypipe_device_up",
+            "gauge",
+            "1 when the QKD device produces key.",
+            f64::from(u8::from(s.device_up)),
+        );
+        gauge(
+            &mut out,
+            "keypipe_link_up",
+            "gauge",
+            "1 when the peer node answers.",
+            f64::from(u8::from(s.link_up)),
+        );
     }
     if let Some(push) = &src.push {
         let p = &push.stats;
-        gauge(&mut out, "keypipe_push_chunks_taken_total", "counter", "Key chunks taken into pushes.", p.taken.load(Ordering::Relaxed) as f64);
-        gauge(&mut out, "keypipe_push_chunks_acked_total", "counter", "Key chunks a KMS acknowledged (201).", p.acked.load(Ordering::Relaxed) as f64);
-        gauge(&mut out, "keypipe_push_refused_total", "counter", "Push answers other than 201 (resent).", p.refused.load(Ordering::Relaxed) as f64);
-        gauge(&mut out, "keypipe_push_expired_total", "counter", "Chunks whose key expired before the push.", p.expired.load(Ordering::Relaxed) as f64);
-        p.latency.render(&mut out, "keypipe_push_latency_seconds", "Key chunk taken to KMS 201.", &format!("node=\"{node}\""));
+        gauge(
+            &mut out,
+            "keypipe_push_chunks_taken_total",
+            "counter",
+            "Key chunks taken into pushes.",
+            p.taken.load(Ordering::Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "keypipe_push_chunks_acked_total",
+            "counter",
+            "Key chunks a KMS acknowledged (201).",
+            p.acked.load(Ordering::Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "keypipe_push_refused_total",
+            "counter",
+            "Push answers other than 201 (resent).",
+            p.refused.load(Ordering::Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "keypipe_push_expired_total",
+            "counter",
+            "Chunks whose key expired before the push.",
+            p.expired.load(Ordering::Relaxed) as f64,
+        );
+        p.latency.render(
+            &mut out,
+            "keypipe_push_latency_seconds",
+            "Key chunk taken to KMS 201.",
+            &format!("node=\"{node}\""),
+        );
     }
     if let Some(received) = &src.received {
         let (chunks, bytes, total) = received.stats();
-        gauge(&mut out, "keypipe_kms_received_chunks_total", "counter", "Key chunks received (KMS side).", total as f64);
-        gauge(&mut out, "keypipe_kms_held_chunks", "gauge", "Key chunks held for local consumers.", chunks as f64);
-        gauge(&mut out, "keypipe_kms_held_bytes", "gauge", "Key bytes held for local consumers.", bytes as f64);
+        gauge(
+            &mut out,
+            "keypipe_kms_received_chunks_total",
+            "counter",
+            "Key chunks received (KMS side).",
+            total as f64,
+        );
+        gauge(
+            &mut out,
+            "keypipe_kms_held_chunks",
+            "gauge",
+            "Key chunks held for local consumers.",
+            chunks as f64,
+        );
+        gauge(
+            &mut out,
+            "keypipe_kms_held_bytes",
+            "gauge",
+            "Key bytes held for local consumers.",
+            bytes as f64,
+        );
     }
     if let Some(server) = src.server.get() {
-        gauge(&mut out, "keypipe_http_open_connections", "gauge", "Open HTTP connections.", server.open_connections.load(Ordering::Relaxed) as f64);
-        gauge(&mut out, "keypipe_http_refused_connections_total", "counter", "Connections refused by the cap.", server.refused.load(Ordering::Relaxed) as f64);
+        gauge(
+            &mut out,
+            "keypipe_http_open_connections",
+            "gauge",
+            "Open HTTP connections.",
+            server.open_connections.load(Ordering::Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "keypipe_http_refused_connections_total",
+            "counter",
+            "Connections refused by the cap.",
+            server.refused.load(Ordering::Relaxed) as f64,
+        );
     }
     src.requests.render(&mut out, node);
     Response::empty(200)

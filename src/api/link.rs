@@ -38,7 +38,7 @@ pub const LINK_PATH: &str = "/api/v1/link/messages";
 /// Header carrying the MAC.
 pub const MAC_HEADER: &str = "x-keypipe-link-mac";
 /// Tag bit marking link requests in the outbound client.
-pub const LINK_TAG: u64 = 1 << 63;
+pub(crate) const LINK_TAG: u64 = 1 << 63;
 /// Heartbeat period when idle.
 const HEARTBEAT: Duration = Duration::from_millis(250);
 /// The peer is down when nothing was acknowledged for this long.
@@ -208,7 +208,9 @@ impl NetLink {
         let msgs: Vec<LinkMsg> = self.out_rx.try_iter().take(MAX_BATCH_MSGS).collect();
         let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
         let idle = client.queued(peer) == 0
-            && sent.last_sent.is_none_or(|t| now.duration_since(t) >= HEARTBEAT);
+            && sent
+                .last_sent
+                .is_none_or(|t| now.duration_since(t) >= HEARTBEAT);
         if msgs.is_empty() && !idle {
             return;
         }
@@ -255,7 +257,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

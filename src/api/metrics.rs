@@ -60,7 +60,9 @@ impl RequestMetrics {
 
     /// Appends `keypipe_http_requests_total` in Prometheus text format.
     pub fn render(&self, out: &mut String, node: &str) {
-        out.push_str("# HELP keypipe_http_requests_total HTTP requests answered, by route and status.\n");
+        out.push_str(
+            "# HELP keypipe_http_requests_total HTTP requests answered, by route and status.\n",
+        );
         out.push_str("# TYPE keypipe_http_requests_total counter\n");
         let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
         let all = routes
@@ -73,7 +75,9 @@ impl RequestMetrics {
                 if n == 0 {
                     continue;
                 }
-                let status = STATUSES.get(i).map_or("other".to_owned(), |s| s.to_string());
+                let status = STATUSES
+                    .get(i)
+                    .map_or("other".to_owned(), |s| s.to_string());
                 let _ = writeln!(
                     out,
                     "keypipe_http_requests_total{{node=\"{node}\",route=\"{path}\",status=\"{status}\"}} {n}"
@@ -119,6 +123,9 @@ impl Histogram {
             let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {total}");
         }
         let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}\n{name}_count{{{labels}}} {total}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {sum}\n{name}_count{{{labels}}} {total}"
+        );
     }
 }

@@ -141,7 +141,10 @@ impl PushTable {
         inner.next_id = inner.next_id.wrapping_add(1) & 0x7fff_ffff;
         inner.by_id.insert(id, ksid);
         let buffer = format!("{{\"key_stream_id\":\"{ksid}\"}}");
-        let metadata = format!("\"metadata\":{{\"size\":{},\"buffer\":{buffer}}}", buffer.len());
+        let metadata = format!(
+            "\"metadata\":{{\"size\":{},\"buffer\":{buffer}}}",
+            buffer.len()
+        );
         inner.streams.insert(
             ksid,
             Stream {
@@ -357,7 +360,10 @@ mod tests {
         let t = PushTable::new(8);
         let k = Uuid::new_v4();
         t.register(k, Origin::parse("http://127.0.0.1:9").unwrap(), 32, 0);
-        assert_eq!(t.start(&Uuid::new_v4(), None), Err(PushError::UnknownStream));
+        assert_eq!(
+            t.start(&Uuid::new_v4(), None),
+            Err(PushError::UnknownStream)
+        );
         t.start(&k, Some(10)).unwrap();
         {
             let mut inner = t.lock();

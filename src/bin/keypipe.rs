@@ -79,7 +79,11 @@ fn serve(path: Option<PathBuf>) -> Result<(), String> {
     let mut nodes = Vec::new();
     for node in &config.nodes {
         let running = RunningNode::start(node, &pool).map_err(|e| e.to_string())?;
-        println!("listening {} http://{}", running.name(), running.local_addr());
+        println!(
+            "listening {} http://{}",
+            running.name(),
+            running.local_addr()
+        );
         nodes.push(running);
     }
     if let Some(first) = nodes.first() {
@@ -108,7 +112,10 @@ fn serve(path: Option<PathBuf>) -> Result<(), String> {
     }
     let lost: usize = nodes.iter().map(RunningNode::pushes_pending).sum();
     if lost > 0 {
-        tracing::warn!(chunks = lost, "pushes not acknowledged before the grace ran out; their key is erased, never reused");
+        tracing::warn!(
+            chunks = lost,
+            "pushes not acknowledged before the grace ran out; their key is erased, never reused"
+        );
     }
     for node in nodes {
         node.shut_down();

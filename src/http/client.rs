@@ -53,7 +53,10 @@ impl Origin {
             return Err(format!("{url:?}: no host"));
         }
         Ok(Origin {
-            host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
             port,
             base_path: path.trim_end_matches('/').to_owned(),
         })
@@ -103,6 +106,9 @@ pub struct Outgoing {
     /// The caller's tag, handed back with the answer.
     pub tag: u64,
 }
+
+/// The caller's answer handler: `(origin, tag, status, body)` to a verdict.
+pub type OnAnswer<'a> = dyn FnMut(OriginId, u64, u16, &[u8]) -> PushOutcome + 'a;
 
 /// The caller's verdict on an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,11 +231,7 @@ impl Client {
 
     /// Moves requests for at most `timeout`: connects, writes, reads
     /// answers and hands each to `on_answer(origin, tag, status, body)`.
-    pub fn run(
-        &mut self,
-        timeout: Duration,
-        on_answer: &mut dyn FnMut(OriginId, u64, u16, &[u8]) -> PushOutcome,
-    ) -> io::Result<()> {
+    pub fn run(&mut self, timeout: Duration, on_answer: &mut OnAnswer<'_>) -> io::Result<()> {
         let now = Instant::now();
         for (i, c) in self.conns.iter_mut().enumerate() {
             c.step(i, &self.poll, now, self.max_in_flight, on_answer);
@@ -267,7 +269,7 @@ impl OriginConn {
         poll: &Poll,
         now: Instant,
         max_in_flight: usize,
-        on_answer: &mut dyn FnMut(OriginId, u64, u16, &[u8]) -> PushOutcome,
+        on_answer: &mut OnAnswer<'_>,
     ) {
         if self.queue.is_empty() && self.stream.is_none() {
             return;
@@ -276,15 +278,19 @@ impl OriginConn {
             return;
         }
         self.retry_at = None;
-        if self.stream.is_none() {
-            if let Err(e) = self.connect(me, poll) {
-                tracing::debug!(origin = %self.origin.authority(), "connect failed: {e}");
-                self.reset(Some(now));
-                return;
-            }
+        if self.stream.is_none()
+            && let Err(e) = self.connect(me, poll)
+        {
+            tracing::debug!(origin = %self.origin.authority(), "connect failed: {e}");
+            self.reset(Some(now));
+            return;
         }
         if !self.connected {
-            match self.stream.as_ref().map(|s| (s.take_error(), s.peer_addr())) {
+            match self
+                .stream
+                .as_ref()
+                .map(|s| (s.take_error(), s.peer_addr()))
+            {
                 Some((Ok(None), Ok(_))) => self.connected = true,
                 Some((Ok(None), Err(e))) if e.kind() == io::ErrorKind::NotConnected => return,
                 _ => {
@@ -324,8 +330,11 @@ impl OriginConn {
             .ok_or_else(|| io::Error::other("host has no address"))?;
         let mut stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
-        poll.registry()
-            .register(&mut stream, Token(me), Interest::READABLE | Interest::WRITABLE)?;
+        poll.registry().register(
+            &mut stream,
+            Token(me),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
         self.stream = Some(stream);
         self.connected = false;
         Ok(())
@@ -384,7 +393,7 @@ impl OriginConn {
         &mut self,
         me: usize,
         now: Instant,
-        on_answer: &mut dyn FnMut(OriginId, u64, u16, &[u8]) -> PushOutcome,
+        on_answer: &mut OnAnswer<'_>,
     ) -> io::Result<()> {
         let Some(stream) = self.stream.as_mut() else {
             return Ok(());
@@ -409,7 +418,7 @@ impl OriginConn {
         &mut self,
         me: usize,
         now: Instant,
-        on_answer: &mut dyn FnMut(OriginId, u64, u16, &[u8]) -> PushOutcome,
+        on_answer: &mut OnAnswer<'_>,
     ) -> io::Result<()> {
         let mut used = 0;
         while used < self.inbuf.len() {
@@ -479,9 +488,15 @@ mod tests {
     #[test]
     fn origins() {
         let o = Origin::parse("http://127.0.0.1:7004/kms/").unwrap();
-        assert_eq!((o.host.as_str(), o.port, o.base_path.as_str()), ("127.0.0.1", 7004, "/kms"));
+        assert_eq!(
+            (o.host.as_str(), o.port, o.base_path.as_str()),
+            ("127.0.0.1", 7004, "/kms")
+        );
         assert_eq!(Origin::parse("http://h").unwrap().port, 80);
-        assert_eq!(Origin::parse("http://[::1]:9").unwrap().authority(), "[::1]:9");
+        assert_eq!(
+            Origin::parse("http://[::1]:9").unwrap().authority(),
+            "[::1]:9"
+        );
         assert!(Origin::parse("https://h").is_err());
         assert!(Origin::parse("http://h:x").is_err());
         assert!(Origin::parse("http://:80").is_err());

@@ -13,7 +13,7 @@ mod request;
 mod response;
 mod server;
 
-pub use client::{Client, Origin, OriginId, Outgoing, PushOutcome, request_bytes};
+pub use client::{Client, OnAnswer, Origin, OriginId, Outgoing, PushOutcome, request_bytes};
 pub use pool::Pool;
 pub use request::{Limits, Method, Parsed, Request, parse};
 pub use response::{Response, reason};

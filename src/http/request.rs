@@ -238,12 +238,12 @@ fn httparse_reason(e: httparse::Error) -> &'static str {
     }
 }
 
+/// A decoded body and the bytes of input it used.
+type Decoded = (Zeroizing<Vec<u8>>, usize);
+
 /// Decodes a chunked body at the front of `buf`: `None` while incomplete,
 /// else the body and the bytes used (chunks, trailer and final CRLF).
-fn decode_chunked(
-    buf: &[u8],
-    max_body: usize,
-) -> Result<Option<(Zeroizing<Vec<u8>>, usize)>, HttpError> {
+fn decode_chunked(buf: &[u8], max_body: usize) -> Result<Option<Decoded>, HttpError> {
     let mut body = Zeroizing::new(Vec::new());
     let mut pos = 0;
     loop {
@@ -254,7 +254,11 @@ fn decode_chunked(
             return Ok(None);
         };
         let line = &buf[pos..pos + line_end];
-        let size_hex = line.split(|&b| b == b';').next().unwrap_or(&[]).trim_ascii();
+        let size_hex = line
+            .split(|&b| b == b';')
+            .next()
+            .unwrap_or(&[])
+            .trim_ascii();
         let size = std::str::from_utf8(size_hex)
             .ok()
             .filter(|s| !s.is_empty() && s.len() <= 8)
@@ -312,7 +316,10 @@ mod tests {
     fn content_length_body_and_pipelining() {
         let raw = b"GET /a?x=1 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /b HTTP/1.1\r\n\r\n";
         let (r, n) = complete(raw);
-        assert_eq!((r.method, r.path(), r.query()), (Method::Get, "/a", Some("x=1")));
+        assert_eq!(
+            (r.method, r.path(), r.query()),
+            (Method::Get, "/a", Some("x=1"))
+        );
         assert_eq!(r.body.as_slice(), b"abc");
         assert!(r.keep_alive);
         let (r2, n2) = complete(&raw[n..]);
@@ -349,7 +356,10 @@ mod tests {
         assert_eq!(status(b"GET / HTTP/2.0\r\n\r\n"), 505);
         assert_eq!(status(b"\x01\x02 garbage\r\n\r\n"), 400);
         assert_eq!(status(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n"), 400);
-        assert_eq!(status(b"GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"), 501);
+        assert_eq!(
+            status(b"GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            501
+        );
         assert_eq!(
             status(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
             400
@@ -359,8 +369,16 @@ mod tests {
     #[test]
     fn connection_semantics() {
         assert!(!complete(b"GET / HTTP/1.0\r\n\r\n").0.keep_alive);
-        assert!(complete(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").0.keep_alive);
-        assert!(!complete(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").0.keep_alive);
+        assert!(
+            complete(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .0
+                .keep_alive
+        );
+        assert!(
+            !complete(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .0
+                .keep_alive
+        );
         let head = b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n";
         assert!(matches!(
             parse(head, &Limits::default()),

@@ -233,7 +233,10 @@ struct Worker {
 impl Worker {
     fn run(mut self) {
         if let Some(l) = self.listener.as_mut()
-            && let Err(e) = self.poll.registry().register(l, LISTENER, Interest::READABLE)
+            && let Err(e) = self
+                .poll
+                .registry()
+                .register(l, LISTENER, Interest::READABLE)
         {
             tracing::error!("cannot register listener: {e}");
             return;
@@ -248,11 +251,11 @@ impl Worker {
             } else {
                 Duration::ZERO
             };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!("poll failed: {e}");
-                    return;
-                }
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                tracing::error!("poll failed: {e}");
+                return;
             }
             let now = Instant::now();
             for event in events.iter() {
@@ -402,7 +405,6 @@ impl Worker {
 fn refuse(stream: &mut mio::net::TcpStream) {
     use std::io::Write;
     let mut out = bytes::BytesMut::new();
-    Response::json(503, r#"{"message":"too many connections"}"#)
-        .write_to(&mut out, false, true);
+    Response::json(503, r#"{"message":"too many connections"}"#).write_to(&mut out, false, true);
     let _ = stream.write(&out);
 }

@@ -184,7 +184,12 @@ impl Conn {
         })
     }
 
-    pub fn send(&mut self, method: &str, path: &str, body: Option<&Value>) -> std::io::Result<Answer> {
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> std::io::Result<Answer> {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         write!(
             self.stream,
@@ -373,7 +378,11 @@ impl Drop for TestKms {
 pub fn assert_identical(kms_a: &TestKms, kms_b: &TestKms, ksid: &Uuid, chunk: usize) -> usize {
     let la = kms_a.log.lock().unwrap();
     let lb = kms_b.log.lock().unwrap();
-    assert_eq!((la.conflicts, lb.conflicts), (0, 0), "an index came with different bytes");
+    assert_eq!(
+        (la.conflicts, lb.conflicts),
+        (0, 0),
+        "an index came with different bytes"
+    );
     let (ka, kb) = (&la.keys[ksid], &lb.keys[ksid]);
     for keys in [ka, kb] {
         let idx: Vec<u32> = keys.keys().copied().collect();
