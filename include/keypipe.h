@@ -149,8 +149,10 @@ extern "C" {
 #endif // __cplusplus
 
 // Creates one node from a TOML configuration (see the README for its
-// keys; NULL = defaults). A node without a peer answers status 4 until the
-// network link exists. On success `*out` owns the engine.
+// keys; NULL = defaults). With a `[link]` section (`peer`, `secret`,
+// `listen`) the node links to its peer node over the network (HTTP link
+// sync, as the server does); without one it has no peer and answers
+// status 4. On success `*out` owns the engine.
 //
 // # Safety
 // `config_toml` is NULL or NUL-terminated; `out` is NULL or writable.

@@ -160,8 +160,13 @@ impl RunningNode {
     }
 
     /// Shutdown, step 2: stop the outbound thread and the listener (which
-    /// finishes its in-flight requests), and wait for them.
-    pub fn shut_down(mut self) {
+    /// finishes its in-flight requests), and wait for them. Dropping the
+    /// node does the same.
+    pub fn shut_down(self) {
+        drop(self);
+    }
+
+    fn stop(&mut self) {
         if let Some(core) = self.core.as_mut() {
             core.stop.store(true, Ordering::Release);
             let _ = core.waker.wake();
@@ -173,6 +178,12 @@ impl RunningNode {
             server.shutdown_handle().trigger();
             server.join();
         }
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

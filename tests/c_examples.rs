@@ -4,6 +4,14 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 #[test]
 fn c_examples_build_and_pass_under_sanitizers() {
     // `cargo test` leaves the staticlib beside this test binary
@@ -22,6 +30,8 @@ fn c_examples_build_and_pass_under_sanitizers() {
         .arg(format!("LIBDIR={}", libdir.display()))
         .arg(format!("BUILD={}", build.display()))
         .arg("run")
+        .env("KP_PORT_A", free_port().to_string())
+        .env("KP_PORT_B", free_port().to_string())
         .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1")
         .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
         .output()
@@ -34,5 +44,6 @@ fn c_examples_build_and_pass_under_sanitizers() {
     assert!(out.status.success(), "C examples failed:\n{text}");
     assert!(text.contains("identical on both nodes"), "{text}");
     assert!(text.contains("api_errors: all checks passed"), "{text}");
+    assert!(text.contains("over the network link"), "{text}");
     println!("{text}");
 }

@@ -59,6 +59,12 @@ int main(void) {
     kp_last_error(detail, sizeof detail, NULL);
     EXPECT(strstr(detail, "block_size") != NULL, "detail names the key: %s", detail);
     EXPECT(kp_engine_new(NULL, &a) == KP_ERR_CONFIG, "single node needs a link secret");
+    EXPECT(kp_engine_new("[device]\ndriver = \"simulated\"\nlink_secret = \"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"\n"
+                         "[link]\npeer = \"http://127.0.0.1:9\"\nsecret = \"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"", &a) == KP_ERR_CONFIG,
+           "a network link needs link.listen");
+    kp_last_error(detail, sizeof detail, NULL);
+    EXPECT(strstr(detail, "link.listen") != NULL, "detail names the key: %s", detail);
+    EXPECT(kp_engine_new("[link]\npeer = \"ftp://x\"\nsecret = \"00\"", &a) == KP_ERR_CONFIG, "bad link.peer");
     EXPECT(strcmp(kp_result_message(KP_ERR_UNKNOWN_KSID), "unknown result code") != 0, "messages exist");
     EXPECT(strcmp(kp_result_message(12345), "unknown result code") == 0, "unknown code");
     kp_engine_free(NULL);

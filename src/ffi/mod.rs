@@ -24,14 +24,23 @@ use std::ptr;
 
 use uuid::Uuid;
 
+use std::sync::Arc;
+
+use crate::config::NodeConfig;
+use crate::http::Pool;
+use crate::node::RunningNode;
 use crate::qkd::{
-    Engine, EngineConfig, GetKeyError, GetKeyReply, METADATA_MIMETYPE, Qos, StreamError,
+    Engine, EngineConfig, GetKeyError, GetKeyReply, LinkConfig, METADATA_MIMETYPE, Qos,
+    StreamError,
 };
 pub use errors::*;
 
 /// Opaque handle to one node's engine. Thread-safe.
 pub struct kp_engine {
-    engine: Engine,
+    engine: Arc<Engine>,
+    /// With a network link: the node's link-sync listener and outbound
+    /// thread (stopped when the handle is freed).
+    _node: Option<RunningNode>,
 }
 
 /// Quality of service of a key stream (ETSI GS QKD 004).
@@ -133,7 +142,7 @@ unsafe fn arg_str<'a>(p: *const c_char, name: &str) -> Result<&'a str, kp_result
 unsafe fn engine<'a>(e: *mut kp_engine) -> Result<&'a Engine, kp_result> {
     // SAFETY: by the caller's contract the pointer is NULL or live.
     unsafe { e.as_ref() }
-        .map(|e| &e.engine)
+        .map(|e| &*e.engine)
         .ok_or_else(|| fail(KP_ERR_NULL_ARGUMENT, "engine is NULL".into()))
 }
 
@@ -174,12 +183,46 @@ unsafe fn config_arg(config_toml: *const c_char) -> Result<EngineConfig, kp_resu
 }
 
 fn boxed(engine: Engine) -> *mut kp_engine {
-    Box::into_raw(Box::new(kp_engine { engine }))
+    Box::into_raw(Box::new(kp_engine {
+        engine: Arc::new(engine),
+        _node: None,
+    }))
+}
+
+/// A node linked to its peer over the network: the same link-sync transport
+/// as the server, with a listener on `link.listen` for the peer's messages.
+fn linked(config: &EngineConfig, link: &LinkConfig) -> Result<*mut kp_engine, kp_result> {
+    let listen = link.listen.ok_or_else(|| {
+        fail(
+            KP_ERR_CONFIG,
+            "link.listen is required: where this node receives the peer's link sync".into(),
+        )
+    })?;
+    let node_config = NodeConfig {
+        name: "kp-node".into(),
+        listen,
+        workers: 1,
+        serve: Vec::new(),
+        http: Default::default(),
+        push: Default::default(),
+        kms: Default::default(),
+        engine: Some(config.clone()),
+    };
+    let pool = Pool::new(1).map_err(|e| fail(KP_ERR_ENGINE_START, e.to_string()))?;
+    let node = RunningNode::start(&node_config, &pool)
+        .map_err(|e| fail(KP_ERR_ENGINE_START, e.to_string()))?;
+    let engine = Arc::clone(node.engine().expect("configured with an engine"));
+    Ok(Box::into_raw(Box::new(kp_engine {
+        engine,
+        _node: Some(node),
+    })))
 }
 
 /// Creates one node from a TOML configuration (see the README for its
-/// keys; NULL = defaults). A node without a peer answers status 4 until the
-/// network link exists. On success `*out` owns the engine.
+/// keys; NULL = defaults). With a `[link]` section (`peer`, `secret`,
+/// `listen`) the node links to its peer node over the network (HTTP link
+/// sync, as the server does); without one it has no peer and answers
+/// status 4. On success `*out` owns the engine.
 ///
 /// # Safety
 /// `config_toml` is NULL or NUL-terminated; `out` is NULL or writable.
@@ -192,9 +235,12 @@ pub unsafe extern "C" fn kp_engine_new(
         required(out, "out")?;
         // SAFETY: forwarded contract.
         let config = unsafe { config_arg(config_toml) }?;
-        let engine = Engine::new(&config).map_err(start_error)?;
+        let handle = match &config.link {
+            None => boxed(Engine::new(&config).map_err(start_error)?),
+            Some(link) => linked(&config, link)?,
+        };
         // SAFETY: `out` is non-NULL and writable by contract.
-        unsafe { out.write(boxed(engine)) };
+        unsafe { out.write(handle) };
         Ok(KP_OK)
     })
 }
