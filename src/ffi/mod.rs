@@ -30,8 +30,7 @@ use crate::config::NodeConfig;
 use crate::http::Pool;
 use crate::node::RunningNode;
 use crate::qkd::{
-    Engine, EngineConfig, GetKeyError, GetKeyReply, LinkConfig, METADATA_MIMETYPE, Qos,
-    StreamError,
+    Engine, EngineConfig, GetKeyError, GetKeyReply, LinkConfig, METADATA_MIMETYPE, Qos, StreamError,
 };
 pub use errors::*;
 

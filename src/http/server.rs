@@ -116,6 +116,11 @@ impl Server {
             0 => thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        if config.listen.port() != 0 {
+            // SO_REUSEPORT would let a second server (same user) silently
+            // share the port; a plain bind first fails if anyone listens.
+            drop(std::net::TcpListener::bind(config.listen)?);
+        }
         let mut listeners = Vec::with_capacity(workers);
         let mut addr = config.listen;
         for _ in 0..workers {
