@@ -119,7 +119,10 @@ impl RunningNode {
             Arc::new(router),
             pool.clone(),
         )
-        .map_err(|e| NodeError::Io(name.clone(), e))?;
+        .map_err(|e| {
+            let context = format!("cannot listen on {}: {e}", config.listen);
+            NodeError::Io(name.clone(), std::io::Error::new(e.kind(), context))
+        })?;
         let _ = server_stats.set(Arc::clone(server.stats()));
         Ok(RunningNode {
             name,

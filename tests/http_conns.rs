@@ -134,3 +134,23 @@ fn head_and_http10() {
     );
     node.shut_down();
 }
+
+#[test]
+fn a_second_server_on_the_same_port_is_refused() {
+    let node = kms_only("");
+    let toml = format!(
+        "[[node]]\nname = \"twin\"\nlisten = \"{}\"\nserve = [\"etsi004-kms\"]\n",
+        node.local_addr()
+    );
+    let config = keypipe::config::Config::from_toml(&toml).unwrap();
+    let pool = keypipe::http::Pool::new(1).unwrap();
+    let err = keypipe::node::RunningNode::start(&config.nodes[0], &pool).unwrap_err();
+    assert!(err.to_string().contains("cannot listen on"), "{err}");
+    assert_eq!(
+        request(node.local_addr(), "GET", "/healthz", None)
+            .unwrap()
+            .status,
+        200
+    );
+    node.shut_down();
+}
