@@ -163,6 +163,17 @@ impl Config {
             return Err("no [[node]] configured".into());
         }
         for node in &config.nodes {
+            if node.name.is_empty()
+                || !node
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return Err(format!(
+                    "node name {:?}: use letters, digits, '-', '_' or '.'",
+                    node.name
+                ));
+            }
             if let Some(engine) = &node.engine {
                 engine
                     .validate()

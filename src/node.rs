@@ -94,6 +94,7 @@ impl RunningNode {
         let server_stats = Arc::new(OnceLock::new());
         let health = HealthSources {
             node: name.clone(),
+            node_json: serde_json::Value::from(name.as_str()).to_string(),
             engine: core.as_ref().map(|c| Arc::clone(&c.engine)),
             push: core.as_ref().map(|c| Arc::clone(&c.push)),
             received: received.clone(),

@@ -38,22 +38,24 @@ fn slot(status: u16) -> usize {
 }
 
 impl RequestMetrics {
-    /// Adds a route to count.
-    pub fn register(&self, path: &'static str) {
+    /// Adds a route to count; its index for [`RequestMetrics::count`].
+    pub fn register(&self, path: &'static str) -> usize {
         let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
-        if !routes.iter().any(|r| r.path == path) {
-            routes.push(RouteCounters {
-                path,
-                by_status: Default::default(),
-            });
+        if let Some(i) = routes.iter().position(|r| r.path == path) {
+            return i;
         }
+        routes.push(RouteCounters {
+            path,
+            by_status: Default::default(),
+        });
+        routes.len() - 1
     }
 
     /// Counts one answer (`route` `None`: no route matched).
-    pub fn count(&self, route: Option<&'static str>, status: u16) {
+    pub fn count(&self, route: Option<usize>, status: u16) {
         let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
         let counters = route
-            .and_then(|p| routes.iter().find(|r| r.path == p))
+            .and_then(|i| routes.get(i))
             .map_or(&self.unmatched, |r| &r.by_status);
         counters[slot(status)].fetch_add(1, Ordering::Relaxed);
     }

@@ -12,6 +12,7 @@ pub type Handler = Arc<dyn Fn(Request) -> Reply + Send + Sync>;
 
 struct Route {
     path: &'static str,
+    metric: usize,
     methods: Vec<(Method, Handler)>,
 }
 
@@ -40,11 +41,12 @@ impl Router {
 
     /// Serves `method path` with `handler`.
     pub fn route(&mut self, method: Method, path: &'static str, handler: Handler) -> &mut Self {
-        self.metrics.register(path);
+        let metric = self.metrics.register(path);
         match self.routes.iter_mut().find(|r| r.path == path) {
             Some(r) => r.methods.push((method, handler)),
             None => self.routes.push(Route {
                 path,
+                metric,
                 methods: vec![(method, handler)],
             }),
         }
@@ -78,23 +80,23 @@ impl Service for Router {
             if allow.contains(&"GET") {
                 allow.push("HEAD");
             }
-            self.metrics.count(Some(route.path), 405);
+            self.metrics.count(Some(route.metric), 405);
             return Reply::Now(
                 super::json(405, &serde_json::json!({ "message": "method not allowed" }))
                     .header("Allow", allow.join(", ")),
             );
         };
-        let path = route.path;
+        let metric = route.metric;
         match handler(req) {
             Reply::Now(r) => {
-                self.metrics.count(Some(path), r.status);
+                self.metrics.count(Some(metric), r.status);
                 Reply::Now(r)
             }
             Reply::Later(job) => {
                 let metrics = Arc::clone(&self.metrics);
                 Reply::Later(Box::new(move || {
                     let r: Response = job();
-                    metrics.count(Some(path), r.status);
+                    metrics.count(Some(metric), r.status);
                     r
                 }))
             }

@@ -6,13 +6,13 @@
 //! noticing.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use mio::net::TcpStream;
-use zeroize::{Zeroize, Zeroizing};
 
+use super::inbuf::InBuf;
 use super::request::{Limits, Method, Parsed, parse};
 use super::{HttpError, Reply, Response, Service};
 
@@ -21,7 +21,7 @@ const MAX_PIPELINE: usize = 32;
 /// Reads per wake-up before other connections get their turn.
 const READ_BUDGET: usize = 16;
 /// Bytes read per `read` call.
-const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = 8 * 1024;
 
 /// What the loop should do with the connection after a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +52,7 @@ struct Slot {
 pub(super) struct Conn {
     stream: TcpStream,
     /// Received bytes not yet parsed; may hold key material (zeroized).
-    inbuf: Zeroizing<Vec<u8>>,
+    inbuf: InBuf,
     out: BytesMut,
     slots: VecDeque<Slot>,
     /// Sequence number of `slots[0]`.
@@ -69,7 +69,7 @@ impl Conn {
     pub(super) fn new(stream: TcpStream, now: Instant) -> Conn {
         Conn {
             stream,
-            inbuf: Zeroizing::new(Vec::new()),
+            inbuf: InBuf::new(),
             out: BytesMut::new(),
             slots: VecDeque::new(),
             first_seq: 0,
@@ -169,15 +169,14 @@ impl Conn {
     fn stop_reading(&mut self) {
         self.closing = true;
         self.partial_since = None;
-        self.inbuf.zeroize();
         self.inbuf.clear();
     }
 
     fn parse_requests(&mut self, d: &Dispatch<'_>, now: Instant) {
         while !self.closing && !self.inbuf.is_empty() && self.slots.len() < MAX_PIPELINE {
-            match parse(&self.inbuf, d.limits) {
+            match parse(self.inbuf.data(), d.limits) {
                 Ok(Parsed::Complete(req, used)) => {
-                    self.consume(used);
+                    self.inbuf.consume(used);
                     self.continue_sent = false;
                     self.partial_since = (!self.inbuf.is_empty()).then_some(now);
                     let keep_alive = req.keep_alive;
@@ -258,12 +257,7 @@ impl Conn {
             self.fail(HttpError::BODY_TOO_LARGE);
             return Ok(true);
         }
-        self.reserve(READ_CHUNK);
-        let len = self.inbuf.len();
-        self.inbuf.resize(len + READ_CHUNK, 0);
-        let result = self.stream.read(&mut self.inbuf[len..]);
-        let n = *result.as_ref().unwrap_or(&0);
-        self.inbuf.truncate(len + n);
+        let result = self.inbuf.read_from(&mut self.stream, READ_CHUNK);
         match result {
             Ok(0) => {
                 self.read_closed = true;
@@ -275,29 +269,5 @@ impl Conn {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
             Err(e) => Err(e),
         }
-    }
-
-    /// Makes room for `more` bytes without leaving an unwiped copy behind.
-    fn reserve(&mut self, more: usize) {
-        let need = self.inbuf.len() + more;
-        if self.inbuf.capacity() < need {
-            let mut bigger = Zeroizing::new(Vec::with_capacity(need.next_power_of_two()));
-            bigger.extend_from_slice(&self.inbuf);
-            self.inbuf = bigger; // the old buffer is zeroized on drop
-        }
-    }
-
-    /// Drops the first `n` bytes of `inbuf`, wiping what they leave behind.
-    fn consume(&mut self, n: usize) {
-        let len = self.inbuf.len();
-        self.inbuf.copy_within(n.., 0);
-        self.inbuf[len - n..].zeroize();
-        self.inbuf.truncate(len - n);
-    }
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.inbuf.zeroize();
     }
 }

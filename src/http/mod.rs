@@ -8,6 +8,7 @@
 
 mod client;
 mod conn;
+mod inbuf;
 mod pool;
 mod request;
 mod response;

@@ -5,6 +5,8 @@
 //! method, GET included). A message with both, or with a transfer coding
 //! other than `chunked`, is refused (request smuggling guard).
 
+use std::ops::Range;
+
 use zeroize::Zeroizing;
 
 use super::HttpError;
@@ -79,8 +81,10 @@ pub struct Request {
     pub method: Method,
     /// The raw request target (path and query).
     pub target: String,
-    /// Header fields, names lower-cased, in order.
-    pub headers: Vec<(String, Vec<u8>)>,
+    /// The request head as received (request line and header fields).
+    head: Vec<u8>,
+    /// Name and value ranges of each header field in `head`, in order.
+    fields: Vec<(Range<usize>, Range<usize>)>,
     /// The decoded body.
     pub body: Zeroizing<Vec<u8>>,
     /// The client wants the connection kept open after the answer.
@@ -108,12 +112,20 @@ impl Request {
         self.target.split_once('?').map(|(_, q)| q)
     }
 
-    /// The first header named `name` (lower case).
+    /// The first header field named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// Every header field, in order: name and value.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.fields.iter().map(|(n, v)| {
+            // Names passed httparse's token check: ASCII.
+            let name = std::str::from_utf8(&self.head[n.clone()]).unwrap_or("");
+            (name, &self.head[v.clone()])
+        })
     }
 }
 
@@ -159,40 +171,42 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, HttpError> {
     let mut connection_close = minor == 0;
     let mut expects_continue = false;
     let mut fields = Vec::with_capacity(req.headers.len());
+    let base = buf.as_ptr() as usize;
+    let range = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        start..start + s.len()
+    };
     for h in req.headers.iter() {
-        let name = h.name.to_ascii_lowercase();
-        match name.as_str() {
-            "content-length" => {
-                let n = std::str::from_utf8(h.value)
-                    .ok()
-                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|s| s.parse::<usize>().ok())
-                    .ok_or(HttpError::bad_request("invalid Content-Length"))?;
-                if content_length.is_some_and(|m| m != n) {
-                    return Err(HttpError::bad_request("conflicting Content-Length headers"));
-                }
-                content_length = Some(n);
+        fields.push((range(h.name.as_bytes()), range(h.value)));
+        let name = h.name.as_bytes();
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        if is("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<usize>().ok())
+                .ok_or(HttpError::bad_request("invalid Content-Length"))?;
+            if content_length.is_some_and(|m| m != n) {
+                return Err(HttpError::bad_request("conflicting Content-Length headers"));
             }
-            "transfer-encoding" => {
-                if !h.value.eq_ignore_ascii_case(b"chunked") || chunked {
-                    return Err(HttpError::NOT_IMPLEMENTED);
-                }
-                chunked = true;
+            content_length = Some(n);
+        } else if is("transfer-encoding") {
+            if !h.value.eq_ignore_ascii_case(b"chunked") || chunked {
+                return Err(HttpError::NOT_IMPLEMENTED);
             }
-            "connection" => {
-                for token in h.value.split(|&b| b == b',') {
-                    let token = token.trim_ascii();
-                    if token.eq_ignore_ascii_case(b"close") {
-                        connection_close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") && minor == 0 {
-                        connection_close = false;
-                    }
+            chunked = true;
+        } else if is("connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    connection_close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && minor == 0 {
+                    connection_close = false;
                 }
             }
-            "expect" if h.value.eq_ignore_ascii_case(b"100-continue") => expects_continue = true,
-            _ => {}
+        } else if is("expect") && h.value.eq_ignore_ascii_case(b"100-continue") {
+            expects_continue = true;
         }
-        fields.push((name, h.value.to_vec()));
     }
     if chunked && content_length.is_some() {
         return Err(HttpError::bad_request(
@@ -219,7 +233,8 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, HttpError> {
         Request {
             method,
             target,
-            headers: fields,
+            head: buf[..head_len].to_vec(),
+            fields,
             body,
             keep_alive: !connection_close,
         },
