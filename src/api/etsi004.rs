@@ -247,11 +247,10 @@ impl Etsi004 {
             Ok(k) => k,
             Err(r) => return r,
         };
+        // Stop taking key first, so the pusher never races the close.
+        self.push.stop(&ksid);
         match self.engine.close(&ksid) {
-            Ok(_) => {
-                self.push.stop(&ksid);
-                Response::empty(204)
-            }
+            Ok(_) => Response::empty(204),
             Err(_) => error(Status::PeerNotConnectedGetKey, "unknown key_stream_id"),
         }
     }

@@ -271,7 +271,7 @@ impl PushTable {
                         s.next = s.next.wrapping_add(1);
                     }
                     Err(e) => {
-                        tracing::info!(ksid = %s.ksid, "stopped pushing: {e}");
+                        tracing::debug!(ksid = %s.ksid, "stopped pushing: {e}");
                         s.active = false;
                         s.closed = true;
                         break;
