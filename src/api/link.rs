@@ -191,8 +191,17 @@ impl NetLink {
                 next_seq: batch.seq,
             };
         }
-        if batch.seq == state.next_seq {
-            state.next_seq += 1;
+        // A batch below `next_seq` is a resend already applied. One above
+        // it cannot happen with an in-order sender; should it, applying it
+        // beats dropping it.
+        if batch.seq >= state.next_seq {
+            if batch.seq > state.next_seq {
+                tracing::warn!(
+                    missing = batch.seq - state.next_seq,
+                    "link-sync batches missing"
+                );
+            }
+            state.next_seq = batch.seq + 1;
             for msg in batch.msgs {
                 let _ = self.inbox.send(msg);
             }
