@@ -136,9 +136,12 @@ fn main() -> ExitCode {
         Scenario::Baseline { listen } => baseline(listen),
         Scenario::Healthz(l) => healthz(&l).map(|rows| print_table(&rows)),
         Scenario::Cycle(l) => cycle(&l).map(|rows| print_table(&rows)),
-        Scenario::Push(p) => push(&p).and_then(|out| match out.mismatches {
-            0 => Ok(()),
-            n => Err(format!("{n} mismatching chunks")),
+        Scenario::Push(p) => push(&p).and_then(|out| {
+            print_table(&[out.row]);
+            match out.mismatches {
+                0 => Ok(()),
+                n => Err(format!("{n} mismatching chunks")),
+            }
         }),
         Scenario::All(a) => all(&a),
     };
@@ -374,51 +377,50 @@ fn ksid_of(body: &[u8]) -> Option<String> {
 /// Token of a server loop's listener.
 const LISTENER: Token = Token(usize::MAX);
 
-/// A server-side connection.
-struct Peer {
-    sock: TcpStream,
-    inb: Vec<u8>,
-    out: Vec<u8>,
-    sent: usize,
+/// Reads all there is into `inb`. `Ok(true)`: the peer closed.
+fn read_all(sock: &mut TcpStream, inb: &mut Vec<u8>, buf: &mut [u8]) -> io::Result<bool> {
+    loop {
+        match sock.read(buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => inb.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
-impl Peer {
-    /// Reads what is there, answers the complete requests, writes what it
-    /// can. `false`: close the connection.
-    fn pump(
-        &mut self,
-        buf: &mut [u8],
-        handle: &mut impl FnMut(&[u8], &mut Vec<u8>) -> Option<usize>,
-    ) -> bool {
-        let mut open = true;
-        loop {
-            match self.sock.read(buf) {
-                Ok(0) => break open = false,
-                Ok(n) => self.inb.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
+/// Writes what it can of `out[*sent..]`; empties `out` once all is written.
+fn write_out(sock: &mut TcpStream, out: &mut Vec<u8>, sent: &mut usize) -> io::Result<()> {
+    while *sent < out.len() {
+        match sock.write(&out[*sent..]) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => *sent += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        match handle(&self.inb, &mut self.out) {
-            Some(used) => drop(self.inb.drain(..used)),
-            None => return false,
-        }
-        while self.sent < self.out.len() {
-            match self.sock.write(&self.out[self.sent..]) {
-                Ok(0) => return false,
-                Ok(n) => self.sent += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        if self.sent == self.out.len() {
-            self.out.clear();
-            self.sent = 0;
-        }
-        open
     }
+    out.clear();
+    *sent = 0;
+    Ok(())
+}
+
+/// A server-side connection: socket, input, output, output bytes sent.
+type Peer = (TcpStream, Vec<u8>, Vec<u8>, usize);
+
+/// Reads what is there, answers the complete requests, writes what it can.
+/// `Ok(false)`: the client closed.
+fn pump(
+    p: &mut Peer,
+    buf: &mut [u8],
+    handle: &mut impl FnMut(&[u8], &mut Vec<u8>) -> Option<usize>,
+) -> io::Result<bool> {
+    let eof = read_all(&mut p.0, &mut p.1, buf)?;
+    let used = handle(&p.1, &mut p.2).ok_or_else(|| bad("bad request"))?;
+    p.1.drain(..used);
+    write_out(&mut p.0, &mut p.2, &mut p.3)?;
+    Ok(!eof)
 }
 
 /// One mio event loop serving `listener` until `stop`. `handle(input,
@@ -450,7 +452,7 @@ fn serve(
                         Err(e) if e.kind() == ErrorKind::ConnectionAborted => continue,
                         Err(_) => break,
                     };
-                    sock.set_nodelay(true)?;
+                    sock.set_nodelay(true).ok();
                     let i = peers
                         .iter()
                         .position(Option::is_none)
@@ -460,12 +462,7 @@ fn serve(
                         Token(i),
                         Interest::READABLE | Interest::WRITABLE,
                     )?;
-                    let peer = Peer {
-                        sock,
-                        inb: Vec::new(),
-                        out: Vec::new(),
-                        sent: 0,
-                    };
+                    let peer = (sock, Vec::new(), Vec::new(), 0);
                     match peers.get_mut(i) {
                         Some(slot) => *slot = Some(peer),
                         None => peers.push(Some(peer)),
@@ -474,10 +471,10 @@ fn serve(
             } else if let Some(slot) = peers.get_mut(ev.token().0)
                 && slot
                     .as_mut()
-                    .is_some_and(|p| !p.pump(&mut buf, &mut handle))
+                    .is_some_and(|p| !matches!(pump(p, &mut buf, &mut handle), Ok(true)))
                 && let Some(mut p) = slot.take()
             {
-                poll.registry().deregister(&mut p.sock)?;
+                poll.registry().deregister(&mut p.0)?;
             }
         }
     }
@@ -571,17 +568,28 @@ enum Kind {
 struct Stats {
     hist: [Hist; 3],
     ok: [u64; 3],
-    errors: u64,
+    errors: [u64; 3],
     cycles: u64,
 }
 
 impl Stats {
     /// Adds `o`'s counts.
     fn merge(&mut self, o: &Stats) {
-        (0..3).for_each(|i| self.hist[i].merge(&o.hist[i]));
-        (0..3).for_each(|i| self.ok[i] += o.ok[i]);
-        self.errors += o.errors;
+        for i in 0..3 {
+            self.hist[i].merge(&o.hist[i]);
+            (self.ok[i], self.errors[i]) = (self.ok[i] + o.ok[i], self.errors[i] + o.errors[i]);
+        }
         self.cycles += o.cycles;
+    }
+
+    /// All request types folded into the first.
+    fn folded(&self) -> Stats {
+        let mut f = Stats::default();
+        for i in 0..3 {
+            f.hist[0].merge(&self.hist[i]);
+            (f.ok[0], f.errors[0]) = (f.ok[0] + self.ok[i], f.errors[0] + self.errors[i]);
+        }
+        f
     }
 }
 
@@ -596,6 +604,8 @@ struct Conn {
     step: usize,
     ksid: String,
     cycle_ok: bool,
+    /// Draining after the deadline, this connection finished its cycle.
+    done: bool,
 }
 
 impl Conn {
@@ -626,20 +636,6 @@ impl Conn {
         }
     }
 
-    /// Sends what it can of the request.
-    fn flush(&mut self) -> io::Result<()> {
-        while self.sent < self.out.len() {
-            match self.sock.write(&self.out[self.sent..]) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => self.sent += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
     /// Records the answer to the request in flight and moves the loop on.
     fn finish(&mut self, kind: Kind, code: u16, body: &[u8], st: &mut Stats) {
         let (step, took) = (self.step, self.started.elapsed());
@@ -667,17 +663,19 @@ impl Conn {
             st.ok[step] += 1;
             st.hist[step].record(took);
         } else {
-            st.errors += 1;
+            st.errors[step] += 1;
         }
     }
 
-    /// Handles an event. `Ok(true)`: the server closes, reconnect.
+    /// Handles an event (`draining`: sends no new cycle). `Ok(true)`: the
+    /// server closes, reconnect.
     fn drive(
         &mut self,
         kind: Kind,
         host: &str,
         st: &mut Stats,
         buf: &mut [u8],
+        draining: bool,
     ) -> io::Result<bool> {
         if !self.connected {
             if let Some(e) = self.sock.take_error()? {
@@ -691,27 +689,26 @@ impl Conn {
             self.sock.set_nodelay(true)?;
             self.started = Instant::now();
         }
-        self.flush()?;
-        loop {
-            let n = match self.sock.read(buf) {
-                Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            self.inb.extend_from_slice(&buf[..n]);
-            if let Some((code, head, len, close)) = parse_response(&self.inb)? {
-                let mut inb = std::mem::take(&mut self.inb);
-                self.finish(kind, code, &inb[head..head + len], st);
-                inb.drain(..head + len);
-                self.inb = inb;
-                self.prepare(kind, host);
-                if close {
-                    return Ok(true);
-                }
-                self.flush()?;
+        write_out(&mut self.sock, &mut self.out, &mut self.sent)?;
+        let eof = read_all(&mut self.sock, &mut self.inb, buf)?;
+        if let Some((code, head, len, close)) = parse_response(&self.inb)? {
+            let inb = std::mem::take(&mut self.inb);
+            self.finish(kind, code, &inb[head..head + len], st);
+            self.inb = inb;
+            self.inb.drain(..head + len);
+            if draining && self.step == 0 {
+                self.done = true;
+                return Ok(false);
             }
+            self.prepare(kind, host);
+            if close {
+                return Ok(true);
+            }
+            write_out(&mut self.sock, &mut self.out, &mut self.sent)?;
+        }
+        match eof {
+            true => Err(ErrorKind::UnexpectedEof.into()),
+            false => Ok(false),
         }
     }
 }
@@ -736,33 +733,50 @@ fn client(t: &Target, kind: Kind, conns: usize, deadline: Instant) -> io::Result
             step: 0,
             ksid,
             cycle_ok: false,
+            done: false,
         };
         c.prepare(kind, &t.host);
         cs.push(c);
     }
     let mut buf = vec![0; 1 << 16];
+    // After the deadline, cycles in progress run to their close (not
+    // counted) so that no stream stays open, for at most 3 s.
+    let (grace, mut sink) = (deadline + Duration::from_secs(3), Stats::default());
     loop {
         let now = Instant::now();
-        if now >= deadline {
+        let draining = now >= deadline;
+        if draining && (kind == Kind::Healthz || now >= grace || cs.iter().all(|c| c.done)) {
             return Ok(st);
         }
-        match poll.poll(&mut events, Some(deadline - now)) {
+        let timeout = if draining {
+            grace - now
+        } else {
+            deadline - now
+        };
+        match poll.poll(&mut events, Some(timeout)) {
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             r => r?,
         }
+        let st = if draining { &mut sink } else { &mut st };
         for ev in &events {
             let (i, c) = (ev.token().0, &mut cs[ev.token().0]);
+            if c.done {
+                continue;
+            }
             let reconnect = c
-                .drive(kind, &t.host, &mut st, &mut buf)
+                .drive(kind, &t.host, st, &mut buf, draining)
                 .unwrap_or_else(|_| {
-                    st.errors += 1;
+                    st.errors[c.step] += 1;
                     true
                 });
-            if reconnect && Instant::now() < deadline {
+            if reconnect && draining {
+                c.done = true;
+            } else if reconnect {
                 poll.registry().deregister(&mut c.sock)?;
                 c.sock = Conn::open(t.addr, poll.registry(), i)?;
-                (c.connected, c.sent) = (false, 0);
+                c.connected = false;
                 c.inb.clear();
+                c.prepare(kind, &t.host);
             }
         }
     }
@@ -808,26 +822,20 @@ struct Row {
 }
 
 impl Row {
-    /// A load row: `ok` requests over `secs`, latencies from `h`.
-    fn load(
-        name: impl Into<String>,
-        conns: usize,
-        ok: u64,
-        secs: f64,
-        h: &Hist,
-        errors: u64,
-    ) -> Self {
-        let (p50, p99) = (h.quantile_us(0.5), h.quantile_us(0.99));
-        let (name, conns, rate) = (name.into(), conns.to_string(), ok as f64 / secs);
+    /// A load row: request type `i` of `st`, a run of `l`.
+    fn load(name: impl Into<String>, l: &LoadArgs, st: &Stats, i: usize) -> Self {
+        let (p50, p99) = (st.hist[i].quantile_us(0.5), st.hist[i].quantile_us(0.99));
+        let (name, conns, rate) = (name.into(), l.conns.to_string(), st.ok[i] as f64 / l.secs);
+        let (mbps, errors, ratio) = (None, st.errors[i], None);
         Row {
             name,
             conns,
             rate,
-            mbps: None,
+            mbps,
             p50,
             p99,
             errors,
-            ratio: None,
+            ratio,
         }
     }
 }
@@ -870,22 +878,8 @@ fn healthz(l: &LoadArgs) -> Result<Vec<Row>, String> {
     base.stop();
     let against = against?;
     let mut rows = vec![
-        Row::load(
-            "healthz",
-            l.conns,
-            node.ok[0],
-            l.secs,
-            &node.hist[0],
-            node.errors,
-        ),
-        Row::load(
-            "healthz baseline",
-            l.conns,
-            against.ok[0],
-            l.secs,
-            &against.hist[0],
-            against.errors,
-        ),
+        Row::load("healthz", l, &node, 0),
+        Row::load("healthz baseline", l, &against, 0),
     ];
     rows[0].ratio = Some(100.0 * rows[0].rate / rows[1].rate.max(f64::MIN_POSITIVE));
     Ok(rows)
@@ -894,21 +888,10 @@ fn healthz(l: &LoadArgs) -> Result<Vec<Row>, String> {
 /// The `cycle` scenario: rows per request type, then all requests.
 fn cycle(l: &LoadArgs) -> Result<Vec<Row>, String> {
     let st = load(&target(&l.url)?, Kind::Cycle, l)?;
-    let mut all = Hist::default();
-    st.hist.iter().for_each(|h| all.merge(h));
     let names = ["cycle open-connect", "cycle get-key", "cycle close"];
-    let mut rows: Vec<_> = (0..3)
-        .map(|i| Row::load(names[i], l.conns, st.ok[i], l.secs, &st.hist[i], 0))
-        .collect();
+    let mut rows: Vec<_> = (0..3).map(|i| Row::load(names[i], l, &st, i)).collect();
     let cycles = format!("cycle ({:.0} cycles/s)", st.cycles as f64 / l.secs);
-    rows.push(Row::load(
-        cycles,
-        l.conns,
-        st.ok.iter().sum(),
-        l.secs,
-        &all,
-        st.errors,
-    ));
+    rows.push(Row::load(cycles, l, &st.folded(), 0));
     Ok(rows)
 }
 
@@ -935,15 +918,6 @@ struct KeyMaterial {
     status: i64,
     index: u64,
     key_buffer: String,
-    metadata: Metadata,
-}
-
-/// Its metadata.
-#[derive(Deserialize)]
-struct Metadata {
-    size: u64,
-    #[allow(dead_code)]
-    buffer: serde_json::Value,
 }
 
 /// Records one key-material body of `chunk`-byte keys. `false`: unreadable.
@@ -954,7 +928,7 @@ fn record(body: &[u8], chunk: usize, live: &Live, seen: &mut Seen) -> bool {
     let Ok(key) = base64::engine::general_purpose::STANDARD.decode(&km.key_buffer) else {
         return false;
     };
-    if km.status != 0 || key.len() != chunk || km.metadata.size != chunk as u64 {
+    if km.status != 0 || key.len() != chunk {
         return false;
     }
     let mut d = [0; 16];
