@@ -212,3 +212,49 @@ fn peer_node_unreachable_gives_status_4_and_streams_resume() {
     a.shut_down();
     b.shut_down();
 }
+
+#[test]
+fn chunks_unacknowledged_past_the_ttl_are_dropped_not_pushed_stale() {
+    let (a, b) = linked_pair();
+    let (kms_a, mut kms_b) = (TestKms::start(), TestKms::start());
+    let ksid = open_stream(
+        a.local_addr(),
+        b.local_addr(),
+        &kms_a.url(),
+        &kms_b.url(),
+        json!({"key_chunk_size": 32, "ttl": 1}),
+    );
+    start_pushing(a.local_addr(), ksid, None);
+    start_pushing(b.local_addr(), ksid, None);
+    kms_b.wait_for(&ksid, 200, 30);
+    kms_b.down();
+    std::thread::sleep(Duration::from_millis(2500));
+    let expired = |node| {
+        let m = String::from_utf8(request(node, "GET", "/metrics", None).unwrap().body).unwrap();
+        m.lines()
+            .find(|l| l.starts_with("keypipe_push_expired_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap()
+    };
+    assert!(expired(b.local_addr()) > 0.0, "B's queued chunks expired");
+    let before = kms_b.indexes(&ksid).len();
+    kms_b.up();
+    kms_b.wait_for(&ksid, before + 500, 30);
+    // B's KMS has a gap where the key expired, and nothing stale or wrong:
+    // every index both KMSes hold is identical.
+    let idx = kms_b.indexes(&ksid);
+    assert!(
+        idx.windows(2).any(|w| w[1] != w[0] + 1),
+        "a gap where the key expired"
+    );
+    let (la, lb) = (kms_a.log.lock().unwrap(), kms_b.log.lock().unwrap());
+    assert_eq!((la.conflicts, lb.conflicts, lb.repeats), (0, 0, 0));
+    for (i, k) in &lb.keys[&ksid] {
+        if let Some(other) = la.keys[&ksid].get(i) {
+            assert_eq!(k, other, "index {i}");
+        }
+    }
+    drop((la, lb));
+    a.shut_down();
+    b.shut_down();
+}

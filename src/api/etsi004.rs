@@ -10,6 +10,7 @@
 //! status 3.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::json;
@@ -184,10 +185,13 @@ impl Etsi004 {
                     &body.destination
                 };
                 match Origin::parse(target) {
-                    Ok(origin) => {
-                        self.push
-                            .register(k, origin, qos.key_chunk_size as usize, qos.max_bps)
-                    }
+                    Ok(origin) => self.push.register(
+                        k,
+                        origin,
+                        qos.key_chunk_size as usize,
+                        qos.max_bps,
+                        Duration::from_secs(u64::from(qos.ttl)),
+                    ),
                     Err(e) => return malformed(e),
                 }
                 super::json(

@@ -78,6 +78,9 @@ struct Stream {
     next: u32,
     /// Take instants of chunks awaiting their 201, oldest first.
     unacked: VecDeque<Instant>,
+    /// The stream's TTL: a chunk not acknowledged this long after it was
+    /// taken is dropped (zeroized), like undelivered key in the engine.
+    ttl: Duration,
     tokens: f64,
     refilled: Instant,
     /// Pre-rendered `"metadata":{…}` member of every push of this stream.
@@ -135,7 +138,7 @@ impl PushTable {
 
     /// OPEN_CONNECT succeeded: `ksid` will push to `target` (`source` on
     /// the node that created the KSID, `destination` on the other).
-    pub fn register(&self, ksid: Uuid, target: Origin, chunk: usize, max_bps: u32) {
+    pub fn register(&self, ksid: Uuid, target: Origin, chunk: usize, max_bps: u32, ttl: Duration) {
         let mut inner = self.lock();
         let id = inner.next_id;
         inner.next_id = inner.next_id.wrapping_add(1) & 0x7fff_ffff;
@@ -158,6 +161,7 @@ impl PushTable {
                 closed: false,
                 next: 0,
                 unacked: VecDeque::new(),
+                ttl,
                 tokens: 0.0,
                 refilled: Instant::now(),
                 metadata,
@@ -211,6 +215,22 @@ impl PushTable {
         let mut inner = self.lock();
         let mut forget = Vec::new();
         for s in inner.streams.values_mut() {
+            if let Some(origin) = s.origin {
+                let stale = s
+                    .unacked
+                    .iter()
+                    .take_while(|t| now.duration_since(**t) > s.ttl)
+                    .count();
+                if stale > 0 {
+                    let id = s.id;
+                    let dropped = client.drop_oldest(origin, stale, |tag| (tag >> 32) as u32 == id);
+                    s.unacked.drain(..dropped);
+                    self.stats
+                        .expired
+                        .fetch_add(dropped as u64, Ordering::Relaxed);
+                    tracing::warn!(ksid = %s.ksid, chunks = dropped, "TTL ended before the KMS acknowledged; key zeroized");
+                }
+            }
             if s.closed && s.unacked.is_empty() {
                 forget.push(s.ksid);
             }
@@ -359,7 +379,13 @@ mod tests {
     fn resume_index_rules() {
         let t = PushTable::new(8);
         let k = Uuid::new_v4();
-        t.register(k, Origin::parse("http://127.0.0.1:9").unwrap(), 32, 0);
+        t.register(
+            k,
+            Origin::parse("http://127.0.0.1:9").unwrap(),
+            32,
+            0,
+            Duration::from_secs(60),
+        );
         assert_eq!(
             t.start(&Uuid::new_v4(), None),
             Err(PushError::UnknownStream)

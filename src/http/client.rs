@@ -222,11 +222,27 @@ impl Client {
         self.conns[id.0].queue.push_back(request);
     }
 
-    /// Drops every queued request of `id` (they are zeroized).
-    pub fn discard(&mut self, id: OriginId) {
+    /// Drops (and zeroizes) the `n` oldest requests of `id` whose tag
+    /// satisfies `pred`; returns how many were dropped. The connection is
+    /// restarted if any of them was in flight (the others are resent).
+    pub fn drop_oldest(&mut self, id: OriginId, n: usize, pred: impl Fn(u64) -> bool) -> usize {
         let c = &mut self.conns[id.0];
-        c.queue.clear();
-        c.reset(None);
+        let mut left = n;
+        let mut in_flight = false;
+        let mut i = 0;
+        while i < c.queue.len() && left > 0 {
+            if pred(c.queue[i].tag) {
+                in_flight |= i < c.sent;
+                c.queue.remove(i);
+                left -= 1;
+            } else {
+                i += 1;
+            }
+        }
+        if in_flight {
+            c.reset(None);
+        }
+        n - left
     }
 
     /// Moves requests for at most `timeout`: connects, writes, reads
