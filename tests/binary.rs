@@ -114,13 +114,7 @@ fn default_serve_runs_a_whole_link_and_stops_on_sigterm() {
     start_pushing(a, ksid, None);
     start_pushing(b, ksid, None);
     let deadline = Instant::now() + Duration::from_secs(10);
-    let received = |node| {
-        let m = String::from_utf8(request(node, "GET", "/metrics", None).unwrap().body).unwrap();
-        m.lines()
-            .find(|l| l.starts_with("keypipe_kms_received_chunks_total"))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let received = |node| metric(node, "keypipe_kms_received_chunks_total");
     while received(a) < 100.0 || received(b) < 100.0 {
         assert!(Instant::now() < deadline, "no key arrived at the KMS sides");
         std::thread::sleep(Duration::from_millis(20));
@@ -149,15 +143,7 @@ fn sigterm_during_a_push_run_loses_no_acknowledged_key() {
     wait_healthy(a);
     wait_healthy(b);
     let (kms_a, kms_b) = (TestKms::start(), TestKms::start());
-    let ksid = open_stream(
-        a,
-        b,
-        &kms_a.url(),
-        &kms_b.url(),
-        json!({"key_chunk_size": 32}),
-    );
-    start_pushing(a, ksid, None);
-    start_pushing(b, ksid, None);
+    let ksid = push_stream(a, b, &kms_a, &kms_b, json!({"key_chunk_size": 32}));
     kms_a.wait_for(&ksid, 2000, 30);
     kms_b.wait_for(&ksid, 2000, 30);
     let pid = child.id() as i32;

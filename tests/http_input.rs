@@ -33,15 +33,7 @@ fn bad_requests_get_clear_answers_and_lose_no_key() {
     let (a, b) = linked_pair();
     let (na, nb) = (a.local_addr(), b.local_addr());
     let (kms_a, kms_b) = (TestKms::start(), TestKms::start());
-    let ksid = open_stream(
-        na,
-        nb,
-        &kms_a.url(),
-        &kms_b.url(),
-        json!({"key_chunk_size": 32}),
-    );
-    start_pushing(na, ksid, None);
-    start_pushing(nb, ksid, None);
+    let ksid = push_stream(na, nb, &kms_a, &kms_b, json!({"key_chunk_size": 32}));
     let post = |body: &str| {
         raw(
             na,

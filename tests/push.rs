@@ -12,15 +12,13 @@ use support::*;
 fn full_sequence_pushes_identical_keys_to_both_kmses() {
     let (a, b) = linked_pair();
     let (kms_a, kms_b) = (TestKms::start(), TestKms::start());
-    let ksid = open_stream(
+    let ksid = push_stream(
         a.local_addr(),
         b.local_addr(),
-        &kms_a.url(),
-        &kms_b.url(),
+        &kms_a,
+        &kms_b,
         json!({"key_chunk_size": 32, "timeout": 2000}),
     );
-    start_pushing(a.local_addr(), ksid, None);
-    start_pushing(b.local_addr(), ksid, None);
     kms_a.wait_for(&ksid, 3000, 30);
     kms_b.wait_for(&ksid, 3000, 30);
     let common = assert_identical(&kms_a, &kms_b, &ksid, 32);
@@ -66,15 +64,13 @@ fn full_sequence_pushes_identical_keys_to_both_kmses() {
 fn kms_down_for_a_while_gets_every_index_once() {
     let (a, b) = linked_pair();
     let (kms_a, mut kms_b) = (TestKms::start(), TestKms::start());
-    let ksid = open_stream(
+    let ksid = push_stream(
         a.local_addr(),
         b.local_addr(),
-        &kms_a.url(),
-        &kms_b.url(),
+        &kms_a,
+        &kms_b,
         json!({"key_chunk_size": 64}),
     );
-    start_pushing(a.local_addr(), ksid, None);
-    start_pushing(b.local_addr(), ksid, None);
     kms_b.wait_for(&ksid, 500, 30);
     kms_b.down();
     let during = kms_b.indexes(&ksid).len();
@@ -101,15 +97,13 @@ fn kms_down_for_a_while_gets_every_index_once() {
 fn get_key_with_index_resumes_after_kms_restart() {
     let (a, b) = linked_pair();
     let (mut kms_a, kms_b) = (TestKms::start(), TestKms::start());
-    let ksid = open_stream(
+    let ksid = push_stream(
         a.local_addr(),
         b.local_addr(),
-        &kms_a.url(),
-        &kms_b.url(),
+        &kms_a,
+        &kms_b,
         json!({"key_chunk_size": 32}),
     );
-    start_pushing(a.local_addr(), ksid, None);
-    start_pushing(b.local_addr(), ksid, None);
     kms_a.wait_for(&ksid, 400, 30);
     kms_a.down();
     // The restarted KMS lost its volatile state; it knows (from its own
@@ -163,15 +157,13 @@ fn peer_node_unreachable_gives_status_4_and_streams_resume() {
     wait_healthy(a.local_addr());
     wait_healthy(b.local_addr());
     let (kms_a, kms_b) = (TestKms::start(), TestKms::start());
-    let ksid = open_stream(
+    let ksid = push_stream(
         a.local_addr(),
         b.local_addr(),
-        &kms_a.url(),
-        &kms_b.url(),
+        &kms_a,
+        &kms_b,
         json!({"key_chunk_size": 32, "ttl": 600}),
     );
-    start_pushing(a.local_addr(), ksid, None);
-    start_pushing(b.local_addr(), ksid, None);
     kms_b.wait_for(&ksid, 300, 30);
 
     proxy_to_a.cut(true);
@@ -217,26 +209,20 @@ fn peer_node_unreachable_gives_status_4_and_streams_resume() {
 fn chunks_unacknowledged_past_the_ttl_are_dropped_not_pushed_stale() {
     let (a, b) = linked_pair();
     let (kms_a, mut kms_b) = (TestKms::start(), TestKms::start());
-    let ksid = open_stream(
+    let ksid = push_stream(
         a.local_addr(),
         b.local_addr(),
-        &kms_a.url(),
-        &kms_b.url(),
+        &kms_a,
+        &kms_b,
         json!({"key_chunk_size": 32, "ttl": 1}),
     );
-    start_pushing(a.local_addr(), ksid, None);
-    start_pushing(b.local_addr(), ksid, None);
     kms_b.wait_for(&ksid, 200, 30);
     kms_b.down();
     std::thread::sleep(Duration::from_millis(2500));
-    let expired = |node| {
-        let m = String::from_utf8(request(node, "GET", "/metrics", None).unwrap().body).unwrap();
-        m.lines()
-            .find(|l| l.starts_with("keypipe_push_expired_total"))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap()
-    };
-    assert!(expired(b.local_addr()) > 0.0, "B's queued chunks expired");
+    assert!(
+        metric(b.local_addr(), "keypipe_push_expired_total") > 0.0,
+        "B's queued chunks expired"
+    );
     let before = kms_b.indexes(&ksid).len();
     kms_b.up();
     kms_b.wait_for(&ksid, before + 500, 30);

@@ -7,20 +7,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "keypipe.h"
+#include "check.h"
 
 #define CHUNKS 10000u
 #define CHUNK 32u
-
-static int check(kp_result r, const char *what) {
-    if (r != KP_OK) {
-        char detail[256];
-        kp_last_error(detail, sizeof detail, NULL);
-        fprintf(stderr, "%s: %s (%s)\n", what, kp_result_message(r), detail);
-        return 0;
-    }
-    return 1;
-}
 
 int main(void) {
     kp_engine *a = NULL, *b = NULL;

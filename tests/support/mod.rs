@@ -456,3 +456,27 @@ impl Proxy {
         }
     }
 }
+
+/// Opens a stream on A and B pushing to `kms_a` / `kms_b`, and calls
+/// get-key on both: key flows from here on.
+pub fn push_stream(
+    a: SocketAddr,
+    b: SocketAddr,
+    kms_a: &TestKms,
+    kms_b: &TestKms,
+    qos: Value,
+) -> Uuid {
+    let ksid = open_stream(a, b, &kms_a.url(), &kms_b.url(), qos);
+    start_pushing(a, ksid, None);
+    start_pushing(b, ksid, None);
+    ksid
+}
+
+/// The value of the first `/metrics` sample whose line starts with `name`.
+pub fn metric(node: SocketAddr, name: &str) -> f64 {
+    let text = String::from_utf8(request(node, "GET", "/metrics", None).unwrap().body).unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
