@@ -244,3 +244,31 @@ fn chunks_unacknowledged_past_the_ttl_are_dropped_not_pushed_stale() {
     a.shut_down();
     b.shut_down();
 }
+
+#[test]
+fn max_bps_paces_the_pushes() {
+    let (a, b) = linked_pair();
+    let (kms_a, kms_b) = (TestKms::start(), TestKms::start());
+    // 25 600 bit/s of 32-byte chunks: 100 chunks/s, bursts of 10. No
+    // chunk can be taken before get-key, so time counts from before it.
+    let start = Instant::now();
+    let ksid = push_stream(
+        a.local_addr(),
+        b.local_addr(),
+        &kms_a,
+        &kms_b,
+        json!({"key_chunk_size": 32, "max_bps": 25_600}),
+    );
+    kms_a.wait_for(&ksid, 1, 30);
+    std::thread::sleep(Duration::from_millis(1000));
+    let n = kms_a.indexes(&ksid).len();
+    let secs = start.elapsed().as_secs_f64();
+    // Pacing can only slow pushes down, so only the upper bound is strict.
+    assert!(
+        n as f64 <= 100.0 * secs + 10.0 + 1.0,
+        "{n} chunks in {secs:.2} s"
+    );
+    assert!(n >= 10, "{n}");
+    a.shut_down();
+    b.shut_down();
+}
