@@ -2,6 +2,7 @@
 //! link to its peer node, the outbound thread (link sync and key pushes),
 //! and its HTTP listener serving the configured protocols.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
@@ -13,7 +14,7 @@ use crate::api::link::{LINK_TAG, NetLink};
 use crate::api::push::{PushTable, wait_for};
 use crate::api::{Etsi004, HealthSources, RequestMetrics, Router};
 use crate::config::{NodeConfig, Protocol};
-use crate::http::{Client, Origin, Pool, PushOutcome, Server};
+use crate::http::{Client, Origin, OriginId, Pool, PushOutcome, Server};
 use crate::kms::ReceivedKeys;
 use crate::qkd::{Engine, EngineConfig, EngineError, parse_secret};
 
@@ -108,7 +109,14 @@ impl RunningNode {
                 link.mount(&mut router);
             }
             if config.serve.contains(&Protocol::Etsi004Qkd) {
-                Etsi004::new(Arc::clone(&core.engine), Arc::clone(&core.push)).mount(&mut router);
+                // Keep one pool thread free of open-connect waits.
+                let max_waiting = pool.threads().saturating_sub(1);
+                Etsi004::new(
+                    Arc::clone(&core.engine),
+                    Arc::clone(&core.push),
+                    max_waiting,
+                )
+                .mount(&mut router);
             }
         }
         if let Some(store) = &received {
@@ -205,7 +213,7 @@ fn start_core(
         Some(l) => {
             let key = parse_secret(&l.secret, "link.secret")
                 .map_err(|e| NodeError::Engine(name.to_owned(), e.into()))?;
-            let (link, inbox) = NetLink::new(key, Arc::clone(&waker));
+            let (link, inbox) = NetLink::new(key, config.role, Arc::clone(&waker));
             let engine = Engine::with_link(config, link.transport(), Some(inbox));
             (Some(link), engine)
         }
@@ -214,12 +222,13 @@ fn start_core(
     let engine = Arc::new(engine.map_err(|e| NodeError::Engine(name.to_owned(), e))?);
     let peer = match (&config.link, &link) {
         (Some(l), Some(_)) => {
-            Some(
-                client.origin(&Origin::parse(&l.peer).map_err(|m| NodeError::Config {
-                    node: name.to_owned(),
-                    message: format!("link.peer: {m}"),
-                })?),
-            )
+            let bad = |m: String| NodeError::Config {
+                node: name.to_owned(),
+                message: format!("link.peer: {m}"),
+            };
+            let mut peer = Origin::parse(&l.peer).map_err(bad)?;
+            peer.resolve().map_err(|e| bad(e.to_string()))?;
+            Some(client.origin(&peer))
         }
         _ => None,
     };
@@ -236,21 +245,11 @@ fn start_core(
             .name(format!("{name}-out"))
             .spawn(move || {
                 while !stop.load(Ordering::Acquire) {
-                    let now = Instant::now();
-                    if let (Some(link), Some(peer)) = (&link, peer) {
-                        link.fill(&mut client, peer, now);
-                    }
-                    let state = push.fill(&engine, &mut client, now);
-                    let mut on_answer = |_, tag: u64, status: u16, _: &[u8]| {
-                        let now = Instant::now();
-                        match &link {
-                            Some(link) if tag & LINK_TAG != 0 => link.answer(status, now),
-                            Some(_) | None if tag & LINK_TAG != 0 => PushOutcome::Accepted,
-                            _ => push.answer(tag, status, now),
-                        }
-                    };
-                    if let Err(e) = client.run(wait_for(state), &mut on_answer) {
-                        tracing::error!("outbound poll failed: {e}");
+                    let step = || outbound_step(&engine, link.as_deref(), peer, &push, &mut client);
+                    if catch_unwind(AssertUnwindSafe(step)).is_err() {
+                        // A bug, not bad input: keep the link and the other
+                        // pushes going rather than stop them all.
+                        tracing::error!("outbound step panicked; continuing");
                         thread::sleep(Duration::from_millis(10));
                     }
                 }
@@ -265,4 +264,32 @@ fn start_core(
         waker,
         outbound: Some(outbound),
     })
+}
+
+/// One turn of a node's outbound thread: queue link sync and pushes, then
+/// move bytes for at most a poll timeout.
+fn outbound_step(
+    engine: &Engine,
+    link: Option<&NetLink>,
+    peer: Option<OriginId>,
+    push: &PushTable,
+    client: &mut Client,
+) {
+    let now = Instant::now();
+    if let (Some(link), Some(peer)) = (link, peer) {
+        link.fill(client, peer, now);
+    }
+    let state = push.fill(engine, client, now);
+    let mut on_answer = |_, tag: u64, status: u16, _: &[u8]| {
+        let now = Instant::now();
+        if tag & LINK_TAG != 0 {
+            link.map_or(PushOutcome::Accepted, |l| l.answer(status, now))
+        } else {
+            push.answer(tag, status, now)
+        }
+    };
+    if let Err(e) = client.run(wait_for(state), &mut on_answer) {
+        tracing::error!("outbound poll failed: {e}");
+        thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -158,3 +158,109 @@ fn a_second_server_on_the_same_port_is_refused() {
     );
     node.shut_down();
 }
+
+#[test]
+fn long_pipelines_and_readers_that_do_not_read() {
+    let node = kms_only("");
+    let addr = node.local_addr();
+    // 1 000 pipelined requests in one write are all answered, in order,
+    // without waiting on timer ticks between batches.
+    let mut c = Conn::open(addr).unwrap();
+    let one = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+    let started = Instant::now();
+    c.stream.write_all(&one.repeat(1000)).unwrap();
+    for i in 0..1000 {
+        let r = read_answer(&mut c.reader).unwrap_or_else(|e| panic!("answer {i}: {e}"));
+        assert_eq!(r.status, 200);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A client that writes requests but never reads its answers: the
+    // server stops reading from it (its writes block) instead of buffering
+    // answers without bound, and still answers everything once it reads.
+    let mut lazy = TcpStream::connect(addr).unwrap();
+    lazy.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let req = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n".repeat(100);
+    let mut sent = 0usize;
+    while sent < 200 * 1024 * 1024 {
+        match lazy.write(&req) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    assert!(
+        sent < 200 * 1024 * 1024,
+        "the server kept reading {sent} bytes"
+    );
+    // Others are still served meanwhile.
+    assert_eq!(request(addr, "GET", "/healthz", None).unwrap().status, 200);
+    node.shut_down();
+}
+
+#[test]
+fn http10_keep_alive_is_confirmed() {
+    let node = kms_only("");
+    let mut c = Conn::open(node.local_addr()).unwrap();
+    for _ in 0..2 {
+        c.stream
+            .write_all(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap();
+        let r = read_answer(&mut c.reader).unwrap();
+        assert_eq!(
+            (r.status, r.header("connection")),
+            (200, Some("keep-alive"))
+        );
+    }
+    node.shut_down();
+}
+
+/// A service whose handler panics on `/boom`, now or on the pool.
+struct Panicky;
+
+impl keypipe::http::Service for Panicky {
+    fn call(&self, req: keypipe::http::Request) -> keypipe::http::Reply {
+        use keypipe::http::{Reply, Response};
+        match req.path() {
+            "/boom" => panic!("handler bug"),
+            "/later-boom" => Reply::Later(Box::new(|| panic!("pool job bug"))),
+            _ => Reply::Now(Response::json(200, "{}")),
+        }
+    }
+}
+
+#[test]
+fn a_panicking_handler_costs_only_its_request() {
+    let config = keypipe::http::ServerConfig {
+        workers: 1,
+        max_connections: 2,
+        ..Default::default()
+    };
+    let server = keypipe::http::Server::start(
+        "panicky",
+        &config,
+        std::sync::Arc::new(Panicky),
+        keypipe::http::Pool::new(1).unwrap(),
+    )
+    .unwrap();
+    let addr = server.local_addr();
+    for _ in 0..3 {
+        for path in ["/boom", "/later-boom"] {
+            assert_eq!(request(addr, "GET", path, None).unwrap().status, 500);
+        }
+    }
+    // The worker and the pool live on, and no connection slot leaked
+    // (the cap is 2; six connections came and went).
+    assert_eq!(request(addr, "GET", "/ok", None).unwrap().status, 200);
+    let open = server
+        .stats()
+        .open_connections
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(open <= 1, "{open}");
+    server.shutdown_handle().trigger();
+    server.join();
+}

@@ -50,14 +50,14 @@ fn bad_requests_get_clear_answers_and_lose_no_key() {
     assert_etsi_error(&post("{not json"), 400, 3, "not valid JSON");
     assert_etsi_error(&post(""), 400, 3, "JSON body is required");
     assert_etsi_error(
-        &open(json!({"source": "http://k:1", "qos": {}})),
+        &open(json!({"source": "http://127.0.0.1:1", "qos": {}})),
         400,
         3,
         "destination",
     );
     assert_etsi_error(
         &open(
-            json!({"source": "http://k:1", "destination": "http://k:2", "qos": {"key_chunk_size": "x"}}),
+            json!({"source": "http://127.0.0.1:1", "destination": "http://127.0.0.1:2", "qos": {"key_chunk_size": "x"}}),
         ),
         400,
         3,
@@ -65,14 +65,14 @@ fn bad_requests_get_clear_answers_and_lose_no_key() {
     );
     assert_etsi_error(
         &open(
-            json!({"source": "http://k:1", "destination": "http://k:2", "key_stream_id": "nope", "qos": {}}),
+            json!({"source": "http://127.0.0.1:1", "destination": "http://127.0.0.1:2", "key_stream_id": "nope", "qos": {}}),
         ),
         400,
         3,
         "not a UUID",
     );
     assert_etsi_error(
-        &open(json!({"source": "ftp://k", "destination": "http://k:2", "qos": {}})),
+        &open(json!({"source": "ftp://k", "destination": "http://127.0.0.1:2", "qos": {}})),
         400,
         3,
         "source",
@@ -105,7 +105,7 @@ fn bad_requests_get_clear_answers_and_lose_no_key() {
     );
     // QoS that cannot be met: 500, status 7, counter-proposal.
     let r = open(
-        json!({"source": "http://k:1", "destination": "http://k:2", "qos": {"key_chunk_size": 1_000_000}}),
+        json!({"source": "http://127.0.0.1:1", "destination": "http://127.0.0.1:2", "qos": {"key_chunk_size": 1_000_000}}),
     );
     assert_eq!(r.status, 500);
     assert_eq!(r.json()["status"], 7);
@@ -217,6 +217,21 @@ fn kms_side_refuses_bad_pushes_and_stores_good_ones() {
             .status,
         409
     );
+    // An escaped key_buffer (valid JSON) is refused: 400, nothing stored.
+    let escaped = json!({"status": 0, "index": 5, "key_buffer": key,
+        "metadata": {"size": 55, "buffer": {"key_stream_id": ksid}}})
+    .to_string()
+    .replacen("AAEC", "\\u0041AEC", 1);
+    let mut conn = Conn::open(addr).unwrap();
+    write!(
+        conn.stream,
+        "POST {path} HTTP/1.1\r\nContent-Length: {}\r\n\r\n{escaped}",
+        escaped.len()
+    )
+    .unwrap();
+    let r = read_answer(&mut conn.reader).unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.json()["message"].as_str().unwrap().contains("escapes"));
     // Bad Base64, missing metadata, not JSON: 400.
     assert_eq!(
         request(addr, "POST", path, Some(&push(1, "!!!")))
@@ -243,4 +258,40 @@ fn kms_side_refuses_bad_pushes_and_stores_good_ones() {
     let r = request(addr, "POST", path, Some(&push(2, key))).unwrap();
     assert_eq!((r.status, r.header("retry-after")), (503, Some("1")));
     node.shut_down();
+}
+
+#[test]
+fn open_connects_waiting_for_the_peer_are_bounded() {
+    // pool_threads = 4 in the test config: at most 3 calls wait at once.
+    let (a, b) = linked_pair();
+    let addr = b.local_addr();
+    let named = || {
+        json!({"source": "http://127.0.0.1:1", "destination": "http://127.0.0.1:2",
+               "key_stream_id": uuid::Uuid::new_v4(), "qos": {"timeout": 1500}})
+    };
+    let waiting: Vec<_> = (0..3)
+        .map(|_| {
+            let body = named();
+            std::thread::spawn(move || request(addr, "POST", OPEN, Some(&body)).unwrap())
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let refused = request(addr, "POST", OPEN, Some(&named())).unwrap();
+    assert_etsi_error(&refused, 500, 6, "too many");
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "answered without waiting"
+    );
+    // The waiting ones end after their timeout with the stream opened on
+    // this side only (status 1: the peer side has not opened it).
+    for w in waiting {
+        let r = w.join().unwrap();
+        assert_eq!((r.status, r.json()["status"].clone()), (201, json!(1)));
+    }
+    // Room again.
+    let r = request(addr, "POST", OPEN, Some(&named())).unwrap();
+    assert_eq!(r.status, 201);
+    a.shut_down();
+    b.shut_down();
 }

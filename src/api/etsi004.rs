@@ -10,6 +10,7 @@
 //! status 3.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -116,17 +117,46 @@ fn qos_json(q: &Qos) -> serde_json::Value {
     })
 }
 
+/// One of a bounded number of open-connect calls allowed to wait on the
+/// pool; released on drop.
+struct WaitSlot(Arc<AtomicUsize>);
+
+impl WaitSlot {
+    fn take(waiting: &Arc<AtomicUsize>, max: usize) -> Option<WaitSlot> {
+        waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WaitSlot(Arc::clone(waiting)))
+    }
+}
+
+impl Drop for WaitSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The ETSI 004 QKD-side routes of one node.
 #[derive(Debug, Clone)]
 pub struct Etsi004 {
     engine: Arc<Engine>,
     push: Arc<PushTable>,
+    waiting: Arc<AtomicUsize>,
+    max_waiting: usize,
 }
 
 impl Etsi004 {
-    /// Routes over `engine`, pushing through `push`.
-    pub fn new(engine: Arc<Engine>, push: Arc<PushTable>) -> Self {
-        Self { engine, push }
+    /// Routes over `engine`, pushing through `push`; at most `max_waiting`
+    /// open-connect calls wait on the pool at once (more: status 6).
+    pub fn new(engine: Arc<Engine>, push: Arc<PushTable>, max_waiting: usize) -> Self {
+        Self {
+            engine,
+            push,
+            waiting: Arc::default(),
+            max_waiting: max_waiting.max(1),
+        }
     }
 
     /// Adds the three routes to `router`.
@@ -155,45 +185,59 @@ impl Etsi004 {
                 Err(r) => return Reply::Now(r),
             },
         };
+        let mut origins = Vec::with_capacity(2);
         for (name, url) in [("source", &body.source), ("destination", &body.destination)] {
-            if let Err(e) = Origin::parse(url) {
-                return Reply::Now(malformed(format!("{name}: {e}")));
+            match Origin::parse(url) {
+                Ok(o) => origins.push(o),
+                Err(e) => return Reply::Now(malformed(format!("{name}: {e}"))),
             }
         }
-        let me = self.clone();
-        let run = move || me.open_connect_now(&body, ksid);
-        match ksid {
-            // Naming a KSID may wait (up to its timeout) for the peer's
-            // announcement: off the event loop.
-            Some(_) => Reply::Later(Box::new(run)),
-            None => Reply::Now(run()),
+        // The node that created the KSID is the source side and pushes to
+        // `source`; the other pushes to `destination`.
+        let target = origins.swap_remove(usize::from(ksid.is_some()));
+        // Naming a KSID the peer has not announced yet waits (up to the
+        // timeout) for the announcement, and a host name needs DNS: both
+        // run on the pool, a bounded number at a time.
+        let waits = ksid.is_some_and(|k| !self.engine.knows(&k));
+        if !waits && target.addr.is_some() {
+            return Reply::Now(self.open_connect_now(&body, ksid, target));
         }
+        let Some(slot) = WaitSlot::take(&self.waiting, self.max_waiting) else {
+            return Reply::Now(error(
+                Status::Timeout,
+                "too many open-connect calls are waiting for the peer node; retry",
+            ));
+        };
+        let me = self.clone();
+        Reply::Later(Box::new(move || {
+            let _slot = slot;
+            let mut target = target;
+            if let Err(e) = target.resolve() {
+                return malformed(format!("cannot resolve the KMS host: {e}"));
+            }
+            me.open_connect_now(&body, ksid, target)
+        }))
     }
 
-    fn open_connect_now(&self, body: &OpenConnectBody, ksid: Option<Uuid>) -> Response {
+    fn open_connect_now(
+        &self,
+        body: &OpenConnectBody,
+        ksid: Option<Uuid>,
+        target: Origin,
+    ) -> Response {
         let qos = body.qos.to_qos();
         let OpenReply { status, ksid, qos } =
             self.engine
                 .open_connect(&body.source, &body.destination, &qos, ksid);
         match (status, ksid) {
             (Status::Successful | Status::PeerNotConnected, Some(k)) => {
-                // The node that created the KSID is the source side.
-                let created_here = body.key_stream_id.as_deref().is_none_or(str::is_empty);
-                let target = if created_here {
-                    &body.source
-                } else {
-                    &body.destination
-                };
-                match Origin::parse(target) {
-                    Ok(origin) => self.push.register(
-                        k,
-                        origin,
-                        qos.key_chunk_size as usize,
-                        qos.max_bps,
-                        Duration::from_secs(u64::from(qos.ttl)),
-                    ),
-                    Err(e) => return malformed(e),
-                }
+                self.push.register(
+                    k,
+                    target,
+                    qos.key_chunk_size as usize,
+                    qos.max_bps,
+                    Duration::from_secs(u64::from(qos.ttl)),
+                );
                 super::json(
                     201,
                     &json!({

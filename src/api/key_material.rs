@@ -3,7 +3,10 @@
 //! consumers and answers 201 `{"status":0}`.
 //!
 //! `metadata.buffer.key_stream_id` is required (the spec requires it when a
-//! KMS has several streams; a keypipe KMS may always have several).
+//! KMS has several streams; a keypipe KMS may always have several). A body
+//! with JSON escapes (`\`) is refused: Base64 and UUIDs never need them,
+//! and the JSON parser would copy the key text into a buffer it does not
+//! wipe.
 //! Answers: 400 (status 3) for a malformed body; 409 when the index is
 //! already held with different key; 503 when the store is full (the
 //! pushing node keeps the chunk and retries, so nothing is lost).
@@ -44,6 +47,11 @@ fn answer(status: u16, message: &str) -> Response {
 }
 
 fn receive(store: &ReceivedKeys, req: &Request) -> Response {
+    // serde_json copies a string holding escapes into a scratch buffer it
+    // frees unwiped; Base64 and UUIDs never need escapes, so refuse them.
+    if req.body.contains(&b'\\') {
+        return answer(400, "JSON escapes are not accepted in key-material pushes");
+    }
     let push: Push = match parse_json(&req.body) {
         Ok(p) => p,
         Err(e) => return answer(400, &e),

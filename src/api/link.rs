@@ -5,8 +5,10 @@
 //! Body: `{"session": S, "seq": N, "msgs": [...]}`. `session` is the
 //! sender's start time (µs since the Unix epoch), `seq` numbers its batches
 //! from 0. Authentication: header `X-Keypipe-Link-Mac` is the hex
-//! HMAC-SHA256, under the shared `link.secret`, of
-//! `"keypipe-link-v1\n" + path + "\n" + body`, checked in constant time.
+//! HMAC-SHA256 of `"keypipe-link-v1\n" + path + "\n" + body` under the
+//! sender's direction key, BLAKE3 `derive_key("keypipe link-sync v1 2026
+//! from leader" | "… from follower", link.secret)`, checked in constant
+//! time (a node's own batches reflected back to it do not verify).
 //! Replays are ignored: a batch is applied only if its session is the
 //! newest seen and its `seq` is the next expected (a resent batch already
 //! applied is acknowledged again, not re-applied); an older session is 409.
@@ -29,7 +31,7 @@ use zeroize::Zeroizing;
 
 use super::{Handler, Router};
 use crate::http::{Client, Method, OriginId, Outgoing, PushOutcome, Reply, Request, Response};
-use crate::qkd::{Inbox, LinkDown, LinkMsg, LinkTransport};
+use crate::qkd::{Inbox, LinkDown, LinkMsg, LinkTransport, Role};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -69,7 +71,10 @@ struct Sent {
 
 /// One node's end of a network link.
 pub struct NetLink {
-    key: Zeroizing<[u8; 32]>,
+    /// MAC key of what this node sends.
+    send_key: Zeroizing<[u8; 32]>,
+    /// MAC key of what the peer sends.
+    recv_key: Zeroizing<[u8; 32]>,
     out_tx: Sender<LinkMsg>,
     out_rx: Receiver<LinkMsg>,
     waker: Arc<Waker>,
@@ -106,16 +111,35 @@ impl LinkTransport for NetTransport {
 }
 
 impl NetLink {
-    /// A link keyed by `key`; `waker` wakes the outbound thread. Returns the
-    /// link and the engine's inbox.
-    pub fn new(key: Zeroizing<[u8; 32]>, waker: Arc<Waker>) -> (Arc<NetLink>, Inbox) {
+    /// A link keyed by the shared `secret`, for the node with `role`;
+    /// `waker` wakes the outbound thread. Returns the link and the engine's
+    /// inbox.
+    pub fn new(
+        secret: Zeroizing<[u8; 32]>,
+        role: Role,
+        waker: Arc<Waker>,
+    ) -> (Arc<NetLink>, Inbox) {
+        // One MAC key per direction, so a node's own batches reflected back
+        // to it never verify.
+        let direction_key = |from: Role| {
+            let context = match from {
+                Role::Leader => "keypipe link-sync v1 2026 from leader",
+                Role::Follower => "keypipe link-sync v1 2026 from follower",
+            };
+            Zeroizing::new(blake3::derive_key(context, &secret[..]))
+        };
+        let peer_role = match role {
+            Role::Leader => Role::Follower,
+            Role::Follower => Role::Leader,
+        };
         let (out_tx, out_rx) = unbounded();
         let (inbox_tx, inbox_rx) = unbounded();
         let session = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64);
         let link = Arc::new(NetLink {
-            key,
+            send_key: direction_key(role),
+            recv_key: direction_key(peer_role),
             out_tx,
             out_rx,
             waker,
@@ -145,9 +169,9 @@ impl NetLink {
         }
     }
 
-    fn mac(&self, body: &[u8]) -> HmacSha256 {
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.key[..])
-            .expect("HMAC takes any key length");
+    fn mac(key: &[u8; 32], body: &[u8]) -> HmacSha256 {
+        let mut mac =
+            <HmacSha256 as KeyInit>::new_from_slice(&key[..]).expect("HMAC takes any key length");
         mac.update(b"keypipe-link-v1\n");
         mac.update(LINK_PATH.as_bytes());
         mac.update(b"\n");
@@ -171,7 +195,10 @@ impl NetLink {
         else {
             return refuse(401, "missing or malformed link MAC");
         };
-        if self.mac(&req.body).verify_slice(&mac).is_err() {
+        if Self::mac(&self.recv_key, &req.body)
+            .verify_slice(&mac)
+            .is_err()
+        {
             return refuse(401, "bad link MAC");
         }
         let batch: Batch = match serde_json::from_slice(&req.body) {
@@ -229,7 +256,7 @@ impl NetLink {
             msgs,
         };
         let body = serde_json::to_vec(&batch).expect("link messages serialize");
-        let mac = hex(&self.mac(&body).finalize().into_bytes());
+        let mac = hex(&Self::mac(&self.send_key, &body).finalize().into_bytes());
         let bytes = crate::http::request_bytes(
             "POST",
             client.origin_of(peer),
@@ -273,4 +300,73 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{Limits, Parsed, parse};
+
+    fn link(role: Role) -> (Arc<NetLink>, Inbox) {
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        NetLink::new(Zeroizing::new([7u8; 32]), role, waker)
+    }
+
+    fn signed_request(from: &NetLink, batch: &Batch) -> Request {
+        let body = serde_json::to_vec(batch).unwrap();
+        let mac = hex(&NetLink::mac(&from.send_key, &body).finalize().into_bytes());
+        let mut raw = format!(
+            "POST {LINK_PATH} HTTP/1.1\r\nX-Keypipe-Link-Mac: {mac}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(&body);
+        match parse(&raw, &Limits::default()).unwrap() {
+            Parsed::Complete(req, _) => req,
+            Parsed::Partial { .. } => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn batches_verify_one_way_apply_once_and_refuse_reflection() {
+        let (leader, _leader_inbox) = link(Role::Leader);
+        let (follower, follower_inbox) = link(Role::Follower);
+        let msg = LinkMsg::Close {
+            ksid: uuid::Uuid::new_v4(),
+        };
+        let batch = Batch {
+            session: 10,
+            seq: 0,
+            msgs: vec![msg.clone()],
+        };
+        let req = signed_request(&leader, &batch);
+        // Reflected back to its sender: refused.
+        assert_eq!(leader.receive(&req).status, 401);
+        // At the peer: applied once, a resend acknowledged but not re-applied.
+        assert_eq!(follower.receive(&req).status, 204);
+        assert_eq!(follower.receive(&req).status, 204);
+        let got: Vec<LinkMsg> = follower_inbox.receiver().try_iter().collect();
+        assert_eq!(got, vec![msg]);
+        // An older session is refused; a tampered body does not verify.
+        let old = signed_request(
+            &leader,
+            &Batch {
+                session: 9,
+                seq: 0,
+                msgs: vec![],
+            },
+        );
+        assert_eq!(follower.receive(&old).status, 409);
+        let mut tampered = signed_request(
+            &leader,
+            &Batch {
+                session: 10,
+                seq: 1,
+                msgs: vec![],
+            },
+        );
+        tampered.body[5] ^= 1;
+        assert_eq!(follower.receive(&tampered).status, 401);
+    }
 }

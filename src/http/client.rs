@@ -20,6 +20,8 @@ use zeroize::Zeroizing;
 const WAKER: Token = Token(usize::MAX);
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Largest answer body accepted (answers to pushes and link sync are tiny).
+const MAX_ANSWER_BODY: usize = 64 * 1024;
 /// An origin that leaves requests unanswered this long is reconnected.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -32,15 +34,32 @@ pub struct Origin {
     pub port: u16,
     /// Path prefix without a trailing `/` (may be empty).
     pub base_path: String,
+    /// The address to connect to: set by [`Origin::parse`] for an IP
+    /// literal, by [`Origin::resolve`] for a name.
+    pub addr: Option<SocketAddr>,
+}
+
+/// Characters allowed in a URL path (RFC 3986 `pchar` and `/`): no space,
+/// no control character, no `?` or `#`, so a path can never break the
+/// request line it is written into.
+fn path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "/-._~!$&'()*+,;=:@%".contains(c)
 }
 
 impl Origin {
-    /// Parses an `http://` URL (https is not supported yet).
+    /// Parses an `http://host[:port][/path]` URL (https is not supported
+    /// yet). The host is an IPv4 address, a bracketed IPv6 address or a
+    /// DNS name (letters, digits, `-`, `.`).
     pub fn parse(url: &str) -> Result<Origin, String> {
         let rest = url
             .strip_prefix("http://")
             .ok_or_else(|| format!("{url:?}: only http:// URLs are supported"))?;
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        if !path.chars().all(path_char) {
+            return Err(format!(
+                "{url:?}: the path may only hold URL path characters"
+            ));
+        }
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
                 h,
@@ -49,17 +68,41 @@ impl Origin {
             ),
             _ => (authority, 80),
         };
-        if host.is_empty() {
-            return Err(format!("{url:?}: no host"));
-        }
+        let (host, addr) = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => {
+                let ip = v6
+                    .parse::<std::net::Ipv6Addr>()
+                    .map_err(|_| format!("{url:?}: bad IPv6 address"))?;
+                (v6, Some(SocketAddr::from((ip, port))))
+            }
+            None => {
+                let name_ok = !host.is_empty()
+                    && host
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+                if !name_ok {
+                    return Err(format!("{url:?}: bad host"));
+                }
+                let ip = host.parse::<std::net::Ipv4Addr>().ok();
+                (host, ip.map(|ip| SocketAddr::from((ip, port))))
+            }
+        };
         Ok(Origin {
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
+            host: host.to_owned(),
             port,
             base_path: path.trim_end_matches('/').to_owned(),
+            addr,
         })
+    }
+
+    /// Resolves a host name (blocking: call it off the event loops).
+    pub fn resolve(&mut self) -> io::Result<()> {
+        if self.addr.is_none() {
+            self.addr = (self.host.as_str(), self.port).to_socket_addrs()?.next();
+        }
+        self.addr
+            .map(|_| ())
+            .ok_or_else(|| io::Error::other(format!("{}: no address", self.host)))
     }
 
     /// The `Host` header value.
@@ -232,7 +275,7 @@ impl Client {
         let mut i = 0;
         while i < c.queue.len() && left > 0 {
             if pred(c.queue[i].tag) {
-                in_flight |= i < c.sent;
+                in_flight |= i < c.sent || (i == c.sent && c.partial > 0);
                 c.queue.remove(i);
                 left -= 1;
             } else {
@@ -340,10 +383,11 @@ impl OriginConn {
     }
 
     fn connect(&mut self, me: usize, poll: &Poll) -> io::Result<()> {
-        let addr: SocketAddr = (self.origin.host.as_str(), self.origin.port)
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| io::Error::other("host has no address"))?;
+        // Resolved beforehand: the outbound loop never blocks on DNS.
+        let addr = self
+            .origin
+            .addr
+            .ok_or_else(|| io::Error::other("host name not resolved"))?;
         let mut stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         poll.registry().register(
@@ -491,7 +535,8 @@ fn parse_answer(buf: &[u8]) -> io::Result<Option<(u16, usize, usize)>> {
         .transpose()?;
     let body = match (status, length) {
         (100..=199 | 204 | 304, _) => 0,
-        (_, Some(n)) => n,
+        (_, Some(n)) if n <= MAX_ANSWER_BODY => n,
+        (_, Some(_)) => return Err(io::Error::other("answer body too large")),
         (_, None) => return Err(io::Error::other("answer without Content-Length")),
     };
     Ok((buf.len() >= head + body).then_some((status, head, body)))
@@ -500,6 +545,31 @@ fn parse_answer(buf: &[u8]) -> io::Result<Option<(u16, usize, usize)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_content_length_is_an_error_not_a_panic() {
+        let answer = b"HTTP/1.1 201 Created\r\nContent-Length: 18446744073709551615\r\n\r\n";
+        assert!(parse_answer(answer).is_err());
+        let ok = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}";
+        assert_eq!(parse_answer(ok).unwrap(), Some((201, ok.len() - 2, 2)));
+    }
+
+    #[test]
+    fn dropping_a_partly_written_request_restarts_the_connection() {
+        let mut client = Client::new(8).unwrap();
+        let id = client.origin(&Origin::parse("http://127.0.0.1:9").unwrap());
+        for tag in [1, 2] {
+            let bytes = Zeroizing::new(vec![b'x'; 100]);
+            client.enqueue(id, Outgoing { bytes, tag });
+        }
+        let c = &mut client.conns[id.0];
+        c.connected = true;
+        c.partial = 40; // request 1 is partly on the wire
+        assert_eq!(client.drop_oldest(id, 1, |t| t == 1), 1);
+        let c = &client.conns[id.0];
+        assert_eq!((c.partial, c.sent, c.queue.len()), (0, 0, 1));
+        assert!(!c.connected, "the half-sent request must not be spliced");
+    }
 
     #[test]
     fn origins() {
@@ -516,5 +586,22 @@ mod tests {
         assert!(Origin::parse("https://h").is_err());
         assert!(Origin::parse("http://h:x").is_err());
         assert!(Origin::parse("http://:80").is_err());
+        for bad in [
+            "http://h/a b",
+            "http://h/x\r\nX-Evil: 1",
+            "http://h/p?q",
+            "http://h o:1",
+            "http://h\r\n:1",
+            "http://[zz]:1",
+        ] {
+            assert!(Origin::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            Origin::parse("http://kms.example-1.net:8080/base")
+                .unwrap()
+                .addr
+                .is_none()
+        );
+        assert!(Origin::parse("http://10.0.0.1").unwrap().addr.is_some());
     }
 }

@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -14,10 +15,13 @@ use mio::net::TcpStream;
 
 use super::inbuf::InBuf;
 use super::request::{Limits, Method, Parsed, parse};
-use super::{HttpError, Reply, Response, Service};
+use super::{Connection, HttpError, Reply, Response, Service};
 
 /// Most requests of one connection parsed ahead of their answers.
 const MAX_PIPELINE: usize = 32;
+/// Answer bytes not yet taken by the socket above which no more requests
+/// are read.
+const MAX_UNSENT: usize = 64 * 1024;
 /// Reads per wake-up before other connections get their turn.
 const READ_BUDGET: usize = 16;
 /// Bytes read per `read` call.
@@ -46,6 +50,8 @@ pub(super) struct Dispatch<'a> {
 struct Slot {
     head_only: bool,
     keep_alive: bool,
+    /// HTTP/1.0 keep-alive: say so in the answer.
+    confirm_keep_alive: bool,
     response: Option<Response>,
 }
 
@@ -89,15 +95,24 @@ impl Conn {
     pub(super) fn pump(&mut self, d: &Dispatch<'_>, now: Instant) -> Step {
         let mut reads = 0;
         loop {
-            self.parse_requests(d, now);
+            let parsed = self.parse_requests(d, now);
             if self.flush().is_err() {
                 return Step::Close;
             }
             if self.finished() {
                 return Step::Close;
             }
-            if self.read_closed || self.closing || self.slots.len() >= MAX_PIPELINE {
+            // Backpressure: a client that does not read its answers gets
+            // no more served (the writable event resumes it).
+            if self.read_closed
+                || self.closing
+                || self.slots.len() >= MAX_PIPELINE
+                || self.out.len() >= MAX_UNSENT
+            {
                 return Step::Wait;
+            }
+            if parsed {
+                continue; // room again: requests may be waiting in `inbuf`
             }
             if reads == READ_BUDGET {
                 return Step::Again;
@@ -161,6 +176,7 @@ impl Conn {
         self.slots.push_back(Slot {
             head_only: false,
             keep_alive: false,
+            confirm_keep_alive: false,
             response: Some(err.response()),
         });
         self.stop_reading();
@@ -172,17 +188,30 @@ impl Conn {
         self.inbuf.clear();
     }
 
-    fn parse_requests(&mut self, d: &Dispatch<'_>, now: Instant) {
-        while !self.closing && !self.inbuf.is_empty() && self.slots.len() < MAX_PIPELINE {
+    /// Parses and dispatches the complete requests in `inbuf`; true when
+    /// at least one was.
+    fn parse_requests(&mut self, d: &Dispatch<'_>, now: Instant) -> bool {
+        let mut parsed = false;
+        while !self.closing
+            && !self.inbuf.is_empty()
+            && self.slots.len() < MAX_PIPELINE
+            && self.out.len() < MAX_UNSENT
+        {
             match parse(self.inbuf.data(), d.limits) {
                 Ok(Parsed::Complete(req, used)) => {
+                    parsed = true;
                     self.inbuf.consume(used);
                     self.continue_sent = false;
                     self.partial_since = (!self.inbuf.is_empty()).then_some(now);
                     let keep_alive = req.keep_alive;
+                    let confirm_keep_alive = keep_alive && req.http10;
                     let head_only = req.method == Method::Head;
                     let seq = self.first_seq + self.slots.len() as u64;
-                    let response = match d.service.call(req) {
+                    // A panicking handler costs its request a 500, never
+                    // the worker thread (and every connection on it).
+                    let reply = catch_unwind(AssertUnwindSafe(|| d.service.call(req)))
+                        .unwrap_or_else(|_| Reply::Now(HttpError::INTERNAL.response()));
+                    let response = match reply {
                         Reply::Now(r) => Some(r),
                         Reply::Later(job) => {
                             (d.later)(seq, job);
@@ -192,6 +221,7 @@ impl Conn {
                     self.slots.push_back(Slot {
                         head_only,
                         keep_alive,
+                        confirm_keep_alive,
                         response,
                     });
                     if !keep_alive {
@@ -204,14 +234,15 @@ impl Conn {
                         self.continue_sent = true;
                         self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
                     }
-                    return;
+                    return parsed;
                 }
                 Err(e) => {
                     self.fail(e);
-                    return;
+                    return parsed;
                 }
             }
         }
+        parsed
     }
 
     /// Serializes ready answers in order and writes what the socket takes.
@@ -221,7 +252,12 @@ impl Conn {
                 break;
             };
             let close = response.close || !slot.keep_alive;
-            response.write_to(&mut self.out, slot.head_only, close);
+            let connection = match (close, slot.confirm_keep_alive) {
+                (true, _) => Connection::Close,
+                (false, true) => Connection::KeepAlive,
+                (false, false) => Connection::Omit,
+            };
+            response.write_to(&mut self.out, slot.head_only, connection);
             self.slots.pop_front();
             self.first_seq += 1;
             if close {

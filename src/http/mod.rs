@@ -17,7 +17,7 @@ mod server;
 pub use client::{Client, OnAnswer, Origin, OriginId, Outgoing, PushOutcome, request_bytes};
 pub use pool::Pool;
 pub use request::{Limits, Method, Parsed, Request, parse};
-pub use response::{Response, reason};
+pub use response::{Connection, Response, reason};
 pub use server::{Server, ServerConfig, ServerStats, Shutdown};
 
 /// An HTTP-level error: the status to answer, and why. The connection is
@@ -55,6 +55,12 @@ impl HttpError {
     pub const TIMEOUT: HttpError = HttpError {
         status: 408,
         reason: "request not received in time",
+    };
+
+    /// 500: a handler failed (panicked); the panic is contained.
+    pub const INTERNAL: HttpError = HttpError {
+        status: 500,
+        reason: "internal error",
     };
 
     /// 400 with `reason`.

@@ -16,6 +16,7 @@ type Job = Box<dyn FnOnce() + Send>;
 #[derive(Clone)]
 pub struct Pool {
     jobs: Arc<Sender<Job>>,
+    threads: usize,
 }
 
 impl std::fmt::Debug for Pool {
@@ -40,7 +41,15 @@ impl Pool {
                     }
                 })?;
         }
-        Ok(Pool { jobs: Arc::new(tx) })
+        Ok(Pool {
+            jobs: Arc::new(tx),
+            threads: threads.max(1),
+        })
+    }
+
+    /// Number of threads.
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// Queues `job`.

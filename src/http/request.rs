@@ -89,6 +89,8 @@ pub struct Request {
     pub body: Zeroizing<Vec<u8>>,
     /// The client wants the connection kept open after the answer.
     pub keep_alive: bool,
+    /// The request is HTTP/1.0 (keep-alive must then be confirmed).
+    pub http10: bool,
 }
 
 impl std::fmt::Debug for Request {
@@ -205,7 +207,8 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, HttpError> {
                 }
             }
         } else if is("expect") && h.value.eq_ignore_ascii_case(b"100-continue") {
-            expects_continue = true;
+            // HTTP/1.0 clients never get 1xx answers (RFC 9110 §15.2).
+            expects_continue = minor >= 1;
         }
     }
     if chunked && content_length.is_some() {
@@ -237,6 +240,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, HttpError> {
             fields,
             body,
             keep_alive: !connection_close,
+            http10: minor == 0,
         },
         head_len + body_len,
     ))

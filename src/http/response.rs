@@ -58,8 +58,8 @@ impl Response {
     }
 
     /// Appends the serialized response to `out`. `head_only`: the request
-    /// was HEAD. `close`: add `Connection: close`.
-    pub fn write_to(&self, out: &mut BytesMut, head_only: bool, close: bool) {
+    /// was HEAD. `connection`: the `Connection` header to add, if any.
+    pub fn write_to(&self, out: &mut BytesMut, head_only: bool, connection: Connection) {
         let no_content = matches!(self.status, 100..=199 | 204 | 205 | 304);
         out.reserve(128 + self.body.len());
         out.put_slice(b"HTTP/1.1 ");
@@ -82,14 +82,27 @@ impl Response {
                 out.put_slice(b"\r\n");
             }
         }
-        if close {
-            out.put_slice(b"Connection: close\r\n");
+        match connection {
+            Connection::Omit => {}
+            Connection::Close => out.put_slice(b"Connection: close\r\n"),
+            Connection::KeepAlive => out.put_slice(b"Connection: keep-alive\r\n"),
         }
         out.put_slice(b"\r\n");
         if !no_content && !head_only {
             out.put_slice(&self.body);
         }
     }
+}
+
+/// The `Connection` header of a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connection {
+    /// None: HTTP/1.1 keep-alive is the default.
+    Omit,
+    /// `Connection: close`: the connection ends after this response.
+    Close,
+    /// `Connection: keep-alive`: confirms keep-alive to an HTTP/1.0 client.
+    KeepAlive,
 }
 
 fn put_u64(out: &mut BytesMut, mut n: u64) {
@@ -139,7 +152,12 @@ mod tests {
 
     fn text(r: &Response, head: bool, close: bool) -> String {
         let mut out = BytesMut::new();
-        r.write_to(&mut out, head, close);
+        let connection = if close {
+            Connection::Close
+        } else {
+            Connection::Omit
+        };
+        r.write_to(&mut out, head, connection);
         String::from_utf8(out.to_vec()).unwrap()
     }
 

@@ -5,6 +5,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
@@ -375,7 +376,8 @@ impl Worker {
         let later = |seq: u64, job: Box<dyn FnOnce() -> Response + Send>| {
             let (tx, waker) = (tx.clone(), Arc::clone(waker));
             pool.spawn(move || {
-                let response = job();
+                let response = catch_unwind(AssertUnwindSafe(job))
+                    .unwrap_or_else(|_| super::HttpError::INTERNAL.response());
                 let _ = tx.send(Done {
                     slot,
                     generation,
@@ -410,6 +412,10 @@ impl Worker {
 fn refuse(stream: &mut mio::net::TcpStream) {
     use std::io::Write;
     let mut out = bytes::BytesMut::new();
-    Response::json(503, r#"{"message":"too many connections"}"#).write_to(&mut out, false, true);
+    Response::json(503, r#"{"message":"too many connections"}"#).write_to(
+        &mut out,
+        false,
+        super::Connection::Close,
+    );
     let _ = stream.write(&out);
 }

@@ -317,6 +317,15 @@ impl Engine {
         self.get_key_within(ksid, index, out, None, false)
     }
 
+    /// True when this node knows stream `ksid` (opened here or announced by
+    /// the peer); waits for no one.
+    pub fn knows(&self, ksid: &Uuid) -> bool {
+        let mut node = self.shared.lock();
+        // The announcement may be waiting in the inbox.
+        self.shared.drain_inbox(&mut node, Instant::now());
+        node.knows(ksid)
+    }
+
     /// The QoS of stream `ksid` when it is open on this node.
     pub fn stream_qos(&self, ksid: &Uuid) -> Result<Qos, GetKeyError> {
         self.shared.lock().open_qos(ksid)
