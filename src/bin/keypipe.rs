@@ -87,9 +87,14 @@ fn serve(path: Option<PathBuf>) -> Result<(), String> {
         nodes.push(running);
     }
     if let Some(first) = nodes.first() {
+        // Source: the first node's own KMS side; destination: the second
+        // node's, when there is one (as in the README walk-through).
         let base = format!("http://{}", first.local_addr());
+        let other = nodes
+            .get(1)
+            .map_or(base.clone(), |n| format!("http://{}", n.local_addr()));
         println!(
-            "try:\n  curl -s -X POST {base}/api/v1/kms/etsi004/open-connect -H 'Content-Type: application/json' \\\n    -d '{{\"source\":\"{base}\",\"destination\":\"{base}\",\"key_stream_id\":null,\"qos\":{{\"key_chunk_size\":32}}}}'"
+            "try:\n  curl -s -X POST {base}/api/v1/kms/etsi004/open-connect \\\n    -d '{{\"source\":\"{base}\",\"destination\":\"{other}\",\"key_stream_id\":null,\"qos\":{{\"key_chunk_size\":32}}}}'"
         );
     }
     let grace = config
