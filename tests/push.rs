@@ -10,15 +10,7 @@ use support::*;
 
 #[test]
 fn full_sequence_pushes_identical_keys_to_both_kmses() {
-    let (a, b) = linked_pair();
-    let (kms_a, kms_b) = (TestKms::start(), TestKms::start());
-    let ksid = push_stream(
-        a.local_addr(),
-        b.local_addr(),
-        &kms_a,
-        &kms_b,
-        json!({"key_chunk_size": 32, "timeout": 2000}),
-    );
+    let (a, b, kms_a, kms_b, ksid) = pushing(json!({"key_chunk_size": 32, "timeout": 2000}));
     kms_a.wait_for(&ksid, 3000, 30);
     kms_b.wait_for(&ksid, 3000, 30);
     let common = assert_identical(&kms_a, &kms_b, &ksid, 32);
@@ -62,15 +54,7 @@ fn full_sequence_pushes_identical_keys_to_both_kmses() {
 
 #[test]
 fn kms_down_for_a_while_gets_every_index_once() {
-    let (a, b) = linked_pair();
-    let (kms_a, mut kms_b) = (TestKms::start(), TestKms::start());
-    let ksid = push_stream(
-        a.local_addr(),
-        b.local_addr(),
-        &kms_a,
-        &kms_b,
-        json!({"key_chunk_size": 64}),
-    );
+    let (a, b, kms_a, mut kms_b, ksid) = pushing(json!({"key_chunk_size": 64}));
     kms_b.wait_for(&ksid, 500, 30);
     kms_b.down();
     let during = kms_b.indexes(&ksid).len();
@@ -95,15 +79,7 @@ fn kms_down_for_a_while_gets_every_index_once() {
 
 #[test]
 fn get_key_with_index_resumes_after_kms_restart() {
-    let (a, b) = linked_pair();
-    let (mut kms_a, kms_b) = (TestKms::start(), TestKms::start());
-    let ksid = push_stream(
-        a.local_addr(),
-        b.local_addr(),
-        &kms_a,
-        &kms_b,
-        json!({"key_chunk_size": 32}),
-    );
+    let (a, b, mut kms_a, kms_b, ksid) = pushing(json!({"key_chunk_size": 32}));
     kms_a.wait_for(&ksid, 400, 30);
     kms_a.down();
     // The restarted KMS lost its volatile state; it knows (from its own
@@ -207,15 +183,7 @@ fn peer_node_unreachable_gives_status_4_and_streams_resume() {
 
 #[test]
 fn chunks_unacknowledged_past_the_ttl_are_dropped_not_pushed_stale() {
-    let (a, b) = linked_pair();
-    let (kms_a, mut kms_b) = (TestKms::start(), TestKms::start());
-    let ksid = push_stream(
-        a.local_addr(),
-        b.local_addr(),
-        &kms_a,
-        &kms_b,
-        json!({"key_chunk_size": 32, "ttl": 1}),
-    );
+    let (a, b, kms_a, mut kms_b, ksid) = pushing(json!({"key_chunk_size": 32, "ttl": 1}));
     kms_b.wait_for(&ksid, 200, 30);
     kms_b.down();
     std::thread::sleep(Duration::from_millis(2500));

@@ -480,3 +480,11 @@ pub fn metric(node: SocketAddr, name: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .unwrap_or_else(|| panic!("no metric {name}"))
 }
+
+/// Two linked nodes, two test KMSes, and a stream pushing to them.
+pub fn pushing(qos: Value) -> (RunningNode, RunningNode, TestKms, TestKms, Uuid) {
+    let (a, b) = linked_pair();
+    let (kms_a, kms_b) = (TestKms::start(), TestKms::start());
+    let ksid = push_stream(a.local_addr(), b.local_addr(), &kms_a, &kms_b, qos);
+    (a, b, kms_a, kms_b, ksid)
+}
