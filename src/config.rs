@@ -4,12 +4,14 @@
 //! by key; `keypipe serve --print-default-config` prints it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::http::{Limits, ServerConfig};
 use crate::qkd::EngineConfig;
+use crate::store::StoreOptions;
 
 /// The embedded default: a whole simulated QKD link in one process.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
@@ -23,6 +25,9 @@ pub enum Protocol {
     /// ETSI GS QKD 004 push mode, KMS side (`/api/v1/qkd/etsi004/key-material`).
     #[serde(rename = "etsi004-kms")]
     Etsi004Kms,
+    /// NCP-KMS-compatible encryption API (`/keys/v1|v2/{keyTag}/{action}`).
+    #[serde(rename = "ncp-kms")]
+    NcpKms,
 }
 
 /// The whole file.
@@ -32,6 +37,16 @@ pub struct Config {
     /// Threads for slow handlers, shared by all listeners.
     #[serde(default = "default_pool_threads")]
     pub pool_threads: usize,
+    /// The durable store's directory (`--data-dir` overrides it).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The key-encryption key file (default: `data_dir/kek.key`).
+    #[serde(default)]
+    pub kek_file: Option<PathBuf>,
+    /// Environment variable that, when set, holds the KEK (64 hex digits)
+    /// and wins over the file.
+    #[serde(default = "default_kek_env")]
+    pub kek_env: String,
     /// The nodes (listeners).
     #[serde(rename = "node")]
     pub nodes: Vec<NodeConfig>,
@@ -39,6 +54,32 @@ pub struct Config {
 
 fn default_pool_threads() -> usize {
     8
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./keypipe-data")
+}
+
+fn default_kek_env() -> String {
+    "KEYPIPE_KEK".into()
+}
+
+impl Config {
+    /// The store options this configuration names.
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            data_dir: self.data_dir.clone(),
+            kek_file: self.kek_file.clone(),
+            kek_env: Some(self.kek_env.clone()),
+        }
+    }
+
+    /// True when some listener serves a store-backed service.
+    pub fn needs_store(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| n.serve.contains(&Protocol::NcpKms))
+    }
 }
 
 /// One listener and what it serves.

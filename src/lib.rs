@@ -18,3 +18,4 @@ pub mod key;
 pub mod kms;
 pub mod node;
 pub mod qkd;
+pub mod store;

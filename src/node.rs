@@ -10,12 +10,16 @@ use std::time::{Duration, Instant};
 
 use mio::Waker;
 
+use crate::api::NcpApi;
 use crate::api::link::{LINK_TAG, NetLink};
 use crate::api::push::{PushTable, wait_for};
 use crate::api::{Etsi004, HealthSources, RequestMetrics, Router};
 use crate::config::{NodeConfig, Protocol};
 use crate::http::{Client, Origin, OriginId, Pool, PushOutcome, Server};
 use crate::kms::ReceivedKeys;
+use crate::kms::entropy::{Entropy, QkdSource};
+use crate::kms::keys::StoreKeys;
+use crate::kms::ncp::{KeySource, NcpService};
 use crate::qkd::{Engine, EngineConfig, EngineError, parse_secret};
 
 /// Why a node could not start.
@@ -35,6 +39,22 @@ pub enum NodeError {
     /// A socket or thread could not be set up.
     #[error("node {0}: {1}")]
     Io(String, std::io::Error),
+}
+
+/// Process-wide services a node may serve.
+#[derive(Debug, Clone, Default)]
+pub struct Services {
+    /// The store's master keys and access keys (for `ncp-kms`).
+    pub keys: Option<Arc<StoreKeys>>,
+}
+
+/// The engine as a source of QKD key for local use (KMS entropy).
+struct EngineEntropy(Arc<Engine>);
+
+impl QkdSource for EngineEntropy {
+    fn take_block(&self) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+        self.0.take_local_block()
+    }
 }
 
 /// The engine side of a node: engine, link, push table, outbound thread.
@@ -66,6 +86,15 @@ impl std::fmt::Debug for RunningNode {
 impl RunningNode {
     /// Starts the node `config` describes; slow handlers run on `pool`.
     pub fn start(config: &NodeConfig, pool: &Pool) -> Result<RunningNode, NodeError> {
+        RunningNode::start_with(config, pool, &Services::default())
+    }
+
+    /// Starts the node with process-wide `services` (the store's keys).
+    pub fn start_with(
+        config: &NodeConfig,
+        pool: &Pool,
+        services: &Services,
+    ) -> Result<RunningNode, NodeError> {
         let name = config.name.clone();
         let bad = |message: String| NodeError::Config {
             node: name.clone(),
@@ -121,6 +150,21 @@ impl RunningNode {
         }
         if let Some(store) = &received {
             crate::api::key_material_route(&mut router, Arc::clone(store));
+        }
+        if config.serve.contains(&Protocol::NcpKms) {
+            let keys = services
+                .keys
+                .clone()
+                .ok_or_else(|| bad("serving ncp-kms needs the store (data_dir)".into()))?;
+            // New key material mixes in this node's QKD key when it has a
+            // device (leader side; see kms::entropy).
+            let entropy = match &core {
+                Some(c) => Entropy::with_qkd(Box::new(EngineEntropy(Arc::clone(&c.engine)))),
+                None => Entropy::os_only(),
+            };
+            let service = NcpService::new(Arc::clone(&keys) as Arc<dyn KeySource>)
+                .with_entropy(Arc::new(entropy));
+            NcpApi::new(keys, Arc::new(service)).mount(&mut router);
         }
         let server = Server::start(
             &name,

@@ -16,7 +16,11 @@ fn keypipe() -> Command {
 
 /// Spawns `keypipe serve args…` and returns it with its `listening` lines.
 fn serve(args: &[&str]) -> (Child, Vec<String>) {
+    // The default store directory is ./keypipe-data: run where it can go.
+    let cwd = std::env::temp_dir().join(format!("keypipe-binary-test-{}", std::process::id()));
+    std::fs::create_dir_all(&cwd).unwrap();
     let mut child = keypipe()
+        .current_dir(&cwd)
         .arg("serve")
         .args(args)
         .stdout(Stdio::piped())

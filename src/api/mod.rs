@@ -6,6 +6,7 @@ mod health;
 mod key_material;
 pub mod link;
 mod metrics;
+mod ncp;
 pub mod push;
 mod router;
 
@@ -13,6 +14,7 @@ pub use etsi004::Etsi004;
 pub use health::{HealthSources, healthz_route, metrics_route};
 pub use key_material::key_material_route;
 pub use metrics::{Histogram, RequestMetrics};
+pub use ncp::NcpApi;
 pub use router::{Handler, Router};
 
 use crate::http::Response;

@@ -12,6 +12,8 @@ pub type Handler = Arc<dyn Fn(Request) -> Reply + Send + Sync>;
 
 struct Route {
     path: &'static str,
+    /// `path` is a prefix: it matches every path starting with it.
+    prefix: bool,
     metric: usize,
     methods: Vec<(Method, Handler)>,
 }
@@ -41,16 +43,54 @@ impl Router {
 
     /// Serves `method path` with `handler`.
     pub fn route(&mut self, method: Method, path: &'static str, handler: Handler) -> &mut Self {
+        self.add(method, path, false, handler)
+    }
+
+    /// Serves `method` on every path starting with `prefix` (after exact
+    /// routes; the longest prefix wins). The handler sees the whole path.
+    pub fn route_prefix(
+        &mut self,
+        method: Method,
+        prefix: &'static str,
+        handler: Handler,
+    ) -> &mut Self {
+        self.add(method, prefix, true, handler)
+    }
+
+    fn add(
+        &mut self,
+        method: Method,
+        path: &'static str,
+        prefix: bool,
+        handler: Handler,
+    ) -> &mut Self {
         let metric = self.metrics.register(path);
-        match self.routes.iter_mut().find(|r| r.path == path) {
+        match self
+            .routes
+            .iter_mut()
+            .find(|r| r.path == path && r.prefix == prefix)
+        {
             Some(r) => r.methods.push((method, handler)),
             None => self.routes.push(Route {
                 path,
+                prefix,
                 metric,
                 methods: vec![(method, handler)],
             }),
         }
         self
+    }
+
+    fn find(&self, path: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| !r.prefix && r.path == path)
+            .or_else(|| {
+                self.routes
+                    .iter()
+                    .filter(|r| r.prefix && path.starts_with(r.path))
+                    .max_by_key(|r| r.path.len())
+            })
     }
 
     /// The paths served.
@@ -61,7 +101,7 @@ impl Router {
 
 impl Service for Router {
     fn call(&self, req: Request) -> Reply {
-        let Some(route) = self.routes.iter().find(|r| r.path == req.path()) else {
+        let Some(route) = self.find(req.path()) else {
             self.metrics.count(None, 404);
             return Reply::Now(super::json(
                 404,

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use mio::net::TcpStream;
+use zeroize::Zeroize;
 
 use super::inbuf::InBuf;
 use super::request::{Limits, Method, Parsed, parse};
@@ -258,6 +259,12 @@ impl Conn {
                 (false, false) => Connection::Omit,
             };
             response.write_to(&mut self.out, slot.head_only, connection);
+            // Answers may carry secrets (a KMS decrypt): no copy of an
+            // answer outlives its sending. The body is wiped here, the
+            // serialized bytes as the socket takes them.
+            if let Ok(mut body) = response.body.try_into_mut() {
+                body.as_mut().zeroize();
+            }
             self.slots.pop_front();
             self.first_seq += 1;
             if close {
@@ -270,6 +277,7 @@ impl Conn {
             match self.stream.write(&self.out) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
+                    self.out[..n].zeroize();
                     self.out.advance(n);
                     self.last_progress = Instant::now();
                 }

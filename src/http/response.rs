@@ -7,9 +7,10 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// One response. Never carries key material (keypipe pushes key as a
-/// client; what it serves is bookkeeping and public data).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One response. Its body may be secret (a KMS decrypt answer): the
+/// connection wipes the body and the serialized bytes once sent, and
+/// `Debug` shows only the body's length.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Response {
     /// Status code.
     pub status: u16,
@@ -19,6 +20,16 @@ pub struct Response {
     pub body: Bytes,
     /// Close the connection after this response.
     pub close: bool,
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
 }
 
 impl Response {

@@ -326,6 +326,12 @@ impl Engine {
         node.knows(ksid)
     }
 
+    /// Leader only: fresh QKD key for this node's own use, never delivered
+    /// to a stream (see [`Node::take_local_block`]).
+    pub fn take_local_block(&self) -> Option<Zeroizing<Vec<u8>>> {
+        self.shared.lock().take_local_block()
+    }
+
     /// The QoS of stream `ksid` when it is open on this node.
     pub fn stream_qos(&self, ksid: &Uuid) -> Result<Qos, GetKeyError> {
         self.shared.lock().open_qos(ksid)

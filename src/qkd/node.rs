@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
+use zeroize::Zeroizing;
 
 use super::link::{LinkMsg, Role};
 use super::qos::{Qos, QosLimits, negotiate};
@@ -103,6 +104,20 @@ impl Node {
     /// by the peer).
     pub fn knows(&self, ksid: &Uuid) -> bool {
         self.streams.contains_key(ksid)
+    }
+
+    /// Leader only: takes the next device block for this node's own use
+    /// (KMS entropy), outside every stream. The follower skips the same
+    /// block on its side (it drops blocks no lease names), so this key is
+    /// never delivered to any stream on either node. `None` on the follower
+    /// or when the ring is empty.
+    pub fn take_local_block(&mut self) -> Option<Zeroizing<Vec<u8>>> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        let block = self.ring.pop()?;
+        self.counters.consumed(1);
+        Some(Zeroizing::new(block.key.bytes().to_vec()))
     }
 
     /// The QoS of `ksid` when it is open on this node.

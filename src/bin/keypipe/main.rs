@@ -1,13 +1,18 @@
-//! The `keypipe` server binary: `keypipe serve [--config FILE]`.
+//! The `keypipe` binary: `keypipe serve [--config FILE]` and `keypipe kms …`.
+
+mod kms_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use keypipe::config::{Config, DEFAULT_CONFIG};
 use keypipe::http::Pool;
-use keypipe::node::RunningNode;
+use keypipe::kms::keys::StoreKeys;
+use keypipe::node::{RunningNode, Services};
+use keypipe::store::Store;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -30,6 +35,17 @@ enum Command {
         /// Print the embedded default configuration, documented, and exit.
         #[arg(long)]
         print_default_config: bool,
+        /// The store's directory (overrides `data_dir` of the configuration).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Administer the NCP KMS keys and access keys (safe while the server runs).
+    Kms {
+        /// The store's directory.
+        #[arg(long, default_value = "./keypipe-data", global = true)]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        command: kms_cli::KmsCommand,
     },
 }
 
@@ -43,17 +59,31 @@ fn main() -> ExitCode {
             print!("{DEFAULT_CONFIG}");
             ExitCode::SUCCESS
         }
-        Command::Serve { config, .. } => match serve(config) {
+        Command::Serve {
+            config, data_dir, ..
+        } => match serve(config, data_dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("keypipe: {e}");
                 ExitCode::FAILURE
             }
         },
+        Command::Kms { data_dir, command } => match kms_cli::run(data_dir, command) {
+            Ok(text) => {
+                if !text.is_empty() {
+                    println!("{text}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("keypipe kms: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
-fn serve(path: Option<PathBuf>) -> Result<(), String> {
+fn serve(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<(), String> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KEYPIPE_LOG")
@@ -65,10 +95,23 @@ fn serve(path: Option<PathBuf>) -> Result<(), String> {
         Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
         None => DEFAULT_CONFIG.to_owned(),
     };
-    let config = Config::from_toml(&text).map_err(|e| match &path {
+    let mut config = Config::from_toml(&text).map_err(|e| match &path {
         Some(p) => format!("{}: {e}", p.display()),
         None => e,
     })?;
+    if let Some(dir) = data_dir {
+        config.data_dir = dir;
+    }
+    let services = if config.needs_store() {
+        let store = Store::open(&config.store_options())
+            .map_err(|e| format!("store {}: {e}", config.data_dir.display()))?;
+        let keys = StoreKeys::new(Arc::new(store)).map_err(|e| e.to_string())?;
+        Services {
+            keys: Some(Arc::new(keys)),
+        }
+    } else {
+        Services::default()
+    };
     if path.is_none() {
         tracing::warn!("embedded default configuration: its link secrets are public demo values");
     }
@@ -78,7 +121,7 @@ fn serve(path: Option<PathBuf>) -> Result<(), String> {
     let pool = Pool::new(config.pool_threads).map_err(|e| e.to_string())?;
     let mut nodes = Vec::new();
     for node in &config.nodes {
-        let running = RunningNode::start(node, &pool).map_err(|e| e.to_string())?;
+        let running = RunningNode::start_with(node, &pool, &services).map_err(|e| e.to_string())?;
         println!(
             "listening {} http://{}",
             running.name(),

@@ -1,0 +1,129 @@
+//! NCP-KMS-compatible encryption API: `POST /keys/v1/{keyTag}/{action}` and
+//! `POST /keys/v2/{keyTag}/{action}`, authenticated by the API Gateway HMAC
+//! signature (`kms::gateway`), served by the sans-IO `kms::ncp` service.
+//!
+//! Authentication failures answer in the gateway's form: 401
+//! `{"error":{"errorCode":"200","message":"Authentication Failed","details":"…"}}`.
+//! RSA private-key operations (decrypt, re-encrypt, sign: about a
+//! millisecond each) run on the pool so they never stall the event loop.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+
+use super::{Handler, Router};
+use crate::http::{Method, Reply, Request, Response};
+use crate::kms::gateway::{AuthError, Credentials, KeyInfo, Scheme, verify};
+use crate::kms::keys::StoreKeys;
+use crate::kms::ncp::{KeySource, NcpService};
+use crate::store::KeyType;
+
+/// The NCP routes of one listener.
+#[derive(Debug, Clone)]
+pub struct NcpApi {
+    keys: Arc<StoreKeys>,
+    service: Arc<NcpService>,
+}
+
+fn unauthorized(details: &str) -> Response {
+    super::json(
+        401,
+        &json!({"error": {"errorCode": "200", "message": "Authentication Failed", "details": details}}),
+    )
+}
+
+fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+    req.header(name).and_then(|v| std::str::from_utf8(v).ok())
+}
+
+impl NcpApi {
+    /// Routes over `service`, authenticating against `keys`.
+    pub fn new(keys: Arc<StoreKeys>, service: Arc<NcpService>) -> Self {
+        Self { keys, service }
+    }
+
+    /// Adds `POST /keys/v1/…` and `POST /keys/v2/…`.
+    pub fn mount(&self, router: &mut Router) {
+        for (prefix, scheme) in [("/keys/v1/", Scheme::V1), ("/keys/v2/", Scheme::V2)] {
+            let me = self.clone();
+            let handler: Handler = Arc::new(move |req| me.call(scheme, prefix, req));
+            router.route_prefix(Method::Post, prefix, handler);
+        }
+    }
+
+    fn authenticate(&self, scheme: Scheme, req: &Request) -> Result<(), Response> {
+        let creds = Credentials {
+            timestamp: header(req, "x-ncp-apigw-timestamp"),
+            access_key: header(req, "x-ncp-iam-access-key"),
+            signature: header(req, "x-ncp-apigw-signature-v2")
+                .or_else(|| header(req, "x-ncp-apigw-signature-v1")),
+            api_key: header(req, "x-ncp-apigw-api-key"),
+        };
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut store_failed = false;
+        let result = verify(
+            scheme,
+            "POST",
+            &req.target,
+            &creds,
+            now_ms,
+            |name, check| match self.keys.access_key(name) {
+                Ok(Some(key)) if key.enabled => check(KeyInfo {
+                    secret_key: key.secret_key.as_bytes(),
+                    api_key: &key.api_key,
+                }),
+                Ok(_) => Err(AuthError::UnknownAccessKey),
+                Err(e) => {
+                    tracing::error!("access key lookup failed: {e}");
+                    store_failed = true;
+                    Err(AuthError::UnknownAccessKey)
+                }
+            },
+        );
+        match result {
+            Ok(()) => Ok(()),
+            Err(_) if store_failed => Err(super::json(
+                500,
+                &json!({"code": "INTERNAL_SERVER_ERROR", "msg": "Server internal error"}),
+            )),
+            Err(e) => Err(unauthorized(&e.to_string())),
+        }
+    }
+
+    fn call(&self, scheme: Scheme, prefix: &str, req: Request) -> Reply {
+        if let Err(r) = self.authenticate(scheme, &req) {
+            return Reply::Now(r);
+        }
+        let rest = &req.path()[prefix.len()..];
+        let Some((tag, action)) = rest
+            .split_once('/')
+            .filter(|(t, a)| !t.is_empty() && !a.is_empty() && !a.contains('/'))
+        else {
+            return Reply::Now(super::json(
+                404,
+                &json!({"code": "NOT_FOUND", "msg": "Not found: path must be /keys/{v1|v2}/{keyTag}/{action}"}),
+            ));
+        };
+        let (tag, action) = (tag.to_owned(), action.to_owned());
+        let slow = matches!(
+            action.as_str(),
+            "decrypt" | "reencrypt" | "re-encrypt" | "sign"
+        ) && matches!(
+            self.keys.key(&tag),
+            Ok(Some(ref k)) if k.key_type == KeyType::Rsa2048
+        );
+        let service = Arc::clone(&self.service);
+        let run = move || {
+            let reply = service.handle(&tag, &action, &req.body);
+            Response::json(reply.status, reply.body)
+        };
+        if slow {
+            Reply::Later(Box::new(run))
+        } else {
+            Reply::Now(run())
+        }
+    }
+}

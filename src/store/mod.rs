@@ -1,0 +1,419 @@
+//! keypipe's durable store: the master keys of the NCP-KMS-compatible
+//! encryption service and the API access keys of its gateway.
+//!
+//! The services only see the [`KeyStore`] trait; [`Store`] implements it
+//! over an embedded SQLite database. `KeyStore` is the seam for another
+//! backend (PostgreSQL): implement the trait (reusing the KEK and wrapping
+//! rules below) and hand it to the services, which do not change.
+//!
+//! # File layout
+//!
+//! Everything lives in [`StoreOptions::data_dir`], created with mode `0700`
+//! when missing (an existing directory open to group or others is used, with
+//! a warning in the log):
+//!
+//! - `keypipe.db`: the SQLite database (created `0600`), with its
+//!   `keypipe.db-wal` and `keypipe.db-shm` companions (SQLite gives them the
+//!   database's mode);
+//! - `kek.key`: the key-encryption key (KEK), unless
+//!   [`StoreOptions::kek_file`] names another file or the KEK comes from the
+//!   environment.
+//!
+//! # KEK sources and precedence
+//!
+//! 1. [`StoreOptions::kek_env`] names an environment variable; when it is set
+//!    *and* the variable is present, its value (exactly 64 hex digits,
+//!    surrounding whitespace ignored) is the KEK and no file is read or
+//!    written. A present but malformed variable is an error (the message
+//!    names the variable, never its value).
+//! 2. Otherwise the KEK file ([`StoreOptions::kek_file`], default
+//!    `data_dir/kek.key`): exactly 32 raw bytes. When it does not exist and
+//!    the database holds no secret yet, 32 bytes from the OS random source
+//!    (`getrandom`) are written to a new file of mode `0600` (created with
+//!    `create_new`, published atomically with a hard link, so an existing KEK
+//!    is never overwritten and a concurrent first start reads the same one),
+//!    and the directory is synced. When it does not exist but the database
+//!    already holds secrets, opening fails: a fresh KEK would not open them.
+//!
+//! The database keeps a check value wrapped under the KEK; opening with
+//! another KEK fails at once with [`StoreError::Kek`] naming the KEK's
+//! source. Keep the KEK apart from the database where possible (another
+//! disk, a secret manager through the environment): whoever has both has
+//! every secret.
+//!
+//! # Wrapping format
+//!
+//! Every secret (each key version's material, each access key's secret) is
+//! stored only wrapped: AES-256-GCM (`aes-gcm`) under the KEK, a fresh
+//! random 96-bit nonce per wrap, blob = nonce (12) ‖ ciphertext ‖ tag (16).
+//! The row's identity is the associated data, so a blob copied into another
+//! row does not unwrap ([`StoreError::Corrupt`] naming the row):
+//!
+//! - key version: `kms_key_version:{tag}:{version}`;
+//! - access key secret: `access_key:{access_key}`;
+//! - the KEK check value: `kek_check`.
+//!
+//! Plaintext secrets are never bound to an SQL statement, so neither the
+//! database file nor its WAL (nor a free page, nor an SQL error) can hold
+//! one. Key names, key tags, access key ids and API keys are not secret and
+//! are stored in clear.
+//!
+//! # Durability and concurrency
+//!
+//! `PRAGMA journal_mode=WAL`, `synchronous=FULL` (a committed write survives
+//! a power cut), `foreign_keys=ON`, and a 5 s busy timeout. The schema is
+//! versioned (`PRAGMA user_version`, see `migrations.rs`): missing steps are
+//! applied in one transaction at open, and a database newer than this
+//! program is refused ([`StoreError::Newer`]).
+//!
+//! The CLI and the running server may use the same directory at the same
+//! time: WAL lets readers run beside the writer, every write is one short
+//! `BEGIN IMMEDIATE` transaction (so it waits for the other process's write
+//! instead of failing), and each one also increments a generation counter
+//! in the same transaction. [`KeyStore::generation`] reads it cheaply: a
+//! server caching keys re-reads them when it moved, whichever process wrote.
+//! Within a process, [`Store`] is `Send + Sync` (one connection behind a
+//! mutex).
+//!
+//! Revoking an access key keeps its row, disabled (`enabled = false`), so
+//! its id is never handed out again and the revocation is visible.
+
+mod kek;
+mod migrations;
+mod sqlite;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+pub use sqlite::Store;
+
+/// Where the store keeps its files and finds its KEK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Directory of the database (and, by default, of the KEK file);
+    /// created with mode `0700` when missing.
+    pub data_dir: PathBuf,
+    /// The KEK file; `None` means `data_dir/kek.key`.
+    pub kek_file: Option<PathBuf>,
+    /// Name of an environment variable holding the KEK as 64 hex digits;
+    /// when the variable is present it wins over the file.
+    pub kek_env: Option<String>,
+}
+
+impl StoreOptions {
+    /// Options for `data_dir` with the default KEK file and no KEK variable.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        StoreOptions {
+            data_dir: data_dir.into(),
+            kek_file: None,
+            kek_env: None,
+        }
+    }
+
+    /// The KEK file in use when the environment does not provide the KEK.
+    pub fn kek_path(&self) -> PathBuf {
+        self.kek_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(KEK_FILE_NAME))
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join(DB_FILE_NAME)
+    }
+}
+
+/// Name of the database file in the data directory.
+pub const DB_FILE_NAME: &str = "keypipe.db";
+/// Name of the default KEK file in the data directory.
+pub const KEK_FILE_NAME: &str = "kek.key";
+
+/// Why a store operation failed. No message ever holds secret bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The key, version or access key does not exist.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked for, e.g. `key 0123…` or `version 3 of key 0123…`.
+        what: String,
+    },
+    /// A file or directory operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database failed.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The KEK is missing, malformed or not the database's.
+    #[error("KEK: {0}")]
+    Kek(String),
+    /// Stored data is damaged: a blob that does not unwrap (named by its
+    /// row), a value out of range.
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+    /// The database was written by a newer keypipe.
+    #[error(
+        "database schema version {found} is newer than this keypipe knows ({known}); \
+         run a newer keypipe"
+    )]
+    Newer {
+        /// The database's schema version.
+        found: u32,
+        /// The newest schema version this code knows.
+        known: u32,
+    },
+    /// The OS random source failed.
+    #[error("the OS random source failed")]
+    Random,
+}
+
+impl StoreError {
+    /// An [`StoreError::Io`] on `path`.
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// The type of a master key. Text form: `AES256`, `RSA2048`, `ECDSA`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KeyType {
+    /// AES-256 (GCM, or GCM-SIV when convergent).
+    #[serde(rename = "AES256")]
+    Aes256,
+    /// RSA 2048 (OAEP, PSS); material is PKCS#8 DER.
+    #[serde(rename = "RSA2048")]
+    Rsa2048,
+    /// ECDSA P-256; material is PKCS#8 DER.
+    #[serde(rename = "ECDSA")]
+    Ecdsa,
+}
+
+impl KeyType {
+    /// The text form: `AES256`, `RSA2048` or `ECDSA`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyType::Aes256 => "AES256",
+            KeyType::Rsa2048 => "RSA2048",
+            KeyType::Ecdsa => "ECDSA",
+        }
+    }
+}
+
+impl fmt::Display for KeyType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A key type text that is none of `AES256`, `RSA2048`, `ECDSA`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown key type `{0}` (expected AES256, RSA2048 or ECDSA)")]
+pub struct UnknownKeyType(pub String);
+
+impl FromStr for KeyType {
+    type Err = UnknownKeyType;
+
+    /// Parses the exact text form (case-sensitive).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "AES256" => Ok(KeyType::Aes256),
+            "RSA2048" => Ok(KeyType::Rsa2048),
+            "ECDSA" => Ok(KeyType::Ecdsa),
+            _ => Err(UnknownKeyType(s.to_owned())),
+        }
+    }
+}
+
+/// One version of a master key, with its unwrapped material.
+#[derive(Clone)]
+pub struct KeyVersion {
+    /// Version number, from 1.
+    pub version: u32,
+    /// Whether the version may be used.
+    pub enabled: bool,
+    /// The key material (AES: 32 bytes; RSA, ECDSA: PKCS#8 DER).
+    pub material: Zeroizing<Vec<u8>>,
+}
+
+impl fmt::Debug for KeyVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyVersion")
+            .field("version", &self.version)
+            .field("enabled", &self.enabled)
+            .field("material", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A master key with every version's material.
+#[derive(Debug, Clone)]
+pub struct MasterKey {
+    /// The keyTag: 32 lowercase hex digits.
+    pub tag: String,
+    /// Its display name.
+    pub name: String,
+    /// Its type.
+    pub key_type: KeyType,
+    /// Whether encryption is convergent (meaningful for `AES256` only).
+    pub convergent: bool,
+    /// Whether the key may be used.
+    pub enabled: bool,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// Its versions, ascending by version number.
+    pub versions: Vec<KeyVersion>,
+}
+
+/// A master key without material, for listings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySummary {
+    /// The keyTag.
+    pub tag: String,
+    /// Its display name.
+    pub name: String,
+    /// Its type.
+    pub key_type: KeyType,
+    /// Whether encryption is convergent.
+    pub convergent: bool,
+    /// Whether the key may be used.
+    pub enabled: bool,
+    /// `(version, enabled)` of each version, ascending.
+    pub versions: Vec<(u32, bool)>,
+}
+
+/// An API access key of the gateway.
+#[derive(Clone)]
+pub struct AccessKey {
+    /// The access key id (`x-ncp-iam-access-key`): 20 uppercase
+    /// alphanumerics.
+    pub access_key: String,
+    /// The HMAC secret: 40 alphanumerics.
+    pub secret_key: Zeroizing<String>,
+    /// The API key (`x-ncp-apigw-api-key`): 40 alphanumerics.
+    pub api_key: String,
+    /// False once revoked.
+    pub enabled: bool,
+}
+
+impl fmt::Debug for AccessKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessKey")
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"<redacted>")
+            .field("api_key", &self.api_key)
+            .field("enabled", &self.enabled)
+            .finish()
+    }
+}
+
+/// The durable store as the services see it: master keys and access keys.
+/// [`Store`] (SQLite) implements it; another backend implements it too.
+pub trait KeyStore: Send + Sync {
+    /// Creates a key with version 1 holding `material`; returns its new
+    /// keyTag (32 lowercase hex digits, random).
+    fn create_key(
+        &self,
+        name: &str,
+        key_type: KeyType,
+        convergent: bool,
+        material: &[u8],
+    ) -> Result<String, StoreError>;
+
+    /// Adds version n+1 (rotation) holding `material`; returns the new
+    /// version number. [`StoreError::NotFound`] when there is no such key.
+    fn add_version(&self, tag: &str, material: &[u8]) -> Result<u32, StoreError>;
+
+    /// Enables or disables the whole key.
+    fn set_key_enabled(&self, tag: &str, enabled: bool) -> Result<(), StoreError>;
+
+    /// Enables or disables one version.
+    fn set_version_enabled(&self, tag: &str, version: u32, enabled: bool)
+    -> Result<(), StoreError>;
+
+    /// The key tagged `tag` with every version unwrapped; `None` when there
+    /// is none.
+    fn key(&self, tag: &str) -> Result<Option<MasterKey>, StoreError>;
+
+    /// Every key, without material, oldest first.
+    fn list_keys(&self) -> Result<Vec<KeySummary>, StoreError>;
+
+    /// Creates an enabled access key with a random id, secret and API key.
+    fn create_access_key(&self) -> Result<AccessKey, StoreError>;
+
+    /// The access key `access_key` (revoked ones too, with
+    /// `enabled = false`); `None` when there is none.
+    fn access_key(&self, access_key: &str) -> Result<Option<AccessKey>, StoreError>;
+
+    /// Revokes an access key: it is kept, disabled. True when it existed.
+    fn revoke_access_key(&self, access_key: &str) -> Result<bool, StoreError>;
+
+    /// A counter that changes on every write (any process): callers cache
+    /// and re-read when it moved.
+    fn generation(&self) -> Result<u64, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_type_text_round_trips() {
+        for t in [KeyType::Aes256, KeyType::Rsa2048, KeyType::Ecdsa] {
+            assert_eq!(t.as_str().parse::<KeyType>(), Ok(t));
+            assert_eq!(t.to_string(), t.as_str());
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(json, format!("\"{}\"", t.as_str()));
+            assert_eq!(serde_json::from_str::<KeyType>(&json).unwrap(), t);
+        }
+        let err = "aes256".parse::<KeyType>().unwrap_err();
+        assert!(err.to_string().contains("aes256"));
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let v = KeyVersion {
+            version: 1,
+            enabled: true,
+            material: Zeroizing::new(b"SECRETMATERIAL".to_vec()),
+        };
+        let k = MasterKey {
+            tag: "t".into(),
+            name: "n".into(),
+            key_type: KeyType::Aes256,
+            convergent: false,
+            enabled: true,
+            created_ms: 0,
+            versions: vec![v],
+        };
+        let a = AccessKey {
+            access_key: "AK".into(),
+            secret_key: Zeroizing::new("SECRETKEY".into()),
+            api_key: "API".into(),
+            enabled: true,
+        };
+        let text = format!("{k:?} {k:#?} {a:?} {a:#?}");
+        assert!(!text.contains("SECRET"), "{text}");
+        assert!(text.contains("redacted"));
+        // The numeric form of the bytes must not appear either.
+        assert!(!text.contains("83, 69, 67"), "{text}");
+    }
+
+    #[test]
+    fn store_is_send_sync_and_object_safe() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Store>();
+        fn _object_safe(_: &dyn KeyStore) {}
+    }
+}

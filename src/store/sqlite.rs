@@ -1,0 +1,1249 @@
+//! The embedded SQLite implementation of [`KeyStore`].
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
+};
+use zeroize::Zeroizing;
+
+use super::kek::Kek;
+use super::{
+    AccessKey, KeyStore, KeySummary, KeyType, KeyVersion, MasterKey, StoreError, StoreOptions,
+    migrations,
+};
+
+/// How long a statement waits for another connection's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Associated data of the KEK check value.
+const KEK_CHECK_AAD: &str = "kek_check";
+/// The KEK check value's plaintext (not secret).
+const KEK_CHECK_PLAINTEXT: &[u8] = b"keypipe-store-kek-check-v1";
+/// Attempts at a fresh random identifier before blaming the random source.
+const ID_ATTEMPTS: usize = 8;
+/// Access key ids: 20 of these.
+const UPPER_ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+/// Secrets and API keys: 40 of these.
+const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+/// Length of an access key id.
+const ACCESS_KEY_LEN: usize = 20;
+/// Length of an access key secret and of an API key.
+const SECRET_LEN: usize = 40;
+
+/// Increments the generation counter (in every write transaction).
+const BUMP_GENERATION: &str = "UPDATE meta SET value = value + 1 WHERE name = 'generation'";
+
+/// The SQLite store: one connection behind a mutex, and the KEK.
+pub struct Store {
+    conn: Mutex<Connection>,
+    kek: Kek,
+    db_path: PathBuf,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("db_path", &self.db_path)
+            .field("kek", &self.kek.source())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating when needed) the store of `options`: the data
+    /// directory, the database with its pragmas and migrations, the KEK
+    /// (environment variable, else file, else a new file when the database
+    /// holds no secret yet), checked against the database.
+    pub fn open(options: &StoreOptions) -> Result<Store, StoreError> {
+        Self::open_with_env(options, &|name| std::env::var_os(name))
+    }
+
+    /// [`Store::open`] reading environment variables through `lookup`.
+    pub(crate) fn open_with_env(
+        options: &StoreOptions,
+        lookup: &dyn Fn(&str) -> Option<OsString>,
+    ) -> Result<Store, StoreError> {
+        prepare_data_dir(&options.data_dir)?;
+        let db_path = options.db_path();
+        // Create the database file ourselves so it is 0600 (SQLite gives
+        // the WAL and shm files the database's mode).
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&db_path)
+            .map_err(|e| StoreError::io(&db_path, e))?;
+        // No URI interpretation of the path.
+        let mut conn = Connection::open_with_flags(
+            &db_path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::io(
+                &db_path,
+                std::io::Error::other(format!(
+                    "SQLite refused WAL journal mode (got `{mode}`); \
+                     the filesystem may not support it"
+                )),
+            ));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        migrations::migrate(&mut conn)?;
+
+        let kek = resolve_kek(options, &conn, &db_path, lookup)?;
+        bind_kek(&conn, &kek, &db_path)?;
+        tracing::debug!(db = %db_path.display(), kek = %kek.source(), "store opened");
+        Ok(Store {
+            conn: Mutex::new(conn),
+            kek,
+            db_path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.db_path
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic never leaves a transaction open (it rolls back on drop).
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction that also bumps the
+    /// generation; commits when `f` succeeds, rolls back otherwise.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.prepare_cached(BUMP_GENERATION)?.execute([])?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+/// Creates the data directory (mode 0700) or warns when an existing one is
+/// open to group or others.
+fn prepare_data_dir(dir: &Path) -> Result<(), StoreError> {
+    match fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {
+            let mode = meta.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    mode = format_args!("{:o}", mode & 0o777),
+                    "data directory is accessible to group or others; it should be mode 0700"
+                );
+            }
+            Ok(())
+        }
+        Ok(_) => Err(StoreError::io(
+            dir,
+            std::io::Error::other("not a directory"),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| StoreError::io(dir, e)),
+        Err(e) => Err(StoreError::io(dir, e)),
+    }
+}
+
+/// Whether the database already has a KEK check value (and so may hold
+/// secrets wrapped under some KEK).
+fn kek_check(conn: &Connection) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT wrapped FROM kek_check WHERE id = 1")?
+        .query_row([], |row| row.get(0))
+        .optional()?)
+}
+
+/// The KEK: the variable when present, else the file, else a new file
+/// (only for a database that holds no secret yet).
+fn resolve_kek(
+    options: &StoreOptions,
+    conn: &Connection,
+    db_path: &Path,
+    lookup: &dyn Fn(&str) -> Option<OsString>,
+) -> Result<Kek, StoreError> {
+    if let Some(name) = &options.kek_env
+        && let Some(kek) = Kek::from_env(name, lookup)?
+    {
+        return Ok(kek);
+    }
+    let path = options.kek_path();
+    if let Some(kek) = Kek::load_file(&path)? {
+        return Ok(kek);
+    }
+    if kek_check(conn)?.is_some() {
+        let env_hint = match &options.kek_env {
+            Some(name) => format!(" or set {name}"),
+            None => String::new(),
+        };
+        return Err(StoreError::Kek(format!(
+            "KEK file {} does not exist but database {} already holds secrets wrapped \
+             under a KEK; restore that file{env_hint} (a new KEK could not open them)",
+            path.display(),
+            db_path.display()
+        )));
+    }
+    Kek::create_file(&path)
+}
+
+/// Stores the KEK check value when the database has none, and checks that
+/// `kek` unwraps it.
+fn bind_kek(conn: &Connection, kek: &Kek, db_path: &Path) -> Result<(), StoreError> {
+    let blob = match kek_check(conn)? {
+        Some(blob) => blob,
+        None => {
+            let wrapped = kek.wrap(KEK_CHECK_AAD, KEK_CHECK_PLAINTEXT)?;
+            // Another process may insert first: then its value is checked.
+            conn.prepare_cached("INSERT OR IGNORE INTO kek_check (id, wrapped) VALUES (1, ?1)")?
+                .execute([wrapped])?;
+            kek_check(conn)?.ok_or_else(|| {
+                StoreError::Corrupt("the KEK check value vanished while opening".into())
+            })?
+        }
+    };
+    match kek.unwrap(KEK_CHECK_AAD, &blob) {
+        Ok(plain) if plain.as_slice() == KEK_CHECK_PLAINTEXT => Ok(()),
+        _ => Err(StoreError::Kek(format!(
+            "the KEK from {} is not the KEK of database {} (its check value does not \
+             unwrap): wrong KEK",
+            kek.source(),
+            db_path.display()
+        ))),
+    }
+}
+
+/// Associated data of a key version's material.
+fn version_aad(tag: &str, version: u32) -> String {
+    format!("kms_key_version:{tag}:{version}")
+}
+
+/// Associated data of an access key's secret.
+fn access_key_aad(access_key: &str) -> String {
+    format!("access_key:{access_key}")
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A new keyTag: 16 random bytes as 32 lowercase hex digits.
+fn random_tag() -> Result<String, StoreError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|_| StoreError::Random)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// `len` characters drawn uniformly from `alphabet` (rejection sampling
+/// over random bytes, so no modulo bias).
+fn random_string(len: usize, alphabet: &[u8]) -> Result<Zeroizing<String>, StoreError> {
+    let limit = 256 - 256 % alphabet.len();
+    let mut out = Zeroizing::new(String::with_capacity(len));
+    let mut buf = Zeroizing::new([0u8; 64]);
+    while out.len() < len {
+        getrandom::fill(&mut buf[..]).map_err(|_| StoreError::Random)?;
+        for &b in buf.iter() {
+            if usize::from(b) < limit {
+                out.push(char::from(alphabet[usize::from(b) % alphabet.len()]));
+                if out.len() == len {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn exists(tx: &Transaction<'_>, sql: &str, value: &str) -> Result<bool, StoreError> {
+    Ok(tx
+        .prepare_cached(sql)?
+        .query_row([value], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+fn key_exists(tx: &Transaction<'_>, tag: &str) -> Result<bool, StoreError> {
+    exists(tx, "SELECT 1 FROM master_keys WHERE tag = ?1", tag)
+}
+
+fn key_not_found(tag: &str) -> StoreError {
+    StoreError::NotFound {
+        what: format!("key {tag}"),
+    }
+}
+
+fn to_u64(value: i64, what: impl FnOnce() -> String) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{} is negative", what())))
+}
+
+fn parse_key_type(text: &str, tag: &str) -> Result<KeyType, StoreError> {
+    text.parse()
+        .map_err(|_| StoreError::Corrupt(format!("key {tag}: unknown key type `{text}`")))
+}
+
+/// The columns of a `master_keys` row, as read.
+struct KeyRow {
+    name: String,
+    key_type: String,
+    convergent: bool,
+    enabled: bool,
+    created_ms: i64,
+}
+
+impl KeyStore for Store {
+    fn create_key(
+        &self,
+        name: &str,
+        key_type: KeyType,
+        convergent: bool,
+        material: &[u8],
+    ) -> Result<String, StoreError> {
+        self.write(|tx| {
+            let mut tag = None;
+            for _ in 0..ID_ATTEMPTS {
+                let candidate = random_tag()?;
+                if !key_exists(tx, &candidate)? {
+                    tag = Some(candidate);
+                    break;
+                }
+            }
+            let tag = tag.ok_or(StoreError::Random)?;
+            let now = now_ms();
+            tx.prepare_cached(
+                "INSERT INTO master_keys (tag, name, key_type, convergent, enabled, created_ms) \
+                 VALUES (?1, ?2, ?3, ?4, 1, ?5)",
+            )?
+            .execute(params![tag, name, key_type.as_str(), convergent, now])?;
+            let wrapped = self.kek.wrap(&version_aad(&tag, 1), material)?;
+            tx.prepare_cached(
+                "INSERT INTO key_versions (tag, version, enabled, created_ms, wrapped) \
+                 VALUES (?1, 1, 1, ?2, ?3)",
+            )?
+            .execute(params![tag, now, wrapped])?;
+            Ok(tag)
+        })
+    }
+
+    fn add_version(&self, tag: &str, material: &[u8]) -> Result<u32, StoreError> {
+        self.write(|tx| {
+            let newest: Option<Option<i64>> = tx
+                .prepare_cached(
+                    "SELECT (SELECT max(version) FROM key_versions WHERE tag = ?1) \
+                     FROM master_keys WHERE tag = ?1",
+                )?
+                .query_row([tag], |row| row.get(0))
+                .optional()?;
+            let newest = newest.ok_or_else(|| key_not_found(tag))?.unwrap_or(0);
+            let version = u32::try_from(newest + 1).map_err(|_| {
+                StoreError::Corrupt(format!("key {tag}: no version number left after {newest}"))
+            })?;
+            let wrapped = self.kek.wrap(&version_aad(tag, version), material)?;
+            tx.prepare_cached(
+                "INSERT INTO key_versions (tag, version, enabled, created_ms, wrapped) \
+                 VALUES (?1, ?2, 1, ?3, ?4)",
+            )?
+            .execute(params![tag, version, now_ms(), wrapped])?;
+            Ok(version)
+        })
+    }
+
+    fn set_key_enabled(&self, tag: &str, enabled: bool) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let changed = tx
+                .prepare_cached("UPDATE master_keys SET enabled = ?2 WHERE tag = ?1")?
+                .execute(params![tag, enabled])?;
+            if changed == 0 {
+                return Err(key_not_found(tag));
+            }
+            Ok(())
+        })
+    }
+
+    fn set_version_enabled(
+        &self,
+        tag: &str,
+        version: u32,
+        enabled: bool,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE key_versions SET enabled = ?3 WHERE tag = ?1 AND version = ?2",
+                )?
+                .execute(params![tag, version, enabled])?;
+            if changed == 0 {
+                if !key_exists(tx, tag)? {
+                    return Err(key_not_found(tag));
+                }
+                return Err(StoreError::NotFound {
+                    what: format!("version {version} of key {tag}"),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    fn key(&self, tag: &str) -> Result<Option<MasterKey>, StoreError> {
+        // Read the row and its blobs in one snapshot, unwrap after
+        // releasing the connection.
+        let (row, blobs) = {
+            let mut conn = self.lock();
+            let tx = conn.transaction()?;
+            let row = tx
+                .prepare_cached(
+                    "SELECT name, key_type, convergent, enabled, created_ms \
+                     FROM master_keys WHERE tag = ?1",
+                )?
+                .query_row([tag], |r| {
+                    Ok(KeyRow {
+                        name: r.get(0)?,
+                        key_type: r.get(1)?,
+                        convergent: r.get(2)?,
+                        enabled: r.get(3)?,
+                        created_ms: r.get(4)?,
+                    })
+                })
+                .optional()?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let blobs = tx
+                .prepare_cached(
+                    "SELECT version, enabled, wrapped FROM key_versions \
+                     WHERE tag = ?1 ORDER BY version",
+                )?
+                .query_map([tag], |r| {
+                    Ok((
+                        r.get::<_, u32>(0)?,
+                        r.get::<_, bool>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            tx.commit()?;
+            (row, blobs)
+        };
+        let key_type = parse_key_type(&row.key_type, tag)?;
+        let created_ms = to_u64(row.created_ms, || format!("key {tag}: creation time"))?;
+        let versions = blobs
+            .into_iter()
+            .map(|(version, enabled, wrapped)| {
+                let material = self
+                    .kek
+                    .unwrap(&version_aad(tag, version), &wrapped)
+                    .map_err(|_| {
+                        StoreError::Corrupt(format!(
+                            "key {tag} version {version} (table key_versions): the wrapped \
+                             material does not unwrap under the KEK (damaged, or copied from \
+                             another row)"
+                        ))
+                    })?;
+                Ok(KeyVersion {
+                    version,
+                    enabled,
+                    material,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Some(MasterKey {
+            tag: tag.to_owned(),
+            name: row.name,
+            key_type,
+            convergent: row.convergent,
+            enabled: row.enabled,
+            created_ms,
+            versions,
+        }))
+    }
+
+    fn list_keys(&self) -> Result<Vec<KeySummary>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let mut versions: HashMap<String, Vec<(u32, bool)>> = HashMap::new();
+        {
+            let mut stmt = tx.prepare_cached(
+                "SELECT tag, version, enabled FROM key_versions ORDER BY tag, version",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, u32>(1)?,
+                    r.get::<_, bool>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (tag, version, enabled) = row?;
+                versions.entry(tag).or_default().push((version, enabled));
+            }
+        }
+        let keys = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT tag, name, key_type, convergent, enabled FROM master_keys \
+                 ORDER BY created_ms, rowid",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, bool>(3)?,
+                    r.get::<_, bool>(4)?,
+                ))
+            })?;
+            let mut keys = Vec::new();
+            for row in rows {
+                let (tag, name, key_type, convergent, enabled) = row?;
+                let key_type = parse_key_type(&key_type, &tag)?;
+                let versions = versions.remove(&tag).unwrap_or_default();
+                keys.push(KeySummary {
+                    tag,
+                    name,
+                    key_type,
+                    convergent,
+                    enabled,
+                    versions,
+                });
+            }
+            keys
+        };
+        tx.commit()?;
+        Ok(keys)
+    }
+
+    fn create_access_key(&self) -> Result<AccessKey, StoreError> {
+        self.write(|tx| {
+            let mut ids = None;
+            for _ in 0..ID_ATTEMPTS {
+                let access_key = random_string(ACCESS_KEY_LEN, UPPER_ALNUM)?;
+                let api_key = random_string(SECRET_LEN, ALNUM)?;
+                if !exists(
+                    tx,
+                    "SELECT 1 FROM access_keys WHERE access_key = ?1",
+                    &access_key,
+                )? && !exists(tx, "SELECT 1 FROM access_keys WHERE api_key = ?1", &api_key)?
+                {
+                    ids = Some((access_key.to_string(), api_key.to_string()));
+                    break;
+                }
+            }
+            let (access_key, api_key) = ids.ok_or(StoreError::Random)?;
+            let secret_key = random_string(SECRET_LEN, ALNUM)?;
+            let wrapped = self
+                .kek
+                .wrap(&access_key_aad(&access_key), secret_key.as_bytes())?;
+            tx.prepare_cached(
+                "INSERT INTO access_keys \
+                 (access_key, api_key, enabled, created_ms, revoked_ms, secret_wrapped) \
+                 VALUES (?1, ?2, 1, ?3, NULL, ?4)",
+            )?
+            .execute(params![access_key, api_key, now_ms(), wrapped])?;
+            Ok(AccessKey {
+                access_key,
+                secret_key,
+                api_key,
+                enabled: true,
+            })
+        })
+    }
+
+    fn access_key(&self, access_key: &str) -> Result<Option<AccessKey>, StoreError> {
+        let row =
+            {
+                let conn = self.lock();
+                conn.prepare_cached(
+                "SELECT api_key, enabled, secret_wrapped FROM access_keys WHERE access_key = ?1",
+            )?
+            .query_row([access_key], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, Vec<u8>>(2)?))
+            })
+            .optional()?
+            };
+        let Some((api_key, enabled, wrapped)) = row else {
+            return Ok(None);
+        };
+        let corrupt = |why: &str| {
+            StoreError::Corrupt(format!(
+                "access key {access_key} (table access_keys): the wrapped secret {why}"
+            ))
+        };
+        let mut plain = self
+            .kek
+            .unwrap(&access_key_aad(access_key), &wrapped)
+            .map_err(|_| {
+                corrupt("does not unwrap under the KEK (damaged, or copied from another row)")
+            })?;
+        let secret_key = match String::from_utf8(std::mem::take(&mut *plain)) {
+            Ok(s) => Zeroizing::new(s),
+            Err(e) => {
+                drop(Zeroizing::new(e.into_bytes()));
+                return Err(corrupt("is not text"));
+            }
+        };
+        Ok(Some(AccessKey {
+            access_key: access_key.to_owned(),
+            secret_key,
+            api_key,
+            enabled,
+        }))
+    }
+
+    fn revoke_access_key(&self, access_key: &str) -> Result<bool, StoreError> {
+        let revoked = self.write(|tx| {
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE access_keys SET enabled = 0, revoked_ms = coalesce(revoked_ms, ?2) \
+                     WHERE access_key = ?1",
+                )?
+                .execute(params![access_key, now_ms()])?;
+            if changed == 0 {
+                // Rolls back: nothing changed, the generation stays.
+                return Err(StoreError::NotFound {
+                    what: format!("access key {access_key}"),
+                });
+            }
+            Ok(())
+        });
+        match revoked {
+            Ok(()) => Ok(true),
+            Err(StoreError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn generation(&self) -> Result<u64, StoreError> {
+        let value: i64 = self
+            .lock()
+            .prepare_cached("SELECT value FROM meta WHERE name = 'generation'")?
+            .query_row([], |row| row.get(0))?;
+        to_u64(value, || "the generation counter".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DB_FILE_NAME, KEK_FILE_NAME};
+
+    const MATERIAL: &[u8; 32] = b"0123456789abcdef0123456789ABCDEF";
+
+    fn no_env(_: &str) -> Option<OsString> {
+        None
+    }
+
+    fn open(dir: &Path) -> Store {
+        Store::open_with_env(&StoreOptions::new(dir), &no_env).unwrap()
+    }
+
+    fn raw(dir: &Path) -> Connection {
+        let conn = Connection::open(dir.join(DB_FILE_NAME)).unwrap();
+        conn.busy_timeout(BUSY_TIMEOUT).unwrap();
+        conn
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        assert!(store.list_keys().unwrap().is_empty());
+        let t1 = store
+            .create_key("first", KeyType::Aes256, true, MATERIAL)
+            .unwrap();
+        assert_eq!(t1.len(), 32);
+        assert!(
+            t1.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        );
+        let t2 = store
+            .create_key("second", KeyType::Ecdsa, false, b"ec-der")
+            .unwrap();
+        assert_ne!(t1, t2);
+
+        assert_eq!(store.add_version(&t1, b"v2 material").unwrap(), 2);
+        assert_eq!(store.add_version(&t1, b"v3 material").unwrap(), 3);
+        store.set_version_enabled(&t1, 2, false).unwrap();
+        store.set_key_enabled(&t2, false).unwrap();
+
+        let k1 = store.key(&t1).unwrap().unwrap();
+        assert_eq!(k1.tag, t1);
+        assert_eq!(k1.name, "first");
+        assert_eq!(k1.key_type, KeyType::Aes256);
+        assert!(k1.convergent && k1.enabled);
+        assert!(k1.created_ms > 1_600_000_000_000);
+        let v: Vec<_> = k1
+            .versions
+            .iter()
+            .map(|v| (v.version, v.enabled, v.material.to_vec()))
+            .collect();
+        assert_eq!(
+            v,
+            vec![
+                (1, true, MATERIAL.to_vec()),
+                (2, false, b"v2 material".to_vec()),
+                (3, true, b"v3 material".to_vec()),
+            ]
+        );
+        let k2 = store.key(&t2).unwrap().unwrap();
+        assert!(!k2.enabled && !k2.convergent);
+        assert_eq!(k2.key_type, KeyType::Ecdsa);
+
+        store.set_version_enabled(&t1, 2, true).unwrap();
+        store.set_key_enabled(&t2, true).unwrap();
+        let list = store.list_keys().unwrap();
+        assert_eq!(
+            list,
+            vec![
+                KeySummary {
+                    tag: t1.clone(),
+                    name: "first".into(),
+                    key_type: KeyType::Aes256,
+                    convergent: true,
+                    enabled: true,
+                    versions: vec![(1, true), (2, true), (3, true)],
+                },
+                KeySummary {
+                    tag: t2.clone(),
+                    name: "second".into(),
+                    key_type: KeyType::Ecdsa,
+                    convergent: false,
+                    enabled: true,
+                    versions: vec![(1, true)],
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_things_are_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let missing = "0".repeat(32);
+        assert!(store.key(&missing).unwrap().is_none());
+        let err = store.add_version(&missing, b"x").unwrap_err();
+        assert!(matches!(&err, StoreError::NotFound { what } if what.contains(&missing)));
+        assert!(matches!(
+            store.set_key_enabled(&missing, false),
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(matches!(
+            store.set_version_enabled(&missing, 1, false),
+            Err(StoreError::NotFound { what }) if what == format!("key {missing}")
+        ));
+        let tag = store
+            .create_key("k", KeyType::Aes256, false, MATERIAL)
+            .unwrap();
+        assert!(matches!(
+            store.set_version_enabled(&tag, 9, false),
+            Err(StoreError::NotFound { what }) if what == format!("version 9 of key {tag}")
+        ));
+        assert!(store.access_key("NOPE").unwrap().is_none());
+        let before = store.generation().unwrap();
+        assert!(!store.revoke_access_key("NOPE").unwrap());
+        assert_eq!(
+            store.generation().unwrap(),
+            before,
+            "failed writes change nothing"
+        );
+    }
+
+    #[test]
+    fn access_keys_round_trip_and_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let a = store.create_access_key().unwrap();
+        let b = store.create_access_key().unwrap();
+        assert_ne!(a.access_key, b.access_key);
+        assert_eq!(a.access_key.len(), 20);
+        assert!(
+            a.access_key
+                .bytes()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        );
+        assert_eq!(a.secret_key.len(), 40);
+        assert!(a.secret_key.bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert_eq!(a.api_key.len(), 40);
+        assert!(a.api_key.bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert!(a.enabled);
+
+        let got = store.access_key(&a.access_key).unwrap().unwrap();
+        assert_eq!(got.access_key, a.access_key);
+        assert_eq!(*got.secret_key, *a.secret_key);
+        assert_eq!(got.api_key, a.api_key);
+        assert!(got.enabled);
+
+        assert!(store.revoke_access_key(&a.access_key).unwrap());
+        let revoked = store.access_key(&a.access_key).unwrap().unwrap();
+        assert!(!revoked.enabled, "a revoked key is kept, disabled");
+        assert!(store.revoke_access_key(&a.access_key).unwrap());
+        assert!(store.access_key(&b.access_key).unwrap().unwrap().enabled);
+    }
+
+    #[test]
+    fn everything_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tag, ak) = {
+            let store = open(dir.path());
+            let tag = store
+                .create_key("k", KeyType::Rsa2048, false, MATERIAL)
+                .unwrap();
+            store.add_version(&tag, b"second").unwrap();
+            store.set_version_enabled(&tag, 1, false).unwrap();
+            let ak = store.create_access_key().unwrap();
+            (tag, ak)
+        };
+        let store = open(dir.path());
+        let key = store.key(&tag).unwrap().unwrap();
+        assert_eq!(key.key_type, KeyType::Rsa2048);
+        assert_eq!(key.versions.len(), 2);
+        assert!(!key.versions[0].enabled);
+        assert_eq!(key.versions[0].material.as_slice(), MATERIAL);
+        assert_eq!(key.versions[1].material.as_slice(), b"second");
+        let got = store.access_key(&ak.access_key).unwrap().unwrap();
+        assert_eq!(*got.secret_key, *ak.secret_key);
+        assert_eq!(store.generation().unwrap(), 4);
+    }
+
+    #[test]
+    fn generation_moves_and_is_seen_by_another_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = open(dir.path());
+        let b = open(dir.path());
+        assert_eq!(a.generation().unwrap(), 0);
+        let mut last = 0;
+        let mut check = || {
+            let ga = a.generation().unwrap();
+            let gb = b.generation().unwrap();
+            assert_eq!(ga, gb, "both instances see the same counter");
+            assert!(ga > last, "the generation moved");
+            last = ga;
+        };
+        let tag = a.create_key("k", KeyType::Aes256, false, MATERIAL).unwrap();
+        check();
+        b.add_version(&tag, b"two").unwrap();
+        check();
+        a.set_key_enabled(&tag, false).unwrap();
+        check();
+        b.set_version_enabled(&tag, 1, false).unwrap();
+        check();
+        let ak = a.create_access_key().unwrap();
+        check();
+        assert!(b.revoke_access_key(&ak.access_key).unwrap());
+        check();
+        // And the data itself is visible to the other instance.
+        assert_eq!(b.key(&tag).unwrap().unwrap().versions.len(), 2);
+        assert!(!a.access_key(&ak.access_key).unwrap().unwrap().enabled);
+    }
+
+    #[test]
+    fn two_instances_write_concurrently() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = open(dir.path());
+        let b = open(dir.path());
+        const N: usize = 25;
+        std::thread::scope(|s| {
+            for store in [&a, &b] {
+                s.spawn(move || {
+                    for i in 0..N {
+                        let tag = store
+                            .create_key(&format!("k{i}"), KeyType::Aes256, false, MATERIAL)
+                            .unwrap();
+                        store.add_version(&tag, MATERIAL).unwrap();
+                        let _ = store.list_keys().unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(a.list_keys().unwrap().len(), 2 * N);
+        assert_eq!(b.generation().unwrap(), (4 * N) as u64);
+    }
+
+    #[test]
+    fn files_have_private_modes_and_the_kek_is_reused() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("data");
+        let store = open(&dir);
+        assert_eq!(mode(&dir), 0o700);
+        let kek_path = dir.join(KEK_FILE_NAME);
+        assert_eq!(mode(&kek_path), 0o600);
+        assert_eq!(mode(&dir.join(DB_FILE_NAME)), 0o600);
+        let kek = fs::read(&kek_path).unwrap();
+        assert_eq!(kek.len(), 32);
+        let tag = store
+            .create_key("k", KeyType::Aes256, false, MATERIAL)
+            .unwrap();
+        drop(store);
+
+        let store = open(&dir);
+        assert_eq!(fs::read(&kek_path).unwrap(), kek, "the KEK is not replaced");
+        assert_eq!(
+            store.key(&tag).unwrap().unwrap().versions[0]
+                .material
+                .as_slice(),
+            MATERIAL
+        );
+        let journal: String = raw(&dir)
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(journal, "wal");
+        let text = format!("{store:?}");
+        assert!(text.contains("kek.key") && !text.contains(&format!("{:?}", &kek[..4])));
+    }
+
+    #[test]
+    fn custom_kek_file_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek_dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            data_dir: dir.path().join("d"),
+            kek_file: Some(kek_dir.path().join("my.kek")),
+            kek_env: None,
+        };
+        let store = Store::open_with_env(&options, &no_env).unwrap();
+        store
+            .create_key("k", KeyType::Aes256, false, MATERIAL)
+            .unwrap();
+        assert_eq!(mode(&kek_dir.path().join("my.kek")), 0o600);
+        assert!(!dir.path().join("d").join(KEK_FILE_NAME).exists());
+        drop(store);
+        assert!(Store::open_with_env(&options, &no_env).is_ok());
+    }
+
+    #[test]
+    fn kek_file_of_wrong_length_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(KEK_FILE_NAME), [1u8; 31]).unwrap();
+        let err = Store::open_with_env(&StoreOptions::new(dir.path()), &no_env).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::Kek(_)), "{text}");
+        assert!(
+            text.contains(&dir.path().join(KEK_FILE_NAME).display().to_string()),
+            "{text}"
+        );
+        assert!(text.contains("31 bytes"), "{text}");
+    }
+
+    #[test]
+    fn env_kek_wins_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let hex = "ab".repeat(32);
+        let var = format!("KEYPIPE_TEST_KEK_{}", uuid::Uuid::new_v4().simple());
+        let options = StoreOptions {
+            data_dir: dir.path().to_owned(),
+            kek_file: None,
+            kek_env: Some(var.clone()),
+        };
+        let env = |name: &str| (name == var).then(|| OsString::from(&hex));
+        let store = Store::open_with_env(&options, &env).unwrap();
+        let tag = store
+            .create_key("k", KeyType::Aes256, false, MATERIAL)
+            .unwrap();
+        drop(store);
+        assert!(
+            !dir.path().join(KEK_FILE_NAME).exists(),
+            "no KEK file is written when the variable provides it"
+        );
+        // A KEK file that disagrees is ignored while the variable is present.
+        fs::write(dir.path().join(KEK_FILE_NAME), [7u8; 32]).unwrap();
+        let store = Store::open_with_env(&options, &env).unwrap();
+        assert_eq!(
+            store.key(&tag).unwrap().unwrap().versions[0]
+                .material
+                .as_slice(),
+            MATERIAL
+        );
+        drop(store);
+        // Without the variable the (wrong) file is used, and refused.
+        let err = Store::open_with_env(&options, &no_env).unwrap_err();
+        assert!(matches!(err, StoreError::Kek(_)), "{err}");
+        // A malformed variable is an error naming it, not its value.
+        let bad = |name: &str| (name == var).then(|| OsString::from("not-hex-zz"));
+        let err = Store::open_with_env(&options, &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&var) && !err.contains("not-hex-zz"), "{err}");
+    }
+
+    /// Set by [`env_kek_from_the_real_environment`] for its child process.
+    const CHILD_DIR: &str = "KEYPIPE_STORE_TEST_CHILD_DIR";
+    /// Names the KEK variable for the child process.
+    const CHILD_VAR: &str = "KEYPIPE_STORE_TEST_CHILD_VAR";
+
+    /// Runs only in the child process of the test below (a no-op
+    /// otherwise): opens the store through the real environment.
+    #[test]
+    fn env_kek_child() {
+        let (Some(dir), Some(var)) = (std::env::var_os(CHILD_DIR), std::env::var(CHILD_VAR).ok())
+        else {
+            return;
+        };
+        let options = StoreOptions {
+            data_dir: PathBuf::from(dir),
+            kek_file: None,
+            kek_env: Some(var),
+        };
+        let store = Store::open(&options).unwrap();
+        store
+            .create_key("child", KeyType::Aes256, false, MATERIAL)
+            .unwrap();
+        assert!(!options.kek_path().exists());
+    }
+
+    /// `Store::open` reads the real variable (in a child process, so this
+    /// test never mutates its own environment).
+    #[test]
+    fn env_kek_from_the_real_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let var = format!("KEYPIPE_TEST_KEK_{}", uuid::Uuid::new_v4().simple());
+        let hex = "5a".repeat(32);
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::sqlite::tests::env_kek_child",
+                "--test-threads=1",
+            ])
+            .env(CHILD_DIR, dir.path())
+            .env(CHILD_VAR, &var)
+            .env(&var, &hex)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let options = StoreOptions {
+            data_dir: dir.path().to_owned(),
+            kek_file: None,
+            kek_env: Some(var.clone()),
+        };
+        let env = |name: &str| (name == var).then(|| OsString::from(&hex));
+        let store = Store::open_with_env(&options, &env).unwrap();
+        let keys = store.list_keys().unwrap();
+        assert_eq!(keys.len(), 1, "the child wrote under the variable's KEK");
+        assert_eq!(keys[0].name, "child");
+        drop(store);
+        // Without the variable and without a file, no new KEK is made.
+        let err = Store::open_with_env(&options, &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("does not exist") && err.contains(&var),
+            "{err}"
+        );
+        assert!(!options.kek_path().exists());
+    }
+
+    #[test]
+    fn secrets_never_reach_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let material: Vec<u8> = MATERIAL.repeat(4);
+        let store = open(dir.path());
+        let tag = store
+            .create_key("k", KeyType::Aes256, false, &material)
+            .unwrap();
+        store.add_version(&tag, MATERIAL).unwrap();
+        let ak = store.create_access_key().unwrap();
+        let kek = fs::read(dir.path().join(KEK_FILE_NAME)).unwrap();
+        let secret = ak.secret_key.as_bytes().to_vec();
+
+        let scan = |open: bool| {
+            let mut scanned = 0;
+            for suffix in ["", "-wal", "-shm"] {
+                let path = dir.path().join(format!("{DB_FILE_NAME}{suffix}"));
+                let Ok(bytes) = fs::read(&path) else {
+                    assert_ne!(suffix, "", "the database exists");
+                    continue;
+                };
+                if open && suffix == "-wal" {
+                    assert!(!bytes.is_empty(), "the WAL holds the writes");
+                }
+                for (what, needle) in [
+                    ("material", &MATERIAL[..]),
+                    ("material half", &MATERIAL[..16]),
+                    ("secret key", &secret[..]),
+                    ("KEK", &kek[..]),
+                ] {
+                    assert!(
+                        !contains(&bytes, needle),
+                        "{what} found in {}",
+                        path.display()
+                    );
+                }
+                // The non-secret identifiers are there (the scan sees data).
+                if suffix != "-shm" && contains(&bytes, ak.access_key.as_bytes()) {
+                    scanned += 1;
+                }
+            }
+            assert!(scanned >= 1, "the scan saw the rows");
+        };
+        scan(true);
+        drop(store);
+        scan(false);
+    }
+
+    #[test]
+    fn a_blob_moved_to_another_row_does_not_unwrap() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let tag = store
+            .create_key("k", KeyType::Aes256, false, MATERIAL)
+            .unwrap();
+        store.add_version(&tag, b"second").unwrap();
+        let other = store
+            .create_key("o", KeyType::Aes256, false, b"OTHERMAT")
+            .unwrap();
+        let conn = raw(dir.path());
+        // Version 1's blob into version 2's row of the same key.
+        conn.execute(
+            "UPDATE key_versions SET wrapped = \
+             (SELECT wrapped FROM key_versions WHERE tag = ?1 AND version = 1) \
+             WHERE tag = ?1 AND version = 2",
+            [&tag],
+        )
+        .unwrap();
+        let err = store.key(&tag).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{text}");
+        assert!(text.contains(&tag) && text.contains("version 2"), "{text}");
+        // Another key's version 1 into this key's version 1.
+        conn.execute(
+            "UPDATE key_versions SET wrapped = \
+             (SELECT wrapped FROM key_versions WHERE tag = ?2 AND version = 1) \
+             WHERE tag = ?1 AND version = 1",
+            [&tag, &other],
+        )
+        .unwrap();
+        let text = store.key(&tag).unwrap_err().to_string();
+        assert!(text.contains(&tag) && text.contains("version 1"), "{text}");
+        assert!(
+            !text.contains("OTHERMAT") && !text.contains("0123"),
+            "{text}"
+        );
+        // The listing needs no material and still works.
+        assert_eq!(store.list_keys().unwrap().len(), 2);
+
+        let a = store.create_access_key().unwrap();
+        let b = store.create_access_key().unwrap();
+        conn.execute(
+            "UPDATE access_keys SET secret_wrapped = \
+             (SELECT secret_wrapped FROM access_keys WHERE access_key = ?2) \
+             WHERE access_key = ?1",
+            [&a.access_key, &b.access_key],
+        )
+        .unwrap();
+        let err = store.access_key(&a.access_key).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{text}");
+        assert!(text.contains(&a.access_key), "{text}");
+        assert!(!text.contains(b.secret_key.as_str()), "{text}");
+    }
+
+    #[test]
+    fn a_wrong_kek_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path())
+            .create_key("k", KeyType::Aes256, false, MATERIAL)
+            .unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let wrong = other.path().join("wrong.key");
+        fs::write(&wrong, [0x42u8; 32]).unwrap();
+        let options = StoreOptions {
+            data_dir: dir.path().to_owned(),
+            kek_file: Some(wrong.clone()),
+            kek_env: None,
+        };
+        let err = Store::open_with_env(&options, &no_env).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::Kek(_)), "{text}");
+        assert!(
+            text.contains("wrong KEK") && text.contains("wrong.key"),
+            "{text}"
+        );
+        // The right one still works.
+        assert_eq!(open(dir.path()).list_keys().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_missing_kek_file_is_not_replaced_when_secrets_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path())
+            .create_key("k", KeyType::Aes256, false, MATERIAL)
+            .unwrap();
+        let kek_path = dir.path().join(KEK_FILE_NAME);
+        let kek = fs::read(&kek_path).unwrap();
+        fs::remove_file(&kek_path).unwrap();
+        let err = Store::open_with_env(&StoreOptions::new(dir.path()), &no_env).unwrap_err();
+        assert!(matches!(err, StoreError::Kek(_)), "{err}");
+        assert!(!kek_path.exists(), "no new KEK was made");
+        fs::write(&kek_path, &kek).unwrap();
+        assert_eq!(open(dir.path()).list_keys().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()));
+        let known = migrations::known_version();
+        raw(dir.path())
+            .pragma_update(None, "user_version", known + 5)
+            .unwrap();
+        let err = Store::open_with_env(&StoreOptions::new(dir.path()), &no_env).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Newer { found, known: k } if found == known + 5 && k == known),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn reopening_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..3 {
+            drop(open(dir.path()));
+        }
+        let version: i64 = raw(dir.path())
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, i64::from(migrations::known_version()));
+        assert_eq!(open(dir.path()).generation().unwrap(), 0);
+    }
+
+    #[test]
+    fn random_strings_use_their_alphabet() {
+        let s = random_string(1000, UPPER_ALNUM).unwrap();
+        assert_eq!(s.len(), 1000);
+        assert!(s.bytes().all(|c| UPPER_ALNUM.contains(&c)));
+        // Every character shows up in 1000 draws (overwhelmingly likely).
+        assert!(UPPER_ALNUM.iter().all(|c| s.as_bytes().contains(c)));
+        let s = random_string(2000, ALNUM).unwrap();
+        assert!(ALNUM.iter().all(|c| s.as_bytes().contains(c)));
+    }
+}
