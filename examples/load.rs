@@ -75,6 +75,59 @@ enum Scenario {
     /// healthz and cycle at 64 and 256 connections, push with 32 B and
     /// 1024 B chunks, then one summary table.
     All(AllArgs),
+    /// Closed-loop NCP KMS `encrypt` of 1 KiB, signed (API Gateway v2).
+    Ncp(NcpArgs),
+}
+
+/// Options of the NCP scenario.
+#[derive(Args, Clone)]
+struct NcpArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// keyTag of an AES256 key.
+    #[arg(long)]
+    key_tag: String,
+    /// Access key.
+    #[arg(long)]
+    access_key: String,
+    /// Its secret key.
+    #[arg(long)]
+    secret_key: String,
+}
+
+/// The signed encrypt request of the `ncp` scenario (same bytes every time:
+/// the body is not signed and the timestamp stays valid for 5 minutes).
+static NCP_REQUEST: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// The `ncp` scenario: signed encrypt requests of 1 KiB.
+fn ncp(n: &NcpArgs) -> Result<Vec<Row>, String> {
+    use hmac::{KeyInit, Mac};
+    let t = target(&n.load.url)?;
+    let path = format!("/keys/v2/{}/encrypt", n.key_tag);
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(ctx("clock"))?
+        .as_millis()
+        .to_string();
+    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(n.secret_key.as_bytes())
+        .map_err(ctx("hmac"))?;
+    mac.update(format!("POST {path}\n{ts}\n{}", n.access_key).as_bytes());
+    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    let mut plain = [0u8; 1024];
+    for (i, b) in plain.iter_mut().enumerate() {
+        *b = (i * 7) as u8;
+    }
+    let body =
+        json!({"plaintext": base64::engine::general_purpose::STANDARD.encode(plain)}).to_string();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nx-ncp-apigw-timestamp: {ts}\r\nx-ncp-iam-access-key: {}\r\nx-ncp-apigw-signature-v2: {sig}\r\nContent-Length: {}\r\n\r\n{body}",
+        t.host,
+        n.access_key,
+        body.len()
+    );
+    let _ = NCP_REQUEST.set(req.into_bytes());
+    let st = load(&t, Kind::Ncp, &n.load)?;
+    Ok(vec![Row::load("ncp encrypt 1 KiB", &n.load, &st, 0)])
 }
 
 /// Options of a closed-loop load.
@@ -136,6 +189,7 @@ fn main() -> ExitCode {
         Scenario::Baseline { listen } => baseline(listen),
         Scenario::Healthz(l) => healthz(&l).map(|rows| print_table(&rows)),
         Scenario::Cycle(l) => cycle(&l).map(|rows| print_table(&rows)),
+        Scenario::Ncp(n) => ncp(&n).map(|rows| print_table(&rows)),
         Scenario::Push(p) => push(&p).and_then(|out| {
             print_table(&[out.row]);
             match out.mismatches {
@@ -561,6 +615,8 @@ enum Kind {
     Healthz,
     /// open-connect (201), get-key (205), close (204).
     Cycle,
+    /// The `ncp` scenario's signed encrypt, expecting 200.
+    Ncp,
 }
 
 /// What one load measured (per request type: `[healthz]` or `[open, get-key, close]`).
@@ -624,6 +680,9 @@ impl Conn {
         let ksid = format!(r#"{{"key_stream_id":"{}"}}"#, self.ksid);
         match (kind, self.step) {
             (Kind::Healthz, _) => request(&mut self.out, "GET", "/healthz", host, ""),
+            (Kind::Ncp, _) => self
+                .out
+                .extend_from_slice(NCP_REQUEST.get().map_or(&[][..], |r| &r[..])),
             (_, 0) => request(
                 &mut self.out,
                 "POST",
@@ -640,7 +699,7 @@ impl Conn {
     fn finish(&mut self, kind: Kind, code: u16, body: &[u8], st: &mut Stats) {
         let (step, took) = (self.step, self.started.elapsed());
         let ok = match (kind, step) {
-            (Kind::Healthz, _) => code == 200,
+            (Kind::Healthz | Kind::Ncp, _) => code == 200,
             (_, 0) => match ksid_of(body).filter(|_| code == 201) {
                 Some(k) => {
                     (self.ksid, self.step, self.cycle_ok) = (k, 1, true);

@@ -59,7 +59,17 @@ for hp in "$A_HOST $A_PORT" "$B_HOST $B_PORT"; do
     fi
 done
 
-target/release/keypipe serve >"$LOG" 2>&1 &
+# A fresh store with one AES256 key and one access key for the NCP scenario.
+DATA=target/load-data
+rm -rf "$DATA"
+json_field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
+key=$(target/release/keypipe kms --data-dir "$DATA" create-key --name load --type AES256)
+access=$(target/release/keypipe kms --data-dir "$DATA" create-access-key)
+KEY_TAG=$(json_field keyTag <<<"$key")
+ACCESS_KEY=$(json_field access_key <<<"$access")
+SECRET_KEY=$(json_field secret_key <<<"$access")
+
+target/release/keypipe serve --data-dir "$DATA" >"$LOG" 2>&1 &
 server=$!
 
 deadline=$((SECONDS + 30))
@@ -78,6 +88,10 @@ done
 
 rc=0
 target/release/examples/load all --a "http://$A_HOST:$A_PORT" --b "http://$B_HOST:$B_PORT" "$@" || rc=$?
+for conns in 64 256; do
+    target/release/examples/load ncp --url "http://$A_HOST:$A_PORT" --conns "$conns" --secs 5 \
+        --key-tag "$KEY_TAG" --access-key "$ACCESS_KEY" --secret-key "$SECRET_KEY" | tail -n 1 || rc=$?
+done
 
 if stop_server; then
     echo "load.sh: keypipe stopped"

@@ -464,3 +464,33 @@ fn streams_waiting_for_multi_block_chunks_do_not_starve_each_other() {
         assert_eq!(r.join().unwrap(), vec![Status::Successful; 3]);
     }
 }
+
+#[test]
+fn local_blocks_for_kms_entropy_never_reach_a_stream() {
+    let file = counter_file(64 * 1024);
+    let (a, b) = Engine::pair(&file_config(file.path(), 64, 256, 32)).unwrap();
+    // Wait until the ring has blocks, then take one on the leader.
+    let start = std::time::Instant::now();
+    let local = loop {
+        if let Some(block) = a.take_local_block() {
+            break block;
+        }
+        assert!(start.elapsed().as_secs() < 10, "no block arrived");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    assert!(
+        b.take_local_block().is_none(),
+        "only the leader takes local key"
+    );
+    let taken = words(&local);
+    let q = qos(32, 2000);
+    let ksid = open_both(&a, &b, &q);
+    for i in 0..200 {
+        let (ka, kb) = (key(&a, &ksid, i, 32), key(&b, &ksid, i, 32));
+        assert_eq!(ka, kb, "the follower skipped the same block");
+        assert!(
+            words(&ka).iter().all(|w| !taken.contains(w)),
+            "index {i} reuses local key"
+        );
+    }
+}
