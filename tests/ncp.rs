@@ -214,12 +214,9 @@ fn signed_calls_cli_changes_and_independent_client() {
         assert_eq!(r.json()["error"]["message"], "Authentication Failed");
     };
     let wrong = Creds {
+        access: c.access.clone(),
         secret: "not-the-secret".into(),
-        ..Creds {
-            access: c.access.clone(),
-            secret: String::new(),
-            api: c.api.clone(),
-        }
+        api: c.api.clone(),
     };
     gateway_401(&call(
         addr,
@@ -322,6 +319,17 @@ fn signed_calls_cli_changes_and_independent_client() {
     kms(dir.path(), &["disable", &tag, "--version", "1"]);
     std::thread::sleep(Duration::from_millis(250));
     let r = call(addr, &c, 2, &tag, "decrypt", &json!({"ciphertext": old}));
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (422, Some("INVALID_STATUS"))
+    );
+    kms(dir.path(), &["enable", &tag, "--version", "1"]);
+    std::thread::sleep(Duration::from_millis(250));
+    let r = call(addr, &c, 2, &tag, "decrypt", &json!({"ciphertext": old}));
+    assert_eq!(r.json()["data"]["plaintext"], pt, "enabled again");
+    kms(dir.path(), &["disable", &tag]);
+    std::thread::sleep(Duration::from_millis(250));
+    let r = call(addr, &c, 2, &tag, "encrypt", &json!({"plaintext": pt}));
     assert_eq!(
         (r.status, r.json()["code"].as_str()),
         (422, Some("INVALID_STATUS"))
