@@ -4,8 +4,9 @@
 //!
 //! Authentication failures answer in the gateway's form: 401
 //! `{"error":{"errorCode":"200","message":"Authentication Failed","details":"…"}}`.
-//! RSA private-key operations (decrypt, re-encrypt, sign: about a
-//! millisecond each) run on the pool so they never stall the event loop.
+//! Every call on an RSA2048 key (private-key operations take about a
+//! millisecond, and an array may hold many items) runs on the pool so it
+//! never stalls the event loop.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -109,9 +110,6 @@ impl NcpApi {
         };
         let (tag, action) = (tag.to_owned(), action.to_owned());
         let slow = matches!(
-            action.as_str(),
-            "decrypt" | "reencrypt" | "re-encrypt" | "sign"
-        ) && matches!(
             self.keys.key(&tag),
             Ok(Some(ref k)) if k.key_type == KeyType::Rsa2048
         );

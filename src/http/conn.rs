@@ -143,7 +143,7 @@ impl Conn {
             if now.duration_since(self.last_progress) > idle {
                 self.read_closed = true;
                 self.slots.clear();
-                self.out.clear();
+                wipe(&mut self.out);
             }
             return;
         }
@@ -258,6 +258,12 @@ impl Conn {
                 (false, true) => Connection::KeepAlive,
                 (false, false) => Connection::Omit,
             };
+            let head: usize = response
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len() + 4)
+                .sum();
+            reserve_wiping(&mut self.out, 256 + head + response.body.len());
             response.write_to(&mut self.out, slot.head_only, connection);
             // Answers may carry secrets (a KMS decrypt): no copy of an
             // answer outlives its sending. The body is wiped here, the
@@ -314,4 +320,32 @@ impl Conn {
             Err(e) => Err(e),
         }
     }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        wipe(&mut self.out);
+    }
+}
+
+/// Empties `out`, zeroing its whole allocation (unsent answers may be
+/// secret).
+fn wipe(out: &mut BytesMut) {
+    let capacity = out.capacity();
+    out.clear();
+    out.resize(capacity, 0);
+    out.clear();
+}
+
+/// Makes room for `more` bytes in `out` without leaving unsent bytes behind
+/// in a freed allocation: when `out` must grow, its bytes move to a new
+/// buffer and the old one is wiped.
+fn reserve_wiping(out: &mut BytesMut, more: usize) {
+    if out.capacity() - out.len() >= more {
+        return;
+    }
+    let mut bigger = BytesMut::with_capacity((out.len() + more).next_power_of_two());
+    bigger.extend_from_slice(out);
+    wipe(out);
+    *out = bigger;
 }

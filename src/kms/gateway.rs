@@ -60,14 +60,15 @@ pub enum AuthError {
     /// The timestamp is not a number or too far from the server clock.
     #[error("timestamp missing, malformed or more than 5 minutes from the server clock")]
     Stale,
-    /// No enabled access key of that name.
-    #[error("unknown or revoked access key")]
+    /// No enabled access key of that name. (The three credential failures
+    /// share one message, so access-key names cannot be probed.)
+    #[error("invalid signature or credentials")]
     UnknownAccessKey,
     /// The API key is not the access key's own (v1).
-    #[error("API key does not belong to the access key")]
+    #[error("invalid signature or credentials")]
     WrongApiKey,
     /// The signature does not match.
-    #[error("signature mismatch")]
+    #[error("invalid signature or credentials")]
     BadSignature,
 }
 

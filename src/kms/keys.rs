@@ -83,15 +83,24 @@ impl StoreKeys {
         keep: impl FnOnce(&mut Cache, Arc<T>),
     ) -> Result<Option<Arc<T>>, StoreError> {
         self.refresh()?;
-        if let Some(hit) = pick(&self.cache.read().unwrap_or_else(|p| p.into_inner())) {
-            return Ok(Some(hit));
-        }
+        let generation = {
+            let c = self.cache.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(hit) = pick(&c) {
+                return Ok(Some(hit));
+            }
+            c.generation
+        };
         // Misses (unknown names included) are not cached: a flood of random
         // names cannot grow the cache.
         let Some(value) = load()?.map(Arc::new) else {
             return Ok(None);
         };
         let mut c = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        if c.generation != generation {
+            // The store changed while we read it: what we read may be what
+            // the change revoked. Use it once, do not cache it.
+            return Ok(Some(value));
+        }
         if c.keys.len() + c.access.len() >= MAX_ENTRIES {
             c.keys.clear();
             c.access.clear();

@@ -62,9 +62,15 @@ pub enum KmsCommand {
     },
 }
 
-/// Runs one `kms` command against `data_dir`; the text to print.
-pub fn run(data_dir: PathBuf, command: KmsCommand) -> Result<String, String> {
+/// Runs one `kms` command against `data_dir` (KEK from `kek_file` or
+/// `$KEYPIPE_KEK`); the text to print.
+pub fn run(
+    data_dir: PathBuf,
+    kek_file: Option<PathBuf>,
+    command: KmsCommand,
+) -> Result<String, String> {
     let mut options = StoreOptions::new(data_dir);
+    options.kek_file = kek_file;
     options.kek_env = Some("KEYPIPE_KEK".into());
     let store: Arc<dyn KeyStore> = Arc::new(Store::open(&options).map_err(|e| e.to_string())?);
     let err = |e: keypipe::store::StoreError| e.to_string();

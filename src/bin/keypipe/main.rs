@@ -44,6 +44,9 @@ enum Command {
         /// The store's directory.
         #[arg(long, default_value = "./keypipe-data", global = true)]
         data_dir: PathBuf,
+        /// The KEK file (default: DATA_DIR/kek.key); `$KEYPIPE_KEK` wins when set.
+        #[arg(long, global = true)]
+        kek_file: Option<PathBuf>,
         #[command(subcommand)]
         command: kms_cli::KmsCommand,
     },
@@ -68,7 +71,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Kms { data_dir, command } => match kms_cli::run(data_dir, command) {
+        Command::Kms {
+            data_dir,
+            kek_file,
+            command,
+        } => match kms_cli::run(data_dir, kek_file, command) {
             Ok(text) => {
                 if !text.is_empty() {
                     println!("{text}");
