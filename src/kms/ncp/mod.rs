@@ -316,6 +316,42 @@ fn decode_b64(field: Field, text: &str, max: usize) -> Result<Zeroizing<Vec<u8>>
     Ok(out)
 }
 
+/// A result text whose length sizes the reply buffer.
+trait TextLen {
+    fn text_len(&self) -> usize;
+}
+
+impl TextLen for String {
+    fn text_len(&self) -> usize {
+        self.len()
+    }
+}
+
+impl TextLen for Zeroizing<String> {
+    fn text_len(&self) -> usize {
+        self.len()
+    }
+}
+
+/// Applies `f` to every item of a one-or-array field `name`, in order,
+/// keeping its shape; also the results' total length (plus JSON quoting).
+fn map_items<S, T: TextLen>(
+    name: &'static str,
+    items: &request::OneOrMany<S>,
+    mut f: impl FnMut(Field, &S) -> Result<T, NcpError>,
+) -> Result<(request::OneOrMany<T>, usize), NcpError> {
+    let many = items.is_many();
+    let slice = items.as_slice();
+    let mut out = Vec::with_capacity(slice.len());
+    let mut len = 0;
+    for (i, item) in slice.iter().enumerate() {
+        let result = f(Field::item(name, many, i), item)?;
+        len += result.text_len() + 3;
+        out.push(result);
+    }
+    Ok((items.reshape(out), len))
+}
+
 /// Base64 of a secret, in a zeroizing string.
 fn encode_secret(bytes: &[u8]) -> Zeroizing<String> {
     let mut out = Zeroizing::new(String::with_capacity(ciphertext::max_encoded_len(
@@ -549,23 +585,11 @@ impl NcpService {
         let ctx = context.as_ref().map(|c| c.as_slice());
         let version = newest(&key)?;
         let engine = prepare(&key, version, ctx)?;
-        let many = req.plaintext.is_many();
-        let items = req.plaintext.as_slice();
-        let mut out = Vec::with_capacity(items.len());
-        let mut len = 0;
-        for (i, text) in items.iter().enumerate() {
-            let field = Field::item("plaintext", many, i);
+        let (ciphertext, len) = map_items("plaintext", &req.plaintext, |field, text| {
             let plaintext = decode_b64(field, text.as_str(), MAX_PLAINTEXT)?;
-            let sealed = seal(&engine, version.version, field, &plaintext)?;
-            len += sealed.len() + 3;
-            out.push(sealed);
-        }
-        success(
-            request::CiphertextData {
-                ciphertext: req.plaintext.reshape(out),
-            },
-            len,
-        )
+            seal(&engine, version.version, field, &plaintext)
+        })?;
+        success(request::CiphertextData { ciphertext }, len)
     }
 
     fn decrypt(&self, tag: &str, body: &[u8]) -> Result<NcpReply, NcpError> {
@@ -574,23 +598,10 @@ impl NcpService {
         let context = context(&key, req.context.as_ref())?;
         let ctx = context.as_ref().map(|c| c.as_slice());
         let mut engines = Engines::new(&key, ctx);
-        let many = req.ciphertext.is_many();
-        let items = req.ciphertext.as_slice();
-        let mut out = Vec::with_capacity(items.len());
-        let mut len = 0;
-        for (i, text) in items.iter().enumerate() {
-            let field = Field::item("ciphertext", many, i);
-            let plaintext = open(&mut engines, field, text.as_str())?;
-            let encoded = encode_secret(&plaintext);
-            len += encoded.len() + 3;
-            out.push(encoded);
-        }
-        success(
-            request::PlaintextData {
-                plaintext: req.ciphertext.reshape(out),
-            },
-            len,
-        )
+        let (plaintext, len) = map_items("ciphertext", &req.ciphertext, |field, text| {
+            Ok(encode_secret(&open(&mut engines, field, text.as_str())?))
+        })?;
+        success(request::PlaintextData { plaintext }, len)
     }
 
     fn create_custom_key(&self, tag: &str, body: &[u8]) -> Result<NcpReply, NcpError> {
@@ -632,23 +643,11 @@ impl NcpService {
         let target = newest(&key)?;
         let sealer = prepare(&key, target, ctx)?;
         let mut engines = Engines::new(&key, ctx);
-        let many = req.ciphertext.is_many();
-        let items = req.ciphertext.as_slice();
-        let mut out = Vec::with_capacity(items.len());
-        let mut len = 0;
-        for (i, text) in items.iter().enumerate() {
-            let field = Field::item("ciphertext", many, i);
+        let (ciphertext, len) = map_items("ciphertext", &req.ciphertext, |field, text| {
             let plaintext = open(&mut engines, field, text.as_str())?;
-            let sealed = seal(&sealer, target.version, field, &plaintext)?;
-            len += sealed.len() + 3;
-            out.push(sealed);
-        }
-        success(
-            request::CiphertextData {
-                ciphertext: req.ciphertext.reshape(out),
-            },
-            len,
-        )
+            seal(&sealer, target.version, field, &plaintext)
+        })?;
+        success(request::CiphertextData { ciphertext }, len)
     }
 
     fn sign(&self, tag: &str, body: &[u8]) -> Result<NcpReply, NcpError> {
