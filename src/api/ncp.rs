@@ -68,7 +68,7 @@ impl NcpApi {
         let result = verify(
             scheme,
             "POST",
-            &req.target,
+            req.target(),
             &creds,
             now_ms,
             |name, check| match self.keys.access_key(name) {

@@ -97,7 +97,7 @@ impl Conn {
         let mut reads = 0;
         loop {
             let parsed = self.parse_requests(d, now);
-            if self.flush().is_err() {
+            if self.flush(now).is_err() {
                 return Step::Close;
             }
             if self.finished() {
@@ -247,7 +247,7 @@ impl Conn {
     }
 
     /// Serializes ready answers in order and writes what the socket takes.
-    fn flush(&mut self) -> io::Result<()> {
+    fn flush(&mut self, now: Instant) -> io::Result<()> {
         while let Some(slot) = self.slots.front_mut() {
             let Some(response) = slot.response.take() else {
                 break;
@@ -285,7 +285,7 @@ impl Conn {
                 Ok(n) => {
                     self.out[..n].zeroize();
                     self.out.advance(n);
-                    self.last_progress = Instant::now();
+                    self.last_progress = now;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

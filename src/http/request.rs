@@ -79,8 +79,8 @@ impl Method {
 pub struct Request {
     /// The method.
     pub method: Method,
-    /// The raw request target (path and query).
-    pub target: String,
+    /// The raw request target (path and query): a range of `head`.
+    target: Range<usize>,
     /// The request head as received (request line and header fields).
     head: Vec<u8>,
     /// Name and value ranges of each header field in `head`, in order.
@@ -97,21 +97,28 @@ impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Request")
             .field("method", &self.method)
-            .field("target", &self.target)
+            .field("target", &self.target())
             .field("body_len", &self.body.len())
             .finish_non_exhaustive()
     }
 }
 
 impl Request {
+    /// The raw request target (path and query), as received.
+    pub fn target(&self) -> &str {
+        // httparse checked the target's characters: ASCII.
+        std::str::from_utf8(&self.head[self.target.clone()]).unwrap_or("/")
+    }
+
     /// The path part of the target.
     pub fn path(&self) -> &str {
-        self.target.split_once('?').map_or(&self.target, |(p, _)| p)
+        let target = self.target();
+        target.split_once('?').map_or(target, |(p, _)| p)
     }
 
     /// The query part of the target, without `?`.
     pub fn query(&self) -> Option<&str> {
-        self.target.split_once('?').map(|(_, q)| q)
+        self.target().split_once('?').map(|(_, q)| q)
     }
 
     /// The first header field named `name` (case-insensitive).
@@ -167,7 +174,6 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, HttpError> {
     }
     let minor = req.version.unwrap_or(1);
     let method = Method::parse(req.method.unwrap_or(""));
-    let target = req.path.unwrap_or("/").to_owned();
     let mut content_length: Option<usize> = None;
     let mut chunked = false;
     let mut connection_close = minor == 0;
@@ -178,6 +184,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, HttpError> {
         let start = s.as_ptr() as usize - base;
         start..start + s.len()
     };
+    let target = req.path.map_or(0..0, |p| range(p.as_bytes()));
     for h in req.headers.iter() {
         fields.push((range(h.name.as_bytes()), range(h.value)));
         let name = h.name.as_bytes();

@@ -5,6 +5,8 @@
 //! content (RFC 9110 §15.3.6); a HEAD answer carries the length of the GET
 //! answer but no content.
 
+use std::borrow::Cow;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// One response. Its body may be secret (a KMS decrypt answer): the
@@ -15,7 +17,7 @@ pub struct Response {
     /// Status code.
     pub status: u16,
     /// Extra header fields (`Content-Length` and `Connection` are added).
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
     /// Content (ignored for 204 and 205).
     pub body: Bytes,
     /// Close the connection after this response.
@@ -51,7 +53,7 @@ impl Response {
     }
 
     /// Adds a header field.
-    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+    pub fn header(mut self, name: &'static str, value: impl Into<Cow<'static, str>>) -> Self {
         self.headers.push((name, value.into()));
         self
     }
