@@ -104,6 +104,17 @@ fn parse_ksid(text: &str) -> Result<Uuid, Response> {
     Uuid::parse_str(text).map_err(|_| malformed(format!("key_stream_id {text:?} is not a UUID")))
 }
 
+/// Parses a body naming a stream, and its `key_stream_id`; the error
+/// answer when either is malformed.
+fn body_and_ksid<T: serde::de::DeserializeOwned>(
+    req: &Request,
+    ksid_of: impl Fn(&T) -> &String,
+) -> Result<(T, Uuid), Response> {
+    let body: T = parse_json(&req.body).map_err(malformed)?;
+    let ksid = parse_ksid(ksid_of(&body))?;
+    Ok((body, ksid))
+}
+
 fn qos_json(q: &Qos) -> serde_json::Value {
     json!({
         "key_chunk_size": q.key_chunk_size,
@@ -262,12 +273,8 @@ impl Etsi004 {
     }
 
     fn get_key(&self, req: &Request) -> Response {
-        let body: GetKeyBody = match parse_json(&req.body) {
-            Ok(b) => b,
-            Err(e) => return malformed(e),
-        };
-        let ksid = match parse_ksid(&body.key_stream_id) {
-            Ok(k) => k,
+        let (body, ksid) = match body_and_ksid(req, |b: &GetKeyBody| &b.key_stream_id) {
+            Ok(parsed) => parsed,
             Err(r) => return r,
         };
         match self.engine.stream_qos(&ksid) {
@@ -287,12 +294,8 @@ impl Etsi004 {
     }
 
     fn close(&self, req: &Request) -> Response {
-        let body: CloseBody = match parse_json(&req.body) {
-            Ok(b) => b,
-            Err(e) => return malformed(e),
-        };
-        let ksid = match parse_ksid(&body.key_stream_id) {
-            Ok(k) => k,
+        let ksid = match body_and_ksid(req, |b: &CloseBody| &b.key_stream_id) {
+            Ok((_, ksid)) => ksid,
             Err(r) => return r,
         };
         // Stop taking key first, so the pusher never races the close.
