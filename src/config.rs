@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::http::{Limits, ServerConfig};
+use crate::kms::agreement::{AgreementConfig, Scheme};
+use crate::kms::login::LoginConfig;
 use crate::qkd::EngineConfig;
 use crate::store::StoreOptions;
 
@@ -28,6 +30,9 @@ pub enum Protocol {
     /// NCP-KMS-compatible encryption API (`/keys/v1|v2/{keyTag}/{action}`).
     #[serde(rename = "ncp-kms")]
     NcpKms,
+    /// DH/ECDH key agreement and the login that uses it (`/rest/…`).
+    #[serde(rename = "key-agreement")]
+    KeyAgreement,
 }
 
 /// The whole file.
@@ -47,9 +52,96 @@ pub struct Config {
     /// and wins over the file.
     #[serde(default = "default_kek_env")]
     pub kek_env: String,
+    /// The key-agreement service (`key-agreement` protocol).
+    #[serde(default)]
+    pub key_agreement: KeyAgreementSettings,
+    /// The login service (`key-agreement` protocol).
+    #[serde(default)]
+    pub login: LoginSettings,
     /// The nodes (listeners).
     #[serde(rename = "node")]
     pub nodes: Vec<NodeConfig>,
+}
+
+/// `[key_agreement]`: the key-agreement service, shared by every listener
+/// serving `key-agreement`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyAgreementSettings {
+    /// The server's identifier (`id_S`, sent Base64-encoded).
+    pub identifier: String,
+    /// Enabled schemes, most preferred first.
+    pub schemes: Vec<Scheme>,
+    /// Seconds a `client_reference_id` waits for its login.
+    pub reference_ttl_s: u64,
+    /// Most agreements awaiting their login at once (more: 503).
+    pub max_pending: usize,
+}
+
+impl Default for KeyAgreementSettings {
+    fn default() -> Self {
+        let d = AgreementConfig::default();
+        Self {
+            identifier: String::from_utf8_lossy(&d.identifier).into_owned(),
+            schemes: d.schemes,
+            reference_ttl_s: d.reference_ttl.as_secs(),
+            max_pending: d.max_pending,
+        }
+    }
+}
+
+impl KeyAgreementSettings {
+    /// The service settings.
+    pub fn service_config(&self) -> AgreementConfig {
+        AgreementConfig {
+            identifier: self.identifier.as_bytes().to_vec(),
+            schemes: self.schemes.clone(),
+            reference_ttl: Duration::from_secs(self.reference_ttl_s),
+            max_pending: self.max_pending,
+        }
+    }
+}
+
+/// `[login]`: the login service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoginSettings {
+    /// Accept a login without `client_reference_id` (plain password).
+    pub allow_plain_password: bool,
+    /// Seconds an access token lives.
+    pub access_token_ttl_s: u64,
+    /// Seconds a session (its refresh token) lives.
+    pub refresh_token_ttl_s: u64,
+    /// Milliseconds a first failed login is held; doubles per failure.
+    pub failure_delay_ms: u64,
+    /// Longest hold, milliseconds.
+    pub max_failure_delay_ms: u64,
+}
+
+impl Default for LoginSettings {
+    fn default() -> Self {
+        let d = LoginConfig::default();
+        Self {
+            allow_plain_password: d.allow_plain_password,
+            access_token_ttl_s: d.access_ttl.as_secs(),
+            refresh_token_ttl_s: d.refresh_ttl.as_secs(),
+            failure_delay_ms: d.failure_delay.as_millis() as u64,
+            max_failure_delay_ms: d.max_failure_delay.as_millis() as u64,
+        }
+    }
+}
+
+impl LoginSettings {
+    /// The service settings.
+    pub fn service_config(&self) -> LoginConfig {
+        LoginConfig {
+            allow_plain_password: self.allow_plain_password,
+            access_ttl: Duration::from_secs(self.access_token_ttl_s),
+            refresh_ttl: Duration::from_secs(self.refresh_token_ttl_s),
+            failure_delay: Duration::from_millis(self.failure_delay_ms),
+            max_failure_delay: Duration::from_millis(self.max_failure_delay_ms),
+        }
+    }
 }
 
 fn default_pool_threads() -> usize {
@@ -76,9 +168,12 @@ impl Config {
 
     /// True when some listener serves a store-backed service.
     pub fn needs_store(&self) -> bool {
-        self.nodes
-            .iter()
-            .any(|n| n.serve.contains(&Protocol::NcpKms))
+        self.serves(Protocol::NcpKms) || self.serves(Protocol::KeyAgreement)
+    }
+
+    /// True when some listener serves `protocol`.
+    pub fn serves(&self, protocol: Protocol) -> bool {
+        self.nodes.iter().any(|n| n.serve.contains(&protocol))
     }
 }
 
@@ -202,6 +297,16 @@ impl Config {
         let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         if config.nodes.is_empty() {
             return Err("no [[node]] configured".into());
+        }
+        let ka = &config.key_agreement;
+        if ka.identifier.is_empty() || ka.identifier.len() > 256 {
+            return Err("key_agreement.identifier: must be 1 to 256 bytes".into());
+        }
+        if ka.schemes.is_empty() {
+            return Err("key_agreement.schemes: enable at least one scheme".into());
+        }
+        if ka.reference_ttl_s == 0 || ka.max_pending == 0 {
+            return Err("key_agreement.reference_ttl_s and max_pending must be above 0".into());
         }
         for node in &config.nodes {
             if node.name.is_empty()

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use mio::Waker;
 
-use crate::api::NcpApi;
 use crate::api::link::{LINK_TAG, NetLink};
 use crate::api::push::{PushTable, wait_for};
+use crate::api::{AgreementApi, NcpApi};
 use crate::api::{Etsi004, HealthSources, RequestMetrics, Router};
 use crate::config::{NodeConfig, Protocol};
 use crate::http::{Client, Origin, OriginId, Pool, PushOutcome, Server};
@@ -46,6 +46,8 @@ pub enum NodeError {
 pub struct Services {
     /// The store's master keys and access keys (for `ncp-kms`).
     pub keys: Option<Arc<StoreKeys>>,
+    /// Key agreement and login (for `key-agreement`).
+    pub agreement: Option<AgreementApi>,
 }
 
 /// The engine as a source of QKD key for local use (KMS entropy).
@@ -128,6 +130,11 @@ impl RunningNode {
             engine: core.as_ref().map(|c| Arc::clone(&c.engine)),
             push: core.as_ref().map(|c| Arc::clone(&c.push)),
             received: received.clone(),
+            agreement: services
+                .agreement
+                .as_ref()
+                .filter(|_| config.serve.contains(&Protocol::KeyAgreement))
+                .map(|a| Arc::clone(a.service())),
             requests: Arc::clone(&requests),
             server: Arc::clone(&server_stats),
         };
@@ -165,6 +172,13 @@ impl RunningNode {
             let service = NcpService::new(Arc::clone(&keys) as Arc<dyn KeySource>)
                 .with_entropy(Arc::new(entropy));
             NcpApi::new(keys, Arc::new(service)).mount(&mut router);
+        }
+        if config.serve.contains(&Protocol::KeyAgreement) {
+            services
+                .agreement
+                .as_ref()
+                .ok_or_else(|| bad("serving key-agreement needs the store (data_dir)".into()))?
+                .mount(&mut router);
         }
         let server = Server::start(
             &name,

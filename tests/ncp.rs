@@ -7,8 +7,8 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -33,45 +33,14 @@ fn kms(dir: &Path, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: std::path::PathBuf,
-}
-
-fn start(dir: &Path, port: u16) -> Server {
-    let config = dir.join("ncp.toml");
-    std::fs::write(
-        &config,
-        format!(
+fn start(dir: &Path, port: u16) -> ServerProcess {
+    ServerProcess::start(
+        dir,
+        port,
+        &format!(
             "[[node]]\nname = \"kms\"\nlisten = \"127.0.0.1:{port}\"\nworkers = 1\nserve = [\"ncp-kms\"]\n"
         ),
     )
-    .unwrap();
-    let log = dir.join(format!(
-        "server-{}.log",
-        Instant::now().elapsed().as_nanos()
-    ));
-    let child = Command::new(env!("CARGO_BIN_EXE_keypipe"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir)
-        .env("KEYPIPE_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_healthy(addr);
-    Server { child, addr, log }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 struct Creds {

@@ -25,6 +25,8 @@ pub struct HealthSources {
     pub push: Option<Arc<PushTable>>,
     /// The KMS-side store.
     pub received: Option<Arc<ReceivedKeys>>,
+    /// The key-agreement service, when this listener serves it.
+    pub agreement: Option<Arc<crate::kms::agreement::AgreementService>>,
     /// Requests by route and status.
     pub requests: Arc<RequestMetrics>,
     /// The listener's connection counters (set once it started).
@@ -185,6 +187,15 @@ fn metrics(src: &HealthSources) -> Response {
             "gauge",
             "Key bytes held for local consumers.",
             bytes as f64,
+        );
+    }
+    if let Some(agreement) = &src.agreement {
+        gauge(
+            &mut out,
+            "keypipe_key_agreement_references",
+            "gauge",
+            "Client references held (awaiting login, used or expired, until forgotten).",
+            agreement.pending() as f64,
         );
     }
     if let Some(server) = src.server.get() {

@@ -1,6 +1,7 @@
 //! HTTP adapters: one file per protocol maps requests to the services
 //! below, and the [`Router`] dispatches by path and method.
 
+mod agreement;
 mod etsi004;
 mod health;
 mod key_material;
@@ -10,6 +11,7 @@ mod ncp;
 pub mod push;
 mod router;
 
+pub use agreement::AgreementApi;
 pub use etsi004::Etsi004;
 pub use health::{HealthSources, healthz_route, metrics_route};
 pub use key_material::key_material_route;

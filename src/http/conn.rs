@@ -213,6 +213,12 @@ impl Conn {
                     let reply = catch_unwind(AssertUnwindSafe(|| d.service.call(req)))
                         .unwrap_or_else(|_| Reply::Now(HttpError::INTERNAL.response()));
                     let response = match reply {
+                        // A held answer goes the way of a pool answer: the
+                        // worker keeps it until it is due.
+                        Reply::Now(r) if r.hold_until.is_some_and(|t| t > now) => {
+                            (d.later)(seq, Box::new(move || r));
+                            None
+                        }
                         Reply::Now(r) => Some(r),
                         Reply::Later(job) => {
                             (d.later)(seq, job);

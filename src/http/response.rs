@@ -6,6 +6,7 @@
 //! answer but no content.
 
 use std::borrow::Cow;
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -22,6 +23,10 @@ pub struct Response {
     pub body: Bytes,
     /// Close the connection after this response.
     pub close: bool,
+    /// Not sent before this instant (a deliberate delay, e.g. after a
+    /// failed login). The worker holds the answer without blocking; later
+    /// answers on the same connection wait behind it, in order.
+    pub hold_until: Option<Instant>,
 }
 
 impl std::fmt::Debug for Response {
@@ -42,6 +47,7 @@ impl Response {
             headers: Vec::new(),
             body: Bytes::new(),
             close: false,
+            hold_until: None,
         }
     }
 
@@ -61,6 +67,12 @@ impl Response {
     /// Sets the content.
     pub fn body(mut self, body: impl Into<Bytes>) -> Self {
         self.body = body.into();
+        self
+    }
+
+    /// Holds the response back until `when` (see [`Response::hold_until`]).
+    pub fn held_until(mut self, when: Instant) -> Self {
+        self.hold_until = Some(when);
         self
     }
 

@@ -3,6 +3,7 @@
 //! connections; a connection never migrates), a global connection cap,
 //! request and idle timeouts, and graceful shutdown.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -154,6 +155,8 @@ impl Server {
                 again: Vec::new(),
                 done_tx,
                 done_rx,
+                held: BTreeMap::new(),
+                held_seq: 0,
                 service: Arc::clone(&service),
                 pool: pool.clone(),
                 config: config.clone(),
@@ -229,6 +232,9 @@ struct Worker {
     again: Vec<usize>,
     done_tx: Sender<Done>,
     done_rx: Receiver<Done>,
+    /// Answers held until their `hold_until`, by due time (then arrival).
+    held: BTreeMap<(Instant, u64), Done>,
+    held_seq: u64,
     service: Arc<dyn Service>,
     pool: Pool,
     config: ServerConfig,
@@ -253,7 +259,11 @@ impl Worker {
         let mut grace_end: Option<Instant> = None;
         loop {
             let timeout = if self.again.is_empty() {
-                next_tick.saturating_duration_since(Instant::now())
+                let wake = match self.held.first_key_value() {
+                    Some((&(due, _), _)) => due.min(next_tick),
+                    None => next_tick,
+                };
+                wake.saturating_duration_since(Instant::now())
             } else {
                 Duration::ZERO
             };
@@ -271,12 +281,23 @@ impl Worker {
                     Token(t) => self.serve(t - FIRST_CONN, now),
                 }
             }
+            let stopping = self.stop.load(Ordering::Acquire);
             while let Ok(done) = self.done_rx.try_recv() {
-                if let Some(Some(e)) = self.conns.get_mut(done.slot)
-                    && e.generation == done.generation
-                {
-                    e.conn.complete(done.seq, done.response);
-                    self.serve(done.slot, now);
+                match done.response.hold_until {
+                    Some(due) if due > now && !stopping => {
+                        self.held_seq += 1;
+                        self.held.insert((due, self.held_seq), done);
+                    }
+                    _ => self.deliver(done, now),
+                }
+            }
+            while self
+                .held
+                .first_key_value()
+                .is_some_and(|(&(due, _), _)| due <= now || stopping)
+            {
+                if let Some((_, done)) = self.held.pop_first() {
+                    self.deliver(done, now);
                 }
             }
             for slot in std::mem::take(&mut self.again) {
@@ -314,6 +335,16 @@ impl Worker {
                     }
                 }
             }
+        }
+    }
+
+    /// Hands a pool (or held) answer to its connection, if still open.
+    fn deliver(&mut self, done: Done, now: Instant) {
+        if let Some(Some(e)) = self.conns.get_mut(done.slot)
+            && e.generation == done.generation
+        {
+            e.conn.complete(done.seq, done.response);
+            self.serve(done.slot, now);
         }
     }
 

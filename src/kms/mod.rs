@@ -1,9 +1,11 @@
 //! KMS-side services (sans-IO). For now: the store of key material pushed
 //! to this process by a QKD node (ETSI 004 push mode, KMS side).
 
+pub mod agreement;
 pub mod entropy;
 pub mod gateway;
 pub mod keys;
+pub mod login;
 pub mod ncp;
 mod received;
 

@@ -56,6 +56,33 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         secret_wrapped BLOB NOT NULL
     ) STRICT;
     "#,
+    // 2: users (password hashes) and their login sessions (token hashes).
+    r#"
+    CREATE TABLE users (
+        domain        TEXT NOT NULL,
+        name          TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        created_ms    INTEGER NOT NULL,
+        PRIMARY KEY (domain, name)
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE sessions (
+        refresh_hash BLOB PRIMARY KEY NOT NULL,
+        domain       TEXT NOT NULL,
+        name         TEXT NOT NULL,
+        created_ms   INTEGER NOT NULL,
+        expires_ms   INTEGER NOT NULL,
+        FOREIGN KEY (domain, name) REFERENCES users (domain, name) ON DELETE CASCADE
+    ) STRICT;
+    CREATE INDEX sessions_user ON sessions (domain, name);
+
+    CREATE TABLE access_tokens (
+        token_hash   BLOB PRIMARY KEY NOT NULL,
+        refresh_hash BLOB NOT NULL REFERENCES sessions (refresh_hash) ON DELETE CASCADE,
+        expires_ms   INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX access_tokens_session ON access_tokens (refresh_hash);
+    "#,
 ];
 
 /// The schema version this code writes.

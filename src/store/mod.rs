@@ -81,6 +81,7 @@
 mod kek;
 mod migrations;
 mod sqlite;
+mod users;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -90,6 +91,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 pub use sqlite::Store;
+pub use users::{TokenHash, UserRecord, UserStore};
 
 /// Where the store keeps its files and finds its KEK.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +155,12 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The thing to create exists already.
+    #[error("{what} already exists")]
+    Exists {
+        /// What, e.g. `user alice in domain corp`.
+        what: String,
+    },
     /// The KEK is missing, malformed or not the database's.
     #[error("KEK: {0}")]
     Kek(String),

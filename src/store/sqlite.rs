@@ -120,7 +120,7 @@ impl Store {
         &self.db_path
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic never leaves a transaction open (it rolls back on drop).
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -131,10 +131,23 @@ impl Store {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.transact(true, f)
+    }
+
+    /// [`Store::write`], bumping the generation only when `bump` (users
+    /// and login sessions are never cached, so their writes do not make
+    /// the key caches start over).
+    pub(super) fn transact<T>(
+        &self,
+        bump: bool,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
-        tx.prepare_cached(BUMP_GENERATION)?.execute([])?;
+        if bump {
+            tx.prepare_cached(BUMP_GENERATION)?.execute([])?;
+        }
         tx.commit()?;
         Ok(out)
     }
@@ -245,7 +258,7 @@ fn access_key_aad(access_key: &str) -> String {
     format!("access_key:{access_key}")
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

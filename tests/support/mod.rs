@@ -488,3 +488,44 @@ pub fn pushing(qos: Value) -> (RunningNode, RunningNode, TestKms, TestKms, Uuid)
     let ksid = push_stream(a.local_addr(), b.local_addr(), &kms_a, &kms_b, qos);
     (a, b, kms_a, kms_b, ksid)
 }
+
+/// The `keypipe serve` binary on a configuration of its own, in `dir`
+/// (its store's directory too); its log (debug level) goes to `log`.
+/// Killed (like `kill -9`) when dropped.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub log: std::path::PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts the server with `config` (TOML) listening on `port`, and
+    /// waits until it answers `/healthz`.
+    pub fn start(dir: &std::path::Path, port: u16, config: &str) -> ServerProcess {
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("server-{n}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let log = dir.join(format!("server-{n}.log"));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_keypipe"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .arg("--data-dir")
+            .arg(dir)
+            .env("KEYPIPE_LOG", "debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_healthy(addr);
+        ServerProcess { child, addr, log }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use clap::Subcommand;
 use keypipe::kms::entropy::Entropy;
 use keypipe::kms::ncp::generate_material;
-use keypipe::store::{KeyStore, KeyType, Store, StoreOptions};
+use keypipe::store::{KeyStore, KeyType};
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -69,10 +69,7 @@ pub fn run(
     kek_file: Option<PathBuf>,
     command: KmsCommand,
 ) -> Result<String, String> {
-    let mut options = StoreOptions::new(data_dir);
-    options.kek_file = kek_file;
-    options.kek_env = Some("KEYPIPE_KEK".into());
-    let store: Arc<dyn KeyStore> = Arc::new(Store::open(&options).map_err(|e| e.to_string())?);
+    let store: Arc<dyn KeyStore> = Arc::new(crate::open_store(data_dir, kek_file)?);
     let err = |e: keypipe::store::StoreError| e.to_string();
     let material = |key_type: KeyType| -> Result<Zeroizing<Vec<u8>>, String> {
         let mut seed = Zeroizing::new([0u8; 32]);

@@ -1,6 +1,7 @@
 //! The `keypipe` binary: `keypipe serve [--config FILE]` and `keypipe kms …`.
 
 mod kms_cli;
+mod user_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,11 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use keypipe::config::{Config, DEFAULT_CONFIG};
+use keypipe::api::AgreementApi;
+use keypipe::config::{Config, DEFAULT_CONFIG, Protocol};
 use keypipe::http::Pool;
+use keypipe::kms::agreement::AgreementService;
 use keypipe::kms::keys::StoreKeys;
+use keypipe::kms::login::LoginService;
 use keypipe::node::{RunningNode, Services};
-use keypipe::store::Store;
+use keypipe::store::{Store, StoreOptions};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -50,6 +54,42 @@ enum Command {
         #[command(subcommand)]
         command: kms_cli::KmsCommand,
     },
+    /// Administer the login users of key-agreement (safe while the server runs).
+    User {
+        /// The store's directory.
+        #[arg(long, default_value = "./keypipe-data", global = true)]
+        data_dir: PathBuf,
+        /// The KEK file (default: DATA_DIR/kek.key); `$KEYPIPE_KEK` wins when set.
+        #[arg(long, global = true)]
+        kek_file: Option<PathBuf>,
+        #[command(subcommand)]
+        command: user_cli::UserCommand,
+    },
+}
+
+/// Opens the store of `data_dir` (KEK from `kek_file`, else
+/// `$KEYPIPE_KEK`, else `data_dir/kek.key`), for the admin commands.
+pub(crate) fn open_store(data_dir: PathBuf, kek_file: Option<PathBuf>) -> Result<Store, String> {
+    let mut options = StoreOptions::new(data_dir);
+    options.kek_file = kek_file;
+    options.kek_env = Some("KEYPIPE_KEK".into());
+    Store::open(&options).map_err(|e| e.to_string())
+}
+
+/// Prints an admin command's result; the exit code.
+fn report(prefix: &str, result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            if !text.is_empty() {
+                println!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{prefix}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -75,18 +115,12 @@ fn main() -> ExitCode {
             data_dir,
             kek_file,
             command,
-        } => match kms_cli::run(data_dir, kek_file, command) {
-            Ok(text) => {
-                if !text.is_empty() {
-                    println!("{text}");
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("keypipe kms: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        } => report("keypipe kms", kms_cli::run(data_dir, kek_file, command)),
+        Command::User {
+            data_dir,
+            kek_file,
+            command,
+        } => report("keypipe user", user_cli::run(data_dir, kek_file, command)),
     }
 }
 
@@ -110,11 +144,20 @@ fn serve(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<(), String>
         config.data_dir = dir;
     }
     let services = if config.needs_store() {
-        let store = Store::open(&config.store_options())
-            .map_err(|e| format!("store {}: {e}", config.data_dir.display()))?;
-        let keys = StoreKeys::new(Arc::new(store)).map_err(|e| e.to_string())?;
+        let store = Arc::new(
+            Store::open(&config.store_options())
+                .map_err(|e| format!("store {}: {e}", config.data_dir.display()))?,
+        );
+        let keys = StoreKeys::new(Arc::clone(&store) as _).map_err(|e| e.to_string())?;
+        let agreement = config.serves(Protocol::KeyAgreement).then(|| {
+            let agreement = Arc::new(AgreementService::new(config.key_agreement.service_config()));
+            let login =
+                LoginService::new(store, Arc::clone(&agreement), config.login.service_config());
+            AgreementApi::new(agreement, Arc::new(login))
+        });
         Services {
             keys: Some(Arc::new(keys)),
+            agreement,
         }
     } else {
         Services::default()

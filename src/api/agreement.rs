@@ -1,0 +1,185 @@
+//! Key agreement and login over HTTP: `POST /rest/key-agreement`,
+//! `POST /rest/login[?client_reference_id=…]`, `POST /rest/refresh`,
+//! `POST /rest/logout`, served by the sans-IO `kms::agreement` and
+//! `kms::login` services.
+//!
+//! Every route runs on the pool: modular exponentiation (FFDHE), Argon2 and
+//! durable store writes never stall the event loop. A failed login's 401
+//! is held (not sent) until the throttle's delay ends, without holding a
+//! thread. Errors are `{"message": "…"}` with 400 (malformed or refused
+//! input; nothing is kept), 401 (credentials, tokens), 404 (unknown
+//! reference), 410 (used or expired reference), 503 (too many pending
+//! agreements), 500 (internal; details only in the log).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::{Handler, Router, parse_json};
+use crate::http::{Method, Reply, Request, Response};
+use crate::kms::agreement::{AgreementError, AgreementService, ReferenceError};
+use crate::kms::login::{LoginError, LoginService};
+
+/// The key-agreement and login routes of one listener.
+#[derive(Debug, Clone)]
+pub struct AgreementApi {
+    agreement: Arc<AgreementService>,
+    login: Arc<LoginService>,
+}
+
+fn message(status: u16, text: &str) -> Response {
+    super::json(status, &json!({ "message": text }))
+}
+
+fn agreement_error(e: &AgreementError) -> Response {
+    let status = match e {
+        AgreementError::BadRequest(_) => 400,
+        AgreementError::Busy => 503,
+        AgreementError::Random => 500,
+    };
+    message(status, &e.to_string())
+}
+
+fn login_error(e: &LoginError) -> Response {
+    match e {
+        LoginError::BadRequest(m) => message(400, m),
+        LoginError::Reference(r) => {
+            let status = match r {
+                ReferenceError::Unknown => 404,
+                ReferenceError::Used | ReferenceError::Expired => 410,
+                ReferenceError::Full => 503,
+            };
+            message(status, &r.to_string())
+        }
+        LoginError::Unauthorized { answer_at } => {
+            message(401, &e.to_string()).held_until(*answer_at)
+        }
+        LoginError::InvalidToken => message(401, &e.to_string()),
+        LoginError::Store(detail) => {
+            tracing::error!("login store failure: {detail}");
+            message(500, "internal error")
+        }
+    }
+}
+
+/// The value of `name` in a query string (no percent-decoding: the
+/// parameters served here never need it).
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find_map(|(k, v)| (k == name).then_some(v))
+}
+
+impl AgreementApi {
+    /// Routes over the two services.
+    pub fn new(agreement: Arc<AgreementService>, login: Arc<LoginService>) -> Self {
+        AgreementApi { agreement, login }
+    }
+
+    /// The key-agreement service.
+    pub fn service(&self) -> &Arc<AgreementService> {
+        &self.agreement
+    }
+
+    /// Adds the four routes.
+    pub fn mount(&self, router: &mut Router) {
+        type Call = fn(&AgreementApi, &Request) -> Response;
+        let routes: [(&'static str, Call); 4] = [
+            ("/rest/key-agreement", AgreementApi::agree),
+            ("/rest/login", AgreementApi::log_in),
+            ("/rest/refresh", AgreementApi::refresh),
+            ("/rest/logout", AgreementApi::log_out),
+        ];
+        for (path, call) in routes {
+            let me = self.clone();
+            let handler: Handler = Arc::new(move |req: Request| {
+                let me = me.clone();
+                Reply::Later(Box::new(move || call(&me, &req)))
+            });
+            router.route(Method::Post, path, handler);
+        }
+    }
+
+    fn agree(&self, req: &Request) -> Response {
+        let spec = match parse_json(&req.body) {
+            Ok(spec) => spec,
+            Err(m) => return message(400, &m),
+        };
+        match self.agreement.agree(&spec, Instant::now()) {
+            Ok(info) => Response::json(
+                200,
+                serde_json::to_string(&info).expect("the answer serializes"),
+            ),
+            Err(e) => agreement_error(&e),
+        }
+    }
+
+    fn log_in(&self, req: &Request) -> Response {
+        let body = match parse_json(&req.body) {
+            Ok(body) => body,
+            Err(m) => return message(400, &m),
+        };
+        let reference = query_param(req.query(), "client_reference_id");
+        match self.login.login(reference, &body, Instant::now()) {
+            Ok(tokens) => Response::json(
+                200,
+                serde_json::to_vec(&tokens).expect("the answer serializes"),
+            ),
+            Err(e) => login_error(&e),
+        }
+    }
+
+    fn refresh(&self, req: &Request) -> Response {
+        let body: crate::kms::login::RefreshRequest = match parse_json(&req.body) {
+            Ok(body) => body,
+            Err(m) => return message(400, &m),
+        };
+        match self.login.refresh(&body.refresh_token) {
+            Ok(access) => {
+                #[derive(serde::Serialize)]
+                struct Answer<'a> {
+                    access_token: &'a str,
+                }
+                let answer = Answer {
+                    access_token: &access,
+                };
+                Response::json(
+                    200,
+                    serde_json::to_vec(&answer).expect("the answer serializes"),
+                )
+            }
+            Err(e) => login_error(&e),
+        }
+    }
+
+    fn log_out(&self, req: &Request) -> Response {
+        let body: crate::kms::login::RefreshRequest = match parse_json(&req.body) {
+            Ok(body) => body,
+            Err(m) => return message(400, &m),
+        };
+        match self.login.logout(&body.refresh_token) {
+            Ok(()) => Response::empty(204),
+            Err(e) => login_error(&e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params() {
+        assert_eq!(
+            query_param(Some("a=1&client_reference_id=x"), "client_reference_id"),
+            Some("x")
+        );
+        assert_eq!(
+            query_param(Some("client_reference_id"), "client_reference_id"),
+            None
+        );
+        assert_eq!(query_param(None, "a"), None);
+    }
+}

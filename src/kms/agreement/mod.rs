@@ -1,0 +1,443 @@
+//! Key agreement (`POST /rest/key-agreement`), sans-IO: a client sends its
+//! identifier, a nonce, a DH or ECDH public key and the schemes it
+//! supports; the server answers with a fresh public key of its own, its
+//! identifier, a key-confirmation `proof` and a single-use
+//! `client_reference_id` under which the derived `k_enc` waits for one
+//! login (whose sensitive fields are encrypted under it).
+//!
+//! The cryptographic profile (`../shared/specs/README.md` §3, SP 800-56A/C)
+//! is implemented in [`kdf`] (derivation and proof), [`ffdhe`] and
+//! [`ecdh`] (the groups) and [`public_key`] (wire encodings); the README
+//! gives the known-answer vectors for client authors.
+//!
+//! Choices where the profile is silent:
+//! - A public key belongs to exactly one scheme (its group), so the scheme
+//!   is the client key's, provided the client lists it in
+//!   `supported_schemes` and the server enables it (`schemes` in the
+//!   configuration, most preferred first); otherwise 400 "no common
+//!   scheme". Unknown scheme names are ignored unless no name is known.
+//! - Base64 is the standard alphabet with padding; `identifier` is 1 to
+//!   256 bytes, `nonce` 16 to 1024 bytes.
+//! - A request is refused whole, before any key is generated or any
+//!   reference registered.
+
+pub mod ecdh;
+pub mod ffdhe;
+pub mod kdf;
+pub mod public_key;
+mod references;
+mod scheme;
+
+use std::time::{Duration, Instant};
+
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes128Gcm, Aes256Gcm, Nonce, Tag};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+pub use references::{ReferenceError, References, SessionKey};
+pub use scheme::Scheme;
+
+use kdf::Transcript;
+use public_key::{KeyEncoding, PeerKey};
+
+/// Longest client identifier, bytes.
+pub const MAX_IDENTIFIER: usize = 256;
+/// Shortest nonce, bytes.
+pub const MIN_NONCE: usize = 16;
+/// Longest nonce, bytes.
+pub const MAX_NONCE: usize = 1024;
+/// Longest `public_key`, bytes after Base64 decoding (an FFDHE-3072 SPKI
+/// with parameters is about 1.2 KiB).
+const MAX_PUBLIC_KEY: usize = 4096;
+/// Bytes of the AES-GCM IV in an encrypted field.
+pub const IV_LEN: usize = 12;
+/// Bytes of the AES-GCM tag in an encrypted field.
+pub const TAG_LEN: usize = 16;
+
+/// Settings of the service.
+#[derive(Debug, Clone)]
+pub struct AgreementConfig {
+    /// The server's identifier (`id_S`), default `Broker`.
+    pub identifier: Vec<u8>,
+    /// Enabled schemes, most preferred first.
+    pub schemes: Vec<Scheme>,
+    /// How long a reference waits for its login.
+    pub reference_ttl: Duration,
+    /// Most references held at once.
+    pub max_pending: usize,
+}
+
+impl Default for AgreementConfig {
+    fn default() -> Self {
+        AgreementConfig {
+            identifier: b"Broker".to_vec(),
+            schemes: Scheme::DEFAULT_PREFERENCE.to_vec(),
+            reference_ttl: Duration::from_secs(300),
+            max_pending: 100_000,
+        }
+    }
+}
+
+/// The request body (`ClientKeyDerivationSpec`); unknown fields are
+/// ignored.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClientKeyDerivationSpec {
+    /// Base64 of the client's identifier.
+    pub identifier: String,
+    /// Base64 of the nonce (the HKDF salt).
+    pub nonce: String,
+    /// Base64 of the client's public key (SPKI DER or raw).
+    pub public_key: String,
+    /// Scheme names the client supports.
+    pub supported_schemes: Vec<String>,
+}
+
+/// The answer (`ServerKeyDerivationInfo`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerKeyDerivationInfo {
+    /// The single-use reference to pass to the login.
+    pub client_reference_id: String,
+    /// Base64 of the server's identifier.
+    pub identifier: String,
+    /// Base64 of the key-confirmation tag.
+    pub proof: String,
+    /// Base64 of the server's public key, in the client's encoding.
+    pub public_key: String,
+    /// The scheme chosen.
+    pub scheme: Scheme,
+}
+
+/// Why an agreement failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgreementError {
+    /// The request is malformed or cannot be served (400); nothing kept.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Too many agreements await their login (503).
+    #[error("too many key agreements awaiting their login; retry later")]
+    Busy,
+    /// The OS random source failed (500).
+    #[error("the OS random source failed")]
+    Random,
+}
+
+/// Why an encrypted field could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    /// Not Base64.
+    #[error("field {0} is not valid Base64")]
+    Base64(&'static str),
+    /// Shorter than IV and tag.
+    #[error("field {0} is too short to be IV (12) ‖ ciphertext ‖ tag (16)")]
+    Short(&'static str),
+    /// The tag does not verify (another key or reference, or tampered).
+    #[error("field {0} does not decrypt under the key of this client_reference_id")]
+    Undecryptable(&'static str),
+}
+
+/// The service: settings and pending references.
+#[derive(Debug)]
+pub struct AgreementService {
+    config: AgreementConfig,
+    references: References,
+}
+
+fn decode_field(name: &str, value: &str) -> Result<Vec<u8>, AgreementError> {
+    BASE64
+        .decode(value)
+        .map_err(|_| AgreementError::BadRequest(format!("{name} is not valid Base64")))
+}
+
+/// The server's key pair for one agreement.
+enum ServerKey {
+    Dh(ffdhe::PrivateKey),
+    Ec(ecdh::PrivateKey),
+}
+
+impl AgreementService {
+    /// A service with `config`.
+    pub fn new(config: AgreementConfig) -> Self {
+        let references = References::new(config.reference_ttl, config.max_pending);
+        AgreementService { config, references }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &AgreementConfig {
+        &self.config
+    }
+
+    /// Pending references (live, used or expired, until forgotten).
+    pub fn pending(&self) -> usize {
+        self.references.len()
+    }
+
+    /// Runs one agreement. Validates everything first; a refused request
+    /// leaves no state.
+    pub fn agree(
+        &self,
+        spec: &ClientKeyDerivationSpec,
+        now: Instant,
+    ) -> Result<ServerKeyDerivationInfo, AgreementError> {
+        let bad = |m: String| AgreementError::BadRequest(m);
+        let id_c = decode_field("identifier", &spec.identifier)?;
+        if id_c.is_empty() || id_c.len() > MAX_IDENTIFIER {
+            return Err(bad(format!(
+                "identifier must be 1 to {MAX_IDENTIFIER} bytes, got {}",
+                id_c.len()
+            )));
+        }
+        let nonce = decode_field("nonce", &spec.nonce)?;
+        if !(MIN_NONCE..=MAX_NONCE).contains(&nonce.len()) {
+            return Err(bad(format!(
+                "nonce must be {MIN_NONCE} to {MAX_NONCE} bytes, got {}",
+                nonce.len()
+            )));
+        }
+        let offered: Vec<Scheme> = spec
+            .supported_schemes
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        if offered.is_empty() {
+            return Err(bad(
+                "supported_schemes names no known scheme (SCHEME-AES1, SCHEME-AES2, \
+                 SCHEME-EC-AES1, SCHEME-EC-AES2)"
+                    .into(),
+            ));
+        }
+        if spec.public_key.len() > MAX_PUBLIC_KEY * 4 / 3 + 4 {
+            return Err(bad("public_key is too long".into()));
+        }
+        let pub_c = decode_field("public_key", &spec.public_key)?;
+        let (scheme, encoding, peer) = public_key::parse(&pub_c).map_err(|e| bad(e.to_string()))?;
+        if !offered.contains(&scheme) || !self.config.schemes.contains(&scheme) {
+            let enabled: Vec<&str> = self.config.schemes.iter().map(|s| s.name()).collect();
+            return Err(bad(format!(
+                "no common scheme: public_key is a {} key ({scheme}); it must be listed in \
+                 supported_schemes and enabled here ({})",
+                scheme.group_name(),
+                enabled.join(", ")
+            )));
+        }
+        self.respond(scheme, encoding, &peer, &pub_c, &id_c, &nonce, now)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn respond(
+        &self,
+        scheme: Scheme,
+        encoding: KeyEncoding,
+        peer: &PeerKey,
+        pub_c: &[u8],
+        id_c: &[u8],
+        nonce: &[u8],
+        now: Instant,
+    ) -> Result<ServerKeyDerivationInfo, AgreementError> {
+        let (key, pub_s) = match (public_key::group_of(scheme), public_key::curve_of(scheme)) {
+            (Some(group), _) => {
+                let (key, y) = group.generate().map_err(|_| AgreementError::Random)?;
+                let pub_s = public_key::encode_dh(group, &y, encoding);
+                (ServerKey::Dh(key), pub_s)
+            }
+            (None, Some(curve)) => {
+                let (key, point) = curve.generate().map_err(|_| AgreementError::Random)?;
+                (ServerKey::Ec(key), public_key::encode_ec(&point, encoding))
+            }
+            (None, None) => unreachable!("every scheme has a group or a curve"),
+        };
+        let z = match (&key, peer) {
+            (ServerKey::Dh(k), PeerKey::Dh(y)) => k.agree(y),
+            (ServerKey::Ec(k), PeerKey::Ec(p)) => k.agree(p).expect("same curve as the scheme"),
+            _ => unreachable!("the server key follows the client key's scheme"),
+        };
+        drop(key);
+        let transcript = Transcript {
+            scheme,
+            nonce,
+            id_c,
+            id_s: &self.config.identifier,
+            pub_c,
+            pub_s: &pub_s,
+        };
+        let keys = kdf::derive(&z, &transcript);
+        let proof = kdf::proof(&keys.k_mac, &transcript);
+        let reference = self
+            .references
+            .insert(
+                SessionKey {
+                    scheme,
+                    k_enc: keys.k_enc,
+                },
+                now,
+            )
+            .map_err(|_| AgreementError::Busy)?;
+        Ok(ServerKeyDerivationInfo {
+            client_reference_id: reference.to_string(),
+            identifier: BASE64.encode(&self.config.identifier),
+            proof: BASE64.encode(proof),
+            public_key: BASE64.encode(&pub_s),
+            scheme,
+        })
+    }
+
+    /// Takes the key of a reference, once.
+    pub fn take(&self, reference: &str, now: Instant) -> Result<SessionKey, ReferenceError> {
+        self.references.take(reference, now)
+    }
+}
+
+impl SessionKey {
+    /// Opens an encrypted field: `Base64(iv12 ‖ AES-GCM(k_enc, plaintext,
+    /// aad = reference))`, where `reference` is the `client_reference_id`
+    /// exactly as the server issued it (lowercase, hyphenated).
+    pub fn open(
+        &self,
+        name: &'static str,
+        value: &str,
+        reference: &str,
+    ) -> Result<Zeroizing<Vec<u8>>, FieldError> {
+        let raw = Zeroizing::new(BASE64.decode(value).map_err(|_| FieldError::Base64(name))?);
+        if raw.len() < IV_LEN + TAG_LEN {
+            return Err(FieldError::Short(name));
+        }
+        let (iv, rest) = raw.split_at(IV_LEN);
+        let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let nonce = Nonce::try_from(iv).map_err(|_| FieldError::Short(name))?;
+        let tag = Tag::try_from(tag).map_err(|_| FieldError::Short(name))?;
+        let mut buf = Zeroizing::new(body.to_vec());
+        let aad = reference.as_bytes();
+        let opened = match self.k_enc.len() {
+            16 => Aes128Gcm::new_from_slice(&self.k_enc)
+                .map(|c| c.decrypt_inout_detached(&nonce, aad, buf.as_mut_slice().into(), &tag)),
+            _ => Aes256Gcm::new_from_slice(&self.k_enc)
+                .map(|c| c.decrypt_inout_detached(&nonce, aad, buf.as_mut_slice().into(), &tag)),
+        };
+        match opened {
+            Ok(Ok(())) => Ok(buf),
+            _ => Err(FieldError::Undecryptable(name)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// The README's full known-answer vector (SCHEME-EC-AES1, raw keys),
+    /// computed independently with Python `cryptography` (OpenSSL).
+    #[test]
+    fn known_answer_with_fixed_keys() {
+        let d_c = p256::SecretKey::from_slice(&unhex(
+            "0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20",
+        ))
+        .unwrap();
+        let d_s = p256::SecretKey::from_slice(&unhex(
+            "2122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f40",
+        ))
+        .unwrap();
+        let pub_c = d_c.public_key().to_sec1_bytes();
+        let pub_s = d_s.public_key().to_sec1_bytes();
+        assert_eq!(
+            pub_c[..],
+            unhex(
+                "04515c3d6eb9e396b904d3feca7f54fdcd0cc1e997bf375dca515ad0a6c3b4035f4536be3a50f3\
+                 18fbf9a5475902a221502bef0d57e08c53b2cc0a56f17d9f9354"
+            )
+        );
+        assert_eq!(
+            pub_s[..],
+            unhex(
+                "041f140146bfb1b251f84f4ddbe0d4cdcfd77afd984a9520e35794021f8312bb9eec995a08b1fa\
+                 7704df3dcc0b50a9665263fb7711f95f9f8a449c5096e47c892b"
+            )
+        );
+        let server = ecdh::PrivateKey::P256(d_s);
+        let peer = ecdh::Curve::P256.point_from_sec1(&pub_c).unwrap();
+        let z = server.agree(&peer).unwrap();
+        assert_eq!(
+            *z,
+            unhex("4fe243908f378aa1c2a69538822e6ed908c3225d8692575507c649901245150a")
+        );
+        let nonce: Vec<u8> = (0..16).collect();
+        let t = Transcript {
+            scheme: Scheme::EcAes1,
+            nonce: &nonce,
+            id_c: b"client-1",
+            id_s: b"Broker",
+            pub_c: &pub_c,
+            pub_s: &pub_s,
+        };
+        let keys = kdf::derive(&z, &t);
+        assert_eq!(*keys.k_enc, unhex("8fa891d9c0bb161058f115c16647fab4"));
+        assert_eq!(
+            keys.k_mac[..],
+            unhex("8d0ccdb83153b1c7491e9c8896f7facddeed8a1943d0f72e2f492faca96a28cd")
+        );
+        assert_eq!(
+            BASE64.encode(kdf::proof(&keys.k_mac, &t)),
+            "6AS7DXfMcFhIdUg43fukic6PDN5WR8/ja0oUrDkln1w="
+        );
+        let session = SessionKey {
+            scheme: Scheme::EcAes1,
+            k_enc: keys.k_enc,
+        };
+        let reference = "00000000-0000-4000-8000-000000000000";
+        let field = "AAAAAAAAAAAAAAAA6LSuBBINElMQIUuicb3vyikPus3uQZc=";
+        assert_eq!(
+            *session.open("password", field, reference).unwrap(),
+            b"hunter2"
+        );
+        assert_eq!(
+            session
+                .open("password", field, "00000000-0000-4000-8000-000000000001")
+                .unwrap_err(),
+            FieldError::Undecryptable("password")
+        );
+        assert_eq!(
+            session.open("password", "AAAA", reference).unwrap_err(),
+            FieldError::Short("password")
+        );
+        assert_eq!(
+            session.open("password", "AA=A", reference).unwrap_err(),
+            FieldError::Base64("password")
+        );
+    }
+
+    #[test]
+    fn refused_requests_keep_no_reference() {
+        let service = AgreementService::new(AgreementConfig::default());
+        let (_, point) = ecdh::Curve::P256.generate().unwrap();
+        let good = ClientKeyDerivationSpec {
+            identifier: BASE64.encode(b"c"),
+            nonce: BASE64.encode([0u8; 16]),
+            public_key: BASE64.encode(point.to_sec1()),
+            supported_schemes: vec!["SCHEME-EC-AES1".into()],
+        };
+        let now = Instant::now();
+        let mut bad = good.clone();
+        bad.nonce = BASE64.encode([0u8; 15]);
+        assert!(matches!(
+            service.agree(&bad, now),
+            Err(AgreementError::BadRequest(_))
+        ));
+        let mut bad = good.clone();
+        bad.supported_schemes = vec!["SCHEME-EC-AES2".into(), "NOPE".into()];
+        let e = service.agree(&bad, now).unwrap_err().to_string();
+        assert!(e.contains("no common scheme"), "{e}");
+        assert_eq!(service.pending(), 0);
+        let info = service.agree(&good, now).unwrap();
+        assert_eq!(info.scheme, Scheme::EcAes1);
+        assert_eq!(info.identifier, "QnJva2Vy");
+        assert_eq!(service.pending(), 1);
+    }
+}

@@ -1,0 +1,310 @@
+//! Users (a domain, a name and a memory-hard password hash) and their
+//! login sessions, in the SQLite store.
+//!
+//! Tokens are never stored: a session is keyed by the SHA-256 of its
+//! refresh token, and each access token issued under it by its own
+//! SHA-256 (tokens are 256-bit random values, so a fast hash is enough).
+//! Removing a user removes its sessions; ending a session removes its
+//! access tokens (foreign keys, `ON DELETE CASCADE`). Expired rows are
+//! purged whenever a session is created.
+
+use std::fmt;
+
+use rusqlite::{OptionalExtension, params};
+
+use super::StoreError;
+use super::sqlite::{Store, now_ms};
+
+/// SHA-256 of a token.
+pub type TokenHash = [u8; 32];
+
+/// A user as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// The user's domain.
+    pub domain: String,
+    /// The user's name (unique within the domain; both case-sensitive).
+    pub name: String,
+    /// The password hash, a PHC string (`$argon2id$…`).
+    pub password_hash: String,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+}
+
+impl fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("domain", &self.domain)
+            .field("name", &self.name)
+            .field("password_hash", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Users and login sessions as the login service sees them; [`Store`]
+/// implements it.
+pub trait UserStore: Send + Sync {
+    /// Adds a user; [`StoreError::Exists`] when the name is taken.
+    fn add_user(&self, domain: &str, name: &str, password_hash: &str) -> Result<(), StoreError>;
+
+    /// The user, if any.
+    fn user(&self, domain: &str, name: &str) -> Result<Option<UserRecord>, StoreError>;
+
+    /// Every user, by domain then name.
+    fn list_users(&self) -> Result<Vec<UserRecord>, StoreError>;
+
+    /// Removes a user and its sessions; true when it existed.
+    fn remove_user(&self, domain: &str, name: &str) -> Result<bool, StoreError>;
+
+    /// Opens a session for the user with its refresh token and a first
+    /// access token (hashes and expiry times, ms since the epoch); false
+    /// when the user no longer exists.
+    fn create_session(
+        &self,
+        domain: &str,
+        name: &str,
+        refresh: (&TokenHash, u64),
+        access: (&TokenHash, u64),
+    ) -> Result<bool, StoreError>;
+
+    /// Adds an access token to the live session of `refresh`; false when
+    /// there is no such live session.
+    fn add_access_token(
+        &self,
+        refresh: &TokenHash,
+        access: (&TokenHash, u64),
+    ) -> Result<bool, StoreError>;
+
+    /// Ends the session of `refresh` with its access tokens; true when it
+    /// existed (expired or not).
+    fn end_session(&self, refresh: &TokenHash) -> Result<bool, StoreError>;
+
+    /// `(domain, name)` of a live access token's user.
+    fn access_token_user(&self, access: &TokenHash)
+    -> Result<Option<(String, String)>, StoreError>;
+}
+
+fn user_what(domain: &str, name: &str) -> String {
+    format!("user {name:?} in domain {domain:?}")
+}
+
+fn to_ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl UserStore for Store {
+    fn add_user(&self, domain: &str, name: &str, password_hash: &str) -> Result<(), StoreError> {
+        self.transact(false, |tx| {
+            let added = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO users (domain, name, password_hash, created_ms) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![domain, name, password_hash, now_ms()])?;
+            if added == 0 {
+                return Err(StoreError::Exists {
+                    what: user_what(domain, name),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    fn user(&self, domain: &str, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        let conn = self.lock();
+        let row = conn
+            .prepare_cached(
+                "SELECT password_hash, created_ms FROM users WHERE domain = ?1 AND name = ?2",
+            )?
+            .query_row([domain, name], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .optional()?;
+        Ok(row.map(|(password_hash, created)| UserRecord {
+            domain: domain.to_owned(),
+            name: name.to_owned(),
+            password_hash,
+            created_ms: u64::try_from(created).unwrap_or(0),
+        }))
+    }
+
+    fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT domain, name, password_hash, created_ms FROM users ORDER BY domain, name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(UserRecord {
+                domain: r.get(0)?,
+                name: r.get(1)?,
+                password_hash: r.get(2)?,
+                created_ms: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn remove_user(&self, domain: &str, name: &str) -> Result<bool, StoreError> {
+        self.transact(false, |tx| {
+            Ok(tx
+                .prepare_cached("DELETE FROM users WHERE domain = ?1 AND name = ?2")?
+                .execute([domain, name])?
+                > 0)
+        })
+    }
+
+    fn create_session(
+        &self,
+        domain: &str,
+        name: &str,
+        refresh: (&TokenHash, u64),
+        access: (&TokenHash, u64),
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        self.transact(false, |tx| {
+            tx.prepare_cached("DELETE FROM sessions WHERE expires_ms <= ?1")?
+                .execute([now])?;
+            tx.prepare_cached("DELETE FROM access_tokens WHERE expires_ms <= ?1")?
+                .execute([now])?;
+            let exists = tx
+                .prepare_cached("SELECT 1 FROM users WHERE domain = ?1 AND name = ?2")?
+                .query_row([domain, name], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if !exists {
+                return Ok(false);
+            }
+            tx.prepare_cached(
+                "INSERT INTO sessions (refresh_hash, domain, name, created_ms, expires_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![&refresh.0[..], domain, name, now, to_ms(refresh.1)])?;
+            tx.prepare_cached(
+                "INSERT INTO access_tokens (token_hash, refresh_hash, expires_ms) \
+                 VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![&access.0[..], &refresh.0[..], to_ms(access.1)])?;
+            Ok(true)
+        })
+    }
+
+    fn add_access_token(
+        &self,
+        refresh: &TokenHash,
+        access: (&TokenHash, u64),
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        self.transact(false, |tx| {
+            let live = tx
+                .prepare_cached(
+                    "SELECT 1 FROM sessions WHERE refresh_hash = ?1 AND expires_ms > ?2",
+                )?
+                .query_row(params![&refresh[..], now], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if !live {
+                return Ok(false);
+            }
+            tx.prepare_cached(
+                "INSERT INTO access_tokens (token_hash, refresh_hash, expires_ms) \
+                 VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![&access.0[..], &refresh[..], to_ms(access.1)])?;
+            Ok(true)
+        })
+    }
+
+    fn end_session(&self, refresh: &TokenHash) -> Result<bool, StoreError> {
+        self.transact(false, |tx| {
+            Ok(tx
+                .prepare_cached("DELETE FROM sessions WHERE refresh_hash = ?1")?
+                .execute([&refresh[..]])?
+                > 0)
+        })
+    }
+
+    fn access_token_user(
+        &self,
+        access: &TokenHash,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let conn = self.lock();
+        Ok(conn
+            .prepare_cached(
+                "SELECT s.domain, s.name FROM access_tokens a \
+                 JOIN sessions s ON s.refresh_hash = a.refresh_hash \
+                 WHERE a.token_hash = ?1 AND a.expires_ms > ?2 AND s.expires_ms > ?2",
+            )?
+            .query_row(params![&access[..], now_ms()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreOptions;
+
+    fn open(dir: &std::path::Path) -> Store {
+        Store::open_with_env(&StoreOptions::new(dir), &|_| None).unwrap()
+    }
+
+    fn far() -> u64 {
+        u64::try_from(now_ms()).unwrap() + 60_000
+    }
+
+    #[test]
+    fn users_sessions_and_cascades() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.add_user("corp", "alice", "$argon2id$x").unwrap();
+        let err = store.add_user("corp", "alice", "$argon2id$y").unwrap_err();
+        assert!(matches!(err, StoreError::Exists { .. }), "{err}");
+        store.add_user("corp", "Alice", "$argon2id$z").unwrap();
+        assert_eq!(
+            store.user("corp", "alice").unwrap().unwrap().password_hash,
+            "$argon2id$x"
+        );
+        assert!(store.user("other", "alice").unwrap().is_none());
+        assert_eq!(store.list_users().unwrap().len(), 2);
+
+        let (r, a1, a2) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        assert!(
+            store
+                .create_session("corp", "alice", (&r, far()), (&a1, far()))
+                .unwrap()
+        );
+        assert!(
+            !store
+                .create_session("corp", "nobody", (&[9; 32], far()), (&[8; 32], far()))
+                .unwrap()
+        );
+        assert!(store.add_access_token(&r, (&a2, far())).unwrap());
+        assert_eq!(
+            store.access_token_user(&a2).unwrap(),
+            Some(("corp".into(), "alice".into()))
+        );
+        // An expired access token is not accepted.
+        store.add_access_token(&r, (&[4; 32], 1)).unwrap();
+        assert_eq!(store.access_token_user(&[4; 32]).unwrap(), None);
+        assert!(store.end_session(&r).unwrap());
+        assert!(!store.end_session(&r).unwrap());
+        assert_eq!(store.access_token_user(&a1).unwrap(), None);
+        assert!(!store.add_access_token(&r, (&[5; 32], far())).unwrap());
+
+        // Removing a user ends its sessions.
+        let r2 = [6u8; 32];
+        store
+            .create_session("corp", "alice", (&r2, far()), (&[7; 32], far()))
+            .unwrap();
+        assert!(store.remove_user("corp", "alice").unwrap());
+        assert!(!store.remove_user("corp", "alice").unwrap());
+        assert_eq!(store.access_token_user(&[7; 32]).unwrap(), None);
+        assert!(!store.end_session(&r2).unwrap());
+        // User writes do not move the key caches' generation.
+        let g = crate::store::KeyStore::generation(&store).unwrap();
+        store.add_user("corp", "bob", "$argon2id$b").unwrap();
+        assert_eq!(crate::store::KeyStore::generation(&store).unwrap(), g);
+    }
+}
