@@ -90,7 +90,7 @@ impl std::fmt::Debug for PrivateKey {
 
 impl Group {
     /// Bytes of the prime (and of `y` and `Z`): 256 or 384.
-    pub fn len(self) -> usize {
+    pub fn byte_len(self) -> usize {
         match self {
             Group::Ffdhe2048 => 256,
             Group::Ffdhe3072 => 384,
@@ -132,7 +132,7 @@ impl Group {
 
     /// Checks a peer's public value (big-endian, at most `len()` bytes).
     pub fn validate(self, y: &[u8]) -> Result<(), DhKeyError> {
-        if y.len() > self.len() {
+        if y.len() > self.byte_len() {
             return Err(DhKeyError::TooLong);
         }
         match self {
@@ -171,8 +171,8 @@ fn p3072() -> &'static Odd<U3072> {
 
 /// The generator, 2, as `len()` big-endian bytes.
 fn two(group: Group) -> Vec<u8> {
-    let mut g = vec![0u8; group.len()];
-    g[group.len() - 1] = 2;
+    let mut g = vec![0u8; group.byte_len()];
+    g[group.byte_len() - 1] = 2;
     g
 }
 
@@ -232,7 +232,7 @@ mod tests {
         // Shape of RFC 7919 primes: 64 one bits at both ends.
         for group in [Group::Ffdhe2048, Group::Ffdhe3072] {
             let p = group.prime_be();
-            assert_eq!(p.len(), group.len());
+            assert_eq!(p.len(), group.byte_len());
             assert!(p[..8].iter().chain(&p[p.len() - 8..]).all(|&b| b == 0xff));
         }
         assert_eq!(p2048().as_ref().bit_width(), 2048);
@@ -244,7 +244,7 @@ mod tests {
         for group in [Group::Ffdhe2048, Group::Ffdhe3072] {
             let (a, ya) = group.generate().unwrap();
             let (b, yb) = group.generate().unwrap();
-            assert_eq!(ya.len(), group.len());
+            assert_eq!(ya.len(), group.byte_len());
             group.validate(&ya).unwrap();
             group.validate(&yb).unwrap();
             assert_eq!(*a.agree(&yb), *b.agree(&ya));
@@ -288,7 +288,7 @@ mod tests {
             for y in [vec![0u8], vec![1u8], vec![], p_minus_1, p.clone()] {
                 assert_eq!(group.validate(&y), Err(DhKeyError::OutOfRange));
             }
-            let all_ones = vec![0xffu8; group.len()];
+            let all_ones = vec![0xffu8; group.byte_len()];
             assert_eq!(group.validate(&all_ones), Err(DhKeyError::OutOfRange));
             let mut long = vec![0u8];
             long.extend_from_slice(&p);

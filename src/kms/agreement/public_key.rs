@@ -134,7 +134,7 @@ pub fn parse(bytes: &[u8]) -> Result<(Scheme, KeyEncoding, PeerKey), KeyError> {
         }
     }
     for group in [Group::Ffdhe2048, Group::Ffdhe3072] {
-        if bytes.len() == group.len() {
+        if bytes.len() == group.byte_len() {
             return dh_value(group, bytes, KeyEncoding::Raw);
         }
     }
