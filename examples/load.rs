@@ -22,6 +22,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use keypipe::kms::agreement::Scheme;
 use clap::{Args, Parser, Subcommand};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token};
@@ -77,6 +78,83 @@ enum Scenario {
     All(AllArgs),
     /// Closed-loop NCP KMS `encrypt` of 1 KiB, signed (API Gateway v2).
     Ncp(NcpArgs),
+    /// Closed-loop `POST /rest/key-agreement` for each scheme (the server
+    /// makes a fresh key pair per request), then GET /healthz latency alone
+    /// and during a burst of FFDHE-3072 agreements.
+    Agreement(AgreementArgs),
+}
+
+/// Options of the agreement scenario.
+#[derive(Args, Clone)]
+struct AgreementArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Connections sending FFDHE-3072 agreements during the burst.
+    #[arg(long, default_value_t = 32)]
+    burst_conns: usize,
+    /// Connections probing /healthz, alone and during the burst.
+    #[arg(long, default_value_t = 4)]
+    probe_conns: usize,
+}
+
+/// A key-agreement request with a fresh client key of `scheme`'s group
+/// (raw encoding); the server does the whole work whatever the key.
+fn agreement_request(scheme: Scheme, host: &str) -> Result<&'static [u8], String> {
+    use keypipe::kms::agreement::{ecdh, ffdhe};
+    let public = match scheme {
+        Scheme::Aes1 => ffdhe::Group::Ffdhe2048.generate().map(|(_, y)| y),
+        Scheme::Aes2 => ffdhe::Group::Ffdhe3072.generate().map(|(_, y)| y),
+        Scheme::EcAes1 => ecdh::Curve::P256.generate().map(|(_, p)| p.to_sec1()),
+        Scheme::EcAes2 => ecdh::Curve::P384.generate().map(|(_, p)| p.to_sec1()),
+    }
+    .map_err(ctx("random"))?;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let body = json!({
+        "identifier": b64(b"load-client"),
+        "nonce": b64(&[7u8; 16]),
+        "public_key": b64(&public),
+        "supported_schemes": [scheme.name()],
+    })
+    .to_string();
+    let mut out = Vec::new();
+    request(&mut out, "POST", "/rest/key-agreement", host, &body);
+    Ok(out.leak())
+}
+
+/// The `agreement` scenario.
+fn agreement(a: &AgreementArgs) -> Result<Vec<Row>, String> {
+    let t = target(&a.load.url)?;
+    let mut rows = Vec::new();
+    for scheme in [Scheme::EcAes1, Scheme::EcAes2, Scheme::Aes1, Scheme::Aes2] {
+        let st = load(&t, Kind::Fixed(agreement_request(scheme, &t.host)?), &a.load)?;
+        rows.push(Row::load(format!("agree {}", scheme.name()), &a.load, &st, 0));
+    }
+    let probe = LoadArgs {
+        conns: a.probe_conns,
+        ..a.load.clone()
+    };
+    let alone = load(&t, Kind::Healthz, &probe)?;
+    rows.push(Row::load("healthz alone", &probe, &alone, 0));
+    let burst = LoadArgs {
+        conns: a.burst_conns,
+        ..a.load.clone()
+    };
+    let ffdhe = Kind::Fixed(agreement_request(Scheme::Aes2, &t.host)?);
+    let (during, burst_st) = thread::scope(|s| {
+        let b = s.spawn(|| load(&t, ffdhe, &burst));
+        thread::sleep(Duration::from_millis(200));
+        let probe = LoadArgs {
+            secs: (a.load.secs - 0.4).max(0.5),
+            ..probe.clone()
+        };
+        let during = load(&t, Kind::Healthz, &probe);
+        (during.map(|st| (st, probe)), b.join())
+    });
+    let (during, probe) = during?;
+    let burst_st = burst_st.map_err(|_| "burst thread panicked")??;
+    rows.push(Row::load("healthz during FFDHE-3072", &probe, &during, 0));
+    rows.push(Row::load("agree SCHEME-AES2 (burst)", &burst, &burst_st, 0));
+    Ok(rows)
 }
 
 /// Options of the NCP scenario.
@@ -94,10 +172,6 @@ struct NcpArgs {
     #[arg(long)]
     secret_key: String,
 }
-
-/// The signed encrypt request of the `ncp` scenario (same bytes every time:
-/// the body is not signed and the timestamp stays valid for 5 minutes).
-static NCP_REQUEST: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
 
 /// The `ncp` scenario: signed encrypt requests of 1 KiB.
 fn ncp(n: &NcpArgs) -> Result<Vec<Row>, String> {
@@ -125,8 +199,9 @@ fn ncp(n: &NcpArgs) -> Result<Vec<Row>, String> {
         n.access_key,
         body.len()
     );
-    let _ = NCP_REQUEST.set(req.into_bytes());
-    let st = load(&t, Kind::Ncp, &n.load)?;
+    // The same bytes every time: the body is not signed and the timestamp
+    // stays valid for 5 minutes.
+    let st = load(&t, Kind::Fixed(req.into_bytes().leak()), &n.load)?;
     Ok(vec![Row::load("ncp encrypt 1 KiB", &n.load, &st, 0)])
 }
 
@@ -190,6 +265,7 @@ fn main() -> ExitCode {
         Scenario::Healthz(l) => healthz(&l).map(|rows| print_table(&rows)),
         Scenario::Cycle(l) => cycle(&l).map(|rows| print_table(&rows)),
         Scenario::Ncp(n) => ncp(&n).map(|rows| print_table(&rows)),
+        Scenario::Agreement(a) => agreement(&a).map(|rows| print_table(&rows)),
         Scenario::Push(p) => push(&p).and_then(|out| {
             print_table(&[out.row]);
             match out.mismatches {
@@ -615,8 +691,8 @@ enum Kind {
     Healthz,
     /// open-connect (201), get-key (205), close (204).
     Cycle,
-    /// The `ncp` scenario's signed encrypt, expecting 200.
-    Ncp,
+    /// The same request every time (`ncp`, `agreement`), expecting 200.
+    Fixed(&'static [u8]),
 }
 
 /// What one load measured (per request type: `[healthz]` or `[open, get-key, close]`).
@@ -680,9 +756,7 @@ impl Conn {
         let ksid = format!(r#"{{"key_stream_id":"{}"}}"#, self.ksid);
         match (kind, self.step) {
             (Kind::Healthz, _) => request(&mut self.out, "GET", "/healthz", host, ""),
-            (Kind::Ncp, _) => self
-                .out
-                .extend_from_slice(NCP_REQUEST.get().map_or(&[][..], |r| &r[..])),
+            (Kind::Fixed(req), _) => self.out.extend_from_slice(req),
             (_, 0) => request(
                 &mut self.out,
                 "POST",
@@ -699,7 +773,7 @@ impl Conn {
     fn finish(&mut self, kind: Kind, code: u16, body: &[u8], st: &mut Stats) {
         let (step, took) = (self.step, self.started.elapsed());
         let ok = match (kind, step) {
-            (Kind::Healthz | Kind::Ncp, _) => code == 200,
+            (Kind::Healthz | Kind::Fixed(_), _) => code == 200,
             (_, 0) => match ksid_of(body).filter(|_| code == 201) {
                 Some(k) => {
                     (self.ksid, self.step, self.cycle_ok) = (k, 1, true);

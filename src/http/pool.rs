@@ -1,7 +1,13 @@
 //! A small thread pool for handlers that may block (an OPEN_CONNECT waiting
-//! for the peer's announcement, later RSA or FFDHE work), so an event loop
-//! never does. Results travel back to the loop through its channel and
+//! for the peer's announcement, RSA, FFDHE or Argon2 work), so an event
+//! loop never does. Results travel back to the loop through its channel and
 //! `Waker`.
+//!
+//! Pool threads run at a lower CPU priority ([`POOL_NICE`]): when a burst
+//! of slow work keeps every core busy, the event loops still get the CPU
+//! as soon as a request arrives (the kernel lets a woken normal-priority
+//! thread preempt them), so fast routes keep their latency; when the loops
+//! are idle the pool still has all the cores.
 
 use std::sync::Arc;
 use std::thread;
@@ -9,6 +15,31 @@ use std::thread;
 use crossbeam::channel::{Sender, unbounded};
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// Nice value of pool threads (event loops run at the process's, 0 by
+/// default): about a tenth of a loop's CPU share under contention.
+pub(crate) const POOL_NICE: i32 = 10;
+
+/// Lowers the calling thread's priority to [`POOL_NICE`] (best effort: a
+/// failure is logged once per thread and ignored).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no preconditions; setpriority only reads its
+        // integer arguments and, on Linux, PRIO_PROCESS with a thread id
+        // changes that one thread's nice value.
+        let rc = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, POOL_NICE)
+        };
+        if rc != 0 {
+            tracing::debug!(
+                "could not lower a pool thread's priority: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
 
 /// A fixed set of threads running queued jobs in order of arrival.
 /// Cloning shares the pool; the threads end when the last clone is dropped
@@ -36,6 +67,7 @@ impl Pool {
             thread::Builder::new()
                 .name(format!("keypipe-pool-{i}"))
                 .spawn(move || {
+                    lower_priority();
                     for job in rx {
                         job();
                     }

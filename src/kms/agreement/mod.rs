@@ -74,7 +74,7 @@ impl Default for AgreementConfig {
     fn default() -> Self {
         AgreementConfig {
             identifier: b"Broker".to_vec(),
-            schemes: Scheme::DEFAULT_PREFERENCE.to_vec(),
+            schemes: Scheme::default_preference().to_vec(),
             reference_ttl: Duration::from_secs(300),
             max_pending: 100_000,
         }

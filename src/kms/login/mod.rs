@@ -195,6 +195,8 @@ impl LoginService {
         agreement: Arc<AgreementService>,
         config: LoginConfig,
     ) -> Self {
+        // Made now, so the first unknown user costs no more than a known one.
+        password::decoy();
         let throttle = Throttle::new(
             config.failure_delay,
             config.max_failure_delay,
