@@ -22,8 +22,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use keypipe::kms::agreement::Scheme;
 use clap::{Args, Parser, Subcommand};
+use keypipe::kms::agreement::Scheme;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token};
 use serde::Deserialize;
@@ -126,8 +126,17 @@ fn agreement(a: &AgreementArgs) -> Result<Vec<Row>, String> {
     let t = target(&a.load.url)?;
     let mut rows = Vec::new();
     for scheme in [Scheme::EcAes1, Scheme::EcAes2, Scheme::Aes1, Scheme::Aes2] {
-        let st = load(&t, Kind::Fixed(agreement_request(scheme, &t.host)?), &a.load)?;
-        rows.push(Row::load(format!("agree {}", scheme.name()), &a.load, &st, 0));
+        let st = load(
+            &t,
+            Kind::Fixed(agreement_request(scheme, &t.host)?),
+            &a.load,
+        )?;
+        rows.push(Row::load(
+            format!("agree {}", scheme.name()),
+            &a.load,
+            &st,
+            0,
+        ));
     }
     let probe = LoadArgs {
         conns: a.probe_conns,

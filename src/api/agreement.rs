@@ -19,7 +19,7 @@ use serde_json::json;
 use super::{Handler, Router, parse_json};
 use crate::http::{Method, Reply, Request, Response};
 use crate::kms::agreement::{AgreementError, AgreementService, ReferenceError};
-use crate::kms::login::{LoginError, LoginService};
+use crate::kms::login::{LoginError, LoginService, RefreshRequest};
 
 /// The key-agreement and login routes of one listener.
 #[derive(Debug, Clone)]
@@ -103,67 +103,80 @@ impl AgreementApi {
     }
 
     fn agree(&self, req: &Request) -> Response {
-        let spec = match parse_json(&req.body) {
-            Ok(spec) => spec,
-            Err(m) => return message(400, &m),
-        };
-        match self.agreement.agree(&spec, Instant::now()) {
-            Ok(info) => Response::json(
-                200,
-                serde_json::to_string(&info).expect("the answer serializes"),
-            ),
-            Err(e) => agreement_error(&e),
-        }
+        serve(
+            req,
+            |spec| {
+                self.agreement
+                    .agree(&spec, Instant::now())
+                    .map(|info| json_answer(&info))
+            },
+            agreement_error,
+        )
     }
 
     fn log_in(&self, req: &Request) -> Response {
-        let body = match parse_json(&req.body) {
-            Ok(body) => body,
-            Err(m) => return message(400, &m),
-        };
         let reference = query_param(req.query(), "client_reference_id");
-        match self.login.login(reference, &body, Instant::now()) {
-            Ok(tokens) => Response::json(
-                200,
-                serde_json::to_vec(&tokens).expect("the answer serializes"),
-            ),
-            Err(e) => login_error(&e),
-        }
+        serve(
+            req,
+            |body| {
+                self.login
+                    .login(reference, &body, Instant::now())
+                    .map(|tokens| json_answer(&tokens))
+            },
+            login_error,
+        )
     }
 
     fn refresh(&self, req: &Request) -> Response {
-        let body: crate::kms::login::RefreshRequest = match parse_json(&req.body) {
-            Ok(body) => body,
-            Err(m) => return message(400, &m),
-        };
-        match self.login.refresh(&body.refresh_token) {
-            Ok(access) => {
-                #[derive(serde::Serialize)]
-                struct Answer<'a> {
-                    access_token: &'a str,
-                }
-                let answer = Answer {
-                    access_token: &access,
-                };
-                Response::json(
-                    200,
-                    serde_json::to_vec(&answer).expect("the answer serializes"),
-                )
-            }
-            Err(e) => login_error(&e),
+        #[derive(serde::Serialize)]
+        struct Answer<'a> {
+            access_token: &'a str,
         }
+        serve(
+            req,
+            |body: RefreshRequest| {
+                self.login.refresh(&body.refresh_token).map(|access| {
+                    json_answer(&Answer {
+                        access_token: &access,
+                    })
+                })
+            },
+            login_error,
+        )
     }
 
     fn log_out(&self, req: &Request) -> Response {
-        let body: crate::kms::login::RefreshRequest = match parse_json(&req.body) {
-            Ok(body) => body,
-            Err(m) => return message(400, &m),
-        };
-        match self.login.logout(&body.refresh_token) {
-            Ok(()) => Response::empty(204),
-            Err(e) => login_error(&e),
-        }
+        serve(
+            req,
+            |body: RefreshRequest| {
+                self.login
+                    .logout(&body.refresh_token)
+                    .map(|()| Response::empty(204))
+            },
+            login_error,
+        )
     }
+}
+
+/// Parses the JSON body as `B` (400 naming the problem) and answers with
+/// `call`, mapping its error with `error`.
+fn serve<B: serde::de::DeserializeOwned, E>(
+    req: &Request,
+    call: impl FnOnce(B) -> Result<Response, E>,
+    error: fn(&E) -> Response,
+) -> Response {
+    match parse_json(&req.body) {
+        Ok(body) => call(body).unwrap_or_else(|e| error(&e)),
+        Err(m) => message(400, &m),
+    }
+}
+
+/// A 200 JSON answer.
+fn json_answer(value: &impl serde::Serialize) -> Response {
+    Response::json(
+        200,
+        serde_json::to_vec(value).expect("the answer serializes"),
+    )
 }
 
 #[cfg(test)]
