@@ -74,8 +74,11 @@ pub struct KeyAgreementSettings {
     pub schemes: Vec<Scheme>,
     /// Seconds a `client_reference_id` waits for its login.
     pub reference_ttl_s: u64,
-    /// Most agreements awaiting their login at once (more: 503).
+    /// Most agreements awaiting their login at once (more: the oldest is
+    /// dropped).
     pub max_pending: usize,
+    /// Key-agreement and login requests on the pool at once (more: 503).
+    pub max_queued: usize,
 }
 
 impl Default for KeyAgreementSettings {
@@ -86,6 +89,7 @@ impl Default for KeyAgreementSettings {
             schemes: d.schemes,
             reference_ttl_s: d.reference_ttl.as_secs(),
             max_pending: d.max_pending,
+            max_queued: 64,
         }
     }
 }
@@ -305,9 +309,46 @@ impl Config {
         if ka.schemes.is_empty() {
             return Err("key_agreement.schemes: enable at least one scheme".into());
         }
-        if ka.reference_ttl_s == 0 || ka.max_pending == 0 {
-            return Err("key_agreement.reference_ttl_s and max_pending must be above 0".into());
-        }
+        let within = |name: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name} = {v}: must be {lo} to {hi}"))
+            }
+        };
+        within(
+            "key_agreement.reference_ttl_s",
+            ka.reference_ttl_s,
+            1,
+            86_400,
+        )?;
+        within(
+            "key_agreement.max_pending",
+            ka.max_pending as u64,
+            1,
+            10_000_000,
+        )?;
+        within("key_agreement.max_queued", ka.max_queued as u64, 1, 100_000)?;
+        let lg = &config.login;
+        within(
+            "login.access_token_ttl_s",
+            lg.access_token_ttl_s,
+            1,
+            366 * 86_400,
+        )?;
+        within(
+            "login.refresh_token_ttl_s",
+            lg.refresh_token_ttl_s,
+            1,
+            366 * 86_400,
+        )?;
+        within("login.failure_delay_ms", lg.failure_delay_ms, 1, 3_600_000)?;
+        within(
+            "login.max_failure_delay_ms",
+            lg.max_failure_delay_ms,
+            lg.failure_delay_ms,
+            3_600_000,
+        )?;
         for node in &config.nodes {
             if node.name.is_empty()
                 || !node

@@ -287,6 +287,7 @@ fn bad_agreements_are_400_and_keep_nothing() {
         let mut compressed = vec![0x02 | (h.public_key().last().unwrap() & 1)];
         compressed.extend_from_slice(&h.public_key()[1..off.len() / 2 + 1]);
         for key in [
+            ka_client::ec_spki(scheme, &compressed),
             compressed,
             vec![0u8],
             h.public_key()[..off.len() - 1].to_vec(),
@@ -419,21 +420,91 @@ fn bad_logins_fail_clearly_and_are_throttled() {
     // Once the hold is over, the right password works and clears it.
     let s = agree(&mut conn, Scheme::EcAes1, Encoding::Raw);
     assert_eq!(login(&mut conn, &s, PASSWORD).status, 200);
-    // A held answer holds no thread and no other connection up.
+    // Guesses sent in parallel are checked one per hold: seven at once for
+    // a fresh name charge one failure (the others are held uncharged), so
+    // the next failure is only the second (600 ms), not the eighth (38 s).
     let addr = srv.addr;
-    let held = std::thread::spawn(move || {
-        let mut conn = Conn::open(addr).unwrap();
-        timed(&mut conn, "bob", "x")
-    });
-    std::thread::sleep(ms(100));
-    let started = Instant::now();
+    let guesses: Vec<_> = (0..7)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut conn = Conn::open(addr).unwrap();
+                timed(&mut conn, "dave", &format!("parallel-{i}"))
+            })
+        })
+        .collect();
+    for g in guesses {
+        assert_eq!(g.join().unwrap().0.status, 401);
+    }
+    let (a, next) = timed(&mut conn, "dave", "sequential");
+    assert_eq!(a.status, 401);
+    assert!(next >= ms(600) && next < ms(2400), "{next:?}");
+}
+
+/// A failed login of `name` on a fresh connection and agreement; the
+/// answer and how long the login took.
+fn failed_login(addr: SocketAddr, name: &str) -> (Answer, Duration) {
+    let mut conn = Conn::open(addr).unwrap();
+    let s = agree(&mut conn, Scheme::EcAes1, Encoding::Raw);
+    let path = format!("/rest/login?client_reference_id={}", s.client_reference_id);
+    let body = json!({"domain": "corp", "username": name, "password": s.encrypt(b"wrong")});
+    let t = Instant::now();
+    let a = conn.send("POST", &path, Some(&body)).unwrap();
+    (a, t.elapsed())
+}
+
+#[test]
+fn held_answers_hold_no_pool_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(dir.path(), "[login]\nfailure_delay_ms = 2500\n");
+    let addr = srv.addr;
+    // Twelve failed logins held (more than the pool's eight threads) ...
+    let held: Vec<_> = (0..12)
+        .map(|i| std::thread::spawn(move || failed_login(addr, &format!("user-{i}"))))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1200));
+    // ... and a pool route is still answered while every one is held.
+    let body = json!({"refresh_token": "no-such-token"});
     assert_eq!(
-        request(srv.addr, "GET", "/healthz", None).unwrap().status,
-        200
+        request(addr, "POST", "/rest/refresh", Some(&body))
+            .unwrap()
+            .status,
+        401
     );
-    assert!(started.elapsed() < ms(200), "{:?}", started.elapsed());
-    let (answer, took) = held.join().unwrap();
-    assert_eq!((answer.status, took >= ms(300)), (401, true), "{took:?}");
+    assert!(
+        held.iter().all(|h| !h.is_finished()),
+        "held answers came early"
+    );
+    for h in held {
+        let (answer, took) = h.join().unwrap();
+        assert_eq!(answer.status, 401);
+        assert!(took >= Duration::from_millis(2500), "{took:?}");
+    }
+}
+
+#[test]
+fn pool_work_beyond_max_queued_is_refused_with_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(dir.path(), "[key_agreement]\nmax_queued = 2\n");
+    let hello = hello(Scheme::Aes2, Encoding::Raw, b"id", &random_nonce());
+    let body = hello.body.to_string();
+    let one = format!(
+        "POST {AGREE} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut conn = Conn::open(srv.addr).unwrap();
+    conn.stream.write_all(one.repeat(20).as_bytes()).unwrap();
+    let answers: Vec<Answer> = (0..20)
+        .map(|_| read_answer(&mut conn.reader).unwrap())
+        .collect();
+    let busy = answers.iter().filter(|a| a.status == 503).count();
+    let ok = answers.iter().filter(|a| a.status == 200).count();
+    assert_eq!(busy + ok, 20);
+    assert!(ok >= 2 && busy >= 1, "{ok} answered, {busy} refused");
+    let refused = answers.iter().find(|a| a.status == 503).unwrap();
+    assert_eq!(refused.header("Retry-After"), Some("1"));
+    // Refused requests kept nothing; the counter came back down.
+    assert_eq!(references(srv.addr), ok as f64);
+    agree(&mut conn, Scheme::EcAes1, Encoding::Raw);
 }
 
 #[test]

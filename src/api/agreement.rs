@@ -8,10 +8,12 @@
 //! is held (not sent) until the throttle's delay ends, without holding a
 //! thread. Errors are `{"message": "…"}` with 400 (malformed or refused
 //! input; nothing is kept), 401 (credentials, tokens), 404 (unknown
-//! reference), 410 (used or expired reference), 503 (too many pending
-//! agreements), 500 (internal; details only in the log).
+//! reference), 410 (used or expired reference), 503 (more than
+//! `max_queued` requests on the pool), 500 (internal; details only in the
+//! log). Successful answers carry `Cache-Control: no-store`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use serde_json::json;
@@ -21,11 +23,23 @@ use crate::http::{Method, Reply, Request, Response};
 use crate::kms::agreement::{AgreementError, AgreementService, ReferenceError};
 use crate::kms::login::{LoginError, LoginService, RefreshRequest};
 
-/// The key-agreement and login routes of one listener.
+/// The key-agreement and login routes (of every listener serving them).
 #[derive(Debug, Clone)]
 pub struct AgreementApi {
     agreement: Arc<AgreementService>,
     login: Arc<LoginService>,
+    /// Requests on the pool (queued or running) at most; beyond, 503.
+    max_queued: usize,
+    queued: Arc<AtomicUsize>,
+}
+
+/// Counts a request on the pool until dropped.
+struct Queued(Arc<AtomicUsize>);
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn message(status: u16, text: &str) -> Response {
@@ -35,7 +49,6 @@ fn message(status: u16, text: &str) -> Response {
 fn agreement_error(e: &AgreementError) -> Response {
     let status = match e {
         AgreementError::BadRequest(_) => 400,
-        AgreementError::Busy => 503,
         AgreementError::Random => 500,
     };
     message(status, &e.to_string())
@@ -48,7 +61,6 @@ fn login_error(e: &LoginError) -> Response {
             let status = match r {
                 ReferenceError::Unknown => 404,
                 ReferenceError::Used | ReferenceError::Expired => 410,
-                ReferenceError::Full => 503,
             };
             message(status, &r.to_string())
         }
@@ -73,9 +85,21 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 }
 
 impl AgreementApi {
-    /// Routes over the two services.
-    pub fn new(agreement: Arc<AgreementService>, login: Arc<LoginService>) -> Self {
-        AgreementApi { agreement, login }
+    /// Routes over the two services, with at most `max_queued` requests
+    /// on the pool at once (more are answered 503 with `Retry-After: 1`,
+    /// so unauthenticated Argon2 or FFDHE work never starves the pool the
+    /// other protocols share).
+    pub fn new(
+        agreement: Arc<AgreementService>,
+        login: Arc<LoginService>,
+        max_queued: usize,
+    ) -> Self {
+        AgreementApi {
+            agreement,
+            login,
+            max_queued: max_queued.max(1),
+            queued: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     /// The key-agreement service.
@@ -95,8 +119,22 @@ impl AgreementApi {
         for (path, call) in routes {
             let me = self.clone();
             let handler: Handler = Arc::new(move |req: Request| {
+                if me.queued.fetch_add(1, Ordering::AcqRel) >= me.max_queued {
+                    me.queued.fetch_sub(1, Ordering::AcqRel);
+                    return Reply::Now(
+                        message(
+                            503,
+                            "too many key-agreement and login requests in progress; retry",
+                        )
+                        .header("Retry-After", "1"),
+                    );
+                }
+                let guard = Queued(Arc::clone(&me.queued));
                 let me = me.clone();
-                Reply::Later(Box::new(move || call(&me, &req)))
+                Reply::Later(Box::new(move || {
+                    let _guard = guard;
+                    call(&me, &req)
+                }))
             });
             router.route(Method::Post, path, handler);
         }
@@ -171,12 +209,14 @@ fn serve<B: serde::de::DeserializeOwned, E>(
     }
 }
 
-/// A 200 JSON answer.
+/// A 200 JSON answer, never to be cached (it carries tokens or a
+/// reference).
 fn json_answer(value: &impl serde::Serialize) -> Response {
     Response::json(
         200,
         serde_json::to_vec(value).expect("the answer serializes"),
     )
+    .header("Cache-Control", "no-store")
 }
 
 #[cfg(test)]

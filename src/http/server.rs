@@ -23,6 +23,11 @@ use super::{Limits, Pool, Response, Service};
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 const FIRST_CONN: usize = 2;
+/// Answers a worker holds back at most (see `Response::hold_until`);
+/// beyond, an answer to hold is replaced by a closing 503, so a flood of
+/// held answers cannot grow memory without bound.
+const MAX_HELD: usize = 65_536;
+
 /// How often timeouts are checked.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -284,9 +289,22 @@ impl Worker {
             let stopping = self.stop.load(Ordering::Acquire);
             while let Ok(done) = self.done_rx.try_recv() {
                 match done.response.hold_until {
-                    Some(due) if due > now && !stopping => {
+                    Some(due) if due > now && !stopping && self.held.len() < MAX_HELD => {
                         self.held_seq += 1;
                         self.held.insert((due, self.held_seq), done);
+                    }
+                    Some(due) if due > now && !stopping => {
+                        let busy = super::HttpError {
+                            status: 503,
+                            reason: "server busy",
+                        };
+                        self.deliver(
+                            Done {
+                                response: busy.response(),
+                                ..done
+                            },
+                            now,
+                        );
                     }
                     _ => self.deliver(done, now),
                 }

@@ -74,14 +74,16 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         expires_ms   INTEGER NOT NULL,
         FOREIGN KEY (domain, name) REFERENCES users (domain, name) ON DELETE CASCADE
     ) STRICT;
-    CREATE INDEX sessions_user ON sessions (domain, name);
+    CREATE INDEX sessions_user ON sessions (domain, name, created_ms);
+    CREATE INDEX sessions_expiry ON sessions (expires_ms);
 
     CREATE TABLE access_tokens (
         token_hash   BLOB PRIMARY KEY NOT NULL,
         refresh_hash BLOB NOT NULL REFERENCES sessions (refresh_hash) ON DELETE CASCADE,
         expires_ms   INTEGER NOT NULL
     ) STRICT;
-    CREATE INDEX access_tokens_session ON access_tokens (refresh_hash);
+    CREATE INDEX access_tokens_session ON access_tokens (refresh_hash, expires_ms);
+    CREATE INDEX access_tokens_expiry ON access_tokens (expires_ms);
     "#,
 ];
 

@@ -6,7 +6,9 @@
 //! SHA-256 (tokens are 256-bit random values, so a fast hash is enough).
 //! Removing a user removes its sessions; ending a session removes its
 //! access tokens (foreign keys, `ON DELETE CASCADE`). Expired rows are
-//! purged whenever a session is created.
+//! purged whenever a session is created (indexed by expiry). A user keeps
+//! at most [`MAX_SESSIONS_PER_USER`] sessions and a session at most
+//! [`MAX_ACCESS_TOKENS_PER_SESSION`] access tokens: beyond, the oldest go.
 
 use std::fmt;
 
@@ -17,6 +19,11 @@ use super::sqlite::{Store, now_ms};
 
 /// SHA-256 of a token.
 pub type TokenHash = [u8; 32];
+
+/// Sessions a user keeps at most (the oldest end first).
+pub(crate) const MAX_SESSIONS_PER_USER: i64 = 100;
+/// Access tokens a session keeps at most (the soonest to expire go first).
+pub(crate) const MAX_ACCESS_TOKENS_PER_SESSION: i64 = 16;
 
 /// A user as stored.
 #[derive(Clone, PartialEq, Eq)]
@@ -184,6 +191,12 @@ impl UserStore for Store {
                  VALUES (?1, ?2, ?3)",
             )?
             .execute(params![&access.0[..], &refresh.0[..], to_ms(access.1)])?;
+            tx.prepare_cached(
+                "DELETE FROM sessions WHERE domain = ?1 AND name = ?2 AND refresh_hash NOT IN \
+                 (SELECT refresh_hash FROM sessions WHERE domain = ?1 AND name = ?2 \
+                  ORDER BY created_ms DESC, rowid DESC LIMIT ?3)",
+            )?
+            .execute(params![domain, name, MAX_SESSIONS_PER_USER])?;
             Ok(true)
         })
     }
@@ -210,6 +223,12 @@ impl UserStore for Store {
                  VALUES (?1, ?2, ?3)",
             )?
             .execute(params![&access.0[..], &refresh[..], to_ms(access.1)])?;
+            tx.prepare_cached(
+                "DELETE FROM access_tokens WHERE refresh_hash = ?1 AND token_hash NOT IN \
+                 (SELECT token_hash FROM access_tokens WHERE refresh_hash = ?1 \
+                  ORDER BY expires_ms DESC, rowid DESC LIMIT ?2)",
+            )?
+            .execute(params![&refresh[..], MAX_ACCESS_TOKENS_PER_SESSION])?;
             Ok(true)
         })
     }
@@ -302,6 +321,37 @@ mod tests {
         assert!(!store.remove_user("corp", "alice").unwrap());
         assert_eq!(store.access_token_user(&[7; 32]).unwrap(), None);
         assert!(!store.end_session(&r2).unwrap());
+        // Caps: the oldest access tokens and sessions go.
+        store.add_user("corp", "carol", "$argon2id$c").unwrap();
+        let r3 = [10u8; 32];
+        store
+            .create_session("corp", "carol", (&r3, far()), (&[11; 32], far()))
+            .unwrap();
+        for i in 0..MAX_ACCESS_TOKENS_PER_SESSION as u8 {
+            let token = [100 + i; 32];
+            assert!(
+                store
+                    .add_access_token(&r3, (&token, far() + u64::from(i) + 1))
+                    .unwrap()
+            );
+        }
+        assert_eq!(
+            store.access_token_user(&[11; 32]).unwrap(),
+            None,
+            "oldest token dropped"
+        );
+        assert!(store.access_token_user(&[100; 32]).unwrap().is_some());
+        for i in 0..MAX_SESSIONS_PER_USER {
+            let mut h = [0u8; 32];
+            h[..8].copy_from_slice(&i.to_be_bytes());
+            h[31] = 1;
+            let mut a = h;
+            a[31] = 2;
+            store
+                .create_session("corp", "carol", (&h, far()), (&a, far()))
+                .unwrap();
+        }
+        assert!(!store.end_session(&r3).unwrap(), "oldest session dropped");
         // User writes do not move the key caches' generation.
         let g = crate::store::KeyStore::generation(&store).unwrap();
         store.add_user("corp", "bob", "$argon2id$b").unwrap();

@@ -153,7 +153,7 @@ fn serve(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<(), String>
             let agreement = Arc::new(AgreementService::new(config.key_agreement.service_config()));
             let login =
                 LoginService::new(store, Arc::clone(&agreement), config.login.service_config());
-            AgreementApi::new(agreement, Arc::new(login))
+            AgreementApi::new(agreement, Arc::new(login), config.key_agreement.max_queued)
         });
         Services {
             keys: Some(Arc::new(keys)),

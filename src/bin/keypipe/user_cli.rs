@@ -55,8 +55,10 @@ pub fn run(
         UserCommand::Add { domain, name } => {
             check("domain", &domain)?;
             check("name", &name)?;
-            let mut input = Zeroizing::new(Vec::new());
+            // Room up front: no reallocation leaves a copy behind.
+            let mut input = Zeroizing::new(Vec::with_capacity(64 * 1024));
             std::io::stdin()
+                .take(64 * 1024 - 1)
                 .read_to_end(&mut input)
                 .map_err(|e| format!("reading the password from standard input: {e}"))?;
             let mut end = input.len();

@@ -204,9 +204,11 @@ fn pow_in<const L: usize>(
 ) -> Zeroizing<Vec<u8>> {
     let params = FixedMontyParams::new_vartime(*p);
     let base = FixedMontyForm::new(&to_uint::<L>(base), &params);
-    let mut z = base.pow_bounded_exp(x, bits).retrieve();
+    let mut power = base.pow_bounded_exp(x, bits);
+    let mut z = power.retrieve();
     let mut encoded = z.to_be_bytes();
     let out = Zeroizing::new(encoded.as_ref().to_vec());
+    power.zeroize();
     z.zeroize();
     encoded.zeroize();
     out

@@ -66,7 +66,7 @@ pub struct AgreementConfig {
     pub schemes: Vec<Scheme>,
     /// How long a reference waits for its login.
     pub reference_ttl: Duration,
-    /// Most references held at once.
+    /// Most references held at once (beyond: the oldest is dropped).
     pub max_pending: usize,
 }
 
@@ -116,9 +116,6 @@ pub enum AgreementError {
     /// The request is malformed or cannot be served (400); nothing kept.
     #[error("{0}")]
     BadRequest(String),
-    /// Too many agreements await their login (503).
-    #[error("too many key agreements awaiting their login; retry later")]
-    Busy,
     /// The OS random source failed (500).
     #[error("the OS random source failed")]
     Random,
@@ -264,16 +261,13 @@ impl AgreementService {
         };
         let keys = kdf::derive(&z, &transcript);
         let proof = kdf::proof(&keys.k_mac, &transcript);
-        let reference = self
-            .references
-            .insert(
-                SessionKey {
-                    scheme,
-                    k_enc: keys.k_enc,
-                },
-                now,
-            )
-            .map_err(|_| AgreementError::Busy)?;
+        let reference = self.references.insert(
+            SessionKey {
+                scheme,
+                k_enc: keys.k_enc,
+            },
+            now,
+        );
         Ok(ServerKeyDerivationInfo {
             client_reference_id: reference.to_string(),
             identifier: BASE64.encode(&self.config.identifier),

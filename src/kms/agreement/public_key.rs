@@ -6,11 +6,12 @@
 //! prime's length) or 384 (FFDHE-3072). Anything else must be SPKI DER:
 //!
 //! - EC: `id-ecPublicKey` with the named curve `prime256v1` or `secp384r1`
-//!   and an uncompressed point;
+//!   and an uncompressed point (compressed points are refused, raw or not);
 //! - DH: X9.42 `dhpublicnumber` (parameters `p, g, q`) or PKCS #3
 //!   `dhKeyAgreement` (parameters `p, g`, optional private-value length);
-//!   `p` and `g` must be the RFC 7919 group's (and `q = (p−1)/2`), the key
-//!   is the DER INTEGER `y`. The server answers in the form it received.
+//!   `p` and `g` must be the RFC 7919 group's (and `q = (p−1)/2`); X9.42's
+//!   optional `j` and `validationParms` are refused; the key is the DER
+//!   INTEGER `y`. The server answers in the form it received.
 
 use der::asn1::{AnyRef, BitStringRef, ObjectIdentifier, UintRef};
 use der::{Decode, Encode, Sequence};
@@ -151,7 +152,13 @@ pub fn parse(bytes: &[u8]) -> Result<(Scheme, KeyEncoding, PeerKey), KeyError> {
             SECP384R1 => Curve::P384,
             other => return Err(KeyError::Algorithm(other.to_string())),
         };
-        return ec_point(curve, curve.point_from_spki(bytes), KeyEncoding::Spki);
+        // The point itself must be uncompressed, as in the raw form.
+        let point = spki
+            .subject_public_key
+            .as_bytes()
+            .ok_or(EcKeyError::Invalid)
+            .and_then(|p| curve.point_from_sec1(p));
+        return ec_point(curve, point, KeyEncoding::Spki);
     }
     let encoding = match oid {
         DH_PUBLIC_NUMBER => KeyEncoding::Spki,

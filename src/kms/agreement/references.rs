@@ -4,10 +4,14 @@
 //! A reference is a UUIDv4. Taking it hands out `k_enc` once and leaves a
 //! tombstone, so a second use is told apart from a reference never issued
 //! (`Used` vs `Unknown`); entries (tombstones too) are forgotten one TTL
-//! after they expired. The table is bounded: when full, expired and used
-//! entries are purged, and if it is still full a new agreement is refused.
+//! after they expired. The table is bounded: every reference lives the
+//! same TTL, so entries are kept in a queue in expiry order; forgotten
+//! ones leave from its front, and when the table is full the oldest entry
+//! leaves to make room (its login then gets `Unknown`): a flood of
+//! agreements can shorten how long a reference waits, never refuse new
+//! agreements.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -44,9 +48,6 @@ pub enum ReferenceError {
     /// Issued, but its time ran out.
     #[error("client_reference_id expired")]
     Expired,
-    /// The table is full (too many agreements awaiting their login).
-    #[error("too many key agreements awaiting their login; retry later")]
-    Full,
 }
 
 struct Entry {
@@ -58,7 +59,22 @@ struct Entry {
 pub struct References {
     ttl: Duration,
     capacity: usize,
-    entries: Mutex<HashMap<Uuid, Entry>>,
+    entries: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    map: HashMap<Uuid, Entry>,
+    /// Every id in `map`, oldest (soonest to expire) first.
+    order: VecDeque<Uuid>,
+}
+
+impl Table {
+    fn pop_oldest(&mut self) {
+        if let Some(id) = self.order.pop_front() {
+            self.map.remove(&id);
+        }
+    }
 }
 
 impl std::fmt::Debug for References {
@@ -76,37 +92,40 @@ impl References {
         References {
             ttl,
             capacity: capacity.max(1),
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Table::default()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         self.entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Registers `key` under a fresh random reference.
-    pub fn insert(&self, key: SessionKey, now: Instant) -> Result<Uuid, ReferenceError> {
-        let mut entries = self.lock();
-        if entries.len() >= self.capacity {
-            let ttl = self.ttl;
-            entries.retain(|_, e| e.key.is_some() && e.expires > now || e.expires + ttl > now);
-            if entries.len() >= self.capacity {
-                entries.retain(|_, e| e.key.is_some() && e.expires > now);
-            }
-            if entries.len() >= self.capacity {
-                return Err(ReferenceError::Full);
-            }
+    pub fn insert(&self, key: SessionKey, now: Instant) -> Uuid {
+        let mut table = self.lock();
+        // Forget what is past its expiry and grace, then make room.
+        while let Some(oldest) = table.order.front()
+            && table
+                .map
+                .get(oldest)
+                .is_none_or(|e| e.expires + self.ttl <= now)
+        {
+            table.pop_oldest();
+        }
+        while table.map.len() >= self.capacity {
+            table.pop_oldest();
         }
         loop {
             let id = Uuid::new_v4();
-            if let std::collections::hash_map::Entry::Vacant(v) = entries.entry(id) {
+            if let std::collections::hash_map::Entry::Vacant(v) = table.map.entry(id) {
                 v.insert(Entry {
                     expires: now + self.ttl,
                     key: Some(key),
                 });
-                return Ok(id);
+                table.order.push_back(id);
+                return id;
             }
         }
     }
@@ -114,10 +133,10 @@ impl References {
     /// Takes the key of `id` (once).
     pub fn take(&self, id: &str, now: Instant) -> Result<SessionKey, ReferenceError> {
         let id = Uuid::parse_str(id).map_err(|_| ReferenceError::Unknown)?;
-        let mut entries = self.lock();
-        let entry = entries.get_mut(&id).ok_or(ReferenceError::Unknown)?;
+        let mut table = self.lock();
+        let entry = table.map.get_mut(&id).ok_or(ReferenceError::Unknown)?;
         if entry.expires + self.ttl <= now {
-            entries.remove(&id);
+            // Left to be forgotten from the queue's front.
             return Err(ReferenceError::Unknown);
         }
         let key = entry.key.take().ok_or(ReferenceError::Used)?;
@@ -129,7 +148,7 @@ impl References {
 
     /// Entries held (live, used or expired), for metrics and tests.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().map.len()
     }
 
     /// True when no entry is held.
@@ -153,23 +172,26 @@ mod tests {
     fn single_use_expiry_and_capacity() {
         let t0 = Instant::now();
         let refs = References::new(Duration::from_secs(10), 2);
-        let a = refs.insert(key(), t0).unwrap().to_string();
+        let a = refs.insert(key(), t0).to_string();
         assert_eq!(*refs.take(&a, t0).unwrap().k_enc, vec![7; 16]);
         assert_eq!(refs.take(&a, t0).unwrap_err(), ReferenceError::Used);
-        let b = refs.insert(key(), t0).unwrap().to_string();
-        // a's tombstone makes room for c; then two live entries fill it.
-        let c = refs.insert(key(), t0).unwrap().to_string();
-        assert_eq!(refs.insert(key(), t0).unwrap_err(), ReferenceError::Full);
+        let b = refs.insert(key(), t0).to_string();
+        // Full: the oldest entry (a's tombstone) leaves for c.
+        let c = refs.insert(key(), t0).to_string();
+        assert_eq!(refs.len(), 2);
         assert_eq!(refs.take(&a, t0).unwrap_err(), ReferenceError::Unknown);
+        // Full again: b, the oldest live one, leaves for d.
+        let d = refs.insert(key(), t0).to_string();
+        assert_eq!(refs.take(&b, t0).unwrap_err(), ReferenceError::Unknown);
         assert_eq!(*refs.take(&c, t0).unwrap().k_enc, vec![7; 16]);
         let t1 = t0 + Duration::from_secs(11);
-        assert_eq!(refs.take(&b, t1).unwrap_err(), ReferenceError::Expired);
-        assert_eq!(refs.take(&b, t1).unwrap_err(), ReferenceError::Used);
-        // Past expiry + TTL, entries are forgotten and make room.
+        assert_eq!(refs.take(&d, t1).unwrap_err(), ReferenceError::Expired);
+        assert_eq!(refs.take(&d, t1).unwrap_err(), ReferenceError::Used);
+        // Past expiry + TTL, entries are forgotten.
         let t2 = t0 + Duration::from_secs(21);
-        refs.insert(key(), t2).unwrap();
-        refs.insert(key(), t2).unwrap();
-        assert_eq!(refs.take(&a, t2).unwrap_err(), ReferenceError::Unknown);
+        assert_eq!(refs.take(&d, t2).unwrap_err(), ReferenceError::Unknown);
+        refs.insert(key(), t2);
+        assert_eq!(refs.len(), 1);
         assert_eq!(
             refs.take("not-a-uuid", t2).unwrap_err(),
             ReferenceError::Unknown

@@ -9,8 +9,10 @@
 //! - **Users** are `(domain, name)`, both case-sensitive, with an Argon2id
 //!   hash ([`password`]); `keypipe user add|list|remove` manages them.
 //! - **Wrong credentials** answer 401 after a growing delay per name
-//!   ([`throttle`]); an unknown user costs the same Argon2 work (a decoy
-//!   hash) and the same delay, and gets the same answer.
+//!   ([`throttle`]: every attempt is charged before its check, so parallel
+//!   guesses are checked one per hold); an unknown user costs the same
+//!   Argon2 work (a decoy hash) and the same delay, and gets the same
+//!   answer.
 //! - **Tokens** are 32 random bytes, Base64url without padding (43
 //!   characters). Only their SHA-256 is stored. A login opens a session
 //!   (its refresh token) with a first access token; `refresh` adds an
@@ -243,9 +245,10 @@ impl LoginService {
                 ));
             }
         };
-        if let Gate::Held(answer_at) = self.throttle.gate(&req.domain, &req.username, now) {
-            return Err(LoginError::Unauthorized { answer_at });
-        }
+        let answer_at = match self.throttle.attempt(&req.domain, &req.username, now) {
+            Gate::Held(answer_at) => return Err(LoginError::Unauthorized { answer_at }),
+            Gate::Check(answer_at) => answer_at,
+        };
         let user = self.users.user(&req.domain, &req.username)?;
         let hash = user
             .as_ref()
@@ -268,9 +271,6 @@ impl LoginService {
                 });
             }
         }
-        let answer_at = self
-            .throttle
-            .failed(&req.domain, &req.username, Instant::now());
         Err(LoginError::Unauthorized { answer_at })
     }
 
