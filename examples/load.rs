@@ -78,10 +78,42 @@ enum Scenario {
     All(AllArgs),
     /// Closed-loop NCP KMS `encrypt` of 1 KiB, signed (API Gateway v2).
     Ncp(NcpArgs),
+    /// Closed-loop GET of the Donau's `keys`, then GET /healthz on the same
+    /// server and connections, twice in turn; the keys rows show their rate
+    /// in % of the healthz run before them.
+    Keys(KeysArgs),
     /// Closed-loop `POST /rest/key-agreement` for each scheme (the server
     /// makes a fresh key pair per request), then GET /healthz latency alone
     /// and during a burst of FFDHE-3072 agreements.
     Agreement(AgreementArgs),
+}
+
+/// Options of the keys scenario.
+#[derive(Args, Clone)]
+struct KeysArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Path of the Donau's key list.
+    #[arg(long, default_value = "/keys")]
+    path: String,
+}
+
+/// The `keys` scenario.
+fn keys(k: &KeysArgs) -> Result<Vec<Row>, String> {
+    let t = target(&k.load.url)?;
+    let mut get = Vec::new();
+    request(&mut get, "GET", &k.path, &t.host, "");
+    let get = Kind::Fixed(get.leak());
+    let mut rows = Vec::new();
+    for _ in 0..2 {
+        let health = load(&t, Kind::Healthz, &k.load)?;
+        let list = load(&t, get, &k.load)?;
+        let h = Row::load("healthz", &k.load, &health, 0);
+        let mut r = Row::load(format!("GET {}", k.path), &k.load, &list, 0);
+        r.ratio = Some(100.0 * r.rate / h.rate.max(f64::MIN_POSITIVE));
+        rows.extend([h, r]);
+    }
+    Ok(rows)
 }
 
 /// Options of the agreement scenario.
@@ -275,6 +307,7 @@ fn main() -> ExitCode {
         Scenario::Cycle(l) => cycle(&l).map(|rows| print_table(&rows)),
         Scenario::Ncp(n) => ncp(&n).map(|rows| print_table(&rows)),
         Scenario::Agreement(a) => agreement(&a).map(|rows| print_table(&rows)),
+        Scenario::Keys(k) => keys(&k).map(|rows| print_table(&rows)),
         Scenario::Push(p) => push(&p).and_then(|out| {
             print_table(&[out.row]);
             match out.mismatches {

@@ -89,6 +89,7 @@ done
 rc=0
 target/release/examples/load all --a "http://$A_HOST:$A_PORT" --b "http://$B_HOST:$B_PORT" "$@" || rc=$?
 target/release/examples/load agreement --url "http://$A_HOST:$A_PORT" --secs 5 || rc=$?
+target/release/examples/load keys --url "http://$A_HOST:$A_PORT" --secs 5 || rc=$?
 for conns in 64 256; do
     target/release/examples/load ncp --url "http://$A_HOST:$A_PORT" --conns "$conns" --secs 5 \
         --key-tag "$KEY_TAG" --access-key "$ACCESS_KEY" --secret-key "$SECRET_KEY" | tail -n 1 || rc=$?

@@ -11,6 +11,8 @@ use serde::Deserialize;
 
 use crate::http::{Limits, ServerConfig};
 use crate::kms::agreement::{AgreementConfig, Scheme};
+use crate::kms::donau::amount::check_currency;
+use crate::kms::donau::{Amount, Cipher, DonauConfig, UnitConfig};
 use crate::kms::login::LoginConfig;
 use crate::qkd::EngineConfig;
 use crate::store::StoreOptions;
@@ -33,6 +35,9 @@ pub enum Protocol {
     /// DH/ECDH key agreement and the login that uses it (`/rest/…`).
     #[serde(rename = "key-agreement")]
     KeyAgreement,
+    /// GNU Taler Donau `GET /keys`.
+    #[serde(rename = "donau")]
+    Donau,
 }
 
 /// The whole file.
@@ -58,9 +63,139 @@ pub struct Config {
     /// The login service (`key-agreement` protocol).
     #[serde(default)]
     pub login: LoginSettings,
+    /// The Donau (`donau` protocol).
+    #[serde(default)]
+    pub donau: Option<DonauSettings>,
     /// The nodes (listeners).
     #[serde(rename = "node")]
     pub nodes: Vec<NodeConfig>,
+}
+
+/// A currency code, checked as it is read (1 to 11 letters `A-Z`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Currency(pub String);
+
+impl<'de> Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let code = String::deserialize(d)?;
+        check_currency(&code)
+            .map_err(|why| serde::de::Error::custom(format!("invalid currency {code:?}: {why}")))?;
+        Ok(Currency(code))
+    }
+}
+
+/// `[donau]`: what the Donau publishes (served by nodes with `donau`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DonauSettings {
+    /// The currency of every donation unit.
+    pub currency: Currency,
+    /// The legal/financial domain shown to donors.
+    pub legal_domain: String,
+    /// The Donau's public base URL.
+    pub base_url: String,
+    /// Where `keys` is served: `{base_path}keys` (default `/`).
+    #[serde(default = "default_base_path")]
+    pub base_path: String,
+    /// RSA modulus size of new RSA keys (1024 to 8192, multiple of 256).
+    #[serde(default = "default_rsa_bits")]
+    pub rsa_bits: usize,
+    /// Years with a signing key (omitted: the current year at start-up).
+    #[serde(default)]
+    pub signkey_years: Option<Vec<u16>>,
+    /// The donation units.
+    pub donation_units: Vec<toml::Spanned<DonationUnitSettings>>,
+}
+
+fn default_base_path() -> String {
+    "/".into()
+}
+
+fn default_rsa_bits() -> usize {
+    2048
+}
+
+/// One donation unit of `[donau]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DonationUnitSettings {
+    /// Its value, e.g. `"EUR:10"`.
+    pub value: Amount,
+    /// `"RSA"` or `"CS"`.
+    pub cipher: Cipher,
+    /// Years with a key (omitted: the current year at start-up).
+    #[serde(default)]
+    pub years: Option<Vec<u16>>,
+}
+
+impl DonauSettings {
+    /// The service settings (omitted years become the current year).
+    pub fn service_config(&self) -> DonauConfig {
+        let current = crate::kms::donau::current_year();
+        let years = |y: &Option<Vec<u16>>| y.clone().unwrap_or_else(|| vec![current]);
+        DonauConfig {
+            currency: self.currency.0.clone(),
+            legal_domain: self.legal_domain.clone(),
+            base_url: self.base_url.clone(),
+            units: self
+                .donation_units
+                .iter()
+                .map(|u| {
+                    let u = u.get_ref();
+                    UnitConfig {
+                        value: u.value.clone(),
+                        cipher: u.cipher,
+                        years: years(&u.years),
+                    }
+                })
+                .collect(),
+            signkey_years: years(&self.signkey_years),
+            rsa_bits: self.rsa_bits,
+        }
+    }
+
+    /// Checks what deserialization could not; `text` is the file, for line
+    /// numbers.
+    fn validate(&self, text: &str) -> Result<(), String> {
+        let line = |span: std::ops::Range<usize>| {
+            text.get(..span.start)
+                .map_or(0, |before| before.matches('\n').count())
+                + 1
+        };
+        if !(1024..=8192).contains(&self.rsa_bits) || !self.rsa_bits.is_multiple_of(256) {
+            return Err(format!(
+                "donau.rsa_bits = {}: must be 1024 to 8192, a multiple of 256",
+                self.rsa_bits
+            ));
+        }
+        if !self.base_path.starts_with('/') || !self.base_path.ends_with('/') {
+            return Err(format!(
+                "donau.base_path = {:?}: must start and end with '/'",
+                self.base_path
+            ));
+        }
+        let year_ok = |y: &u16| (1..=9999).contains(y);
+        if !self.signkey_years.iter().flatten().all(year_ok) {
+            return Err("donau.signkey_years: years must be 1 to 9999".into());
+        }
+        for unit in &self.donation_units {
+            let at = line(unit.span());
+            let u = unit.get_ref();
+            if u.value.currency != self.currency.0 {
+                return Err(format!(
+                    "line {at}: donation unit {} is not in the Donau's currency {}",
+                    u.value, self.currency.0
+                ));
+            }
+            if !u.years.iter().flatten().all(year_ok) {
+                return Err(format!(
+                    "line {at}: donation unit {}: years must be 1 to 9999",
+                    u.value
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[key_agreement]`: the key-agreement service, shared by every listener
@@ -172,7 +307,9 @@ impl Config {
 
     /// True when some listener serves a store-backed service.
     pub fn needs_store(&self) -> bool {
-        self.serves(Protocol::NcpKms) || self.serves(Protocol::KeyAgreement)
+        self.serves(Protocol::NcpKms)
+            || self.serves(Protocol::KeyAgreement)
+            || self.serves(Protocol::Donau)
     }
 
     /// True when some listener serves `protocol`.
@@ -301,6 +438,13 @@ impl Config {
         let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         if config.nodes.is_empty() {
             return Err("no [[node]] configured".into());
+        }
+        match &config.donau {
+            Some(donau) => donau.validate(text)?,
+            None if config.serves(Protocol::Donau) => {
+                return Err("serve = [\"donau\"] needs a [donau] section".into());
+            }
+            None => {}
         }
         let ka = &config.key_agreement;
         if ka.identifier.is_empty() || ka.identifier.len() > 256 {

@@ -17,6 +17,7 @@ use crate::api::{Etsi004, HealthSources, RequestMetrics, Router};
 use crate::config::{NodeConfig, Protocol};
 use crate::http::{Client, Origin, OriginId, Pool, PushOutcome, Server};
 use crate::kms::ReceivedKeys;
+use crate::kms::donau::Donau;
 use crate::kms::entropy::{Entropy, QkdSource};
 use crate::kms::keys::StoreKeys;
 use crate::kms::ncp::{KeySource, NcpService};
@@ -48,6 +49,8 @@ pub struct Services {
     pub keys: Option<Arc<StoreKeys>>,
     /// Key agreement and login (for `key-agreement`).
     pub agreement: Option<AgreementApi>,
+    /// The Donau and the base path of its `keys` (for `donau`).
+    pub donau: Option<(Arc<Donau>, String)>,
 }
 
 /// The engine as a source of QKD key for local use (KMS entropy).
@@ -179,6 +182,13 @@ impl RunningNode {
                 .as_ref()
                 .ok_or_else(|| bad("serving key-agreement needs the store (data_dir)".into()))?
                 .mount(&mut router);
+        }
+        if config.serve.contains(&Protocol::Donau) {
+            let (donau, base_path) = services
+                .donau
+                .as_ref()
+                .ok_or_else(|| bad("serving donau needs a [donau] section and the store".into()))?;
+            crate::api::donau_route(&mut router, base_path, Arc::clone(donau));
         }
         let server = Server::start(
             &name,

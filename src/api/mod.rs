@@ -2,6 +2,7 @@
 //! below, and the [`Router`] dispatches by path and method.
 
 mod agreement;
+mod donau;
 mod etsi004;
 mod health;
 mod key_material;
@@ -12,6 +13,7 @@ pub mod push;
 mod router;
 
 pub use agreement::AgreementApi;
+pub use donau::donau_route;
 pub use etsi004::Etsi004;
 pub use health::{HealthSources, healthz_route, metrics_route};
 pub use key_material::key_material_route;

@@ -2,6 +2,7 @@
 //! to this process by a QKD node (ETSI 004 push mode, KMS side).
 
 pub mod agreement;
+pub mod donau;
 pub mod entropy;
 pub mod gateway;
 pub mod keys;

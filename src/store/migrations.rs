@@ -85,6 +85,18 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX access_tokens_session ON access_tokens (refresh_hash, expires_ms);
     CREATE INDEX access_tokens_expiry ON access_tokens (expires_ms);
     "#,
+    // 3: Taler Donau keys (public parts in clear, private parts wrapped).
+    r#"
+    CREATE TABLE donau_keys (
+        kind            TEXT NOT NULL CHECK (kind IN ('RSA', 'CS', 'SIGN')),
+        value           TEXT NOT NULL,
+        year            INTEGER NOT NULL CHECK (year BETWEEN 1 AND 9999),
+        public          BLOB NOT NULL,
+        private_wrapped BLOB,
+        created_ms      INTEGER NOT NULL,
+        PRIMARY KEY (kind, value, year)
+    ) STRICT, WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this code writes.

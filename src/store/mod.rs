@@ -78,6 +78,7 @@
 //! Revoking an access key keeps its row, disabled (`enabled = false`), so
 //! its id is never handed out again and the revocation is visible.
 
+mod donau;
 mod kek;
 mod migrations;
 mod sqlite;
@@ -90,6 +91,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+pub use donau::{DonauKey, DonauKind, DonauStore};
 pub use sqlite::Store;
 pub use users::{TokenHash, UserRecord, UserStore};
 

@@ -43,7 +43,7 @@ const BUMP_GENERATION: &str = "UPDATE meta SET value = value + 1 WHERE name = 'g
 /// The SQLite store: one connection behind a mutex, and the KEK.
 pub struct Store {
     conn: Mutex<Connection>,
-    kek: Kek,
+    pub(super) kek: Kek,
     db_path: PathBuf,
 }
 

@@ -1,5 +1,6 @@
 //! The `keypipe` binary: `keypipe serve [--config FILE]` and `keypipe kms …`.
 
+mod donau_cli;
 mod kms_cli;
 mod user_cli;
 
@@ -13,6 +14,7 @@ use keypipe::api::AgreementApi;
 use keypipe::config::{Config, DEFAULT_CONFIG, Protocol};
 use keypipe::http::Pool;
 use keypipe::kms::agreement::AgreementService;
+use keypipe::kms::donau::Donau;
 use keypipe::kms::keys::StoreKeys;
 use keypipe::kms::login::LoginService;
 use keypipe::node::{RunningNode, Services};
@@ -53,6 +55,17 @@ enum Command {
         kek_file: Option<PathBuf>,
         #[command(subcommand)]
         command: kms_cli::KmsCommand,
+    },
+    /// Administer the Taler Donau keys (safe while the server runs).
+    Donau {
+        /// The store's directory.
+        #[arg(long, default_value = "./keypipe-data", global = true)]
+        data_dir: PathBuf,
+        /// The KEK file (default: DATA_DIR/kek.key); `$KEYPIPE_KEK` wins when set.
+        #[arg(long, global = true)]
+        kek_file: Option<PathBuf>,
+        #[command(subcommand)]
+        command: donau_cli::DonauCommand,
     },
     /// Administer the login users of key-agreement (safe while the server runs).
     User {
@@ -116,6 +129,11 @@ fn main() -> ExitCode {
             kek_file,
             command,
         } => report("keypipe kms", kms_cli::run(data_dir, kek_file, command)),
+        Command::Donau {
+            data_dir,
+            kek_file,
+            command,
+        } => report("keypipe donau", donau_cli::run(data_dir, kek_file, command)),
         Command::User {
             data_dir,
             kek_file,
@@ -151,13 +169,25 @@ fn serve(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<(), String>
         let keys = StoreKeys::new(Arc::clone(&store) as _).map_err(|e| e.to_string())?;
         let agreement = config.serves(Protocol::KeyAgreement).then(|| {
             let agreement = Arc::new(AgreementService::new(config.key_agreement.service_config()));
-            let login =
-                LoginService::new(store, Arc::clone(&agreement), config.login.service_config());
+            let login = LoginService::new(
+                Arc::clone(&store) as _,
+                Arc::clone(&agreement),
+                config.login.service_config(),
+            );
             AgreementApi::new(agreement, Arc::new(login), config.key_agreement.max_queued)
         });
+        let donau = match (&config.donau, config.serves(Protocol::Donau)) {
+            (Some(settings), true) => {
+                let donau = Donau::open(Arc::clone(&store) as _, settings.service_config())
+                    .map_err(|e| format!("donau: {e}"))?;
+                Some((Arc::new(donau), settings.base_path.clone()))
+            }
+            _ => None,
+        };
         Services {
             keys: Some(Arc::new(keys)),
             agreement,
+            donau,
         }
     } else {
         Services::default()

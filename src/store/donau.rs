@@ -1,0 +1,242 @@
+//! Taler Donau keys in the SQLite store: one row per donation-unit key
+//! (`RSA` or `CS`, value, year) and per signing key (`SIGN`, year). The
+//! public part is in clear; the private part is wrapped under the KEK with
+//! the row's identity as associated data (`donau_key:{kind}:{value}:{year}`)
+//! and may be gone (`NULL`: the key is lost). Rows are never replaced:
+//! once published, a key stays.
+
+use std::fmt;
+
+use rusqlite::{OptionalExtension, params};
+use zeroize::Zeroizing;
+
+use super::StoreError;
+use super::sqlite::{Store, now_ms};
+
+/// What a Donau key is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DonauKind {
+    /// An RSA donation-unit key (private: PKCS#8 DER; public: GNUnet
+    /// encoding of `n, e`).
+    Rsa,
+    /// A Clause-Schnorr donation-unit key (private: 32-byte scalar;
+    /// public: 32-byte compressed Ed25519 point).
+    Cs,
+    /// An Ed25519 signing key (private: 32-byte seed; public: 32 bytes).
+    Sign,
+}
+
+impl DonauKind {
+    /// The text form: `RSA`, `CS`, `SIGN`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DonauKind::Rsa => "RSA",
+            DonauKind::Cs => "CS",
+            DonauKind::Sign => "SIGN",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, StoreError> {
+        match text {
+            "RSA" => Ok(DonauKind::Rsa),
+            "CS" => Ok(DonauKind::Cs),
+            "SIGN" => Ok(DonauKind::Sign),
+            _ => Err(StoreError::Corrupt(format!(
+                "unknown Donau key kind `{text}`"
+            ))),
+        }
+    }
+}
+
+/// One stored Donau key.
+#[derive(Clone)]
+pub struct DonauKey {
+    /// Its kind.
+    pub kind: DonauKind,
+    /// The donation unit's value (an amount text); empty for signing keys.
+    pub value: String,
+    /// The year it is valid for.
+    pub year: u16,
+    /// The public part.
+    pub public: Vec<u8>,
+    /// The private part; `None` once lost.
+    pub private: Option<Zeroizing<Vec<u8>>>,
+}
+
+impl fmt::Debug for DonauKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DonauKey")
+            .field("kind", &self.kind)
+            .field("value", &self.value)
+            .field("year", &self.year)
+            .field("lost", &self.private.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Donau keys as the Donau service sees them; [`Store`] implements it.
+pub trait DonauStore: Send + Sync {
+    /// Every Donau key, private parts unwrapped.
+    fn donau_keys(&self) -> Result<Vec<DonauKey>, StoreError>;
+
+    /// Stores a new key unless one of the same kind, value and year exists
+    /// (then the existing one stays); true when this one was stored.
+    fn add_donau_key(&self, key: &DonauKey) -> Result<bool, StoreError>;
+
+    /// Removes a key's private part (it is then listed as lost); true when
+    /// the key existed.
+    fn mark_donau_lost(&self, kind: DonauKind, value: &str, year: u16) -> Result<bool, StoreError>;
+
+    /// A counter that moves on every change (any process).
+    fn changes(&self) -> Result<u64, StoreError>;
+}
+
+fn aad(kind: DonauKind, value: &str, year: u16) -> String {
+    format!("donau_key:{}:{value}:{year}", kind.as_str())
+}
+
+impl DonauStore for Store {
+    fn changes(&self) -> Result<u64, StoreError> {
+        super::KeyStore::generation(self)
+    }
+
+    fn donau_keys(&self) -> Result<Vec<DonauKey>, StoreError> {
+        let rows = {
+            let conn = self.lock();
+            let mut stmt = conn.prepare_cached(
+                "SELECT kind, value, year, public, private_wrapped FROM donau_keys \
+                 ORDER BY kind, value, year",
+            )?;
+            stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, u16>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, Option<Vec<u8>>>(4)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?
+        };
+        rows.into_iter()
+            .map(|(kind, value, year, public, wrapped)| {
+                let kind = DonauKind::parse(&kind)?;
+                let private = match wrapped {
+                    None => None,
+                    Some(blob) => Some(self.kek.unwrap(&aad(kind, &value, year), &blob).map_err(
+                        |_| {
+                            StoreError::Corrupt(format!(
+                                "Donau {} key {value:?} {year} (table donau_keys): the private \
+                                 part does not unwrap under the KEK",
+                                kind.as_str()
+                            ))
+                        },
+                    )?),
+                };
+                Ok(DonauKey {
+                    kind,
+                    value,
+                    year,
+                    public,
+                    private,
+                })
+            })
+            .collect()
+    }
+
+    fn add_donau_key(&self, key: &DonauKey) -> Result<bool, StoreError> {
+        let wrapped = match &key.private {
+            Some(p) => Some(self.kek.wrap(&aad(key.kind, &key.value, key.year), p)?),
+            None => None,
+        };
+        self.transact(true, |tx| {
+            Ok(tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO donau_keys \
+                     (kind, value, year, public, private_wrapped, created_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    key.kind.as_str(),
+                    key.value,
+                    key.year,
+                    key.public,
+                    wrapped,
+                    now_ms()
+                ])?
+                > 0)
+        })
+    }
+
+    fn mark_donau_lost(&self, kind: DonauKind, value: &str, year: u16) -> Result<bool, StoreError> {
+        self.transact(true, |tx| {
+            let found = tx
+                .prepare_cached(
+                    "SELECT 1 FROM donau_keys WHERE kind = ?1 AND value = ?2 AND year = ?3",
+                )?
+                .query_row(params![kind.as_str(), value, year], |_| Ok(()))
+                .optional()?
+                .is_some();
+            tx.prepare_cached(
+                "UPDATE donau_keys SET private_wrapped = NULL \
+                 WHERE kind = ?1 AND value = ?2 AND year = ?3",
+            )?
+            .execute(params![kind.as_str(), value, year])?;
+            Ok(found)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{KeyStore, StoreOptions};
+
+    #[test]
+    fn keys_are_kept_wrapped_and_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with_env(&StoreOptions::new(dir.path()), &|_| None).unwrap();
+        let key = DonauKey {
+            kind: DonauKind::Cs,
+            value: "KUDOS:1".into(),
+            year: 2026,
+            public: vec![1; 32],
+            private: Some(Zeroizing::new(b"PRIVATE-SCALAR-0123456789abcdef!".to_vec())),
+        };
+        assert!(store.add_donau_key(&key).unwrap());
+        let other = DonauKey {
+            public: vec![2; 32],
+            ..key.clone()
+        };
+        assert!(!store.add_donau_key(&other).unwrap(), "never replaced");
+        let g = store.generation().unwrap();
+        let keys = store.donau_keys().unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].public, vec![1; 32]);
+        assert_eq!(
+            keys[0].private.as_deref().map(|p| p.as_slice()),
+            Some(&b"PRIVATE-SCALAR-0123456789abcdef!"[..])
+        );
+        assert!(!format!("{:?}", keys[0]).contains("PRIVATE"));
+        assert!(
+            store
+                .mark_donau_lost(DonauKind::Cs, "KUDOS:1", 2026)
+                .unwrap()
+        );
+        assert!(store.generation().unwrap() > g, "a change readers can see");
+        assert!(
+            !store
+                .mark_donau_lost(DonauKind::Rsa, "KUDOS:1", 2026)
+                .unwrap()
+        );
+        let keys = store.donau_keys().unwrap();
+        assert!(keys[0].private.is_none());
+        assert_eq!(keys[0].public, vec![1; 32]);
+        drop(store);
+        let db = std::fs::read(dir.path().join(crate::store::DB_FILE_NAME)).unwrap();
+        let wal = std::fs::read(dir.path().join("keypipe.db-wal")).unwrap_or_default();
+        for bytes in [db, wal] {
+            assert!(!bytes.windows(14).any(|w| w == b"PRIVATE-SCALAR"));
+        }
+    }
+}
