@@ -231,6 +231,7 @@ fn keys_decode_independently_survive_restarts_and_reflect_lost_keys() {
         404
     );
     drop(conn);
+    let first_log = first.log.clone();
     drop(first);
 
     // A restart publishes the very same keys.
@@ -308,22 +309,40 @@ fn keys_decode_independently_survive_restarts_and_reflect_lost_keys() {
     .unwrap();
     assert_eq!(read_answer(&mut conn.reader).unwrap().status, 200);
     drop(conn);
+    let second_log = second.log.clone();
     drop(second);
 
-    // And after another restart the lost key is still lost, not replaced.
-    let third = ServerProcess::start(dir.path(), port, &config(port));
+    // After another restart the lost key is still lost, not replaced, and
+    // a configuration naming fewer years still lists every published key.
+    let fewer = config(port).replacen("years = [2025, 2026] }", "years = [2026] }", 1);
+    assert_ne!(fewer, config(port));
+    let third = ServerProcess::start(dir.path(), port, &fewer);
     assert_eq!(get_keys(&third).body, changed.body);
-    // No private part ever reaches the database or the log in clear.
+    // No private part ever reaches the database or the log, in any form.
     let keys = store(dir.path()).donau_keys().unwrap();
     let db = std::fs::read(dir.path().join("keypipe.db")).unwrap();
     let wal = std::fs::read(dir.path().join("keypipe.db-wal")).unwrap_or_default();
-    let log = std::fs::read(&third.log).unwrap();
+    let logs: Vec<Vec<u8>> = [&third.log, &second_log, &first_log]
+        .iter()
+        .map(|l| std::fs::read(l).unwrap())
+        .collect();
+    let mut private_parts = 0;
     for key in keys.iter().filter_map(|k| k.private.as_ref()) {
-        let probe = &key[key.len() - 24..];
-        for bytes in [&db, &wal, &log] {
-            assert!(!bytes.windows(probe.len()).any(|w| w == probe));
+        private_parts += 1;
+        let tail = &key[key.len() - 24..];
+        let hex: String = tail.iter().map(|b| format!("{b:02x}")).collect();
+        let debug = format!("{:?}", &tail[..8]);
+        let debug = &debug[1..debug.len() - 1];
+        for bytes in [&db, &wal] {
+            assert!(!bytes.windows(tail.len()).any(|w| w == tail));
+        }
+        for log in &logs {
+            let text = String::from_utf8_lossy(log);
+            assert!(!log.windows(tail.len()).any(|w| w == tail));
+            assert!(!text.contains(&hex) && !text.contains(debug));
         }
     }
+    assert_eq!(private_parts, 4, "3 of 4 unit keys, 1 of 2 signing keys");
 }
 
 /// Runs `keypipe serve` on `text` and returns its error output (it must
@@ -376,6 +395,27 @@ fn bad_donau_configuration_is_refused_naming_the_line() {
             "currency = \"EUR\"",
             "currency = \"EUROPEANUNION\"",
             "line 3",
+        ),
+        (
+            "base_url = \"https://donau.example/\"",
+            "base_url = \"not a url\"",
+            "line 5",
+        ),
+        ("rsa_bits = 1024", "rsa_bits = 1000", "line 7"),
+        (
+            "signkey_years = [2025, 2026]",
+            "signkey_years = []",
+            "line 8",
+        ),
+        (
+            "{ value = \"EUR:1.01\", cipher = \"CS\", years = [2025] }",
+            "{ value = \"EUR:0.50\", cipher = \"CS\", years = [2025] }",
+            "line 12",
+        ),
+        (
+            "{ value = \"EUR:1.01\", cipher = \"CS\", years = [2025] }",
+            "{ value = \"EUR:1.01\", cipher = \"CS\", years = [] }",
+            "line 12",
         ),
     ];
     for (from, to, line) in cases {

@@ -14,7 +14,7 @@ use super::StoreError;
 use super::sqlite::{Store, now_ms};
 
 /// What a Donau key is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DonauKind {
     /// An RSA donation-unit key (private: PKCS#8 DER; public: GNUnet
     /// encoding of `n, e`).
@@ -74,10 +74,28 @@ impl fmt::Debug for DonauKey {
     }
 }
 
+/// The public facts of a stored Donau key (no private part is unwrapped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DonauPublicKey {
+    /// Its kind.
+    pub kind: DonauKind,
+    /// The donation unit's value (an amount text); empty for signing keys.
+    pub value: String,
+    /// The year it is valid for.
+    pub year: u16,
+    /// The public part.
+    pub public: Vec<u8>,
+    /// The private part is gone.
+    pub lost: bool,
+}
+
 /// Donau keys as the Donau service sees them; [`Store`] implements it.
 pub trait DonauStore: Send + Sync {
     /// Every Donau key, private parts unwrapped.
     fn donau_keys(&self) -> Result<Vec<DonauKey>, StoreError>;
+
+    /// Every Donau key's public facts, by kind, value and year.
+    fn donau_public_keys(&self) -> Result<Vec<DonauPublicKey>, StoreError>;
 
     /// Stores a new key unless one of the same kind, value and year exists
     /// (then the existing one stays); true when this one was stored.
@@ -98,6 +116,36 @@ fn aad(kind: DonauKind, value: &str, year: u16) -> String {
 impl DonauStore for Store {
     fn changes(&self) -> Result<u64, StoreError> {
         super::KeyStore::generation(self)
+    }
+
+    fn donau_public_keys(&self) -> Result<Vec<DonauPublicKey>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT kind, value, year, public, private_wrapped IS NULL FROM donau_keys \
+             ORDER BY kind, value, year",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, u16>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, bool>(4)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(kind, value, year, public, lost)| {
+                Ok(DonauPublicKey {
+                    kind: DonauKind::parse(&kind)?,
+                    value,
+                    year,
+                    public,
+                    lost,
+                })
+            })
+            .collect()
     }
 
     fn donau_keys(&self) -> Result<Vec<DonauKey>, StoreError> {
@@ -183,6 +231,14 @@ impl DonauStore for Store {
             )?
             .execute(params![kind.as_str(), value, year])?;
             Ok(found)
+        })
+        .inspect(|_| {
+            // Move the change into the database file (secure_delete has
+            // zeroed the old blob there) and empty the WAL, if no reader
+            // holds it; best effort.
+            let _ = self
+                .lock()
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
         })
     }
 }

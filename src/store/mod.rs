@@ -60,7 +60,8 @@
 //!
 //! # Durability and concurrency
 //!
-//! `PRAGMA journal_mode=WAL`, `synchronous=FULL` (a committed write survives
+//! `PRAGMA journal_mode=WAL`, `secure_delete=ON` (deleted content is zeroed),
+//! `synchronous=FULL` (a committed write survives
 //! a power cut), `foreign_keys=ON`, and a 5 s busy timeout. The schema is
 //! versioned (`PRAGMA user_version`, see `migrations.rs`): missing steps are
 //! applied in one transaction at open, and a database newer than this
@@ -91,7 +92,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-pub use donau::{DonauKey, DonauKind, DonauStore};
+pub use donau::{DonauKey, DonauKind, DonauPublicKey, DonauStore};
 pub use sqlite::Store;
 pub use users::{TokenHash, UserRecord, UserStore};
 

@@ -103,6 +103,8 @@ impl Store {
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
+        // Deleted or overwritten content is zeroed, not left in free pages.
+        conn.pragma_update(None, "secure_delete", true)?;
         migrations::migrate(&mut conn)?;
 
         let kek = resolve_kek(options, &conn, &db_path, lookup)?;

@@ -180,7 +180,10 @@ fn serve(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<(), String>
             (Some(settings), true) => {
                 let donau = Donau::open(Arc::clone(&store) as _, settings.service_config())
                     .map_err(|e| format!("donau: {e}"))?;
-                Some((Arc::new(donau), settings.base_path.clone()))
+                let donau = Arc::new(donau);
+                // Picks up CLI changes (mark-lost); ends with the Donau.
+                keypipe::kms::donau::watch(&donau).map_err(|e| format!("donau: {e}"))?;
+                Some((donau, settings.base_path.get_ref().clone()))
             }
             _ => None,
         };

@@ -10,25 +10,33 @@
 //!   (`store::DonauStore`). A stored key is never replaced: published keys
 //!   stay the same across restarts and configuration changes (changing
 //!   `rsa_bits` affects only keys made afterwards).
+//! - **What is listed.** Every stored key of a configured unit (value and
+//!   cipher), whatever years the configuration names now, so a key once
+//!   published stays listed (the configured years only say which keys to
+//!   make); every stored signing key that is not lost. Units in
+//!   configuration order, then by year.
 //! - **Lost keys.** A unit whose private part is gone (`keypipe donau
-//!   mark-lost`, or removed from the store) is listed with `"lost": true`
-//!   (the field is omitted otherwise). A lost signing key is not listed.
+//!   mark-lost`, or erased from the store) is listed with `"lost": true`
+//!   (the field is omitted otherwise). A lost signing key is not listed,
+//!   and its year gets no new one. A row deleted from the database by hand
+//!   is gone: the next start makes a new key for that unit and year.
 //! - **The answer** is built once per change and served from memory with a
 //!   strong `ETag` (the first 128 bits of the body's SHA-256) and
-//!   `Cache-Control: public, max-age=60`. Changes made by another process
-//!   (the CLI) are picked up within [`RECHECK`].
+//!   `Cache-Control: public, max-age=60`. A watcher thread ([`watch`])
+//!   checks the store's write counter every [`RECHECK`] and rebuilds the
+//!   answer (from public parts only) when it moved, so a change made by
+//!   another process (the CLI) shows within about a second and a request
+//!   never waits on the store.
 //! - **Encodings** (`../shared/specs/README.md` §5): [`amount`],
 //!   [`crockford`], [`rsa_encoding`]; `pub_key_hash` is the SHA-512 of the
 //!   GNUnet RSA encoding or of the 32-byte CS point; version `"0:0:0"`.
-//!   Units are listed in configuration order, then by year.
 
 pub mod amount;
 pub mod crockford;
 pub mod rsa_encoding;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use curve25519_dalek::{EdwardsPoint, Scalar};
@@ -40,7 +48,7 @@ use zeroize::Zeroizing;
 
 pub use amount::Amount;
 
-use crate::store::{DonauKey, DonauKind, DonauStore, StoreError};
+use crate::store::{DonauKey, DonauKind, DonauPublicKey, DonauStore, StoreError};
 
 /// Longest time the published answer is served without checking the
 /// store for changes.
@@ -121,9 +129,23 @@ pub struct Donau {
     store: Arc<dyn DonauStore>,
     config: DonauConfig,
     published: RwLock<(u64, Arc<Published>)>,
-    started: Instant,
-    /// Milliseconds since `started` of the last store check.
-    checked_ms: AtomicU64,
+}
+
+/// Starts the watcher thread of `donau`: every [`RECHECK`] it rebuilds the
+/// answer if the store changed; it ends once `donau` is dropped.
+pub fn watch(donau: &Arc<Donau>) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let weak = Arc::downgrade(donau);
+    std::thread::Builder::new()
+        .name("keypipe-donau-watch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(RECHECK);
+                match weak.upgrade() {
+                    Some(donau) => donau.refresh(),
+                    None => return,
+                }
+            }
+        })
 }
 
 impl std::fmt::Debug for Donau {
@@ -144,10 +166,8 @@ fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, DonauError> {
 fn generate(kind: DonauKind, rsa_bits: usize) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), DonauError> {
     match kind {
         DonauKind::Rsa => {
-            use rand_chacha::ChaCha20Rng;
-            use rand_core::SeedableRng;
-            let mut rng = ChaCha20Rng::from_seed(*random::<32>()?);
-            let key = rsa::PrivateKey::new(&mut rng, rsa_bits)
+            // Straight from the OS: no seeded generator state left behind.
+            let key = rsa::PrivateKey::new(&mut getrandom::SysRng, rsa_bits)
                 .map_err(|e| DonauError::KeyGeneration(e.to_string()))?;
             let public = rsa_encoding::encode(&key.n_bytes(), &key.e_bytes())
                 .ok_or_else(|| DonauError::KeyGeneration("RSA key too large".into()))?;
@@ -221,7 +241,7 @@ impl Donau {
     /// Opens the Donau: generates the configured keys that are missing,
     /// then builds the answer.
     pub fn open(store: Arc<dyn DonauStore>, config: DonauConfig) -> Result<Donau, DonauError> {
-        let existing = store.donau_keys()?;
+        let existing = store.donau_public_keys()?;
         let has = |kind: DonauKind, value: &str, year: u16| {
             existing
                 .iter()
@@ -236,6 +256,8 @@ impl Donau {
         for &year in &config.signkey_years {
             wanted.push((DonauKind::Sign, String::new(), year));
         }
+        wanted.sort();
+        wanted.dedup();
         for (kind, value, year) in wanted {
             if has(kind, &value, year) {
                 continue;
@@ -253,29 +275,16 @@ impl Donau {
             }
         }
         let generation = store.changes()?;
-        let published = build(&config, &store.donau_keys()?);
+        let published = build(&config, &store.donau_public_keys()?);
         Ok(Donau {
             store,
             config,
             published: RwLock::new((generation, Arc::new(published))),
-            started: Instant::now(),
-            checked_ms: AtomicU64::new(0),
         })
     }
 
-    /// The answer to serve, rebuilt first if the store changed (checked at
-    /// most every [`RECHECK`], by one caller at a time).
+    /// The answer to serve (never touches the store).
     pub fn published(&self) -> Arc<Published> {
-        let now_ms = self.started.elapsed().as_millis() as u64;
-        let last = self.checked_ms.load(Ordering::Relaxed);
-        if now_ms.saturating_sub(last) >= RECHECK.as_millis() as u64
-            && self
-                .checked_ms
-                .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.refresh();
-        }
         let guard = self
             .published
             .read()
@@ -284,7 +293,7 @@ impl Donau {
     }
 
     /// Rebuilds the answer if the store's write counter moved.
-    fn refresh(&self) {
+    pub fn refresh(&self) {
         let current = self
             .published
             .read()
@@ -296,7 +305,7 @@ impl Donau {
             }
             Ok(Some((
                 generation,
-                build(&self.config, &self.store.donau_keys()?),
+                build(&self.config, &self.store.donau_public_keys()?),
             )))
         });
         match rebuilt {
@@ -330,27 +339,19 @@ pub fn current_year() -> u16 {
     u16::try_from(year).unwrap_or(u16::MAX)
 }
 
-/// The answer for `config` over the stored `keys`.
-fn build(config: &DonauConfig, keys: &[DonauKey]) -> Published {
-    let find = |kind: DonauKind, value: &str, year: u16| {
-        keys.iter()
-            .find(|k| k.kind == kind && k.value == value && k.year == year)
-    };
+/// The answer for `config` over the stored `keys` (sorted by kind, value,
+/// year, as the store gives them).
+fn build(config: &DonauConfig, keys: &[DonauPublicKey]) -> Published {
     let mut units = Vec::new();
     for unit in &config.units {
         let value = unit.value.to_string();
-        let mut years = unit.years.clone();
-        years.sort_unstable();
-        years.dedup();
-        for year in years {
-            let Some(key) = find(unit.cipher.kind(), &value, year) else {
-                continue;
-            };
+        let kind = unit.cipher.kind();
+        for key in keys.iter().filter(|k| k.kind == kind && k.value == value) {
             let hash = crockford::encode(&Sha512::digest(&key.public));
             let public = crockford::encode(&key.public);
             units.push(UnitJson {
-                year,
-                lost: key.private.is_none(),
+                year: key.year,
+                lost: key.lost,
                 value: value.clone(),
                 donation_unit_pub: match unit.cipher {
                     Cipher::Rsa => UnitPubJson::Rsa {
@@ -365,13 +366,9 @@ fn build(config: &DonauConfig, keys: &[DonauKey]) -> Published {
             });
         }
     }
-    let mut sign_years = config.signkey_years.clone();
-    sign_years.sort_unstable();
-    sign_years.dedup();
-    let signkeys = sign_years
-        .into_iter()
-        .filter_map(|year| find(DonauKind::Sign, "", year))
-        .filter(|k| k.private.is_some())
+    let signkeys = keys
+        .iter()
+        .filter(|k| k.kind == DonauKind::Sign && !k.lost)
         .map(|k| SignKeyJson {
             key: crockford::encode(&k.public),
             year: k.year,
