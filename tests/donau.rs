@@ -254,18 +254,7 @@ fn keys_decode_independently_survive_restarts_and_reflect_lost_keys() {
         ][..],
         &["mark-lost", "--kind", "SIGN", "--year", "2025"][..],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_keypipe"))
-            .arg("donau")
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_eq!(admin("donau", dir.path(), args)["lost"], true);
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     let changed = loop {

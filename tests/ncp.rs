@@ -18,19 +18,7 @@ use serde_json::{Value, json};
 use support::*;
 
 fn kms(dir: &Path, args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_keypipe"))
-        .arg("kms")
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    admin("kms", dir, args)
 }
 
 fn start(dir: &Path, port: u16) -> ServerProcess {

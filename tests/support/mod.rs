@@ -529,3 +529,21 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Runs the admin command `keypipe {command} --data-dir {dir} {args}`,
+/// which must succeed; its standard output as JSON.
+pub fn admin(command: &str, dir: &std::path::Path, args: &[&str]) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keypipe"))
+        .arg(command)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
