@@ -25,9 +25,8 @@ pub(crate) const POOL_NICE: i32 = 10;
 fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: gettid has no preconditions; setpriority only reads its
-        // integer arguments and, on Linux, PRIO_PROCESS with a thread id
-        // changes that one thread's nice value.
+        // SAFETY: gettid and setpriority take and return plain integers and
+        // touch no memory of ours (PRIO_PROCESS with a tid: this thread only).
         let rc = unsafe {
             let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
             libc::setpriority(libc::PRIO_PROCESS, tid, POOL_NICE)
