@@ -89,16 +89,26 @@ fn login_body(password: &str) -> Value {
 }
 
 fn login(conn: &mut Conn, session: &Session, password: &str) -> Answer {
+    login_as(conn, session, "alice", password)
+}
+
+/// A login of `corp/name` with `password` encrypted under `session`.
+fn login_as(conn: &mut Conn, session: &Session, name: &str, password: &str) -> Answer {
     let path = format!(
         "/rest/login?client_reference_id={}",
         session.client_reference_id
     );
-    conn.send(
-        "POST",
-        &path,
-        Some(&login_body(&session.encrypt(password.as_bytes()))),
-    )
-    .unwrap()
+    let body = json!({"domain": "corp", "username": name, "password": session.encrypt(password.as_bytes())});
+    conn.send("POST", &path, Some(&body)).unwrap()
+}
+
+/// A fresh agreement, then a login of `corp/name`: the answer and how long
+/// the login took.
+fn timed(conn: &mut Conn, name: &str, password: &str) -> (Answer, Duration) {
+    let s = agree(conn, Scheme::EcAes1, Encoding::Raw);
+    let t = Instant::now();
+    let a = login_as(conn, &s, name, password);
+    (a, t.elapsed())
 }
 
 fn references(addr: SocketAddr) -> f64 {
@@ -375,15 +385,6 @@ fn bad_logins_fail_clearly_and_are_throttled() {
 
     // Wrong password: 401 after the delay, growing per user; an unknown
     // user gets the same answer after the same delay.
-    let timed = |conn: &mut Conn, name: &str, password: &str| {
-        let s = agree(conn, Scheme::EcAes1, Encoding::Raw);
-        let path = format!("/rest/login?client_reference_id={}", s.client_reference_id);
-        let body =
-            json!({"domain": "corp", "username": name, "password": s.encrypt(password.as_bytes())});
-        let t = Instant::now();
-        let a = conn.send("POST", &path, Some(&body)).unwrap();
-        (a, t.elapsed())
-    };
     let (wrong1, d1) = timed(&mut conn, "alice", "guess-1");
     let (wrong2, d2) = timed(&mut conn, "alice", "guess-2");
     let (unknown1, u1) = timed(&mut conn, "mallory", "guess-1");
@@ -443,13 +444,7 @@ fn bad_logins_fail_clearly_and_are_throttled() {
 /// A failed login of `name` on a fresh connection and agreement; the
 /// answer and how long the login took.
 fn failed_login(addr: SocketAddr, name: &str) -> (Answer, Duration) {
-    let mut conn = Conn::open(addr).unwrap();
-    let s = agree(&mut conn, Scheme::EcAes1, Encoding::Raw);
-    let path = format!("/rest/login?client_reference_id={}", s.client_reference_id);
-    let body = json!({"domain": "corp", "username": name, "password": s.encrypt(b"wrong")});
-    let t = Instant::now();
-    let a = conn.send("POST", &path, Some(&body)).unwrap();
-    (a, t.elapsed())
+    timed(&mut Conn::open(addr).unwrap(), name, "wrong")
 }
 
 #[test]

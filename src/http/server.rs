@@ -289,23 +289,7 @@ impl Worker {
             let stopping = self.stop.load(Ordering::Acquire);
             while let Ok(done) = self.done_rx.try_recv() {
                 match done.response.hold_until {
-                    Some(due) if due > now && !stopping && self.held.len() < MAX_HELD => {
-                        self.held_seq += 1;
-                        self.held.insert((due, self.held_seq), done);
-                    }
-                    Some(due) if due > now && !stopping => {
-                        let busy = super::HttpError {
-                            status: 503,
-                            reason: "server busy",
-                        };
-                        self.deliver(
-                            Done {
-                                response: busy.response(),
-                                ..done
-                            },
-                            now,
-                        );
-                    }
+                    Some(due) if due > now && !stopping => self.hold(due, done, now),
                     _ => self.deliver(done, now),
                 }
             }
@@ -353,6 +337,22 @@ impl Worker {
                     }
                 }
             }
+        }
+    }
+
+    /// Keeps `done` until `due`; past [`MAX_HELD`] answers, a closing 503
+    /// goes out instead.
+    fn hold(&mut self, due: Instant, done: Done, now: Instant) {
+        if self.held.len() < MAX_HELD {
+            self.held_seq += 1;
+            self.held.insert((due, self.held_seq), done);
+        } else {
+            let busy = super::HttpError {
+                status: 503,
+                reason: "server busy",
+            };
+            let response = busy.response();
+            self.deliver(Done { response, ..done }, now);
         }
     }
 

@@ -37,12 +37,12 @@ pub fn run(
     let store = crate::open_store(data_dir, kek_file)?;
     Ok(match command {
         DonauCommand::List => store
-            .donau_keys()
+            .donau_public_keys()
             .map_err(|e| e.to_string())?
             .iter()
             .map(|k| {
                 json!({"kind": k.kind.as_str(), "value": k.value, "year": k.year,
-                       "lost": k.private.is_none()})
+                       "lost": k.lost})
                 .to_string()
             })
             .collect::<Vec<_>>()

@@ -98,6 +98,14 @@ impl Curve {
 }
 
 impl PeerPoint {
+    /// The point's curve.
+    pub fn curve(&self) -> Curve {
+        match self {
+            PeerPoint::P256(_) => Curve::P256,
+            PeerPoint::P384(_) => Curve::P384,
+        }
+    }
+
     /// The uncompressed SEC1 encoding.
     pub fn to_sec1(&self) -> Vec<u8> {
         match self {

@@ -97,11 +97,32 @@ impl Group {
         }
     }
 
-    /// The prime, big-endian, `len()` bytes.
-    pub fn prime_be(self) -> Vec<u8> {
+    /// The prime, big-endian, `byte_len()` bytes.
+    pub fn prime_be(self) -> &'static [u8] {
+        &self.encoded().0
+    }
+
+    /// The subgroup order `q = (p − 1) / 2`, minimal big-endian.
+    pub fn q_be(self) -> &'static [u8] {
+        &self.encoded().1
+    }
+
+    /// `p` and `q` as bytes, made once.
+    fn encoded(self) -> &'static (Vec<u8>, Vec<u8>) {
+        fn encode<const L: usize>(p: &Odd<Uint<L>>) -> (Vec<u8>, Vec<u8>) {
+            let q = p.as_ref().shr_vartime(1).to_be_bytes();
+            let q = q.as_ref();
+            let zeros = q.iter().take_while(|&&b| b == 0).count();
+            (
+                p.as_ref().to_be_bytes().as_ref().to_vec(),
+                q[zeros..].to_vec(),
+            )
+        }
+        static P2048: std::sync::OnceLock<(Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
+        static P3072: std::sync::OnceLock<(Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
         match self {
-            Group::Ffdhe2048 => p2048().as_ref().to_be_bytes().as_ref().to_vec(),
-            Group::Ffdhe3072 => p3072().as_ref().to_be_bytes().as_ref().to_vec(),
+            Group::Ffdhe2048 => P2048.get_or_init(|| encode(p2048())),
+            Group::Ffdhe3072 => P3072.get_or_init(|| encode(p3072())),
         }
     }
 
@@ -235,6 +256,9 @@ mod tests {
         for group in [Group::Ffdhe2048, Group::Ffdhe3072] {
             let p = group.prime_be();
             assert_eq!(p.len(), group.byte_len());
+            // q = (p - 1) / 2: one bit shorter, its top byte 0x7f.
+            assert_eq!(group.q_be().len(), group.byte_len());
+            assert_eq!(group.q_be()[0], 0x7f);
             assert!(p[..8].iter().chain(&p[p.len() - 8..]).all(|&b| b == 0xff));
         }
         assert_eq!(p2048().as_ref().bit_width(), 2048);
@@ -272,7 +296,7 @@ mod tests {
             assert_eq!(Group::Ffdhe3072.validate(&y).is_ok(), expected, "y = {v}");
         }
         // p - 2 is -2 mod p; -1 is a non-residue (p = 3 mod 4), so -2 is not.
-        let mut p_minus_2 = Group::Ffdhe2048.prime_be();
+        let mut p_minus_2 = Group::Ffdhe2048.prime_be().to_vec();
         *p_minus_2.last_mut().unwrap() -= 2;
         assert!(!euler(p2048(), &p_minus_2));
         assert_eq!(
@@ -284,7 +308,7 @@ mod tests {
     #[test]
     fn out_of_range_values_are_refused() {
         for group in [Group::Ffdhe2048, Group::Ffdhe3072] {
-            let p = group.prime_be();
+            let p = group.prime_be().to_vec();
             let mut p_minus_1 = p.clone();
             *p_minus_1.last_mut().unwrap() -= 1;
             for y in [vec![0u8], vec![1u8], vec![], p_minus_1, p.clone()] {

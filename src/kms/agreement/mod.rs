@@ -148,22 +148,11 @@ fn decode_field(name: &str, value: &str) -> Result<Vec<u8>, AgreementError> {
         .map_err(|_| AgreementError::BadRequest(format!("{name} is not valid Base64")))
 }
 
-/// The server's key pair for one agreement.
-enum ServerKey {
-    Dh(ffdhe::PrivateKey),
-    Ec(ecdh::PrivateKey),
-}
-
 impl AgreementService {
     /// A service with `config`.
     pub fn new(config: AgreementConfig) -> Self {
         let references = References::new(config.reference_ttl, config.max_pending);
         AgreementService { config, references }
-    }
-
-    /// The settings.
-    pub fn config(&self) -> &AgreementConfig {
-        &self.config
     }
 
     /// Pending references (live, used or expired, until forgotten).
@@ -233,24 +222,22 @@ impl AgreementService {
         nonce: &[u8],
         now: Instant,
     ) -> Result<ServerKeyDerivationInfo, AgreementError> {
-        let (key, pub_s) = match (public_key::group_of(scheme), public_key::curve_of(scheme)) {
-            (Some(group), _) => {
-                let (key, y) = group.generate().map_err(|_| AgreementError::Random)?;
-                let pub_s = public_key::encode_dh(group, &y, encoding);
-                (ServerKey::Dh(key), pub_s)
+        // A fresh key pair in the client key's group; the secret key is
+        // dropped (zeroized) as soon as Z is known.
+        let (z, pub_s) = match peer {
+            PeerKey::Dh(group, y) => {
+                let (key, y_s) = group.generate().map_err(|_| AgreementError::Random)?;
+                (key.agree(y), public_key::encode_dh(*group, &y_s, encoding))
             }
-            (None, Some(curve)) => {
-                let (key, point) = curve.generate().map_err(|_| AgreementError::Random)?;
-                (ServerKey::Ec(key), public_key::encode_ec(&point, encoding))
+            PeerKey::Ec(point) => {
+                let (key, point_s) = point
+                    .curve()
+                    .generate()
+                    .map_err(|_| AgreementError::Random)?;
+                let z = key.agree(point).expect("generated on the point's curve");
+                (z, public_key::encode_ec(&point_s, encoding))
             }
-            (None, None) => unreachable!("every scheme has a group or a curve"),
         };
-        let z = match (&key, peer) {
-            (ServerKey::Dh(k), PeerKey::Dh(y)) => k.agree(y),
-            (ServerKey::Ec(k), PeerKey::Ec(p)) => k.agree(p).expect("same curve as the scheme"),
-            _ => unreachable!("the server key follows the client key's scheme"),
-        };
-        drop(key);
         let transcript = Transcript {
             scheme,
             nonce,
@@ -278,8 +265,15 @@ impl AgreementService {
     }
 
     /// Takes the key of a reference, once.
-    pub fn take(&self, reference: &str, now: Instant) -> Result<SessionKey, ReferenceError> {
-        self.references.take(reference, now)
+    /// The reference comes back in the form the server issued it
+    /// (lowercase, hyphenated), the associated data of its fields.
+    pub fn take(
+        &self,
+        reference: &str,
+        now: Instant,
+    ) -> Result<(String, SessionKey), ReferenceError> {
+        let (id, key) = self.references.take(reference, now)?;
+        Ok((id.to_string(), key))
     }
 }
 

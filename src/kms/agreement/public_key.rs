@@ -41,9 +41,10 @@ pub enum KeyEncoding {
 /// A validated client key.
 #[derive(Debug, Clone)]
 pub enum PeerKey {
-    /// A finite-field value `y`, big-endian, at most the prime's length.
-    Dh(Vec<u8>),
-    /// An EC point.
+    /// A finite-field value `y` of a group, big-endian, at most the
+    /// prime's length.
+    Dh(Group, Vec<u8>),
+    /// An EC point (it knows its curve).
     Ec(PeerPoint),
 }
 
@@ -108,24 +109,6 @@ fn ec_scheme(curve: Curve) -> Scheme {
     }
 }
 
-/// The DH group of a scheme, if it is a finite-field one.
-pub fn group_of(scheme: Scheme) -> Option<Group> {
-    match scheme {
-        Scheme::Aes1 => Some(Group::Ffdhe2048),
-        Scheme::Aes2 => Some(Group::Ffdhe3072),
-        _ => None,
-    }
-}
-
-/// The curve of a scheme, if it is an EC one.
-pub fn curve_of(scheme: Scheme) -> Option<Curve> {
-    match scheme {
-        Scheme::EcAes1 => Some(Curve::P256),
-        Scheme::EcAes2 => Some(Curve::P384),
-        _ => None,
-    }
-}
-
 /// Parses and validates a client's public key: its scheme, encoding and
 /// value.
 pub fn parse(bytes: &[u8]) -> Result<(Scheme, KeyEncoding, PeerKey), KeyError> {
@@ -180,7 +163,7 @@ pub fn parse(bytes: &[u8]) -> Result<(Scheme, KeyEncoding, PeerKey), KeyError> {
     }
     if encoding == KeyEncoding::Spki {
         let q = params.third.ok_or(KeyError::DhParameters("no q"))?;
-        if q.as_bytes() != half(&group.prime_be()) {
+        if q.as_bytes() != group.q_be() {
             return Err(KeyError::DhParameters("q is not (p-1)/2"));
         }
     }
@@ -220,20 +203,7 @@ fn dh_value(
         group: scheme.group_name(),
         error,
     })?;
-    Ok((scheme, encoding, PeerKey::Dh(y.to_vec())))
-}
-
-/// `(p − 1) / 2` of an odd big-endian `p`, minimal big-endian.
-fn half(p: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(p.len());
-    let mut carry = 0u8;
-    for &b in p {
-        out.push((b >> 1) | (carry << 7));
-        carry = b & 1;
-    }
-    let zeros = out.iter().take_while(|&&b| b == 0).count();
-    out.drain(..zeros);
-    out
+    Ok((scheme, encoding, PeerKey::Dh(group, y.to_vec())))
 }
 
 /// The server's DH value `y` (padded) in `encoding`.
@@ -241,14 +211,15 @@ pub fn encode_dh(group: Group, y: &[u8], encoding: KeyEncoding) -> Vec<u8> {
     if encoding == KeyEncoding::Raw {
         return y.to_vec();
     }
-    let p = group.prime_be();
-    let q = half(&p);
     let (oid, third) = match encoding {
         KeyEncoding::SpkiPkcs3 => (DH_KEY_AGREEMENT, None),
-        _ => (DH_PUBLIC_NUMBER, Some(UintRef::new(&q).expect("q fits"))),
+        _ => (
+            DH_PUBLIC_NUMBER,
+            Some(UintRef::new(group.q_be()).expect("q fits")),
+        ),
     };
     let params = DhParams {
-        p: UintRef::new(&p).expect("p fits"),
+        p: UintRef::new(group.prime_be()).expect("p fits"),
         g: UintRef::new(&[2]).expect("2 fits"),
         third,
     };
@@ -285,7 +256,10 @@ mod tests {
                 let (scheme, got_enc, key) = parse(&bytes).unwrap();
                 assert_eq!(scheme, dh_scheme(group));
                 assert_eq!(got_enc, enc);
-                let PeerKey::Dh(got) = key else { panic!() };
+                let PeerKey::Dh(got_group, got) = key else {
+                    panic!()
+                };
+                assert_eq!(got_group, group);
                 assert_eq!(UintRef::new(&got).unwrap(), UintRef::new(&y).unwrap());
             }
         }
@@ -315,7 +289,5 @@ mod tests {
         );
         assert_eq!(parse(b"hello").unwrap_err(), KeyError::Unrecognized);
         assert_eq!(parse(&[]).unwrap_err(), KeyError::Unrecognized);
-        assert_eq!(half(&[0x0f]), vec![0x07]);
-        assert_eq!(half(&[0x01, 0x01]), vec![0x80]);
     }
 }

@@ -130,8 +130,8 @@ impl References {
         }
     }
 
-    /// Takes the key of `id` (once).
-    pub fn take(&self, id: &str, now: Instant) -> Result<SessionKey, ReferenceError> {
+    /// Takes the key of `id` (once), with the id in the form it was issued.
+    pub fn take(&self, id: &str, now: Instant) -> Result<(Uuid, SessionKey), ReferenceError> {
         let id = Uuid::parse_str(id).map_err(|_| ReferenceError::Unknown)?;
         let mut table = self.lock();
         let entry = table.map.get_mut(&id).ok_or(ReferenceError::Unknown)?;
@@ -143,7 +143,7 @@ impl References {
         if entry.expires <= now {
             return Err(ReferenceError::Expired);
         }
-        Ok(key)
+        Ok((id, key))
     }
 
     /// Entries held (live, used or expired), for metrics and tests.
@@ -173,7 +173,7 @@ mod tests {
         let t0 = Instant::now();
         let refs = References::new(Duration::from_secs(10), 2);
         let a = refs.insert(key(), t0).to_string();
-        assert_eq!(*refs.take(&a, t0).unwrap().k_enc, vec![7; 16]);
+        assert_eq!(*refs.take(&a, t0).unwrap().1.k_enc, vec![7; 16]);
         assert_eq!(refs.take(&a, t0).unwrap_err(), ReferenceError::Used);
         let b = refs.insert(key(), t0).to_string();
         // Full: the oldest entry (a's tombstone) leaves for c.
@@ -183,7 +183,7 @@ mod tests {
         // Full again: b, the oldest live one, leaves for d.
         let d = refs.insert(key(), t0).to_string();
         assert_eq!(refs.take(&b, t0).unwrap_err(), ReferenceError::Unknown);
-        assert_eq!(*refs.take(&c, t0).unwrap().k_enc, vec![7; 16]);
+        assert_eq!(*refs.take(&c, t0).unwrap().1.k_enc, vec![7; 16]);
         let t1 = t0 + Duration::from_secs(11);
         assert_eq!(refs.take(&d, t1).unwrap_err(), ReferenceError::Expired);
         assert_eq!(refs.take(&d, t1).unwrap_err(), ReferenceError::Used);

@@ -223,14 +223,10 @@ impl LoginService {
         check_name("username", &req.username)?;
         let password = match reference {
             Some(reference) => {
-                let key = self
+                let (issued, key) = self
                     .agreement
                     .take(reference, now)
                     .map_err(LoginError::Reference)?;
-                // `take` parsed it: this is the form the server issued.
-                let issued = uuid::Uuid::parse_str(reference)
-                    .map_err(|_| LoginError::Reference(ReferenceError::Unknown))?
-                    .to_string();
                 key.open("password", &req.password, &issued)
                     .map_err(|e| LoginError::BadRequest(e.to_string()))?
             }
@@ -295,12 +291,5 @@ impl LoginService {
         } else {
             Err(LoginError::InvalidToken)
         }
-    }
-
-    /// The `(domain, name)` an access token stands for, if it is live.
-    pub fn authenticate(&self, access_token: &str) -> Result<(String, String), LoginError> {
-        self.users
-            .access_token_user(&token_hash(access_token))?
-            .ok_or(LoginError::InvalidToken)
     }
 }

@@ -106,14 +106,10 @@ impl Throttle {
         self.lock().remove(&(domain.to_owned(), name.to_owned()));
     }
 
-    /// Names tracked (for tests).
-    pub fn len(&self) -> usize {
+    /// Names tracked.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    /// True when no name is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
