@@ -43,7 +43,12 @@ fn handles(iters: u64) -> Duration {
             continue;
         };
         key.bytes_mut().fill(id as u8);
-        let mut block = DeviceBlock { id, born, key };
+        let mut block = DeviceBlock {
+            id,
+            born,
+            digest: 0,
+            key,
+        };
         while let Err(back) = tx.push(block) {
             block = back;
             std::hint::spin_loop();

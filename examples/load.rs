@@ -86,6 +86,25 @@ enum Scenario {
     /// makes a fresh key pair per request), then GET /healthz latency alone
     /// and during a burst of FFDHE-3072 agreements.
     Agreement(AgreementArgs),
+    /// Runs node A and node B as two `keypipe serve` processes pushing one
+    /// stream to two in-process KMS receivers, kills one or both with
+    /// SIGKILL, restarts them, and times restart to the first chunk pushed
+    /// by the restarted node (the stream resumes by itself).
+    Restart(RestartArgs),
+}
+
+/// Options of the `restart` scenario.
+#[derive(Args)]
+struct RestartArgs {
+    /// The keypipe binary.
+    #[arg(long, default_value = "target/release/keypipe")]
+    bin: String,
+    /// Kill/restart rounds.
+    #[arg(long, default_value_t = 10)]
+    rounds: usize,
+    /// key_chunk_size of the stream, bytes.
+    #[arg(long, default_value_t = 32)]
+    chunk: u32,
 }
 
 /// Options of the keys scenario.
@@ -316,6 +335,7 @@ fn main() -> ExitCode {
             }
         }),
         Scenario::All(a) => all(&a),
+        Scenario::Restart(r) => restart(&r),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -1368,4 +1388,142 @@ fn all(a: &AllArgs) -> Result<(), String> {
         (0, 0) => Ok(()),
         (f, m) => Err(format!("{f} scenarios failed, {m} mismatching chunks")),
     }
+}
+
+/// The configuration of one node of the `restart` scenario.
+fn restart_node_toml(node: usize, ports: [u16; 2]) -> String {
+    let (name, role, peer) = match node {
+        0 => ("node-a", "leader", "node-b"),
+        _ => ("node-b", "follower", "node-a"),
+    };
+    format!(
+        "[[node]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{}\"\nserve = [\"etsi004-qkd\"]\n\
+         [node.engine]\nrole = \"{role}\"\n[node.engine.device]\ndriver = \"simulated\"\n\
+         rate_bps = 1000000000\nlink_secret = \"{}\"\n[node.engine.link]\n\
+         peer = \"http://127.0.0.1:{}\"\nsecret = \"{}\"\npeer_name = \"{peer}\"\n",
+        ports[node],
+        "3c".repeat(32),
+        ports[1 - node],
+        "c3".repeat(32)
+    )
+}
+
+/// A free TCP port.
+fn free_port() -> Result<u16, String> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(ctx("bind"))?
+        .port())
+}
+
+/// The `restart` scenario.
+fn restart(r: &RestartArgs) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("keypipe-load-restart-{}", std::process::id()));
+    let ports = [free_port()?, free_port()?];
+    let spawn = |node: usize| -> Result<std::process::Child, String> {
+        let d = dir.join(["a", "b"][node]);
+        std::fs::create_dir_all(&d).map_err(ctx("data dir"))?;
+        let config = d.join("node.toml");
+        std::fs::write(&config, restart_node_toml(node, ports)).map_err(ctx("config"))?;
+        std::process::Command::new(&r.bin)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&d)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(ctx(&r.bin))
+    };
+    let targets = [
+        target(&format!("http://127.0.0.1:{}", ports[0]))?,
+        target(&format!("http://127.0.0.1:{}", ports[1]))?,
+    ];
+    let healthy = |t: &Target| matches!(call(t, "GET", "/healthz", ""), Ok((200, _)));
+    let mut children = [spawn(0)?, spawn(1)?];
+    let result = (|| -> Result<Vec<f64>, String> {
+        let wait = Instant::now();
+        while !targets.iter().all(healthy) {
+            if wait.elapsed() > Duration::from_secs(30) {
+                return Err("the two nodes never became healthy".into());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let lives = [Arc::new(Live::default()), Arc::new(Live::default())];
+        let chunk = r.chunk as usize;
+        let (addr_a, _kms_a) = kms(&stop, &lives[0], chunk).map_err(ctx("KMS_A"))?;
+        let (addr_b, _kms_b) = kms(&stop, &lives[1], chunk).map_err(ctx("KMS_B"))?;
+        let qos = json!({"key_chunk_size": r.chunk, "timeout": 5000, "ttl": 600});
+        let (src, dst) = (format!("http://{addr_a}"), format!("http://{addr_b}"));
+        let open = |ksid: Option<&str>| {
+            json!({"source": src, "destination": dst, "key_stream_id": ksid, "qos": qos})
+                .to_string()
+        };
+        let body = expect(
+            &targets[0],
+            "POST",
+            &format!("{API}/open-connect"),
+            &open(None),
+            201,
+        )?;
+        let ksid = ksid_of(&body).ok_or("no key_stream_id")?;
+        expect(
+            &targets[1],
+            "POST",
+            &format!("{API}/open-connect"),
+            &open(Some(&ksid)),
+            201,
+        )?;
+        let ks = json!({ "key_stream_id": ksid }).to_string();
+        for t in &targets {
+            expect(t, "GET", &format!("{API}/get-key"), &ks, 205)?;
+        }
+        let mut times = Vec::new();
+        for round in 0..r.rounds {
+            thread::sleep(Duration::from_millis(500));
+            let victims: &[usize] = match round % 3 {
+                0 => &[0],
+                1 => &[1],
+                _ => &[0, 1],
+            };
+            for &v in victims {
+                let _ = children[v].kill();
+                let _ = children[v].wait();
+            }
+            let before: Vec<u64> = lives.iter().map(|l| l.chunks.load(Relaxed)).collect();
+            let t0 = Instant::now();
+            for &v in victims {
+                children[v] = spawn(v)?;
+            }
+            for &v in victims {
+                while lives[v].chunks.load(Relaxed) == before[v] {
+                    if t0.elapsed() > Duration::from_secs(30) {
+                        return Err(format!("round {round}: no push after the restart"));
+                    }
+                    thread::sleep(Duration::from_micros(200));
+                }
+                times.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        stop.store(true, Relaxed);
+        Ok(times)
+    })();
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut times = result?;
+    times.sort_by(f64::total_cmp);
+    let ms = |x: f64| x * 1e3;
+    println!(
+        "restart: kill -9 to the first chunk pushed by the restarted node, {} restarts: \
+         min {:.0} ms, median {:.0} ms, max {:.0} ms",
+        times.len(),
+        ms(times[0]),
+        ms(times[times.len() / 2]),
+        ms(times[times.len() - 1])
+    );
+    Ok(())
 }

@@ -144,6 +144,10 @@ typedef struct kp_stats {
 // close it and open it again.
 #define KP_ERR_QOS_CONFLICT -9
 
+// Key confirmation failed: the two nodes' devices disagree, so the stream
+// was stopped on both nodes for good.
+#define KP_ERR_STREAM_FAILED -10
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus

@@ -7,7 +7,8 @@
 # 30 s), runs every scenario (`load all`: healthz and cycle at 64 and 256
 # connections, push with 32 B and 1024 B chunks) and prints the tables, then
 # stops the server with SIGTERM and waits for it. The server never stays
-# behind, whatever happens. Extra arguments go to `load all`, e.g.
+# behind, whatever happens. Then `load restart` times kill -9 to the first
+# pushed chunk on two processes of its own. Extra arguments go to `load all`, e.g.
 #   scripts/load.sh --secs 2 --push-secs 3 --threads 2
 # The server's output goes to target/load-keypipe.log.
 set -euo pipefail
@@ -94,6 +95,10 @@ for conns in 64 256; do
     target/release/examples/load ncp --url "http://$A_HOST:$A_PORT" --conns "$conns" --secs 5 \
         --key-tag "$KEY_TAG" --access-key "$ACCESS_KEY" --secret-key "$SECRET_KEY" | tail -n 1 || rc=$?
 done
+
+# Two processes of their own (free ports), killed with SIGKILL and
+# restarted: restart to the first pushed chunk.
+target/release/examples/load restart --bin target/release/keypipe --rounds 12 || rc=$?
 
 if stop_server; then
     echo "load.sh: keypipe stopped"

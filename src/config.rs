@@ -332,7 +332,86 @@ fn default_kek_env() -> String {
     "KEYPIPE_KEK".into()
 }
 
+/// The public demo secrets of keypipe's first embedded default (device,
+/// link). Anyone can compute the keys of a node that uses them.
+pub const DEMO_SECRETS: [&str; 2] = [
+    "6b6579706970652d64656d6f2d6465766963652d7365637265742d3332627974",
+    "6b6579706970652d64656d6f2d6c696e6b2d686d61632d6b65792d3332627974",
+];
+
+/// Name of the generated simulated-device secret in the store.
+pub const GENERATED_DEVICE_SECRET: &str = "simulated-device";
+/// Name of the generated link secret in the store.
+pub const GENERATED_LINK_SECRET: &str = "link";
+
 impl Config {
+    /// Gives every engine without a `data_dir` of its own the
+    /// configuration's (call after `--data-dir`).
+    pub fn apply_data_dir(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(engine) = &mut node.engine {
+                engine.data_dir.get_or_insert_with(|| self.data_dir.clone());
+            }
+        }
+    }
+
+    /// True when some engine has no configured secret, so the server
+    /// generates one (kept in the store).
+    pub fn needs_generated_secrets(&self) -> bool {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.engine.as_ref())
+            .any(|e| {
+                matches!(
+                    e.device,
+                    crate::qkd::DeviceConfig::Simulated {
+                        link_secret: None,
+                        ..
+                    }
+                ) || e.link.as_ref().is_some_and(|l| l.secret.is_none())
+            })
+    }
+
+    /// Fills every missing secret: `device` for simulated devices, `link`
+    /// for links (the same for all nodes of this configuration, so the
+    /// nodes of one process pair with each other).
+    pub fn fill_secrets(&mut self, device: &[u8; 32], link: &[u8; 32]) {
+        let hex = |b: &[u8; 32]| zeroize::Zeroizing::new(crate::qkd::confirm::hex(b));
+        for engine in self.nodes.iter_mut().filter_map(|n| n.engine.as_mut()) {
+            if let crate::qkd::DeviceConfig::Simulated { link_secret, .. } = &mut engine.device
+                && link_secret.is_none()
+            {
+                *link_secret = Some(hex(device));
+            }
+            if let Some(l) = &mut engine.link
+                && l.secret.is_none()
+            {
+                l.secret = Some(hex(link));
+            }
+        }
+    }
+
+    /// The nodes whose configuration still holds a public demo secret.
+    pub fn demo_secret_users(&self) -> Vec<String> {
+        let demo = |hex: &str| DEMO_SECRETS.iter().any(|d| d.eq_ignore_ascii_case(hex));
+        self.nodes
+            .iter()
+            .filter(|n| {
+                n.engine.as_ref().is_some_and(|e| {
+                    let device = matches!(&e.device, crate::qkd::DeviceConfig::Simulated { link_secret: Some(s), .. } if demo(s));
+                    let link = e.link.as_ref().is_some_and(|l| l.secret.as_deref().is_some_and(|s| demo(s)));
+                    device || link
+                })
+            })
+            .map(|n| n.name.clone())
+            .collect()
+    }
+
+    /// True when every listener is on a loopback address.
+    pub fn all_loopback(&self) -> bool {
+        self.nodes.iter().all(|n| n.listen.ip().is_loopback())
+    }
+
     /// The store options this configuration names.
     pub fn store_options(&self) -> StoreOptions {
         StoreOptions {
@@ -342,11 +421,13 @@ impl Config {
         }
     }
 
-    /// True when some listener serves a store-backed service.
+    /// True when some listener serves a store-backed service, or the
+    /// store must keep generated secrets.
     pub fn needs_store(&self) -> bool {
         self.serves(Protocol::NcpKms)
             || self.serves(Protocol::KeyAgreement)
             || self.serves(Protocol::Donau)
+            || self.needs_generated_secrets()
     }
 
     /// True when some listener serves `protocol`.
@@ -472,7 +553,13 @@ impl Default for KmsSettings {
 impl Config {
     /// Parses and checks a configuration file's text.
     pub fn from_toml(text: &str) -> Result<Config, String> {
-        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        for node in &mut config.nodes {
+            // The engine is the node's: its name is the node's.
+            if let Some(engine) = &mut node.engine {
+                engine.name = node.name.clone();
+            }
+        }
         if config.nodes.is_empty() {
             return Err("no [[node]] configured".into());
         }

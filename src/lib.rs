@@ -18,4 +18,5 @@ pub mod key;
 pub mod kms;
 pub mod node;
 pub mod qkd;
+pub mod rangeset;
 pub mod store;

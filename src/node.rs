@@ -10,18 +10,32 @@ use std::time::{Duration, Instant};
 
 use mio::Waker;
 
-use crate::api::link::{LINK_TAG, NetLink};
-use crate::api::push::{PushTable, wait_for};
+use crate::api::link::{LINK_LANE, NetLink};
+use crate::api::push::Pushes;
 use crate::api::{AgreementApi, NcpApi};
 use crate::api::{Etsi004, HealthSources, RequestMetrics, Router};
 use crate::config::{NodeConfig, Protocol};
-use crate::http::{Client, Origin, OriginId, Pool, PushOutcome, Server};
+use crate::http::{Answer, Client, Origin, OriginId, Pool, Server};
 use crate::kms::ReceivedKeys;
 use crate::kms::donau::Donau;
 use crate::kms::entropy::{Entropy, QkdSource};
 use crate::kms::keys::StoreKeys;
 use crate::kms::ncp::{KeySource, NcpService};
+use crate::qkd::link::session::{LinkRequest, MAC_HEADER};
+use crate::qkd::push::PushId;
 use crate::qkd::{Engine, EngineConfig, EngineError, parse_secret};
+
+/// What a request of the outbound client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestId {
+    /// Link sync.
+    Link(LinkRequest),
+    /// A key push.
+    Push(PushId),
+}
+
+/// Longest wait of the outbound thread when nothing is due.
+const OUTBOUND_IDLE: Duration = Duration::from_millis(50);
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +80,7 @@ impl QkdSource for EngineEntropy {
 struct Core {
     engine: Arc<Engine>,
     link: Option<Arc<NetLink>>,
-    push: Arc<PushTable>,
+    push: Arc<Pushes>,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
     outbound: Option<JoinHandle<()>>,
@@ -112,12 +126,17 @@ impl RunningNode {
             ));
         }
         let core = match &config.engine {
-            Some(engine) => Some(start_core(
-                &name,
-                engine,
-                config.push.queue_chunks,
-                config.push.max_in_flight,
-            )?),
+            Some(engine) => {
+                let mut engine = engine.clone();
+                engine.name = name.clone();
+                Some(start_core(
+                    &name,
+                    &engine,
+                    config.push.queue_chunks,
+                    config.push.max_in_flight,
+                    config.http.max_body_bytes,
+                )?)
+            }
             None => None,
         };
         let requests = Arc::new(RequestMetrics::default());
@@ -131,6 +150,7 @@ impl RunningNode {
             node: name.clone(),
             node_json: serde_json::Value::from(name.as_str()).to_string(),
             engine: core.as_ref().map(|c| Arc::clone(&c.engine)),
+            link: core.as_ref().and_then(|c| c.link.clone()),
             push: core.as_ref().map(|c| Arc::clone(&c.push)),
             received: received.clone(),
             agreement: services
@@ -230,7 +250,6 @@ impl RunningNode {
     pub fn stop_pushing(&self) {
         if let Some(core) = &self.core {
             core.push.stop_all();
-            let _ = core.waker.wake();
         }
     }
 
@@ -267,53 +286,69 @@ impl Drop for RunningNode {
     }
 }
 
-/// Builds the engine, its network link and the outbound thread.
+/// Builds the engine, its network link and the outbound thread, and
+/// resumes the pushes a restart interrupted.
 fn start_core(
     name: &str,
     config: &EngineConfig,
     queue_chunks: usize,
     max_in_flight: usize,
+    max_body_bytes: usize,
 ) -> Result<Core, NodeError> {
     let io = |e| NodeError::Io(name.to_owned(), e);
-    let mut client = Client::new(max_in_flight).map_err(io)?;
+    let bad = |m: String| NodeError::Config {
+        node: name.to_owned(),
+        message: m,
+    };
+    let mut client: Client<RequestId> = Client::new(max_in_flight, Some(MAC_HEADER)).map_err(io)?;
     let waker = client.waker();
     let (link, engine) = match &config.link {
         Some(l) => {
-            let key = parse_secret(&l.secret, "link.secret")
+            let secret = l
+                .secret
+                .as_ref()
+                .ok_or_else(|| bad("engine.link.secret is required".into()))?;
+            let key = parse_secret(secret, "link.secret")
                 .map_err(|e| NodeError::Engine(name.to_owned(), e.into()))?;
-            let (link, inbox) = NetLink::new(key, config.role, Arc::clone(&waker));
+            let (link, inbox) = NetLink::new(
+                name,
+                config.role,
+                l.peer_name.clone(),
+                key,
+                max_body_bytes,
+                Arc::clone(&waker),
+            );
             let engine = Engine::with_link(config, link.transport(), Some(inbox));
             (Some(link), engine)
         }
         None => (None, Engine::new(config)),
     };
     let engine = Arc::new(engine.map_err(|e| NodeError::Engine(name.to_owned(), e))?);
+    if let Some(link) = &link {
+        link.attach(&engine);
+    }
     let peer = match (&config.link, &link) {
         (Some(l), Some(_)) => {
-            let bad = |m: String| NodeError::Config {
-                node: name.to_owned(),
-                message: format!("link.peer: {m}"),
-            };
-            let mut peer = Origin::parse(&l.peer).map_err(bad)?;
-            peer.resolve().map_err(|e| bad(e.to_string()))?;
-            Some(client.origin(&peer))
+            let mut peer = Origin::parse(&l.peer).map_err(|m| bad(format!("link.peer: {m}")))?;
+            peer.resolve().map_err(|e| bad(format!("link.peer: {e}")))?;
+            Some(client.origin_lane(&peer, LINK_LANE))
         }
         _ => None,
     };
-    let push = Arc::new(PushTable::new(queue_chunks));
+    let push = Arc::new(Pushes::new(
+        Arc::clone(&engine),
+        queue_chunks,
+        Arc::clone(&waker),
+    ));
+    push.resume();
     let stop = Arc::new(AtomicBool::new(false));
     let outbound = {
-        let (engine, link, push, stop) = (
-            Arc::clone(&engine),
-            link.clone(),
-            Arc::clone(&push),
-            Arc::clone(&stop),
-        );
+        let (link, push, stop) = (link.clone(), Arc::clone(&push), Arc::clone(&stop));
         thread::Builder::new()
             .name(format!("{name}-out"))
             .spawn(move || {
                 while !stop.load(Ordering::Acquire) {
-                    let step = || outbound_step(&engine, link.as_deref(), peer, &push, &mut client);
+                    let step = || outbound_step(link.as_deref(), peer, &push, &mut client);
                     if catch_unwind(AssertUnwindSafe(step)).is_err() {
                         // A bug, not bad input: keep the link and the other
                         // pushes going rather than stop them all.
@@ -335,28 +370,37 @@ fn start_core(
 }
 
 /// One turn of a node's outbound thread: queue link sync and pushes, then
-/// move bytes for at most a poll timeout.
+/// move bytes until something is due (at most [`OUTBOUND_IDLE`]).
 fn outbound_step(
-    engine: &Engine,
     link: Option<&NetLink>,
     peer: Option<OriginId>,
-    push: &PushTable,
-    client: &mut Client,
+    push: &Pushes,
+    client: &mut Client<RequestId>,
 ) {
     let now = Instant::now();
     if let (Some(link), Some(peer)) = (link, peer) {
-        link.fill(client, peer, now);
+        link.fill(client, peer, now, RequestId::Link);
     }
-    let state = push.fill(engine, client, now);
-    let mut on_answer = |_, tag: u64, status: u16, _: &[u8]| {
+    let due = push.fill(
+        client,
+        now,
+        RequestId::Push,
+        |id, stream| matches!(id, RequestId::Push(p) if p.stream == stream),
+    );
+    let wait = due.map_or(OUTBOUND_IDLE, |t| {
+        t.saturating_duration_since(now).min(OUTBOUND_IDLE)
+    });
+    let mut on_answer = |a: Answer<'_, RequestId>| {
         let now = Instant::now();
-        if tag & LINK_TAG != 0 {
-            link.map_or(PushOutcome::Accepted, |l| l.answer(status, now))
-        } else {
-            push.answer(tag, status, now)
+        match a.id {
+            RequestId::Link(id) => match link {
+                Some(l) => l.answer(id, a.status, a.body, a.header, now),
+                None => crate::http::Verdict::Accept,
+            },
+            RequestId::Push(id) => push.answer(id, a.status, now),
         }
     };
-    if let Err(e) = client.run(wait_for(state), &mut on_answer) {
+    if let Err(e) = client.run(wait, &mut on_answer) {
         tracing::error!("outbound poll failed: {e}");
         thread::sleep(Duration::from_millis(10));
     }

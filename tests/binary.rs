@@ -10,31 +10,48 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::*;
 
+/// The binary under test; `KEYPIPE_TEST_BIN` runs these tests against
+/// another build (e.g. an older one, to see a test fail before a fix).
 fn keypipe() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_keypipe"))
+    Command::new(
+        std::env::var_os("KEYPIPE_TEST_BIN").unwrap_or(env!("CARGO_BIN_EXE_keypipe").into()),
+    )
 }
 
 /// Spawns `keypipe serve args…` and returns it with its `listening` lines.
 fn serve(args: &[&str]) -> (Child, Vec<String>) {
-    // The default store directory is ./keypipe-data: run where it can go.
-    let cwd = std::env::temp_dir().join(format!("keypipe-binary-test-{}", std::process::id()));
-    std::fs::create_dir_all(&cwd).unwrap();
+    // The default store directory is ./keypipe-data: run where it can go,
+    // a directory of this run's own (two processes never share a ledger).
+    serve_in(&tempfile::tempdir().unwrap().keep(), args)
+}
+
+/// Tests of the embedded default (fixed ports) run one at a time.
+static DEFAULT_PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Spawns `keypipe serve args…` in `cwd`.
+fn serve_in(cwd: &std::path::Path, args: &[&str]) -> (Child, Vec<String>) {
     let mut child = keypipe()
-        .current_dir(&cwd)
+        .current_dir(cwd)
         .arg("serve")
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut text);
+        text
+    });
     let mut lines = Vec::new();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     loop {
         let mut line = String::new();
-        assert!(
-            out.read_line(&mut line).unwrap() > 0,
-            "keypipe exited early: {lines:?}"
-        );
+        if out.read_line(&mut line).unwrap() == 0 {
+            let errors = errors.join().unwrap();
+            panic!("keypipe exited early: {lines:?}\n{errors}");
+        }
         if line.starts_with("try:") {
             break;
         }
@@ -92,6 +109,7 @@ fn print_default_config_reproduces_the_default() {
 
 #[test]
 fn default_serve_runs_a_whole_link_and_stops_on_sigterm() {
+    let _ports = DEFAULT_PORTS.lock().unwrap_or_else(|p| p.into_inner());
     let (mut child, lines) = serve(&[]);
     assert_eq!(
         lines,
@@ -168,4 +186,133 @@ fn sigterm_during_a_push_run_loses_no_acknowledged_key() {
     let n = kms_a.indexes(&ksid).len();
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(kms_a.indexes(&ksid).len(), n);
+}
+
+/// Kills the server when a test fails half-way (no process left behind).
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Every key value `kms` received for `ksid`.
+fn values(kms: &TestKms, ksid: &uuid::Uuid) -> Vec<Vec<u8>> {
+    kms.log.lock().unwrap().keys[ksid]
+        .values()
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn the_default_server_never_hands_out_the_same_key_after_a_restart() {
+    // F1, as a new user meets it: open a stream, record its key, stop the
+    // server (SIGTERM, then kill -9), start it again, open a new stream:
+    // nothing of the new key is key delivered before, and the old stream
+    // goes on by itself.
+    let _ports = DEFAULT_PORTS.lock().unwrap_or_else(|p| p.into_inner());
+    let cwd = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        "127.0.0.1:7004".parse().unwrap(),
+        "127.0.0.1:7005".parse().unwrap(),
+    );
+    let (kms_a, kms_b) = (TestKms::start(), TestKms::start());
+    let mut seen = std::collections::HashSet::new();
+    let mut first = None;
+    for stop in ["TERM", "KILL", "KILL"] {
+        let (child, _) = serve_in(cwd.path(), &[]);
+        let mut child = Reaper(child);
+        wait_healthy(a);
+        wait_healthy(b);
+        let ksid = push_stream(a, b, &kms_a, &kms_b, json!({"key_chunk_size": 32}));
+        kms_a.wait_for(&ksid, 500, 30);
+        kms_b.wait_for(&ksid, 500, 30);
+        for v in values(&kms_a, &ksid).into_iter().take(500) {
+            assert!(!seen.contains(&v), "after {stop}: key delivered again");
+        }
+        if let Some(old) = first {
+            // The stream of the first run is pushed again, no open needed.
+            let n = kms_a.indexes(&old).len();
+            kms_a.wait_for(&old, n + 200, 30);
+            kms_b.wait_for(&old, n + 200, 30);
+        }
+        first.get_or_insert(ksid);
+        match stop {
+            "TERM" => assert!(terminate(&mut child.0).success()),
+            _ => {
+                child.0.kill().unwrap();
+                child.0.wait().unwrap();
+            }
+        }
+        for kms in [&kms_a, &kms_b] {
+            for v in values(kms, &ksid) {
+                assert_eq!(v.len(), 32);
+            }
+        }
+        for v in values(&kms_a, &ksid) {
+            assert!(
+                seen.insert(v),
+                "{stop}: key delivered again after a restart"
+            );
+        }
+    }
+    let old = first.unwrap();
+    let mut all = std::collections::HashSet::new();
+    for v in values(&kms_a, &old) {
+        assert!(all.insert(v), "the resumed stream repeated key");
+    }
+    for kms in [&kms_a, &kms_b] {
+        let log = kms.log.lock().unwrap();
+        assert_eq!((log.repeats, log.conflicts), (0, 0));
+    }
+}
+
+#[test]
+fn the_old_public_demo_secrets_are_refused_unless_on_loopback_with_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = keypipe::config::DEMO_SECRETS;
+    let (pa, pb) = (free_port(), free_port());
+    let toml = pair_toml(pa, pb, pb, pa, "")
+        .replace(&"11".repeat(32), demo[0])
+        .replace(&"22".repeat(32), demo[1]);
+    let config = dir.path().join("demo.toml");
+    std::fs::write(&config, &toml).unwrap();
+    let run = |path: &std::path::Path, extra: &[&str]| {
+        keypipe()
+            .current_dir(dir.path())
+            .args(["serve", "--config"])
+            .arg(path)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&config, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("public demo secrets") && err.contains("--demo"),
+        "{err}"
+    );
+    // Off loopback, --demo does not help.
+    let open = dir.path().join("open.toml");
+    std::fs::write(
+        &open,
+        toml.replacen(&format!("127.0.0.1:{pa}"), &format!("0.0.0.0:{pa}"), 1),
+    )
+    .unwrap();
+    let out = run(&open, &["--demo"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("only for configurations whose listeners are all on loopback")
+    );
+    // On loopback with --demo: it runs.
+    let (mut child, lines) = serve_in(
+        dir.path(),
+        &["--config", config.to_str().unwrap(), "--demo"],
+    );
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(terminate(&mut child).success());
 }

@@ -24,6 +24,7 @@ fn c_examples_build_and_pass_under_sanitizers() {
         .unwrap_or_else(|| panic!("libkeypipe.a not built near {}", deps.display()))
         .to_path_buf();
     let build = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("c-examples");
+    let ledgers = tempfile::tempdir().unwrap();
     let out = Command::new("make")
         .arg("-C")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/c"))
@@ -32,6 +33,7 @@ fn c_examples_build_and_pass_under_sanitizers() {
         .arg("run")
         .env("KP_PORT_A", free_port().to_string())
         .env("KP_PORT_B", free_port().to_string())
+        .env("KP_DATA_DIR", ledgers.path())
         .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1")
         .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
         .output()

@@ -61,7 +61,10 @@ fn file_config(
         ring_blocks: ring,
         device: DeviceConfig::File {
             path: path.to_path_buf(),
+            format: Default::default(),
         },
+        // A key file can repeat key after a restart: the ledger is needed.
+        data_dir: Some(tempfile::tempdir().unwrap().keep()),
         ..EngineConfig::default()
     }
 }
@@ -93,18 +96,26 @@ fn indexes_wrap_at_u32_max_with_fresh_key() {
     let ksid = open_both(&a, &b, &qos(32, 2000));
     let lap_end: Vec<u32> = (u32::MAX - 3..=u32::MAX).collect();
     let next_lap: Vec<u32> = (0..4).collect();
-    // A reads in order through the wrap; B reads each lap backwards.
+    // A reads in order through the wrap; B reads each lap backwards, at the
+    // same time (flow control keeps either from running far ahead alone).
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let reader_b = {
+        let (b, lap_end, next_lap) = (Arc::clone(&b), lap_end.clone(), next_lap.clone());
+        thread::spawn(move || -> HashMap<u32, Vec<u8>> {
+            lap_end
+                .iter()
+                .rev()
+                .chain(next_lap.iter().rev())
+                .map(|&i| (i, key(&b, &ksid, i, 32)))
+                .collect()
+        })
+    };
     let at_a: HashMap<u32, Vec<u8>> = lap_end
         .iter()
         .chain(&next_lap)
         .map(|&i| (i, key(&a, &ksid, i, 32)))
         .collect();
-    let at_b: HashMap<u32, Vec<u8>> = lap_end
-        .iter()
-        .rev()
-        .chain(next_lap.iter().rev())
-        .map(|&i| (i, key(&b, &ksid, i, 32)))
-        .collect();
+    let at_b = reader_b.join().unwrap();
     assert_eq!(at_a, at_b);
     let distinct: HashSet<_> = at_a.values().collect();
     assert_eq!(distinct.len(), 8, "index 0 after the wrap is new key");
@@ -439,6 +450,7 @@ fn streams_waiting_for_multi_block_chunks_do_not_starve_each_other() {
         block_size: 64,
         arena_blocks: 16,
         ring_blocks: 7,
+        window_blocks: 8,
         device: DeviceConfig::Simulated {
             rate_bps: 64 * 8 * 100,
             link_secret: None,
@@ -446,16 +458,18 @@ fn streams_waiting_for_multi_block_chunks_do_not_starve_each_other() {
         ..EngineConfig::default()
     };
     let (a, b) = Engine::pair(&config).unwrap();
-    let a = Arc::new(a);
+    let (a, b) = (Arc::new(a), Arc::new(b));
     let ksids: Vec<Uuid> = (0..6).map(|_| open_both(&a, &b, &qos(256, 5000))).collect();
+    // Both sides read (a stream read on one side only is held back by flow
+    // control, see the node's tests).
     let readers: Vec<_> = ksids
         .into_iter()
-        .map(|ksid| {
-            let a = Arc::clone(&a);
+        .flat_map(|ksid| [(Arc::clone(&a), ksid), (Arc::clone(&b), ksid)])
+        .map(|(node, ksid)| {
             thread::spawn(move || {
                 let mut out = [0u8; 256];
                 (0..3)
-                    .map(|i| a.get_key(&ksid, i, &mut out, None).unwrap().status())
+                    .map(|i| node.get_key(&ksid, i, &mut out, None).unwrap().status())
                     .collect::<Vec<_>>()
             })
         })

@@ -20,14 +20,6 @@ fn raw(addr: SocketAddr, bytes: &[u8]) -> Answer {
     read_answer(&mut BufReader::new(s)).unwrap()
 }
 
-fn assert_etsi_error(r: &Answer, http: u16, status: u64, needle: &str) {
-    assert_eq!(r.status, http, "{:?}", String::from_utf8_lossy(&r.body));
-    let v = r.json();
-    assert_eq!(v["status"], status, "{v}");
-    let message = v["message"].as_str().unwrap();
-    assert!(message.contains(needle), "{message:?} lacks {needle:?}");
-}
-
 #[test]
 fn bad_requests_get_clear_answers_and_lose_no_key() {
     let (a, b) = linked_pair();
@@ -187,9 +179,12 @@ fn bad_requests_get_clear_answers_and_lose_no_key() {
 
 #[test]
 fn kms_side_refuses_bad_pushes_and_stores_good_ones() {
+    // Room for two 32-byte chunks of one stream, bookkeeping included.
+    use keypipe::kms::received::{ENTRY_OVERHEAD, STREAM_OVERHEAD};
     let toml = format!(
-        "[[node]]\nname = \"kms\"\nlisten = \"127.0.0.1:{}\"\nserve = [\"etsi004-kms\"]\n[node.kms]\nreceived_capacity_bytes = 64\n",
-        free_port()
+        "[[node]]\nname = \"kms\"\nlisten = \"127.0.0.1:{}\"\nserve = [\"etsi004-kms\"]\n[node.kms]\nreceived_capacity_bytes = {}\n",
+        free_port(),
+        STREAM_OVERHEAD + 2 * (32 + ENTRY_OVERHEAD)
     );
     let node = start_nodes(&toml).pop().unwrap();
     let addr = node.local_addr();

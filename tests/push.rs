@@ -240,3 +240,139 @@ fn max_bps_paces_the_pushes() {
     a.shut_down();
     b.shut_down();
 }
+
+#[test]
+fn after_the_204_of_close_no_push_of_the_stream_reaches_the_kms() {
+    // A slow KMS keeps pushes on the wire and in the queue when the close
+    // comes: the 204 waits for those on the wire; those still queued are
+    // dropped (zeroized), never sent.
+    let (a, b) = linked_pair();
+    let kms_a = TestKms::start_slow(Duration::from_millis(30));
+    let kms_b = TestKms::start();
+    let ksid = push_stream(
+        a.local_addr(),
+        b.local_addr(),
+        &kms_a,
+        &kms_b,
+        json!({"key_chunk_size": 32}),
+    );
+    kms_a.wait_for(&ksid, 300, 30);
+    let r = request(
+        a.local_addr(),
+        "PUT",
+        CLOSE,
+        Some(&json!({"key_stream_id": ksid})),
+    )
+    .unwrap();
+    let closed = Instant::now();
+    assert_eq!(r.status, 204);
+    std::thread::sleep(Duration::from_millis(600));
+    let log = kms_a.log.lock().unwrap();
+    let late: Vec<u32> = log
+        .arrivals
+        .iter()
+        .filter(|(k, _, t)| *k == ksid && *t > closed)
+        .map(|(_, i, _)| *i)
+        .collect();
+    assert!(late.is_empty(), "pushed after the 204: {late:?}");
+    drop(log);
+    assert!(
+        metric(a.local_addr(), "keypipe_push_discarded_total") > 0.0,
+        "queued chunks were dropped, and counted"
+    );
+    // The peer was told: B's side goes on with what it holds, and the
+    // stream takes no new key.
+    let n = kms_b.indexes(&ksid).len();
+    std::thread::sleep(Duration::from_millis(500));
+    let m = kms_b.indexes(&ksid).len();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        m,
+        kms_b.indexes(&ksid).len(),
+        "B stops once its held key is out"
+    );
+    assert!(m >= n);
+    assert_identical(&kms_a, &kms_b, &ksid, 32);
+    a.shut_down();
+    b.shut_down();
+}
+
+#[test]
+fn a_stream_read_on_one_side_only_cannot_fill_the_other_node() {
+    // F8: a stream with a day's TTL whose key only node A's KMS takes.
+    let (a, b) = linked_pair();
+    let (kms_a, kms_b) = (TestKms::start(), TestKms::start());
+    let hog = open_stream(
+        a.local_addr(),
+        b.local_addr(),
+        &kms_a.url(),
+        &kms_b.url(),
+        json!({"key_chunk_size": 1024, "ttl": 86400}),
+    );
+    start_pushing(a.local_addr(), hog, None);
+    std::thread::sleep(Duration::from_millis(1500));
+    let held = metric(b.local_addr(), "keypipe_key_held_blocks");
+    assert!(
+        held <= 128.0,
+        "B holds {held} blocks for a stream nobody reads there"
+    );
+    let ahead = kms_a.indexes(&hog).len();
+    // 4 chunks per block: at most a window (128 blocks) ahead.
+    assert!(ahead <= 4 * 130, "A ran {ahead} chunks ahead of B");
+    // Another stream still gets key on both sides.
+    let ksid = push_stream(
+        a.local_addr(),
+        b.local_addr(),
+        &kms_a,
+        &kms_b,
+        json!({"key_chunk_size": 32}),
+    );
+    kms_a.wait_for(&ksid, 1000, 30);
+    kms_b.wait_for(&ksid, 1000, 30);
+    assert_identical(&kms_a, &kms_b, &ksid, 32);
+    // And once B's KMS reads the first stream, it goes on.
+    start_pushing(b.local_addr(), hog, None);
+    kms_b.wait_for(&hog, ahead, 30);
+    kms_a.wait_for(&hog, ahead + 1000, 30);
+    a.shut_down();
+    b.shut_down();
+}
+
+#[test]
+fn an_over_long_uri_is_refused_and_the_link_stays_up() {
+    // F5: about 1 MiB of URI used to make a link batch above the peer's
+    // body limit, answered 413 and resent forever.
+    let (a, b) = linked_pair();
+    let long = format!("http://127.0.0.1:1/{}", "a".repeat(1_048_400));
+    let r = request(
+        a.local_addr(),
+        "POST",
+        OPEN,
+        Some(&json!({"source": long, "destination": "http://127.0.0.1:1/", "qos": {}})),
+    )
+    .unwrap();
+    assert_etsi_error(&r, 400, 3, "longer than 2048 bytes");
+    // Many streams opened at once (each announced to the peer) go through
+    // in batches below the peer's limit.
+    let path = format!("/{}", "p".repeat(2000));
+    for _ in 0..600 {
+        let r = request(
+            a.local_addr(),
+            "POST",
+            OPEN,
+            Some(&json!({"source": format!("http://127.0.0.1:1{path}"), "destination": "http://127.0.0.1:1/", "qos": {}})),
+        )
+        .unwrap();
+        assert_eq!(r.status, 201);
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    for node in [a.local_addr(), b.local_addr()] {
+        assert_eq!(request(node, "GET", "/healthz", None).unwrap().status, 200);
+    }
+    assert!(
+        metric(b.local_addr(), "keypipe_streams") >= 600.0,
+        "B learnt them all"
+    );
+    a.shut_down();
+    b.shut_down();
+}

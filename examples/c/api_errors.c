@@ -7,7 +7,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "keypipe.h"
+#include "check.h"
 
 static int failures = 0;
 
@@ -71,7 +71,15 @@ int main(void) {
 
     /* --- a single node without a peer: status 4 --- */
     kp_engine *solo = NULL;
-    EXPECT(kp_engine_new("[device]\ndriver = \"simulated\"\nlink_secret = \"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"", &solo) == KP_OK, "solo node");
+    char solo_config[512];
+    snprintf(solo_config, sizeof solo_config,
+             "name = \"solo\"\ndata_dir = \"%s\"\n[device]\ndriver = \"simulated\"\nlink_secret = \"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"",
+             data_dir());
+    EXPECT(kp_engine_new("[device]\ndriver = \"simulated\"\nlink_secret = \"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"", &solo) == KP_ERR_CONFIG,
+           "a configured secret needs a ledger");
+    kp_last_error(detail, sizeof detail, NULL);
+    EXPECT(strstr(detail, "data_dir") != NULL, "detail names data_dir: %s", detail);
+    EXPECT(kp_engine_new(solo_config, &solo) == KP_OK, "solo node");
     uint8_t ksid[16] = {0};
     kp_qos q = make_qos(32, 100);
     EXPECT(kp_open_connect(solo, "a", "b", &q, ksid, &status) == KP_OK && status == 4, "no peer: status 4, got %u", status);

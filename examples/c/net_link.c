@@ -23,6 +23,8 @@ static int port(const char *name, int fallback) {
 
 static void config(char *out, size_t n, const char *role, int listen, int peer) {
     snprintf(out, n,
+             "name = \"%s\"\n"
+             "data_dir = \"%s\"\n"
              "role = \"%s\"\n"
              "[device]\n"
              "driver = \"simulated\"\n"
@@ -31,12 +33,12 @@ static void config(char *out, size_t n, const char *role, int listen, int peer) 
              "listen = \"127.0.0.1:%d\"\n"
              "peer = \"http://127.0.0.1:%d\"\n"
              "secret = \"0202020202020202020202020202020202020202020202020202020202020202\"\n",
-             role, listen, peer);
+             role, data_dir(), role, listen, peer);
 }
 
 int main(void) {
     int pa = port("KP_PORT_A", 17004), pb = port("KP_PORT_B", 17005);
-    char ca[512], cb[512];
+    char ca[1024], cb[1024];
     config(ca, sizeof ca, "leader", pa, pb);
     config(cb, sizeof cb, "follower", pb, pa);
     kp_engine *a = NULL, *b = NULL;

@@ -17,10 +17,13 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::push::{PushError, PushTable};
+use super::push::{PushError, Pushes};
 use super::{Handler, Router, parse_json};
 use crate::http::{Method, Origin, Reply, Request, Response};
-use crate::qkd::{Engine, GetKeyError, OpenReply, Qos, Status};
+use crate::qkd::{Engine, GetKeyError, MAX_URI_LEN, OpenReply, Qos, Status};
+
+/// Longest a close waits for the stream's pushes already on the wire.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Status used for malformed requests (see the module docs).
 const MALFORMED: Status = Status::PeerNotConnectedGetKey;
@@ -153,7 +156,7 @@ impl Drop for WaitSlot {
 #[derive(Debug, Clone)]
 pub struct Etsi004 {
     engine: Arc<Engine>,
-    push: Arc<PushTable>,
+    push: Arc<Pushes>,
     waiting: Arc<AtomicUsize>,
     max_waiting: usize,
 }
@@ -161,7 +164,7 @@ pub struct Etsi004 {
 impl Etsi004 {
     /// Routes over `engine`, pushing through `push`; at most `max_waiting`
     /// open-connect calls wait on the pool at once (more: status 6).
-    pub fn new(engine: Arc<Engine>, push: Arc<PushTable>, max_waiting: usize) -> Self {
+    pub fn new(engine: Arc<Engine>, push: Arc<Pushes>, max_waiting: usize) -> Self {
         Self {
             engine,
             push,
@@ -177,7 +180,7 @@ impl Etsi004 {
         let me = self.clone();
         let get: Handler = Arc::new(move |req| Reply::Now(me.get_key(&req)));
         let me = self.clone();
-        let close: Handler = Arc::new(move |req| Reply::Now(me.close(&req)));
+        let close: Handler = Arc::new(move |req| me.close(&req));
         router
             .route(Method::Post, "/api/v1/kms/etsi004/open-connect", open)
             .route(Method::Get, "/api/v1/kms/etsi004/get-key", get)
@@ -198,6 +201,11 @@ impl Etsi004 {
         };
         let mut origins = Vec::with_capacity(2);
         for (name, url) in [("source", &body.source), ("destination", &body.destination)] {
+            if url.len() > MAX_URI_LEN {
+                return Reply::Now(malformed(format!(
+                    "{name}: longer than {MAX_URI_LEN} bytes"
+                )));
+            }
             match Origin::parse(url) {
                 Ok(o) => origins.push(o),
                 Err(e) => return Reply::Now(malformed(format!("{name}: {e}"))),
@@ -237,18 +245,17 @@ impl Etsi004 {
         target: Origin,
     ) -> Response {
         let qos = body.qos.to_qos();
-        let OpenReply { status, ksid, qos } =
-            self.engine
-                .open_connect(&body.source, &body.destination, &qos, ksid);
+        let OpenReply {
+            status,
+            ksid,
+            qos,
+            detail,
+        } = self
+            .engine
+            .open_connect(&body.source, &body.destination, &qos, ksid);
         match (status, ksid) {
             (Status::Successful | Status::PeerNotConnected, Some(k)) => {
-                self.push.register(
-                    k,
-                    target,
-                    qos.key_chunk_size as usize,
-                    qos.max_bps,
-                    Duration::from_secs(u64::from(qos.ttl)),
-                );
+                self.push.register(k, target, &qos, 0);
                 super::json(
                     201,
                     &json!({
@@ -268,7 +275,7 @@ impl Etsi004 {
                     "qos": qos_json(&qos),
                 }),
             ),
-            (s, _) => error(s, s.message()),
+            (s, _) => error(s, detail.unwrap_or(s.message())),
         }
     }
 
@@ -282,6 +289,9 @@ impl Etsi004 {
             Err(GetKeyError::QosConflict) => {
                 return error(Status::KsidInUse, &GetKeyError::QosConflict.to_string());
             }
+            Err(e @ GetKeyError::StreamFailed) => {
+                return error(Status::NoQkdConnection, &e.to_string());
+            }
             Err(_) => return error(Status::PeerNotConnectedGetKey, "unknown key_stream_id"),
         }
         match self.push.start(&ksid, body.index) {
@@ -293,14 +303,45 @@ impl Etsi004 {
         }
     }
 
-    fn close(&self, req: &Request) -> Response {
+    /// CLOSE: nothing more is pushed after the 204. Pushes already on the
+    /// wire are answered first (at most [`CLOSE_WAIT`]), on the pool when
+    /// there are any.
+    fn close(&self, req: &Request) -> Reply {
         let ksid = match body_and_ksid(req, |b: &CloseBody| &b.key_stream_id) {
             Ok((_, ksid)) => ksid,
-            Err(r) => return r,
+            Err(r) => return Reply::Now(r),
         };
-        // Stop taking key first, so the pusher never races the close.
-        self.push.stop(&ksid);
-        match self.engine.close(&ksid) {
+        if matches!(
+            self.engine.stream_qos(&ksid),
+            Err(GetKeyError::UnknownStream)
+        ) {
+            return Reply::Now(error(
+                Status::PeerNotConnectedGetKey,
+                "unknown key_stream_id",
+            ));
+        }
+        if self.push.close_is_quick(&ksid) {
+            return Reply::Now(self.close_now(&ksid));
+        }
+        let Some(slot) = WaitSlot::take(&self.waiting, self.max_waiting) else {
+            return Reply::Now(error(
+                Status::Timeout,
+                "too many calls are waiting on this node; retry the close",
+            ));
+        };
+        let me = self.clone();
+        Reply::Later(Box::new(move || {
+            let _slot = slot;
+            me.close_now(&ksid)
+        }))
+    }
+
+    fn close_now(&self, ksid: &uuid::Uuid) -> Response {
+        // Stop taking key first (and let what is on the wire be answered),
+        // so no push follows the 204; then the engine zeroizes what it
+        // holds and tells the peer.
+        self.push.close(ksid, CLOSE_WAIT);
+        match self.engine.close(ksid) {
             Ok(_) => Response::empty(204),
             Err(_) => error(Status::PeerNotConnectedGetKey, "unknown key_stream_id"),
         }

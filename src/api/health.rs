@@ -5,8 +5,9 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::link::NetLink;
 use super::metrics::RequestMetrics;
-use super::push::PushTable;
+use super::push::Pushes;
 use super::{Handler, Router};
 use crate::http::{Method, Reply, Response, ServerStats};
 use crate::kms::ReceivedKeys;
@@ -21,8 +22,10 @@ pub struct HealthSources {
     pub node_json: String,
     /// The engine, when this listener fronts a node.
     pub engine: Option<Arc<Engine>>,
+    /// The network link to the peer node.
+    pub link: Option<Arc<NetLink>>,
     /// Push counters.
-    pub push: Option<Arc<PushTable>>,
+    pub push: Option<Arc<Pushes>>,
     /// The KMS-side store.
     pub received: Option<Arc<ReceivedKeys>>,
     /// The key-agreement service, when this listener serves it.
@@ -43,12 +46,18 @@ fn healthz(src: &HealthSources) -> Response {
         );
     };
     let s = engine.stats();
-    let ok = s.device_up && s.link_up;
+    let refusal = src.link.as_ref().and_then(|l| l.refusal());
+    let ok = s.device_up && s.link_up && refusal.is_none();
+    let pairing = match &refusal {
+        Some(why) => serde_json::Value::from(format!("refused: {why}")).to_string(),
+        None => "\"ok\"".into(),
+    };
     Response::json(
         if ok { 200 } else { 503 },
         format!(
-            "{{\"device_up\":{},\"link_up\":{},\"node\":{},\"ring_capacity\":{},\"ring_fill\":{},\"status\":\"{}\",\"streams\":{}}}",
+            "{{\"device_up\":{},\"ledger_ok\":{},\"link_up\":{},\"node\":{},\"pairing\":{pairing},\"ring_capacity\":{},\"ring_fill\":{},\"status\":\"{}\",\"streams\":{}}}",
             s.device_up,
+            !s.ledger_failed,
             s.link_up,
             src.node_json,
             s.ring_capacity,
@@ -127,38 +136,89 @@ fn metrics(src: &HealthSources) -> Response {
             "1 when the peer node answers.",
             f64::from(u8::from(s.link_up)),
         );
+        let refused = src.link.as_ref().is_some_and(|l| l.refusal().is_some());
+        gauge(
+            &mut out,
+            "keypipe_link_pairing_refused",
+            "gauge",
+            "1 while pairing with the peer node is refused (device or ledger mismatch).",
+            f64::from(u8::from(refused)),
+        );
+        gauge(
+            &mut out,
+            "keypipe_key_chunks_lost_total",
+            "counter",
+            "Chunks never handed out on this node: expired, lost in a restart, or not on both nodes.",
+            c.lost_chunks as f64,
+        );
+        gauge(
+            &mut out,
+            "keypipe_key_confirmation_failures_total",
+            "counter",
+            "Leased blocks whose check value did not match (their stream stopped).",
+            c.mismatches as f64,
+        );
+        gauge(
+            &mut out,
+            "keypipe_key_held_blocks",
+            "gauge",
+            "Key blocks held by streams.",
+            s.held_blocks as f64,
+        );
+        gauge(
+            &mut out,
+            "keypipe_ledger_position_blocks",
+            "gauge",
+            "Lowest device block id this node can still take (everything below is spent).",
+            s.position as f64,
+        );
+        gauge(
+            &mut out,
+            "keypipe_ledger_failed",
+            "gauge",
+            "1 while the key ledger cannot be written (no key flows).",
+            f64::from(u8::from(s.ledger_failed)),
+        );
     }
     if let Some(push) = &src.push {
-        let p = &push.stats;
-        gauge(
-            &mut out,
-            "keypipe_push_chunks_taken_total",
-            "counter",
-            "Key chunks taken into pushes.",
-            p.taken.load(Ordering::Relaxed) as f64,
-        );
-        gauge(
-            &mut out,
-            "keypipe_push_chunks_acked_total",
-            "counter",
-            "Key chunks a KMS acknowledged (201).",
-            p.acked.load(Ordering::Relaxed) as f64,
-        );
-        gauge(
-            &mut out,
-            "keypipe_push_refused_total",
-            "counter",
-            "Push answers other than 201 (resent).",
-            p.refused.load(Ordering::Relaxed) as f64,
-        );
-        gauge(
-            &mut out,
-            "keypipe_push_expired_total",
-            "counter",
-            "Chunks whose key expired before the push.",
-            p.expired.load(Ordering::Relaxed) as f64,
-        );
-        p.latency.render(
+        push.with_stats(|p| {
+            gauge(
+                &mut out,
+                "keypipe_push_chunks_taken_total",
+                "counter",
+                "Key chunks taken into pushes.",
+                p.taken.load(Ordering::Relaxed) as f64,
+            );
+            gauge(
+                &mut out,
+                "keypipe_push_chunks_acked_total",
+                "counter",
+                "Key chunks a KMS acknowledged (201).",
+                p.acked.load(Ordering::Relaxed) as f64,
+            );
+            gauge(
+                &mut out,
+                "keypipe_push_refused_total",
+                "counter",
+                "Push answers other than 201 (resent).",
+                p.refused.load(Ordering::Relaxed) as f64,
+            );
+            gauge(
+                &mut out,
+                "keypipe_push_expired_total",
+                "counter",
+                "Chunks whose key expired, or was lost, before the push.",
+                p.expired.load(Ordering::Relaxed) as f64,
+            );
+            gauge(
+                &mut out,
+                "keypipe_push_discarded_total",
+                "counter",
+                "Chunks taken but not sent when their stream closed (zeroized).",
+                p.discarded.load(Ordering::Relaxed) as f64,
+            );
+        });
+        push.latency.render(
             &mut out,
             "keypipe_push_latency_seconds",
             "Key chunk taken to KMS 201.",

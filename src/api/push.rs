@@ -1,364 +1,410 @@
-//! ETSI GS QKD 004 push mode, the pushing half: after GET_KEY each stream's
-//! chunks are POSTed, in index order, to its KMS at
+//! ETSI GS QKD 004 push mode over HTTP: the push body, and the table the
+//! HTTP handlers and the node's outbound thread share around the sans-IO
+//! scheduler ([`Pusher`], rules in `qkd::push`).
+//!
+//! Body: `{"status":0,"index":N,"key_buffer":"<base64>","metadata":
+//! {"size":S,"buffer":{"key_stream_id":"…"}}}` POSTed to
 //! `{uri}/api/v1/qkd/etsi004/key-material`.
-//!
-//! Rules:
-//! - A chunk is taken from the engine (which wipes its copy) into a
-//!   zeroizing request; that request is dropped (wiped) only after the KMS
-//!   answered 201. Any other answer, a broken connection or a silent KMS
-//!   makes the client resend it, same index, same bytes: never skipped,
-//!   never re-drawn.
-//! - Per KMS at most `queue_chunks` chunks are taken ahead of their 201s
-//!   (bounded queue); the rest of the key waits in the engine (within TTL).
-//! - A stream's `max_bps` paces its pushes (token bucket, 100 ms burst);
-//!   0 means as fast as the link and the KMS go.
-//! - GET_KEY with `index` restarts taking at that index (a KMS that
-//!   restarted says where it stands); an index already acknowledged is
-//!   refused, as its key no longer exists.
-//!
-//! The table is shared: HTTP handlers register, start and stop streams;
-//! the node's outbound thread calls [`PushTable::fill`] and
-//! [`PushTable::answer`].
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use mio::Waker;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use super::metrics::Histogram;
-use crate::http::{Client, Origin, OriginId, Outgoing, PushOutcome, request_bytes};
-use crate::qkd::{Engine, GetKeyError, GetKeyReply, Status};
+use crate::http::{Client, Origin, OriginId, Outgoing, Verdict, request_bytes};
+use crate::qkd::push::{Discard, KeySource, PushId, PushParams, PushStats, Pusher};
+use crate::qkd::{Engine, GetKeyError, GetKeyReply, Qos};
+
+pub use crate::qkd::push::PushError;
 
 /// Path of the KMS endpoint, after the KMS base URI.
 pub const KEY_MATERIAL_PATH: &str = "/api/v1/qkd/etsi004/key-material";
 
-/// Why GET_KEY could not start pushing.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PushError {
-    /// The stream was not opened here (or is closed).
-    #[error("no key stream with this key_stream_id is open on this node")]
-    UnknownStream,
-    /// The index was already acknowledged by the KMS; its key is erased.
-    #[error("index {0} was already delivered to the KMS and acknowledged; its key is erased")]
-    Delivered(u32),
+/// The engine as the scheduler's key source.
+struct EngineSource<'a>(&'a Engine);
+
+impl KeySource for EngineSource<'_> {
+    fn try_get_key(
+        &self,
+        ksid: &Uuid,
+        index: u32,
+        out: &mut [u8],
+    ) -> Result<GetKeyReply, GetKeyError> {
+        self.0.try_get_key(ksid, index, out)
+    }
+    fn confirm(&self, ksid: &Uuid, indexes: &[u32]) {
+        self.0.confirm(ksid, indexes);
+    }
+    fn set_pushing(&self, ksid: &Uuid, pushing: bool) {
+        self.0.set_pushing(ksid, pushing);
+    }
 }
 
-/// Push counters, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct PushStats {
-    /// Chunks taken from the engine into a push.
-    pub taken: AtomicU64,
-    /// Chunks the KMS acknowledged (201).
-    pub acked: AtomicU64,
-    /// Answers other than 201 (each causes a resend).
-    pub refused: AtomicU64,
-    /// Chunks whose key expired (TTL) before they could be taken.
-    pub expired: AtomicU64,
-    /// Take-to-201 latency.
-    pub latency: Histogram,
-}
+/// A KMS this node pushes to, by number (looked up once, not per push).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Target(u32);
 
-struct Stream {
-    id: u32,
-    ksid: Uuid,
-    target: Origin,
-    origin: Option<OriginId>,
-    chunk: usize,
-    max_bps: u32,
-    /// GET_KEY was called and close was not.
-    active: bool,
-    /// CLOSE was called (or the engine dropped the stream).
-    closed: bool,
-    /// Next index to take from the engine.
-    next: u32,
-    /// Take instants of chunks awaiting their 201, oldest first.
-    unacked: VecDeque<Instant>,
-    /// The stream's TTL: a chunk not acknowledged this long after it was
-    /// taken is dropped (zeroized), like undelivered key in the engine.
-    ttl: Duration,
-    tokens: f64,
-    refilled: Instant,
-    /// Pre-rendered `"metadata":{…}` member of every push of this stream.
-    metadata: String,
-}
-
+/// The KMSes pushed to: their origins, and (outbound thread) their client
+/// ids once known.
 #[derive(Default)]
-struct Inner {
-    streams: HashMap<Uuid, Stream>,
-    by_id: HashMap<u32, Uuid>,
-    next_id: u32,
+struct Targets {
+    by_origin: HashMap<Origin, Target>,
+    origins: Vec<Origin>,
+    /// Client id and request head of each target, once known.
+    resolved: Vec<Option<(OriginId, Arc<str>)>>,
 }
 
 /// The streams this node pushes, shared by handlers and the outbound thread.
-pub struct PushTable {
-    inner: Mutex<Inner>,
-    /// Most chunks per KMS taken ahead of their 201.
-    queue_chunks: usize,
-    stopping: AtomicBool,
-    /// Push counters.
-    pub stats: PushStats,
+pub struct Pushes {
+    pusher: Mutex<Pusher<Target>>,
+    targets: Mutex<Targets>,
+    progress: Condvar,
+    engine: Arc<Engine>,
+    waker: Arc<Waker>,
+    /// `"metadata":{…}` member of each stream's pushes.
+    metadata: Mutex<HashMap<Uuid, Arc<str>>>,
+    /// Take-to-201 latency.
+    pub latency: Histogram,
+    /// Closes waiting for their pushes to be answered.
+    closing: std::sync::atomic::AtomicUsize,
 }
 
-impl std::fmt::Debug for PushTable {
+impl std::fmt::Debug for Pushes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PushTable")
-            .field("streams", &self.lock().streams.len())
-            .finish_non_exhaustive()
+        f.debug_struct("Pushes").finish_non_exhaustive()
     }
 }
 
-/// What [`PushTable::fill`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FillState {
-    /// Nothing to do until a handler or an answer changes something.
-    Idle,
-    /// A stream waits for key or for its pacing: look again soon.
-    Waiting,
-}
-
-impl PushTable {
-    /// A table allowing `queue_chunks` unacknowledged chunks per KMS.
-    pub fn new(queue_chunks: usize) -> Self {
+impl Pushes {
+    /// A table over `engine` allowing `queue_chunks` unacknowledged chunks
+    /// per KMS; `waker` wakes the outbound thread.
+    pub fn new(engine: Arc<Engine>, queue_chunks: usize, waker: Arc<Waker>) -> Self {
         Self {
-            inner: Mutex::new(Inner::default()),
-            queue_chunks: queue_chunks.max(1),
-            stopping: AtomicBool::new(false),
-            stats: PushStats::default(),
+            pusher: Mutex::new(Pusher::new(queue_chunks)),
+            targets: Mutex::new(Targets::default()),
+            progress: Condvar::new(),
+            engine,
+            waker,
+            metadata: Mutex::new(HashMap::new()),
+            latency: Histogram::default(),
+            closing: Default::default(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Pusher<Target>> {
+        self.pusher.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// OPEN_CONNECT succeeded: `ksid` will push to `target` (`source` on
-    /// the node that created the KSID, `destination` on the other).
-    pub fn register(&self, ksid: Uuid, target: Origin, chunk: usize, max_bps: u32, ttl: Duration) {
-        let mut inner = self.lock();
-        let id = inner.next_id;
-        inner.next_id = inner.next_id.wrapping_add(1) & 0x7fff_ffff;
-        inner.by_id.insert(id, ksid);
+    /// Push counters.
+    pub fn with_stats<R>(&self, f: impl FnOnce(&PushStats) -> R) -> R {
+        f(&self.lock().stats)
+    }
+
+    /// OPEN_CONNECT succeeded: `ksid` pushes to `target` (`source` on the
+    /// node that created the KSID, `destination` on the other), from index
+    /// `next`.
+    pub fn register(&self, ksid: Uuid, target: Origin, qos: &Qos, next: u32) {
         let buffer = format!("{{\"key_stream_id\":\"{ksid}\"}}");
         let metadata = format!(
             "\"metadata\":{{\"size\":{},\"buffer\":{buffer}}}",
             buffer.len()
         );
-        inner.streams.insert(
-            ksid,
-            Stream {
-                id,
-                ksid,
-                target,
-                origin: None,
-                chunk,
-                max_bps,
-                active: false,
-                closed: false,
-                next: 0,
-                unacked: VecDeque::new(),
-                ttl,
-                tokens: 0.0,
-                refilled: Instant::now(),
-                metadata,
-            },
-        );
+        self.metadata
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ksid, metadata.into());
+        let target = {
+            let mut t = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+            let next_id = Target(t.origins.len() as u32);
+            match t.by_origin.get(&target) {
+                Some(&id) => id,
+                None => {
+                    t.by_origin.insert(target.clone(), next_id);
+                    t.origins.push(target);
+                    next_id
+                }
+            }
+        };
+        let params = PushParams {
+            chunk: qos.key_chunk_size as usize,
+            max_bps: qos.max_bps,
+            ttl: Duration::from_secs(u64::from(qos.ttl.max(1))),
+        };
+        self.lock()
+            .register(ksid, target, params, next, Instant::now());
     }
 
     /// GET_KEY: start (or resume) pushing `ksid`, at `index` if given.
     pub fn start(&self, ksid: &Uuid, index: Option<u32>) -> Result<(), PushError> {
-        let mut inner = self.lock();
-        let s = inner
-            .streams
-            .get_mut(ksid)
-            .filter(|s| !s.closed)
-            .ok_or(PushError::UnknownStream)?;
-        if let Some(i) = index {
-            // How far behind the next untaken index `i` is.
-            let behind = s.next.wrapping_sub(i);
-            let in_flight = s.unacked.len() as u32;
-            if behind == 0 || behind > u32::MAX / 2 {
-                s.next = i; // at or ahead: take from there
-            } else if behind > in_flight {
-                return Err(PushError::Delivered(i));
-            } // else: still queued, it is being resent
-        }
-        s.active = true;
-        Ok(())
+        let started = self
+            .lock()
+            .start(&EngineSource(&self.engine), ksid, index, Instant::now());
+        let _ = self.waker.wake();
+        started
     }
 
-    /// CLOSE: take no more key for `ksid`; chunks already taken are still
-    /// delivered.
-    pub fn stop(&self, ksid: &Uuid) {
-        if let Some(s) = self.lock().streams.get_mut(ksid) {
-            s.active = false;
-            s.closed = true;
+    /// After a restart: resumes pushing the streams that were pushed, each
+    /// at its first index not acknowledged (key lost in the restart is
+    /// skipped). Streams whose URI no longer parses are logged and left.
+    pub fn resume(&self) -> usize {
+        let mut resumed = 0;
+        for (ksid, uri, qos, next) in self.engine.pushing_streams() {
+            let mut target = match Origin::parse(&uri) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(%ksid, "cannot resume pushing: {e}");
+                    continue;
+                }
+            };
+            if let Err(e) = target.resolve() {
+                tracing::warn!(%ksid, "cannot resume pushing: {e}");
+                continue;
+            }
+            self.register(ksid, target, &qos, next);
+            if self.start(&ksid, None).is_ok() {
+                resumed += 1;
+            }
         }
+        if resumed > 0 {
+            tracing::info!(streams = resumed, "pushing resumed after the restart");
+        }
+        resumed
+    }
+
+    /// True when `ksid` is registered here and not closed.
+    pub fn knows(&self, ksid: &Uuid) -> bool {
+        self.lock().knows(ksid)
+    }
+
+    /// CLOSE, pushing side: nothing more is taken; chunks not sent yet are
+    /// dropped; returns once the chunks already sent are answered (at most
+    /// `wait`; then those are dropped too). After it returns, no push of
+    /// the stream leaves this node. Blocks: call it off the event loop.
+    pub fn close(&self, ksid: &Uuid, wait: Duration) {
+        let start = Instant::now();
+        let mut p = self.lock();
+        if !p.close(&EngineSource(&self.engine), ksid, start) {
+            return;
+        }
+        let _ = self.waker.wake();
+        self.closing
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        while !p.close_done(ksid) {
+            let left = wait.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                tracing::warn!(%ksid, "close: pushes in flight not answered in time; dropped");
+                p.abandon(ksid, Instant::now());
+                let _ = self.waker.wake();
+                let grace = Instant::now();
+                while !p.close_done(ksid) && grace.elapsed() < Duration::from_secs(1) {
+                    p = self
+                        .progress
+                        .wait_timeout(p, Duration::from_millis(10))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                break;
+            }
+            p = self
+                .progress
+                .wait_timeout(p, left.min(Duration::from_millis(50)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(p);
+        self.closing
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.metadata
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(ksid);
+    }
+
+    /// Wakes closes waiting on the pushes' progress (no syscall when none
+    /// waits).
+    fn wake_closers(&self) {
+        if self.closing.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.progress.notify_all();
+        }
+    }
+
+    /// True when a close of `ksid` would not have to wait.
+    pub fn close_is_quick(&self, ksid: &Uuid) -> bool {
+        self.lock().close_done(ksid)
     }
 
     /// Shutdown: take no more key anywhere.
     pub fn stop_all(&self) {
-        self.stopping.store(true, Ordering::Release);
-    }
-
-    /// Takes key from `engine` into `client`'s queues as far as queues and
-    /// pacing allow.
-    pub fn fill(&self, engine: &Engine, client: &mut Client, now: Instant) -> FillState {
-        let mut state = FillState::Idle;
-        if self.stopping.load(Ordering::Acquire) {
-            return state;
-        }
-        let mut inner = self.lock();
-        let mut forget = Vec::new();
-        for s in inner.streams.values_mut() {
-            if let Some(origin) = s.origin {
-                let stale = s
-                    .unacked
-                    .iter()
-                    .take_while(|t| now.duration_since(**t) > s.ttl)
-                    .count();
-                if stale > 0 {
-                    let id = s.id;
-                    let dropped = client.drop_oldest(origin, stale, |tag| (tag >> 32) as u32 == id);
-                    s.unacked.drain(..dropped);
-                    self.stats
-                        .expired
-                        .fetch_add(dropped as u64, Ordering::Relaxed);
-                    tracing::warn!(ksid = %s.ksid, chunks = dropped, "TTL ended before the KMS acknowledged; key zeroized");
-                }
-            }
-            if s.closed && s.unacked.is_empty() {
-                forget.push(s.ksid);
-            }
-            if !s.active {
-                continue;
-            }
-            let origin = *s.origin.get_or_insert_with(|| client.origin(&s.target));
-            if s.max_bps > 0 {
-                let rate = f64::from(s.max_bps) / 8.0;
-                let burst = (rate / 10.0).max(s.chunk as f64);
-                let dt = now.duration_since(s.refilled).as_secs_f64();
-                s.tokens = (s.tokens + dt * rate).min(burst);
-                s.refilled = now;
-            }
-            let mut key = Zeroizing::new(vec![0u8; s.chunk]);
-            while client.queued(origin) < self.queue_chunks {
-                if s.max_bps > 0 && s.tokens < s.chunk as f64 {
-                    state = FillState::Waiting;
-                    break;
-                }
-                match engine.try_get_key(&s.ksid, s.next, &mut key) {
-                    Ok(GetKeyReply::Key { index, .. }) => {
-                        let body = push_body(index, &key[..s.chunk], &s.metadata);
-                        let bytes = request_bytes(
-                            "POST",
-                            client.origin_of(origin),
-                            KEY_MATERIAL_PATH,
-                            &[],
-                            &body,
-                        );
-                        client.enqueue(
-                            origin,
-                            Outgoing {
-                                bytes,
-                                tag: (u64::from(s.id) << 32) | u64::from(index),
-                            },
-                        );
-                        s.unacked.push_back(now);
-                        s.next = index.wrapping_add(1);
-                        s.tokens -= s.chunk as f64;
-                        self.stats.taken.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(GetKeyReply::Status(Status::InsufficientKey))
-                    | Ok(GetKeyReply::Status(Status::PeerNotConnectedGetKey))
-                    | Ok(GetKeyReply::Status(Status::NoQkdConnection)) => {
-                        state = FillState::Waiting;
-                        break;
-                    }
-                    Ok(other) => {
-                        tracing::warn!(ksid = %s.ksid, status = ?other.status(), "unexpected GET_KEY answer; pushing paused");
-                        state = FillState::Waiting;
-                        break;
-                    }
-                    Err(GetKeyError::Consumed) => {
-                        // The TTL ran out before the KMS could take it.
-                        tracing::warn!(ksid = %s.ksid, index = s.next, "key expired before it could be pushed");
-                        self.stats.expired.fetch_add(1, Ordering::Relaxed);
-                        s.next = s.next.wrapping_add(1);
-                    }
-                    Err(e) => {
-                        tracing::debug!(ksid = %s.ksid, "stopped pushing: {e}");
-                        s.active = false;
-                        s.closed = true;
-                        break;
-                    }
-                }
-            }
-        }
-        for ksid in forget {
-            if let Some(s) = inner.streams.remove(&ksid) {
-                inner.by_id.remove(&s.id);
-            }
-        }
-        state
-    }
-
-    /// The KMS answered the push tagged `tag` with `status`.
-    pub fn answer(&self, tag: u64, status: u16, now: Instant) -> PushOutcome {
-        if status != 201 {
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(status, "KMS refused a key push; it will be resent");
-            return PushOutcome::Retry;
-        }
-        let mut inner = self.lock();
-        let id = (tag >> 32) as u32;
-        if let Some(ksid) = inner.by_id.get(&id).copied()
-            && let Some(s) = inner.streams.get_mut(&ksid)
-            && let Some(taken) = s.unacked.pop_front()
-        {
-            self.stats
-                .latency
-                .observe(now.saturating_duration_since(taken));
-        }
-        self.stats.acked.fetch_add(1, Ordering::Relaxed);
-        PushOutcome::Accepted
+        self.lock().stop_all();
+        let _ = self.waker.wake();
     }
 
     /// Chunks taken and not yet acknowledged, over all streams.
     pub fn unacked(&self) -> usize {
-        self.lock().streams.values().map(|s| s.unacked.len()).sum()
+        self.lock().unacked()
+    }
+
+    /// Outbound thread: takes key into `client`'s queues as far as queues
+    /// and pacing allow, and drops what expired or was closed; returns when
+    /// a stream is next due.
+    pub fn fill<T: Copy>(
+        &self,
+        client: &mut Client<T>,
+        now: Instant,
+        id: impl Fn(PushId) -> T,
+        is_stream: impl Fn(&T, u32) -> bool,
+    ) -> Option<Instant> {
+        let mut p = self.lock();
+        let metadata = self.metadata.lock().unwrap_or_else(|e| e.into_inner());
+        let mut targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        let Targets {
+            origins, resolved, ..
+        } = &mut *targets;
+        resolved.resize(origins.len(), None);
+        let resolved = std::cell::RefCell::new(resolved);
+        let client = std::cell::RefCell::new(client);
+        let resolve = |target: &Target| {
+            let mut r = resolved.borrow_mut();
+            r[target.0 as usize]
+                .get_or_insert_with(|| {
+                    let origin = &origins[target.0 as usize];
+                    (
+                        client.borrow_mut().origin(origin),
+                        request_head(origin).into(),
+                    )
+                })
+                .clone()
+        };
+        let origin_of = |target: &Target| resolve(target).0;
+        let discards = p.poll(
+            &EngineSource(&self.engine),
+            now,
+            &mut |target| {
+                let o = origin_of(target);
+                client.borrow().queued(o)
+            },
+            &mut |take| {
+                let (o, head) = resolve(take.target);
+                let meta = metadata.get(&take.ksid).map_or("\"metadata\":{}", |m| m);
+                let bytes = push_request(&head, take.id.index, take.key, meta);
+                client.borrow_mut().enqueue(
+                    o,
+                    Outgoing {
+                        bytes,
+                        id: id(take.id),
+                    },
+                );
+            },
+        );
+        let mut progressed = false;
+        for d in discards {
+            match d {
+                Discard::Expired {
+                    target,
+                    stream,
+                    count,
+                } => {
+                    let o = origin_of(&target);
+                    client
+                        .borrow_mut()
+                        .drop_oldest(o, count, |t| is_stream(t, stream));
+                }
+                Discard::Closed {
+                    target,
+                    stream,
+                    all,
+                } => {
+                    let o = origin_of(&target);
+                    let dropped = if all {
+                        client
+                            .borrow_mut()
+                            .drop_oldest(o, usize::MAX, |t| is_stream(t, stream))
+                    } else {
+                        client.borrow_mut().drop_unsent(o, |t| is_stream(t, stream))
+                    };
+                    p.purged(stream, dropped);
+                    progressed = true;
+                }
+            }
+        }
+        let due = p.next_due();
+        drop(targets);
+        drop(metadata);
+        drop(p);
+        if progressed {
+            self.wake_closers();
+        }
+        due
+    }
+
+    /// Outbound thread: the KMS answered push `id` with `status`.
+    pub fn answer(&self, id: PushId, status: u16, now: Instant) -> Verdict {
+        let latency = self.lock().answer(id, status, now);
+        self.wake_closers();
+        match latency {
+            Some(l) => {
+                self.latency.observe(l);
+                Verdict::Accept
+            }
+            None => Verdict::Retry,
+        }
     }
 }
 
-/// `{"status":0,"index":N,"key_buffer":"…","metadata":{…}}`, zeroizing.
-fn push_body(index: u32, key: &[u8], metadata: &str) -> Zeroizing<Vec<u8>> {
+/// The request line and headers of a push to `origin`, up to the value of
+/// `Content-Length`.
+fn request_head(origin: &Origin) -> String {
+    let mut head = String::from_utf8(
+        request_bytes(
+            "POST",
+            origin,
+            KEY_MATERIAL_PATH,
+            "application/json",
+            &[],
+            b"",
+        )
+        .to_vec(),
+    )
+    .expect("the head is ASCII");
+    // `request_bytes` ends with "Content-Length: 0\r\n\r\n".
+    head.truncate(head.len() - "0\r\n\r\n".len());
+    head
+}
+
+/// One push request, head and body written once into one zeroizing
+/// buffer: `head` (see [`request_head`]), the length, then
+/// `{"status":0,"index":N,"key_buffer":"…","metadata":{…}}`.
+fn push_request(head: &str, index: u32, key: &[u8], metadata: &str) -> Zeroizing<Vec<u8>> {
+    const OPEN: &[u8] = b"{\"status\":0,\"index\":";
+    const KEY: &[u8] = b",\"key_buffer\":\"";
     let b64_len = key.len().div_ceil(3) * 4;
-    let mut body = Zeroizing::new(Vec::with_capacity(64 + b64_len + metadata.len()));
-    body.extend_from_slice(b"{\"status\":0,\"index\":");
-    body.extend_from_slice(index.to_string().as_bytes());
-    body.extend_from_slice(b",\"key_buffer\":\"");
-    let start = body.len();
-    body.resize(start + b64_len, 0);
+    let index = index.to_string();
+    let body_len = OPEN.len() + index.len() + KEY.len() + b64_len + 2 + metadata.len() + 1;
+    let length = body_len.to_string();
+    let mut out = Zeroizing::new(Vec::with_capacity(head.len() + length.len() + 4 + body_len));
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(length.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(OPEN);
+    out.extend_from_slice(index.as_bytes());
+    out.extend_from_slice(KEY);
+    let start = out.len();
+    out.resize(start + b64_len, 0);
     let written = BASE64
-        .encode_slice(key, &mut body[start..])
+        .encode_slice(key, &mut out[start..])
         .expect("buffer sized for the encoding");
-    body.truncate(start + written);
-    body.extend_from_slice(b"\",");
-    body.extend_from_slice(metadata.as_bytes());
-    body.push(b'}');
-    body
-}
-
-/// The poll timeout of the outbound loop for `state`.
-pub fn wait_for(state: FillState) -> Duration {
-    match state {
-        FillState::Idle => Duration::from_millis(50),
-        FillState::Waiting => Duration::from_millis(1),
-    }
+    debug_assert_eq!(written, b64_len);
+    out.extend_from_slice(b"\",");
+    out.extend_from_slice(metadata.as_bytes());
+    out.push(b'}');
+    debug_assert_eq!(out.capacity(), out.len(), "sized once: never reallocated");
+    out
 }
 
 #[cfg(test)]
@@ -367,40 +413,28 @@ mod tests {
 
     #[test]
     fn body_is_the_kms_yaml_shape() {
-        let body = push_body(7, &[0xff; 4], "\"metadata\":{\"size\":2,\"buffer\":{}}");
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let origin = Origin::parse("http://127.0.0.1:9/kms").unwrap();
+        let head = request_head(&origin);
+        let req = push_request(
+            &head,
+            7,
+            &[0xff; 4],
+            "\"metadata\":{\"size\":2,\"buffer\":{}}",
+        );
+        let text = std::str::from_utf8(&req).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("POST /kms/api/v1/qkd/etsi004/key-material HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.ends_with(&format!("Content-Length: {}", body.len())),
+            "{head}"
+        );
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["status"], 0);
         assert_eq!(v["index"], 7);
         assert_eq!(v["key_buffer"], "/////w==");
         assert!(v["metadata"]["buffer"].is_object());
-    }
-
-    #[test]
-    fn resume_index_rules() {
-        let t = PushTable::new(8);
-        let k = Uuid::new_v4();
-        t.register(
-            k,
-            Origin::parse("http://127.0.0.1:9").unwrap(),
-            32,
-            0,
-            Duration::from_secs(60),
-        );
-        assert_eq!(
-            t.start(&Uuid::new_v4(), None),
-            Err(PushError::UnknownStream)
-        );
-        t.start(&k, Some(10)).unwrap();
-        {
-            let mut inner = t.lock();
-            let s = inner.streams.get_mut(&k).unwrap();
-            s.next = 13; // 10, 11, 12 taken; 11 and 12 not yet acknowledged
-            s.unacked.extend([Instant::now(); 2]);
-        }
-        assert_eq!(t.start(&k, Some(10)), Err(PushError::Delivered(10)));
-        t.start(&k, Some(11)).unwrap();
-        assert_eq!(t.lock().streams[&k].next, 13);
-        t.start(&k, Some(20)).unwrap();
-        assert_eq!(t.lock().streams[&k].next, 20);
     }
 }

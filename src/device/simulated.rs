@@ -9,12 +9,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ctr::cipher::{KeyIvInit, StreamCipher};
+use ctr::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+use zeroize::Zeroizing;
 
 use super::{DevicePoll, QkdDevice};
 
 /// BLAKE3 `derive_key` context for the link's stream-cipher key.
 const CONTEXT: &str = "keypipe 2026 simulated QKD link v1 AES-256-CTR key";
+/// BLAKE3 `derive_key` context of the device's identity (one-way from the
+/// secret, so the identity never reveals the key stream).
+const IDENTITY_CONTEXT: &str = "keypipe 2026 simulated QKD link v1 device identity";
 
 type Aes256Ctr = ctr::Ctr128BE<aes::Aes256>;
 
@@ -51,8 +55,8 @@ impl SimulatedLink {
         rate_bps: u64,
     ) -> (SimulatedDevice, SimulatedDevice, LinkControl) {
         let control = LinkControl::default();
-        let a = SimulatedDevice::new(secret, block_size, rate_bps, control.clone());
-        let b = SimulatedDevice::new(secret, block_size, rate_bps, control.clone());
+        let a = SimulatedDevice::new(secret, block_size, rate_bps, control.clone(), 0);
+        let b = SimulatedDevice::new(secret, block_size, rate_bps, control.clone(), 0);
         (a, b, control)
     }
 }
@@ -62,6 +66,9 @@ pub struct SimulatedDevice {
     stream: Aes256Ctr,
     block_size: usize,
     next_id: u64,
+    /// The id this device started at (pacing counts from there).
+    first_id: u64,
+    identity: Zeroizing<Vec<u8>>,
     rate_bps: u64,
     start: Instant,
     control: LinkControl,
@@ -78,18 +85,45 @@ impl std::fmt::Debug for SimulatedDevice {
 }
 
 impl SimulatedDevice {
-    /// One end of the link keyed by `secret`; see [`SimulatedLink::pair`].
-    pub fn new(secret: &[u8; 32], block_size: usize, rate_bps: u64, control: LinkControl) -> Self {
-        let key = zeroize::Zeroizing::new(blake3::derive_key(CONTEXT, secret));
+    /// One end of the link keyed by `secret`, whose first block is block
+    /// `start` of the link's key stream (a node resumes past the key it
+    /// spent); see [`SimulatedLink::pair`].
+    pub fn new(
+        secret: &[u8; 32],
+        block_size: usize,
+        rate_bps: u64,
+        control: LinkControl,
+        start: u64,
+    ) -> Self {
+        let key = Zeroizing::new(blake3::derive_key(CONTEXT, secret));
         let stream = Aes256Ctr::new((&*key).into(), &Default::default());
-        Self {
+        let identity = Self::identity_of(secret);
+        let mut device = Self {
             stream,
             block_size,
             next_id: 0,
+            first_id: 0,
+            identity,
             rate_bps,
             start: Instant::now(),
             control,
-        }
+        };
+        device.seek(start);
+        device.first_id = start;
+        device
+    }
+
+    /// What identifies the key stream of a link keyed by `secret` (one-way
+    /// from it).
+    pub fn identity_of(secret: &[u8; 32]) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(blake3::derive_key(IDENTITY_CONTEXT, secret).to_vec())
+    }
+
+    /// Positions the key stream at block `id`.
+    fn seek(&mut self, id: u64) {
+        let offset = u128::from(id) * self.block_size as u128;
+        self.stream.seek(offset);
+        self.next_id = id;
     }
 
     /// Time at which block number `n` (counted from start) is due.
@@ -111,7 +145,7 @@ impl QkdDevice for SimulatedDevice {
             return DevicePoll::Down(Duration::from_millis(1));
         }
         if self.rate_bps > 0 {
-            let due = self.due(self.next_id);
+            let due = self.due(self.next_id - self.first_id);
             let now = self.start.elapsed();
             if now < due {
                 return DevicePoll::Pending(due - now);
@@ -122,6 +156,18 @@ impl QkdDevice for SimulatedDevice {
         self.stream.apply_keystream(block);
         self.next_id += 1;
         DevicePoll::Ready(self.next_id - 1)
+    }
+
+    fn identity(&self) -> Zeroizing<Vec<u8>> {
+        self.identity.clone()
+    }
+
+    fn skip_to(&mut self, position: u64) {
+        if position > self.next_id {
+            // Skipped blocks cost no time: pacing counts produced blocks.
+            self.first_id += position - self.next_id;
+            self.seek(position);
+        }
     }
 }
 
@@ -143,6 +189,24 @@ mod tests {
         let (mut c, _, _) = SimulatedLink::pair(&[8; 32], 48, 0);
         c.poll(&mut y);
         assert_ne!(y, *seen.iter().next().unwrap());
+        assert_ne!(*c.identity(), *a.identity());
+        assert_eq!(*b.identity(), *a.identity());
+    }
+
+    #[test]
+    fn a_device_started_at_a_position_continues_the_same_stream() {
+        let (mut a, _, _) = SimulatedLink::pair(&[7; 32], 48, 0);
+        let mut blocks = vec![[0u8; 48]; 10];
+        for (id, block) in blocks.iter_mut().enumerate() {
+            assert_eq!(a.poll(block), DevicePoll::Ready(id as u64));
+        }
+        let mut late = SimulatedDevice::new(&[7; 32], 48, 0, LinkControl::default(), 7);
+        let mut buf = [0u8; 48];
+        assert_eq!(late.poll(&mut buf), DevicePoll::Ready(7));
+        assert_eq!(buf, blocks[7]);
+        late.skip_to(9);
+        assert_eq!(late.poll(&mut buf), DevicePoll::Ready(9));
+        assert_eq!(buf, blocks[9]);
     }
 
     #[test]

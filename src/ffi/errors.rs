@@ -28,6 +28,9 @@ pub const KP_ERR_PANIC: kp_result = -8;
 /// Both sides opened this KSID on their own with different chunk sizes:
 /// close it and open it again.
 pub const KP_ERR_QOS_CONFLICT: kp_result = -9;
+/// Key confirmation failed: the two nodes' devices disagree, so the stream
+/// was stopped on both nodes for good.
+pub const KP_ERR_STREAM_FAILED: kp_result = -10;
 
 thread_local! {
     static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
@@ -53,6 +56,9 @@ pub extern "C" fn kp_result_message(code: kp_result) -> *const c_char {
         KP_ERR_ENGINE_START => c"the engine could not start",
         KP_ERR_PANIC => c"internal error (panic caught at the C boundary)",
         KP_ERR_QOS_CONFLICT => c"both sides opened this KSID with different key_chunk_size",
+        KP_ERR_STREAM_FAILED => {
+            c"key confirmation failed: the nodes' devices disagree; stream stopped"
+        }
         _ => c"unknown result code",
     };
     text.as_ptr()

@@ -198,7 +198,7 @@ fn linked(config: &EngineConfig, link: &LinkConfig) -> Result<*mut kp_engine, kp
         )
     })?;
     let node_config = NodeConfig {
-        name: "kp-node".into(),
+        name: config.name.clone(),
         listen,
         workers: 1,
         serve: Vec::new(),
@@ -549,6 +549,7 @@ fn get_key_error(err: GetKeyError) -> kp_result {
         GetKeyError::Consumed => KP_ERR_INDEX_CONSUMED,
         GetKeyError::BufferTooSmall { .. } => KP_ERR_KEY_BUFFER_TOO_SMALL,
         GetKeyError::QosConflict => KP_ERR_QOS_CONFLICT,
+        GetKeyError::StreamFailed => KP_ERR_STREAM_FAILED,
     }
 }
 

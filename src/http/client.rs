@@ -1,13 +1,15 @@
 //! Non-blocking outbound HTTP/1.1 client: one keep-alive connection per
-//! origin, requests pipelined (up to `max_in_flight` unanswered), answers
-//! matched in order, and retry with backoff of everything not yet accepted.
+//! origin and lane, requests pipelined (up to `max_in_flight` unanswered),
+//! answers matched in order, and retry with backoff of everything not yet
+//! accepted.
 //!
 //! A request stays queued, bytes unchanged, until the caller's callback
 //! accepts its answer; only then is it dropped (its buffer is zeroizing, so
 //! key material in it is wiped). A refused answer, a broken connection or a
-//! silent peer resends every unaccepted request, in order.
+//! silent peer resends every unaccepted request, in order. Requests carry
+//! the caller's own typed id, handed back with the answer.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -22,11 +24,14 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Largest answer body accepted (answers to pushes and link sync are tiny).
 const MAX_ANSWER_BODY: usize = 64 * 1024;
+/// Most bytes buffered for answers not yet whole (a peer that never ends
+/// its header block is cut off).
+const MAX_ANSWER_BUFFER: usize = MAX_ANSWER_BODY + 64 * 1024;
 /// An origin that leaves requests unanswered this long is reconnected.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where requests go: `http://host:port[/base]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Origin {
     /// Host name or address.
     pub host: String,
@@ -115,17 +120,19 @@ impl Origin {
     }
 }
 
-/// Builds a request with a body (`Content-Length` framing, keep-alive).
+/// Builds a request with a body of `content_type` (`Content-Length`
+/// framing, keep-alive).
 pub fn request_bytes(
     method: &str,
     origin: &Origin,
     path: &str,
+    content_type: &str,
     extra_headers: &[(&str, &str)],
     body: &[u8],
 ) -> Zeroizing<Vec<u8>> {
     let mut out = Zeroizing::new(Vec::with_capacity(160 + body.len()));
     let head = format!(
-        "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
         origin.base_path,
         origin.authority(),
         body.len()
@@ -143,21 +150,36 @@ pub fn request_bytes(
 }
 
 /// One queued request.
-pub struct Outgoing {
+pub struct Outgoing<T> {
     /// The whole request (head and body); zeroized when dropped.
     pub bytes: Zeroizing<Vec<u8>>,
-    /// The caller's tag, handed back with the answer.
-    pub tag: u64,
+    /// The caller's id, handed back with the answer.
+    pub id: T,
 }
 
-/// The caller's answer handler: `(origin, tag, status, body)` to a verdict.
-pub type OnAnswer<'a> = dyn FnMut(OriginId, u64, u16, &[u8]) -> PushOutcome + 'a;
+/// One answer, as the caller sees it.
+#[derive(Debug)]
+pub struct Answer<'a, T> {
+    /// The origin it came from.
+    pub origin: OriginId,
+    /// The id of the request it answers.
+    pub id: T,
+    /// Status code.
+    pub status: u16,
+    /// Value of the header the client was asked to watch, if present.
+    pub header: Option<&'a [u8]>,
+    /// The body.
+    pub body: &'a [u8],
+}
+
+/// The caller's answer handler.
+pub type OnAnswer<'a, T> = dyn FnMut(Answer<'_, T>) -> Verdict + 'a;
 
 /// The caller's verdict on an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PushOutcome {
+pub enum Verdict {
     /// Done: drop the request.
-    Accepted,
+    Accept,
     /// Not accepted: reconnect after a backoff and resend it (and every
     /// request after it).
     Retry,
@@ -167,12 +189,12 @@ pub enum PushOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct OriginId(usize);
 
-struct OriginConn {
+struct OriginConn<T> {
     origin: Origin,
     stream: Option<TcpStream>,
     connected: bool,
     /// Every request not yet accepted, oldest first.
-    queue: VecDeque<Outgoing>,
+    queue: VecDeque<Outgoing<T>>,
     /// `queue[..sent]` are written and await their answers.
     sent: usize,
     /// Bytes of `queue[sent]` already written.
@@ -183,16 +205,18 @@ struct OriginConn {
     waiting_since: Option<Instant>,
 }
 
-/// The client: a mio `Poll` over one connection per origin.
-pub struct Client {
+/// The client: a mio `Poll` over one connection per origin and lane.
+pub struct Client<T> {
     poll: Poll,
     waker: Arc<Waker>,
     events: Events,
-    conns: Vec<OriginConn>,
+    conns: Vec<OriginConn<T>>,
+    index: HashMap<(Origin, u8), usize>,
     max_in_flight: usize,
+    watch: Option<&'static str>,
 }
 
-impl std::fmt::Debug for Client {
+impl<T> std::fmt::Debug for Client<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("origins", &self.conns.len())
@@ -200,9 +224,11 @@ impl std::fmt::Debug for Client {
     }
 }
 
-impl Client {
-    /// A client pipelining up to `max_in_flight` requests per origin.
-    pub fn new(max_in_flight: usize) -> io::Result<Client> {
+impl<T: Copy> Client<T> {
+    /// A client pipelining up to `max_in_flight` requests per origin; the
+    /// value of answer header `watch` (lower case), if given, is handed to
+    /// the caller with each answer.
+    pub fn new(max_in_flight: usize, watch: Option<&'static str>) -> io::Result<Client<T>> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         Ok(Client {
@@ -210,7 +236,9 @@ impl Client {
             waker,
             events: Events::with_capacity(256),
             conns: Vec::new(),
+            index: HashMap::new(),
             max_in_flight: max_in_flight.max(1),
+            watch,
         })
     }
 
@@ -219,11 +247,18 @@ impl Client {
         Arc::clone(&self.waker)
     }
 
-    /// The id of `origin`, added on first use.
+    /// The id of `origin` (lane 0), added on first use.
     pub fn origin(&mut self, origin: &Origin) -> OriginId {
-        if let Some(i) = self.conns.iter().position(|c| &c.origin == origin) {
+        self.origin_lane(origin, 0)
+    }
+
+    /// The id of `origin` on `lane`: each lane has its own connection and
+    /// queue (link sync never waits behind pushes to the same host).
+    pub fn origin_lane(&mut self, origin: &Origin, lane: u8) -> OriginId {
+        if let Some(&i) = self.index.get(&(origin.clone(), lane)) {
             return OriginId(i);
         }
+        self.index.insert((origin.clone(), lane), self.conns.len());
         self.conns.push(OriginConn {
             origin: origin.clone(),
             stream: None,
@@ -261,20 +296,35 @@ impl Client {
     }
 
     /// Queues a request for `id`.
-    pub fn enqueue(&mut self, id: OriginId, request: Outgoing) {
+    pub fn enqueue(&mut self, id: OriginId, request: Outgoing<T>) {
         self.conns[id.0].queue.push_back(request);
     }
 
-    /// Drops (and zeroizes) the `n` oldest requests of `id` whose tag
+    /// Drops (and zeroizes) every request of `id` matching `pred` that has
+    /// not started on the wire; returns how many.
+    pub fn drop_unsent(&mut self, id: OriginId, pred: impl Fn(&T) -> bool) -> usize {
+        let c = &mut self.conns[id.0];
+        let first_unsent = c.sent + usize::from(c.partial > 0);
+        let before = c.queue.len();
+        let mut i = 0;
+        c.queue.retain(|r| {
+            let keep = i < first_unsent || !pred(&r.id);
+            i += 1;
+            keep
+        });
+        before - c.queue.len()
+    }
+
+    /// Drops (and zeroizes) the `n` oldest requests of `id` whose id
     /// satisfies `pred`; returns how many were dropped. The connection is
     /// restarted if any of them was in flight (the others are resent).
-    pub fn drop_oldest(&mut self, id: OriginId, n: usize, pred: impl Fn(u64) -> bool) -> usize {
+    pub fn drop_oldest(&mut self, id: OriginId, n: usize, pred: impl Fn(&T) -> bool) -> usize {
         let c = &mut self.conns[id.0];
         let mut left = n;
         let mut in_flight = false;
         let mut i = 0;
         while i < c.queue.len() && left > 0 {
-            if pred(c.queue[i].tag) {
+            if pred(&c.queue[i].id) {
                 in_flight |= i < c.sent || (i == c.sent && c.partial > 0);
                 c.queue.remove(i);
                 left -= 1;
@@ -289,11 +339,12 @@ impl Client {
     }
 
     /// Moves requests for at most `timeout`: connects, writes, reads
-    /// answers and hands each to `on_answer(origin, tag, status, body)`.
-    pub fn run(&mut self, timeout: Duration, on_answer: &mut OnAnswer<'_>) -> io::Result<()> {
+    /// answers and hands each to `on_answer`.
+    pub fn run(&mut self, timeout: Duration, on_answer: &mut OnAnswer<'_, T>) -> io::Result<()> {
         let now = Instant::now();
+        let watch = self.watch;
         for (i, c) in self.conns.iter_mut().enumerate() {
-            c.step(i, &self.poll, now, self.max_in_flight, on_answer);
+            c.step(i, &self.poll, now, self.max_in_flight, watch, on_answer);
         }
         let mut wait = timeout;
         for c in &self.conns {
@@ -314,13 +365,13 @@ impl Client {
             .collect();
         let now = Instant::now();
         for i in ready {
-            self.conns[i].step(i, &self.poll, now, self.max_in_flight, on_answer);
+            self.conns[i].step(i, &self.poll, now, self.max_in_flight, watch, on_answer);
         }
         Ok(())
     }
 }
 
-impl OriginConn {
+impl<T: Copy> OriginConn<T> {
     /// Drives this origin's connection as far as it goes without blocking.
     fn step(
         &mut self,
@@ -328,7 +379,8 @@ impl OriginConn {
         poll: &Poll,
         now: Instant,
         max_in_flight: usize,
-        on_answer: &mut OnAnswer<'_>,
+        watch: Option<&'static str>,
+        on_answer: &mut OnAnswer<'_, T>,
     ) {
         if self.queue.is_empty() && self.stream.is_none() {
             return;
@@ -358,7 +410,7 @@ impl OriginConn {
                 }
             }
         }
-        if let Err(e) = self.read_answers(me, now, on_answer) {
+        if let Err(e) = self.read_answers(me, now, watch, on_answer) {
             tracing::debug!(origin = %self.origin.authority(), "connection dropped: {e}");
             self.reset(Some(now));
             return;
@@ -453,7 +505,8 @@ impl OriginConn {
         &mut self,
         me: usize,
         now: Instant,
-        on_answer: &mut OnAnswer<'_>,
+        watch: Option<&'static str>,
+        on_answer: &mut OnAnswer<'_, T>,
     ) -> io::Result<()> {
         let Some(stream) = self.stream.as_mut() else {
             return Ok(());
@@ -462,46 +515,66 @@ impl OriginConn {
         loop {
             match stream.read(&mut buf) {
                 Ok(0) => {
-                    self.parse_answers(me, now, on_answer)?;
+                    self.parse_answers(me, now, watch, on_answer)?;
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
-                Ok(n) => self.inbuf.extend_from_slice(&buf[..n]),
+                Ok(n) => {
+                    self.inbuf.extend_from_slice(&buf[..n]);
+                    if self.inbuf.len() > MAX_ANSWER_BUFFER {
+                        // Parse what is whole first (every turn reads on).
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        self.parse_answers(me, now, on_answer)
+        self.parse_answers(me, now, watch, on_answer)?;
+        if self.inbuf.len() > MAX_ANSWER_BUFFER {
+            // An answer never whole within the bound cuts the connection.
+            return Err(io::Error::other("answer too large"));
+        }
+        Ok(())
     }
 
     fn parse_answers(
         &mut self,
         me: usize,
         now: Instant,
-        on_answer: &mut OnAnswer<'_>,
+        watch: Option<&'static str>,
+        on_answer: &mut OnAnswer<'_, T>,
     ) -> io::Result<()> {
         let mut used = 0;
         while used < self.inbuf.len() {
-            let Some((status, head, body_len)) = parse_answer(&self.inbuf[used..])? else {
+            let Some(parsed) = parse_answer(&self.inbuf[used..], watch)? else {
                 break;
             };
-            let body = &self.inbuf[used + head..used + head + body_len];
-            used += head + body_len;
-            if (100..200).contains(&status) {
+            let body = &self.inbuf[used + parsed.head..used + parsed.head + parsed.body];
+            let header = parsed.header.map(|(a, b)| &self.inbuf[used + a..used + b]);
+            used += parsed.head + parsed.body;
+            if (100..200).contains(&parsed.status) {
                 continue;
             }
             if self.sent == 0 {
                 return Err(io::Error::other("answer to no request"));
             }
-            let tag = self.queue[0].tag;
+            let id = self.queue[0].id;
             self.waiting_since = Some(now);
-            match on_answer(OriginId(me), tag, status, body) {
-                PushOutcome::Accepted => {
+            let answer = Answer {
+                origin: OriginId(me),
+                id,
+                status: parsed.status,
+                header,
+                body,
+            };
+            match on_answer(answer) {
+                Verdict::Accept => {
                     self.queue.pop_front();
                     self.sent -= 1;
                     self.backoff = FIRST_BACKOFF;
                 }
-                PushOutcome::Retry => {
+                Verdict::Retry => {
                     self.reset(Some(now));
                     return Ok(());
                 }
@@ -512,8 +585,18 @@ impl OriginConn {
     }
 }
 
-/// One answer at the front of `buf`: status, head length, body length.
-fn parse_answer(buf: &[u8]) -> io::Result<Option<(u16, usize, usize)>> {
+/// One answer at the front of a buffer.
+#[derive(Debug, PartialEq, Eq)]
+struct ParsedAnswer {
+    status: u16,
+    head: usize,
+    body: usize,
+    /// Where the watched header's value lies in the buffer.
+    header: Option<(usize, usize)>,
+}
+
+/// One answer at the front of `buf`, whole, or `None` when more is needed.
+fn parse_answer(buf: &[u8], watch: Option<&str>) -> io::Result<Option<ParsedAnswer>> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     let head = match resp.parse(buf) {
@@ -522,6 +605,15 @@ fn parse_answer(buf: &[u8]) -> io::Result<Option<(u16, usize, usize)>> {
         Err(e) => return Err(io::Error::other(format!("bad answer: {e}"))),
     };
     let status = resp.code.unwrap_or(0);
+    let header = watch.and_then(|name| {
+        resp.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| {
+                let start = h.value.as_ptr() as usize - buf.as_ptr() as usize;
+                (start, start + h.value.len())
+            })
+    });
     let length = resp
         .headers
         .iter()
@@ -539,7 +631,12 @@ fn parse_answer(buf: &[u8]) -> io::Result<Option<(u16, usize, usize)>> {
         (_, Some(_)) => return Err(io::Error::other("answer body too large")),
         (_, None) => return Err(io::Error::other("answer without Content-Length")),
     };
-    Ok((buf.len() >= head + body).then_some((status, head, body)))
+    Ok((buf.len() >= head + body).then_some(ParsedAnswer {
+        status,
+        head,
+        body,
+        header,
+    }))
 }
 
 #[cfg(test)]
@@ -549,26 +646,40 @@ mod tests {
     #[test]
     fn huge_content_length_is_an_error_not_a_panic() {
         let answer = b"HTTP/1.1 201 Created\r\nContent-Length: 18446744073709551615\r\n\r\n";
-        assert!(parse_answer(answer).is_err());
-        let ok = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}";
-        assert_eq!(parse_answer(ok).unwrap(), Some((201, ok.len() - 2, 2)));
+        assert!(parse_answer(answer, None).is_err());
+        let ok = b"HTTP/1.1 201 Created\r\nX-Mac: ab\r\nContent-Length: 2\r\n\r\n{}";
+        let parsed = parse_answer(ok, Some("x-mac")).unwrap().unwrap();
+        assert_eq!(
+            (parsed.status, parsed.head, parsed.body),
+            (201, ok.len() - 2, 2)
+        );
+        let (a, b) = parsed.header.unwrap();
+        assert_eq!(&ok[a..b], b"ab");
     }
 
     #[test]
     fn dropping_a_partly_written_request_restarts_the_connection() {
-        let mut client = Client::new(8).unwrap();
+        let mut client: Client<u32> = Client::new(8, None).unwrap();
         let id = client.origin(&Origin::parse("http://127.0.0.1:9").unwrap());
-        for tag in [1, 2] {
+        for tag in [1, 2, 3, 4] {
             let bytes = Zeroizing::new(vec![b'x'; 100]);
-            client.enqueue(id, Outgoing { bytes, tag });
+            client.enqueue(id, Outgoing { bytes, id: tag });
         }
         let c = &mut client.conns[id.0];
         c.connected = true;
         c.partial = 40; // request 1 is partly on the wire
-        assert_eq!(client.drop_oldest(id, 1, |t| t == 1), 1);
+        assert_eq!(
+            client.drop_unsent(id, |&t| t != 4),
+            2,
+            "2 and 3, not the half-sent 1"
+        );
+        assert_eq!(client.queued(id), 2);
+        assert_eq!(client.drop_oldest(id, 1, |&t| t == 1), 1);
         let c = &client.conns[id.0];
         assert_eq!((c.partial, c.sent, c.queue.len()), (0, 0, 1));
         assert!(!c.connected, "the half-sent request must not be spliced");
+        let lane = client.origin_lane(&Origin::parse("http://127.0.0.1:9").unwrap(), 1);
+        assert_ne!(lane, id, "a lane has its own connection");
     }
 
     #[test]

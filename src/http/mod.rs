@@ -14,7 +14,7 @@ mod request;
 mod response;
 mod server;
 
-pub use client::{Client, OnAnswer, Origin, OriginId, Outgoing, PushOutcome, request_bytes};
+pub use client::{Answer, Client, OnAnswer, Origin, OriginId, Outgoing, Verdict, request_bytes};
 pub use pool::Pool;
 pub use request::{Limits, Method, Parsed, Request, parse};
 pub use response::{Connection, Response, reason};

@@ -12,6 +12,8 @@ pub struct KeyCounters {
     consumed: CachePadded<AtomicU64>,
     expired: CachePadded<AtomicU64>,
     ring_full_stalls: CachePadded<AtomicU64>,
+    lost: CachePadded<AtomicU64>,
+    mismatches: CachePadded<AtomicU64>,
 }
 
 /// A snapshot of [`KeyCounters`].
@@ -27,6 +29,12 @@ pub struct CounterSnapshot {
     pub expired: u64,
     /// Times the poller found the ring (or the arena) full and paused.
     pub ring_full_stalls: u64,
+    /// Chunks that will never be handed out on this node: expired, lost in
+    /// a restart of either node, or dropped because the peer node could not
+    /// deliver them.
+    pub lost_chunks: u64,
+    /// Leased blocks whose key confirmation failed (the stream stopped).
+    pub mismatches: u64,
 }
 
 impl KeyCounters {
@@ -46,6 +54,16 @@ impl KeyCounters {
     pub fn stalled(&self) {
         self.ring_full_stalls.fetch_add(1, Ordering::Relaxed);
     }
+    /// Counts `n` lost chunks.
+    pub fn lost(&self, n: u64) {
+        if n > 0 {
+            self.lost.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+    /// Counts one key confirmation failure.
+    pub fn mismatch(&self) {
+        self.mismatches.fetch_add(1, Ordering::Relaxed);
+    }
     /// Reads all counters.
     pub fn snapshot(&self) -> CounterSnapshot {
         CounterSnapshot {
@@ -53,6 +71,8 @@ impl KeyCounters {
             consumed: self.consumed.load(Ordering::Relaxed),
             expired: self.expired.load(Ordering::Relaxed),
             ring_full_stalls: self.ring_full_stalls.load(Ordering::Relaxed),
+            lost_chunks: self.lost.load(Ordering::Relaxed),
+            mismatches: self.mismatches.load(Ordering::Relaxed),
         }
     }
 }

@@ -1,8 +1,9 @@
 //! The bounded lock-free ring between a device poller and its node.
 //!
-//! It carries [`DeviceBlock`]s: a block id, its production time and the
-//! handle of the arena slot holding the bytes (32 bytes in all). The bytes
-//! themselves never enter the ring.
+//! It carries [`DeviceBlock`]s: a block id, its production time, a keyed
+//! digest of its bytes (for key confirmation, computed by the poller off
+//! the delivery path) and the handle of the arena slot holding the bytes
+//! (40 bytes in all). The bytes themselves never enter the ring.
 //!
 //! There is exactly one producer (the device's poller thread) and one
 //! consumer (the node, used under its lock), so the ring is single-producer
@@ -32,6 +33,9 @@ pub struct DeviceBlock {
     pub id: u64,
     /// When the device produced it (for key age in metadata).
     pub born: Stamp,
+    /// A keyed digest of the bytes (64 bits; 0 when no digest key is set),
+    /// from which lease check values are derived.
+    pub digest: u64,
     /// The key bytes.
     pub key: KeyBlock,
 }
@@ -204,9 +208,12 @@ impl RingConsumer {
             self.slot + 1
         };
         self.shared.head.store(self.head, Ordering::Release);
-        // A waiting producer is woken here; a wake-up lost to the race with
-        // its `waiting` flag costs it at most its `wait_for_room` timeout.
+        // A waiting producer is woken once half the ring is free (not at
+        // every pop: one wake-up per half ring, not per block); a wake-up
+        // lost to the race with its `waiting` flag costs it at most its
+        // `wait_for_room` timeout.
         if self.shared.producer_waiting.load(Ordering::Relaxed)
+            && self.len() <= self.shared.capacity() / 2
             && self.shared.producer_waiting.swap(false, Ordering::SeqCst)
             && let Some(producer) = self.shared.producer.get()
         {
@@ -245,6 +252,7 @@ mod tests {
                 let block = DeviceBlock {
                     id: lap * 10 + i,
                     born: Stamp::now(),
+                    digest: 0,
                     key: arena.alloc().unwrap(),
                 };
                 tx.push(block).unwrap();
@@ -252,6 +260,7 @@ mod tests {
             let extra = DeviceBlock {
                 id: 99,
                 born: Stamp::now(),
+                digest: 0,
                 key: arena.alloc().unwrap(),
             };
             assert_eq!(
@@ -268,6 +277,7 @@ mod tests {
         tx.push(DeviceBlock {
             id: 1,
             born: Stamp::now(),
+            digest: 0,
             key: arena.alloc().unwrap(),
         })
         .unwrap();
@@ -287,6 +297,7 @@ mod tests {
                         break DeviceBlock {
                             id,
                             born: Stamp::now(),
+                            digest: 0,
                             key,
                         };
                     }

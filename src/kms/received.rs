@@ -1,18 +1,44 @@
 //! Key material pushed to this process (ETSI GS QKD 004 push mode, KMS
 //! side), kept per key stream and index until a local consumer takes it.
 //!
-//! Bounded: beyond `capacity_bytes` of held key a push is refused (the QKD
-//! node keeps the chunk and retries later, so nothing is lost). A repeated
-//! push of an index already held with the same bytes is accepted again (a
-//! node retries when it missed our answer); different bytes are refused.
-//! Key bytes are zeroized when taken out or dropped.
+//! - Every index ever received for a KSID is remembered (a set of runs, a
+//!   few words for a stream pushed in order): a push of an index already
+//!   taken by a consumer is a node's retry after a lost 201, answered as
+//!   received and never stored again, so no consumer gets a key twice.
+//!   A KSID is remembered until a day ([`FORGET_AFTER`]) after its last
+//!   push, longer than any stream's TTL (a node never resends past it).
+//! - A repeated push of an index still held is accepted again if its bytes
+//!   are the same, refused otherwise.
+//! - Bounded: held key and the bookkeeping of each entry and stream count
+//!   against `capacity_bytes`; beyond it a push is refused (the QKD node
+//!   keeps the chunk and retries later, so nothing is lost).
+//! - Key bytes are zeroized when taken out or dropped.
+//! - Held key is in memory only, on purpose: writing QKD key to disk would
+//!   put it in every backup, and a consumer takes it within milliseconds.
+//!   A restart of this process loses what no consumer took yet (those
+//!   indexes were acknowledged, so the node does not resend them), and
+//!   forgets which indexes it received: consumers that must never see an
+//!   index twice across their own restarts record what they consumed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 use zeroize::Zeroizing;
+
+use crate::rangeset::RangeSet;
+
+/// Bytes of bookkeeping counted per held chunk, beyond its key bytes.
+pub const ENTRY_OVERHEAD: usize = 96;
+/// Bytes counted per KSID remembered.
+pub const STREAM_OVERHEAD: usize = 512;
+/// A KSID with nothing held is forgotten this long after its last push.
+pub const FORGET_AFTER: Duration = Duration::from_secs(86_400 + 3_600);
+/// Most runs of received indexes kept per KSID (beyond, the smallest gaps
+/// count as received: a late push there is acknowledged and dropped).
+const MAX_RUNS: usize = 1024;
 
 /// Why a push was not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -30,15 +56,28 @@ pub enum ReceivedError {
 pub enum Received {
     /// A new index.
     New,
-    /// The same bytes again (a retry).
+    /// The same bytes again (a retry) while still held.
     Repeat,
+    /// An index a consumer already took: acknowledged, not stored again.
+    Consumed,
+}
+
+#[derive(Default)]
+struct StreamKeys {
+    held: BTreeMap<u32, Zeroizing<Vec<u8>>>,
+    seen: RangeSet,
+    last_push: Option<Instant>,
 }
 
 #[derive(Default)]
 struct Inner {
-    streams: HashMap<Uuid, BTreeMap<u32, Zeroizing<Vec<u8>>>>,
+    streams: HashMap<Uuid, StreamKeys>,
+    /// Key bytes plus counted overhead.
     bytes: usize,
+    /// Key bytes held.
+    key_bytes: usize,
     received: u64,
+    last_sweep: Option<Instant>,
 }
 
 /// The store. Thread-safe.
@@ -58,7 +97,7 @@ impl std::fmt::Debug for ReceivedKeys {
 }
 
 impl ReceivedKeys {
-    /// A store holding at most `capacity_bytes` of key.
+    /// A store holding at most `capacity_bytes` of key and bookkeeping.
     pub fn new(capacity_bytes: usize) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
@@ -77,58 +116,106 @@ impl ReceivedKeys {
         index: u32,
         key: Zeroizing<Vec<u8>>,
     ) -> Result<Received, ReceivedError> {
+        self.insert_at(ksid, index, key, Instant::now())
+    }
+
+    fn insert_at(
+        &self,
+        ksid: Uuid,
+        index: u32,
+        key: Zeroizing<Vec<u8>>,
+        now: Instant,
+    ) -> Result<Received, ReceivedError> {
         let mut inner = self.lock();
-        if let Some(held) = inner.streams.get(&ksid).and_then(|s| s.get(&index)) {
-            return if bool::from(held.as_slice().ct_eq(key.as_slice())) {
-                Ok(Received::Repeat)
-            } else {
-                Err(ReceivedError::Conflict)
-            };
+        sweep(&mut inner, now);
+        if let Some(stream) = inner.streams.get_mut(&ksid) {
+            if let Some(held) = stream.held.get(&index) {
+                return if bool::from(held.as_slice().ct_eq(key.as_slice())) {
+                    Ok(Received::Repeat)
+                } else {
+                    Err(ReceivedError::Conflict)
+                };
+            }
+            if stream.seen.contains(u64::from(index)) {
+                stream.last_push = Some(now);
+                return Ok(Received::Consumed);
+            }
         }
-        if inner.bytes + key.len() > self.capacity_bytes {
+        let new_stream = !inner.streams.contains_key(&ksid);
+        let cost = key.len() + ENTRY_OVERHEAD + if new_stream { STREAM_OVERHEAD } else { 0 };
+        if inner.bytes + cost > self.capacity_bytes {
             return Err(ReceivedError::Full);
         }
-        inner.bytes += key.len();
+        inner.bytes += cost;
+        inner.key_bytes += key.len();
         inner.received += 1;
-        inner.streams.entry(ksid).or_default().insert(index, key);
+        let stream = inner.streams.entry(ksid).or_default();
+        stream.seen.insert(u64::from(index));
+        if stream.seen.runs() > MAX_RUNS {
+            stream.seen.cap_runs(MAX_RUNS);
+        }
+        stream.last_push = Some(now);
+        stream.held.insert(index, key);
         Ok(Received::New)
     }
 
-    /// Takes chunk `index` of `ksid` out of the store.
+    /// Takes chunk `index` of `ksid` out of the store (once: the index
+    /// stays remembered as received).
     pub fn take(&self, ksid: &Uuid, index: u32) -> Option<Zeroizing<Vec<u8>>> {
         let mut inner = self.lock();
         let stream = inner.streams.get_mut(ksid)?;
-        let key = stream.remove(&index)?;
-        if stream.is_empty() {
-            inner.streams.remove(ksid);
-        }
-        inner.bytes -= key.len();
+        let key = stream.held.remove(&index)?;
+        inner.bytes -= key.len() + ENTRY_OVERHEAD;
+        inner.key_bytes -= key.len();
         Some(key)
     }
 
     /// Takes the lowest-indexed chunk of `ksid` held.
     pub fn take_next(&self, ksid: &Uuid) -> Option<(u32, Zeroizing<Vec<u8>>)> {
-        let index = *self.lock().streams.get(ksid)?.keys().next()?;
+        let index = *self.lock().streams.get(ksid)?.held.keys().next()?;
         self.take(ksid, index).map(|k| (index, k))
     }
 
-    /// Chunks held, bytes held, chunks received since start.
+    /// Chunks held, key bytes held, chunks received since start.
     pub fn stats(&self) -> (usize, usize, u64) {
         let inner = self.lock();
-        let chunks = inner.streams.values().map(BTreeMap::len).sum();
-        (chunks, inner.bytes, inner.received)
+        let chunks = inner.streams.values().map(|s| s.held.len()).sum();
+        (chunks, inner.key_bytes, inner.received)
     }
+}
+
+/// Forgets KSIDs with nothing held whose last push is older than
+/// [`FORGET_AFTER`] (at most once a minute).
+fn sweep(inner: &mut Inner, now: Instant) {
+    if inner
+        .last_sweep
+        .is_some_and(|t| now.duration_since(t) < Duration::from_secs(60))
+    {
+        return;
+    }
+    inner.last_sweep = Some(now);
+    let before = inner.streams.len();
+    inner.streams.retain(|_, s| {
+        !s.held.is_empty()
+            || s.last_push
+                .is_some_and(|t| now.duration_since(t) < FORGET_AFTER)
+    });
+    inner.bytes -= (before - inner.streams.len()) * STREAM_OVERHEAD;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn key(b: u8) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(vec![b; 4])
+    }
+
     #[test]
     fn repeat_conflict_full_take() {
-        let store = ReceivedKeys::new(8);
+        let per = 4 + ENTRY_OVERHEAD;
+        let store = ReceivedKeys::new(STREAM_OVERHEAD + 2 * per);
         let k = Uuid::new_v4();
-        let key = |b: u8| Zeroizing::new(vec![b; 4]);
         assert_eq!(store.insert(k, 1, key(1)), Ok(Received::New));
         assert_eq!(store.insert(k, 1, key(1)), Ok(Received::Repeat));
         assert_eq!(store.insert(k, 1, key(2)), Err(ReceivedError::Conflict));
@@ -139,5 +226,45 @@ mod tests {
         assert_eq!(store.insert(k, 2, key(4)), Ok(Received::New));
         assert_eq!(store.stats(), (2, 8, 3));
         assert!(store.take(&k, 9).is_none());
+    }
+
+    #[test]
+    fn a_resend_of_a_taken_index_is_never_stored_again() {
+        // F18: push i, the 201 is lost, the consumer takes i, the node
+        // resends i: the consumer must not get it again.
+        let store = ReceivedKeys::new(1 << 20);
+        let k = Uuid::new_v4();
+        assert_eq!(store.insert(k, 5, key(9)), Ok(Received::New));
+        assert_eq!(store.take(&k, 5).unwrap().as_slice(), &[9; 4]);
+        assert_eq!(store.insert(k, 5, key(9)), Ok(Received::Consumed));
+        assert!(store.take(&k, 5).is_none(), "nothing to take twice");
+        assert!(store.take_next(&k).is_none());
+        assert_eq!(store.stats(), (0, 0, 1));
+    }
+
+    #[test]
+    fn bookkeeping_counts_against_the_capacity_and_old_streams_are_forgotten() {
+        // One-byte pushes to many KSIDs cannot exhaust memory: each costs
+        // its bookkeeping.
+        let store = ReceivedKeys::new(100 * (1 + ENTRY_OVERHEAD + STREAM_OVERHEAD));
+        let mut stored = 0;
+        for _ in 0..1000 {
+            if store
+                .insert(Uuid::new_v4(), 0, Zeroizing::new(vec![1]))
+                .is_ok()
+            {
+                stored += 1;
+            }
+        }
+        assert_eq!(stored, 100);
+        let store = ReceivedKeys::new(1 << 20);
+        let k = Uuid::new_v4();
+        let t0 = Instant::now();
+        store.insert_at(k, 0, key(1), t0).unwrap();
+        store.take(&k, 0).unwrap();
+        let later = t0 + FORGET_AFTER + Duration::from_secs(61);
+        store.insert_at(Uuid::new_v4(), 0, key(2), later).unwrap();
+        assert_eq!(store.lock().streams.len(), 1, "the idle KSID is forgotten");
+        assert_eq!(store.lock().bytes, 4 + ENTRY_OVERHEAD + STREAM_OVERHEAD);
     }
 }

@@ -2,6 +2,8 @@
 //! refused so a typo never silently falls back to a default.
 //!
 //! ```toml
+//! name = "node-a"            # this node's name (in the link handshake; the ledger file's name)
+//! data_dir = "/var/lib/keypipe"  # where the key ledger lives: {data_dir}/ledger/{name}.redb
 //! role = "leader"            # "leader" assigns key blocks to streams; its peer is "follower"
 //! block_size = 4096          # bytes per device block, 16..=65536 (both nodes alike)
 //! arena_blocks = 1024        # key slots pre-allocated (and mlocked) for this node
@@ -12,16 +14,23 @@
 //! max_timeout_ms = 60000     # longest GET_KEY wait a stream may ask for
 //! default_ttl_s = 300        # TTL given to streams that ask for 0
 //! max_ttl_s = 86400          # longest TTL a stream may ask for
+//! window_blocks = 0          # flow control: blocks of one stream held on a node at most
+//!                            # (0: half the arena's room beside the ring, at most 128)
+//! max_streams = 1024         # streams opened on this node at most (as many again from the peer)
+//! stream_idle_timeout_s = 3600  # a stream unused this long on a node is closed there
+//! reserve_blocks = 1024      # leader: most stream blocks reserved in the ledger per write
 //!
 //! [device]
 //! driver = "simulated"       # or "file"
 //! rate_bps = 0               # simulated: secret-key rate, bit/s (0 = as fast as possible)
 //! link_secret = "…64 hex…"   # simulated: shared by both nodes; random per pair when absent
 //! # path = "/run/qkd/keys"   # file: key file or named pipe
+//! # format = "raw"           # file: "raw" key bytes, or "framed" (8-byte id + block per record)
 //!
 //! [link]                     # optional: the peer node, over HTTP
 //! peer = "http://10.0.0.2:7005"  # the peer node's base URL
-//! secret = "…64 hex…"        # HMAC-SHA256 key authenticating link-sync requests
+//! secret = "…64 hex…"        # HMAC-SHA256 key authenticating link sync, shared
+//! # peer_name = "node-b"     # the peer's name; refuse to pair with another
 //! # listen = "0.0.0.0:7004"  # C ABI only: where this node receives link sync
 //! ```
 
@@ -32,7 +41,9 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::link::Role;
+use super::node::Tuning;
 use super::qos::QosLimits;
+use crate::device::FileFormat;
 use crate::key::{MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 
 /// Largest chunk size a configuration may allow (1 MiB).
@@ -47,6 +58,13 @@ pub struct ConfigError(pub String);
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
+    /// This node's name: told to the peer at session start, and the name
+    /// of its ledger file.
+    pub name: String,
+    /// Where the key ledger lives (`{data_dir}/ledger/{name}.redb`).
+    /// Required unless the device can never repeat key (a simulated link
+    /// with a random secret).
+    pub data_dir: Option<PathBuf>,
     /// Leader or follower on the link.
     pub role: Role,
     /// Bytes per device block.
@@ -63,10 +81,23 @@ pub struct EngineConfig {
     pub default_ttl_s: u32,
     /// Longest TTL, s.
     pub max_ttl_s: u32,
+    /// Blocks of one stream a node holds at most (flow control); 0: half
+    /// the arena's room beside the ring, at most 128.
+    pub window_blocks: u64,
+    /// Streams opened on this node at most.
+    pub max_streams: usize,
+    /// A stream unused this long on a node is closed there, s.
+    pub stream_idle_timeout_s: u64,
+    /// Leader: stream blocks reserved in the ledger per write.
+    pub reserve_blocks: u64,
     /// The QKD device.
     pub device: DeviceConfig,
     /// The peer node over the network (none: no peer, or in-process).
     pub link: Option<LinkConfig>,
+    /// Start with a fresh ledger (`--reset-ledger`): the node adopts the
+    /// peer's position instead of refusing to pair. Not a file key.
+    #[serde(skip)]
+    pub reset_ledger: bool,
 }
 
 /// The peer node, reached over HTTP (`/api/v1/link/…`).
@@ -75,8 +106,13 @@ pub struct EngineConfig {
 pub struct LinkConfig {
     /// Base URL of the peer node, `http://host:port`.
     pub peer: String,
-    /// Hex of the 32-byte key both nodes use to authenticate link sync.
-    pub secret: Zeroizing<String>,
+    /// Hex of the 32-byte key both nodes use to authenticate link sync
+    /// (the server generates one per data directory when absent).
+    #[serde(default)]
+    pub secret: Option<Zeroizing<String>>,
+    /// The peer's name: pairing with a node of another name is refused.
+    #[serde(default)]
+    pub peer_name: Option<String>,
     /// Where this node receives link sync when embedded through the C ABI
     /// (the server uses its own listener instead).
     #[serde(default)]
@@ -88,6 +124,7 @@ impl fmt::Debug for LinkConfig {
         f.debug_struct("LinkConfig")
             .field("peer", &self.peer)
             .field("secret", &"<redacted>")
+            .field("peer_name", &self.peer_name)
             .field("listen", &self.listen)
             .finish()
     }
@@ -96,6 +133,8 @@ impl fmt::Debug for LinkConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
+            name: "node".into(),
+            data_dir: None,
             role: Role::Leader,
             block_size: 4096,
             arena_blocks: 1024,
@@ -104,8 +143,13 @@ impl Default for EngineConfig {
             max_timeout_ms: 60_000,
             default_ttl_s: 300,
             max_ttl_s: 86_400,
+            window_blocks: 0,
+            max_streams: 1024,
+            stream_idle_timeout_s: 3600,
+            reserve_blocks: 1024,
             device: DeviceConfig::default(),
             link: None,
+            reset_ledger: false,
         }
     }
 }
@@ -127,6 +171,9 @@ pub enum DeviceConfig {
     File {
         /// Path of the file or pipe.
         path: PathBuf,
+        /// Raw key bytes, or framed records with the device's block ids.
+        #[serde(default)]
+        format: FileFormat,
     },
 }
 
@@ -150,7 +197,11 @@ impl fmt::Debug for DeviceConfig {
                 .field("rate_bps", rate_bps)
                 .field("link_secret", &link_secret.as_ref().map(|_| "<redacted>"))
                 .finish(),
-            DeviceConfig::File { path } => f.debug_struct("File").field("path", path).finish(),
+            DeviceConfig::File { path, format } => f
+                .debug_struct("File")
+                .field("path", path)
+                .field("format", format)
+                .finish(),
         }
     }
 }
@@ -188,6 +239,43 @@ impl EngineConfig {
                 self.max_key_chunk_size
             ));
         }
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !name_ok {
+            return bad(format!(
+                "name = {:?}: use 1 to 64 letters, digits, '-', '_' or '.'",
+                self.name
+            ));
+        }
+        let budget = self.budget_blocks();
+        if self.window_blocks != 0 && (self.window_blocks < 2 || self.window_blocks > budget) {
+            return bad(format!(
+                "window_blocks = {} must be 0 (automatic) or 2..={budget} (the arena's room beside the ring)",
+                self.window_blocks
+            ));
+        }
+        if self.max_streams == 0 || self.max_streams > 1_000_000 {
+            return bad(format!(
+                "max_streams = {} must be 1..=1000000",
+                self.max_streams
+            ));
+        }
+        if self.stream_idle_timeout_s == 0 || self.stream_idle_timeout_s > 30 * 86_400 {
+            return bad(format!(
+                "stream_idle_timeout_s = {} must be 1..=2592000",
+                self.stream_idle_timeout_s
+            ));
+        }
+        if self.reserve_blocks == 0 || self.reserve_blocks > 1 << 20 {
+            return bad(format!(
+                "reserve_blocks = {} must be 1..=1048576",
+                self.reserve_blocks
+            ));
+        }
         if self.default_ttl_s == 0 || self.default_ttl_s > self.max_ttl_s {
             return bad(format!(
                 "default_ttl_s = {} must be in 1..=max_ttl_s ({})",
@@ -208,9 +296,46 @@ impl EngineConfig {
                     link.peer
                 ));
             }
-            parse_secret(&link.secret, "link.secret")?;
+            if let Some(secret) = &link.secret {
+                parse_secret(secret, "link.secret")?;
+            }
         }
         Ok(())
+    }
+
+    /// True when this configuration's device can give the same key again
+    /// after a restart (a key file, or a simulated link with a configured
+    /// secret): such an engine needs `data_dir` for its ledger.
+    pub fn repeats_key(&self) -> bool {
+        match &self.device {
+            DeviceConfig::File { .. } => true,
+            DeviceConfig::Simulated { link_secret, .. } => link_secret.is_some(),
+        }
+    }
+
+    /// The flow-control window in blocks (see `window_blocks`).
+    pub fn window(&self) -> u64 {
+        match self.window_blocks {
+            0 => (self.budget_blocks() / 2).clamp(2, 128),
+            w => w,
+        }
+    }
+
+    /// Blocks all streams of a node may hold together: the arena beside a
+    /// full ring, with one slot for the poller.
+    pub fn budget_blocks(&self) -> u64 {
+        self.arena_blocks.saturating_sub(self.ring_blocks + 1) as u64
+    }
+
+    /// Flow control, caps and rhythms of the node.
+    pub fn tuning(&self) -> Tuning {
+        Tuning {
+            window_blocks: self.window(),
+            max_streams: self.max_streams,
+            idle_timeout: std::time::Duration::from_secs(self.stream_idle_timeout_s),
+            reserve_blocks: self.reserve_blocks,
+            budget_blocks: self.budget_blocks(),
+        }
     }
 
     /// The QoS limits this configuration gives streams.
@@ -223,8 +348,11 @@ impl EngineConfig {
         // with room to spare for other streams: at most half of it.
         // It is reserved all at once from the ring, and spans at most one
         // block more than its size: it must fit in ring_blocks - 1 blocks.
+        // And it must fit in one stream's window (less one block: a chunk
+        // spans at most one block more than its size).
         let holdable = ((self.arena_blocks - self.ring_blocks).saturating_mul(self.block_size) / 2)
-            .min((self.ring_blocks - 1).saturating_mul(self.block_size));
+            .min((self.ring_blocks - 1).saturating_mul(self.block_size))
+            .min((self.window().saturating_sub(1) as usize).saturating_mul(self.block_size));
         QosLimits {
             max_key_chunk_size: self
                 .max_key_chunk_size

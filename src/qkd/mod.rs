@@ -1,17 +1,22 @@
 //! One node of a QKD link with ETSI GS QKD 004 semantics: streams (KSID,
 //! QoS negotiation, index addressing, TTL, close), link sync with the peer
-//! node, and the [`Engine`] that runs a node with its device.
+//! node (sessions, key confirmation, flow control), the key ledger, the
+//! push scheduler, and the [`Engine`] that runs a node with its device.
 //!
-//! [`Node`] is sans-IO; [`Engine`] adds the threads (device poller, link
-//! thread) and the blocking-with-timeout GET_KEY. The HTTP server and the C
-//! ABI are thin adapters over the engine.
+//! [`Node`], [`link::session`] and [`push`] are sans-IO; [`Engine`] adds
+//! the threads (device poller, link thread, ledger writer) and the
+//! blocking-with-timeout GET_KEY. The HTTP server and the C ABI are thin
+//! adapters over the engine.
 
 mod config;
+pub mod confirm;
 mod engine;
+pub mod ledger;
 pub mod link;
 mod node;
+pub mod push;
 mod qos;
-mod rangeset;
+pub use crate::rangeset;
 mod status;
 mod stream;
 
@@ -21,10 +26,12 @@ use uuid::Uuid;
 
 pub use config::{ConfigError, DeviceConfig, EngineConfig, LinkConfig, parse_secret};
 pub use engine::{Engine, EngineError, EngineStats};
+pub use ledger::{Ledger, LedgerError};
 pub use link::{Inbox, LinkDown, LinkMsg, LinkTransport, Role};
-pub use node::Node;
+pub use node::{MAX_URI_LEN, Node, Tuning};
 pub use qos::{METADATA_MIMETYPE, Qos, QosLimits, negotiate};
 pub use status::Status;
+pub use stream::Side;
 
 /// Answer to OPEN_CONNECT.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +43,8 @@ pub struct OpenReply {
     pub ksid: Option<Uuid>,
     /// The stream's QoS, or the counter-proposal with status 7.
     pub qos: Qos,
+    /// Why, when the status alone does not say it.
+    pub detail: Option<&'static str>,
 }
 
 /// Metadata of a delivered chunk: `{"age_ms":N,"hops":0}` (JSON, ASCII).
@@ -112,6 +121,13 @@ pub enum GetKeyError {
         "both sides opened this KSID with different key_chunk_size: close it and open it again"
     )]
     QosConflict,
+    /// Key confirmation failed: the two nodes' devices gave different bytes
+    /// for a block of this stream; it is stopped for good on both nodes.
+    #[error(
+        "key confirmation failed: the two nodes' devices disagree, so this stream was stopped \
+         (check both devices are fed the same key from the same position)"
+    )]
+    StreamFailed,
     /// The key buffer is shorter than the stream's chunk size.
     #[error("key buffer too small: the stream's chunks are {needed} bytes")]
     BufferTooSmall {

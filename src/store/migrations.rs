@@ -97,6 +97,15 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (kind, value, year)
     ) STRICT, WITHOUT ROWID;
     "#,
+    // 4: secrets generated on first start (wrapped), e.g. the simulated
+    // device's and the link's.
+    r#"
+    CREATE TABLE generated_secrets (
+        name       TEXT PRIMARY KEY NOT NULL,
+        wrapped    BLOB NOT NULL,
+        created_ms INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this code writes.

@@ -82,6 +82,7 @@
 mod donau;
 mod kek;
 mod migrations;
+mod secrets;
 mod sqlite;
 mod users;
 
@@ -93,6 +94,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 pub use donau::{DonauKey, DonauKind, DonauPublicKey, DonauStore};
+pub use secrets::SecretStore;
 pub use sqlite::Store;
 pub use users::{TokenHash, UserRecord, UserStore};
 

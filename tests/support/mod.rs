@@ -3,6 +3,8 @@
 //! every push (and can go down and come back on the same port).
 #![allow(dead_code)]
 
+pub mod feeder;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -65,9 +67,12 @@ secret = "{link}"
     )
 }
 
-/// Starts every node of `toml` in this process.
+/// Starts every node of `toml` in this process, with their key ledgers
+/// in a new directory of their own.
 pub fn start_nodes(toml: &str) -> Vec<RunningNode> {
-    let config = Config::from_toml(toml).unwrap();
+    let mut config = Config::from_toml(toml).unwrap();
+    config.data_dir = tempfile::tempdir().unwrap().keep();
+    config.apply_data_dir();
     let pool = Pool::new(config.pool_threads).unwrap();
     config
         .nodes
@@ -260,10 +265,14 @@ pub struct Log {
     pub repeats: u64,
     /// Pushes of an index already held with different bytes.
     pub conflicts: u64,
+    /// When each push was taken in: (stream, index, instant).
+    pub arrivals: Vec<(Uuid, u32, Instant)>,
 }
 
 struct KmsService {
     log: Arc<Mutex<Log>>,
+    /// Answer each push this late (on the pool): a slow KMS.
+    delay: Duration,
 }
 
 impl Service for KmsService {
@@ -286,6 +295,7 @@ impl Service for KmsService {
             .decode(v["key_buffer"].as_str().unwrap())
             .unwrap();
         let mut log = self.log.lock().unwrap();
+        log.arrivals.push((ksid, index, Instant::now()));
         let stream = log.keys.entry(ksid).or_default();
         match stream.get(&index) {
             Some(k) if *k == key => log.repeats += 1,
@@ -294,7 +304,15 @@ impl Service for KmsService {
                 stream.insert(index, key);
             }
         }
-        Reply::Now(Response::json(201, r#"{"status":0}"#))
+        drop(log);
+        if self.delay.is_zero() {
+            return Reply::Now(Response::json(201, r#"{"status":0}"#));
+        }
+        let delay = self.delay;
+        Reply::Later(Box::new(move || {
+            std::thread::sleep(delay);
+            Response::json(201, r#"{"status":0}"#)
+        }))
     }
 }
 
@@ -303,14 +321,21 @@ pub struct TestKms {
     pub port: u16,
     pub log: Arc<Mutex<Log>>,
     server: Option<Server>,
+    delay: Duration,
 }
 
 impl TestKms {
     pub fn start() -> TestKms {
+        TestKms::start_slow(Duration::ZERO)
+    }
+
+    /// A KMS that answers every push `delay` late.
+    pub fn start_slow(delay: Duration) -> TestKms {
         let mut kms = TestKms {
             port: free_port(),
             log: Arc::default(),
             server: None,
+            delay,
         };
         kms.up();
         kms
@@ -329,8 +354,10 @@ impl TestKms {
         };
         let service = Arc::new(KmsService {
             log: Arc::clone(&self.log),
+            delay: self.delay,
         });
-        self.server = Some(Server::start("kms", &config, service, Pool::new(1).unwrap()).unwrap());
+        let pool = Pool::new(if self.delay.is_zero() { 1 } else { 64 }).unwrap();
+        self.server = Some(Server::start("kms", &config, service, pool).unwrap());
     }
 
     /// Stops listening (connections are closed).
@@ -546,4 +573,13 @@ pub fn admin(command: &str, dir: &std::path::Path, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Asserts an ETSI 004 error answer: HTTP code, ETSI status, message.
+pub fn assert_etsi_error(r: &Answer, http: u16, status: u64, needle: &str) {
+    assert_eq!(r.status, http, "{:?}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert_eq!(v["status"], status, "{v}");
+    let message = v["message"].as_str().unwrap();
+    assert!(message.contains(needle), "{message:?} lacks {needle:?}");
 }

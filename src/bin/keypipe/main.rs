@@ -11,14 +11,16 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use keypipe::api::AgreementApi;
-use keypipe::config::{Config, DEFAULT_CONFIG, Protocol};
+use keypipe::config::{
+    Config, DEFAULT_CONFIG, GENERATED_DEVICE_SECRET, GENERATED_LINK_SECRET, Protocol,
+};
 use keypipe::http::Pool;
 use keypipe::kms::agreement::AgreementService;
 use keypipe::kms::donau::Donau;
 use keypipe::kms::keys::StoreKeys;
 use keypipe::kms::login::LoginService;
 use keypipe::node::{RunningNode, Services};
-use keypipe::store::{Store, StoreOptions};
+use keypipe::store::{SecretStore, Store, StoreOptions};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -44,6 +46,15 @@ enum Command {
         /// The store's directory (overrides `data_dir` of the configuration).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Start node NODE's key ledger afresh (its device was replaced or
+        /// realigned, or its data directory is new on purpose): it adopts
+        /// its peer's position instead of refusing to pair. Repeatable.
+        #[arg(long, value_name = "NODE")]
+        reset_ledger: Vec<String>,
+        /// Allow the public demo secrets of keypipe's first default
+        /// configuration (only when every listener is on loopback).
+        #[arg(long)]
+        demo: bool,
     },
     /// Administer the NCP KMS keys and access keys (safe while the server runs).
     Kms {
@@ -116,8 +127,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve {
-            config, data_dir, ..
-        } => match serve(config, data_dir) {
+            config,
+            data_dir,
+            reset_ledger,
+            demo,
+            ..
+        } => match serve(config, data_dir, &reset_ledger, demo) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("keypipe: {e}");
@@ -142,7 +157,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<(), String> {
+fn serve(
+    path: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    reset_ledger: &[String],
+    demo: bool,
+) -> Result<(), String> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KEYPIPE_LOG")
@@ -161,11 +181,59 @@ fn serve(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<(), String>
     if let Some(dir) = data_dir {
         config.data_dir = dir;
     }
-    let services = if config.needs_store() {
-        let store = Arc::new(
-            Store::open(&config.store_options())
-                .map_err(|e| format!("store {}: {e}", config.data_dir.display()))?,
+    config.apply_data_dir();
+    for name in reset_ledger {
+        let engine = config
+            .nodes
+            .iter_mut()
+            .find(|n| &n.name == name)
+            .and_then(|n| n.engine.as_mut())
+            .ok_or_else(|| format!("--reset-ledger {name}: no node {name} with an engine"))?;
+        engine.reset_ledger = true;
+    }
+    let demo_users = config.demo_secret_users();
+    if !demo_users.is_empty() {
+        if !demo || !config.all_loopback() {
+            return Err(format!(
+                "node {} still uses the public demo secrets of keypipe's first default \
+                 configuration: anyone can compute its keys and forge its link. Remove \
+                 device.link_secret and link.secret (keypipe then generates fresh ones in the data \
+                 directory), or set your own{}",
+                demo_users.join(", "),
+                if config.all_loopback() {
+                    "; for a local demo only, start with --demo"
+                } else {
+                    " (--demo is only for configurations whose listeners are all on loopback)"
+                }
+            ));
+        }
+        tracing::warn!(nodes = %demo_users.join(", "), "--demo: public demo secrets in use; never for real key");
+    }
+    let store = if config.needs_store() {
+        Some(Arc::new(Store::open(&config.store_options()).map_err(
+            |e| format!("store {}: {e}", config.data_dir.display()),
+        )?))
+    } else {
+        None
+    };
+    if config.needs_generated_secrets() {
+        let store = store.as_ref().expect("opened for the secrets");
+        let secret = |name| {
+            store
+                .generated_secret(name)
+                .map_err(|e| format!("generated secret {name}: {e}"))
+        };
+        let (device, link) = (
+            secret(GENERATED_DEVICE_SECRET)?,
+            secret(GENERATED_LINK_SECRET)?,
         );
+        config.fill_secrets(&device, &link);
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            "secrets not in the configuration are this data directory's own (generated on first start)"
+        );
+    }
+    let services = if let Some(store) = store {
         let keys = StoreKeys::new(Arc::clone(&store) as _).map_err(|e| e.to_string())?;
         let agreement = config.serves(Protocol::KeyAgreement).then(|| {
             let agreement = Arc::new(AgreementService::new(config.key_agreement.service_config()));
@@ -195,9 +263,6 @@ fn serve(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<(), String>
     } else {
         Services::default()
     };
-    if path.is_none() {
-        tracing::warn!("embedded default configuration: its link secrets are public demo values");
-    }
     // Signals are blocked for the threads started below (they inherit the
     // handler registration; the iterator thread receives them).
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| e.to_string())?;
@@ -245,7 +310,8 @@ fn serve(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<(), String>
     if lost > 0 {
         tracing::warn!(
             chunks = lost,
-            "pushes not acknowledged before the grace ran out; their key is erased, never reused"
+            "pushes not acknowledged before the grace ran out; their key is erased, and the key \
+             ledger keeps it from ever being handed out again"
         );
     }
     for node in nodes {

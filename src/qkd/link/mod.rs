@@ -2,87 +2,41 @@
 //! which device blocks belong to which stream, without a message per key.
 //!
 //! The protocol is sans-IO: a node emits [`LinkMsg`]s into its outbox and
-//! consumes the peer's; a [`LinkTransport`] carries them. This module has the
-//! in-process transport (both nodes in one process); the network transport
-//! comes with the HTTP server.
+//! consumes the peer's; a [`LinkTransport`] carries them. This module has
+//! the in-process transport (both nodes in one process); [`session`] frames
+//! them for the network (handshake, sequence numbers, MACs).
 //!
 //! Rules (one node of the link is the *leader*, the other the *follower*):
+//! - A sync (`sync_begin`, one `stream` per stream, `sync_end`) opens every
+//!   session: each node tells the other what it holds and delivered, and
+//!   each zeroizes the key the other can no longer deliver (see
+//!   `qkd::sync`).
 //! - `Open` announces that this side opened a stream (with its QoS). The
 //!   first `Open` creates the stream on the peer; a stream is usable once
 //!   both sides opened it. The follower adopts the leader's QoS.
 //! - Only the leader assigns blocks. It takes blocks from its ring in id
-//!   order and sends `Lease { ksid, stream_block, block_id }` in that same
-//!   order, so the follower takes the same ids from its own ring.
+//!   order and sends `Lease { ksid, stream_block, block_id, check }`; the
+//!   follower takes the same id from its own ring and checks the bytes
+//!   before any of them reach its consumer (key confirmation).
 //! - The follower asks for a missing stream block with `LeaseRequest`; the
-//!   leader answers with `Lease`, or `LeaseRefused` once the stream no longer
-//!   gets new key (closed on either side).
+//!   leader always answers: `Lease` (again, if the follower can still take
+//!   the block), `LeaseLost` (it cannot: the block is dropped on both),
+//!   or `LeaseRefused` (the stream no longer gets key).
+//! - `Credit` is the follower's flow control: the leader assigns a stream
+//!   block only below the follower's credit, so a stream read on one side
+//!   only never fills the other node.
 //! - `Close` tells the peer this side closed the stream.
 //!
 //! Transports must deliver messages in order and must not block the sender.
 
+mod msg;
+pub mod session;
+
 use std::sync::{Arc, Weak};
 
 use crossbeam::channel::{Receiver, Sender};
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
-use super::Qos;
-
-/// Which node of the link assigns blocks to streams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Assigns device blocks to streams.
-    Leader,
-    /// Takes the leader's assignments.
-    Follower,
-}
-
-/// One link-sync message. Carries stream bookkeeping only, never key bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum LinkMsg {
-    /// The sender's side opened `ksid`.
-    Open {
-        /// The stream.
-        ksid: Uuid,
-        /// Its QoS on the sender's side.
-        qos: Qos,
-        /// Source URI given at open.
-        source: String,
-        /// Destination URI given at open.
-        destination: String,
-    },
-    /// Leader to follower: stream block `stream_block` of `ksid` is device
-    /// block `block_id`.
-    Lease {
-        /// The stream.
-        ksid: Uuid,
-        /// Position of the block in the stream's key.
-        stream_block: u64,
-        /// Device block id on the link.
-        block_id: u64,
-    },
-    /// Follower to leader: please assign `stream_block` of `ksid`.
-    LeaseRequest {
-        /// The stream.
-        ksid: Uuid,
-        /// Position of the block in the stream's key.
-        stream_block: u64,
-    },
-    /// Leader to follower: `stream_block` of `ksid` will never be assigned.
-    LeaseRefused {
-        /// The stream.
-        ksid: Uuid,
-        /// Position of the block in the stream's key.
-        stream_block: u64,
-    },
-    /// The sender's side closed `ksid`.
-    Close {
-        /// The stream.
-        ksid: Uuid,
-    },
-}
+pub use msg::{LinkMsg, Role, StreamState};
 
 /// The peer node cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,185 @@
+//! The follower's half of a node: it takes the leader's leases, matching
+//! them with blocks of its own ring (same ids, in order), checks each
+//! block's bytes against the lease's check value before any of them can
+//! reach its consumer, asks for blocks its consumer needs, and grants the
+//! leader credit (flow control).
+
+use std::time::Instant;
+
+use uuid::Uuid;
+
+use super::Node;
+use crate::qkd::link::LinkMsg;
+use crate::qkd::rangeset::RangeSet;
+use crate::qkd::stream::Side;
+
+impl Node {
+    /// A lease from the leader: stream block `sb` of `ksid` is device block
+    /// `block_id`.
+    pub(super) fn leased(&mut self, now: Instant, ksid: Uuid, sb: u64, block_id: u64, check: u64) {
+        let Some(stream) = self.streams.get_mut(&ksid) else {
+            // Unknown here: its block is discarded when it comes out.
+            return;
+        };
+        if stream.assigned.contains(sb) {
+            return; // a lease sent again: already taken care of
+        }
+        stream.assigned.insert(sb);
+        stream.requested.remove(&sb);
+        let available =
+            block_id >= self.next_position || self.spare.as_ref().is_some_and(|b| b.id == block_id);
+        if !available {
+            // This node read past that block already: it can never hold it.
+            self.outbox.push(LinkMsg::LeaseLost {
+                ksid,
+                stream_block: sb,
+                delivered: RangeSet::default(),
+            });
+            let block_size = self.block_size;
+            let stream = self.streams.get_mut(&ksid).expect("present");
+            let (lost, released) = stream.lose_block(sb, block_size);
+            self.note_lost(lost, released);
+            self.dirty.insert(ksid);
+            return;
+        }
+        stream.pending.insert(sb);
+        self.pending.insert(block_id, (ksid, sb, check));
+        self.pump_leases(now);
+    }
+
+    /// Matches received leases with blocks from the ring, which come in the
+    /// same id order. Blocks the leader skipped are discarded; a lease
+    /// whose block this node no longer has is lost (on both nodes); a block
+    /// whose bytes do not match its lease's check value stops the stream.
+    pub(super) fn pump_leases(&mut self, now: Instant) {
+        let block_size = self.block_size;
+        while let Some((&id, &(ksid, sb, check))) = self.pending.first_key_value() {
+            let Some(block) = self.spare.take().or_else(|| self.ring.pop()) else {
+                return;
+            };
+            if block.id < id {
+                self.next_position = block.id + 1;
+                self.counters.consumed(1);
+                continue; // dropped: zeroized
+            }
+            if block.id > id {
+                // The leased block is gone from this node's stream.
+                self.next_position = block.id;
+                self.spare = Some(block);
+                self.pending.remove(&id);
+                tracing::warn!(%ksid, block_id = id, "leased block missing on this node; its chunks are dropped on both nodes");
+                self.outbox.push(LinkMsg::LeaseLost {
+                    ksid,
+                    stream_block: sb,
+                    delivered: RangeSet::default(),
+                });
+                if let Some(stream) = self.streams.get_mut(&ksid) {
+                    stream.pending.remove(&sb);
+                    let (lost, released) = stream.lose_block(sb, block_size);
+                    self.note_lost(lost, released);
+                    self.dirty.insert(ksid);
+                }
+                continue;
+            }
+            self.pending.remove(&id);
+            self.next_position = id + 1;
+            self.counters.consumed(1);
+            let matches = self.keys.check(&ksid, sb, id, block.digest) == check;
+            let Some(stream) = self.streams.get_mut(&ksid) else {
+                self.counters.expired(1);
+                continue;
+            };
+            stream.pending.remove(&sb);
+            if !matches {
+                drop(block); // zeroized, never delivered
+                tracing::error!(
+                    %ksid,
+                    stream_block = sb,
+                    block_id = id,
+                    "key confirmation failed: this node's device block differs from the leader's; \
+                     the stream is stopped on both nodes (are both devices fed the same key from \
+                     the same position?)"
+                );
+                self.outbox.push(LinkMsg::Mismatch {
+                    ksid,
+                    stream_block: sb,
+                });
+                self.fail(ksid);
+                continue;
+            }
+            if stream.local == Side::Closed || stream.failed {
+                self.counters.expired(1);
+                continue;
+            }
+            stream.hold(sb, block, check, now);
+            self.held_total += 1;
+        }
+    }
+
+    /// Asks the leader for stream blocks `sbs` of `ksid` (those not asked
+    /// yet), granting the credit they need.
+    pub(super) fn request(&mut self, ksid: &Uuid, sbs: &[u64]) {
+        let top = sbs.iter().copied().max().unwrap_or(0);
+        self.grant_credit(*ksid, top + 1);
+        let position = self.next_position;
+        let Some(stream) = self.streams.get_mut(ksid) else {
+            return;
+        };
+        for &sb in sbs {
+            if stream.requested.insert(sb) {
+                self.outbox.push(LinkMsg::LeaseRequest {
+                    ksid: *ksid,
+                    stream_block: sb,
+                    position,
+                });
+            }
+        }
+    }
+
+    /// Raises the leader's credit for `ksid` to at least `needed`, and
+    /// ahead to a window past the lowest block this node still needs when
+    /// its budget has room; sends it when it moved enough to matter.
+    pub(super) fn grant_credit(&mut self, ksid: Uuid, needed: u64) {
+        let (window, budget, block_size) = (
+            self.tuning.window_blocks,
+            self.tuning.budget_blocks,
+            self.block_size,
+        );
+        let outstanding = self.held_total + self.pending.len() as u64;
+        let Some(stream) = self.streams.get_mut(&ksid) else {
+            return;
+        };
+        if !stream.allocating() {
+            return;
+        }
+        let frontier = stream.frontier(block_size);
+        let ahead = if outstanding + window <= budget {
+            frontier + window
+        } else {
+            0
+        };
+        let target = needed.max(ahead);
+        if target <= stream.credit {
+            return;
+        }
+        // Coalesce small steps, unless the leader would otherwise stall.
+        let starving = stream.credit <= frontier + 1 || needed > stream.credit;
+        if !starving && target - stream.credit < (window / 4).max(1) {
+            return;
+        }
+        stream.credit = target;
+        self.outbox.push(LinkMsg::Credit {
+            ksid,
+            below: target,
+        });
+    }
+
+    /// Forgets the leases of `ksid` still waiting for their block (those
+    /// blocks are discarded when they come out of the ring).
+    pub(super) fn drop_pending(&mut self, ksid: &Uuid) {
+        self.pending.retain(|_, (k, _, _)| k != ksid);
+        if let Some(s) = self.streams.get_mut(ksid) {
+            s.pending.clear();
+        }
+    }
+}
