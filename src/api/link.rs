@@ -149,9 +149,10 @@ impl NetLink {
         };
         match event {
             LinkEvent::None => {}
-            LinkEvent::SessionOpen => {
+            LinkEvent::SessionOpen { peer_position } => {
                 self.refused.store(false, Ordering::Release);
                 self.note_ack();
+                engine.adopt_position(peer_position);
                 engine.mark_paired();
                 engine.begin_session();
             }

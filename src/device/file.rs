@@ -227,7 +227,14 @@ impl FileSource {
                 }
                 continue;
             }
-            self.next_id = id.saturating_add(1);
+            let Some(next) = id.checked_add(1) else {
+                // No id can follow it: the feed ends here, unused.
+                out[..self.block_size].zeroize();
+                tracing::error!("framed key record with id 2^64-1: the key feed ends");
+                self.exhausted = true;
+                return DevicePoll::Exhausted;
+            };
+            self.next_id = next;
             return DevicePoll::Ready(id);
         }
     }
@@ -385,5 +392,14 @@ mod tests {
         w.write_all(&[10; 16]).unwrap();
         assert_eq!(src.poll(&mut buf), DevicePoll::Ready(10));
         assert_eq!(buf, [10; 16]);
+        // Review finding: id 2^64-1 could be produced twice. Now an id
+        // that repeats or goes back is skipped, and 2^64-1 ends the feed.
+        for id in [10u64, u64::MAX, u64::MAX, 11] {
+            w.write_all(&id.to_be_bytes()).unwrap();
+            w.write_all(&[7; 16]).unwrap();
+        }
+        assert_eq!(src.poll(&mut buf), DevicePoll::Exhausted);
+        assert_eq!(buf, [0; 16], "wiped, never produced");
+        assert_eq!(src.poll(&mut buf), DevicePoll::Exhausted);
     }
 }

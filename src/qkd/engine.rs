@@ -95,6 +95,10 @@ pub struct DeviceParams {
     pub fingerprint: String,
     /// The lowest block id the node can still take.
     pub position: u64,
+    /// The device position the ledger reserved (at least `position`): a
+    /// peer with a new ledger adopts it, so it never takes a block this
+    /// node's device read, used or not.
+    pub reserved: u64,
     /// The ledger had no record of this device at start (and no reset was
     /// asked for).
     pub ledger_new: bool,
@@ -119,6 +123,10 @@ struct Shared {
     commit_now: Sender<()>,
     ledger_failed: AtomicBool,
     poller_skip: Mutex<Option<Skipper>>,
+    /// The ledger records a completed session with the peer.
+    paired: AtomicBool,
+    /// After a reset: the first sync's outcome is durable.
+    reset_synced: AtomicBool,
 }
 
 impl Shared {
@@ -168,6 +176,17 @@ impl Shared {
         }
     }
 
+    /// A reset is over once the node paired (its adopted position durable)
+    /// and its first sync's outcome is durable: the ledger's mark goes.
+    fn finish_reset(&self) {
+        if self.paired.load(Ordering::Acquire)
+            && self.reset_synced.swap(false, Ordering::AcqRel)
+            && let Err(e) = self.ledger.clear_reset()
+        {
+            tracing::error!(error = %e, "could not clear the key ledger's reset mark");
+        }
+    }
+
     fn link_ok(&self) -> bool {
         self.device.is_up() && self.transport.is_up() && !self.ledger_failed.load(Ordering::Acquire)
     }
@@ -182,9 +201,10 @@ pub struct Engine {
     poller: Option<Poller>,
     control: Option<LinkControl>,
     params: DeviceParams,
+    /// The device's id in the ledger.
+    device_id: [u8; 16],
     name: String,
     role: Role,
-    paired: AtomicBool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -254,7 +274,9 @@ impl Engine {
             if matches!(config.device, DeviceConfig::Simulated { .. }) {
                 engine.control = Some(control.clone());
             }
-            // In one process the session starts at once.
+            // In one process the session starts at once, and both
+            // in-memory ledgers are new together: nothing to adopt.
+            engine.shared.lock().set_adopt(false);
             engine.begin_session();
             engines.push(engine);
         }
@@ -361,6 +383,7 @@ impl Engine {
             block_size: config.block_size,
             fingerprint: keys.fingerprint(identity, config.block_size),
             position: at.position,
+            reserved: at.position,
             ledger_new: at.is_new && !config.reset_ledger,
         };
         let arena = KeyArena::new(config.block_size, config.arena_blocks)?;
@@ -369,7 +392,7 @@ impl Engine {
         let device_state = Arc::new(DeviceState::default());
         let (commit_now, commit_rx) = bounded(1);
         let digester = keys.digester();
-        let node = Node::new(
+        let mut node = Node::new(
             config.role,
             config.block_size,
             config.limits(),
@@ -381,6 +404,10 @@ impl Engine {
             &records,
             Instant::now(),
         );
+        // A reset ledger takes the peer's position until it pairs.
+        let was_reset = ledger.was_reset()?;
+        node.set_adopt(was_reset && !paired);
+        node.set_was_reset(was_reset);
         let shared = Arc::new(Shared {
             node: Mutex::new(node),
             key_arrived: Condvar::new(),
@@ -394,6 +421,8 @@ impl Engine {
             commit_now,
             ledger_failed: AtomicBool::new(false),
             poller_skip: Mutex::new(None),
+            paired: AtomicBool::new(paired),
+            reset_synced: AtomicBool::new(false),
         });
         let device_ledger = DeviceLedger {
             ledger,
@@ -433,7 +462,7 @@ impl Engine {
             params,
             name: config.name.clone(),
             role: config.role,
-            paired: AtomicBool::new(paired),
+            device_id,
         })
     }
 
@@ -453,10 +482,16 @@ impl Engine {
     }
 
     /// What this node tells its peer about its device at session start
-    /// (the position is the current one).
+    /// (the positions are the current ones).
     pub fn device_params(&self) -> DeviceParams {
         let mut params = self.params.clone();
         params.position = self.shared.lock().position();
+        let reserved = self
+            .shared
+            .ledger
+            .device(&self.device_id, params.block_size)
+            .map_or(0, |d| d.position);
+        params.reserved = params.position.max(reserved);
         // Once paired, this node's ledger is the link's, new or not.
         params.ledger_new &= !self.paired_before();
         params
@@ -465,17 +500,44 @@ impl Engine {
     /// True once this node's ledger records a completed session with its
     /// peer.
     pub fn paired_before(&self) -> bool {
-        self.paired.load(Ordering::Acquire)
+        self.shared.paired.load(Ordering::Acquire)
     }
 
     /// Records (once, durably) that this node completed a session with its
-    /// peer.
+    /// peer; first makes the device position it adopted durable (a pairing
+    /// on record means the position is too).
     pub fn mark_paired(&self) {
-        if !self.paired.swap(true, Ordering::AcqRel)
-            && let Err(e) = self.shared.ledger.mark_paired()
-        {
-            tracing::error!(error = %e, "could not record the pairing in the key ledger");
+        if self.shared.paired.load(Ordering::Acquire) {
+            return;
         }
+        let position = {
+            let mut node = self.shared.lock();
+            node.set_adopt(false);
+            node.position()
+        };
+        let recorded = self
+            .shared
+            .ledger
+            .reserve_device(&self.device_id, self.params.block_size, position)
+            .and_then(|()| self.shared.ledger.mark_paired());
+        match recorded {
+            Ok(()) => {
+                self.shared.paired.store(true, Ordering::Release);
+                self.shared.finish_reset();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not record the pairing in the key ledger")
+            }
+        }
+    }
+
+    /// The peer's device is at `position` (its welcome): a node whose
+    /// ledger never completed a session moves past it before anything else
+    /// (see `docs/ledger.md`, "A lost ledger").
+    pub fn adopt_position(&self, position: u64) {
+        let mut node = self.shared.lock();
+        node.adopt_position(position);
+        self.shared.flush(&mut node);
     }
 
     /// A new session with the peer starts (or the peer started one): this
@@ -822,7 +884,15 @@ fn ledger_loop(shared: &Shared, wake: &Receiver<()>) {
         if !records.is_empty() || !removed.is_empty() {
             match shared.ledger.write_streams(&records, &removed) {
                 Ok(()) => {
-                    shared.lock().committed(&records);
+                    let reset_over = {
+                        let mut node = shared.lock();
+                        node.committed(&records);
+                        node.reset_committed()
+                    };
+                    if reset_over {
+                        shared.reset_synced.store(true, Ordering::Release);
+                        shared.finish_reset();
+                    }
                     shared.key_arrived.notify_all();
                     if failing {
                         failing = false;
@@ -845,6 +915,10 @@ fn ledger_loop(shared: &Shared, wake: &Receiver<()>) {
                     continue;
                 }
             }
+        }
+        if records.is_empty() && removed.is_empty() && shared.lock().reset_committed() {
+            shared.reset_synced.store(true, Ordering::Release);
+            shared.finish_reset();
         }
         if stopping {
             return;

@@ -284,8 +284,27 @@ impl Ledger {
             for key in ["role", "name", "paired"] {
                 meta.remove(key).map_err(|e| self.io(e))?;
             }
+            meta.insert("reset", &b"1"[..]).map_err(|e| self.io(e))?;
         }
         txn.commit().map_err(|e| self.io(e))
+    }
+
+    /// The first sync after a reset is durable: the reset mark goes.
+    pub fn clear_reset(&self) -> Result<(), LedgerError> {
+        let txn = self.db.begin_write().map_err(|e| self.io(e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| self.io(e))?;
+            meta.remove("reset").map_err(|e| self.io(e))?;
+        }
+        txn.commit().map_err(|e| self.io(e))
+    }
+
+    /// True from a reset (`--reset-ledger`) until the first sync after it
+    /// is durable: the streams that sync lists are ones this node forgot.
+    pub fn was_reset(&self) -> Result<bool, LedgerError> {
+        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let meta = txn.open_table(META).map_err(|e| self.io(e))?;
+        Ok(meta.get("reset").map_err(|e| self.io(e))?.is_some())
     }
 
     /// Every stream recorded.

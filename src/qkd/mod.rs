@@ -121,11 +121,14 @@ pub enum GetKeyError {
         "both sides opened this KSID with different key_chunk_size: close it and open it again"
     )]
     QosConflict,
-    /// Key confirmation failed: the two nodes' devices gave different bytes
-    /// for a block of this stream; it is stopped for good on both nodes.
+    /// The stream is stopped for good: key confirmation failed (the two
+    /// nodes' devices gave different bytes for a block of it), or the
+    /// leader's ledger was reset and lost the stream's history. Open a new
+    /// stream.
     #[error(
-        "key confirmation failed: the two nodes' devices disagree, so this stream was stopped \
-         (check both devices are fed the same key from the same position)"
+        "this stream was stopped for good: key confirmation failed (the two nodes' devices \
+         disagree: check both are fed the same key from the same position), or the leader's \
+         key ledger was reset and lost its history; open a new stream"
     )]
     StreamFailed,
     /// The key buffer is shorter than the stream's chunk size.

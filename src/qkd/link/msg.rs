@@ -158,3 +158,17 @@ pub enum LinkMsg {
         stream_block: u64,
     },
 }
+
+impl LinkMsg {
+    /// The stream block the message names, if it names one.
+    pub fn stream_block(&self) -> Option<u64> {
+        match self {
+            LinkMsg::Lease { stream_block, .. }
+            | LinkMsg::LeaseRequest { stream_block, .. }
+            | LinkMsg::LeaseRefused { stream_block, .. }
+            | LinkMsg::LeaseLost { stream_block, .. }
+            | LinkMsg::Mismatch { stream_block, .. } => Some(*stream_block),
+            _ => None,
+        }
+    }
+}

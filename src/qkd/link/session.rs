@@ -106,7 +106,11 @@ pub enum LinkEvent {
     /// Nothing.
     None,
     /// This node's new outbound session is open: its sync goes first.
-    SessionOpen,
+    SessionOpen {
+        /// The peer's device position (its ledger's reservation), from its
+        /// welcome.
+        peer_position: u64,
+    },
     /// The peer opened a new session towards this node (`restarted`: it
     /// is a new process): this node sends its sync too.
     PeerSession {
@@ -138,6 +142,8 @@ struct Params {
     block_size: usize,
     fingerprint: String,
     position: u64,
+    #[serde(default)]
+    reserved: u64,
     ledger_new: bool,
     paired_before: bool,
 }
@@ -378,6 +384,7 @@ impl LinkSession {
             block_size: local.device.block_size,
             fingerprint: local.device.fingerprint.clone(),
             position: local.device.position,
+            reserved: local.device.reserved,
             ledger_new: local.device.ledger_new,
             paired_before: local.paired_before,
         }
@@ -652,7 +659,12 @@ impl LinkSession {
         self.gap_retries = 0;
         self.last_ack = Some(now);
         tracing::info!(peer = %welcome.from, "link session open");
-        (AnswerVerdict::Accept, LinkEvent::SessionOpen)
+        (
+            AnswerVerdict::Accept,
+            LinkEvent::SessionOpen {
+                peer_position: welcome.params.position.max(welcome.params.reserved),
+            },
+        )
     }
 
     fn on_batch_answer(

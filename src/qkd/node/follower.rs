@@ -24,22 +24,18 @@ impl Node {
         if stream.assigned.contains(sb) {
             return; // a lease sent again: already taken care of
         }
+        if sb >= stream.credit {
+            // The leader assigns only below the credit this node granted.
+            tracing::warn!(%ksid, stream_block = sb, "lease beyond the credit granted ignored");
+            return;
+        }
         stream.assigned.insert(sb);
         stream.requested.remove(&sb);
         let available =
             block_id >= self.next_position || self.spare.as_ref().is_some_and(|b| b.id == block_id);
         if !available {
             // This node read past that block already: it can never hold it.
-            self.outbox.push(LinkMsg::LeaseLost {
-                ksid,
-                stream_block: sb,
-                delivered: RangeSet::default(),
-            });
-            let block_size = self.block_size;
-            let stream = self.streams.get_mut(&ksid).expect("present");
-            let (lost, released) = stream.lose_block(sb, block_size);
-            self.note_lost(lost, released);
-            self.dirty.insert(ksid);
+            self.lease_gone(ksid, sb);
             return;
         }
         stream.pending.insert(sb);
@@ -52,37 +48,26 @@ impl Node {
     /// whose block this node no longer has is lost (on both nodes); a block
     /// whose bytes do not match its lease's check value stops the stream.
     pub(super) fn pump_leases(&mut self, now: Instant) {
-        let block_size = self.block_size;
         while let Some((&id, &(ksid, sb, check))) = self.pending.first_key_value() {
             let Some(block) = self.spare.take().or_else(|| self.ring.pop()) else {
                 return;
             };
             if block.id < id {
-                self.next_position = block.id + 1;
+                self.next_position = self.next_position.max(block.id + 1);
                 self.counters.consumed(1);
                 continue; // dropped: zeroized
             }
             if block.id > id {
                 // The leased block is gone from this node's stream.
-                self.next_position = block.id;
+                self.next_position = self.next_position.max(block.id);
                 self.spare = Some(block);
                 self.pending.remove(&id);
                 tracing::warn!(%ksid, block_id = id, "leased block missing on this node; its chunks are dropped on both nodes");
-                self.outbox.push(LinkMsg::LeaseLost {
-                    ksid,
-                    stream_block: sb,
-                    delivered: RangeSet::default(),
-                });
-                if let Some(stream) = self.streams.get_mut(&ksid) {
-                    stream.pending.remove(&sb);
-                    let (lost, released) = stream.lose_block(sb, block_size);
-                    self.note_lost(lost, released);
-                    self.dirty.insert(ksid);
-                }
+                self.lease_gone(ksid, sb);
                 continue;
             }
             self.pending.remove(&id);
-            self.next_position = id + 1;
+            self.next_position = self.next_position.max(id + 1);
             self.counters.consumed(1);
             let matches = self.keys.check(&ksid, sb, id, block.digest) == check;
             let Some(stream) = self.streams.get_mut(&ksid) else {
@@ -104,6 +89,7 @@ impl Node {
                     ksid,
                     stream_block: sb,
                 });
+                self.counters.mismatch();
                 self.fail(ksid);
                 continue;
             }
@@ -152,7 +138,8 @@ impl Node {
         if !stream.allocating() {
             return;
         }
-        let frontier = stream.frontier(block_size);
+        // Nothing below the leader's floor is assigned again.
+        let frontier = stream.frontier(block_size).max(stream.floor);
         let ahead = if outstanding + window <= budget {
             frontier + window
         } else {
@@ -172,6 +159,38 @@ impl Node {
             ksid,
             below: target,
         });
+    }
+
+    /// Stream block `sb` of `ksid` was leased to this node, which can never
+    /// hold its device block: tells the leader and drops its chunks here.
+    fn lease_gone(&mut self, ksid: Uuid, sb: u64) {
+        self.outbox.push(LinkMsg::LeaseLost {
+            ksid,
+            stream_block: sb,
+            delivered: RangeSet::default(),
+        });
+        let block_size = self.block_size;
+        if let Some(stream) = self.streams.get_mut(&ksid) {
+            stream.pending.remove(&sb);
+            let (lost, released) = stream.lose_block(sb, block_size);
+            self.note_lost(lost, released);
+            self.dirty.insert(ksid);
+        }
+    }
+
+    /// Follower: device blocks below `position` will never come out of
+    /// this node's ring; the leases waiting for them are gone.
+    pub(super) fn drop_leases_below(&mut self, position: u64) {
+        if self.spare.as_ref().is_some_and(|b| b.id < position) {
+            self.spare = None; // zeroized
+        }
+        while let Some((&id, &(ksid, sb, _))) = self.pending.first_key_value() {
+            if id >= position {
+                break;
+            }
+            self.pending.remove(&id);
+            self.lease_gone(ksid, sb);
+        }
     }
 
     /// Forgets the leases of `ksid` still waiting for their block (those

@@ -3,6 +3,7 @@
 //! only below what the ledger has durably reserved for the stream; and it
 //! answers every lease request.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -31,8 +32,10 @@ impl Node {
             let Some(block) = self.ring.pop() else {
                 return false;
             };
-            self.next_position = block.id + 1;
-            if block.id < self.peer_position {
+            // Below this node's position: adopted past it (a new ledger).
+            let passed = block.id < self.next_position;
+            self.next_position = self.next_position.max(block.id + 1);
+            if passed || block.id < self.peer_position {
                 self.counters.consumed(1);
                 continue; // dropped: zeroized
             }
@@ -217,6 +220,15 @@ impl Node {
                 ksid,
                 stream_block: sb,
             });
+            return;
+        }
+        // A follower asks only below the credit it granted (its Credit
+        // goes first), for a window at a time: anything else is ignored,
+        // so a broken peer cannot grow this node's request table.
+        let window = self.tuning.window_blocks;
+        let waiting = self.requests.get(&ksid).map_or(0, BTreeSet::len) as u64;
+        if sb >= stream.credit.saturating_add(window) || waiting >= 4 * window {
+            tracing::warn!(%ksid, stream_block = sb, "lease request beyond the follower's credit ignored");
             return;
         }
         self.requests.entry(ksid).or_default().insert(sb);

@@ -34,6 +34,10 @@ use crate::key::{DeviceBlock, KeyCounters, RingConsumer, Stamp};
 /// Longest source or destination URI accepted (bytes).
 pub const MAX_URI_LEN: usize = 2048;
 
+/// No stream is longer (bytes of key): stream block numbers from the peer
+/// beyond it are refused, so no arithmetic on them can overflow.
+const MAX_STREAM_BYTES: u64 = 1 << 62;
+
 /// Result of one non-blocking `get_key` attempt.
 #[derive(Debug)]
 pub(crate) enum Attempt {
@@ -108,6 +112,16 @@ pub struct Node {
     sync_in: Option<(u64, Vec<StreamState>)>,
     /// The device should move forward to this position.
     skip: Option<u64>,
+    /// This node's ledger was reset and has not completed a session since:
+    /// it adopts the peer's device position when that is ahead.
+    adopt: bool,
+    /// Leader: this node's ledger was reset and no sync from the follower
+    /// was applied since: the streams the follower lists are pre-reset.
+    was_reset: bool,
+    /// The first sync after a reset was applied / is in the records the
+    /// ledger writer took: once they are durable the reset is over.
+    reset_synced: bool,
+    reset_in_records: bool,
     /// Streams changed since the ledger last took them.
     dirty: HashSet<Uuid>,
     /// Streams forgotten since the ledger last took them.
@@ -161,6 +175,10 @@ impl Node {
             spare: None,
             sync_in: None,
             skip: None,
+            adopt: false,
+            was_reset: false,
+            reset_synced: false,
+            reset_in_records: false,
             dirty: HashSet::new(),
             removed: Vec::new(),
             urgent: false,
@@ -207,6 +225,54 @@ impl Node {
     /// by the peer).
     pub fn knows(&self, ksid: &Uuid) -> bool {
         self.streams.contains_key(ksid)
+    }
+
+    /// Whether this node adopts its peer's device position (its ledger was
+    /// reset with `--reset-ledger` and has not completed a session since).
+    pub fn set_adopt(&mut self, adopt: bool) {
+        self.adopt = adopt;
+    }
+
+    /// Whether this node's ledger was reset (`--reset-ledger`) and its
+    /// first sync since is not durable yet. A leader then stops for good
+    /// every stream the follower's first sync lists that this node has no
+    /// record of: the forgotten process may have handed out key of it that
+    /// the follower never heard of, so no index of it is given again.
+    pub fn set_was_reset(&mut self, was_reset: bool) {
+        self.was_reset = was_reset;
+    }
+
+    /// True once (after a reset) when the first sync's outcome is durable:
+    /// the ledger's reset mark can go.
+    pub(crate) fn reset_committed(&mut self) -> bool {
+        std::mem::take(&mut self.reset_in_records)
+    }
+
+    /// The peer's device is at `position` (from its hello or sync). A node
+    /// with a new ledger moves past it at once: its own device, its ring
+    /// (blocks below are discarded as they come out) and, on the follower,
+    /// the leases waiting for such blocks (lost, on both nodes). So a node
+    /// whose ledger was lost never takes a block the link may have used.
+    pub fn adopt_position(&mut self, position: u64) {
+        if !self.adopt || position <= self.next_position {
+            return;
+        }
+        tracing::info!(
+            from = self.next_position,
+            to = position,
+            "new key ledger: this node's device moves to the peer's position"
+        );
+        self.next_position = position;
+        self.skip = Some(position);
+        match self.role {
+            Role::Leader => {
+                self.peer_position = self.peer_position.max(position);
+                let before = self.staged.len();
+                self.staged.retain(|b| b.id >= position);
+                self.counters.consumed((before - self.staged.len()) as u64);
+            }
+            Role::Follower => self.drop_leases_below(position),
+        }
     }
 
     /// The device should skip forward to this position (taken once).
@@ -524,6 +590,15 @@ impl Node {
 
     /// Applies a message from the peer node.
     pub fn handle(&mut self, now: Instant, msg: LinkMsg) {
+        if let Some(sb) = msg.stream_block()
+            && sb >= MAX_STREAM_BYTES / self.block_size
+        {
+            tracing::warn!(
+                stream_block = sb,
+                "link message for a stream block beyond any stream's end ignored"
+            );
+            return;
+        }
         match msg {
             LinkMsg::SyncBegin { position } => self.sync_in = Some((position, Vec::new())),
             LinkMsg::Stream(state) => {
@@ -579,13 +654,17 @@ impl Node {
                 delivered,
             } => self.block_lost(ksid, stream_block, &delivered),
             LinkMsg::Credit { ksid, below } => {
+                let most = MAX_STREAM_BYTES / self.block_size;
                 if let Some(stream) = self.streams.get_mut(&ksid) {
-                    stream.credit = stream.credit.max(below);
+                    stream.credit = stream.credit.max(below.min(most));
                 }
                 self.serve_requests(now);
             }
             LinkMsg::Mismatch { ksid, stream_block } => {
                 tracing::error!(%ksid, stream_block, "the peer node's key confirmation failed for a block of this stream: stream stopped");
+                if self.streams.get(&ksid).is_some_and(|s| !s.failed) {
+                    self.counters.mismatch();
+                }
                 self.fail(ksid);
             }
         }
@@ -593,20 +672,8 @@ impl Node {
 
     /// The peer opened `ksid` on its side.
     fn peer_opened(&mut self, now: Instant, ksid: Uuid, qos: Qos, source: &str, destination: &str) {
-        if source.len() > MAX_URI_LEN || destination.len() > MAX_URI_LEN {
-            tracing::warn!(%ksid, "the peer announced a stream with an over-long URI; ignored");
+        if !self.admit_announced(now, ksid, &qos, source, destination) {
             return;
-        }
-        if !self.streams.contains_key(&ksid) {
-            let announced = self.streams.values().filter(|s| !s.created_here).count();
-            if announced >= self.tuning.max_streams {
-                tracing::warn!(%ksid, "the peer announced more than max_streams streams; this one is ignored");
-                return;
-            }
-            self.streams.insert(
-                ksid,
-                Stream::new(qos.clone(), source, destination, false, now),
-            );
         }
         let stream = self.streams.get_mut(&ksid).expect("present");
         stream.peer = Side::Open;
@@ -624,15 +691,42 @@ impl Node {
         }
     }
 
+    /// Creates `ksid` as the peer announced it (an `Open`, or a sync entry)
+    /// unless it is known already; false when refused: an over-long URI, or
+    /// the peer announced `max_streams` streams already.
+    pub(super) fn admit_announced(
+        &mut self,
+        now: Instant,
+        ksid: Uuid,
+        qos: &Qos,
+        source: &str,
+        destination: &str,
+    ) -> bool {
+        if source.len() > MAX_URI_LEN || destination.len() > MAX_URI_LEN {
+            tracing::warn!(%ksid, "the peer announced a stream with an over-long URI; ignored");
+            return false;
+        }
+        if self.streams.contains_key(&ksid) {
+            return true;
+        }
+        let announced = self.streams.values().filter(|s| !s.created_here).count();
+        if announced >= self.tuning.max_streams {
+            tracing::warn!(%ksid, "the peer announced more than max_streams streams; this one is ignored");
+            return false;
+        }
+        self.streams.insert(
+            ksid,
+            Stream::new(qos.clone(), source, destination, false, now),
+        );
+        true
+    }
+
     /// Key confirmation failed for `ksid`: stop it for good on this node,
     /// zeroizing all it holds.
     fn fail(&mut self, ksid: Uuid) {
         let Some(stream) = self.streams.get_mut(&ksid) else {
             return;
         };
-        if !stream.failed {
-            self.counters.mismatch();
-        }
         stream.failed = true;
         let dropped = std::mem::take(&mut stream.held).len() as u64;
         stream.requested.clear();
@@ -716,6 +810,7 @@ impl Node {
     pub(crate) fn take_records(&mut self) -> (Vec<StreamRecord>, Vec<Uuid>) {
         // Whatever is asked for after this waits for the next write.
         self.urgent = false;
+        self.reset_in_records |= std::mem::take(&mut self.reset_synced);
         let records = self
             .dirty
             .drain()

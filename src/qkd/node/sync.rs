@@ -37,7 +37,9 @@ struct PeerView<'a> {
 impl Node {
     pub(super) fn apply_sync(&mut self, now: Instant, position: u64, states: Vec<StreamState>) {
         let ring = self.ring.capacity() as u64;
-        if position > self.next_position + ring {
+        if self.adopt {
+            self.adopt_position(position);
+        } else if position > self.next_position + ring {
             // The peer's device is far ahead: move this one forward.
             self.skip = Some(position);
         }
@@ -50,20 +52,15 @@ impl Node {
         for st in states {
             listed.insert(st.ksid);
             let ksid = st.ksid;
-            let stream = match self.streams.entry(ksid) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                // Closed there, unknown here: nothing to do.
-                std::collections::hash_map::Entry::Vacant(_) if st.local == Side::Closed => {
-                    continue;
-                }
-                std::collections::hash_map::Entry::Vacant(e) => e.insert(Stream::new(
-                    st.qos.clone(),
-                    &st.source,
-                    &st.destination,
-                    false,
-                    now,
-                )),
-            };
+            let known = self.streams.contains_key(&ksid);
+            // Closed there, unknown here: nothing to do.
+            if !known
+                && (st.local == Side::Closed
+                    || !self.admit_announced(now, ksid, &st.qos, &st.source, &st.destination))
+            {
+                continue;
+            }
+            let stream = self.streams.get_mut(&ksid).expect("present");
             stream.peer = st.local;
             if stream.local == Side::Absent {
                 adopt_qos(stream, st.qos.clone(), &self.limits, &ksid);
@@ -74,6 +71,21 @@ impl Node {
                 Role::Leader => {
                     stream.peer_taken = st.taken.clone();
                     stream.credit = st.credit;
+                    // The follower was leased blocks this node forgot (an
+                    // idle stream forgotten here): as after a restart,
+                    // nothing below its highest one is assigned again, so
+                    // no index of the stream gets another value.
+                    let forgot = st
+                        .assigned
+                        .iter()
+                        .any(|(lo, hi)| !stream.assigned.covers(lo, hi - 1));
+                    if forgot {
+                        let top = st.assigned.end();
+                        stream.assigned.insert_range(0, top);
+                        stream.floor = stream.floor.max(top);
+                        stream.reserved = stream.reserved.max(top);
+                        self.dirty.insert(ksid);
+                    }
                     self.requests.remove(&ksid);
                 }
                 Role::Follower => {
@@ -93,6 +105,17 @@ impl Node {
             if st.failed {
                 self.fail(ksid);
             }
+            if !known && self.was_reset && self.role == Role::Leader {
+                // This node's ledger was reset: it forgot what it handed
+                // out of this stream, including leases the follower never
+                // got. Nothing more of it is handed out, on either node.
+                tracing::warn!(%ksid, "stream unknown to this node's reset key ledger: stopped for good (its KMSes open a new one)");
+                self.fail(ksid);
+            }
+        }
+        if self.was_reset {
+            self.was_reset = false;
+            self.reset_synced = true;
         }
         let empty = RangeSet::default();
         let unlisted: Vec<Uuid> = self
