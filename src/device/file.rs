@@ -6,7 +6,9 @@
 //! Two formats:
 //! - **raw**: the bytes are the key; block `n` is bytes
 //!   `n*block_size..(n+1)*block_size` of the stream. On a regular file a
-//!   node opened at position `p` seeks to byte `p*block_size`. A pipe has no
+//!   node opened at position `p` seeks to byte `p*block_size`, and block 0
+//!   is never handed out: it names the file (its identity, hashed into the
+//!   device fingerprint and the ledger), so it must not be key. A pipe has no
 //!   position of its own: once a process has read from it, nobody can tell
 //!   how far it got, so a raw pipe can only start a fresh ledger.
 //! - **framed**: a sequence of records, each an 8-byte big-endian block id
@@ -88,6 +90,10 @@ impl FileSource {
             .open(path)?;
         let meta = file.metadata()?;
         let is_pipe = meta.file_type().is_fifo();
+        let start = match (format, is_pipe) {
+            (FileFormat::Raw, false) => start.max(1), // block 0 is the identity
+            _ => start,
+        };
         let consumed = start.saturating_mul(block_size as u64);
         match (format, is_pipe) {
             (FileFormat::Raw, false) => {
@@ -130,7 +136,8 @@ impl FileSource {
     }
 
     /// What identifies the key stream at `path`: for a raw regular file its
-    /// first block (the same whatever the position), for a pipe or a
+    /// first block (the same whatever the position; never handed out as
+    /// key), for a pipe or a
     /// framed stream only its kind (their bytes are checked lease by lease).
     pub fn identity_of(
         path: &Path,
@@ -293,11 +300,13 @@ mod tests {
     #[test]
     fn whole_blocks_then_exhausted_without_partial_tail() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
-        let data: Vec<u8> = (0..100u8).collect();
+        let data: Vec<u8> = (0..132u8).collect();
         f.write_all(&data).unwrap();
         let mut src = FileSource::open(f.path(), 32, FileFormat::Raw, 0).unwrap();
         let mut buf = [0u8; 32];
-        for id in 0..3 {
+        // Block 0 names the file and is never key (review finding: it was
+        // handed out while its hash sat in the ledger).
+        for id in 1..4 {
             assert_eq!(src.poll(&mut buf), DevicePoll::Ready(id));
             assert_eq!(&buf[..], &data[id as usize * 32..(id as usize + 1) * 32]);
         }

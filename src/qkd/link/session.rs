@@ -72,8 +72,9 @@ const MAX_GAP_RETRIES: u32 = 3;
 pub enum LinkRequest {
     /// A hello with this nonce.
     Hello([u8; 32]),
-    /// Batch `seq` of the session with this nonce.
-    Batch([u8; 32], u64),
+    /// Batch `seq` of the session with this nonce, and the batch's MAC
+    /// (an "unknown session" answer must echo it).
+    Batch([u8; 32], u64, [u8; 32]),
 }
 
 /// A request to send: path, extra headers, body.
@@ -458,17 +459,18 @@ impl LinkSession {
                         &body,
                     ],
                 )
-                .finalize();
+                .finalize()
+                .into_bytes();
                 *next_seq += 1;
                 *in_flight += 1;
                 self.last_sent = Some(now);
                 Some(Outgoing {
-                    id: LinkRequest::Batch(*nonce_s, seq),
+                    id: LinkRequest::Batch(*nonce_s, seq, mac.into()),
                     path: MESSAGES_PATH,
                     headers: vec![
                         ("X-Keypipe-Link-Session", hex(nonce_s)),
                         ("X-Keypipe-Link-Seq", seq.to_string()),
-                        ("X-Keypipe-Link-Mac", hex(&mac.into_bytes())),
+                        ("X-Keypipe-Link-Mac", hex(&mac)),
                     ],
                     body,
                 })
@@ -542,8 +544,8 @@ impl LinkSession {
     ) -> (AnswerVerdict, LinkEvent) {
         match id {
             LinkRequest::Hello(nonce) => self.on_welcome(nonce, status, body, mac, now, local),
-            LinkRequest::Batch(nonce_s, seq) => {
-                self.on_batch_answer(nonce_s, seq, status, body, mac, now)
+            LinkRequest::Batch(nonce_s, seq, request_mac) => {
+                self.on_batch_answer(nonce_s, seq, &request_mac, status, body, mac, now)
             }
         }
     }
@@ -569,9 +571,16 @@ impl LinkSession {
         if let Some(w) = &welcome {
             self.learnt_peer = Some(w.from.clone());
         }
+        // A refusal names its sender too (the MAC covers it).
+        let refuser = || {
+            serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v["from"].as_str().map(str::to_owned))
+        };
         let answerer = welcome
             .as_ref()
             .map(|w| w.from.clone())
+            .or_else(refuser)
             .or_else(|| self.peer_name.clone())
             .unwrap_or_default();
         let verified = mac
@@ -667,10 +676,12 @@ impl LinkSession {
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_batch_answer(
         &mut self,
         nonce_s: [u8; 32],
         seq: u64,
+        request_mac: &[u8; 32],
         status: u16,
         body: &[u8],
         mac: Option<&[u8]>,
@@ -687,13 +698,15 @@ impl LinkSession {
         if current != nonce_s {
             return (AnswerVerdict::Reset, LinkEvent::None); // an old session's
         }
-        // A node that lost the session does not know who asks.
+        // A node that lost the session does not know who asks; its answer
+        // echoes this very request's MAC, so it cannot be obtained ahead
+        // (a request forged with a seen session nonce has another MAC).
         if status == 409
             && self.verify_answer(
                 b"unknown-session",
                 "",
                 &nonce_s,
-                &[0; 32],
+                request_mac,
                 seq,
                 status,
                 body,
@@ -820,7 +833,9 @@ impl LinkSession {
                         .verify_slice(&m)
                         .is_ok()
                 });
-            let hello = serde_json::from_slice::<Hello>(body).ok();
+            let hello = serde_json::from_slice::<Hello>(body)
+                .ok()
+                .filter(|h| h.from != self.me); // this node's own, reflected
             if let (true, Some(hello)) = (same_role, hello)
                 && let Some(nonce_s) = unhex32(&hello.nonce)
             {
@@ -831,9 +846,11 @@ impl LinkSession {
                     hello.from,
                     self.role.as_str()
                 );
+                // Told to the asker, which records the refusal on its
+                // side (its own hello is fresh); a hello can be replayed,
+                // so it changes no state here.
                 tracing::error!("pairing refused: {why}");
-                self.refused = Some(why.clone());
-                let body = json!({ "message": why, "refused": true })
+                let body = json!({ "message": why, "refused": true, "from": self.me })
                     .to_string()
                     .into_bytes();
                 let mac = mac_of(
@@ -855,7 +872,7 @@ impl LinkSession {
                     body,
                     mac: Some(hex(&mac.into_bytes())),
                     msgs: Vec::new(),
-                    event: LinkEvent::Refused(why),
+                    event: LinkEvent::None,
                 };
             }
             return Self::unauthenticated(
@@ -898,14 +915,13 @@ impl LinkSession {
             pairing_problem(&self.me, &mine, &hello.from, &hello.params)
         };
         if let Some(why) = problem {
+            // Only the asker's side records it (see above): a replayed
+            // hello must not stop this node's link.
             tracing::error!(peer = %hello.from, "pairing refused: {why}");
-            self.refused = Some(why.clone());
-            let body = json!({ "message": why, "refused": true })
+            let body = json!({ "message": why, "refused": true, "from": self.me })
                 .to_string()
                 .into_bytes();
-            let mut a = self.answer(b"welcome", &hello.from, &nonce_s, &[0; 32], 0, 409, body);
-            a.event = LinkEvent::Refused(why);
-            return a;
+            return self.answer(b"welcome", &hello.from, &nonce_s, &[0; 32], 0, 409, body);
         }
         self.learnt_peer = Some(hello.from.clone());
         self.pending = Some(Inbound {
@@ -948,10 +964,24 @@ impl LinkSession {
             .find(|s| s.nonce_s == nonce_s)
             .cloned();
         let Some(mut session) = session else {
+            let Some(request_mac) = mac
+                .and_then(|m| std::str::from_utf8(m).ok())
+                .and_then(unhex32)
+            else {
+                return Self::unauthenticated(401, "bad link MAC");
+            };
             let body = json!({ "message": "unknown link session" })
                 .to_string()
                 .into_bytes();
-            return self.answer(b"unknown-session", "", &nonce_s, &[0; 32], seq, 409, body);
+            return self.answer(
+                b"unknown-session",
+                "",
+                &nonce_s,
+                &request_mac,
+                seq,
+                409,
+                body,
+            );
         };
         let verified = mac
             .and_then(|m| std::str::from_utf8(m).ok())

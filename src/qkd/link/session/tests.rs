@@ -195,7 +195,7 @@ fn a_peer_that_forgot_the_session_starts_a_new_one_never_retried_forever() {
     assert!(matches!(e, LinkEvent::SessionOpen { .. }));
     // A 4xx other than a gap: a new session, not a resend.
     let batch = a.poll_transmit(now + HEARTBEAT, &ok()).unwrap();
-    let LinkRequest::Batch(nonce_s, seq) = batch.id else {
+    let LinkRequest::Batch(nonce_s, seq, _) = batch.id else {
         panic!()
     };
     let body = br#"{"message":"nope"}"#;
@@ -218,6 +218,66 @@ fn a_peer_that_forgot_the_session_starts_a_new_one_never_retried_forever() {
     );
     assert_eq!(v, AnswerVerdict::Reset);
     let _ = b;
+}
+
+#[test]
+fn replayed_and_reflected_hellos_and_unknown_session_answers_change_nothing() {
+    // Review finding: a replayed or reflected hello set a refusal that
+    // stuck, and an "unknown session" answer could be fetched ahead for a
+    // seen session nonce and replayed to reset the sender's session.
+    let (mut a, mut b, now) = pair([7; 32]);
+    let hello = a.poll_transmit(now, &ok()).unwrap();
+    open_with(&mut a, &mut b, &hello, now);
+    let mac = hello
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(MAC_HEADER))
+        .map(|(_, v)| v.as_bytes().to_vec());
+    // Reflected to its sender: refused, no state.
+    let reflected = a.receive_hello(&hello.body, mac.as_deref(), &ok());
+    assert_eq!(reflected.status, 401);
+    assert_eq!(reflected.event, LinkEvent::None);
+    // Replayed later, when pairing would be refused: no state either.
+    let replay = b.receive_hello(&hello.body, mac.as_deref(), &local(0, "other", true, false));
+    assert_eq!(replay.status, 409);
+    assert_eq!(replay.event, LinkEvent::None);
+    assert!(a.refused().is_none() && b.refused().is_none());
+    // An attacker who saw the session nonce asks a node that does not
+    // know it, with a MAC of its own, and keeps the signed 409.
+    let batch = a.poll_transmit(now + HEARTBEAT, &ok()).unwrap();
+    let LinkRequest::Batch(nonce_s, seq, _) = batch.id else {
+        panic!()
+    };
+    let mut b2 = LinkSession::new("node-b", Role::Follower, None, &[7; 32], 1 << 20, now);
+    let forged = b2.receive_batch(
+        Some(hex(&nonce_s).as_bytes()),
+        Some(seq.to_string().as_bytes()),
+        b"{}",
+        Some(hex(&[9; 32]).as_bytes()),
+    );
+    assert_eq!(forged.status, 409);
+    let (v, _) = a.on_answer(
+        batch.id,
+        forged.status,
+        &forged.body,
+        forged.mac.as_ref().map(|m| m.as_bytes()),
+        now,
+        &ok(),
+    );
+    assert_eq!(
+        v,
+        AnswerVerdict::Retry,
+        "not this request's answer: ignored"
+    );
+    assert!(a.is_up(now));
+    // The real request to a node that forgot the session still resets.
+    let (v, _, _) = exchange(&mut a, &mut b2, &batch, now, &ok(), &ok());
+    assert_eq!(v, AnswerVerdict::Reset);
+}
+
+fn open_with(a: &mut LinkSession, b: &mut LinkSession, hello: &Outgoing, now: Instant) {
+    let (_, e, _) = exchange(a, b, hello, now, &ok(), &ok());
+    assert!(matches!(e, LinkEvent::SessionOpen { .. }));
 }
 
 fn nonce_r_of(s: &LinkSession) -> [u8; 32] {
@@ -248,6 +308,15 @@ fn pairing_is_refused_naming_what_differs() {
             other => panic!("{other:?}"),
         }
         assert!(a.refused().unwrap().contains(expect));
+        // A hello may be a replay: it changes nothing on the receiver,
+        // which learns of the refusal from its own (fresh) hello.
+        assert!(b.refused().is_none());
+        let hello_b = b.poll_transmit(now, &theirs).unwrap();
+        let (_, e, _) = exchange(&mut b, &mut a, &hello_b, now, &mine, &theirs);
+        assert!(
+            matches!(&e, LinkEvent::Refused(why) if why.contains(expect)),
+            "{e:?}"
+        );
         assert!(b.refused().unwrap().contains(expect));
         assert!(!a.is_up(now));
     }
