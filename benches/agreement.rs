@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use keypipe::kms::agreement::{
+use keypipe_server::kms::agreement::{
     AgreementConfig, AgreementService, ClientKeyDerivationSpec, Scheme, ecdh, ffdhe,
 };
 

@@ -6,7 +6,7 @@ use std::hint::black_box;
 mod support;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use keypipe::device::{DevicePoll, QkdDevice, SimulatedLink};
+use keypipe_server::device::{DevicePoll, QkdDevice, SimulatedLink};
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("simulated_device");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 mod support;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use keypipe::qkd::{Engine, EngineConfig, GetKeyReply, Qos, Status};
+use keypipe_server::qkd::{Engine, EngineConfig, GetKeyReply, Qos, Status};
 use uuid::Uuid;
 
 fn open(a: &Engine, b: &Engine, chunk: u32) -> Uuid {

@@ -3,9 +3,9 @@
 //! `keypipe kms create-key` and the services do it. Target: ≥ 1 000/s.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use keypipe::kms::entropy::Entropy;
-use keypipe::kms::ncp::generate_material;
-use keypipe::store::{KeyStore, KeyType, Store, StoreOptions};
+use keypipe_server::kms::entropy::Entropy;
+use keypipe_server::kms::ncp::generate_material;
+use keypipe_server::store::{KeyStore, KeyType, Store, StoreOptions};
 
 fn create_key(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();

@@ -8,8 +8,8 @@ use std::hint::black_box;
 mod support;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use keypipe::qkd::Ledger;
-use keypipe::qkd::confirm::ConfirmKeys;
+use keypipe_server::qkd::Ledger;
+use keypipe_server::qkd::confirm::ConfirmKeys;
 use uuid::Uuid;
 
 fn bench(c: &mut Criterion) {

@@ -14,7 +14,7 @@ mod support;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use crossbeam::queue::ArrayQueue;
-use keypipe::key::{DeviceBlock, KeyArena, Stamp, ring};
+use keypipe_server::key::{DeviceBlock, KeyArena, Stamp, ring};
 
 const RING: usize = 1024;
 

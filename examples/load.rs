@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use clap::{Args, Parser, Subcommand};
-use keypipe::kms::agreement::Scheme;
+use keypipe_server::kms::agreement::Scheme;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token};
 use serde::Deserialize;
@@ -151,7 +151,7 @@ struct AgreementArgs {
 /// A key-agreement request with a fresh client key of `scheme`'s group
 /// (raw encoding); the server does the whole work whatever the key.
 fn agreement_request(scheme: Scheme, host: &str) -> Result<&'static [u8], String> {
-    use keypipe::kms::agreement::{ecdh, ffdhe};
+    use keypipe_server::kms::agreement::{ecdh, ffdhe};
     let public = match scheme {
         Scheme::Aes1 => ffdhe::Group::Ffdhe2048.generate().map(|(_, y)| y),
         Scheme::Aes2 => ffdhe::Group::Ffdhe3072.generate().map(|(_, y)| y),

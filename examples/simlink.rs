@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use keypipe::qkd::{Engine, EngineConfig, GetKeyReply, Qos, Status};
+use keypipe_server::qkd::{Engine, EngineConfig, GetKeyReply, Qos, Status};
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -1,22 +1,20 @@
-//! keypipe: moves secret key material from a QKD device to the software that
-//! uses it.
+//! keypipe's server: the HTTP adapters of every protocol ([`api`]), the
+//! composition of a node ([`node`]) and the configuration ([`config`]),
+//! over the engine (`keypipe-core`), its network face (`keypipe-net`) and
+//! the KMS services (`keypipe-kms`), re-exported here under their layer
+//! names.
 //!
-//! Layers, bottom up (a layer only calls the ones below it):
-//! - [`key`]: the zeroizing key arena, its handles and the lock-free ring;
-//! - [`device`]: the polled QKD device trait, its drivers and the poller;
-//! - [`qkd`]: one node of a QKD link with ETSI GS QKD 004 stream semantics;
-//! - [`ffi`]: the C ABI (`include/keypipe.h`).
-
-#![deny(missing_docs)]
+//! Layers, bottom up (a layer only calls the ones below it): [`key`],
+//! [`device`], [`qkd`] (engine) · [`http`], link, push, KMS side (net) ·
+//! [`store`], [`kms`] (KMS services) · [`api`] · [`node`] · [`config`] and
+//! the `keypipe` binary. The C library (`keypipe-ffi`) stands on the
+//! engine and net crates only.
 
 pub mod api;
 pub mod config;
-pub mod device;
-pub mod ffi;
-pub mod http;
-pub mod key;
-pub mod kms;
 pub mod node;
-pub mod qkd;
-pub mod rangeset;
-pub mod store;
+
+pub use keypipe_core::{device, key, qkd, rangeset};
+pub use keypipe_kms as kms;
+pub use keypipe_kms::store;
+pub use keypipe_net::{http, kms_side, link, linked, push, push_mode};

@@ -86,8 +86,8 @@ fn print_default_config_reproduces_the_default() {
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(text, keypipe::config::DEFAULT_CONFIG);
-    let config = keypipe::config::Config::from_toml(&text).unwrap();
+    assert_eq!(text, keypipe_server::config::DEFAULT_CONFIG);
+    let config = keypipe_server::config::Config::from_toml(&text).unwrap();
     let listens: Vec<String> = config.nodes.iter().map(|n| n.listen.to_string()).collect();
     assert_eq!(listens, ["127.0.0.1:7004", "127.0.0.1:7005"]);
     // A bad file is refused with a message naming the file and the key.
@@ -272,7 +272,7 @@ fn the_default_server_never_hands_out_the_same_key_after_a_restart() {
 #[test]
 fn the_old_public_demo_secrets_are_refused_unless_on_loopback_with_demo() {
     let dir = tempfile::tempdir().unwrap();
-    let demo = keypipe::config::DEMO_SECRETS;
+    let demo = keypipe_server::config::DEMO_SECRETS;
     let (pa, pb) = (free_port(), free_port());
     let toml = pair_toml(pa, pb, pb, pa, "")
         .replace(&"11".repeat(32), demo[0])

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use curve25519_dalek::edwards::CompressedEdwardsY;
 use curve25519_dalek::{EdwardsPoint, Scalar};
-use keypipe::store::{DonauKind, DonauStore, Store, StoreOptions};
+use keypipe_server::store::{DonauKind, DonauStore, Store, StoreOptions};
 use rsa::pkcs8::DecodePrivateKey;
 use rsa::traits::PublicKeyParts;
 use serde_json::Value;

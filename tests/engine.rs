@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use keypipe::qkd::{DeviceConfig, Engine, EngineConfig, GetKeyError, GetKeyReply, Qos, Status};
+use keypipe_server::qkd::{
+    DeviceConfig, Engine, EngineConfig, GetKeyError, GetKeyReply, Qos, Status,
+};
 use uuid::Uuid;
 
 fn qos(chunk: u32, timeout: u32) -> Qos {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-fn kms_only(extra_http: &str) -> keypipe::node::RunningNode {
+fn kms_only(extra_http: &str) -> keypipe_server::node::RunningNode {
     let toml = format!(
         "[[node]]\nname = \"t\"\nlisten = \"127.0.0.1:{}\"\nworkers = 2\nserve = [\"etsi004-kms\"]\n[node.http]\n{extra_http}\n",
         free_port()
@@ -146,9 +146,9 @@ fn a_second_server_on_the_same_port_is_refused() {
         "[[node]]\nname = \"twin\"\nlisten = \"{}\"\nserve = [\"etsi004-kms\"]\n",
         node.local_addr()
     );
-    let config = keypipe::config::Config::from_toml(&toml).unwrap();
-    let pool = keypipe::http::Pool::new(1).unwrap();
-    let err = keypipe::node::RunningNode::start(&config.nodes[0], &pool).unwrap_err();
+    let config = keypipe_server::config::Config::from_toml(&toml).unwrap();
+    let pool = keypipe_server::http::Pool::new(1).unwrap();
+    let err = keypipe_server::node::RunningNode::start(&config.nodes[0], &pool).unwrap_err();
     assert!(err.to_string().contains("cannot listen on"), "{err}");
     assert_eq!(
         request(node.local_addr(), "GET", "/healthz", None)
@@ -222,9 +222,9 @@ fn http10_keep_alive_is_confirmed() {
 /// A service whose handler panics on `/boom`, now or on the pool.
 struct Panicky;
 
-impl keypipe::http::Service for Panicky {
-    fn call(&self, req: keypipe::http::Request) -> keypipe::http::Reply {
-        use keypipe::http::{Reply, Response};
+impl keypipe_server::http::Service for Panicky {
+    fn call(&self, req: keypipe_server::http::Request) -> keypipe_server::http::Reply {
+        use keypipe_server::http::{Reply, Response};
         match req.path() {
             "/boom" => panic!("handler bug"),
             "/later-boom" => Reply::Later(Box::new(|| panic!("pool job bug"))),
@@ -235,16 +235,16 @@ impl keypipe::http::Service for Panicky {
 
 #[test]
 fn a_panicking_handler_costs_only_its_request() {
-    let config = keypipe::http::ServerConfig {
+    let config = keypipe_server::http::ServerConfig {
         workers: 1,
         max_connections: 2,
         ..Default::default()
     };
-    let server = keypipe::http::Server::start(
+    let server = keypipe_server::http::Server::start(
         "panicky",
         &config,
         std::sync::Arc::new(Panicky),
-        keypipe::http::Pool::new(1).unwrap(),
+        keypipe_server::http::Pool::new(1).unwrap(),
     )
     .unwrap();
     let addr = server.local_addr();

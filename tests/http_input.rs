@@ -180,7 +180,7 @@ fn bad_requests_get_clear_answers_and_lose_no_key() {
 #[test]
 fn kms_side_refuses_bad_pushes_and_stores_good_ones() {
     // Room for two 32-byte chunks of one stream, bookkeeping included.
-    use keypipe::kms::received::{ENTRY_OVERHEAD, STREAM_OVERHEAD};
+    use keypipe_server::kms_side::store::{ENTRY_OVERHEAD, STREAM_OVERHEAD};
     let toml = format!(
         "[[node]]\nname = \"kms\"\nlisten = \"127.0.0.1:{}\"\nserve = [\"etsi004-kms\"]\n[node.kms]\nreceived_capacity_bytes = {}\n",
         free_port(),

@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use keypipe::kms::gateway::{Scheme, signature};
-use keypipe::store::{KeyStore, Store, StoreOptions};
+use keypipe_server::kms::gateway::{Scheme, signature};
+use keypipe_server::store::{KeyStore, Store, StoreOptions};
 use serde_json::{Value, json};
 use support::*;
 

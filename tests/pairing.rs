@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use keypipe::config::Config;
-use keypipe::http::Pool;
-use keypipe::node::RunningNode;
+use keypipe_server::config::Config;
+use keypipe_server::http::Pool;
+use keypipe_server::node::RunningNode;
 use serde_json::json;
 use support::feeder::{Feeder, mkfifo};
 use support::*;

@@ -17,10 +17,11 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::push::{PushError, Pushes};
 use super::{Handler, Router, parse_json};
 use crate::http::{Method, Origin, Reply, Request, Response};
-use crate::qkd::{Engine, GetKeyError, MAX_URI_LEN, OpenReply, Qos, Status};
+use crate::push::Pushes;
+use crate::push_mode::{PushMode, StartError};
+use crate::qkd::{Engine, MAX_URI_LEN, OpenReply, Qos, Status};
 
 /// Longest a close waits for the stream's pushes already on the wire.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -155,8 +156,7 @@ impl Drop for WaitSlot {
 /// The ETSI 004 QKD-side routes of one node.
 #[derive(Debug, Clone)]
 pub struct Etsi004 {
-    engine: Arc<Engine>,
-    push: Arc<Pushes>,
+    mode: PushMode,
     waiting: Arc<AtomicUsize>,
     max_waiting: usize,
 }
@@ -166,8 +166,7 @@ impl Etsi004 {
     /// open-connect calls wait on the pool at once (more: status 6).
     pub fn new(engine: Arc<Engine>, push: Arc<Pushes>, max_waiting: usize) -> Self {
         Self {
-            engine,
-            push,
+            mode: PushMode::new(engine, push),
             waiting: Arc::default(),
             max_waiting: max_waiting.max(1),
         }
@@ -211,13 +210,12 @@ impl Etsi004 {
                 Err(e) => return Reply::Now(malformed(format!("{name}: {e}"))),
             }
         }
-        // The node that created the KSID is the source side and pushes to
-        // `source`; the other pushes to `destination`.
-        let target = origins.swap_remove(usize::from(ksid.is_some()));
+        let destination = origins.pop().expect("two origins");
+        let target = PushMode::target(ksid, origins.pop().expect("two origins"), destination);
         // Naming a KSID the peer has not announced yet waits (up to the
         // timeout) for the announcement, and a host name needs DNS: both
         // run on the pool, a bounded number at a time.
-        let waits = ksid.is_some_and(|k| !self.engine.knows(&k));
+        let waits = ksid.is_some_and(|k| !self.mode.engine().knows(&k));
         if !waits && target.addr.is_some() {
             return Reply::Now(self.open_connect_now(&body, ksid, target));
         }
@@ -251,22 +249,19 @@ impl Etsi004 {
             qos,
             detail,
         } = self
-            .engine
-            .open_connect(&body.source, &body.destination, &qos, ksid);
+            .mode
+            .open(&body.source, &body.destination, &qos, ksid, target);
         match (status, ksid) {
-            (Status::Successful | Status::PeerNotConnected, Some(k)) => {
-                self.push.register(k, target, &qos, 0);
-                super::json(
-                    201,
-                    &json!({
-                        "source": body.source,
-                        "destination": body.destination,
-                        "key_stream_id": k.to_string(),
-                        "qos": qos_json(&qos),
-                        "status": status.code(),
-                    }),
-                )
-            }
+            (Status::Successful | Status::PeerNotConnected, Some(k)) => super::json(
+                201,
+                &json!({
+                    "source": body.source,
+                    "destination": body.destination,
+                    "key_stream_id": k.to_string(),
+                    "qos": qos_json(&qos),
+                    "status": status.code(),
+                }),
+            ),
             (Status::QosNotMet, _) => super::json(
                 500,
                 &json!({
@@ -284,22 +279,14 @@ impl Etsi004 {
             Ok(parsed) => parsed,
             Err(r) => return r,
         };
-        match self.engine.stream_qos(&ksid) {
-            Ok(_) => {}
-            Err(GetKeyError::QosConflict) => {
-                return error(Status::KsidInUse, &GetKeyError::QosConflict.to_string());
-            }
-            Err(e @ GetKeyError::StreamFailed) => {
-                return error(Status::NoQkdConnection, &e.to_string());
-            }
-            Err(_) => return error(Status::PeerNotConnectedGetKey, "unknown key_stream_id"),
-        }
-        match self.push.start(&ksid, body.index) {
+        match self.mode.start(&ksid, body.index) {
             Ok(()) => Response::empty(205),
-            Err(e @ PushError::UnknownStream) => {
+            Err(e @ StartError::QosConflict) => error(Status::KsidInUse, &e.to_string()),
+            Err(e @ StartError::StreamFailed) => error(Status::NoQkdConnection, &e.to_string()),
+            Err(e @ StartError::UnknownStream) => {
                 error(Status::PeerNotConnectedGetKey, &e.to_string())
             }
-            Err(e @ PushError::Delivered(_)) => error(Status::InsufficientKey, &e.to_string()),
+            Err(e @ StartError::Delivered(_)) => error(Status::InsufficientKey, &e.to_string()),
         }
     }
 
@@ -311,16 +298,7 @@ impl Etsi004 {
             Ok((_, ksid)) => ksid,
             Err(r) => return Reply::Now(r),
         };
-        if matches!(
-            self.engine.stream_qos(&ksid),
-            Err(GetKeyError::UnknownStream)
-        ) {
-            return Reply::Now(error(
-                Status::PeerNotConnectedGetKey,
-                "unknown key_stream_id",
-            ));
-        }
-        if self.push.close_is_quick(&ksid) {
+        if self.mode.close_is_quick(&ksid) {
             return Reply::Now(self.close_now(&ksid));
         }
         let Some(slot) = WaitSlot::take(&self.waiting, self.max_waiting) else {
@@ -337,11 +315,7 @@ impl Etsi004 {
     }
 
     fn close_now(&self, ksid: &uuid::Uuid) -> Response {
-        // Stop taking key first (and let what is on the wire be answered),
-        // so no push follows the 204; then the engine zeroizes what it
-        // holds and tells the peer.
-        self.push.close(ksid, CLOSE_WAIT);
-        match self.engine.close(ksid) {
+        match self.mode.close(ksid, CLOSE_WAIT) {
             Ok(_) => Response::empty(204),
             Err(_) => error(Status::PeerNotConnectedGetKey, "unknown key_stream_id"),
         }

@@ -5,13 +5,13 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::link::NetLink;
-use super::metrics::RequestMetrics;
-use super::push::Pushes;
 use super::{Handler, Router};
 use crate::http::{Method, Reply, Response, ServerStats};
-use crate::kms::ReceivedKeys;
+use crate::kms_side::ReceivedKeys;
+use crate::link::NetLink;
+use crate::push::Pushes;
 use crate::qkd::Engine;
+use keypipe_net::metrics::RequestMetrics;
 
 /// What health and metrics report on.
 #[derive(Debug, Clone)]

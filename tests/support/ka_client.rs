@@ -1,7 +1,7 @@
 //! An independent client of the key-agreement profile (`POST /rest/key-agreement`,
 //! specs/README.md §3), for integration tests.
 //!
-//! Deliberately shares no code with the server: no `keypipe::` import, and other
+//! Deliberately shares no code with the server: no `keypipe_server::` import, and other
 //! crypto crates (`ring` for ECDH/HKDF/HMAC/AES-GCM, `num-bigint` for the
 //! finite-field groups, a small DER writer/reader of its own for
 //! SubjectPublicKeyInfo).

@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use keypipe::config::Config;
-use keypipe::http::{Method, Pool, Reply, Request, Response, Server, ServerConfig, Service};
-use keypipe::node::RunningNode;
+use keypipe_server::config::Config;
+use keypipe_server::http::{Method, Pool, Reply, Request, Response, Server, ServerConfig, Service};
+use keypipe_server::node::RunningNode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 

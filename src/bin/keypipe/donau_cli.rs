@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use keypipe::kms::donau::Amount;
-use keypipe::store::{DonauKind, DonauStore};
+use keypipe_server::kms::donau::Amount;
+use keypipe_server::store::{DonauKind, DonauStore};
 use serde_json::json;
 
 /// The `donau` subcommands.

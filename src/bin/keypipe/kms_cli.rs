@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Subcommand;
-use keypipe::kms::entropy::Entropy;
-use keypipe::kms::ncp::generate_material;
-use keypipe::store::{KeyStore, KeyType};
+use keypipe_server::kms::entropy::Entropy;
+use keypipe_server::kms::ncp::generate_material;
+use keypipe_server::store::{KeyStore, KeyType};
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -70,7 +70,7 @@ pub fn run(
     command: KmsCommand,
 ) -> Result<String, String> {
     let store: Arc<dyn KeyStore> = Arc::new(crate::open_store(data_dir, kek_file)?);
-    let err = |e: keypipe::store::StoreError| e.to_string();
+    let err = |e: keypipe_server::store::StoreError| e.to_string();
     let material = |key_type: KeyType| -> Result<Zeroizing<Vec<u8>>, String> {
         let mut seed = Zeroizing::new([0u8; 32]);
         Entropy::os_only()

@@ -10,17 +10,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use keypipe::api::AgreementApi;
-use keypipe::config::{
+use keypipe_server::api::AgreementApi;
+use keypipe_server::config::{
     Config, DEFAULT_CONFIG, GENERATED_DEVICE_SECRET, GENERATED_LINK_SECRET, Protocol,
 };
-use keypipe::http::Pool;
-use keypipe::kms::agreement::AgreementService;
-use keypipe::kms::donau::Donau;
-use keypipe::kms::keys::StoreKeys;
-use keypipe::kms::login::LoginService;
-use keypipe::node::{RunningNode, Services};
-use keypipe::store::{SecretStore, Store, StoreOptions};
+use keypipe_server::http::Pool;
+use keypipe_server::kms::agreement::AgreementService;
+use keypipe_server::kms::donau::Donau;
+use keypipe_server::kms::keys::StoreKeys;
+use keypipe_server::kms::login::LoginService;
+use keypipe_server::node::{RunningNode, Services};
+use keypipe_server::store::{SecretStore, Store, StoreOptions};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -250,7 +250,7 @@ fn serve(
                     .map_err(|e| format!("donau: {e}"))?;
                 let donau = Arc::new(donau);
                 // Picks up CLI changes (mark-lost); ends with the Donau.
-                keypipe::kms::donau::watch(&donau).map_err(|e| format!("donau: {e}"))?;
+                keypipe_server::kms::donau::watch(&donau).map_err(|e| format!("donau: {e}"))?;
                 Some((donau, settings.base_path.get_ref().clone()))
             }
             _ => None,

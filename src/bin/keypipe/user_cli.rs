@@ -7,8 +7,8 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use keypipe::kms::login::{MAX_NAME, password};
-use keypipe::store::UserStore;
+use keypipe_server::kms::login::{MAX_NAME, password};
+use keypipe_server::store::UserStore;
 use serde_json::json;
 use zeroize::Zeroizing;
 

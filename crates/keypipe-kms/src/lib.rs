@@ -1,0 +1,13 @@
+//! keypipe's KMS services (sans-IO): the NCP KMS, key agreement and login,
+//! the Donau, entropy mixing, and the store they keep their state in.
+//!
+//! Nothing here is linked into the C library.
+
+pub mod agreement;
+pub mod donau;
+pub mod entropy;
+pub mod gateway;
+pub mod keys;
+pub mod login;
+pub mod ncp;
+pub mod store;

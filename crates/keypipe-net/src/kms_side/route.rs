@@ -1,0 +1,82 @@
+//! ETSI GS QKD 004 push mode, KMS side:
+//! `POST /api/v1/qkd/etsi004/key-material` stores a pushed chunk for local
+//! consumers and answers 201 `{"status":0}`.
+//!
+//! `metadata.buffer.key_stream_id` is required (the spec requires it when a
+//! KMS has several streams; a keypipe KMS may always have several). A body
+//! with JSON escapes (`\`) is refused: Base64 and UUIDs never need them,
+//! and the JSON parser would copy the key text into a buffer it does not
+//! wipe.
+//! Answers: 400 (status 3) for a malformed body; 409 when the index is
+//! already held with different key; 503 when the store is full (the
+//! pushing node keeps the chunk and retries, so nothing is lost).
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use super::store::{ReceivedError, ReceivedKeys};
+use crate::http::{Method, Reply, Request, Response};
+use crate::router::{Handler, Router, json, parse_json};
+
+#[derive(Deserialize)]
+struct Push {
+    status: u32,
+    index: u32,
+    key_buffer: Zeroizing<String>,
+    metadata: Option<PushMetadata>,
+}
+
+#[derive(Deserialize)]
+struct PushMetadata {
+    buffer: PushBuffer,
+}
+
+#[derive(Deserialize)]
+struct PushBuffer {
+    key_stream_id: Uuid,
+}
+
+fn answer(status: u16, message: &str) -> Response {
+    json(status, &json!({ "status": 3, "message": message }))
+}
+
+fn receive(store: &ReceivedKeys, req: &Request) -> Response {
+    // serde_json copies a string holding escapes into a scratch buffer it
+    // frees unwiped; Base64 and UUIDs never need escapes, so refuse them.
+    if req.body.contains(&b'\\') {
+        return answer(400, "JSON escapes are not accepted in key-material pushes");
+    }
+    let push: Push = match parse_json(&req.body) {
+        Ok(p) => p,
+        Err(e) => return answer(400, &e),
+    };
+    if push.status != 0 {
+        return answer(400, "status must be 0 for pushed key material");
+    }
+    let Some(meta) = push.metadata else {
+        return answer(400, "metadata.buffer.key_stream_id is required");
+    };
+    let mut key = Zeroizing::new(vec![0u8; push.key_buffer.len() / 4 * 3 + 3]);
+    let n = match BASE64.decode_slice(push.key_buffer.as_bytes(), &mut key[..]) {
+        Ok(n) if n > 0 => n,
+        _ => return answer(400, "key_buffer is not non-empty Base64"),
+    };
+    key.truncate(n);
+    match store.insert(meta.buffer.key_stream_id, push.index, key) {
+        Ok(_) => json(201, &json!({ "status": 0 })),
+        Err(e @ ReceivedError::Conflict) => answer(409, &e.to_string()),
+        Err(e @ ReceivedError::Full) => answer(503, &e.to_string()).header("Retry-After", "1"),
+    }
+}
+
+/// Adds the key-material route, storing into `store`.
+pub fn key_material_route(router: &mut Router, store: Arc<ReceivedKeys>) {
+    let handler: Handler = Arc::new(move |req| Reply::Now(receive(&store, &req)));
+    router.route(Method::Post, "/api/v1/qkd/etsi004/key-material", handler);
+}
