@@ -326,6 +326,18 @@ kp_result kp_close(struct kp_engine *e,
                    const uint8_t *key_stream_id,
                    uint32_t *status);
 
+// The negotiated QoS of a stream open on this node, into `*qos` (its
+// `key_chunk_size` is the buffer `kp_get_key` needs). For a stream that
+// resumed after a restart, or was opened by another part of the program.
+// `KP_ERR_UNKNOWN_KSID` when the stream is not open here,
+// `KP_ERR_QOS_CONFLICT` / `KP_ERR_STREAM_FAILED` when it stopped.
+//
+// # Safety
+// `key_stream_id` is NULL or 16 readable bytes; `qos` NULL or writable.
+kp_result kp_stream_qos(struct kp_engine *e,
+                        const uint8_t *key_stream_id,
+                        struct kp_qos *qos);
+
 // Fills `*out` with the engine's counters and health: what a product
 // polls to monitor the engine (ring fill, device and link up, streams,
 // pushes) without the HTTP server. Cheap (one short lock). Also answers

@@ -42,7 +42,7 @@
 //   - Engine::get_key / Stream::next return the key in a SecretBytes
 //     allocated once per call with exactly the chunk's size: the stream's
 //     key_chunk_size, which the Engine records when the stream is opened
-//     through it (kp_get_key reports no length). Kms::wait_key / next_key
+//     through it, or else asks of the library (kp_stream_qos). Kms::wait_key / next_key
 //     allocate the chunk size last seen and, on KP_ERR_KEY_BUFFER_TOO_SMALL
 //     (the chunk stays held, *key_len tells its size), retry at that size.
 //   - get_key_into(ksid, index, uint8_t* buf, size_t len, ...) and the
@@ -587,8 +587,21 @@ inline void require_open(const Opened& o, const char* op) {
     if (o.status != status::successful && o.status != status::peer_not_connected) throw StatusError(o.status, op);
 }
 
+// The stream's chunk size: recorded when it was opened through this
+// Engine, else asked of the library (kp_stream_qos: a stream that resumed
+// after a restart, or was opened by other code on the same handle).
+inline std::uint32_t chunk_size(const EngineState* s, const Ksid& ksid) {
+    if (s != nullptr) {
+        if (const std::optional<std::uint32_t> known = s->chunk_of(ksid)) return *known;
+    }
+    kp_qos q{};
+    check(kp_stream_qos(handle_of(s), ksid.data(), &q), "kp_stream_qos");
+    return q.key_chunk_size;
+}
+
 inline KeyInfo get_into(const EngineState* s, const Ksid& ksid, std::uint32_t index, std::uint8_t* buf,
                         std::size_t len, char* metadata, std::uint32_t metadata_capacity) {
+    const std::uint32_t chunk = chunk_size(s, ksid);  // first: once key is taken, nothing may throw
     std::uint32_t at = index;
     std::uint32_t st = 0;
     kp_metadata md{metadata_capacity, reinterpret_cast<std::uint8_t*>(metadata)};
@@ -598,31 +611,15 @@ inline KeyInfo get_into(const EngineState* s, const Ksid& ksid, std::uint32_t in
     info.index = st == status::successful ? at : index;
     if (metadata != nullptr && (st == status::successful || st == status::metadata_too_small))
         info.metadata_length = md.size;
-    if (st == status::successful && s != nullptr) info.length = s->chunk_of(ksid).value_or(0);
+    if (st == status::successful) info.length = chunk;
     return info;
 }
 
 inline Key get(const EngineState* s, const Ksid& ksid, std::uint32_t index) {
-    const std::optional<std::uint32_t> chunk = s ? s->chunk_of(ksid) : std::nullopt;
+    const std::uint32_t chunk = chunk_size(s, ksid);
     Key key;
     key.index = index;
-    if (!chunk) {
-        // Not opened through this Engine: let the library say why (unknown
-        // KSID, shut down, ...). A zero-length buffer never takes key.
-        std::uint8_t none = 0;
-        std::uint32_t at = index;
-        std::uint32_t st = 0;
-        const kp_result r = kp_get_key(handle_of(s), ksid.data(), &at, &none, 0, nullptr, &st);
-        if (r == KP_ERR_KEY_BUFFER_TOO_SMALL)
-            throw_own(KP_ERR_INVALID_ARGUMENT, "kp_get_key",
-                      "stream " + ksid.to_string() +
-                          " was not opened through this keypipe::Engine, so its chunk size is unknown: "
-                          "use get_key_into");
-        check(r, "kp_get_key");
-        key.status = st;
-        return key;
-    }
-    key.bytes = SecretBytes(*chunk);
+    key.bytes = SecretBytes(chunk);
     std::string metadata(128, '\0');
     for (int attempt = 0;; ++attempt) {
         std::uint32_t at = index;

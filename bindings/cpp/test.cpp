@@ -438,6 +438,29 @@ void kms_errors() {
 
 }  // namespace
 
+// A stream the Engine object did not open (other code on the same
+// handle, or one that resumed after a restart): get_key asks the library
+// for its chunk size (kp_stream_qos) and returns exactly that many bytes.
+void stream_opened_elsewhere() {
+    auto [a, b] = keypipe::Engine::pair();
+    kp_qos q{};
+    q.key_chunk_size = 40;
+    q.timeout = 2000;
+    keypipe::Ksid k;
+    std::uint32_t st = 99;
+    EXPECT(kp_open_connect(a.get(), "a", "b", &q, k.data(), &st) == KP_OK && st == 1, "raw open A: %u", st);
+    EXPECT(kp_open_connect(b.get(), "a", "b", &q, k.data(), &st) == KP_OK && st == 0, "raw open B: %u", st);
+    keypipe::Key ka = a.get_key(k, 0);
+    keypipe::Key kb = b.get_key(k, 0);
+    EXPECT(ka.bytes.size() == 40 && ka.bytes == kb.bytes, "raw stream: %zu bytes", ka.bytes.size());
+    std::uint8_t buf[64];
+    keypipe::KeyInfo info = a.get_key_into(k, 1, buf, sizeof buf);
+    EXPECT(info.length == 40, "get_key_into length %zu", static_cast<std::size_t>(info.length));
+    keypipe::secure_zero(buf, sizeof buf);
+    a.close(k);
+    b.close(k);
+}
+
 int main() {
     types();
     try {
@@ -447,6 +470,7 @@ int main() {
         shutdown_and_moves();
         blocked_calls_released();
         kms_errors();
+        stream_opened_elsewhere();
     } catch (const std::exception& e) {
         std::fprintf(stderr, "FAIL: unexpected exception: %s\n", e.what());
         ++failures;

@@ -122,6 +122,14 @@ int main(void) {
     uint8_t unknown[16] = {1, 2, 3};
     EXPECT(kp_get_key(a, unknown, &index, key, sizeof key, NULL, &status) == KP_ERR_UNKNOWN_KSID, "unknown KSID");
     EXPECT(kp_close(a, unknown, &status) == KP_ERR_UNKNOWN_KSID, "close unknown KSID");
+    kp_qos open_q;
+    memset(&open_q, 0xEE, sizeof open_q);
+    EXPECT(kp_stream_qos(a, unknown, &open_q) == KP_ERR_UNKNOWN_KSID, "QoS of unknown KSID");
+    EXPECT(open_q.key_chunk_size == 0xEEEEEEEEu, "QoS of unknown KSID: untouched");
+    EXPECT(kp_stream_qos(a, ksid, NULL) == KP_ERR_NULL_ARGUMENT, "QoS into NULL");
+    EXPECT(kp_stream_qos(b, ksid, &open_q) == KP_OK, "QoS of an open stream");
+    EXPECT(open_q.key_chunk_size == q.key_chunk_size, "B's stream has A's chunk size: %u", open_q.key_chunk_size);
+    EXPECT(strcmp(open_q.metadata_mimetype, "application/json") == 0, "mimetype NUL-terminated");
     memset(key, 0xEE, sizeof key);
     EXPECT(kp_get_key(a, ksid, &index, key, 8, NULL, &status) == KP_ERR_KEY_BUFFER_TOO_SMALL, "short buffer");
     EXPECT(key[0] == 0xEE && key[7] == 0xEE, "short buffer untouched");

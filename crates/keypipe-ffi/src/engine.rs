@@ -433,6 +433,38 @@ pub unsafe extern "C" fn kp_close(
     })
 }
 
+/// The negotiated QoS of a stream open on this node, into `*qos` (its
+/// `key_chunk_size` is the buffer `kp_get_key` needs). For a stream that
+/// resumed after a restart, or was opened by another part of the program.
+/// `KP_ERR_UNKNOWN_KSID` when the stream is not open here,
+/// `KP_ERR_QOS_CONFLICT` / `KP_ERR_STREAM_FAILED` when it stopped.
+///
+/// # Safety
+/// `key_stream_id` is NULL or 16 readable bytes; `qos` NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kp_stream_qos(
+    e: *mut kp_engine,
+    key_stream_id: *const u8,
+    qos: *mut kp_qos,
+) -> kp_result {
+    guard(|| {
+        // SAFETY: each pointer is NULL or valid as documented.
+        let (parts, ksid) = unsafe { (enter(e)?, ksid_arg(key_stream_id)?) };
+        required(qos, "qos")?;
+        let open = parts
+            .engine()
+            .stream_qos(&ksid)
+            .map_err(|err| fail(get_key_error(err), err.to_string()))?;
+        // SAFETY: `qos` is writable by contract; `kp_qos` is plain data,
+        // so filling a zeroed value first never reads uninitialised memory.
+        unsafe {
+            qos.write(std::mem::zeroed());
+            qos_to_c(&open, &mut *qos);
+        }
+        Ok(KP_OK)
+    })
+}
+
 /// Fills `*out` with the engine's counters and health: what a product
 /// polls to monitor the engine (ring fill, device and link up, streams,
 /// pushes) without the HTTP server. Cheap (one short lock). Also answers

@@ -2,9 +2,13 @@
 //! UBSan) against the freshly built `libkeypipe.a` and runs them: in one
 //! process, as two processes (one site each), and under valgrind.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use common::{lib_dir, require};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -12,18 +16,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// Where `cargo test` left the static library: beside this test binary
-/// (target/<profile>/deps) or one level up.
-fn libdir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    [deps, deps.parent().unwrap()]
-        .into_iter()
-        .find(|d| d.join("libkeypipe.a").exists())
-        .unwrap_or_else(|| panic!("libkeypipe.a not built near {}", deps.display()))
-        .to_path_buf()
 }
 
 fn examples() -> &'static str {
@@ -39,7 +31,7 @@ fn make(targets: &[&str], env: &[(&str, String)]) -> (Output, String) {
     let out = Command::new("make")
         .arg("-C")
         .arg(examples())
-        .arg(format!("LIBDIR={}", libdir().display()))
+        .arg(format!("LIBDIR={}", lib_dir().display()))
         .arg(format!("BUILD={}", build_dir().display()))
         .args(targets)
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -174,23 +166,9 @@ fn two_sites_each_embed_a_node_and_a_kms_side_and_read_identical_key() {
     println!("{}\n{}", results[0].1, results[1].1);
 }
 
-/// Installs valgrind when missing (as root, from Debian).
-fn valgrind_installed() -> bool {
-    let have = || Command::new("valgrind").arg("--version").output().is_ok();
-    if !have() {
-        let _ = Command::new("apt-get")
-            .args(["install", "-y", "-qq", "valgrind"])
-            .status();
-    }
-    have()
-}
-
 #[test]
 fn kms_side_with_uninitialised_buffers_is_clean_under_valgrind() {
-    assert!(
-        valgrind_installed(),
-        "valgrind is needed (apt-get install valgrind)"
-    );
+    require("valgrind");
     let (out, text) = make(&["valgrind"], &[]);
     assert!(out.status.success(), "valgrind run failed:\n{text}");
     assert!(text.contains("kms_local: 40 chunks"), "{text}");

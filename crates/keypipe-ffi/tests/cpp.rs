@@ -1,67 +1,20 @@
 //! Builds the C++ bindings' example and test (`bindings/cpp`: C++17,
 //! `-Wall -Wextra -Werror`, ASan + UBSan) against the freshly built
-//! `libkeypipe.a` and runs them. Installs g++ (as root, with apt-get) when
-//! there is no C++ compiler, rather than skipping.
+//! `libkeypipe.a` and runs them. A missing compiler fails the test (never
+//! a skip); `scripts/test.sh` installs it.
+
+mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
 
-/// True when `c++` runs.
-fn have_cxx() -> bool {
-    Command::new("c++")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// True when this process runs as root.
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// `apt-get <args>`, non-interactive; true on success.
-fn apt_get(args: &[&str]) -> bool {
-    Command::new("apt-get")
-        .args(args)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Makes sure `c++` exists: installs g++ when it does not.
-fn ensure_cxx() {
-    if have_cxx() {
-        return;
-    }
-    assert!(
-        is_root(),
-        "no C++ compiler (`c++`) and not root: install g++ (apt-get install -y g++) to run this test"
-    );
-    if !apt_get(&["install", "-y", "g++"]) {
-        assert!(apt_get(&["update"]), "apt-get update failed");
-        assert!(
-            apt_get(&["install", "-y", "g++"]),
-            "apt-get install -y g++ failed"
-        );
-    }
-    assert!(have_cxx(), "`c++` still missing after installing g++");
-}
+use common::{lib_dir, require};
 
 #[test]
 fn cpp_bindings_build_and_pass_under_sanitizers() {
-    ensure_cxx();
-    // `cargo test` leaves the staticlib beside this test binary
-    // (target/<profile>/deps); `cargo build` also copies it one level up.
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    let libdir: PathBuf = [deps, deps.parent().unwrap()]
-        .into_iter()
-        .find(|d| d.join("libkeypipe.a").exists())
-        .unwrap_or_else(|| panic!("libkeypipe.a not built near {}", deps.display()))
-        .to_path_buf();
+    require("c++");
+    require("make");
+    let libdir = lib_dir();
     let build = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cpp");
     let ledgers = tempfile::tempdir().unwrap();
     let out = Command::new("make")

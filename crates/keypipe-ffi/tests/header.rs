@@ -38,6 +38,7 @@ fn header_matches_fresh_cbindgen_run() {
         "kp_kms_new",
         "kp_kms_get_key",
         "kp_kms_wait_key",
+        "kp_stream_qos",
         "kp_kms_next_key",
         "kp_kms_free",
     ] {

@@ -4,21 +4,14 @@
 //! the header and `keypipe.pc` under a prefix, and a C program outside the
 //! repository builds against it with pkg-config alone.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
-const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
+use common::{lib_dir, run};
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
-    text
-}
+const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
 
 #[test]
 fn the_c_library_depends_on_no_server_or_kms_crate() {
@@ -55,17 +48,6 @@ fn the_c_library_depends_on_no_server_or_kms_crate() {
         assert!(packages.contains(needed), "{needed} missing from:\n{tree}");
     }
     println!("libkeypipe: {} packages", packages.len());
-}
-
-/// Where `cargo test` left the libraries (target/<profile>/deps or up).
-fn built() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    [deps, deps.parent().unwrap()]
-        .into_iter()
-        .find(|d| d.join("libkeypipe.so").exists() && d.join("libkeypipe.a").exists())
-        .unwrap_or_else(|| panic!("libkeypipe not built near {}", deps.display()))
-        .to_path_buf()
 }
 
 fn soname(lib: &Path) -> String {
@@ -108,7 +90,7 @@ int main(void) {
 
 #[test]
 fn make_install_gives_a_pkg_config_library_a_c_program_builds_against() {
-    let lib = built();
+    let lib = lib_dir();
     let abi = env!("CARGO_PKG_VERSION_MINOR");
     assert_eq!(
         soname(&lib.join("libkeypipe.so")),
