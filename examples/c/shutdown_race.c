@@ -1,7 +1,8 @@
 #define _POSIX_C_SOURCE 200809L
 /* kp_engine_free while another thread is blocked in kp_get_key (and
  * kp_kms_free while one waits in kp_kms_wait_key): the blocked call returns
- * promptly and the free never releases what it uses (run under ASan). */
+ * promptly and the free never releases what it uses (run under ASan, and
+ * under valgrind, which also checks the library's own accesses). */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
