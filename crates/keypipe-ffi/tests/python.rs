@@ -3,7 +3,7 @@
 //! ./bindings/python`, no compiler involved) and their pytest suite passes
 //! against the freshly built `libkeypipe.so`: a pair with 10 000 chunks
 //! compared on both nodes, the KMS side fed by pushes, every error, a
-//! restart that resumes a stream.
+//! restart that resumes a stream; then the package's example runs.
 
 mod common;
 
@@ -53,4 +53,14 @@ fn python_package_installs_in_a_fresh_venv_and_its_tests_pass() {
         "{text}"
     );
     println!("{text}");
+
+    let example = run(Command::new(&python)
+        .arg(repo().join("bindings/python/example.py"))
+        .env("KEYPIPE_LIB", &lib)
+        .current_dir(outside.path()));
+    assert!(
+        example.contains("python example: 100 chunks pushed to both KMS sides, identical"),
+        "{example}"
+    );
+    println!("{example}");
 }
