@@ -6,7 +6,9 @@
  *     ETSI status (0..8) in *status; a negative KP_ERR_* code for misuse or
  *     an internal error. Codes are stable; kp_result_message() describes one,
  *     kp_last_error() gives the detail of the calling thread's last error.
- *   - Outputs are written only when the call returns KP_OK. A required
+ *   - Outputs are written only when the call returns KP_OK (except the
+ *     length needed, in *key_len, of kp_kms_* with
+ *     KP_ERR_KEY_BUFFER_TOO_SMALL). A required
  *     pointer that is NULL gives KP_ERR_NULL_ARGUMENT.
  *   - No call unwinds into C: a Rust panic becomes KP_ERR_PANIC.
  *   - Key buffers may be uninitialised memory (a fresh malloc): the library
@@ -427,11 +429,13 @@ kp_result kp_kms_wait_key(struct kp_kms *kms,
                           uint32_t timeout_ms,
                           uint32_t *status);
 
-// The iterator form: takes the lowest-indexed chunk of the stream held,
-// waiting at most `timeout_ms` for one; `*index` gets its index. Indexes
-// come in increasing order, each once; a gap (an index still in flight or
-// lost) is skipped once a later index is held. Statuses and errors as
-// [`kp_kms_wait_key`].
+// The iterator form: takes the lowest-indexed chunk of the stream held
+// now, waiting at most `timeout_ms` for one; `*index` gets its index.
+// Every received index comes out exactly once, but not always in
+// increasing order: a gap (an index still in flight) is not waited for,
+// so a push that arrives late (retried after a 503, or overtaken by the
+// next ones in flight) comes out after higher indexes. Use `*index`, not
+// the call order. Statuses and errors as [`kp_kms_wait_key`].
 //
 // # Safety
 // As [`kp_kms_wait_key`]; `index` writable.

@@ -493,8 +493,7 @@ struct Key {
 struct KeyInfo {
     std::uint32_t status = 0;           // 0 delivered
     std::uint32_t index = 0;            // the chunk's index
-    std::size_t length = 0;             // key bytes written at the start of buf (status 0;
-                                        // 0 if the stream was not opened through this Engine)
+    std::size_t length = 0;             // key bytes written at the start of buf (status 0)
     std::uint32_t metadata_length = 0;  // status 0: text length written (NUL after it);
                                         // status 8: capacity needed including the NUL
 };
@@ -782,8 +781,8 @@ public:
     // CLOSE. Error KP_ERR_UNKNOWN_KSID when not open here.
     void close(const Ksid& ksid) { detail::close(state_.get(), ksid); }
 
-    // Counters and health. After shutdown() the library reports only
-    // shut_down = 1 (every counter reads 0).
+    // Counters and health. After shutdown() still answers: the last
+    // counters, with shut_down = 1.
     Stats stats() const {
         Stats s;
         std::memset(&s, 0, sizeof s);
@@ -1075,8 +1074,9 @@ public:
     [[nodiscard]] KmsKey try_wait_key(const Ksid& ksid, std::uint32_t index, std::chrono::milliseconds timeout) {
         return detail::kms_key(state_.get(), ksid, false, index, detail::clamp_ms(timeout));
     }
-    // Takes the lowest-indexed chunk held, waiting at most `timeout` for
-    // one (increasing indexes, each once). Status 0 or StatusError.
+    // Takes the lowest-indexed chunk held now, waiting at most `timeout`
+    // for one: each received index once, a late one possibly after higher
+    // ones (pair key by Key::index). Status 0 or StatusError.
     KmsKey next_key(const Ksid& ksid, std::chrono::milliseconds timeout) {
         return ok(try_next_key(ksid, timeout), true);
     }

@@ -298,13 +298,19 @@ class Engine(_Handle):
         buf, n = _writable(buffer)
         stream = self._streams().get(ksid)
         wanted = index if index is not None else (stream[1] if stream else 0)
-        idx = ctypes.c_uint32(wanted)
-        meta_buf = (ctypes.c_uint8 * 128)()
-        meta = _ffi.Metadata(len(meta_buf), ctypes.cast(meta_buf, ctypes.POINTER(ctypes.c_uint8)))
-        status = ctypes.c_uint32()
-        self._call(lib.kp_get_key, _ksid_buf(ksid), ctypes.byref(idx), buf, n, ctypes.byref(meta), ctypes.byref(status))
-        if status.value != 0:
-            raise EtsiStatusError(status.value, "get_key")
+        capacity = 128
+        while True:
+            idx = ctypes.c_uint32(wanted)
+            meta_buf = (ctypes.c_uint8 * capacity)()
+            meta = _ffi.Metadata(capacity, ctypes.cast(meta_buf, ctypes.POINTER(ctypes.c_uint8)))
+            status = ctypes.c_uint32()
+            self._call(lib.kp_get_key, _ksid_buf(ksid), ctypes.byref(idx), buf, n, ctypes.byref(meta), ctypes.byref(status))
+            if status.value == 8 and meta.size > capacity:
+                capacity = meta.size  # the key was not taken: ask again with room for the metadata
+                continue
+            if status.value != 0:
+                raise EtsiStatusError(status.value, "get_key")
+            break
         if stream is not None:
             stream[1] = max(stream[1], idx.value + 1)
         return idx.value, bytes(meta_buf[: meta.size]).decode()
@@ -391,7 +397,9 @@ class Kms(_Handle):
         return self._receive(lib.kp_kms_wait_key, (_ksid_buf(ksid), index), buffer, (timeout_ms,))
 
     def next_key_into(self, ksid: uuid.UUID, buffer: Writable, timeout_ms: int = 0) -> Tuple[int, int]:
-        """The lowest index held into the caller's buffer: (index, length)."""
+        """The lowest index held now into the caller's buffer: (index, length).
+
+        Each received index once; a late push may come after higher indexes."""
         index = ctypes.c_uint32()
         n = self._receive(lib.kp_kms_next_key, (_ksid_buf(ksid), ctypes.byref(index)), buffer, (timeout_ms,))
         return index.value, n
@@ -422,7 +430,7 @@ class Kms(_Handle):
         return self._bytes(lambda v: (index, self.wait_key_into(ksid, index, v, timeout_ms)))[1]
 
     def next_key(self, ksid: uuid.UUID, timeout_ms: int) -> Tuple[int, bytes]:
-        """The lowest index held: (index, key)."""
+        """The lowest index held now: (index, key); see `next_key_into` on order."""
         return self._bytes(lambda v: self.next_key_into(ksid, v, timeout_ms))
 
     def stats(self) -> KmsStats:

@@ -240,7 +240,9 @@ pub unsafe extern "C" fn kp_engine_free(engine: *mut kp_engine) {
     guard(|| {
         if !engine.is_null() {
             // SAFETY: live by contract.
-            unsafe { &*engine }.handle.shut_down(EngineParts::wake);
+            unsafe { &*engine }
+                .handle
+                .shut_down_for_free(EngineParts::wake);
             // SAFETY: allocated by `boxed`, freed once, and no call is in
             // flight any more.
             drop(unsafe { Box::from_raw(engine) });

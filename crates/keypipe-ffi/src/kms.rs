@@ -198,11 +198,13 @@ pub unsafe extern "C" fn kp_kms_wait_key(
     }
 }
 
-/// The iterator form: takes the lowest-indexed chunk of the stream held,
-/// waiting at most `timeout_ms` for one; `*index` gets its index. Indexes
-/// come in increasing order, each once; a gap (an index still in flight or
-/// lost) is skipped once a later index is held. Statuses and errors as
-/// [`kp_kms_wait_key`].
+/// The iterator form: takes the lowest-indexed chunk of the stream held
+/// now, waiting at most `timeout_ms` for one; `*index` gets its index.
+/// Every received index comes out exactly once, but not always in
+/// increasing order: a gap (an index still in flight) is not waited for,
+/// so a push that arrives late (retried after a 503, or overtaken by the
+/// next ones in flight) comes out after higher indexes. Use `*index`, not
+/// the call order. Statuses and errors as [`kp_kms_wait_key`].
 ///
 /// # Safety
 /// As [`kp_kms_wait_key`]; `index` writable.
@@ -358,7 +360,7 @@ pub unsafe extern "C" fn kp_kms_free(kms: *mut kp_kms) {
     guard(|| {
         if !kms.is_null() {
             // SAFETY: live by contract.
-            unsafe { &*kms }.handle.shut_down(wake);
+            unsafe { &*kms }.handle.shut_down_for_free(wake);
             // SAFETY: from `kp_kms_new`, freed once, no call in flight.
             drop(unsafe { Box::from_raw(kms) });
         }

@@ -8,7 +8,9 @@
 //!   in which case `*status` holds the ETSI GS QKD 004 status; a negative
 //!   code for misuse or an internal error. Codes are stable.
 //! - Outputs are written only when the call ran (`KP_OK`); on an error the
-//!   caller's buffers are untouched. `kp_last_error` gives a detail message
+//!   caller's buffers are untouched (except the length needed that
+//!   `kp_kms_*` report with `KP_ERR_KEY_BUFFER_TOO_SMALL`). `kp_last_error`
+//!   gives a detail message
 //!   for the last error on the calling thread.
 //! - A NULL where a pointer is required gives `KP_ERR_NULL_ARGUMENT`.
 //! - Every export runs behind a panic boundary: a panic becomes

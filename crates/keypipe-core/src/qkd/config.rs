@@ -48,6 +48,9 @@ use crate::key::{MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 
 /// Largest chunk size a configuration may allow (1 MiB).
 const CHUNK_CEILING: u32 = 1 << 20;
+/// Largest `max_ttl_s`: a day, below the 25 h a KMS side remembers the
+/// indexes it received (a node never resends past a chunk's TTL).
+pub const MAX_TTL_S: u32 = 86_400;
 
 /// A configuration that cannot be used; the message names the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -276,6 +279,13 @@ impl EngineConfig {
                 self.reserve_blocks
             ));
         }
+        if self.max_ttl_s == 0 || self.max_ttl_s > MAX_TTL_S {
+            return bad(format!(
+                "max_ttl_s = {} must be 1..={MAX_TTL_S}: a KMS side remembers the indexes it \
+                 received for 25 h, and a resend must never outlive that memory",
+                self.max_ttl_s
+            ));
+        }
         if self.default_ttl_s == 0 || self.default_ttl_s > self.max_ttl_s {
             return bad(format!(
                 "default_ttl_s = {} must be in 1..=max_ttl_s ({})",
@@ -405,6 +415,12 @@ mod tests {
         let e = EngineConfig::from_toml("arena_blocks = 10\nring_blocks = 10").unwrap_err();
         assert!(e.0.contains("arena_blocks"), "{e}");
         assert!(EngineConfig::from_toml("this is not toml").is_err());
+        // A TTL past what a KMS side remembers could let a resend of a
+        // taken index be stored again (issue-12 review).
+        let e = EngineConfig::from_toml("max_ttl_s = 86401").unwrap_err();
+        assert!(e.0.contains("max_ttl_s = 86401"), "{e}");
+        assert!(EngineConfig::from_toml("max_ttl_s = 0").is_err());
+        assert!(EngineConfig::from_toml("max_ttl_s = 86400").is_ok());
     }
 
     #[test]

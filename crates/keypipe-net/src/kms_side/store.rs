@@ -29,6 +29,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
+use keypipe_core::qkd::MAX_TTL_S;
 use keypipe_core::rangeset::RangeSet;
 
 /// Bytes of bookkeeping counted per held chunk, beyond its key bytes.
@@ -36,7 +37,9 @@ pub const ENTRY_OVERHEAD: usize = 96;
 /// Bytes counted per KSID remembered.
 pub const STREAM_OVERHEAD: usize = 512;
 /// A KSID with nothing held is forgotten this long after its last push.
-pub const FORGET_AFTER: Duration = Duration::from_secs(86_400 + 3_600);
+/// Longer than the largest TTL a node accepts, so a node never resends an
+/// index this side has forgotten.
+pub const FORGET_AFTER: Duration = Duration::from_secs(MAX_TTL_S as u64 + 3_600);
 /// Most runs of received indexes kept per KSID (beyond, the smallest gaps
 /// count as received: a late push there is acknowledged and dropped).
 const MAX_RUNS: usize = 1024;
