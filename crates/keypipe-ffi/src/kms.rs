@@ -142,20 +142,8 @@ pub unsafe extern "C" fn kp_kms_get_key(
     key_len: *mut usize,
     status: *mut u32,
 ) -> kp_result {
-    let mut at = index;
     // SAFETY: forwarded contract.
-    unsafe {
-        take(
-            kms,
-            key_stream_id,
-            Want::Index(index),
-            &mut at,
-            key_buffer,
-            key_len,
-            0,
-            status,
-        )
-    }
+    unsafe { kp_kms_wait_key(kms, key_stream_id, index, key_buffer, key_len, 0, status) }
 }
 
 /// Takes chunk `index` of stream `key_stream_id`, waiting at most
