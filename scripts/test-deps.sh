@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain, when it is
 # missing (Debian packages; needs root): a C and C++ compiler with the
-# sanitizer runtimes and make, pkg-config, readelf, valgrind, and Python 3
+# sanitizer runtimes and make, pkg-config, readelf, valgrind, openssl and
+# curl (TLS peers of the tests), and Python 3
 # with venv. The tests install the rest themselves (pytest goes into a
 # fresh virtual environment).
 set -euo pipefail
@@ -12,6 +13,8 @@ command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v readelf >/dev/null 2>&1 || missing+=(binutils)
 command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then

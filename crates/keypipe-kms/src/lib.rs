@@ -1,9 +1,11 @@
 //! keypipe's KMS services (sans-IO): the NCP KMS, key agreement and login,
-//! the Donau, entropy mixing, and the store they keep their state in.
+//! the Donau, entropy mixing, keypipe's CA, and the store they keep their
+//! state in.
 //!
 //! Nothing here is linked into the C library.
 
 pub mod agreement;
+pub mod ca;
 pub mod donau;
 pub mod entropy;
 pub mod gateway;

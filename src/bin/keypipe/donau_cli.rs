@@ -1,11 +1,9 @@
 //! `keypipe donau …`: the Donau keys in the store (safe while the server
 //! runs; it picks changes up within a second).
 
-use std::path::PathBuf;
-
 use clap::Subcommand;
 use keypipe_server::kms::donau::Amount;
-use keypipe_server::store::{DonauKind, DonauStore};
+use keypipe_server::store::{DonauKind, DonauStore, Store};
 use serde_json::json;
 
 /// The `donau` subcommands.
@@ -29,12 +27,7 @@ pub enum DonauCommand {
 }
 
 /// Runs one `donau` command; the text to print.
-pub fn run(
-    data_dir: PathBuf,
-    kek_file: Option<PathBuf>,
-    command: DonauCommand,
-) -> Result<String, String> {
-    let store = crate::open_store(data_dir, kek_file)?;
+pub fn run(store: Store, command: DonauCommand) -> Result<String, String> {
     Ok(match command {
         DonauCommand::List => store
             .donau_public_keys()

@@ -5,13 +5,12 @@
 //! New key material here comes from the OS generator (this process has no
 //! QKD device; the server mixes QKD key into what it generates).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Subcommand;
 use keypipe_server::kms::entropy::Entropy;
 use keypipe_server::kms::ncp::generate_material;
-use keypipe_server::store::{KeyStore, KeyType};
+use keypipe_server::store::{KeyStore, KeyType, Store};
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -62,14 +61,9 @@ pub enum KmsCommand {
     },
 }
 
-/// Runs one `kms` command against `data_dir` (KEK from `kek_file` or
-/// `$KEYPIPE_KEK`); the text to print.
-pub fn run(
-    data_dir: PathBuf,
-    kek_file: Option<PathBuf>,
-    command: KmsCommand,
-) -> Result<String, String> {
-    let store: Arc<dyn KeyStore> = Arc::new(crate::open_store(data_dir, kek_file)?);
+/// Runs one `kms` command on `store`; the text to print.
+pub fn run(store: Store, command: KmsCommand) -> Result<String, String> {
+    let store: Arc<dyn KeyStore> = Arc::new(store);
     let err = |e: keypipe_server::store::StoreError| e.to_string();
     let material = |key_type: KeyType| -> Result<Zeroizing<Vec<u8>>, String> {
         let mut seed = Zeroizing::new([0u8; 32]);

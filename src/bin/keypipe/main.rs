@@ -1,5 +1,7 @@
-//! The `keypipe` binary: `keypipe serve [--config FILE]` and `keypipe kms …`.
+//! The `keypipe` binary: `keypipe serve [--config FILE]` and the admin
+//! commands (`kms`, `donau`, `user`, `ca`).
 
+mod ca_cli;
 mod donau_cli;
 mod kms_cli;
 mod user_cli;
@@ -58,37 +60,53 @@ enum Command {
     },
     /// Administer the NCP KMS keys and access keys (safe while the server runs).
     Kms {
-        /// The store's directory.
-        #[arg(long, default_value = "./keypipe-data", global = true)]
-        data_dir: PathBuf,
-        /// The KEK file (default: DATA_DIR/kek.key); `$KEYPIPE_KEK` wins when set.
-        #[arg(long, global = true)]
-        kek_file: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
         #[command(subcommand)]
         command: kms_cli::KmsCommand,
     },
     /// Administer the Taler Donau keys (safe while the server runs).
     Donau {
-        /// The store's directory.
-        #[arg(long, default_value = "./keypipe-data", global = true)]
-        data_dir: PathBuf,
-        /// The KEK file (default: DATA_DIR/kek.key); `$KEYPIPE_KEK` wins when set.
-        #[arg(long, global = true)]
-        kek_file: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
         #[command(subcommand)]
         command: donau_cli::DonauCommand,
     },
     /// Administer the login users of key-agreement (safe while the server runs).
     User {
-        /// The store's directory.
-        #[arg(long, default_value = "./keypipe-data", global = true)]
-        data_dir: PathBuf,
-        /// The KEK file (default: DATA_DIR/kek.key); `$KEYPIPE_KEK` wins when set.
-        #[arg(long, global = true)]
-        kek_file: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
         #[command(subcommand)]
         command: user_cli::UserCommand,
     },
+    /// keypipe's CA: create it, issue server and client certificates, list
+    /// and revoke them (safe while the server runs; revocations reach
+    /// every listener within a second).
+    Ca {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        command: ca_cli::CaCommand,
+    },
+}
+
+/// Where an admin command finds the store.
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// The store's directory.
+    #[arg(long, default_value = "./keypipe-data", global = true)]
+    data_dir: PathBuf,
+    /// The KEK file (default: DATA_DIR/kek.key); `$KEYPIPE_KEK` wins when set.
+    #[arg(long, global = true)]
+    kek_file: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// Opens the store (KEK from `--kek-file`, else `$KEYPIPE_KEK`, else
+    /// `DATA_DIR/kek.key`).
+    fn open(self) -> Result<Store, String> {
+        open_store(self.data_dir, self.kek_file)
+    }
 }
 
 /// Opens the store of `data_dir` (KEK from `kek_file`, else
@@ -139,21 +157,22 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Kms {
-            data_dir,
-            kek_file,
-            command,
-        } => report("keypipe kms", kms_cli::run(data_dir, kek_file, command)),
-        Command::Donau {
-            data_dir,
-            kek_file,
-            command,
-        } => report("keypipe donau", donau_cli::run(data_dir, kek_file, command)),
-        Command::User {
-            data_dir,
-            kek_file,
-            command,
-        } => report("keypipe user", user_cli::run(data_dir, kek_file, command)),
+        Command::Kms { store, command } => report(
+            "keypipe kms",
+            store.open().and_then(|s| kms_cli::run(s, command)),
+        ),
+        Command::Donau { store, command } => report(
+            "keypipe donau",
+            store.open().and_then(|s| donau_cli::run(s, command)),
+        ),
+        Command::User { store, command } => report(
+            "keypipe user",
+            store.open().and_then(|s| user_cli::run(s, command)),
+        ),
+        Command::Ca { store, command } => report(
+            "keypipe ca",
+            store.open().and_then(|s| ca_cli::run(s, command)),
+        ),
     }
 }
 

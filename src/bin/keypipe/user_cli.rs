@@ -4,11 +4,10 @@
 //! Argon2id hash.
 
 use std::io::Read;
-use std::path::PathBuf;
 
 use clap::Subcommand;
 use keypipe_server::kms::login::{MAX_NAME, password};
-use keypipe_server::store::UserStore;
+use keypipe_server::store::{Store, UserStore};
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -45,12 +44,7 @@ fn check(field: &str, value: &str) -> Result<(), String> {
 }
 
 /// Runs one `user` command; the text to print.
-pub fn run(
-    data_dir: PathBuf,
-    kek_file: Option<PathBuf>,
-    command: UserCommand,
-) -> Result<String, String> {
-    let store = crate::open_store(data_dir, kek_file)?;
+pub fn run(store: Store, command: UserCommand) -> Result<String, String> {
     Ok(match command {
         UserCommand::Add { domain, name } => {
             check("domain", &domain)?;

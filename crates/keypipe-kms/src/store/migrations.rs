@@ -106,6 +106,28 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         created_ms INTEGER NOT NULL
     ) STRICT, WITHOUT ROWID;
     "#,
+    // 5: keypipe's CA: its keys (certificate in clear, private key
+    // wrapped) and every certificate it issued, with its revocation.
+    r#"
+    CREATE TABLE ca_keys (
+        name        TEXT PRIMARY KEY NOT NULL CHECK (name IN ('primary', 'signing', 'server')),
+        cert_der    BLOB NOT NULL,
+        key_wrapped BLOB NOT NULL,
+        created_ms  INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE issued_certs (
+        serial     TEXT PRIMARY KEY NOT NULL,
+        issuer     TEXT NOT NULL REFERENCES ca_keys (name),
+        subject    TEXT NOT NULL,
+        role       TEXT NOT NULL,
+        not_after  INTEGER NOT NULL,
+        cert_der   BLOB NOT NULL,
+        issued_ms  INTEGER NOT NULL,
+        revoked_ms INTEGER
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX issued_certs_revoked ON issued_certs (revoked_ms) WHERE revoked_ms IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this code writes.

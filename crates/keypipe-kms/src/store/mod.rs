@@ -1,5 +1,7 @@
 //! keypipe's durable store: the master keys of the NCP-KMS-compatible
-//! encryption service and the API access keys of its gateway.
+//! encryption service and the API access keys of its gateway, users and
+//! their sessions, Donau keys, generated secrets, and keypipe's CA (its
+//! keys and the certificates it issued).
 //!
 //! The services only see the [`KeyStore`] trait; [`Store`] implements it
 //! over an embedded SQLite database. `KeyStore` is the seam for another
@@ -79,6 +81,7 @@
 //! Revoking an access key keeps its row, disabled (`enabled = false`), so
 //! its id is never handed out again and the revocation is visible.
 
+mod ca;
 mod donau;
 mod kek;
 mod migrations;
@@ -93,6 +96,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+pub use ca::{CaKeyRecord, CaStore, IssuedRecord};
 pub use donau::{DonauKey, DonauKind, DonauPublicKey, DonauStore};
 pub use secrets::SecretStore;
 pub use sqlite::Store;

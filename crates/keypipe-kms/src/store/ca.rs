@@ -1,0 +1,278 @@
+//! keypipe's CA in the SQLite store: the CA keys (`primary`, `signing`,
+//! `server`: certificate in clear, PKCS#8 private key wrapped under the
+//! KEK with `ca_key:{name}` as associated data) and every certificate the
+//! CA issued (public facts and DER; a leaf's private key is never stored).
+//! Revocation keeps the row and stamps it. CA keys are written once and
+//! never replaced.
+
+use std::fmt;
+
+use rusqlite::{OptionalExtension, params};
+use zeroize::Zeroizing;
+
+use super::StoreError;
+use super::sqlite::{Store, now_ms};
+
+/// One CA key of the hierarchy.
+#[derive(Clone)]
+pub struct CaKeyRecord {
+    /// `primary`, `signing` or `server`.
+    pub name: String,
+    /// Its certificate (DER).
+    pub cert_der: Vec<u8>,
+    /// Its private key (PKCS#8 DER).
+    pub key_pkcs8: Zeroizing<Vec<u8>>,
+}
+
+impl fmt::Debug for CaKeyRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaKeyRecord")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A certificate the CA issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedRecord {
+    /// Serial number, lower-case hex.
+    pub serial: String,
+    /// The CA key that signed it (`signing` or `server`).
+    pub issuer: String,
+    /// Its subject's common name.
+    pub subject: String,
+    /// `server`, or the client role (`kms`, `node`, `sae`, `user`).
+    pub role: String,
+    /// End of validity, ms since the epoch.
+    pub not_after_ms: i64,
+    /// The certificate (DER).
+    pub cert_der: Vec<u8>,
+    /// When it was revoked, ms since the epoch.
+    pub revoked_ms: Option<i64>,
+}
+
+/// The CA's state; [`Store`] implements it.
+pub trait CaStore: Send + Sync {
+    /// The CA keys, private keys unwrapped; empty before `keypipe ca init`.
+    fn ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError>;
+
+    /// Stores a whole hierarchy at once, unless a CA exists already (then
+    /// nothing is written and the answer is false).
+    fn create_ca(&self, keys: &[CaKeyRecord]) -> Result<bool, StoreError>;
+
+    /// Records an issued certificate.
+    fn record_issued(&self, cert: &IssuedRecord) -> Result<(), StoreError>;
+
+    /// Every issued certificate, oldest first.
+    fn issued(&self) -> Result<Vec<IssuedRecord>, StoreError>;
+
+    /// Revokes `serial` (lower-case hex): `Ok(true)` when it was revoked
+    /// now, `Ok(false)` when it was already; [`StoreError::NotFound`]
+    /// when no such certificate was issued.
+    fn revoke(&self, serial: &str) -> Result<bool, StoreError>;
+
+    /// The serials (lower-case hex) of every revoked certificate.
+    fn revoked_serials(&self) -> Result<Vec<String>, StoreError>;
+
+    /// A counter that moves on every change (any process).
+    fn ca_changes(&self) -> Result<u64, StoreError>;
+}
+
+fn aad(name: &str) -> String {
+    format!("ca_key:{name}")
+}
+
+impl CaStore for Store {
+    fn ca_changes(&self) -> Result<u64, StoreError> {
+        super::KeyStore::generation(self)
+    }
+
+    fn ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError> {
+        let rows = {
+            let conn = self.lock();
+            let mut stmt = conn
+                .prepare_cached("SELECT name, cert_der, key_wrapped FROM ca_keys ORDER BY name")?;
+            stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?
+        };
+        rows.into_iter()
+            .map(|(name, cert_der, wrapped)| {
+                let key_pkcs8 = self.kek.unwrap(&aad(&name), &wrapped).map_err(|_| {
+                    StoreError::Corrupt(format!(
+                        "CA key {name} (table ca_keys) does not unwrap under the KEK"
+                    ))
+                })?;
+                Ok(CaKeyRecord {
+                    name,
+                    cert_der,
+                    key_pkcs8,
+                })
+            })
+            .collect()
+    }
+
+    fn create_ca(&self, keys: &[CaKeyRecord]) -> Result<bool, StoreError> {
+        let wrapped = keys
+            .iter()
+            .map(|k| Ok((k, self.kek.wrap(&aad(&k.name), &k.key_pkcs8)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.transact(true, |tx| {
+            let exists = tx
+                .prepare_cached("SELECT 1 FROM ca_keys LIMIT 1")?
+                .query_row([], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if exists {
+                return Ok(false);
+            }
+            let now = now_ms();
+            for (key, blob) in &wrapped {
+                tx.prepare_cached(
+                    "INSERT INTO ca_keys (name, cert_der, key_wrapped, created_ms) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![key.name, key.cert_der, blob, now])?;
+            }
+            Ok(true)
+        })
+    }
+
+    fn record_issued(&self, cert: &IssuedRecord) -> Result<(), StoreError> {
+        self.transact(true, |tx| {
+            tx.prepare_cached(
+                "INSERT INTO issued_certs \
+                 (serial, issuer, subject, role, not_after, cert_der, issued_ms, revoked_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                cert.serial,
+                cert.issuer,
+                cert.subject,
+                cert.role,
+                cert.not_after_ms,
+                cert.cert_der,
+                now_ms(),
+                cert.revoked_ms
+            ])?;
+            Ok(())
+        })
+    }
+
+    fn issued(&self) -> Result<Vec<IssuedRecord>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT serial, issuer, subject, role, not_after, cert_der, revoked_ms \
+             FROM issued_certs ORDER BY issued_ms, serial",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(IssuedRecord {
+                    serial: r.get(0)?,
+                    issuer: r.get(1)?,
+                    subject: r.get(2)?,
+                    role: r.get(3)?,
+                    not_after_ms: r.get(4)?,
+                    cert_der: r.get(5)?,
+                    revoked_ms: r.get(6)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    fn revoke(&self, serial: &str) -> Result<bool, StoreError> {
+        self.transact(true, |tx| {
+            let revoked: Option<Option<i64>> = tx
+                .prepare_cached("SELECT revoked_ms FROM issued_certs WHERE serial = ?1")?
+                .query_row([serial], |r| r.get(0))
+                .optional()?;
+            match revoked {
+                None => Err(StoreError::NotFound {
+                    what: format!("certificate {serial}"),
+                }),
+                Some(Some(_)) => Ok(false),
+                Some(None) => {
+                    tx.prepare_cached("UPDATE issued_certs SET revoked_ms = ?2 WHERE serial = ?1")?
+                        .execute(params![serial, now_ms()])?;
+                    Ok(true)
+                }
+            }
+        })
+    }
+
+    fn revoked_serials(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT serial FROM issued_certs WHERE revoked_ms IS NOT NULL ORDER BY serial",
+        )?;
+        let rows = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreOptions;
+
+    fn key(name: &str) -> CaKeyRecord {
+        CaKeyRecord {
+            name: name.into(),
+            cert_der: vec![0x30, 1, 2],
+            key_pkcs8: Zeroizing::new(format!("PRIVATE-CA-KEY-{name}-0123456789").into_bytes()),
+        }
+    }
+
+    #[test]
+    fn a_ca_is_created_once_kept_wrapped_and_certificates_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions::new(dir.path());
+        let store = Store::open_with_env(&options, &|_| None).unwrap();
+        assert!(store.ca_keys().unwrap().is_empty());
+        let keys = [key("primary"), key("signing"), key("server")];
+        assert!(store.create_ca(&keys).unwrap());
+        assert!(
+            !store.create_ca(&[key("primary")]).unwrap(),
+            "never replaced"
+        );
+        let got = store.ca_keys().unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(*got[0].key_pkcs8, *key("primary").key_pkcs8);
+
+        let before = store.ca_changes().unwrap();
+        let cert = IssuedRecord {
+            serial: "0a1b".into(),
+            issuer: "signing".into(),
+            subject: "kms-a".into(),
+            role: "kms".into(),
+            not_after_ms: 1,
+            cert_der: vec![0x30],
+            revoked_ms: None,
+        };
+        store.record_issued(&cert).unwrap();
+        assert_eq!(store.issued().unwrap(), vec![cert]);
+        assert!(store.revoked_serials().unwrap().is_empty());
+        assert!(store.revoke("0a1b").unwrap());
+        assert!(!store.revoke("0a1b").unwrap(), "already revoked");
+        assert!(matches!(
+            store.revoke("ffff"),
+            Err(StoreError::NotFound { .. })
+        ));
+        assert_eq!(store.revoked_serials().unwrap(), vec!["0a1b".to_owned()]);
+        assert!(store.ca_changes().unwrap() > before, "changes are visible");
+        drop(store);
+        let db = std::fs::read(options.db_path()).unwrap();
+        assert!(
+            !db.windows(16).any(|w| w == &b"PRIVATE-CA-KEY-p"[..]),
+            "CA keys never in clear in the file"
+        );
+    }
+}
