@@ -17,6 +17,7 @@ use crate::kms::donau::{Amount, Cipher, DonauConfig, UnitConfig};
 use crate::kms::login::LoginConfig;
 use crate::qkd::EngineConfig;
 use crate::store::StoreOptions;
+use crate::tls::ServerTlsFiles;
 
 /// The embedded default: a whole simulated QKD link in one process.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
@@ -428,6 +429,17 @@ impl Config {
             || self.serves(Protocol::KeyAgreement)
             || self.serves(Protocol::Donau)
             || self.needs_generated_secrets()
+            || self.checks_client_certificates()
+    }
+
+    /// True when some listener asks for client certificates (revocations
+    /// are then read from the store's CA).
+    pub fn checks_client_certificates(&self) -> bool {
+        self.nodes.iter().any(|n| {
+            n.tls
+                .as_ref()
+                .is_some_and(|t| t.client_auth != crate::tls::ClientAuth::None)
+        })
     }
 
     /// True when some listener serves `protocol`.
@@ -463,6 +475,10 @@ pub struct NodeConfig {
     /// The QKD node (needed for `etsi004-qkd`).
     #[serde(default)]
     pub engine: Option<EngineConfig>,
+    /// TLS on this listener: certificate, key, client CA and client-auth
+    /// mode (without it: plain HTTP).
+    #[serde(default)]
+    pub tls: Option<ServerTlsFiles>,
 }
 
 /// HTTP limits and timeouts of a listener.
@@ -511,6 +527,7 @@ impl HttpSettings {
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             max_connections: self.max_connections,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            tls: None,
         }
     }
 }

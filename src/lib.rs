@@ -13,8 +13,9 @@
 pub mod api;
 pub mod config;
 pub mod node;
+pub mod revocation;
 
 pub use keypipe_core::{device, key, qkd, rangeset};
 pub use keypipe_kms as kms;
 pub use keypipe_kms::store;
-pub use keypipe_net::{http, kms_side, link, linked, push, push_mode};
+pub use keypipe_net::{http, kms_side, link, linked, push, push_mode, tls};

@@ -15,6 +15,7 @@ use crate::kms::ncp::{KeySource, NcpService};
 use crate::kms_side::ReceivedKeys;
 use crate::linked::{LinkedEngine, LinkedSettings, StartError};
 use crate::qkd::{Engine, EngineError};
+use crate::tls::{Revoked, TlsAcceptor};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,8 @@ pub struct Services {
     pub agreement: Option<AgreementApi>,
     /// The Donau and the base path of its `keys` (for `donau`).
     pub donau: Option<(Arc<Donau>, String)>,
+    /// Revoked client certificates, for every TLS listener.
+    pub revoked: Arc<Revoked>,
 }
 
 /// The engine as a source of QKD key for local use (KMS entropy).
@@ -60,6 +63,7 @@ pub struct RunningNode {
     name: String,
     core: Option<LinkedEngine>,
     server: Option<Server>,
+    tls: Option<Arc<TlsAcceptor>>,
 }
 
 impl std::fmt::Debug for RunningNode {
@@ -180,22 +184,32 @@ impl RunningNode {
                 .ok_or_else(|| bad("serving donau needs a [donau] section and the store".into()))?;
             crate::api::donau_route(&mut router, base_path, Arc::clone(donau));
         }
-        let server = Server::start(
-            &name,
-            &config.http.server_config(config.listen, config.workers),
-            Arc::new(router),
-            pool.clone(),
-        )
-        .map_err(|e| {
-            let context = format!("cannot listen on {}: {e}", config.listen);
-            NodeError::Io(name.clone(), std::io::Error::new(e.kind(), context))
-        })?;
+        let tls = match &config.tls {
+            Some(files) => Some(Arc::new(
+                TlsAcceptor::new(files.clone(), Arc::clone(&services.revoked))
+                    .map_err(|e| bad(format!("tls: {e}")))?,
+            )),
+            None => None,
+        };
+        let mut server_config = config.http.server_config(config.listen, config.workers);
+        server_config.tls = tls.clone();
+        let server =
+            Server::start(&name, &server_config, Arc::new(router), pool.clone()).map_err(|e| {
+                let context = format!("cannot listen on {}: {e}", config.listen);
+                NodeError::Io(name.clone(), std::io::Error::new(e.kind(), context))
+            })?;
         let _ = server_stats.set(Arc::clone(server.stats()));
         Ok(RunningNode {
             name,
             core,
             server: Some(server),
+            tls,
         })
+    }
+
+    /// The listener's TLS, if any (to reload it on SIGHUP).
+    pub fn tls(&self) -> Option<&Arc<TlsAcceptor>> {
+        self.tls.as_ref()
     }
 
     /// The node's name.

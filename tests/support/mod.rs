@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod feeder;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
@@ -529,6 +530,21 @@ impl ServerProcess {
     /// Starts the server with `config` (TOML) listening on `port`, and
     /// waits until it answers `/healthz`.
     pub fn start(dir: &std::path::Path, port: u16, config: &str) -> ServerProcess {
+        let server = ServerProcess::spawn(dir, port, config);
+        wait_healthy(server.addr);
+        server
+    }
+
+    /// Starts the server (a TLS listener on `port`) and waits until it
+    /// accepts connections.
+    pub fn start_tls(dir: &std::path::Path, port: u16, config: &str) -> ServerProcess {
+        let server = ServerProcess::spawn(dir, port, config);
+        tls::wait_listening(server.addr);
+        server
+    }
+
+    /// Starts the server without waiting for it.
+    pub fn spawn(dir: &std::path::Path, port: u16, config: &str) -> ServerProcess {
         static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = dir.join(format!("server-{n}.toml"));
@@ -545,8 +561,12 @@ impl ServerProcess {
             .spawn()
             .unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        wait_healthy(addr);
         ServerProcess { child, addr, log }
+    }
+
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 

@@ -19,3 +19,4 @@ pub mod metrics;
 pub mod push;
 pub mod push_mode;
 pub mod router;
+pub mod tls;

@@ -76,7 +76,7 @@ pub fn run(store: Store, command: CaCommand) -> Result<String, String> {
     Ok(match command {
         CaCommand::Init { org, out } => {
             let made = ca.init(&org).map_err(|e| err(&e))?;
-            let root = ca.root_pem().map_err(|e| err(&e))?;
+            let root = ca.bundle_pem().map_err(|e| err(&e))?;
             write_file(&out, "ca.crt", root.as_bytes(), 0o644)?;
             json!({"created": made, "ca": out.join("ca.crt")}).to_string()
         }

@@ -23,7 +23,8 @@ use keypipe_server::kms::keys::StoreKeys;
 use keypipe_server::kms::login::LoginService;
 use keypipe_server::node::{RunningNode, Services};
 use keypipe_server::store::{SecretStore, Store, StoreOptions};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use keypipe_server::tls::Revoked;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 /// keypipe: QKD key delivery (ETSI GS QKD 004 push mode) and KMS services.
@@ -252,6 +253,13 @@ fn serve(
             "secrets not in the configuration are this data directory's own (generated on first start)"
         );
     }
+    let revoked = Arc::new(Revoked::new());
+    if let Some(store) = &store
+        && config.checks_client_certificates()
+    {
+        keypipe_server::revocation::watch(Arc::clone(store) as _, Arc::clone(&revoked))
+            .map_err(|e| format!("revocation watch: {e}"))?;
+    }
     let services = if let Some(store) = store {
         let keys = StoreKeys::new(Arc::clone(&store) as _).map_err(|e| e.to_string())?;
         let agreement = config.serves(Protocol::KeyAgreement).then(|| {
@@ -278,20 +286,29 @@ fn serve(
             keys: Some(Arc::new(keys)),
             agreement,
             donau,
+            revoked,
         }
     } else {
-        Services::default()
+        Services {
+            revoked,
+            ..Services::default()
+        }
     };
     // Signals are blocked for the threads started below (they inherit the
     // handler registration; the iterator thread receives them).
-    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| e.to_string())?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| e.to_string())?;
     let pool = Pool::new(config.pool_threads).map_err(|e| e.to_string())?;
     let mut nodes = Vec::new();
     for node in &config.nodes {
         let running = RunningNode::start_with(node, &pool, &services).map_err(|e| e.to_string())?;
         println!(
-            "listening {} http://{}",
+            "listening {} {}://{}",
             running.name(),
+            if running.tls().is_some() {
+                "https"
+            } else {
+                "http"
+            },
             running.local_addr()
         );
         nodes.push(running);
@@ -313,8 +330,13 @@ fn serve(
         .map(|n| n.http.shutdown_grace_ms)
         .max()
         .unwrap_or(5000);
-    if let Some(signal) = signals.forever().next() {
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            reload_tls(&nodes);
+            continue;
+        }
         tracing::info!(signal, "shutting down");
+        break;
     }
     // Pushes first (node A's KMS side may be this very process), then the
     // listeners, which finish their in-flight requests.
@@ -338,4 +360,21 @@ fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: every TLS listener reads its certificate, key and client CA
+/// again; new connections use them, open ones keep theirs. A listener
+/// whose files do not load keeps what it had, and the log says why.
+fn reload_tls(nodes: &[RunningNode]) {
+    for node in nodes {
+        if let Some(tls) = node.tls() {
+            match tls.reload() {
+                Ok(()) => tracing::info!(node = node.name(), "TLS certificate and key reloaded"),
+                Err(e) => tracing::error!(
+                    node = node.name(),
+                    "TLS reload failed, keeping the old: {e}"
+                ),
+            }
+        }
+    }
 }

@@ -71,9 +71,15 @@ impl Hierarchy {
         }
     }
 
-    /// The Primary CA's certificate (PEM).
-    pub(super) fn root_pem(&self) -> String {
-        pem("CERTIFICATE", &self.primary_der)
+    /// The trust bundle (PEM): the Primary CA, then the Signing and the
+    /// Server CA. With the issuing CAs in it, a peer that sends only its
+    /// own certificate (not its chain, as `openssl s_client -cert` does)
+    /// still verifies.
+    pub(super) fn bundle_pem(&self) -> String {
+        let mut out = pem("CERTIFICATE", &self.primary_der);
+        out.push_str(&pem("CERTIFICATE", &self.signing.cert_der));
+        out.push_str(&pem("CERTIFICATE", &self.server.cert_der));
+        out
     }
 }
 

@@ -117,7 +117,7 @@ pub(super) fn issue<S: CaStore + ?Sized>(
         serial: serial_hex,
         chain_pem,
         key_pem,
-        ca_pem: hierarchy.root_pem(),
+        ca_pem: hierarchy.bundle_pem(),
         not_after_ms,
     })
 }

@@ -200,7 +200,7 @@ pub struct Issued {
     pub chain_pem: String,
     /// The private key (PKCS#8 PEM); `None` when the key came with a CSR.
     pub key_pem: Option<Zeroizing<String>>,
-    /// The Primary CA's certificate (PEM): the trust anchor.
+    /// The CA's trust bundle (PEM): Primary, Signing and Server CA.
     pub ca_pem: String,
     /// End of validity, ms since the epoch.
     pub not_after_ms: i64,
@@ -232,10 +232,10 @@ impl<'s, S: CaStore + ?Sized> Ca<'s, S> {
         hierarchy::init(self.store, organization)
     }
 
-    /// The Primary CA's certificate (PEM), the trust anchor to give TLS
-    /// peers.
-    pub fn root_pem(&self) -> Result<String, CaError> {
-        Ok(hierarchy::Hierarchy::load(self.store)?.root_pem())
+    /// The trust bundle to give TLS peers (PEM, `ca.crt`): the Primary
+    /// CA, then the Signing and the Server CA.
+    pub fn bundle_pem(&self) -> Result<String, CaError> {
+        Ok(hierarchy::Hierarchy::load(self.store)?.bundle_pem())
     }
 
     /// Issues a certificate (see [`LeafRequest`]) and records it.

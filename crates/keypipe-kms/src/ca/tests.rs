@@ -28,10 +28,16 @@ fn request(name: &str, role: Role, sans: &[&str]) -> LeafRequest {
 fn init_once_then_issue_server_and_client_certificates() {
     let (_dir, store) = store();
     let ca = Ca::new(&store);
-    assert!(matches!(ca.root_pem(), Err(CaError::NoCa)));
+    assert!(matches!(ca.bundle_pem(), Err(CaError::NoCa)));
     assert!(ca.init("Example Org").unwrap());
     assert!(!ca.init("Example Org").unwrap(), "never replaced");
-    let root = first_der(&ca.root_pem().unwrap());
+    let bundle = ca.bundle_pem().unwrap();
+    assert_eq!(
+        x509_parser::pem::Pem::iter_from_buffer(bundle.as_bytes()).count(),
+        3,
+        "Primary, Signing and Server CA"
+    );
+    let root = first_der(&bundle);
     let (_, root) = parse_x509_certificate(&root).unwrap();
     assert!(root.is_ca());
     assert_eq!(root.subject(), root.issuer(), "self-signed");
@@ -92,7 +98,7 @@ fn init_once_then_issue_server_and_client_certificates() {
                 .verify_signature(Some(root.public_key()))
                 .is_ok()
         );
-        assert_eq!(issued.ca_pem, ca.root_pem().unwrap());
+        assert_eq!(issued.ca_pem, ca.bundle_pem().unwrap());
         assert!(
             issued
                 .key_pem

@@ -1,22 +1,29 @@
 //! One server connection: bytes in, requests to the service, responses out
 //! in request order (pipelining), keep-alive and timeouts.
 //!
-//! The socket is reached only through `Read`/`Write`, so a TLS session
-//! (rustls, sans-IO) can later wrap it here without the protocol code
-//! noticing.
+//! The socket is reached only through `Read`/`Write` of a [`Transport`]:
+//! plain TCP or a rustls session over it, which the protocol code never
+//! notices. A TLS client's certificate identity is read once, when its
+//! handshake completes, and handed to the service with each request; a
+//! certificate revoked since then gets 403 and the connection ends.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use bytes::{Buf, BytesMut};
 use mio::net::TcpStream;
 use zeroize::Zeroize;
 
 use super::inbuf::InBuf;
-use super::request::{Limits, Method, Parsed, parse};
+use super::request::{Limits, Method, Parsed, Peer, parse};
+use super::transport::Transport;
 use super::{Connection, HttpError, Reply, Response, Service};
+use crate::tls::{PeerIdentity, TlsAcceptor};
 
 /// Most requests of one connection parsed ahead of their answers.
 const MAX_PIPELINE: usize = 32;
@@ -46,6 +53,8 @@ pub(super) struct Dispatch<'a> {
     /// Runs a [`Reply::Later`] job; the answer comes back through
     /// [`Conn::complete`] with the given sequence number.
     pub later: &'a dyn Fn(u64, Box<dyn FnOnce() -> Response + Send>),
+    /// The listener's TLS (revocation of client certificates).
+    pub tls: Option<&'a TlsAcceptor>,
 }
 
 struct Slot {
@@ -57,7 +66,11 @@ struct Slot {
 }
 
 pub(super) struct Conn {
-    stream: TcpStream,
+    stream: Transport,
+    /// Who is at the other end; the identity is filled in once the TLS
+    /// handshake is done.
+    peer: Arc<Peer>,
+    handshake_done: bool,
     /// Received bytes not yet parsed; may hold key material (zeroized).
     inbuf: InBuf,
     out: BytesMut,
@@ -73,9 +86,16 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    pub(super) fn new(stream: TcpStream, now: Instant) -> Conn {
+    pub(super) fn new(stream: Transport, addr: SocketAddr, now: Instant) -> Conn {
+        let tls = stream.is_tls();
         Conn {
             stream,
+            peer: Arc::new(Peer {
+                addr,
+                tls,
+                identity: None,
+            }),
+            handshake_done: !tls,
             inbuf: InBuf::new(),
             out: BytesMut::new(),
             slots: VecDeque::new(),
@@ -89,7 +109,32 @@ impl Conn {
     }
 
     pub(super) fn stream(&mut self) -> &mut TcpStream {
-        &mut self.stream
+        self.stream.tcp()
+    }
+
+    /// Ends TLS politely (`close_notify`, best effort) before the close.
+    pub(super) fn close_notify(&mut self) {
+        if self.handshake_done && !self.read_closed {
+            self.stream.close_notify();
+        }
+    }
+
+    /// Once the TLS handshake is done: the client certificate's identity.
+    fn note_handshake(&mut self) {
+        if self.handshake_done || self.stream.is_handshaking() {
+            return;
+        }
+        self.handshake_done = true;
+        let identity = self
+            .stream
+            .peer_certificate()
+            .and_then(PeerIdentity::from_der);
+        if identity.is_some() {
+            self.peer = Arc::new(Peer {
+                identity,
+                ..(*self.peer).clone()
+            });
+        }
     }
 
     /// Reads, dispatches and writes as far as possible.
@@ -139,6 +184,12 @@ impl Conn {
 
     /// Applies the request and idle timeouts.
     pub(super) fn check_timeouts(&mut self, now: Instant, request: Duration, idle: Duration) {
+        if !self.handshake_done && now.duration_since(self.last_progress) > request {
+            // A TLS handshake that does not finish in time is dropped.
+            self.read_closed = true;
+            self.closing = true;
+            return;
+        }
         if self.closing {
             if now.duration_since(self.last_progress) > idle {
                 self.read_closed = true;
@@ -169,7 +220,10 @@ impl Conn {
 
     /// True when the connection has nothing left to do.
     pub(super) fn finished(&self) -> bool {
-        (self.closing || self.read_closed) && self.slots.is_empty() && self.out.is_empty()
+        (self.closing || self.read_closed)
+            && self.slots.is_empty()
+            && self.out.is_empty()
+            && (self.read_closed || !self.stream.wants_write())
     }
 
     /// Answers `err` (after the requests already received) and stops reading.
@@ -199,9 +253,16 @@ impl Conn {
             && self.out.len() < MAX_UNSENT
         {
             match parse(self.inbuf.data(), d.limits) {
-                Ok(Parsed::Complete(req, used)) => {
+                Ok(Parsed::Complete(mut req, used)) => {
                     parsed = true;
                     self.inbuf.consume(used);
+                    if let (Some(tls), Some(id)) = (d.tls, &self.peer.identity)
+                        && tls.is_revoked(id)
+                    {
+                        self.fail(HttpError::REVOKED);
+                        return parsed;
+                    }
+                    req.peer = Some(Arc::clone(&self.peer));
                     self.continue_sent = false;
                     self.partial_since = (!self.inbuf.is_empty()).then_some(now);
                     let keep_alive = req.keep_alive;
@@ -254,6 +315,7 @@ impl Conn {
 
     /// Serializes ready answers in order and writes what the socket takes.
     fn flush(&mut self, now: Instant) -> io::Result<()> {
+        self.stream.flush_tls()?;
         while let Some(slot) = self.slots.front_mut() {
             let Some(response) = slot.response.take() else {
                 break;
@@ -301,6 +363,7 @@ impl Conn {
         if self.out.is_empty() {
             self.out.clear();
         }
+        self.stream.flush_tls()?;
         Ok(())
     }
 
@@ -314,6 +377,7 @@ impl Conn {
             return Ok(true);
         }
         let result = self.inbuf.read_from(&mut self.stream, READ_CHUNK);
+        self.note_handshake();
         match result {
             Ok(0) => {
                 self.read_closed = true;

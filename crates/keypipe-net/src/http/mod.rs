@@ -13,10 +13,11 @@ mod pool;
 mod request;
 mod response;
 mod server;
+mod transport;
 
 pub use client::{Answer, Client, OnAnswer, Origin, OriginId, Outgoing, Verdict, request_bytes};
 pub use pool::Pool;
-pub use request::{Limits, Method, Parsed, Request, parse};
+pub use request::{Limits, Method, Parsed, Peer, Request, parse};
 pub use response::{Connection, Response, reason};
 pub use server::{Server, ServerConfig, ServerStats, Shutdown};
 
@@ -55,6 +56,12 @@ impl HttpError {
     pub const TIMEOUT: HttpError = HttpError {
         status: 408,
         reason: "request not received in time",
+    };
+
+    /// 403: the client certificate was revoked since the handshake.
+    pub const REVOKED: HttpError = HttpError {
+        status: 403,
+        reason: "client certificate revoked",
     };
 
     /// 500: a handler failed (panicked); the panic is contained.

@@ -5,11 +5,14 @@
 //! method, GET included). A message with both, or with a transfer coding
 //! other than `chunked`, is refused (request smuggling guard).
 
+use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
 use super::HttpError;
+use crate::tls::PeerIdentity;
 
 /// Size limits of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +94,19 @@ pub struct Request {
     pub keep_alive: bool,
     /// The request is HTTP/1.0 (keep-alive must then be confirmed).
     pub http10: bool,
+    /// Who sent it (set by the server; `None` for a request parsed alone).
+    pub peer: Option<Arc<Peer>>,
+}
+
+/// The other end of a connection, as the server knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The connection is TLS.
+    pub tls: bool,
+    /// The identity of the client certificate it presented (verified).
+    pub identity: Option<PeerIdentity>,
 }
 
 impl std::fmt::Debug for Request {
@@ -248,6 +264,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, HttpError> {
             body,
             keep_alive: !connection_close,
             http10: minor == 0,
+            peer: None,
         },
         head_len + body_len,
     ))

@@ -18,7 +18,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::{Domain, Socket, Type};
 
 use super::conn::{Conn, Dispatch, Step};
+use super::transport::Transport;
 use super::{Limits, Pool, Response, Service};
+use crate::tls::TlsAcceptor;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -48,6 +50,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// On shutdown, how long in-flight requests may take to finish.
     pub shutdown_grace: Duration,
+    /// TLS on this listener (`None`: plain HTTP).
+    pub tls: Option<Arc<TlsAcceptor>>,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +64,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -371,7 +376,7 @@ impl Worker {
             let Some(listener) = self.listener.as_ref() else {
                 return;
             };
-            let (mut stream, _) = match listener.accept() {
+            let (mut stream, addr) = match listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -384,7 +389,9 @@ impl Worker {
             if open >= self.config.max_connections {
                 self.stats.open_connections.fetch_sub(1, Ordering::AcqRel);
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                refuse(&mut stream);
+                if self.config.tls.is_none() {
+                    refuse(&mut stream);
+                }
                 continue;
             }
             self.stats.accepted.fetch_add(1, Ordering::Relaxed);
@@ -393,8 +400,20 @@ impl Worker {
                 self.conns.push(None);
                 self.conns.len() - 1
             });
+            let transport = match &self.config.tls {
+                None => Transport::plain(stream),
+                Some(tls) => match tls.accept() {
+                    Ok(session) => Transport::tls(stream, session),
+                    Err(e) => {
+                        tracing::warn!("TLS session refused: {e}");
+                        self.stats.open_connections.fetch_sub(1, Ordering::AcqRel);
+                        self.free.push(slot);
+                        continue;
+                    }
+                },
+            };
             *generation += 1;
-            let mut conn = Conn::new(stream, now);
+            let mut conn = Conn::new(transport, addr, now);
             if self
                 .poll
                 .registry()
@@ -440,6 +459,7 @@ impl Worker {
             service: &*self.service,
             limits: &self.config.limits,
             later: &later,
+            tls: self.config.tls.as_deref(),
         };
         match entry.conn.pump(&dispatch, now) {
             Step::Wait => {}
@@ -450,6 +470,7 @@ impl Worker {
 
     fn close(&mut self, slot: usize) {
         if let Some(mut e) = self.conns[slot].take() {
+            e.conn.close_notify();
             let _ = self.poll.registry().deregister(e.conn.stream());
             self.stats.open_connections.fetch_sub(1, Ordering::AcqRel);
             self.free.push(slot);
