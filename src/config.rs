@@ -479,6 +479,11 @@ pub struct NodeConfig {
     /// mode (without it: plain HTTP).
     #[serde(default)]
     pub tls: Option<ServerTlsFiles>,
+    /// Allow plain HTTP on an address that is not loopback (everything it
+    /// serves then crosses the network in clear; a warning is logged at
+    /// every start).
+    #[serde(default)]
+    pub insecure_plaintext: bool,
 }
 
 /// HTTP limits and timeouts of a listener.
@@ -656,6 +661,14 @@ impl Config {
                         node.name
                     ));
                 }
+            }
+            if node.tls.is_none() && !node.listen.ip().is_loopback() && !node.insecure_plaintext {
+                return Err(format!(
+                    "node {}: listen = \"{}\" is not loopback and has no [node.tls]: everything \
+                     it serves would cross the network in clear. Add [node.tls], or set \
+                     insecure_plaintext = true on the node",
+                    node.name, node.listen
+                ));
             }
             if node.serve.contains(&Protocol::Etsi004Qkd) && node.engine.is_none() {
                 return Err(format!(

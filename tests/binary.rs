@@ -295,11 +295,28 @@ fn the_old_public_demo_secrets_are_refused_unless_on_loopback_with_demo() {
         err.contains("public demo secrets") && err.contains("--demo"),
         "{err}"
     );
-    // Off loopback, --demo does not help.
+    // Off loopback plain HTTP is refused unless asked for, naming the key.
     let open = dir.path().join("open.toml");
     std::fs::write(
         &open,
-        toml.replacen(&format!("127.0.0.1:{pa}"), &format!("0.0.0.0:{pa}"), 1),
+        toml.replacen(&format!("127.0.0.1:{pa}\""), &format!("0.0.0.0:{pa}\""), 1),
+    )
+    .unwrap();
+    let out = run(&open, &["--demo"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("0.0.0.0") && err.contains("[node.tls]") && err.contains("insecure_plaintext"),
+        "{err}"
+    );
+    // Off loopback, --demo does not help.
+    std::fs::write(
+        &open,
+        toml.replacen(
+            &format!("127.0.0.1:{pa}\""),
+            &format!("0.0.0.0:{pa}\"\ninsecure_plaintext = true"),
+            1,
+        ),
     )
     .unwrap();
     let out = run(&open, &["--demo"]);

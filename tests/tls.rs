@@ -38,9 +38,9 @@ fn s_client(port: u16, pki: &Pki, extra: &[&str], client: Option<&str>) -> Strin
     .args(extra);
     if let Some(name) = client {
         cmd.arg("-cert")
-            .arg(pki.crt(name))
+            .arg(pki.client_crt(name))
             .arg("-key")
-            .arg(pki.key(name));
+            .arg(pki.client_key(name));
     }
     let mut child = cmd
         .stdin(Stdio::piped())
@@ -79,8 +79,8 @@ r = conn.getresponse()
 print(r.status, conn.sock.version(), conn.sock.cipher()[0], r.read().decode())
 "#,
         ca = pki.ca().display().to_string(),
-        crt = pki.crt(client).display().to_string(),
-        key = pki.key(client).display().to_string(),
+        crt = pki.client_crt(client).display().to_string(),
+        key = pki.client_key(client).display().to_string(),
         pin = if tls12_secp384r1 { "True" } else { "False" },
     );
     let out = Command::new("python3")
@@ -148,7 +148,7 @@ fn real_clients_complete_requests_and_bad_client_certificates_are_refused() {
         &tls_config(port, &pki.node_tls("node-a", "required")),
     );
     let url = format!("https://localhost:{port}/healthz");
-    let good = (pki.crt("kms-a"), pki.key("kms-a"));
+    let good = (pki.client_crt("kms-a"), pki.client_key("kms-a"));
     let good = Some((good.0.as_path(), good.1.as_path()));
 
     // curl: with a certificate of the CA, 200.
@@ -178,7 +178,10 @@ fn real_clients_complete_requests_and_bad_client_certificates_are_refused() {
     // Refused: no certificate, another CA's, an expired one.
     let (ok, _, err) = curl(&url, &pki.ca(), None);
     assert!(!ok, "no client certificate must fail: {err}");
-    let intruder = (foreign.crt("intruder"), foreign.key("intruder"));
+    let intruder = (
+        foreign.client_crt("intruder"),
+        foreign.client_key("intruder"),
+    );
     let (ok, _, err) = curl(&url, &pki.ca(), Some((&intruder.0, &intruder.1)));
     assert!(!ok, "a certificate of another CA must fail: {err}");
     let expired = expired_client(&pki, dir.path());
@@ -201,7 +204,7 @@ fn real_clients_complete_requests_and_bad_client_certificates_are_refused() {
 
     // Revoked while connected: the open connection gets 403 at its next
     // request, new handshakes fail, within a second or so.
-    let config_b = client_config(&pki.ca(), Some((&pki.crt("kms-b"), &pki.key("kms-b"))));
+    let config_b = pki.client_config("kms-b");
     let mut conn = TlsConn::open(port_addr(port), &config_b).unwrap();
     assert_eq!(conn.send("GET", "/healthz", None).unwrap().status, 200);
     pki.run(&["revoke", kms_b["serial"].as_str().unwrap()]);
@@ -222,7 +225,7 @@ fn real_clients_complete_requests_and_bad_client_certificates_are_refused() {
     assert!(String::from_utf8_lossy(&answer.body).contains("revoked"));
     // A full handshake fails; a resumed session (no certificate check in
     // the handshake) is refused at its request.
-    let fresh = client_config(&pki.ca(), Some((&pki.crt("kms-b"), &pki.key("kms-b"))));
+    let fresh = pki.client_config("kms-b");
     let again =
         TlsConn::open(port_addr(port), &fresh).and_then(|mut c| c.send("GET", "/healthz", None));
     assert!(

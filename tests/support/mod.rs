@@ -268,6 +268,8 @@ pub struct Log {
     pub conflicts: u64,
     /// When each push was taken in: (stream, index, instant).
     pub arrivals: Vec<(Uuid, u32, Instant)>,
+    /// The client-certificate names (`CN/OU`) pushes came with (TLS).
+    pub pushers: std::collections::BTreeSet<String>,
 }
 
 struct KmsService {
@@ -296,6 +298,9 @@ impl Service for KmsService {
             .decode(v["key_buffer"].as_str().unwrap())
             .unwrap();
         let mut log = self.log.lock().unwrap();
+        if let Some(id) = req.peer.as_ref().and_then(|p| p.identity.as_ref()) {
+            log.pushers.insert(format!("{}/{}", id.name, id.role));
+        }
         log.arrivals.push((ksid, index, Instant::now()));
         let stream = log.keys.entry(ksid).or_default();
         match stream.get(&index) {
@@ -323,6 +328,7 @@ pub struct TestKms {
     pub log: Arc<Mutex<Log>>,
     server: Option<Server>,
     delay: Duration,
+    tls: Option<Arc<keypipe_server::tls::TlsAcceptor>>,
 }
 
 impl TestKms {
@@ -337,13 +343,30 @@ impl TestKms {
             log: Arc::default(),
             server: None,
             delay,
+            tls: None,
+        };
+        kms.up();
+        kms
+    }
+
+    /// A KMS receiver over TLS (`https://localhost:PORT`).
+    pub fn start_tls(tls: keypipe_server::tls::TlsAcceptor) -> TestKms {
+        let mut kms = TestKms {
+            port: free_port(),
+            log: Arc::default(),
+            server: None,
+            delay: Duration::ZERO,
+            tls: Some(Arc::new(tls)),
         };
         kms.up();
         kms
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        match self.tls {
+            Some(_) => format!("https://localhost:{}", self.port),
+            None => format!("http://127.0.0.1:{}", self.port),
+        }
     }
 
     /// (Re)starts listening on the same port.
@@ -351,6 +374,7 @@ impl TestKms {
         let config = ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], self.port)),
             workers: 1,
+            tls: self.tls.clone(),
             ..ServerConfig::default()
         };
         let service = Arc::new(KmsService {

@@ -57,20 +57,68 @@ impl Pki {
         ])
     }
 
-    /// Issues a client certificate of `role`.
+    /// Issues a client certificate of `role` (files in `out/client/`).
     pub fn client(&self, name: &str, role: &str) -> Value {
-        let out = self.out.to_str().unwrap();
-        self.run(&["issue-client", name, "--role", role, "--out", out])
+        let out = self.out.join("client");
+        self.run(&[
+            "issue-client",
+            name,
+            "--role",
+            role,
+            "--out",
+            out.to_str().unwrap(),
+        ])
     }
 
-    /// The certificate chain file of `name`.
+    /// The certificate chain file of server `name`.
     pub fn crt(&self, name: &str) -> PathBuf {
         self.out.join(format!("{name}.crt"))
     }
 
-    /// The key file of `name`.
+    /// The key file of server `name`.
     pub fn key(&self, name: &str) -> PathBuf {
         self.out.join(format!("{name}.key"))
+    }
+
+    /// The certificate chain file of client `name`.
+    pub fn client_crt(&self, name: &str) -> PathBuf {
+        self.out.join("client").join(format!("{name}.crt"))
+    }
+
+    /// The key file of client `name`.
+    pub fn client_key(&self, name: &str) -> PathBuf {
+        self.out.join("client").join(format!("{name}.key"))
+    }
+
+    /// A client configuration of the tests' own client presenting `name`.
+    pub fn client_config(&self, name: &str) -> Arc<ClientConfig> {
+        client_config(
+            &self.ca(),
+            Some((&self.client_crt(name), &self.client_key(name))),
+        )
+    }
+
+    /// A TLS acceptor for an in-test server with server certificate
+    /// `name`, requiring client certificates of this CA.
+    pub fn acceptor(&self, name: &str) -> keypipe_server::tls::TlsAcceptor {
+        let files = keypipe_server::tls::ServerTlsFiles {
+            cert: self.crt(name),
+            key: self.key(name),
+            client_ca: Some(self.ca()),
+            client_auth: keypipe_server::tls::ClientAuth::Required,
+        };
+        keypipe_server::tls::TlsAcceptor::new(files, Arc::new(keypipe_server::tls::Revoked::new()))
+            .unwrap()
+    }
+
+    /// `[node.engine.tls]` presenting client certificate `name`.
+    pub fn engine_tls(&self, name: &str) -> String {
+        format!(
+            "[node.engine.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            self.ca(),
+            self.client_crt(name),
+            self.client_key(name)
+        )
     }
 
     /// The trust anchor.

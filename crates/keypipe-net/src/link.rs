@@ -39,6 +39,8 @@ pub struct NetLink {
     /// ms since `epoch` of the last acknowledged batch, plus one (0: never).
     last_ack: AtomicU64,
     refused: AtomicBool,
+    /// The peer's name: a client certificate on link sync must name it.
+    peer_name: Option<String>,
 }
 
 impl std::fmt::Debug for NetLink {
@@ -82,6 +84,7 @@ impl NetLink {
         let (inbox_tx, inbox_rx) = unbounded();
         let now = Instant::now();
         let link = Arc::new(NetLink {
+            peer_name: peer_name.clone(),
             session: Mutex::new(LinkSession::new(
                 name,
                 role,
@@ -181,7 +184,38 @@ impl NetLink {
             .route(Method::Post, MESSAGES_PATH, batch);
     }
 
+    /// Who may send link sync: over TLS, a node certificate (`OU=node`)
+    /// naming the peer (`CN` = `peer_name`, when set); without a client
+    /// certificate, only a caller on loopback (link sync between hosts
+    /// needs mutual TLS). The HMAC of every message is checked as well.
+    fn check_caller(&self, req: &Request) -> Result<(), String> {
+        let Some(peer) = req.peer.as_deref() else {
+            return Ok(()); // not from a socket (in-process)
+        };
+        match &peer.identity {
+            Some(id) if id.role != "node" => Err(format!(
+                "link sync: the client certificate ({}) is not a QKD node's (OU=node)",
+                id.name
+            )),
+            Some(id) => match &self.peer_name {
+                Some(name) if &id.name != name => Err(format!(
+                    "link sync: the client certificate names {}, not the peer node {name}",
+                    id.name
+                )),
+                _ => Ok(()),
+            },
+            None if peer.addr.ip().is_loopback() => Ok(()),
+            None => Err(
+                "link sync from another host needs mutual TLS: a node certificate (OU=node)".into(),
+            ),
+        }
+    }
+
     fn receive(&self, req: &Request, hello: bool) -> Response {
+        if let Err(why) = self.check_caller(req) {
+            tracing::warn!(peer = ?req.peer.as_ref().map(|p| p.addr), "{why}");
+            return Response::json(403, serde_json::json!({ "message": why }).to_string());
+        }
         let Some(local) = self.local() else {
             return Response::json(503, r#"{"message":"node starting"}"#);
         };

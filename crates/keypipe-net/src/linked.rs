@@ -19,6 +19,7 @@ use crate::http::{Answer, Client, Origin, OriginId, Verdict};
 use crate::link::{LINK_LANE, NetLink};
 use crate::push::Pushes;
 use crate::router::Router;
+use crate::tls::{Pin, client_config};
 
 /// What a request of the outbound client is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +96,14 @@ impl LinkedEngine {
         let name = &config.name;
         let mut client: Client<RequestId> = Client::new(settings.max_in_flight, Some(MAC_HEADER))?;
         let waker = client.waker();
+        let tls_error = |e: crate::tls::TlsError| StartError::Config(format!("tls: {e}"));
+        if let Some(files) = &config.tls {
+            // https:// KMS URIs: the URL's host must be named by the KMS's
+            // certificate; this node presents its own.
+            client.set_tls(Some(
+                client_config(files, Pin::default()).map_err(tls_error)?,
+            ));
+        }
         let (link, engine) = match &config.link {
             Some(l) => {
                 let secret = l
@@ -124,7 +133,30 @@ impl LinkedEngine {
                 let bad = |m: String| StartError::Config(format!("link.peer: {m}"));
                 let mut peer = Origin::parse(&l.peer).map_err(bad)?;
                 peer.resolve().map_err(|e| bad(e.to_string()))?;
-                Some(client.origin_lane(&peer, LINK_LANE))
+                if !peer.tls && l.insecure_plaintext && !peer.is_loopback() {
+                    tracing::warn!(
+                        peer = %l.peer,
+                        "link.insecure_plaintext: link sync crosses the network in clear"
+                    );
+                }
+                // The peer's certificate must name the peer node (and match
+                // its pinned key, when one is configured).
+                let tls = match &config.tls {
+                    Some(files) if peer.tls => {
+                        let pin = Pin {
+                            name: l.peer_name.clone(),
+                            spki_sha256: l
+                                .peer_spki_sha256
+                                .as_deref()
+                                .map(Pin::spki_from_hex)
+                                .transpose()
+                                .map_err(tls_error)?,
+                        };
+                        Some(client_config(files, pin).map_err(tls_error)?)
+                    }
+                    _ => None,
+                };
+                Some(client.origin_lane(&peer, LINK_LANE, tls))
             }
             _ => None,
         };

@@ -27,11 +27,21 @@
 //! # path = "/run/qkd/keys"   # file: key file or named pipe
 //! # format = "raw"           # file: "raw" key bytes, or "framed" (8-byte id + block per record)
 //!
-//! [link]                     # optional: the peer node, over HTTP
-//! peer = "http://10.0.0.2:7005"  # the peer node's base URL
+//! [tls]                      # this node's outbound TLS (https:// peer and KMS URIs)
+//! ca = "pki/ca.crt"          # the CA bundle peers' and KMSes' certificates chain to
+//! cert = "pki/node-a.crt"    # this node's client certificate (keypipe ca issue-client --role node)
+//! key = "pki/node-a.key"     # its key (mode 0600)
+//!
+//! [link]                     # optional: the peer node, over HTTP(S)
+//! peer = "https://10.0.0.2:7005"  # the peer node's base URL (https needs [tls])
 //! secret = "…64 hex…"        # HMAC-SHA256 key authenticating link sync, shared
-//! # peer_name = "node-b"     # the peer's name; refuse to pair with another
+//! # peer_name = "node-b"     # the peer's name; refuse to pair with another, and over
+//! #                          # https the peer's certificate must name it (CN)
+//! # peer_spki_sha256 = "…"   # https: also pin the peer's public key (hex SHA-256 of its SPKI)
+//! # insecure_plaintext = false  # allow an http:// peer that is not on loopback (never for real key)
 //! # listen = "0.0.0.0:7004"  # C ABI only: where this node receives link sync
+//! # listen_cert = "pki/node-a-server.crt"  # C ABI only: TLS of that listener (clients need
+//! # listen_key = "pki/node-a-server.key"   # a certificate chaining to [tls] ca)
 //! ```
 
 use std::fmt;
@@ -97,6 +107,9 @@ pub struct EngineConfig {
     pub device: DeviceConfig,
     /// The peer node over the network (none: no peer, or in-process).
     pub link: Option<LinkConfig>,
+    /// This node's outbound TLS: trust and client certificate for an
+    /// `https://` peer and `https://` KMS URIs.
+    pub tls: Option<TlsFiles>,
     /// Start with a fresh ledger (`--reset-ledger`): the node adopts the
     /// peer's position instead of refusing to pair. Not a file key.
     #[serde(skip)]
@@ -120,6 +133,47 @@ pub struct LinkConfig {
     /// (the server uses its own listener instead).
     #[serde(default)]
     pub listen: Option<std::net::SocketAddr>,
+    /// `https://` peer: its public key must also hash to this (hex SHA-256
+    /// of its SubjectPublicKeyInfo).
+    #[serde(default)]
+    pub peer_spki_sha256: Option<String>,
+    /// Allow an `http://` peer that is not on loopback (link sync then
+    /// crosses the network in clear; a warning is logged at every start).
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    /// C ABI only: the server certificate of the link listener (TLS; the
+    /// peer must present a client certificate chaining to `[tls] ca`).
+    #[serde(default)]
+    pub listen_cert: Option<PathBuf>,
+    /// C ABI only: its key (mode 0600).
+    #[serde(default)]
+    pub listen_key: Option<PathBuf>,
+}
+
+/// Certificate files of a node's outbound TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The CA bundle servers' certificates must chain to (PEM).
+    pub ca: PathBuf,
+    /// This node's client certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM, mode 0600 or 0400).
+    pub key: PathBuf,
+}
+
+/// True when `url`'s host is a loopback address (or `localhost`).
+pub fn url_is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl fmt::Debug for LinkConfig {
@@ -129,7 +183,9 @@ impl fmt::Debug for LinkConfig {
             .field("secret", &"<redacted>")
             .field("peer_name", &self.peer_name)
             .field("listen", &self.listen)
-            .finish()
+            .field("peer_spki_sha256", &self.peer_spki_sha256)
+            .field("insecure_plaintext", &self.insecure_plaintext)
+            .finish_non_exhaustive()
     }
 }
 
@@ -152,6 +208,7 @@ impl Default for EngineConfig {
             reserve_blocks: 1024,
             device: DeviceConfig::default(),
             link: None,
+            tls: None,
             reset_ledger: false,
         }
     }
@@ -300,11 +357,38 @@ impl EngineConfig {
             parse_secret(hex, "device.link_secret")?;
         }
         if let Some(link) = &self.link {
-            if !link.peer.starts_with("http://") {
+            let https = link.peer.starts_with("https://");
+            if !https && !link.peer.starts_with("http://") {
                 return bad(format!(
-                    "link.peer = {:?} must be an http:// URL",
+                    "link.peer = {:?} must be an http:// or https:// URL",
                     link.peer
                 ));
+            }
+            if https && self.tls.is_none() {
+                return bad(format!(
+                    "link.peer = {:?} is https: [tls] (ca, cert, key) is required",
+                    link.peer
+                ));
+            }
+            if !https && !link.insecure_plaintext && !url_is_loopback(&link.peer) {
+                return bad(format!(
+                    "link.peer = {:?} is plain http to another host: link sync would cross the \
+                     network in clear. Use https:// with [tls], or set link.insecure_plaintext = true",
+                    link.peer
+                ));
+            }
+            if let Some(pin) = &link.peer_spki_sha256
+                && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return bad("link.peer_spki_sha256: 64 hex digits (SHA-256)".into());
+            }
+            if link.listen_cert.is_some() != link.listen_key.is_some() {
+                return bad("link.listen_cert and link.listen_key go together".into());
+            }
+            if link.listen_cert.is_some() && self.tls.is_none() {
+                return bad(
+                    "link.listen_cert: [tls] ca is needed to check the peer's certificate".into(),
+                );
             }
             if let Some(secret) = &link.secret {
                 parse_secret(secret, "link.secret")?;

@@ -24,7 +24,10 @@ use std::fmt;
 
 use uuid::Uuid;
 
-pub use config::{ConfigError, DeviceConfig, EngineConfig, LinkConfig, MAX_TTL_S, parse_secret};
+pub use config::{
+    ConfigError, DeviceConfig, EngineConfig, LinkConfig, MAX_TTL_S, TlsFiles, parse_secret,
+    url_is_loopback,
+};
 pub use engine::{Engine, EngineError, EngineStats};
 pub use ledger::{Ledger, LedgerError};
 pub use link::{Inbox, LinkDown, LinkMsg, LinkTransport, Role};

@@ -17,7 +17,11 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
+use rustls::{ClientConfig, ClientConnection};
+use rustls_pki_types::ServerName;
 use zeroize::Zeroizing;
+
+use super::transport::Transport;
 
 const WAKER: Token = Token(usize::MAX);
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
@@ -30,9 +34,11 @@ const MAX_ANSWER_BUFFER: usize = MAX_ANSWER_BODY + 64 * 1024;
 /// An origin that leaves requests unanswered this long is reconnected.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where requests go: `http://host:port[/base]`.
+/// Where requests go: `http[s]://host:port[/base]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Origin {
+    /// `https://`: the connection is TLS.
+    pub tls: bool,
     /// Host name or address.
     pub host: String,
     /// TCP port.
@@ -52,13 +58,19 @@ fn path_char(c: char) -> bool {
 }
 
 impl Origin {
-    /// Parses an `http://host[:port][/path]` URL (https is not supported
-    /// yet). The host is an IPv4 address, a bracketed IPv6 address or a
-    /// DNS name (letters, digits, `-`, `.`).
+    /// Parses an `http[s]://host[:port][/path]` URL. The host is an IPv4
+    /// address, a bracketed IPv6 address or a DNS name (letters, digits,
+    /// `-`, `.`); the port defaults to 80 (http) or 443 (https).
     pub fn parse(url: &str) -> Result<Origin, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("{url:?}: only http:// URLs are supported"))?;
+        let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+            (Some(rest), _) => (true, rest),
+            (None, Some(rest)) => (false, rest),
+            _ => {
+                return Err(format!(
+                    "{url:?}: only http:// and https:// URLs are supported"
+                ));
+            }
+        };
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         if !path.chars().all(path_char) {
             return Err(format!(
@@ -71,7 +83,7 @@ impl Origin {
                 p.parse::<u16>()
                     .map_err(|_| format!("{url:?}: bad port {p:?}"))?,
             ),
-            _ => (authority, 80),
+            _ => (authority, if tls { 443 } else { 80 }),
         };
         let (host, addr) = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
             Some(v6) => {
@@ -93,6 +105,7 @@ impl Origin {
             }
         };
         Ok(Origin {
+            tls,
             host: host.to_owned(),
             port,
             base_path: path.trim_end_matches('/').to_owned(),
@@ -108,6 +121,21 @@ impl Origin {
         self.addr
             .map(|_| ())
             .ok_or_else(|| io::Error::other(format!("{}: no address", self.host)))
+    }
+
+    /// The URL of this origin (without its base path).
+    pub fn url(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.authority()
+        )
+    }
+
+    /// True when the host is a loopback address or `localhost`.
+    pub fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self.addr.is_some_and(|a| a.ip().is_loopback())
     }
 
     /// The `Host` header value.
@@ -191,8 +219,12 @@ pub struct OriginId(usize);
 
 struct OriginConn<T> {
     origin: Origin,
-    stream: Option<TcpStream>,
+    /// The TLS of an `https://` origin.
+    tls: Option<Arc<ClientConfig>>,
+    stream: Option<Transport>,
     connected: bool,
+    /// When the current connection was started (handshake timeout).
+    connect_at: Option<Instant>,
     /// Every request not yet accepted, oldest first.
     queue: VecDeque<Outgoing<T>>,
     /// `queue[..sent]` are written and await their answers.
@@ -207,6 +239,8 @@ struct OriginConn<T> {
 
 /// The client: a mio `Poll` over one connection per origin and lane.
 pub struct Client<T> {
+    /// The TLS of `https://` origins that were not given their own.
+    tls: Option<Arc<ClientConfig>>,
     poll: Poll,
     waker: Arc<Waker>,
     events: Events,
@@ -232,6 +266,7 @@ impl<T: Copy> Client<T> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         Ok(Client {
+            tls: None,
             poll,
             waker,
             events: Events::with_capacity(256),
@@ -247,22 +282,35 @@ impl<T: Copy> Client<T> {
         Arc::clone(&self.waker)
     }
 
+    /// Sets the TLS of `https://` origins (those not given their own).
+    pub fn set_tls(&mut self, tls: Option<Arc<ClientConfig>>) {
+        self.tls = tls;
+    }
+
     /// The id of `origin` (lane 0), added on first use.
     pub fn origin(&mut self, origin: &Origin) -> OriginId {
-        self.origin_lane(origin, 0)
+        self.origin_lane(origin, 0, None)
     }
 
     /// The id of `origin` on `lane`: each lane has its own connection and
-    /// queue (link sync never waits behind pushes to the same host).
-    pub fn origin_lane(&mut self, origin: &Origin, lane: u8) -> OriginId {
+    /// queue (link sync never waits behind pushes to the same host). An
+    /// `https://` origin uses `tls`, else the client's [`Client::set_tls`].
+    pub fn origin_lane(
+        &mut self,
+        origin: &Origin,
+        lane: u8,
+        tls: Option<Arc<ClientConfig>>,
+    ) -> OriginId {
         if let Some(&i) = self.index.get(&(origin.clone(), lane)) {
             return OriginId(i);
         }
         self.index.insert((origin.clone(), lane), self.conns.len());
         self.conns.push(OriginConn {
             origin: origin.clone(),
+            tls: tls.or_else(|| self.tls.clone()),
             stream: None,
             connected: false,
+            connect_at: None,
             queue: VecDeque::new(),
             sent: 0,
             partial: 0,
@@ -390,7 +438,7 @@ impl<T: Copy> OriginConn<T> {
         }
         self.retry_at = None;
         if self.stream.is_none()
-            && let Err(e) = self.connect(me, poll)
+            && let Err(e) = self.connect(me, poll, now)
         {
             tracing::debug!(origin = %self.origin.authority(), "connect failed: {e}");
             self.reset(Some(now));
@@ -399,8 +447,8 @@ impl<T: Copy> OriginConn<T> {
         if !self.connected {
             match self
                 .stream
-                .as_ref()
-                .map(|s| (s.take_error(), s.peer_addr()))
+                .as_mut()
+                .map(|s| (s.tcp().take_error(), s.tcp().peer_addr()))
             {
                 Some((Ok(None), Ok(_))) => self.connected = true,
                 Some((Ok(None), Err(e))) if e.kind() == io::ErrorKind::NotConnected => return,
@@ -423,6 +471,16 @@ impl<T: Copy> OriginConn<T> {
             self.reset(Some(now));
             return;
         }
+        let handshaking = self.stream.as_ref().is_some_and(Transport::is_handshaking);
+        if handshaking
+            && self
+                .connect_at
+                .is_some_and(|t| now.duration_since(t) > ANSWER_TIMEOUT)
+        {
+            tracing::warn!(origin = %self.origin.authority(), "TLS handshake timed out, reconnecting");
+            self.reset(Some(now));
+            return;
+        }
         if self.sent > 0 {
             let since = *self.waiting_since.get_or_insert(now);
             if now.duration_since(since) > ANSWER_TIMEOUT {
@@ -434,12 +492,25 @@ impl<T: Copy> OriginConn<T> {
         }
     }
 
-    fn connect(&mut self, me: usize, poll: &Poll) -> io::Result<()> {
+    fn connect(&mut self, me: usize, poll: &Poll, now: Instant) -> io::Result<()> {
         // Resolved beforehand: the outbound loop never blocks on DNS.
         let addr = self
             .origin
             .addr
             .ok_or_else(|| io::Error::other("host name not resolved"))?;
+        let session = match (self.origin.tls, &self.tls) {
+            (false, _) => None,
+            (true, None) => {
+                return Err(io::Error::other(
+                    "https:// origin but no TLS client settings ([tls] ca, cert, key)",
+                ));
+            }
+            (true, Some(config)) => {
+                let name = ServerName::try_from(self.origin.host.clone())
+                    .map_err(|e| io::Error::other(format!("TLS server name: {e}")))?;
+                Some(ClientConnection::new(Arc::clone(config), name).map_err(io::Error::other)?)
+            }
+        };
         let mut stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         poll.registry().register(
@@ -447,8 +518,12 @@ impl<T: Copy> OriginConn<T> {
             Token(me),
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        self.stream = Some(stream);
+        self.stream = Some(match session {
+            Some(session) => Transport::tls(stream, session),
+            None => Transport::plain(stream),
+        });
         self.connected = false;
+        self.connect_at = Some(now);
         Ok(())
     }
 
@@ -457,6 +532,7 @@ impl<T: Copy> OriginConn<T> {
     fn reset(&mut self, failed_at: Option<Instant>) {
         self.stream = None;
         self.connected = false;
+        self.connect_at = None;
         self.sent = 0;
         self.partial = 0;
         self.inbuf.clear();
@@ -678,7 +754,7 @@ mod tests {
         let c = &client.conns[id.0];
         assert_eq!((c.partial, c.sent, c.queue.len()), (0, 0, 1));
         assert!(!c.connected, "the half-sent request must not be spliced");
-        let lane = client.origin_lane(&Origin::parse("http://127.0.0.1:9").unwrap(), 1);
+        let lane = client.origin_lane(&Origin::parse("http://127.0.0.1:9").unwrap(), 1, None);
         assert_ne!(lane, id, "a lane has its own connection");
     }
 
@@ -694,7 +770,10 @@ mod tests {
             Origin::parse("http://[::1]:9").unwrap().authority(),
             "[::1]:9"
         );
-        assert!(Origin::parse("https://h").is_err());
+        let secure = Origin::parse("https://kms.example:8443/base").unwrap();
+        assert!(secure.tls && secure.port == 8443);
+        assert_eq!(Origin::parse("https://h").unwrap().port, 443);
+        assert!(Origin::parse("ftp://h").is_err());
         assert!(Origin::parse("http://h:x").is_err());
         assert!(Origin::parse("http://:80").is_err());
         for bad in [

@@ -162,6 +162,27 @@ impl Write for Transport {
         Ok(n)
     }
 
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let Transport { tcp, tls } = self;
+        let Some(tls) = tls.as_deref_mut() else {
+            return tcp.write_vectored(bufs);
+        };
+        if tls.is_handshaking() {
+            flush(tls, tcp)?;
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = tls.writer().write_vectored(bufs)?;
+        let flushed = flush(tls, tcp)?;
+        if n == 0 && bufs.iter().any(|b| !b.is_empty()) {
+            return Err(if flushed {
+                io::ErrorKind::WriteZero.into()
+            } else {
+                io::ErrorKind::WouldBlock.into()
+            });
+        }
+        Ok(n)
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         match self.flush_tls()? {
             true => Ok(()),

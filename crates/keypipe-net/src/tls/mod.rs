@@ -12,6 +12,7 @@
 //! key in their own memory, which they do not wipe when a configuration is
 //! dropped; keypipe wipes the file contents it read.
 
+mod client;
 mod files;
 mod identity;
 mod server;
@@ -19,6 +20,7 @@ mod server;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use client::{Pin, client_config};
 pub use files::{read_certs, read_key};
 pub use identity::{PeerIdentity, Revoked, hex};
 pub use server::{ClientAuth, ServerTlsFiles, TlsAcceptor, server_config};
