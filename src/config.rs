@@ -469,9 +469,12 @@ pub struct NodeConfig {
     /// Key pushes.
     #[serde(default)]
     pub push: PushSettings,
-    /// KMS side.
+    /// KMS side (`etsi004-kms`): capacity and who may push.
     #[serde(default)]
-    pub kms: KmsSettings,
+    pub kms_side: KmsSideSettings,
+    /// The KMSes that may use this node's ETSI 004 QKD side (`[[node.kms]]`).
+    #[serde(default)]
+    pub kms: Vec<KmsEntrySettings>,
     /// The QKD node (needed for `etsi004-qkd`).
     #[serde(default)]
     pub engine: Option<EngineConfig>,
@@ -556,20 +559,47 @@ impl Default for PushSettings {
     }
 }
 
-/// The KMS side.
+/// The KMS side (`[node.kms_side]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct KmsSettings {
+pub struct KmsSideSettings {
     /// Most key bytes held for local consumers (more: 503, the node retries).
     pub received_capacity_bytes: usize,
+    /// The QKD nodes that may push key here: the names (`CN`, `OU=node`)
+    /// of their client certificates. Empty: pushes are taken only from
+    /// loopback callers without a certificate.
+    pub nodes: Vec<String>,
 }
 
-impl Default for KmsSettings {
+impl Default for KmsSideSettings {
     fn default() -> Self {
         Self {
             received_capacity_bytes: 64 << 20,
+            nodes: Vec::new(),
         }
     }
+}
+
+/// One KMS allowed to use a node's ETSI 004 QKD side (`[[node.kms]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmsEntrySettings {
+    /// The KMS's name: the `CN` of its client certificate (`OU=kms`).
+    pub name: String,
+    /// Its base URIs the node may push its streams to (each KMS names its
+    /// own `source` or `destination`).
+    pub uris: Vec<String>,
+    /// Allow `http://` URIs that are not on loopback (key then crosses
+    /// the network in clear; a warning is logged at every start).
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    /// Streams this KMS may have open on the node at once.
+    #[serde(default = "default_kms_streams")]
+    pub max_streams: usize,
+}
+
+fn default_kms_streams() -> usize {
+    64
 }
 
 impl Config {
@@ -669,6 +699,31 @@ impl Config {
                      insecure_plaintext = true on the node",
                     node.name, node.listen
                 ));
+            }
+            for kms in &node.kms {
+                let bad = |what: String| format!("node {}: kms {:?}: {what}", node.name, kms.name);
+                if kms.name.is_empty() {
+                    return Err(bad("name is empty".into()));
+                }
+                if kms.uris.is_empty() {
+                    return Err(bad("uris: list at least one base URI".into()));
+                }
+                if !(1..=100_000).contains(&kms.max_streams) {
+                    return Err(bad(format!(
+                        "max_streams = {}: must be 1 to 100000",
+                        kms.max_streams
+                    )));
+                }
+                for uri in &kms.uris {
+                    let origin = crate::http::Origin::parse(uri).map_err(&bad)?;
+                    if !origin.tls && !crate::qkd::url_is_loopback(uri) && !kms.insecure_plaintext {
+                        return Err(bad(format!(
+                            "uri {uri:?} is plain http to another host: pushed key would cross \
+                             the network in clear. Use https://, or set insecure_plaintext = true \
+                             on this kms"
+                        )));
+                    }
+                }
             }
             if node.serve.contains(&Protocol::Etsi004Qkd) && node.engine.is_none() {
                 return Err(format!(

@@ -5,7 +5,7 @@
 use std::sync::{Arc, OnceLock};
 
 use crate::api::{AgreementApi, NcpApi};
-use crate::api::{Etsi004, HealthSources, RequestMetrics, Router};
+use crate::api::{Etsi004, HealthSources, KmsAccess, RequestMetrics, Router};
 use crate::config::{NodeConfig, Protocol};
 use crate::http::{Pool, Server};
 use crate::kms::donau::Donau;
@@ -120,7 +120,7 @@ impl RunningNode {
         let received = config
             .serve
             .contains(&Protocol::Etsi004Kms)
-            .then(|| Arc::new(ReceivedKeys::new(config.kms.received_capacity_bytes)));
+            .then(|| Arc::new(ReceivedKeys::new(config.kms_side.received_capacity_bytes)));
         let server_stats = Arc::new(OnceLock::new());
         let health = HealthSources {
             node: name.clone(),
@@ -147,6 +147,7 @@ impl RunningNode {
                 Etsi004::new(
                     Arc::clone(core.engine()),
                     Arc::clone(core.pushes()),
+                    KmsAccess::new(&name, &config.kms, forbidden_targets(config)),
                     max_waiting,
                 )
                 .mount(&mut router);
@@ -271,4 +272,27 @@ impl Drop for RunningNode {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The addresses no stream of `config`'s node may be pushed to: its peer
+/// node's listener, and its own unless it serves the KMS side itself.
+fn forbidden_targets(config: &NodeConfig) -> Vec<std::net::SocketAddr> {
+    let mut out = Vec::new();
+    if !config.serve.contains(&Protocol::Etsi004Kms) {
+        out.push(config.listen);
+    }
+    if let Some(link) = config.engine.as_ref().and_then(|e| e.link.as_ref())
+        && let Ok(mut peer) = crate::http::Origin::parse(&link.peer)
+        && peer.resolve().is_ok()
+        && let Some(addr) = peer.addr
+    {
+        out.push(addr);
+    }
+    if config.kms.is_empty() && config.serve.contains(&Protocol::Etsi004Qkd) {
+        tracing::warn!(
+            node = %config.name,
+            "no [[node.kms]]: any process on this host may open key streams (pushed to loopback URIs only)"
+        );
+    }
+    out
 }

@@ -182,7 +182,7 @@ fn kms_side_refuses_bad_pushes_and_stores_good_ones() {
     // Room for two 32-byte chunks of one stream, bookkeeping included.
     use keypipe_server::kms_side::store::{ENTRY_OVERHEAD, STREAM_OVERHEAD};
     let toml = format!(
-        "[[node]]\nname = \"kms\"\nlisten = \"127.0.0.1:{}\"\nserve = [\"etsi004-kms\"]\n[node.kms]\nreceived_capacity_bytes = {}\n",
+        "[[node]]\nname = \"kms\"\nlisten = \"127.0.0.1:{}\"\nserve = [\"etsi004-kms\"]\n[node.kms_side]\nreceived_capacity_bytes = {}\n",
         free_port(),
         STREAM_OVERHEAD + 2 * (32 + ENTRY_OVERHEAD)
     );

@@ -17,10 +17,10 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{Handler, Router, parse_json};
+use super::{Caller, Handler, KmsAccess, Router, parse_json};
 use crate::http::{Method, Origin, Reply, Request, Response};
 use crate::push::Pushes;
-use crate::push_mode::{PushMode, StartError};
+use crate::push_mode::{OpenRefused, PushMode, StartError};
 use crate::qkd::{Engine, MAX_URI_LEN, OpenReply, Qos, Status};
 
 /// Longest a close waits for the stream's pushes already on the wire.
@@ -48,6 +48,14 @@ fn error(status: Status, message: &str) -> Response {
 
 fn malformed(message: impl AsRef<str>) -> Response {
     error(MALFORMED, message.as_ref())
+}
+
+/// A caller refused by the access rules: 403, status 3.
+fn forbidden(message: &str) -> Response {
+    super::json(
+        403,
+        &json!({ "status": MALFORMED.code(), "message": message }),
+    )
 }
 
 /// The QoS object: every field may be absent or null (the node chooses).
@@ -157,18 +165,39 @@ impl Drop for WaitSlot {
 #[derive(Debug, Clone)]
 pub struct Etsi004 {
     mode: PushMode,
+    access: Arc<KmsAccess>,
     waiting: Arc<AtomicUsize>,
     max_waiting: usize,
 }
 
 impl Etsi004 {
-    /// Routes over `engine`, pushing through `push`; at most `max_waiting`
-    /// open-connect calls wait on the pool at once (more: status 6).
-    pub fn new(engine: Arc<Engine>, push: Arc<Pushes>, max_waiting: usize) -> Self {
+    /// Routes over `engine`, pushing through `push`, for the callers
+    /// `access` allows; at most `max_waiting` open-connect calls wait on
+    /// the pool at once (more: status 6).
+    pub fn new(
+        engine: Arc<Engine>,
+        push: Arc<Pushes>,
+        access: KmsAccess,
+        max_waiting: usize,
+    ) -> Self {
         Self {
             mode: PushMode::new(engine, push),
+            access: Arc::new(access),
             waiting: Arc::default(),
             max_waiting: max_waiting.max(1),
+        }
+    }
+
+    /// The caller of `req` when it may use an existing stream `ksid` (or
+    /// the stream is not open here: the engine says so), else the 403.
+    fn allow_existing(&self, req: &Request, ksid: &Uuid) -> Result<(), Response> {
+        let caller = self.access.caller(req).map_err(|m| forbidden(&m))?;
+        match self.mode.target_of(ksid) {
+            Some(target) => self
+                .access
+                .allow_existing(&caller, &target)
+                .map_err(|m| forbidden(&m)),
+            None => Ok(()),
         }
     }
 
@@ -187,6 +216,10 @@ impl Etsi004 {
     }
 
     fn open_connect(&self, req: Request) -> Reply {
+        let caller = match self.access.caller(&req) {
+            Ok(c) => c,
+            Err(m) => return Reply::Now(forbidden(&m)),
+        };
         let body: OpenConnectBody = match parse_json(&req.body) {
             Ok(b) => b,
             Err(e) => return Reply::Now(malformed(e)),
@@ -211,13 +244,13 @@ impl Etsi004 {
             }
         }
         let destination = origins.pop().expect("two origins");
-        let target = PushMode::target(ksid, origins.pop().expect("two origins"), destination);
+        let source = origins.pop().expect("two origins");
         // Naming a KSID the peer has not announced yet waits (up to the
         // timeout) for the announcement, and a host name needs DNS: both
         // run on the pool, a bounded number at a time.
         let waits = ksid.is_some_and(|k| !self.mode.engine().knows(&k));
-        if !waits && target.addr.is_some() {
-            return Reply::Now(self.open_connect_now(&body, ksid, target));
+        if !waits && source.addr.is_some() && destination.addr.is_some() {
+            return Reply::Now(self.open_connect_now(&body, ksid, (source, destination), &caller));
         }
         let Some(slot) = WaitSlot::take(&self.waiting, self.max_waiting) else {
             return Reply::Now(error(
@@ -228,11 +261,13 @@ impl Etsi004 {
         let me = self.clone();
         Reply::Later(Box::new(move || {
             let _slot = slot;
-            let mut target = target;
-            if let Err(e) = target.resolve() {
-                return malformed(format!("cannot resolve the KMS host: {e}"));
+            let (mut source, mut destination) = (source, destination);
+            for (name, origin) in [("source", &mut source), ("destination", &mut destination)] {
+                if let Err(e) = origin.resolve() {
+                    return malformed(format!("cannot resolve the {name} KMS host: {e}"));
+                }
             }
-            me.open_connect_now(&body, ksid, target)
+            me.open_connect_now(&body, ksid, (source, destination), &caller)
         }))
     }
 
@@ -240,17 +275,33 @@ impl Etsi004 {
         &self,
         body: &OpenConnectBody,
         ksid: Option<Uuid>,
-        target: Origin,
+        origins: (Origin, Origin),
+        caller: &Caller,
     ) -> Response {
         let qos = body.qos.to_qos();
+        let opened = self.mode.open(
+            &body.source,
+            &body.destination,
+            &qos,
+            ksid,
+            origins,
+            |uri, origin| {
+                let open = self.mode.engine().target_uris();
+                self.access.allow_target(caller, uri, origin, &open)
+            },
+        );
         let OpenReply {
             status,
             ksid,
             qos,
             detail,
-        } = self
-            .mode
-            .open(&body.source, &body.destination, &qos, ksid, target);
+        } = match opened {
+            Ok(reply) => reply,
+            Err(OpenRefused::NotAllowed(m)) => return forbidden(&m),
+            Err(e @ OpenRefused::DestinationMismatch { .. }) => {
+                return error(Status::KsidInUse, &e.to_string());
+            }
+        };
         match (status, ksid) {
             (Status::Successful | Status::PeerNotConnected, Some(k)) => super::json(
                 201,
@@ -279,6 +330,9 @@ impl Etsi004 {
             Ok(parsed) => parsed,
             Err(r) => return r,
         };
+        if let Err(r) = self.allow_existing(req, &ksid) {
+            return r;
+        }
         match self.mode.start(&ksid, body.index) {
             Ok(()) => Response::empty(205),
             Err(e @ StartError::QosConflict) => error(Status::KsidInUse, &e.to_string()),
@@ -298,6 +352,9 @@ impl Etsi004 {
             Ok((_, ksid)) => ksid,
             Err(r) => return Reply::Now(r),
         };
+        if let Err(r) = self.allow_existing(req, &ksid) {
+            return Reply::Now(r);
+        }
         if self.mode.close_is_quick(&ksid) {
             return Reply::Now(self.close_now(&ksid));
         }

@@ -6,6 +6,7 @@ mod agreement;
 mod donau;
 mod etsi004;
 mod health;
+mod kms_access;
 mod ncp;
 
 pub use agreement::AgreementApi;
@@ -15,6 +16,7 @@ pub use health::{HealthSources, healthz_route, metrics_route};
 pub use keypipe_net::kms_side::key_material_route;
 pub use keypipe_net::metrics::{Histogram, RequestMetrics};
 pub use keypipe_net::router::{Handler, Router};
+pub use kms_access::{Caller, KmsAccess};
 pub use ncp::NcpApi;
 
 pub(crate) use keypipe_net::router::{json, parse_json};

@@ -6,7 +6,7 @@
 use std::ffi::c_char;
 
 use keypipe_net::http::Origin;
-use keypipe_net::push_mode::{PushMode, StartError};
+use keypipe_net::push_mode::StartError;
 
 use crate::engine::{enter, kp_engine, open_with};
 use crate::{errors::*, guard, kp_qos, ksid_arg, required};
@@ -46,8 +46,12 @@ pub unsafe extern "C" fn kp_push_open(
                         .map_err(|e| fail(KP_ERR_INVALID_ARGUMENT, format!("{name}: {e}")))?;
                     Ok::<Origin, kp_result>(o)
                 };
-                let target = PushMode::target(k, origin("source", s)?, origin("destination", d)?);
-                Ok(p.mode.open(s, d, q, k, target))
+                let origins = (origin("source", s)?, origin("destination", d)?);
+                // The C caller is trusted (it is the process): any URI it
+                // names is allowed.
+                p.mode
+                    .open(s, d, q, k, origins, |_, _| Ok(()))
+                    .map_err(|e| fail(KP_ERR_INVALID_ARGUMENT, e.to_string()))
             },
         )
     }

@@ -29,6 +29,25 @@ pub enum StartError {
     Delivered(PushError),
 }
 
+/// Why an OPEN_CONNECT in push mode was refused before anything opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenRefused {
+    /// The caller may not have this node push to that KMS URI.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// A KMS joining a stream named another destination than the one the
+    /// creating KMS gave (and the peer node announced).
+    #[error(
+        "destination {given:?} differs from the one the creating KMS gave for this stream: {announced:?}"
+    )]
+    DestinationMismatch {
+        /// What the caller named.
+        given: String,
+        /// What the creating node announced.
+        announced: String,
+    },
+}
+
 /// Push mode over one engine and its push table. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct PushMode {
@@ -47,29 +66,67 @@ impl PushMode {
         &self.engine
     }
 
-    /// Which KMS a node pushes to: the node that creates the KSID (none
-    /// given) is the source side and pushes to `source`; the other side
-    /// pushes to `destination`.
-    pub fn target(ksid: Option<Uuid>, source: Origin, destination: Origin) -> Origin {
-        if ksid.is_some() { destination } else { source }
-    }
-
-    /// OPEN_CONNECT; on status 0 or 1 the stream is pushed to `target`
-    /// (resolved) once pushing starts.
+    /// OPEN_CONNECT; on status 0 or 1 the stream is pushed, once pushing
+    /// starts, to the KMS of this node's side: `source` on the node that
+    /// creates the stream, `destination` on the other. A KMS joining a
+    /// stream the peer announced must name the announced destination (the
+    /// node pushes only where the creating KMS said). `authorize` sees the
+    /// URI this node would push to (and its parsed, resolved origin)
+    /// before anything is opened.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         &self,
         source: &str,
         destination: &str,
         qos: &Qos,
         ksid: Option<Uuid>,
-        target: Origin,
-    ) -> OpenReply {
+        origins: (Origin, Origin),
+        authorize: impl FnOnce(&str, &Origin) -> Result<(), String>,
+    ) -> Result<OpenReply, OpenRefused> {
+        let ksid = ksid.filter(|k| !k.is_nil());
+        let announced = ksid
+            .and_then(|k| self.engine.announced(&k, qos.timeout))
+            .filter(|u| !u.created_here);
+        if let Some(u) = &announced
+            && u.destination.trim_end_matches('/') != destination.trim_end_matches('/')
+        {
+            return Err(OpenRefused::DestinationMismatch {
+                given: destination.to_owned(),
+                announced: u.destination.clone(),
+            });
+        }
+        let (source_origin, destination_origin) = origins;
+        let (target_uri, target) = match announced {
+            Some(_) => (destination, destination_origin),
+            None => (source, source_origin),
+        };
+        authorize(target_uri, &target).map_err(OpenRefused::NotAllowed)?;
         let reply = self.engine.open_connect(source, destination, qos, ksid);
         if let (Status::Successful | Status::PeerNotConnected, Some(k)) = (reply.status, reply.ksid)
         {
+            let side_matches = self
+                .engine
+                .stream_uris(&k)
+                .is_some_and(|u| u.target() == target_uri);
+            if !side_matches {
+                // The peer announced the stream between the check and the
+                // open: this node's side is not the one authorized.
+                let _ = self.engine.close(&k);
+                return Err(OpenRefused::NotAllowed(
+                    "the peer node announced this stream meanwhile; retry the open-connect".into(),
+                ));
+            }
             self.push.register(k, target, &reply.qos, 0);
         }
-        reply
+        Ok(reply)
+    }
+
+    /// The URI this node pushes stream `ksid` to, when it is open here.
+    pub fn target_of(&self, ksid: &Uuid) -> Option<String> {
+        self.engine
+            .stream_uris(ksid)
+            .filter(|u| u.open_here)
+            .map(|u| u.target().to_owned())
     }
 
     /// GET_KEY in push mode: pushing of `ksid` starts (at `index`, or where

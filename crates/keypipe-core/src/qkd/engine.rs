@@ -26,7 +26,7 @@ use super::confirm::{ConfirmKeys, ledger_device_id};
 use super::ledger::{DeviceLedger, Ledger, LedgerError, ledger_path};
 use super::link::{ChannelTransport, Inbox, LinkTransport, NoPeer, Role};
 use super::node::{Attempt, Node};
-use super::{GetKeyError, GetKeyReply, OpenReply, Qos, Status, StreamError};
+use super::{GetKeyError, GetKeyReply, OpenReply, Qos, Status, StreamError, StreamUris};
 use crate::device::{
     DeviceState, FileSource, LinkControl, Poller, PollerConfig, QkdDevice, SimulatedDevice,
 };
@@ -578,32 +578,60 @@ impl Engine {
         qos: &Qos,
         ksid: Option<Uuid>,
     ) -> OpenReply {
-        let start = Instant::now();
         let link_ok = self.shared.link_ok();
-        let mut node = self.shared.lock();
         // A KSID named by the caller is usually the peer side's: wait (at
         // most the requested timeout) for the peer's announcement so this
         // side inherits the source's QoS instead of racing it.
-        if let Some(k) = ksid.filter(|k| link_ok && !k.is_nil()) {
-            let wait =
-                Duration::from_millis(u64::from(qos.timeout.min(node.limits().max_timeout_ms)));
-            while !node.knows(&k)
-                && start.elapsed() < wait
-                && !self.shared.closed.load(Ordering::Acquire)
-            {
-                if self
-                    .shared
-                    .drain_inbox(&mut node, Instant::now())
-                    .is_some_and(|n| n > 0)
-                {
-                    continue;
-                }
-                node = self.wait(node, wait.saturating_sub(start.elapsed()));
-            }
-        }
+        let mut node = match ksid.filter(|k| link_ok && !k.is_nil()) {
+            Some(k) => self.wait_known(&k, qos.timeout),
+            None => self.shared.lock(),
+        };
         let reply = node.open_connect(Instant::now(), source, destination, qos, ksid, link_ok);
         self.shared.flush(&mut node);
         reply
+    }
+
+    /// The node, once it knows `ksid` (the peer announced it) or after at
+    /// most `timeout_ms` (capped at the node's `max_timeout_ms`).
+    fn wait_known(&self, ksid: &Uuid, timeout_ms: u32) -> MutexGuard<'_, Node> {
+        let start = Instant::now();
+        let mut node = self.shared.lock();
+        let wait = Duration::from_millis(u64::from(timeout_ms.min(node.limits().max_timeout_ms)));
+        while !node.knows(ksid)
+            && start.elapsed() < wait
+            && !self.shared.closed.load(Ordering::Acquire)
+        {
+            if self
+                .shared
+                .drain_inbox(&mut node, Instant::now())
+                .is_some_and(|n| n > 0)
+            {
+                continue;
+            }
+            node = self.wait(node, wait.saturating_sub(start.elapsed()));
+        }
+        node
+    }
+
+    /// The KMS URIs of stream `ksid`, waiting at most `timeout_ms` for the
+    /// peer's announcement of it; `None` when this node does not know it.
+    pub fn announced(&self, ksid: &Uuid, timeout_ms: u32) -> Option<StreamUris> {
+        let node = if self.shared.link_ok() {
+            self.wait_known(ksid, timeout_ms)
+        } else {
+            self.shared.lock()
+        };
+        node.stream_uris(ksid)
+    }
+
+    /// The KMS URIs of stream `ksid`, if this node knows it.
+    pub fn stream_uris(&self, ksid: &Uuid) -> Option<StreamUris> {
+        self.shared.lock().stream_uris(ksid)
+    }
+
+    /// The URI each stream open on this node is pushed to.
+    pub fn target_uris(&self) -> Vec<String> {
+        self.shared.lock().target_uris()
     }
 
     /// Sleeps until another thread signals, at most `max` (and at most a

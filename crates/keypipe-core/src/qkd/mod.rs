@@ -36,6 +36,30 @@ pub use qos::{METADATA_MIMETYPE, Qos, QosLimits, negotiate};
 pub use status::Status;
 pub use stream::Side;
 
+/// The KMS URIs of a stream as a node knows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamUris {
+    /// The creating KMS's `source` (pushed to by the creating node).
+    pub source: String,
+    /// Its `destination` (pushed to by the other node).
+    pub destination: String,
+    /// This node created the stream (else the peer announced it).
+    pub created_here: bool,
+    /// A KMS opened it on this node.
+    pub open_here: bool,
+}
+
+impl StreamUris {
+    /// The URI this node pushes the stream to.
+    pub fn target(&self) -> &str {
+        if self.created_here {
+            &self.source
+        } else {
+            &self.destination
+        }
+    }
+}
+
 /// Answer to OPEN_CONNECT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenReply {

@@ -540,6 +540,33 @@ impl Node {
         }
     }
 
+    /// What this node knows of stream `ksid`'s KMS URIs: opened here, or
+    /// announced by the peer (then as the creating KMS gave them).
+    pub fn stream_uris(&self, ksid: &Uuid) -> Option<super::StreamUris> {
+        self.streams.get(ksid).map(|s| super::StreamUris {
+            source: s.source.clone(),
+            destination: s.destination.clone(),
+            created_here: s.created_here,
+            open_here: s.local == Side::Open,
+        })
+    }
+
+    /// The URI each stream open here is pushed to (the source on the
+    /// creating node, the destination on the other).
+    pub fn target_uris(&self) -> Vec<String> {
+        self.streams
+            .values()
+            .filter(|s| s.local == Side::Open)
+            .map(|s| {
+                if s.created_here {
+                    s.source.clone()
+                } else {
+                    s.destination.clone()
+                }
+            })
+            .collect()
+    }
+
     /// Streams open here that were being pushed (after a restart): KSID,
     /// the URI to push to, QoS, and the wire index to resume at.
     pub fn pushing_streams(&self) -> Vec<(Uuid, String, Qos, u32)> {

@@ -1,0 +1,262 @@
+//! Who may use a node's ETSI 004 QKD side (security review F3): every
+//! hijack, injection and SSRF scenario of the review fails with a clear
+//! answer, and no key reaches anyone but the stream's two KMSes.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::tls::{Pki, TlsConn};
+use support::{
+    CLOSE, GET_KEY, OPEN, TestKms, assert_etsi_error, assert_identical, free_port, start_nodes,
+};
+
+/// Two nodes in this process: TLS listeners requiring client
+/// certificates, linked over mutual TLS; each with its `[[node.kms]]`.
+fn config(pki: &Pki, pa: u16, pb: u16, kms_a: &str, kms_b: &str, kms_c: &str) -> String {
+    let node = |name: &str, port: u16, role: &str, peer: u16, peer_name: &str, kms: &str| {
+        format!(
+            "[[node]]\nname = {name:?}\nlisten = \"127.0.0.1:{port}\"\nworkers = 1\nserve = [\"etsi004-qkd\"]\n\
+             {tls}{kms}\n[node.engine]\nrole = {role:?}\nblock_size = 1024\narena_blocks = 512\nring_blocks = 64\n\
+             [node.engine.device]\ndriver = \"simulated\"\nlink_secret = \"{dev}\"\n{etls}\
+             [node.engine.link]\npeer = \"https://localhost:{peer}\"\nsecret = \"{link}\"\npeer_name = {peer_name:?}\n",
+            tls = pki.node_tls(name, "required"),
+            etls = pki.engine_tls(name),
+            dev = "33".repeat(32),
+            link = "44".repeat(32),
+        )
+    };
+    let table_a = format!(
+        "\n[[node.kms]]\nname = \"kms-a\"\nuris = [{kms_a:?}]\n\n[[node.kms]]\nname = \"kms-c\"\nuris = [{kms_c:?}]\nmax_streams = 1\n"
+    );
+    let table_b = format!("\n[[node.kms]]\nname = \"kms-b\"\nuris = [{kms_b:?}]\n");
+    format!(
+        "pool_threads = 4\n{}{}",
+        node("node-a", pa, "leader", pb, "node-b", &table_a),
+        node("node-b", pb, "follower", pa, "node-a", &table_b)
+    )
+}
+
+fn open_body(source: &str, destination: &str, ksid: Option<&str>) -> Value {
+    json!({"source": source, "destination": destination, "key_stream_id": ksid,
+           "qos": {"key_chunk_size": 32, "timeout": 3000}})
+}
+
+#[test]
+fn hijack_injection_and_ssrf_fail_and_no_key_reaches_a_third_party() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    for name in ["node-a", "node-b", "kms-srv"] {
+        pki.server(name);
+    }
+    for (name, role) in [
+        ("node-a", "node"),
+        ("node-b", "node"),
+        ("kms-a", "kms"),
+        ("kms-b", "kms"),
+        ("kms-c", "kms"),
+        ("mallory", "kms"),
+        ("not-a-kms", "sae"),
+    ] {
+        pki.client(name, role);
+    }
+    let kms_a = TestKms::start_tls(pki.acceptor("kms-srv"));
+    let kms_b = TestKms::start_tls(pki.acceptor("kms-srv"));
+    let evil = TestKms::start_tls(pki.acceptor("kms-srv"));
+    let kms_c_url = format!("https://localhost:{}", free_port());
+    let (pa, pb) = (free_port(), free_port());
+    let nodes = start_nodes(&config(
+        &pki,
+        pa,
+        pb,
+        &kms_a.url(),
+        &kms_b.url(),
+        &kms_c_url,
+    ));
+    let (a, b) = (nodes[0].local_addr(), nodes[1].local_addr());
+    let conn = |addr, who: &str| TlsConn::open(addr, &pki.client_config(who)).unwrap();
+    let (mut a_kms_a, mut b_kms_b) = (conn(a, "kms-a"), conn(b, "kms-b"));
+
+    // KMS_A creates K on node A (once the link is up: status 4 before).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let opened = loop {
+        let r = a_kms_a
+            .send(
+                "POST",
+                OPEN,
+                Some(&open_body(&kms_a.url(), &kms_b.url(), None)),
+            )
+            .unwrap();
+        if r.status != 500 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(
+        opened.status,
+        201,
+        "{:?}",
+        String::from_utf8_lossy(&opened.body)
+    );
+    let k = opened.json()["key_stream_id"].as_str().unwrap().to_owned();
+
+    // Hijack attempts on node B, before KMS_B opens K there.
+    let mut b_mallory = conn(b, "mallory");
+    let r = b_mallory
+        .send(
+            "POST",
+            OPEN,
+            Some(&open_body(&kms_a.url(), &evil.url(), Some(&k))),
+        )
+        .unwrap();
+    assert_etsi_error(&r, 403, 3, "not registered on node node-b");
+    let mut b_kms_a = conn(b, "kms-a");
+    let r = b_kms_a
+        .send(
+            "POST",
+            OPEN,
+            Some(&open_body(&kms_a.url(), &evil.url(), Some(&k))),
+        )
+        .unwrap();
+    assert_etsi_error(&r, 403, 3, "not registered on node node-b");
+    let mut b_other = conn(b, "not-a-kms");
+    let r = b_other
+        .send(
+            "POST",
+            OPEN,
+            Some(&open_body(&kms_a.url(), &kms_b.url(), Some(&k))),
+        )
+        .unwrap();
+    assert_etsi_error(&r, 403, 3, "not a KMS's");
+    // Even KMS_B cannot redirect K's key elsewhere: the destination is the
+    // one KMS_A gave, announced by node A over the authenticated link.
+    let r = b_kms_b
+        .send(
+            "POST",
+            OPEN,
+            Some(&open_body(&kms_a.url(), &evil.url(), Some(&k))),
+        )
+        .unwrap();
+    assert_etsi_error(&r, 400, 5, "differs from the one the creating KMS gave");
+    // The real KMS_B is not locked out by the attempts (no status 5).
+    let joined = b_kms_b
+        .send(
+            "POST",
+            OPEN,
+            Some(&open_body(&kms_a.url(), &kms_b.url(), Some(&k))),
+        )
+        .unwrap();
+    assert_eq!(
+        joined.status,
+        201,
+        "{:?}",
+        String::from_utf8_lossy(&joined.body)
+    );
+    assert_eq!(joined.json()["status"], 0);
+
+    // Nobody else may start, skip or close K.
+    let mut a_kms_c = conn(a, "kms-c");
+    for (method, path, body) in [
+        ("GET", GET_KEY, json!({"key_stream_id": k, "index": 100})),
+        ("PUT", CLOSE, json!({"key_stream_id": k})),
+    ] {
+        let r = a_kms_c.send(method, path, Some(&body)).unwrap();
+        assert_etsi_error(&r, 403, 3, "belongs to KMS \"kms-a\", not to \"kms-c\"");
+        let r = b_kms_a.send(method, path, Some(&body)).unwrap();
+        assert_etsi_error(&r, 403, 3, "not registered on node node-b");
+    }
+
+    // SSRF: a URI that is no KMS's, or a QKD node's listener.
+    let r = a_kms_a
+        .send(
+            "POST",
+            OPEN,
+            Some(&open_body("https://10.255.255.1:9", &kms_b.url(), None)),
+        )
+        .unwrap();
+    assert_etsi_error(&r, 403, 3, "not the URI of any KMS");
+    let r = a_kms_a
+        .send(
+            "POST",
+            OPEN,
+            Some(&open_body(
+                &format!("https://localhost:{pb}"),
+                &kms_b.url(),
+                None,
+            )),
+        )
+        .unwrap();
+    assert_etsi_error(&r, 403, 3, "QKD node's listener");
+    let r = a_kms_a
+        .send(
+            "POST",
+            OPEN,
+            Some(&open_body(&kms_c_url, &kms_b.url(), None)),
+        )
+        .unwrap();
+    assert_etsi_error(&r, 403, 3, "belongs to KMS \"kms-c\"");
+    // A cap per KMS: kms-c may hold one stream.
+    let one = a_kms_c
+        .send(
+            "POST",
+            OPEN,
+            Some(&open_body(&kms_c_url, &kms_b.url(), None)),
+        )
+        .unwrap();
+    assert_eq!(one.status, 201);
+    let two = a_kms_c
+        .send(
+            "POST",
+            OPEN,
+            Some(&open_body(&kms_c_url, &kms_b.url(), None)),
+        )
+        .unwrap();
+    assert_etsi_error(&two, 403, 3, "max_streams");
+
+    // K flows to KMS_A and KMS_B only, identical.
+    for (api, who) in [(&mut a_kms_a, "a"), (&mut b_kms_b, "b")] {
+        let r = api
+            .send("GET", GET_KEY, Some(&json!({"key_stream_id": k})))
+            .unwrap();
+        assert_eq!(r.status, 205, "{who}");
+    }
+    let ksid = k.parse().unwrap();
+    kms_a.wait_for(&ksid, 200, 30);
+    kms_b.wait_for(&ksid, 200, 30);
+    assert!(assert_identical(&kms_a, &kms_b, &ksid, 32) >= 200);
+    assert!(
+        evil.log.lock().unwrap().keys.is_empty(),
+        "a third party got key"
+    );
+    let r = a_kms_a
+        .send("PUT", CLOSE, Some(&json!({"key_stream_id": k})))
+        .unwrap();
+    assert_eq!(r.status, 204);
+}
+
+#[test]
+fn without_a_kms_table_a_node_pushes_only_to_loopback() {
+    let (pa, pb) = (free_port(), free_port());
+    let nodes = start_nodes(&support::pair_toml(pa, pb, pb, pa, ""));
+    let a = nodes[0].local_addr();
+    support::wait_healthy(a);
+    let r = support::request(
+        a,
+        "POST",
+        OPEN,
+        Some(&open_body("http://10.1.2.3:9", "http://127.0.0.1:9", None)),
+    )
+    .unwrap();
+    assert_etsi_error(&r, 403, 3, "pushes only to loopback URIs");
+    let r = support::request(
+        a,
+        "POST",
+        OPEN,
+        Some(&open_body(
+            &format!("http://127.0.0.1:{pb}"),
+            "http://127.0.0.1:9",
+            None,
+        )),
+    )
+    .unwrap();
+    assert_etsi_error(&r, 403, 3, "QKD node's listener");
+}
