@@ -178,6 +178,8 @@ typedef struct kp_stats {
   uint64_t pushes_expired;
   // Chunks taken but not sent when their stream closed (zeroized).
   uint64_t pushes_discarded;
+  // Chunks a KMS refused for good (409), dropped and not resent.
+  uint64_t pushes_rejected;
 } kp_stats;
 
 // Counters of a KMS side (`kp_kms_stats`).
@@ -381,6 +383,10 @@ const char *kp_version(void);
 //   listen = "127.0.0.1:0"        where QKD nodes push (port 0: any free)
 //   capacity_bytes = 67108864     key held for consumers, at most
 //   name = "kms"
+//   nodes = []                    QKD nodes (certificate CN) that may push
+//   cert, key, client_ca          TLS, nodes presenting certificates of
+//                                 client_ca (all three, or none)
+//   insecure_plaintext = false    allow plain HTTP beyond loopback
 // On success `*out` owns it. `KP_ERR_IO` when the address is in use.
 //
 // # Safety

@@ -154,7 +154,10 @@ impl RunningNode {
             }
         }
         if let Some(store) = &received {
-            crate::api::key_material_route(&mut router, Arc::clone(store));
+            let pushers = crate::kms_side::Pushers {
+                nodes: config.kms_side.nodes.clone(),
+            };
+            crate::api::key_material_route(&mut router, Arc::clone(store), pushers);
         }
         if config.serve.contains(&Protocol::NcpKms) {
             let keys = services

@@ -260,3 +260,84 @@ fn without_a_kms_table_a_node_pushes_only_to_loopback() {
     .unwrap();
     assert_etsi_error(&r, 403, 3, "QKD node's listener");
 }
+
+#[test]
+fn a_kms_side_takes_key_only_from_its_nodes_each_stream_from_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    pki.server("kms-srv");
+    for (name, role) in [
+        ("node-a", "node"),
+        ("node-b", "node"),
+        ("node-x", "node"),
+        ("kms-a", "kms"),
+    ] {
+        pki.client(name, role);
+    }
+    let port = free_port();
+    let toml = format!(
+        "[[node]]\nname = \"kms\"\nlisten = \"127.0.0.1:{port}\"\nserve = [\"etsi004-kms\"]\n{}\
+         [node.kms_side]\nnodes = [\"node-a\", \"node-b\"]\n",
+        pki.node_tls("kms-srv", "required")
+    );
+    let kms = start_nodes(&toml).pop().unwrap();
+    let path = "/api/v1/qkd/etsi004/key-material";
+    let (k1, k2) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let push = |ksid: uuid::Uuid, index: u32| {
+        json!({"status": 0, "index": index, "key_buffer": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+               "metadata": {"size": 55, "buffer": {"key_stream_id": ksid}}})
+    };
+    let send = |who: &str, ksid, index| {
+        TlsConn::open(kms.local_addr(), &pki.client_config(who))
+            .unwrap()
+            .send("POST", path, Some(&push(ksid, index)))
+            .unwrap()
+    };
+    assert_eq!(send("node-a", k1, 0).status, 201);
+    assert_etsi_error(&send("node-x", k2, 0), 403, 3, "may not push key here");
+    assert_etsi_error(&send("kms-a", k2, 0), 403, 3, "not a QKD node's");
+    // Another listed node cannot inject into node-a's stream.
+    assert_etsi_error(&send("node-b", k1, 1), 403, 3, "pushed by another QKD node");
+    assert_eq!(send("node-b", k2, 0).status, 201);
+    assert_eq!(send("node-a", k1, 1).status, 201);
+}
+
+#[test]
+fn a_poisoned_index_is_dropped_for_good_and_blocks_nothing_else() {
+    let (a, b) = support::linked_pair();
+    let kms_a = TestKms::start_poisoned(3);
+    let kms_b = TestKms::start();
+    let ksid = support::push_stream(
+        a.local_addr(),
+        b.local_addr(),
+        &kms_a,
+        &kms_b,
+        json!({"key_chunk_size": 32}),
+    );
+    kms_a.wait_for(&ksid, 200, 30);
+    kms_b.wait_for(&ksid, 200, 30);
+    let got = kms_a.indexes(&ksid);
+    assert!(!got.contains(&3), "the poisoned index is never stored");
+    assert!(
+        got.contains(&4) && got.len() >= 200,
+        "pushes behind it went on"
+    );
+    assert_eq!(
+        kms_a.log.lock().unwrap().poisoned,
+        1,
+        "answered 409 once, not resent"
+    );
+    assert_eq!(
+        support::metric(a.local_addr(), "keypipe_push_rejected_total"),
+        1.0
+    );
+    // The other KMS has index 3, and every index both have is identical.
+    assert!(kms_b.indexes(&ksid).contains(&3));
+    let la = kms_a.log.lock().unwrap();
+    let lb = kms_b.log.lock().unwrap();
+    for (i, k) in &la.keys[&ksid] {
+        if let Some(other) = lb.keys[&ksid].get(i) {
+            assert_eq!(k, other, "index {i}");
+        }
+    }
+}

@@ -205,6 +205,13 @@ fn metrics(src: &HealthSources) -> Response {
             );
             gauge(
                 &mut out,
+                "keypipe_push_rejected_total",
+                "counter",
+                "Chunks a KMS refused for good (409), dropped and not resent.",
+                p.rejected.load(Ordering::Relaxed) as f64,
+            );
+            gauge(
+                &mut out,
                 "keypipe_push_expired_total",
                 "counter",
                 "Chunks whose key expired, or was lost, before the push.",

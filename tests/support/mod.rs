@@ -270,12 +270,16 @@ pub struct Log {
     pub arrivals: Vec<(Uuid, u32, Instant)>,
     /// The client-certificate names (`CN/OU`) pushes came with (TLS).
     pub pushers: std::collections::BTreeSet<String>,
+    /// Pushes answered 409 (the poisoned index).
+    pub poisoned: u64,
 }
 
 struct KmsService {
     log: Arc<Mutex<Log>>,
     /// Answer each push this late (on the pool): a slow KMS.
     delay: Duration,
+    /// Answer 409 to every push of this index (a poisoned index).
+    poison: Option<u32>,
 }
 
 impl Service for KmsService {
@@ -294,6 +298,10 @@ impl Service for KmsService {
             v["metadata"]["buffer"].to_string().len()
         );
         let index = v["index"].as_u64().unwrap() as u32;
+        if self.poison == Some(index) {
+            self.log.lock().unwrap().poisoned += 1;
+            return Reply::Now(Response::json(409, r#"{"status":3,"message":"poisoned"}"#));
+        }
         let key = base64::engine::general_purpose::STANDARD
             .decode(v["key_buffer"].as_str().unwrap())
             .unwrap();
@@ -329,6 +337,7 @@ pub struct TestKms {
     server: Option<Server>,
     delay: Duration,
     tls: Option<Arc<keypipe_server::tls::TlsAcceptor>>,
+    poison: Option<u32>,
 }
 
 impl TestKms {
@@ -344,6 +353,21 @@ impl TestKms {
             server: None,
             delay,
             tls: None,
+            poison: None,
+        };
+        kms.up();
+        kms
+    }
+
+    /// A KMS that answers 409 to every push of `index`.
+    pub fn start_poisoned(index: u32) -> TestKms {
+        let mut kms = TestKms {
+            port: free_port(),
+            log: Arc::default(),
+            server: None,
+            delay: Duration::ZERO,
+            tls: None,
+            poison: Some(index),
         };
         kms.up();
         kms
@@ -357,6 +381,7 @@ impl TestKms {
             server: None,
             delay: Duration::ZERO,
             tls: Some(Arc::new(tls)),
+            poison: None,
         };
         kms.up();
         kms
@@ -380,6 +405,7 @@ impl TestKms {
         let service = Arc::new(KmsService {
             log: Arc::clone(&self.log),
             delay: self.delay,
+            poison: self.poison,
         });
         let pool = Pool::new(if self.delay.is_zero() { 1 } else { 64 }).unwrap();
         self.server = Some(Server::start("kms", &config, service, pool).unwrap());

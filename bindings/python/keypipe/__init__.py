@@ -155,6 +155,7 @@ class Stats:
     pushes_refused: int
     pushes_expired: int
     pushes_discarded: int
+    pushes_rejected: int
 
 
 @dataclass(frozen=True)

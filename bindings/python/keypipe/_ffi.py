@@ -59,6 +59,7 @@ class Stats(ctypes.Structure):
             "pushes_refused",
             "pushes_expired",
             "pushes_discarded",
+            "pushes_rejected",
         )
     ]
 

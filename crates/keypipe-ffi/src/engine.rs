@@ -16,6 +16,7 @@ use keypipe_net::linked::{LinkedEngine, LinkedSettings, StartError};
 use keypipe_net::metrics::RequestMetrics;
 use keypipe_net::push_mode::PushMode;
 use keypipe_net::router::Router;
+use keypipe_net::tls::{ClientAuth, Revoked, ServerTlsFiles, TlsAcceptor};
 use uuid::Uuid;
 
 use crate::buffer::out_buffer;
@@ -93,21 +94,60 @@ fn link_listener(
     linked: &LinkedEngine,
 ) -> Result<Server, kp_result> {
     let listen = listen.ok_or_else(|| fail(KP_ERR_CONFIG, "link.listen is required".into()))?;
+    let link = config.link.as_ref().expect("called for a [link]");
+    let tls = match (&link.listen_cert, &link.listen_key, &config.tls) {
+        (Some(cert), Some(key), Some(files)) => Some(acceptor(cert, key, &files.ca)?),
+        _ => None,
+    };
+    if tls.is_none() && !listen.ip().is_loopback() && !link.insecure_plaintext {
+        return Err(fail(
+            KP_ERR_CONFIG,
+            format!(
+                "link.listen = {listen} is not loopback and has no TLS (link.listen_cert, \
+                 link.listen_key, [tls]): link sync between hosts needs mutual TLS; set \
+                 link.insecure_plaintext = true to allow plain HTTP"
+            ),
+        ));
+    }
     let mut router = Router::new(Arc::new(RequestMetrics::default()));
     linked.mount(&mut router);
-    serve(&config.name, listen, router)
+    serve(&config.name, listen, router, tls)
 }
 
 /// Serves `router` on `listen` with one event loop and one pool thread.
-pub(crate) fn serve(name: &str, listen: SocketAddr, router: Router) -> Result<Server, kp_result> {
+pub(crate) fn serve(
+    name: &str,
+    listen: SocketAddr,
+    router: Router,
+    tls: Option<Arc<TlsAcceptor>>,
+) -> Result<Server, kp_result> {
     let config = ServerConfig {
         listen,
         workers: 1,
+        tls,
         ..ServerConfig::default()
     };
     let io = |e: std::io::Error| fail(KP_ERR_IO, format!("cannot listen on {listen}: {e}"));
     let pool = Pool::new(1).map_err(io)?;
     Server::start(name, &config, Arc::new(router), pool).map_err(io)
+}
+
+/// A TLS listener's acceptor: server certificate `cert` and `key`, client
+/// certificates required, chaining to `client_ca`.
+pub(crate) fn acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: &std::path::Path,
+) -> Result<Arc<TlsAcceptor>, kp_result> {
+    let files = ServerTlsFiles {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+        client_ca: Some(client_ca.to_owned()),
+        client_auth: ClientAuth::Required,
+    };
+    TlsAcceptor::new(files, Arc::new(Revoked::new()))
+        .map(Arc::new)
+        .map_err(|e| fail(KP_ERR_CONFIG, format!("tls: {e}")))
 }
 
 fn linked_error(e: StartError) -> kp_result {
@@ -493,15 +533,17 @@ pub unsafe extern "C" fn kp_engine_stats(e: *mut kp_engine, out: *mut kp_stats) 
 fn stats_of(parts: &EngineParts, shut_down: bool) -> kp_stats {
     let s = parts.engine().stats();
     let p = |f: &std::sync::atomic::AtomicU64| f.load(std::sync::atomic::Ordering::Relaxed);
-    let (taken, acked, refused, expired, discarded) = parts.linked.pushes().with_stats(|ps| {
-        (
-            p(&ps.taken),
-            p(&ps.acked),
-            p(&ps.refused),
-            p(&ps.expired),
-            p(&ps.discarded),
-        )
-    });
+    let (taken, acked, refused, expired, discarded, rejected) =
+        parts.linked.pushes().with_stats(|ps| {
+            (
+                p(&ps.taken),
+                p(&ps.acked),
+                p(&ps.refused),
+                p(&ps.expired),
+                p(&ps.discarded),
+                p(&ps.rejected),
+            )
+        });
     kp_stats {
         blocks_produced: s.counters.produced,
         blocks_consumed: s.counters.consumed,
@@ -529,6 +571,7 @@ fn stats_of(parts: &EngineParts, shut_down: bool) -> kp_stats {
         pushes_refused: refused,
         pushes_expired: expired,
         pushes_discarded: discarded,
+        pushes_rejected: rejected,
     }
 }
 
@@ -624,4 +667,6 @@ pub struct kp_stats {
     pub pushes_expired: u64,
     /// Chunks taken but not sent when their stream closed (zeroized).
     pub pushes_discarded: u64,
+    /// Chunks a KMS refused for good (409), dropped and not resent.
+    pub pushes_rejected: u64,
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keypipe_net::http::Server;
-use keypipe_net::kms_side::{ReceivedKeys, TakeError, Want, key_material_route};
+use keypipe_net::kms_side::{Pushers, ReceivedKeys, TakeError, Want, key_material_route};
 use keypipe_net::metrics::RequestMetrics;
 use keypipe_net::router::Router;
 use serde::Deserialize;
@@ -51,6 +51,19 @@ struct KmsConfig {
     capacity_bytes: usize,
     /// Name in the logs and thread names.
     name: String,
+    /// The QKD nodes that may push here (their certificates' `CN`, with
+    /// TLS); empty: any node certificate the listener trusts, or callers
+    /// on loopback without TLS.
+    nodes: Vec<String>,
+    /// TLS of the listener: its certificate chain (PEM).
+    cert: Option<std::path::PathBuf>,
+    /// Its key (PEM, mode 0600).
+    key: Option<std::path::PathBuf>,
+    /// The CA bundle node certificates must chain to (required with TLS:
+    /// pushing nodes are always asked for a certificate).
+    client_ca: Option<std::path::PathBuf>,
+    /// Allow plain HTTP on an address that is not loopback.
+    insecure_plaintext: bool,
 }
 
 impl Default for KmsConfig {
@@ -59,6 +72,11 @@ impl Default for KmsConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             capacity_bytes: 64 << 20,
             name: "kms".into(),
+            nodes: Vec::new(),
+            cert: None,
+            key: None,
+            client_ca: None,
+            insecure_plaintext: false,
         }
     }
 }
@@ -76,6 +94,10 @@ unsafe fn enter<'a>(k: *const kp_kms) -> Result<Call<'a, KmsParts>, kp_result> {
 ///   listen = "127.0.0.1:0"        where QKD nodes push (port 0: any free)
 ///   capacity_bytes = 67108864     key held for consumers, at most
 ///   name = "kms"
+///   nodes = []                    QKD nodes (certificate CN) that may push
+///   cert, key, client_ca          TLS, nodes presenting certificates of
+///                                 client_ca (all three, or none)
+///   insecure_plaintext = false    allow plain HTTP beyond loopback
 /// On success `*out` owns it. `KP_ERR_IO` when the address is in use.
 ///
 /// # Safety
@@ -94,10 +116,33 @@ pub unsafe extern "C" fn kp_kms_new(
             let text = unsafe { arg_str(config_toml, "config_toml") }?;
             toml::from_str(text).map_err(|e| fail(KP_ERR_CONFIG, e.to_string()))?
         };
+        let tls = match (&config.cert, &config.key, &config.client_ca) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(crate::engine::acceptor(cert, key, ca)?),
+            _ => {
+                return Err(fail(
+                    KP_ERR_CONFIG,
+                    "cert, key and client_ca go together (TLS with node certificates)".into(),
+                ));
+            }
+        };
+        if tls.is_none() && !config.listen.ip().is_loopback() && !config.insecure_plaintext {
+            return Err(fail(
+                KP_ERR_CONFIG,
+                format!(
+                    "listen = {} is not loopback and has no TLS (cert, key, client_ca): pushed key \
+                     would cross the network in clear; set insecure_plaintext = true to allow it",
+                    config.listen
+                ),
+            ));
+        }
         let store = Arc::new(ReceivedKeys::new(config.capacity_bytes));
         let mut router = Router::new(Arc::new(RequestMetrics::default()));
-        key_material_route(&mut router, Arc::clone(&store));
-        let server = serve(&config.name, config.listen, router)?;
+        let pushers = Pushers {
+            nodes: config.nodes.clone(),
+        };
+        key_material_route(&mut router, Arc::clone(&store), pushers);
+        let server = serve(&config.name, config.listen, router, tls)?;
         let parts = KmsParts {
             store,
             addr: server.local_addr(),

@@ -82,6 +82,9 @@ pub struct PushStats {
     pub expired: AtomicU64,
     /// Chunks taken but not yet sent when their stream closed (zeroized).
     pub discarded: AtomicU64,
+    /// Chunks the KMS refused for good (409: it holds other key for the
+    /// index); dropped, never resent, so they block no other push.
+    pub rejected: AtomicU64,
 }
 
 /// How one stream is pushed.
@@ -517,13 +520,29 @@ impl<T: Clone + Eq + std::hash::Hash> Pusher<T> {
 
     /// The KMS answered push `id` with `status`: `Some(latency since it
     /// was taken)` when it is accepted (201), `None` when it must be resent.
+    ///
+    /// 201 acknowledges the chunk. 409 (the KMS holds other key for this
+    /// index: an injection, or a bug) refuses it for good: the chunk is
+    /// dropped and counted, so one poisoned index never blocks the
+    /// pushes behind it. Any other answer is transient: `None`, resend.
     pub fn answer(&mut self, id: PushId, status: u16, now: Instant) -> Option<Duration> {
-        if status != 201 {
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(status, "KMS refused a key push; it will be resent");
-            return None;
+        match status {
+            201 => {
+                self.stats.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            409 => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    index = id.index,
+                    "KMS holds other key for this index (409): chunk dropped, not resent"
+                );
+            }
+            _ => {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(status, "KMS refused a key push; it will be resent");
+                return None;
+            }
         }
-        self.stats.acked.fetch_add(1, Ordering::Relaxed);
         let Some(ksid) = self.by_id.get(&id.stream).copied() else {
             return Some(Duration::ZERO);
         };

@@ -4,5 +4,5 @@
 pub mod route;
 pub mod store;
 
-pub use route::key_material_route;
+pub use route::{Pushers, key_material_route};
 pub use store::{Received, ReceivedError, ReceivedKeys, TakeError, Want};

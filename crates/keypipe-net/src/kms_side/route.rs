@@ -7,9 +7,11 @@
 //! with JSON escapes (`\`) is refused: Base64 and UUIDs never need them,
 //! and the JSON parser would copy the key text into a buffer it does not
 //! wipe.
-//! Answers: 400 (status 3) for a malformed body; 409 when the index is
-//! already held with different key; 503 when the store is full (the
-//! pushing node keeps the chunk and retries, so nothing is lost).
+//! Answers: 400 (status 3) for a malformed body; 403 for a pusher that is
+//! not allowed ([`Pushers`]) or pushes a stream another node pushes; 409
+//! when the index is already held with different key (the node drops that
+//! chunk for good, so it blocks nothing else); 503 when the store is full
+//! (the pushing node keeps the chunk and retries, so nothing is lost).
 
 use std::sync::Arc;
 
@@ -42,11 +44,49 @@ struct PushBuffer {
     key_stream_id: Uuid,
 }
 
+/// Who may push key material here (security review F6).
+#[derive(Debug, Clone, Default)]
+pub struct Pushers {
+    /// The QKD nodes allowed, by the `CN` of their certificate (`OU=node`).
+    /// Empty: any node certificate the listener trusts, or a caller on
+    /// loopback without a certificate.
+    pub nodes: Vec<String>,
+}
+
+impl Pushers {
+    /// Who pushed `req` (its label binds the stream), or why it may not.
+    fn pusher(&self, req: &Request) -> Result<String, String> {
+        let Some(peer) = req.peer.as_deref() else {
+            return Ok(String::new()); // in-process
+        };
+        match &peer.identity {
+            Some(id) if id.role != "node" => Err(format!(
+                "the client certificate of {:?} is not a QKD node's (OU=node)",
+                id.name
+            )),
+            Some(id) if !self.nodes.is_empty() && !self.nodes.contains(&id.name) => Err(format!(
+                "QKD node {:?} may not push key here (kms_side.nodes)",
+                id.name
+            )),
+            Some(id) => Ok(format!("node:{}", id.name)),
+            None if self.nodes.is_empty() && peer.addr.ip().is_loopback() => Ok("local".into()),
+            None => Err("a QKD node pushing key needs a client certificate (OU=node)".into()),
+        }
+    }
+}
+
 fn answer(status: u16, message: &str) -> Response {
     json(status, &json!({ "status": 3, "message": message }))
 }
 
-fn receive(store: &ReceivedKeys, req: &Request) -> Response {
+fn receive(store: &ReceivedKeys, pushers: &Pushers, req: &Request) -> Response {
+    let pusher = match pushers.pusher(req) {
+        Ok(p) => p,
+        Err(why) => {
+            tracing::warn!(peer = ?req.peer.as_ref().map(|p| p.addr), "key-material refused: {why}");
+            return answer(403, &why);
+        }
+    };
     // serde_json copies a string holding escapes into a scratch buffer it
     // frees unwiped; Base64 and UUIDs never need escapes, so refuse them.
     if req.body.contains(&b'\\') {
@@ -68,15 +108,16 @@ fn receive(store: &ReceivedKeys, req: &Request) -> Response {
         _ => return answer(400, "key_buffer is not non-empty Base64"),
     };
     key.truncate(n);
-    match store.insert(meta.buffer.key_stream_id, push.index, key) {
+    match store.insert_from(&pusher, meta.buffer.key_stream_id, push.index, key) {
         Ok(_) => json(201, &json!({ "status": 0 })),
         Err(e @ ReceivedError::Conflict) => answer(409, &e.to_string()),
+        Err(e @ ReceivedError::OtherPusher) => answer(403, &e.to_string()),
         Err(e @ ReceivedError::Full) => answer(503, &e.to_string()).header("Retry-After", "1"),
     }
 }
 
-/// Adds the key-material route, storing into `store`.
-pub fn key_material_route(router: &mut Router, store: Arc<ReceivedKeys>) {
-    let handler: Handler = Arc::new(move |req| Reply::Now(receive(&store, &req)));
+/// Adds the key-material route, storing into `store` what `pushers` may push.
+pub fn key_material_route(router: &mut Router, store: Arc<ReceivedKeys>, pushers: Pushers) {
+    let handler: Handler = Arc::new(move |req| Reply::Now(receive(&store, &pushers, &req)));
     router.route(Method::Post, "/api/v1/qkd/etsi004/key-material", handler);
 }

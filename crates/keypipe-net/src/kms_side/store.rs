@@ -53,6 +53,9 @@ pub enum ReceivedError {
     /// The index is held with different bytes.
     #[error("index already received with a different key")]
     Conflict,
+    /// Another pusher (QKD node) sends this stream.
+    #[error("this key stream is pushed by another QKD node")]
+    OtherPusher,
 }
 
 /// How a push was stored.
@@ -71,6 +74,8 @@ struct StreamKeys {
     held: BTreeMap<u32, Zeroizing<Vec<u8>>>,
     seen: RangeSet,
     last_push: Option<Instant>,
+    /// Who pushed the stream's first chunk: only it may push the rest.
+    pusher: Option<String>,
 }
 
 #[derive(Default)]
@@ -155,11 +160,24 @@ impl ReceivedKeys {
         index: u32,
         key: Zeroizing<Vec<u8>>,
     ) -> Result<Received, ReceivedError> {
-        self.insert_at(ksid, index, key, Instant::now())
+        self.insert_at("", ksid, index, key, Instant::now())
+    }
+
+    /// [`ReceivedKeys::insert`] by `pusher` (who the pushing node is): a
+    /// stream's chunks are taken only from the pusher of its first one.
+    pub fn insert_from(
+        &self,
+        pusher: &str,
+        ksid: Uuid,
+        index: u32,
+        key: Zeroizing<Vec<u8>>,
+    ) -> Result<Received, ReceivedError> {
+        self.insert_at(pusher, ksid, index, key, Instant::now())
     }
 
     fn insert_at(
         &self,
+        pusher: &str,
         ksid: Uuid,
         index: u32,
         key: Zeroizing<Vec<u8>>,
@@ -168,6 +186,9 @@ impl ReceivedKeys {
         let mut inner = self.lock();
         sweep(&mut inner, now);
         if let Some(stream) = inner.streams.get_mut(&ksid) {
+            if stream.pusher.as_deref().is_some_and(|p| p != pusher) {
+                return Err(ReceivedError::OtherPusher);
+            }
             if let Some(held) = stream.held.get(&index) {
                 return if bool::from(held.as_slice().ct_eq(key.as_slice())) {
                     Ok(Received::Repeat)
@@ -189,6 +210,7 @@ impl ReceivedKeys {
         inner.key_bytes += key.len();
         inner.received += 1;
         let stream = inner.streams.entry(ksid).or_default();
+        stream.pusher.get_or_insert_with(|| pusher.to_owned());
         stream.seen.insert(u64::from(index));
         if stream.seen.runs() > MAX_RUNS {
             stream.seen.cap_runs(MAX_RUNS);
@@ -366,10 +388,12 @@ mod tests {
         let store = ReceivedKeys::new(1 << 20);
         let k = Uuid::new_v4();
         let t0 = Instant::now();
-        store.insert_at(k, 0, key(1), t0).unwrap();
+        store.insert_at("", k, 0, key(1), t0).unwrap();
         store.take(&k, 0).unwrap();
         let later = t0 + FORGET_AFTER + Duration::from_secs(61);
-        store.insert_at(Uuid::new_v4(), 0, key(2), later).unwrap();
+        store
+            .insert_at("", Uuid::new_v4(), 0, key(2), later)
+            .unwrap();
         assert_eq!(store.lock().streams.len(), 1, "the idle KSID is forgotten");
         assert_eq!(store.lock().bytes, 4 + ENTRY_OVERHEAD + STREAM_OVERHEAD);
     }
