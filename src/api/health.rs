@@ -1,12 +1,18 @@
 //! `GET /healthz` (200 when the device and the peer link are up, 503
 //! otherwise, JSON detail) and `GET /metrics` (Prometheus text format).
+//!
+//! The detail and the metrics tell when key flows and how much (traffic
+//! analysis, security review F20): they go only to callers on loopback
+//! or with a verified client certificate. Anyone else gets the bare
+//! liveness answer of `/healthz` (`{"status":"ok"}` or `"degraded"`, same
+//! HTTP code) and 403 from `/metrics`.
 
 use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::{Handler, Router};
-use crate::http::{Method, Reply, Response, ServerStats};
+use crate::http::{Method, Reply, Request, Response, ServerStats};
 use crate::kms_side::ReceivedKeys;
 use crate::link::NetLink;
 use crate::push::Pushes;
@@ -36,7 +42,29 @@ pub struct HealthSources {
     pub server: Arc<std::sync::OnceLock<Arc<ServerStats>>>,
 }
 
-fn healthz(src: &HealthSources) -> Response {
+/// True when `req`'s caller may see the detail: on loopback, or with a
+/// verified client certificate (or in-process).
+fn may_see_detail(req: &Request) -> bool {
+    req.peer
+        .as_deref()
+        .is_none_or(|p| p.identity.is_some() || p.addr.ip().is_loopback())
+}
+
+fn healthz(src: &HealthSources, req: &Request) -> Response {
+    if !may_see_detail(req) {
+        let ok = src.engine.as_ref().is_none_or(|e| {
+            let s = e.stats();
+            s.device_up && s.link_up && src.link.as_ref().is_none_or(|l| l.refusal().is_none())
+        });
+        return Response::json(
+            if ok { 200 } else { 503 },
+            if ok {
+                r#"{"status":"ok"}"#
+            } else {
+                r#"{"status":"degraded"}"#
+            },
+        );
+    }
     // Hand-formatted: this is the cheapest endpoint and load balancers
     // poll it. The node name comes from the configuration (JSON-escaped once).
     let Some(engine) = &src.engine else {
@@ -68,7 +96,13 @@ fn healthz(src: &HealthSources) -> Response {
     )
 }
 
-fn metrics(src: &HealthSources) -> Response {
+fn metrics(src: &HealthSources, req: &Request) -> Response {
+    if !may_see_detail(req) {
+        return Response::json(
+            403,
+            r#"{"message":"metrics are served to callers on loopback or with a client certificate"}"#,
+        );
+    }
     let mut out = String::with_capacity(4096);
     let node = &src.node;
     let gauge = |out: &mut String, name: &str, kind: &str, help: &str, v: f64| {
@@ -289,12 +323,12 @@ fn metrics(src: &HealthSources) -> Response {
 
 /// Adds `GET /healthz`.
 pub fn healthz_route(router: &mut Router, src: HealthSources) {
-    let handler: Handler = Arc::new(move |_| Reply::Now(healthz(&src)));
+    let handler: Handler = Arc::new(move |req| Reply::Now(healthz(&src, &req)));
     router.route(Method::Get, "/healthz", handler);
 }
 
 /// Adds `GET /metrics`.
 pub fn metrics_route(router: &mut Router, src: HealthSources) {
-    let handler: Handler = Arc::new(move |_| Reply::Now(metrics(&src)));
+    let handler: Handler = Arc::new(move |req| Reply::Now(metrics(&src, &req)));
     router.route(Method::Get, "/metrics", handler);
 }

@@ -653,3 +653,14 @@ pub fn assert_etsi_error(r: &Answer, http: u16, status: u64, needle: &str) {
     let message = v["message"].as_str().unwrap();
     assert!(message.contains(needle), "{message:?} lacks {needle:?}");
 }
+
+/// This host's address on its default route (not loopback), found
+/// without sending anything: what a caller from another host looks like
+/// to a listener on 0.0.0.0.
+pub fn non_loopback_ip() -> std::net::IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket.connect("192.0.2.1:9").unwrap();
+    let ip = socket.local_addr().unwrap().ip();
+    assert!(!ip.is_loopback() && !ip.is_unspecified(), "no non-loopback address: {ip}");
+    ip
+}
