@@ -12,6 +12,7 @@ use crate::kms::donau::Donau;
 use crate::kms::entropy::{Entropy, QkdSource};
 use crate::kms::keys::StoreKeys;
 use crate::kms::ncp::{KeySource, NcpService};
+use crate::kms::replay::ReplayCache;
 use crate::kms_side::ReceivedKeys;
 use crate::linked::{LinkedEngine, LinkedSettings, StartError};
 use crate::qkd::{Engine, EngineError};
@@ -47,6 +48,8 @@ pub struct Services {
     pub donau: Option<(Arc<Donau>, String)>,
     /// Revoked client certificates, for every TLS listener.
     pub revoked: Arc<Revoked>,
+    /// Signed NCP requests seen (each is accepted once), for every listener.
+    pub ncp_replay: Arc<ReplayCache>,
 }
 
 /// The engine as a source of QKD key for local use (KMS entropy).
@@ -172,7 +175,8 @@ impl RunningNode {
             };
             let service = NcpService::new(Arc::clone(&keys) as Arc<dyn KeySource>)
                 .with_entropy(Arc::new(entropy));
-            NcpApi::new(keys, Arc::new(service)).mount(&mut router);
+            NcpApi::new(keys, Arc::new(service), Arc::clone(&services.ncp_replay))
+                .mount(&mut router);
         }
         if config.serve.contains(&Protocol::KeyAgreement) {
             services

@@ -81,8 +81,13 @@ fn call_at(
     read_answer(&mut conn.reader).unwrap()
 }
 
+/// A signed call with a timestamp of its own: each signed request is
+/// accepted once, so two calls in the same millisecond must differ (any
+/// timestamp within the 5-minute window is valid).
 fn call(addr: SocketAddr, c: &Creds, v: u8, tag: &str, action: &str, body: &Value) -> Answer {
-    call_at(addr, c, v, tag, action, body, now_ms())
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let back = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 100_000;
+    call_at(addr, c, v, tag, action, body, now_ms() - back)
 }
 
 fn setup() -> (tempfile::TempDir, String, Creds) {
@@ -95,7 +100,7 @@ fn setup() -> (tempfile::TempDir, String, Creds) {
         (key["type"].as_str(), key["version"].as_u64()),
         (Some("AES256"), Some(1))
     );
-    let ak = kms(dir.path(), &["create-access-key"]);
+    let ak = kms(dir.path(), &["create-access-key", "--grant", "*:*"]);
     let creds = Creds {
         access: ak["access_key"].as_str().unwrap().into(),
         secret: ak["secret_key"].as_str().unwrap().into(),
@@ -369,4 +374,176 @@ fn keys_survive_kill_9_and_never_reach_disk_or_logs_in_clear() {
         assert!(!log.windows(secret.len()).any(|w| w == secret.as_bytes()));
     }
     assert!(!log.is_empty(), "the server logged (at debug level)");
+}
+
+/// Sends exactly `raw` (a captured request, possibly with another body).
+fn send_raw(addr: SocketAddr, raw: &str) -> Answer {
+    use std::io::Write;
+    let mut conn = Conn::open(addr).unwrap();
+    conn.stream.write_all(raw.as_bytes()).unwrap();
+    read_answer(&mut conn.reader).unwrap()
+}
+
+#[test]
+fn grants_bound_each_access_key_and_a_captured_request_is_accepted_once() {
+    let (dir, tag, _) = setup();
+    let other = kms(
+        dir.path(),
+        &["create-key", "--name", "other", "--type", "AES256"],
+    );
+    let other = other["keyTag"].as_str().unwrap().to_owned();
+    let grant = format!("{tag}:encrypt,decrypt");
+    let ak = kms(dir.path(), &["create-access-key", "--grant", &grant]);
+    assert_eq!(ak["grants"][0]["actions"], json!(["encrypt", "decrypt"]));
+    let c = Creds {
+        access: ak["access_key"].as_str().unwrap().into(),
+        secret: ak["secret_key"].as_str().unwrap().into(),
+        api: ak["api_key"].as_str().unwrap().into(),
+    };
+    let bare = kms(dir.path(), &["create-access-key"]);
+    let none = Creds {
+        access: bare["access_key"].as_str().unwrap().into(),
+        secret: bare["secret_key"].as_str().unwrap().into(),
+        api: bare["api_key"].as_str().unwrap().into(),
+    };
+    let server = start(dir.path(), free_port());
+    let addr = server.addr;
+    let pt = json!({"plaintext": B64.encode(b"secret payload")});
+
+    // Within its grant: 200. Another key, another action, no grant: 403.
+    let enc = call(addr, &c, 2, &tag, "encrypt", &pt);
+    assert_eq!(enc.status, 200);
+    let ct = enc.json()["data"]["ciphertext"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let forbidden = |r: Answer| {
+        assert_eq!(r.status, 403, "{:?}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["code"], "FORBIDDEN");
+    };
+    forbidden(call(addr, &c, 2, &other, "encrypt", &pt));
+    forbidden(call(addr, &c, 2, &tag, "createCustomKey", &json!({})));
+    forbidden(call(addr, &none, 2, &tag, "encrypt", &pt));
+    // A grant added while running takes effect (the store generation moves).
+    kms(dir.path(), &["grant", &none.access, "*", "encrypt"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while call(addr, &none, 2, &other, "encrypt", &pt).status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the grant never applied"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    kms(dir.path(), &["revoke-grant", &none.access, "*"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while call(addr, &none, 2, &other, "encrypt", &pt).status != 403 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revocation never applied"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    // F10: a captured decrypt request, replayed with another ciphertext,
+    // is refused (the signature does not cover the body).
+    let target = format!("/keys/v2/{tag}/decrypt");
+    let ts = now_ms().to_string();
+    let sig = signature(
+        Scheme::V2,
+        c.secret.as_bytes(),
+        "POST",
+        &target,
+        &ts,
+        &c.access,
+        "",
+    );
+    let request = |body: &str| {
+        format!(
+            "POST {target} HTTP/1.1\r\nHost: t\r\nx-ncp-apigw-timestamp: {ts}\r\nx-ncp-iam-access-key: {}\r\n\
+             x-ncp-apigw-signature-v2: {sig}\r\nContent-Length: {}\r\n\r\n{body}",
+            c.access,
+            body.len()
+        )
+    };
+    let first = send_raw(addr, &request(&json!({"ciphertext": ct}).to_string()));
+    assert_eq!(first.status, 200);
+    let victim = call(
+        addr,
+        &c,
+        2,
+        &tag,
+        "encrypt",
+        &json!({"plaintext": B64.encode(b"other secret")}),
+    );
+    let victim_ct = victim.json()["data"]["ciphertext"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let replay = send_raw(
+        addr,
+        &request(&json!({"ciphertext": victim_ct}).to_string()),
+    );
+    assert_eq!(
+        replay.status,
+        401,
+        "{:?}",
+        String::from_utf8_lossy(&replay.body)
+    );
+    assert!(String::from_utf8_lossy(&replay.body).contains("replayed"));
+    assert!(!String::from_utf8_lossy(&replay.body).contains(&B64.encode(b"other secret")));
+
+    let listed: Vec<Value> = String::from_utf8(
+        std::process::Command::new(env!("CARGO_BIN_EXE_keypipe"))
+            .args(["kms", "--data-dir"])
+            .arg(dir.path())
+            .arg("list-access-keys")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .lines()
+    .map(|l| serde_json::from_str(l).unwrap())
+    .collect();
+    assert!(listed.iter().any(|k| k["access_key"] == c.access.as_str()
+        && k["grants"] == json!([{"key_tag": tag, "actions": ["encrypt", "decrypt"]}])));
+    assert!(
+        listed.iter().all(|k| k.get("secret_key").is_none()),
+        "no secret listed"
+    );
+    // Bad grants are refused by name, and create nothing.
+    let before = listed.len();
+    for (args, needle) in [
+        (
+            vec!["create-access-key", "--grant", "no-colon"],
+            "TAG:ACTIONS",
+        ),
+        (
+            vec!["create-access-key", "--grant", "t:fly"],
+            "action \"fly\"",
+        ),
+        (vec!["grant", &c.access, "bad tag", "*"], "keyTag"),
+        (vec!["grant", "AKNONE", "*", "*"], "not found"),
+        (vec!["revoke-grant", &c.access, "nope"], "no grant"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keypipe"))
+            .args(["kms", "--data-dir"])
+            .arg(dir.path())
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(needle),
+            "{args:?}: {err}"
+        );
+    }
+    let after = std::process::Command::new(env!("CARGO_BIN_EXE_keypipe"))
+        .args(["kms", "--data-dir"])
+        .arg(dir.path())
+        .arg("list-access-keys")
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(String::from_utf8(after).unwrap().lines().count(), before);
 }

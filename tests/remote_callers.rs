@@ -30,8 +30,17 @@ fn remote_callers_without_a_certificate_get_nothing_that_needs_one() {
     let bare = request(remote, "GET", "/healthz", None).unwrap();
     assert!(bare.status == 200 || bare.status == 503);
     let v = bare.json();
-    assert!(v.get("status").is_some() && v.get("streams").is_none() && v.get("node").is_none(), "{v}");
-    assert!(request(local, "GET", "/healthz", None).unwrap().json().get("streams").is_some());
+    assert!(
+        v.get("status").is_some() && v.get("streams").is_none() && v.get("node").is_none(),
+        "{v}"
+    );
+    assert!(
+        request(local, "GET", "/healthz", None)
+            .unwrap()
+            .json()
+            .get("streams")
+            .is_some()
+    );
     // Metrics: 403 remotely, served locally.
     let r = request(remote, "GET", "/metrics", None).unwrap();
     assert_eq!(r.status, 403);
@@ -48,7 +57,13 @@ fn remote_callers_without_a_certificate_get_nothing_that_needs_one() {
     // The KMS side: no push from a remote caller without a certificate.
     let push = json!({"status": 0, "index": 0, "key_buffer": "AAAA",
                       "metadata": {"size": 55, "buffer": {"key_stream_id": uuid::Uuid::new_v4()}}});
-    let r = request(remote, "POST", "/api/v1/qkd/etsi004/key-material", Some(&push)).unwrap();
+    let r = request(
+        remote,
+        "POST",
+        "/api/v1/qkd/etsi004/key-material",
+        Some(&push),
+    )
+    .unwrap();
     assert_etsi_error(&r, 403, 3, "needs a client certificate");
     // Link sync between hosts needs mutual TLS.
     let r = request(remote, "POST", "/api/v1/link/hello", Some(&json!({}))).unwrap();

@@ -3,7 +3,10 @@
 //! signature (`kms::gateway`), served by the sans-IO `kms::ncp` service.
 //!
 //! Authentication failures answer in the gateway's form: 401
-//! `{"error":{"errorCode":"200","message":"Authentication Failed","details":"…"}}`.
+//! `{"error":{"errorCode":"200","message":"Authentication Failed","details":"…"}}`,
+//! a replayed signature included (each signed request is accepted once:
+//! `kms::replay`). An authenticated access key without a grant for the
+//! keyTag and action gets 403 `{"code":"FORBIDDEN","msg":"…"}`.
 //! Every call on an RSA2048 key (private-key operations take about a
 //! millisecond, and an array may hold many items) runs on the pool so it
 //! never stalls the event loop.
@@ -17,14 +20,16 @@ use super::{Handler, Router};
 use crate::http::{Method, Reply, Request, Response};
 use crate::kms::gateway::{AuthError, Credentials, KeyInfo, Scheme, verify};
 use crate::kms::keys::StoreKeys;
-use crate::kms::ncp::{KeySource, NcpService};
-use crate::store::KeyType;
+use crate::kms::ncp::{Action, KeySource, NcpService};
+use crate::kms::replay::{ReplayCache, ReplayError};
+use crate::store::{AccessKey, KeyType};
 
 /// The NCP routes of one listener.
 #[derive(Debug, Clone)]
 pub struct NcpApi {
     keys: Arc<StoreKeys>,
     service: Arc<NcpService>,
+    replay: Arc<ReplayCache>,
 }
 
 fn unauthorized(details: &str) -> Response {
@@ -39,9 +44,14 @@ fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
 }
 
 impl NcpApi {
-    /// Routes over `service`, authenticating against `keys`.
-    pub fn new(keys: Arc<StoreKeys>, service: Arc<NcpService>) -> Self {
-        Self { keys, service }
+    /// Routes over `service`, authenticating against `keys`, each signed
+    /// request once (`replay`, shared by the process's listeners).
+    pub fn new(keys: Arc<StoreKeys>, service: Arc<NcpService>, replay: Arc<ReplayCache>) -> Self {
+        Self {
+            keys,
+            service,
+            replay,
+        }
     }
 
     /// Adds `POST /keys/v1/…` and `POST /keys/v2/…`.
@@ -53,7 +63,9 @@ impl NcpApi {
         }
     }
 
-    fn authenticate(&self, scheme: Scheme, req: &Request) -> Result<(), Response> {
+    /// The request's access key once its signature checked out and was
+    /// not seen before; else the answer.
+    fn authenticate(&self, scheme: Scheme, req: &Request) -> Result<Arc<AccessKey>, Response> {
         let creds = Credentials {
             timestamp: header(req, "x-ncp-apigw-timestamp"),
             access_key: header(req, "x-ncp-iam-access-key"),
@@ -65,6 +77,7 @@ impl NcpApi {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let mut store_failed = false;
+        let mut found = None;
         let result = verify(
             scheme,
             "POST",
@@ -72,10 +85,14 @@ impl NcpApi {
             &creds,
             now_ms,
             |name, check| match self.keys.access_key(name) {
-                Ok(Some(key)) if key.enabled => check(KeyInfo {
-                    secret_key: key.secret_key.as_bytes(),
-                    api_key: &key.api_key,
-                }),
+                Ok(Some(key)) if key.enabled => {
+                    let checked = check(KeyInfo {
+                        secret_key: key.secret_key.as_bytes(),
+                        api_key: &key.api_key,
+                    });
+                    found = Some(key);
+                    checked
+                }
                 Ok(_) => Err(AuthError::UnknownAccessKey),
                 Err(e) => {
                     tracing::error!("access key lookup failed: {e}");
@@ -84,20 +101,34 @@ impl NcpApi {
                 }
             },
         );
-        match result {
-            Ok(()) => Ok(()),
-            Err(_) if store_failed => Err(super::json(
+        match (result, found) {
+            (Ok(()), Some(key)) => {
+                let ts = creds.timestamp.and_then(|t| t.parse().ok()).unwrap_or(0);
+                let signature = creds.signature.unwrap_or("");
+                match self.replay.admit(&key.access_key, ts, signature, now_ms) {
+                    Ok(()) => Ok(key),
+                    Err(e @ ReplayError::Replayed) => Err(unauthorized(&e.to_string())),
+                    Err(e @ ReplayError::Full) => Err(super::json(
+                        503,
+                        &json!({"code": "SERVICE_UNAVAILABLE", "msg": e.to_string()}),
+                    )
+                    .header("Retry-After", "1")),
+                }
+            }
+            (Ok(()), None) => Err(unauthorized("invalid signature or credentials")),
+            (Err(_), _) if store_failed => Err(super::json(
                 500,
                 &json!({"code": "INTERNAL_SERVER_ERROR", "msg": "Server internal error"}),
             )),
-            Err(e) => Err(unauthorized(&e.to_string())),
+            (Err(e), _) => Err(unauthorized(&e.to_string())),
         }
     }
 
     fn call(&self, scheme: Scheme, prefix: &str, req: Request) -> Reply {
-        if let Err(r) = self.authenticate(scheme, &req) {
-            return Reply::Now(r);
-        }
+        let access = match self.authenticate(scheme, &req) {
+            Ok(key) => key,
+            Err(r) => return Reply::Now(r),
+        };
         let rest = &req.path()[prefix.len()..];
         let Some((tag, action)) = rest
             .split_once('/')
@@ -108,6 +139,17 @@ impl NcpApi {
                 &json!({"code": "NOT_FOUND", "msg": "Not found: path must be /keys/{v1|v2}/{keyTag}/{action}"}),
             ));
         };
+        // Unknown actions fall through to the service's own 404.
+        if let Some(known) = Action::parse(action)
+            && !access.allows(tag, known.as_str())
+        {
+            return Reply::Now(super::json(
+                403,
+                &json!({"code": "FORBIDDEN",
+                        "msg": format!("access key {} has no grant to {} with key {tag}",
+                                       access.access_key, known.as_str())}),
+            ));
+        }
         let (tag, action) = (tag.to_owned(), action.to_owned());
         let slow = matches!(
             self.keys.key(&tag),

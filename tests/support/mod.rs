@@ -661,6 +661,9 @@ pub fn non_loopback_ip() -> std::net::IpAddr {
     let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
     socket.connect("192.0.2.1:9").unwrap();
     let ip = socket.local_addr().unwrap().ip();
-    assert!(!ip.is_loopback() && !ip.is_unspecified(), "no non-loopback address: {ip}");
+    assert!(
+        !ip.is_loopback() && !ip.is_unspecified(),
+        "no non-loopback address: {ip}"
+    );
     ip
 }

@@ -12,4 +12,5 @@ pub mod gateway;
 pub mod keys;
 pub mod login;
 pub mod ncp;
+pub mod replay;
 pub mod store;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use clap::Subcommand;
 use keypipe_server::kms::entropy::Entropy;
-use keypipe_server::kms::ncp::generate_material;
-use keypipe_server::store::{KeyStore, KeyType, Store};
+use keypipe_server::kms::ncp::{Action, generate_material};
+use keypipe_server::store::{Grant, KeyStore, KeyType, Store};
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -52,8 +52,34 @@ pub enum KmsCommand {
     },
     /// List keys, one JSON object per line.
     List,
-    /// Create an access key; prints {"access_key","secret_key","api_key"} once.
-    CreateAccessKey,
+    /// Create an access key; prints {"access_key","secret_key","api_key"}
+    /// once. It may do only what its grants allow (none: nothing).
+    CreateAccessKey {
+        /// A grant, TAG:ACTIONS (keyTag or `*`; actions comma separated,
+        /// or `*`), e.g. `--grant 0a1b…:encrypt,decrypt`. Repeatable.
+        #[arg(long)]
+        grant: Vec<String>,
+    },
+    /// Let an access key do ACTIONS with a key (replaces its grant for
+    /// that key): `grant AK TAG encrypt,decrypt` (`*` for every key or action).
+    Grant {
+        /// The access key.
+        access_key: String,
+        /// The keyTag, or `*` for every key.
+        key_tag: String,
+        /// Actions, comma separated (encrypt, decrypt, createCustomKey,
+        /// reencrypt, sign, verify), or `*`.
+        actions: String,
+    },
+    /// Remove an access key's grant for a key.
+    RevokeGrant {
+        /// The access key.
+        access_key: String,
+        /// The keyTag (or `*`).
+        key_tag: String,
+    },
+    /// List the access keys and their grants (no secret), one JSON object per line.
+    ListAccessKeys,
     /// Revoke an access key.
     RevokeAccessKey {
         /// The access key.
@@ -115,11 +141,56 @@ pub fn run(store: Store, command: KmsCommand) -> Result<String, String> {
             })
             .collect::<Vec<_>>()
             .join("\n"),
-        KmsCommand::CreateAccessKey => {
+        KmsCommand::CreateAccessKey { grant } => {
+            // Every grant is checked before the key exists.
+            let grants = grant
+                .iter()
+                .map(|g| {
+                    let (tag, actions) = g
+                        .split_once(':')
+                        .ok_or_else(|| format!("--grant {g:?}: write TAG:ACTIONS"))?;
+                    parse_grant(tag, actions)
+                })
+                .collect::<Result<Vec<_>, String>>()?;
             let k = store.create_access_key().map_err(err)?;
-            json!({"access_key": k.access_key, "secret_key": k.secret_key.as_str(), "api_key": k.api_key})
+            for g in &grants {
+                store.set_grant(&k.access_key, g).map_err(err)?;
+            }
+            json!({"access_key": k.access_key, "secret_key": k.secret_key.as_str(),
+                   "api_key": k.api_key, "grants": grants_json(&grants)})
+            .to_string()
+        }
+        KmsCommand::Grant {
+            access_key,
+            key_tag,
+            actions,
+        } => {
+            let grant = parse_grant(&key_tag, &actions)?;
+            store.set_grant(&access_key, &grant).map_err(err)?;
+            json!({"access_key": access_key, "grants": grants_json(std::slice::from_ref(&grant))})
                 .to_string()
         }
+        KmsCommand::RevokeGrant {
+            access_key,
+            key_tag,
+        } => {
+            if !store.remove_grant(&access_key, &key_tag).map_err(err)? {
+                return Err(format!(
+                    "access key {access_key} has no grant for {key_tag}"
+                ));
+            }
+            json!({"access_key": access_key, "key_tag": key_tag, "revoked": true}).to_string()
+        }
+        KmsCommand::ListAccessKeys => store
+            .list_access_keys()
+            .map_err(err)?
+            .iter()
+            .map(|(ak, enabled, grants)| {
+                json!({"access_key": ak, "enabled": enabled, "grants": grants_json(grants)})
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
         KmsCommand::RevokeAccessKey { access_key } => {
             if !store.revoke_access_key(&access_key).map_err(err)? {
                 return Err(format!("no access key {access_key}"));
@@ -141,4 +212,41 @@ fn switch(
     }
     .map_err(|e| e.to_string())?;
     Ok(json!({"keyTag": tag, "version": version, "enabled": enabled}).to_string())
+}
+
+/// A grant from its keyTag (or `*`) and actions text (comma separated
+/// action names, or `*`); unknown actions are refused by name.
+fn parse_grant(tag: &str, actions: &str) -> Result<Grant, String> {
+    let tag_ok = tag == "*"
+        || (!tag.is_empty() && tag.len() <= 64 && tag.chars().all(|c| c.is_ascii_alphanumeric()));
+    if !tag_ok {
+        return Err(format!("keyTag {tag:?}: a keyTag, or * for every key"));
+    }
+    let actions = if actions == "*" {
+        vec!["*".to_owned()]
+    } else {
+        actions
+            .split(',')
+            .map(|a| {
+                Action::parse(a.trim())
+                    .map(|a| a.as_str().to_owned())
+                    .ok_or_else(|| {
+                        format!(
+                            "action {a:?}: one of encrypt, decrypt, createCustomKey, reencrypt, sign, verify, or *"
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    Ok(Grant {
+        key_tag: tag.to_owned(),
+        actions,
+    })
+}
+
+fn grants_json(grants: &[Grant]) -> serde_json::Value {
+    grants
+        .iter()
+        .map(|g| json!({"key_tag": g.key_tag, "actions": g.actions}))
+        .collect()
 }

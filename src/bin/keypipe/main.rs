@@ -287,6 +287,7 @@ fn serve(
             agreement,
             donau,
             revoked,
+            ..Services::default()
         }
     } else {
         Services {

@@ -128,6 +128,18 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ) STRICT, WITHOUT ROWID;
     CREATE INDEX issued_certs_revoked ON issued_certs (revoked_ms) WHERE revoked_ms IS NOT NULL;
     "#,
+    // 6: what each access key may do (keyTag or '*', actions or '*').
+    // Access keys made before could use every key: they keep a '*' grant.
+    r#"
+    CREATE TABLE access_key_grants (
+        access_key TEXT NOT NULL REFERENCES access_keys (access_key) ON DELETE CASCADE,
+        key_tag    TEXT NOT NULL,
+        actions    TEXT NOT NULL,
+        PRIMARY KEY (access_key, key_tag)
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO access_key_grants (access_key, key_tag, actions)
+        SELECT access_key, '*', '*' FROM access_keys;
+    "#,
 ];
 
 /// The schema version this code writes.

@@ -322,6 +322,29 @@ pub struct AccessKey {
     pub api_key: String,
     /// False once revoked.
     pub enabled: bool,
+    /// What it may do: nothing beyond these grants.
+    pub grants: Vec<Grant>,
+}
+
+/// What an access key may do with one key, or with every key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The keyTag, or `*` for every key.
+    pub key_tag: String,
+    /// The action names allowed (canonical, e.g. `encrypt`), or `["*"]`
+    /// for every action.
+    pub actions: Vec<String>,
+}
+
+impl AccessKey {
+    /// True when a grant lets this access key do `action` (canonical name)
+    /// with the key tagged `tag`.
+    pub fn allows(&self, tag: &str, action: &str) -> bool {
+        self.grants.iter().any(|g| {
+            (g.key_tag == "*" || g.key_tag == tag)
+                && g.actions.iter().any(|a| a == "*" || a == action)
+        })
+    }
 }
 
 impl fmt::Debug for AccessKey {
@@ -331,6 +354,7 @@ impl fmt::Debug for AccessKey {
             .field("secret_key", &"<redacted>")
             .field("api_key", &self.api_key)
             .field("enabled", &self.enabled)
+            .field("grants", &self.grants)
             .finish()
     }
 }
@@ -376,6 +400,17 @@ pub trait KeyStore: Send + Sync {
     /// Revokes an access key: it is kept, disabled. True when it existed.
     fn revoke_access_key(&self, access_key: &str) -> Result<bool, StoreError>;
 
+    /// Sets what `access_key` may do with `grant.key_tag` (replacing a
+    /// grant for the same tag). [`StoreError::NotFound`] when there is no
+    /// such access key.
+    fn set_grant(&self, access_key: &str, grant: &Grant) -> Result<(), StoreError>;
+
+    /// Removes `access_key`'s grant for `key_tag`; true when there was one.
+    fn remove_grant(&self, access_key: &str, key_tag: &str) -> Result<bool, StoreError>;
+
+    /// Every access key's id, state and grants (no secret), oldest first.
+    fn list_access_keys(&self) -> Result<Vec<(String, bool, Vec<Grant>)>, StoreError>;
+
     /// A counter that changes on every write (any process): callers cache
     /// and re-read when it moved.
     fn generation(&self) -> Result<u64, StoreError>;
@@ -419,6 +454,7 @@ mod tests {
             secret_key: Zeroizing::new("SECRETKEY".into()),
             api_key: "API".into(),
             enabled: true,
+            grants: Vec::new(),
         };
         let text = format!("{k:?} {k:#?} {a:?} {a:#?}");
         assert!(!text.contains("SECRET"), "{text}");

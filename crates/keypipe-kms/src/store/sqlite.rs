@@ -16,8 +16,8 @@ use zeroize::Zeroizing;
 
 use super::kek::Kek;
 use super::{
-    AccessKey, KeyStore, KeySummary, KeyType, KeyVersion, MasterKey, StoreError, StoreOptions,
-    migrations,
+    AccessKey, Grant, KeyStore, KeySummary, KeyType, KeyVersion, MasterKey, StoreError,
+    StoreOptions, migrations,
 };
 
 /// How long a statement waits for another connection's lock.
@@ -582,6 +582,7 @@ impl KeyStore for Store {
                 secret_key,
                 api_key,
                 enabled: true,
+                grants: Vec::new(),
             })
         })
     }
@@ -619,12 +620,61 @@ impl KeyStore for Store {
                 return Err(corrupt("is not text"));
             }
         };
+        let grants = grants_of(&self.lock(), access_key)?;
         Ok(Some(AccessKey {
             access_key: access_key.to_owned(),
             secret_key,
             api_key,
             enabled,
+            grants,
         }))
+    }
+
+    fn set_grant(&self, access_key: &str, grant: &Grant) -> Result<(), StoreError> {
+        self.write(|tx| {
+            if !exists(
+                tx,
+                "SELECT 1 FROM access_keys WHERE access_key = ?1",
+                access_key,
+            )? {
+                return Err(StoreError::NotFound {
+                    what: format!("access key {access_key}"),
+                });
+            }
+            tx.prepare_cached(
+                "INSERT INTO access_key_grants (access_key, key_tag, actions) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (access_key, key_tag) DO UPDATE SET actions = excluded.actions",
+            )?
+            .execute(params![access_key, grant.key_tag, grant.actions.join(",")])?;
+            Ok(())
+        })
+    }
+
+    fn remove_grant(&self, access_key: &str, key_tag: &str) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            Ok(tx
+                .prepare_cached(
+                    "DELETE FROM access_key_grants WHERE access_key = ?1 AND key_tag = ?2",
+                )?
+                .execute(params![access_key, key_tag])?
+                > 0)
+        })
+    }
+
+    fn list_access_keys(&self) -> Result<Vec<(String, bool, Vec<Grant>)>, StoreError> {
+        let conn = self.lock();
+        let keys = conn
+            .prepare_cached(
+                "SELECT access_key, enabled FROM access_keys ORDER BY created_ms, access_key",
+            )?
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        keys.into_iter()
+            .map(|(ak, enabled)| {
+                let grants = grants_of(&conn, &ak)?;
+                Ok((ak, enabled, grants))
+            })
+            .collect()
     }
 
     fn revoke_access_key(&self, access_key: &str) -> Result<bool, StoreError> {
@@ -657,6 +707,25 @@ impl KeyStore for Store {
             .query_row([], |row| row.get(0))?;
         to_u64(value, || "the generation counter".into())
     }
+}
+
+/// The grants of `access_key`, by keyTag.
+fn grants_of(conn: &Connection, access_key: &str) -> Result<Vec<Grant>, StoreError> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT key_tag, actions FROM access_key_grants WHERE access_key = ?1 ORDER BY key_tag",
+        )?
+        .query_map([access_key], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows
+        .into_iter()
+        .map(|(key_tag, actions)| Grant {
+            key_tag,
+            actions: actions.split(',').map(str::to_owned).collect(),
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -1260,5 +1329,70 @@ mod tests {
         assert!(UPPER_ALNUM.iter().all(|c| s.as_bytes().contains(c)));
         let s = random_string(2000, ALNUM).unwrap();
         assert!(ALNUM.iter().all(|c| s.as_bytes().contains(c)));
+    }
+
+    #[test]
+    fn grants_are_set_replaced_removed_and_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with_env(&StoreOptions::new(dir.path()), &|_| None).unwrap();
+        let ak = store.create_access_key().unwrap();
+        assert!(ak.grants.is_empty(), "a new access key may do nothing");
+        let grant = |tag: &str, actions: &[&str]| Grant {
+            key_tag: tag.into(),
+            actions: actions.iter().map(|a| a.to_string()).collect(),
+        };
+        let before = store.generation().unwrap();
+        store
+            .set_grant(&ak.access_key, &grant("t1", &["encrypt"]))
+            .unwrap();
+        assert!(
+            store.generation().unwrap() > before,
+            "caches see the change"
+        );
+        store
+            .set_grant(&ak.access_key, &grant("t1", &["encrypt", "decrypt"]))
+            .unwrap();
+        store
+            .set_grant(&ak.access_key, &grant("*", &["verify"]))
+            .unwrap();
+        let got = store.access_key(&ak.access_key).unwrap().unwrap();
+        assert_eq!(
+            got.grants,
+            vec![
+                grant("*", &["verify"]),
+                grant("t1", &["encrypt", "decrypt"])
+            ]
+        );
+        assert!(got.allows("t1", "decrypt") && got.allows("t9", "verify"));
+        assert!(!got.allows("t9", "decrypt") && !got.allows("t1", "sign"));
+        assert!(store.remove_grant(&ak.access_key, "t1").unwrap());
+        assert!(!store.remove_grant(&ak.access_key, "t1").unwrap());
+        assert!(matches!(
+            store.set_grant("AKNONE", &grant("t1", &["*"])),
+            Err(StoreError::NotFound { .. })
+        ));
+        let listed = store.list_access_keys().unwrap();
+        assert_eq!(
+            listed,
+            vec![(ak.access_key.clone(), true, vec![grant("*", &["verify"])])]
+        );
+    }
+
+    #[test]
+    fn access_keys_made_before_grants_keep_every_right() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions::new(dir.path());
+        let ak = {
+            let store = Store::open_with_env(&options, &|_| None).unwrap();
+            store.create_access_key().unwrap().access_key
+        };
+        // Back to schema 5: no grants table.
+        let conn = Connection::open(options.db_path()).unwrap();
+        conn.execute_batch("DROP TABLE access_key_grants; PRAGMA user_version = 5;")
+            .unwrap();
+        drop(conn);
+        let store = Store::open_with_env(&options, &|_| None).unwrap();
+        let got = store.access_key(&ak).unwrap().unwrap();
+        assert!(got.allows("any-tag", "decrypt"), "{:?}", got.grants);
     }
 }

@@ -1,0 +1,149 @@
+//! Each signed NCP request is accepted once (security review F10): the
+//! signature does not cover the body, so a captured request replayed with
+//! another body would be a decryption oracle for its key.
+//!
+//! A request's signature is a function of (method, target, timestamp,
+//! access key) only, so two requests to the same path with the same
+//! timestamp carry the same signature: a client sends at most one request
+//! per millisecond per path and access key, or gives each its own
+//! timestamp (any value within the 5-minute window is valid).
+//!
+//! The cache holds the SHA-256 of every signature seen in the window
+//! (with its access key), and forgets an entry once its timestamp is out
+//! of the window: by then the gateway refuses the request as stale
+//! anyway. It is bounded; when full of entries still in the window, new
+//! requests are refused (503) rather than let through unchecked.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
+use crate::gateway::MAX_SKEW_MS;
+
+/// Why a request is not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    /// The same signed request was seen within the window.
+    #[error("request replayed: this signature was already used")]
+    Replayed,
+    /// The cache is full of requests still in the window.
+    #[error("too many signed requests in the last 5 minutes; retry later")]
+    Full,
+}
+
+type Id = [u8; 32];
+
+#[derive(Default)]
+struct Inner {
+    seen: HashSet<Id>,
+    /// (timestamp, id), to forget by age.
+    by_time: BTreeSet<(u64, Id)>,
+}
+
+/// The replay cache of one process.
+pub struct ReplayCache {
+    inner: Mutex<Inner>,
+    capacity: usize,
+}
+
+impl std::fmt::Debug for ReplayCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayCache")
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ReplayCache {
+    /// Room for a million signatures (about 100 MB at most).
+    fn default() -> Self {
+        ReplayCache::new(1_000_000)
+    }
+}
+
+impl ReplayCache {
+    /// A cache of at most `capacity` signatures.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Mutex::default(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Admits the request signed `signature` by `access_key` at
+    /// `timestamp_ms` (already verified), once.
+    pub fn admit(
+        &self,
+        access_key: &str,
+        timestamp_ms: u64,
+        signature: &str,
+        now_ms: u64,
+    ) -> Result<(), ReplayError> {
+        let mut h = Sha256::new();
+        h.update(access_key.as_bytes());
+        h.update([0]);
+        h.update(signature.as_bytes());
+        let id: Id = h.finalize().into();
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // Entries whose timestamp left the window can no longer be replayed.
+        let horizon = now_ms.saturating_sub(MAX_SKEW_MS);
+        while let Some(&(ts, old)) = inner.by_time.first() {
+            if ts >= horizon {
+                break;
+            }
+            inner.by_time.pop_first();
+            inner.seen.remove(&old);
+        }
+        if inner.seen.contains(&id) {
+            return Err(ReplayError::Replayed);
+        }
+        if inner.seen.len() >= self.capacity {
+            return Err(ReplayError::Full);
+        }
+        inner.seen.insert(id);
+        inner.by_time.insert((timestamp_ms, id));
+        Ok(())
+    }
+
+    /// Signatures held.
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .seen
+            .len()
+    }
+
+    /// True when none is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn once_per_signature_forgotten_after_the_window_bounded() {
+        let cache = ReplayCache::new(2);
+        let now = 10 * MAX_SKEW_MS;
+        assert_eq!(cache.admit("AK", now, "sig-1", now), Ok(()));
+        assert_eq!(
+            cache.admit("AK", now, "sig-1", now),
+            Err(ReplayError::Replayed)
+        );
+        assert_eq!(
+            cache.admit("AK2", now, "sig-1", now),
+            Ok(()),
+            "per access key"
+        );
+        assert_eq!(cache.admit("AK", now, "sig-2", now), Err(ReplayError::Full));
+        // Past the window the old entries go; their requests are stale by
+        // then (the gateway refuses them before the cache).
+        let later = now + MAX_SKEW_MS + 1;
+        assert_eq!(cache.admit("AK", later, "sig-2", later), Ok(()));
+        assert_eq!(cache.len(), 1);
+    }
+}
