@@ -495,6 +495,8 @@ pub struct NodeConfig {
 pub struct HttpSettings {
     /// Most open connections (more: 503 and closed).
     pub max_connections: usize,
+    /// Most open connections from one address that is not loopback.
+    pub max_connections_per_ip: usize,
     /// Longest request line + headers, bytes (431 beyond).
     pub max_header_bytes: usize,
     /// Longest request body, bytes (413 beyond).
@@ -512,6 +514,7 @@ impl Default for HttpSettings {
         let d = ServerConfig::default();
         Self {
             max_connections: d.max_connections,
+            max_connections_per_ip: d.max_connections_per_ip,
             max_header_bytes: d.limits.max_header_bytes,
             max_body_bytes: d.limits.max_body_bytes,
             request_timeout_ms: d.request_timeout.as_millis() as u64,
@@ -530,10 +533,12 @@ impl HttpSettings {
             limits: Limits {
                 max_header_bytes: self.max_header_bytes,
                 max_body_bytes: self.max_body_bytes,
+                ..Limits::default()
             },
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             tls: None,
         }

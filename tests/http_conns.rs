@@ -118,7 +118,7 @@ fn head_and_http10() {
     let addr = node.local_addr();
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"HEAD /healthz HTTP/1.1\r\n\r\nGET /healthz HTTP/1.0\r\n\r\n")
+    s.write_all(b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /healthz HTTP/1.0\r\n\r\n")
         .unwrap();
     // HTTP/1.0 without keep-alive: the server closes after answering.
     let mut all = String::new();

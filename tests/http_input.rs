@@ -128,7 +128,7 @@ fn bad_requests_get_clear_answers_and_lose_no_key() {
     let r = raw(
         na,
         format!(
-            "GET {GET_KEY} HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            "GET {GET_KEY} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
             body.len()
         )
         .as_bytes(),
@@ -156,7 +156,7 @@ fn bad_requests_get_clear_answers_and_lose_no_key() {
     for node in [na, nb] {
         let mut s = TcpStream::connect(node).unwrap();
         s.write_all(
-            format!("POST {OPEN} HTTP/1.1\r\nContent-Length: 500\r\n\r\n{{\"source\":").as_bytes(),
+            format!("POST {OPEN} HTTP/1.1\r\nHost: t\r\nContent-Length: 500\r\n\r\n{{\"source\":").as_bytes(),
         )
         .unwrap();
         drop(s);
@@ -220,7 +220,7 @@ fn kms_side_refuses_bad_pushes_and_stores_good_ones() {
     let mut conn = Conn::open(addr).unwrap();
     write!(
         conn.stream,
-        "POST {path} HTTP/1.1\r\nContent-Length: {}\r\n\r\n{escaped}",
+        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{escaped}",
         escaped.len()
     )
     .unwrap();

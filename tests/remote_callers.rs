@@ -70,3 +70,46 @@ fn remote_callers_without_a_certificate_get_nothing_that_needs_one() {
     assert_eq!(r.status, 403);
     assert!(String::from_utf8_lossy(&r.body).contains("mutual TLS"));
 }
+
+#[test]
+fn one_remote_address_cannot_take_every_connection() {
+    let port = free_port();
+    let toml = format!(
+        "[[node]]\nname = \"n\"\nlisten = \"0.0.0.0:{port}\"\ninsecure_plaintext = true\n\
+         [node.http]\nmax_connections_per_ip = 4\n"
+    );
+    let _node = start_nodes(&toml);
+    let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let remote = SocketAddr::new(non_loopback_ip(), port);
+    support::wait_healthy(local);
+    let mut held: Vec<support::Conn> = (0..4)
+        .map(|_| {
+            let mut c = support::Conn::open(remote).unwrap();
+            assert_eq!(c.send("GET", "/healthz", None).unwrap().status, 200);
+            c
+        })
+        .collect();
+    // The fifth from the same address is refused; loopback is not capped.
+    let fifth = support::Conn::open(remote).and_then(|mut c| c.send("GET", "/healthz", None));
+    assert!(
+        fifth.as_ref().map_or(true, |a| a.status == 503),
+        "{fifth:?}"
+    );
+    for _ in 0..8 {
+        assert_eq!(request(local, "GET", "/healthz", None).unwrap().status, 200);
+    }
+    // One closes: the address gets a slot back.
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let again = support::Conn::open(remote).and_then(|mut c| c.send("GET", "/healthz", None));
+        if again.as_ref().is_ok_and(|a| a.status == 200) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no slot came back: {again:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -20,7 +20,7 @@ use mio::net::TcpStream;
 use zeroize::Zeroize;
 
 use super::inbuf::InBuf;
-use super::request::{Limits, Method, Parsed, Peer, parse};
+use super::request::{Limits, Method, Parsed, Peer, RequestParser};
 use super::transport::Transport;
 use super::{Connection, HttpError, Reply, Response, Service};
 use crate::tls::{PeerIdentity, TlsAcceptor};
@@ -73,6 +73,8 @@ pub(super) struct Conn {
     handshake_done: bool,
     /// Received bytes not yet parsed; may hold key material (zeroized).
     inbuf: InBuf,
+    /// What the parser learnt of the request at the front of `inbuf`.
+    parser: RequestParser,
     out: BytesMut,
     slots: VecDeque<Slot>,
     /// Sequence number of `slots[0]`.
@@ -97,6 +99,7 @@ impl Conn {
             }),
             handshake_done: !tls,
             inbuf: InBuf::new(),
+            parser: RequestParser::default(),
             out: BytesMut::new(),
             slots: VecDeque::new(),
             first_seq: 0,
@@ -110,6 +113,11 @@ impl Conn {
 
     pub(super) fn stream(&mut self) -> &mut TcpStream {
         self.stream.tcp()
+    }
+
+    /// The other end's address.
+    pub(super) fn peer_addr(&self) -> SocketAddr {
+        self.peer.addr
     }
 
     /// Ends TLS politely (`close_notify`, best effort) before the close.
@@ -241,6 +249,7 @@ impl Conn {
         self.closing = true;
         self.partial_since = None;
         self.inbuf.clear();
+        self.parser = RequestParser::default();
     }
 
     /// Parses and dispatches the complete requests in `inbuf`; true when
@@ -252,7 +261,7 @@ impl Conn {
             && self.slots.len() < MAX_PIPELINE
             && self.out.len() < MAX_UNSENT
         {
-            match parse(self.inbuf.data(), d.limits) {
+            match self.parser.parse(self.inbuf.data(), d.limits) {
                 Ok(Parsed::Complete(mut req, used)) => {
                     parsed = true;
                     self.inbuf.consume(used);
@@ -376,7 +385,7 @@ impl Conn {
             self.fail(HttpError::BODY_TOO_LARGE);
             return Ok(true);
         }
-        let result = self.inbuf.read_from(&mut self.stream, READ_CHUNK);
+        let result = self.inbuf.read_from(&mut self.stream, READ_CHUNK, cap);
         self.note_handshake();
         match result {
             Ok(0) => {

@@ -34,10 +34,19 @@ impl InBuf {
         self.filled == 0
     }
 
-    /// One `read` into at least `space` free bytes; the count read.
-    pub(super) fn read_from(&mut self, r: &mut impl Read, space: usize) -> io::Result<usize> {
+    /// One `read` into at least `space` free bytes; the count read. The
+    /// buffer grows by doubling, but never past `cap` (beyond what is
+    /// needed now), so a connection's memory stays near its limit.
+    pub(super) fn read_from(
+        &mut self,
+        r: &mut impl Read,
+        space: usize,
+        cap: usize,
+    ) -> io::Result<usize> {
         if self.buf.len() - self.filled < space {
-            let mut bigger = Zeroizing::new(vec![0u8; (self.filled + space).next_power_of_two()]);
+            let need = self.filled + space;
+            let size = need.next_power_of_two().min(cap.max(need));
+            let mut bigger = Zeroizing::new(vec![0u8; size]);
             bigger[..self.filled].copy_from_slice(&self.buf[..self.filled]);
             self.buf = bigger; // the old allocation is wiped on drop
         }
@@ -68,12 +77,13 @@ mod tests {
     fn consume_wipes_the_tail_and_growth_keeps_data() {
         let mut b = InBuf::new();
         let mut src: &[u8] = b"abcdef";
-        assert_eq!(b.read_from(&mut src, 8).unwrap(), 6);
+        assert_eq!(b.read_from(&mut src, 8, 1 << 20).unwrap(), 6);
         b.consume(2);
         assert_eq!(b.data(), b"cdef");
         assert!(b.buf[4..].iter().all(|&x| x == 0), "tail wiped");
         let mut more: &[u8] = &[b'x'; 100];
-        b.read_from(&mut more, 100).unwrap();
+        b.read_from(&mut more, 100, 110).unwrap();
+        assert_eq!(b.buf.len(), 110, "not past the cap: 128 would be");
         assert_eq!(&b.data()[..5], b"cdefx");
         assert_eq!(b.len(), 104);
         b.clear();

@@ -6,6 +6,7 @@
 //! This layer knows no protocol: a [`Service`] maps each [`Request`] to a
 //! [`Response`], now or later (on the pool).
 
+mod chunked;
 mod client;
 mod conn;
 mod inbuf;
@@ -17,7 +18,7 @@ mod transport;
 
 pub use client::{Answer, Client, OnAnswer, Origin, OriginId, Outgoing, Verdict, request_bytes};
 pub use pool::Pool;
-pub use request::{Limits, Method, Parsed, Peer, Request, parse};
+pub use request::{Limits, Method, Parsed, Peer, Request, RequestParser, parse};
 pub use response::{Connection, Response, reason};
 pub use server::{Server, ServerConfig, ServerStats, Shutdown};
 

@@ -48,6 +48,9 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Most open connections; more are answered 503 and closed.
     pub max_connections: usize,
+    /// Most open connections from one address that is not loopback; more
+    /// are answered 503 and closed (one host cannot take every slot).
+    pub max_connections_per_ip: usize,
     /// On shutdown, how long in-flight requests may take to finish.
     pub shutdown_grace: Duration,
     /// TLS on this listener (`None`: plain HTTP).
@@ -63,6 +66,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            max_connections_per_ip: 256,
             shutdown_grace: Duration::from_secs(5),
             tls: None,
         }
@@ -76,8 +80,40 @@ pub struct ServerStats {
     pub open_connections: AtomicUsize,
     /// Connections accepted since start.
     pub accepted: AtomicU64,
-    /// Connections refused by the cap.
+    /// Connections refused by the caps.
     pub refused: AtomicU64,
+    /// Open connections by source address (not loopback).
+    per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+impl ServerStats {
+    /// Counts a connection from `ip` in, unless `ip` has `cap` open.
+    fn admit_ip(&self, ip: std::net::IpAddr, cap: usize) -> bool {
+        if ip.is_loopback() {
+            return true;
+        }
+        let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= cap {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Counts a connection from `ip` out.
+    fn release_ip(&self, ip: std::net::IpAddr) {
+        if ip.is_loopback() {
+            return;
+        }
+        let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&ip);
+            }
+        }
+    }
 }
 
 /// Tells a running server to stop; cheap to clone.
@@ -386,7 +422,14 @@ impl Worker {
                 }
             };
             let open = self.stats.open_connections.fetch_add(1, Ordering::AcqRel);
-            if open >= self.config.max_connections {
+            if open >= self.config.max_connections
+                || !self
+                    .stats
+                    .admit_ip(addr.ip(), self.config.max_connections_per_ip)
+            {
+                if open < self.config.max_connections {
+                    tracing::debug!(ip = %addr.ip(), "per-address connection cap reached");
+                }
                 self.stats.open_connections.fetch_sub(1, Ordering::AcqRel);
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 if self.config.tls.is_none() {
@@ -407,6 +450,7 @@ impl Worker {
                     Err(e) => {
                         tracing::warn!("TLS session refused: {e}");
                         self.stats.open_connections.fetch_sub(1, Ordering::AcqRel);
+                        self.stats.release_ip(addr.ip());
                         self.free.push(slot);
                         continue;
                     }
@@ -425,6 +469,7 @@ impl Worker {
                 .is_err()
             {
                 self.stats.open_connections.fetch_sub(1, Ordering::AcqRel);
+                self.stats.release_ip(addr.ip());
                 self.free.push(slot);
                 continue;
             }
@@ -473,6 +518,7 @@ impl Worker {
             e.conn.close_notify();
             let _ = self.poll.registry().deregister(e.conn.stream());
             self.stats.open_connections.fetch_sub(1, Ordering::AcqRel);
+            self.stats.release_ip(e.conn.peer_addr().ip());
             self.free.push(slot);
         }
     }
