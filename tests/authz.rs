@@ -341,3 +341,63 @@ fn a_poisoned_index_is_dropped_for_good_and_blocks_nothing_else() {
         }
     }
 }
+
+/// Security review F9: a "KMS" that answers with a header block that
+/// never ends is cut off at a bounded buffer; the node, its link and its
+/// pushes to other KMSes go on.
+#[test]
+fn an_endless_answer_is_cut_off_and_nothing_else_stalls() {
+    use std::io::{Read, Write};
+    let evil = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let evil_url = format!("http://{}", evil.local_addr().unwrap());
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let sent = std::sync::Arc::clone(&sent);
+        std::thread::spawn(move || {
+            for conn in evil.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let sent = std::sync::Arc::clone(&sent);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    let _ = conn.read(&mut buf);
+                    let _ = conn.write_all(b"HTTP/1.1 201 Created\r\n");
+                    let line = [b"X-A: ".as_slice(), &[b'b'; 1000], b"\r\n"].concat();
+                    while conn.write_all(&line).is_ok() {
+                        sent.fetch_add(line.len(), std::sync::atomic::Ordering::Relaxed);
+                        if sent.load(std::sync::atomic::Ordering::Relaxed) > 512 << 20 {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    }
+    let (a, b) = support::linked_pair();
+    let (kms_a, kms_b) = (TestKms::start(), TestKms::start());
+    let bad = support::open_stream(
+        a.local_addr(),
+        b.local_addr(),
+        &evil_url,
+        &kms_b.url(),
+        json!({"key_chunk_size": 32}),
+    );
+    support::start_pushing(a.local_addr(), bad, None);
+    let good = support::push_stream(
+        a.local_addr(),
+        b.local_addr(),
+        &kms_a,
+        &kms_b,
+        json!({"key_chunk_size": 32}),
+    );
+    kms_a.wait_for(&good, 2000, 30);
+    kms_b.wait_for(&good, 2000, 30);
+    assert!(assert_identical(&kms_a, &kms_b, &good, 32) >= 2000);
+    assert_eq!(support::metric(a.local_addr(), "keypipe_link_up"), 1.0);
+    // The endless answer was read only up to the bound, then cut (each
+    // reconnection starts over): far less than what the peer offered.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        sent.load(std::sync::atomic::Ordering::Relaxed) < 512 << 20,
+        "never cut off"
+    );
+}

@@ -156,7 +156,8 @@ fn bad_requests_get_clear_answers_and_lose_no_key() {
     for node in [na, nb] {
         let mut s = TcpStream::connect(node).unwrap();
         s.write_all(
-            format!("POST {OPEN} HTTP/1.1\r\nHost: t\r\nContent-Length: 500\r\n\r\n{{\"source\":").as_bytes(),
+            format!("POST {OPEN} HTTP/1.1\r\nHost: t\r\nContent-Length: 500\r\n\r\n{{\"source\":")
+                .as_bytes(),
         )
         .unwrap();
         drop(s);

@@ -1,8 +1,9 @@
 //! Two `keypipe serve` processes, node A and node B, linked over mutual
 //! TLS (certificates from `keypipe ca`, the peer pinned by name), push to
 //! two KMS receivers over `https://` with identical keys; KMSes reach the
-//! nodes' ETSI 004 API with client certificates. A peer presenting another
-//! node's identity is refused, and the link stays down.
+//! nodes' ETSI 004 API with client certificates. The configuration is the
+//! documented example `examples/config/two-hosts/`. A peer presenting
+//! another node's identity is refused, and the link stays down.
 
 mod support;
 
@@ -56,36 +57,42 @@ fn link_up(port: u16, pki: &Pki) -> bool {
         .any(|l| l.starts_with("keypipe_link_up") && l.ends_with(" 1"))
 }
 
+/// The documented example `examples/config/two-hosts/` (its `setup.sh`
+/// and template), run on this machine with both hosts named localhost.
 #[test]
-fn two_processes_over_mutual_tls_push_identical_keys_to_https_kmses() {
+fn the_two_hosts_example_pushes_identical_keys_to_https_kmses() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path());
-    for name in ["a", "b", "kms-a-srv", "kms-b-srv"] {
-        pki.server(name);
-    }
-    for (name, role) in [
-        ("a", "node"),
-        ("b", "node"),
-        ("kms-a", "kms"),
-        ("kms-b", "kms"),
-    ] {
-        pki.client(name, role);
-    }
+    let out = dir.path().join("two-hosts");
     let (pa, pb) = (free_port(), free_port());
-    let (device, link) = (hex32(), hex32());
-    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
-    std::fs::create_dir_all(&da).unwrap();
-    std::fs::create_dir_all(&db).unwrap();
-    let node_a = ServerProcess::start_tls(
-        &da,
-        pa,
-        &node_config(&pki, "a", "a", "a", "leader", pa, pb, "b", &device, &link),
+    // The KMS receivers' ports are known before their certificates exist.
+    let (ka, kb) = (free_port(), free_port());
+    let setup = std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/config/two-hosts/setup.sh"
+    ))
+    .arg(&out)
+    .arg(env!("CARGO_BIN_EXE_keypipe"))
+    .env("NODE_A_HOST", "localhost")
+    .env("NODE_B_HOST", "localhost")
+    .env("PORT_A", pa.to_string())
+    .env("PORT_B", pb.to_string())
+    .env("KMS_A_URI", format!("https://localhost:{ka}"))
+    .env("KMS_B_URI", format!("https://localhost:{kb}"))
+    .output()
+    .unwrap();
+    assert!(
+        setup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&setup.stderr)
     );
-    let node_b = ServerProcess::start_tls(
-        &db,
-        pb,
-        &node_config(&pki, "b", "b", "b", "follower", pb, pa, "a", &device, &link),
-    );
+    let pki = Pki {
+        data: out.join("ca-data"),
+        out: out.join("pki"),
+    };
+    pki.server("kms-srv");
+    let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap();
+    let node_a = ServerProcess::start_tls(&out.join("node-a-data"), pa, &read("node-a.toml"));
+    let node_b = ServerProcess::start_tls(&out.join("node-b-data"), pb, &read("node-b.toml"));
     let deadline = Instant::now() + Duration::from_secs(15);
     while !(link_up(pa, &pki) && link_up(pb, &pki)) {
         assert!(
@@ -96,9 +103,8 @@ fn two_processes_over_mutual_tls_push_identical_keys_to_https_kmses() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-
-    let kms_a = TestKms::start_tls(pki.acceptor("kms-a-srv"));
-    let kms_b = TestKms::start_tls(pki.acceptor("kms-b-srv"));
+    let kms_a = TestKms::start_tls_on(ka, pki.acceptor("kms-srv"));
+    let kms_b = TestKms::start_tls_on(kb, pki.acceptor("kms-srv"));
     let mut api_a = TlsConn::open(node_a.addr, &pki.client_config("kms-a")).unwrap();
     let mut api_b = TlsConn::open(node_b.addr, &pki.client_config("kms-b")).unwrap();
     let qos = json!({"key_chunk_size": 32, "timeout": 5000});
@@ -151,7 +157,7 @@ fn two_processes_over_mutual_tls_push_identical_keys_to_https_kmses() {
             .iter()
             .cloned()
             .collect::<Vec<_>>(),
-        vec!["a/node".to_owned()]
+        vec!["node-a/node".to_owned()]
     );
     assert_eq!(
         kms_b
@@ -162,7 +168,7 @@ fn two_processes_over_mutual_tls_push_identical_keys_to_https_kmses() {
             .iter()
             .cloned()
             .collect::<Vec<_>>(),
-        vec!["b/node".to_owned()]
+        vec!["node-b/node".to_owned()]
     );
 }
 

@@ -429,3 +429,64 @@ fn bad_tls_files_stop_the_start_naming_the_file_and_rsa_certificates_work() {
     let (ok, status, err) = curl(&format!("https://localhost:{port}/healthz"), &rsa_crt, None);
     assert!(ok && status == 200, "{err}");
 }
+
+/// A client that trickles its handshake (one byte at a time, each well
+/// within any idle timeout) is dropped once `request_timeout_ms` has
+/// passed since it connected; others are served meanwhile.
+#[test]
+fn a_trickled_handshake_is_dropped_after_the_request_timeout() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    pki.server("node-a");
+    let port = free_port();
+    let config = format!(
+        "{}[node.http]\nrequest_timeout_ms = 1000\n",
+        tls_config(port, &pki.node_tls("node-a", "none"))
+    );
+    let _server = ServerProcess::start_tls(dir.path(), port, &config);
+    let mut slow = std::net::TcpStream::connect(port_addr(port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    // The start of a TLS record carrying a ClientHello, never finished.
+    let hello = [
+        0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    let start = Instant::now();
+    let mut closed = false;
+    for i in 0..60 {
+        if slow.write_all(&hello[i % hello.len()..][..1]).is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 64];
+        match slow.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            _ => {
+                closed = true;
+                break;
+            }
+        }
+        if i == 5 {
+            let (ok, status, err) = curl(
+                &format!("https://localhost:{port}/healthz"),
+                &pki.ca(),
+                None,
+            );
+            assert!(ok && status == 200, "others are served: {err}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = start.elapsed();
+    assert!(closed, "the trickling client was never dropped");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(5000),
+        "{took:?}"
+    );
+}

@@ -375,8 +375,13 @@ impl TestKms {
 
     /// A KMS receiver over TLS (`https://localhost:PORT`).
     pub fn start_tls(tls: keypipe_server::tls::TlsAcceptor) -> TestKms {
+        TestKms::start_tls_on(free_port(), tls)
+    }
+
+    /// A KMS receiver over TLS on `port`.
+    pub fn start_tls_on(port: u16, tls: keypipe_server::tls::TlsAcceptor) -> TestKms {
         let mut kms = TestKms {
-            port: free_port(),
+            port,
             log: Arc::default(),
             server: None,
             delay: Duration::ZERO,

@@ -71,6 +71,8 @@ pub(super) struct Conn {
     /// handshake is done.
     peer: Arc<Peer>,
     handshake_done: bool,
+    /// When the connection was accepted (the TLS handshake's deadline).
+    opened: Instant,
     /// Received bytes not yet parsed; may hold key material (zeroized).
     inbuf: InBuf,
     /// What the parser learnt of the request at the front of `inbuf`.
@@ -98,6 +100,7 @@ impl Conn {
                 identity: None,
             }),
             handshake_done: !tls,
+            opened: now,
             inbuf: InBuf::new(),
             parser: RequestParser::default(),
             out: BytesMut::new(),
@@ -192,7 +195,7 @@ impl Conn {
 
     /// Applies the request and idle timeouts.
     pub(super) fn check_timeouts(&mut self, now: Instant, request: Duration, idle: Duration) {
-        if !self.handshake_done && now.duration_since(self.last_progress) > request {
+        if !self.handshake_done && now.duration_since(self.opened) > request {
             // A TLS handshake that does not finish in time is dropped.
             self.read_closed = true;
             self.closing = true;
