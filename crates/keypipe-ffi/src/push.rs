@@ -12,11 +12,13 @@ use crate::engine::{enter, kp_engine, open_with};
 use crate::{errors::*, guard, kp_qos, ksid_arg, required};
 
 /// OPEN_CONNECT in push mode. `source` and `destination` are the two KMS
-/// base URIs (`http://host:port`): the node that creates the KSID (an
-/// all-zero `key_stream_id`) pushes to `source`, the other node (naming
-/// the KSID) to `destination`. Otherwise as `kp_open_connect`. Pushing
-/// starts with `kp_push_start`; `kp_close` ends it. A URI that does not
-/// parse or resolve gives `KP_ERR_INVALID_ARGUMENT`.
+/// base URIs (`http[s]://host:port`; https needs `[tls]`): the node that
+/// creates the stream pushes to `source`, the node that joins it (naming
+/// the KSID its peer announced) to `destination`, which must be the one
+/// the creating side gave. Otherwise as `kp_open_connect`. Pushing starts
+/// with `kp_push_start`; `kp_close` ends it. A URI that does not parse or
+/// resolve, or another destination than announced, gives
+/// `KP_ERR_INVALID_ARGUMENT`.
 ///
 /// # Safety
 /// As `kp_open_connect`.
