@@ -64,8 +64,9 @@ enum Scenario {
         listen: SocketAddr,
     },
     /// Closed-loop GET /healthz against the server, then the same load
-    /// against an in-process baseline server; prints the ratio in %.
-    Healthz(LoadArgs),
+    /// against an in-process baseline server (or `--against`); prints the
+    /// ratio in %.
+    Healthz(HealthzArgs),
     /// Closed-loop cycles of open-connect (201), get-key (205) and close
     /// (204) on each connection; per-request-type latency.
     Cycle(LoadArgs),
@@ -233,36 +234,36 @@ struct NcpArgs {
     secret_key: String,
 }
 
-/// The `ncp` scenario: signed encrypt requests of 1 KiB.
+/// The `ncp` scenario: signed encrypt requests of 1 KiB, each signed
+/// anew (a query that changes): the server accepts a signed request once.
 fn ncp(n: &NcpArgs) -> Result<Vec<Row>, String> {
-    use hmac::{KeyInit, Mac};
     let t = target(&n.load.url)?;
-    let path = format!("/keys/v2/{}/encrypt", n.key_tag);
-    let ts = std::time::SystemTime::now()
+    let timestamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(ctx("clock"))?
         .as_millis()
         .to_string();
-    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(n.secret_key.as_bytes())
-        .map_err(ctx("hmac"))?;
-    mac.update(format!("POST {path}\n{ts}\n{}", n.access_key).as_bytes());
-    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
     let mut plain = [0u8; 1024];
     for (i, b) in plain.iter_mut().enumerate() {
         *b = (i * 7) as u8;
     }
     let body =
         json!({"plaintext": base64::engine::general_purpose::STANDARD.encode(plain)}).to_string();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nx-ncp-apigw-timestamp: {ts}\r\nx-ncp-iam-access-key: {}\r\nx-ncp-apigw-signature-v2: {sig}\r\nContent-Length: {}\r\n\r\n{body}",
-        t.host,
-        n.access_key,
-        body.len()
-    );
-    // The same bytes every time: the body is not signed and the timestamp
-    // stays valid for 5 minutes.
-    let st = load(&t, Kind::Fixed(req.into_bytes().leak()), &n.load)?;
-    Ok(vec![Row::load("ncp encrypt 1 KiB", &n.load, &st, 0)])
+    let signer: &'static NcpSigner = Box::leak(Box::new(NcpSigner {
+        path: format!("/keys/v2/{}/encrypt", n.key_tag),
+        access_key: n.access_key.clone(),
+        secret_key: n.secret_key.clone(),
+        timestamp,
+        body,
+        next: AtomicU64::new(0),
+    }));
+    let st = load(&t, Kind::Ncp(signer), &n.load)?;
+    Ok(vec![Row::load(
+        format!("ncp encrypt 1 KiB {}", n.load.url),
+        &n.load,
+        &st,
+        0,
+    )])
 }
 
 /// Options of a closed-loop load.
@@ -280,6 +281,17 @@ struct LoadArgs {
     /// Client threads (one mio event loop each).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+}
+
+/// Options of the healthz scenario.
+#[derive(Args, Clone)]
+struct HealthzArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Compare with this URL (e.g. the same server's plain listener)
+    /// instead of the in-process baseline.
+    #[arg(long)]
+    against: Option<String>,
 }
 
 /// Options of the push scenario.
@@ -322,7 +334,9 @@ struct AllArgs {
 fn main() -> ExitCode {
     let outcome = match Cli::parse().scenario {
         Scenario::Baseline { listen } => baseline(listen),
-        Scenario::Healthz(l) => healthz(&l).map(|rows| print_table(&rows)),
+        Scenario::Healthz(h) => {
+            healthz(&h.load, h.against.as_deref()).map(|rows| print_table(&rows))
+        }
         Scenario::Cycle(l) => cycle(&l).map(|rows| print_table(&rows)),
         Scenario::Ncp(n) => ncp(&n).map(|rows| print_table(&rows)),
         Scenario::Agreement(a) => agreement(&a).map(|rows| print_table(&rows)),
@@ -433,25 +447,156 @@ impl Hist {
 struct Target {
     addr: SocketAddr,
     host: String,
+    /// `https://`: the client's TLS configuration and the server's name.
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
 }
 
-/// Parses an `http://host:port[/]` base URL.
+/// Parses an `http://host:port[/]` or `https://…` base URL. For https,
+/// `LOAD_CA` names the CA bundle to trust, and `LOAD_CERT` / `LOAD_KEY`
+/// a client certificate to present (optional).
 fn target(url: &str) -> Result<Target, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
+    let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        _ => {
+            return Err(format!(
+                "{url}: only http:// and https:// URLs are supported"
+            ));
+        }
+    };
     let host = rest.split('/').next().unwrap_or_default().to_string();
     let with_port = if host.contains(':') {
         host.clone()
     } else {
-        format!("{host}:80")
+        format!("{host}:{}", if tls { 443 } else { 80 })
     };
     let addr = with_port
         .to_socket_addrs()
         .map_err(ctx(url))?
         .next()
         .ok_or_else(|| format!("{url}: no address"))?;
-    Ok(Target { addr, host })
+    let tls = match tls {
+        false => None,
+        true => {
+            let name = host
+                .rsplit_once(':')
+                .map_or(host.as_str(), |(h, _)| h)
+                .to_owned();
+            let name = rustls::pki_types::ServerName::try_from(name).map_err(ctx(url))?;
+            Some((tls_config()?, name))
+        }
+    };
+    Ok(Target { addr, host, tls })
+}
+
+/// The client TLS configuration from `LOAD_CA`, `LOAD_CERT`, `LOAD_KEY`.
+fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let ca = std::env::var("LOAD_CA").map_err(|_| "https:// needs LOAD_CA (a CA bundle)")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&ca).map_err(ctx(&ca))? {
+        roots.add(cert.map_err(ctx(&ca))?).map_err(ctx(&ca))?;
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match (std::env::var("LOAD_CERT"), std::env::var("LOAD_KEY")) {
+        (Ok(cert), Ok(key)) => {
+            let chain = CertificateDer::pem_file_iter(&cert)
+                .map_err(ctx(&cert))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(ctx(&cert))?;
+            let key = PrivateKeyDer::from_pem_file(&key).map_err(ctx(&key))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(ctx("client certificate"))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// A client socket: plain TCP, or TLS over it (rustls, non-blocking).
+enum Sock {
+    Plain(TcpStream),
+    Tls(TcpStream, Box<rustls::ClientConnection>),
+}
+
+impl Sock {
+    fn tcp(&mut self) -> &mut TcpStream {
+        match self {
+            Sock::Plain(s) | Sock::Tls(s, _) => s,
+        }
+    }
+}
+
+/// Sends what TLS has buffered; `Ok(())` also when the socket is full.
+fn flush_tls(tcp: &mut TcpStream, tls: &mut rustls::ClientConnection) -> io::Result<()> {
+    while tls.wants_write() {
+        match tls.write_tls(tcp) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl Read for Sock {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let (tcp, tls) = match self {
+            Sock::Plain(s) => return s.read(buf),
+            Sock::Tls(tcp, tls) => (tcp, tls),
+        };
+        loop {
+            match tls.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            match tls.read_tls(tcp) {
+                Ok(0) => return Ok(0),
+                Ok(_) => {
+                    let state = tls.process_new_packets();
+                    flush_tls(tcp, tls)?;
+                    state.map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
+                }
+                Err(e) => {
+                    flush_tls(tcp, tls)?;
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+impl Write for Sock {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let (tcp, tls) = match self {
+            Sock::Plain(s) => return s.write(buf),
+            Sock::Tls(tcp, tls) => (tcp, tls),
+        };
+        if tls.is_handshaking() {
+            flush_tls(tcp, tls)?;
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        let n = tls.writer().write(buf)?;
+        flush_tls(tcp, tls)?;
+        if n == 0 {
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sock::Plain(s) => s.flush(),
+            Sock::Tls(tcp, tls) => flush_tls(tcp, tls),
+        }
+    }
 }
 
 /// Appends one HTTP/1.1 request to `out`, with a JSON body unless `body` is empty.
@@ -570,7 +715,7 @@ fn ksid_of(body: &[u8]) -> Option<String> {
 const LISTENER: Token = Token(usize::MAX);
 
 /// Reads all there is into `inb`. `Ok(true)`: the peer closed.
-fn read_all(sock: &mut TcpStream, inb: &mut Vec<u8>, buf: &mut [u8]) -> io::Result<bool> {
+fn read_all(sock: &mut impl Read, inb: &mut Vec<u8>, buf: &mut [u8]) -> io::Result<bool> {
     loop {
         match sock.read(buf) {
             Ok(0) => return Ok(true),
@@ -583,7 +728,7 @@ fn read_all(sock: &mut TcpStream, inb: &mut Vec<u8>, buf: &mut [u8]) -> io::Resu
 }
 
 /// Writes what it can of `out[*sent..]`; empties `out` once all is written.
-fn write_out(sock: &mut TcpStream, out: &mut Vec<u8>, sent: &mut usize) -> io::Result<()> {
+fn write_out(sock: &mut impl Write, out: &mut Vec<u8>, sent: &mut usize) -> io::Result<()> {
     while *sent < out.len() {
         match sock.write(&out[*sent..]) {
             Ok(0) => return Err(ErrorKind::WriteZero.into()),
@@ -753,8 +898,48 @@ enum Kind {
     Healthz,
     /// open-connect (201), get-key (205), close (204).
     Cycle,
-    /// The same request every time (`ncp`, `agreement`), expecting 200.
+    /// The same request every time (`agreement`), expecting 200.
     Fixed(&'static [u8]),
+    /// A signed NCP request, each with its own signature (a query that
+    /// changes): the server accepts each signed request once.
+    Ncp(&'static NcpSigner),
+}
+
+/// Signs NCP requests (API Gateway v2), each with a target of its own.
+struct NcpSigner {
+    path: String,
+    access_key: String,
+    secret_key: String,
+    timestamp: String,
+    body: String,
+    next: AtomicU64,
+}
+
+impl PartialEq for NcpSigner {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl NcpSigner {
+    /// Appends the next signed request to `out`.
+    fn request(&self, out: &mut Vec<u8>, host: &str) {
+        use hmac::{KeyInit, Mac};
+        let target = format!("{}?r={}", self.path, self.next.fetch_add(1, Relaxed));
+        let mut mac =
+            <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(self.secret_key.as_bytes())
+                .expect("HMAC takes any key");
+        mac.update(format!("POST {target}\n{}\n{}", self.timestamp, self.access_key).as_bytes());
+        let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let req = format!(
+            "POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nx-ncp-apigw-timestamp: {}\r\nx-ncp-iam-access-key: {}\r\nx-ncp-apigw-signature-v2: {sig}\r\nContent-Length: {}\r\n\r\n",
+            self.timestamp,
+            self.access_key,
+            self.body.len()
+        );
+        out.extend_from_slice(req.as_bytes());
+        out.extend_from_slice(self.body.as_bytes());
+    }
 }
 
 /// What one load measured (per request type: `[healthz]` or `[open, get-key, close]`).
@@ -789,7 +974,7 @@ impl Stats {
 
 /// A client connection with its request in flight.
 struct Conn {
-    sock: TcpStream,
+    sock: Sock,
     connected: bool,
     out: Vec<u8>,
     sent: usize,
@@ -803,11 +988,18 @@ struct Conn {
 }
 
 impl Conn {
-    /// Opens connection `i` (its token) to `addr`.
-    fn open(addr: SocketAddr, reg: &Registry, i: usize) -> io::Result<TcpStream> {
-        let mut s = TcpStream::connect(addr)?;
+    /// Opens connection `i` (its token) to `t`.
+    fn open(t: &Target, reg: &Registry, i: usize) -> io::Result<Sock> {
+        let mut s = TcpStream::connect(t.addr)?;
         reg.register(&mut s, Token(i), Interest::READABLE | Interest::WRITABLE)?;
-        Ok(s)
+        Ok(match &t.tls {
+            None => Sock::Plain(s),
+            Some((config, name)) => {
+                let tls = rustls::ClientConnection::new(Arc::clone(config), name.clone())
+                    .map_err(io::Error::other)?;
+                Sock::Tls(s, Box::new(tls))
+            }
+        })
     }
 
     /// Puts the next request of the loop in `out`.
@@ -819,6 +1011,7 @@ impl Conn {
         match (kind, self.step) {
             (Kind::Healthz, _) => request(&mut self.out, "GET", "/healthz", host, ""),
             (Kind::Fixed(req), _) => self.out.extend_from_slice(req),
+            (Kind::Ncp(signer), _) => signer.request(&mut self.out, host),
             (_, 0) => request(
                 &mut self.out,
                 "POST",
@@ -835,7 +1028,7 @@ impl Conn {
     fn finish(&mut self, kind: Kind, code: u16, body: &[u8], st: &mut Stats) {
         let (step, took) = (self.step, self.started.elapsed());
         let ok = match (kind, step) {
-            (Kind::Healthz | Kind::Fixed(_), _) => code == 200,
+            (Kind::Healthz | Kind::Fixed(_) | Kind::Ncp(_), _) => code == 200,
             (_, 0) => match ksid_of(body).filter(|_| code == 201) {
                 Some(k) => {
                     (self.ksid, self.step, self.cycle_ok) = (k, 1, true);
@@ -873,19 +1066,21 @@ impl Conn {
         draining: bool,
     ) -> io::Result<bool> {
         if !self.connected {
-            if let Some(e) = self.sock.take_error()? {
+            if let Some(e) = self.sock.tcp().take_error()? {
                 return Err(e);
             }
-            match self.sock.peer_addr() {
+            match self.sock.tcp().peer_addr() {
                 Ok(_) => self.connected = true,
                 Err(e) if e.kind() == ErrorKind::NotConnected => return Ok(false),
                 Err(e) => return Err(e),
             }
-            self.sock.set_nodelay(true)?;
+            self.sock.tcp().set_nodelay(true)?;
             self.started = Instant::now();
         }
         write_out(&mut self.sock, &mut self.out, &mut self.sent)?;
         let eof = read_all(&mut self.sock, &mut self.inb, buf)?;
+        // A TLS handshake that just finished lets the request go now.
+        write_out(&mut self.sock, &mut self.out, &mut self.sent)?;
         if let Some((code, head, len, close)) = parse_response(&self.inb)? {
             let inb = std::mem::take(&mut self.inb);
             self.finish(kind, code, &inb[head..head + len], st);
@@ -915,7 +1110,7 @@ fn client(t: &Target, kind: Kind, conns: usize, deadline: Instant) -> io::Result
     let mut st = Stats::default();
     let mut cs = Vec::with_capacity(conns);
     for i in 0..conns {
-        let sock = Conn::open(t.addr, poll.registry(), i)?;
+        let sock = Conn::open(t, poll.registry(), i)?;
         let (out, inb, ksid) = (Vec::new(), Vec::new(), String::new());
         let started = Instant::now();
         let mut c = Conn {
@@ -967,8 +1162,8 @@ fn client(t: &Target, kind: Kind, conns: usize, deadline: Instant) -> io::Result
             if reconnect && draining {
                 c.done = true;
             } else if reconnect {
-                poll.registry().deregister(&mut c.sock)?;
-                c.sock = Conn::open(t.addr, poll.registry(), i)?;
+                poll.registry().deregister(c.sock.tcp())?;
+                c.sock = Conn::open(t, poll.registry(), i)?;
                 c.connected = false;
                 c.inb.clear();
                 c.prepare(kind, &t.host);
@@ -1060,21 +1255,31 @@ fn print_table(rows: &[Row]) {
 
 // ---------------------------------------------------------------- scenarios
 
-/// The `healthz` scenario: the node, then the baseline; rows of both.
-fn healthz(l: &LoadArgs) -> Result<Vec<Row>, String> {
+/// The `healthz` scenario: the node, then the baseline (or `against`);
+/// rows of both.
+fn healthz(l: &LoadArgs, against: Option<&str>) -> Result<Vec<Row>, String> {
     let t = target(&l.url)?;
     let node = load(&t, Kind::Healthz, l)?;
-    let base = Baseline::start(([127, 0, 0, 1], 0).into()).map_err(ctx("baseline"))?;
-    let bt = Target {
-        addr: base.addr,
-        host: base.addr.to_string(),
+    let (name, against) = match against {
+        Some(url) => (
+            format!("healthz {url}"),
+            load(&target(url)?, Kind::Healthz, l)?,
+        ),
+        None => {
+            let base = Baseline::start(([127, 0, 0, 1], 0).into()).map_err(ctx("baseline"))?;
+            let bt = Target {
+                addr: base.addr,
+                host: base.addr.to_string(),
+                tls: None,
+            };
+            let against = load(&bt, Kind::Healthz, l);
+            base.stop();
+            ("healthz baseline".to_owned(), against?)
+        }
     };
-    let against = load(&bt, Kind::Healthz, l);
-    base.stop();
-    let against = against?;
     let mut rows = vec![
-        Row::load("healthz", l, &node, 0),
-        Row::load("healthz baseline", l, &against, 0),
+        Row::load(format!("healthz {}", l.url), l, &node, 0),
+        Row::load(name, l, &against, 0),
     ];
     rows[0].ratio = Some(100.0 * rows[0].rate / rows[1].rate.max(f64::MIN_POSITIVE));
     Ok(rows)
@@ -1341,7 +1546,7 @@ fn all(a: &AllArgs) -> Result<(), String> {
                 threads: a.threads,
             };
             let r = if kind == Kind::Healthz {
-                healthz(&l)
+                healthz(&l, None)
             } else {
                 cycle(&l)
             };
