@@ -68,6 +68,9 @@ pub struct Config {
     /// The Donau (`donau` protocol).
     #[serde(default)]
     pub donau: Option<DonauSettings>,
+    /// The NCP KMS API (`ncp-kms` protocol).
+    #[serde(default)]
+    pub ncp: NcpSettings,
     /// The nodes (listeners).
     #[serde(rename = "node")]
     pub nodes: Vec<NodeConfig>,
@@ -233,6 +236,24 @@ impl DonauSettings {
             seen.push((&u.value, u.cipher));
         }
         Ok(())
+    }
+}
+
+/// `[ncp]`: the NCP KMS API, shared by every listener that serves it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NcpSettings {
+    /// Signed requests remembered (each is accepted once) per 5 minutes:
+    /// this bounds the sustained rate of signed requests (capacity / 300
+    /// per second); beyond, 503 until entries age out. About 30 bytes each.
+    pub replay_cache_entries: usize,
+}
+
+impl Default for NcpSettings {
+    fn default() -> Self {
+        Self {
+            replay_cache_entries: crate::kms::replay::DEFAULT_CAPACITY,
+        }
     }
 }
 
@@ -654,6 +675,12 @@ impl Config {
             10_000_000,
         )?;
         within("key_agreement.max_queued", ka.max_queued as u64, 1, 100_000)?;
+        within(
+            "ncp.replay_cache_entries",
+            config.ncp.replay_cache_entries as u64,
+            1000,
+            1_000_000_000,
+        )?;
         let lg = &config.login;
         within(
             "login.access_token_ttl_s",

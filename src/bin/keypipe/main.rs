@@ -21,6 +21,7 @@ use keypipe_server::kms::agreement::AgreementService;
 use keypipe_server::kms::donau::Donau;
 use keypipe_server::kms::keys::StoreKeys;
 use keypipe_server::kms::login::LoginService;
+use keypipe_server::kms::replay::ReplayCache;
 use keypipe_server::node::{RunningNode, Services};
 use keypipe_server::store::{SecretStore, Store, StoreOptions};
 use keypipe_server::tls::Revoked;
@@ -287,7 +288,7 @@ fn serve(
             agreement,
             donau,
             revoked,
-            ..Services::default()
+            ncp_replay: Arc::new(ReplayCache::new(config.ncp.replay_cache_entries)),
         }
     } else {
         Services {
