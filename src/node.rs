@@ -109,6 +109,7 @@ impl RunningNode {
                     queue_chunks: config.push.queue_chunks,
                     max_in_flight: config.push.max_in_flight,
                     max_body_bytes: config.http.max_body_bytes,
+                    revoked: Some(Arc::clone(&services.revoked)),
                 };
                 Some(LinkedEngine::start(&engine, settings).map_err(|e| match e {
                     StartError::Config(message) => bad(message),

@@ -127,8 +127,8 @@ fn hijack_injection_and_ssrf_fail_and_no_key_reaches_a_third_party() {
         )
         .unwrap();
     assert_etsi_error(&r, 403, 3, "not a KMS's");
-    // Even KMS_B cannot redirect K's key elsewhere: the destination is the
-    // one KMS_A gave, announced by node A over the authenticated link.
+    // Even KMS_B cannot redirect K's key elsewhere: a URI not its own is
+    // refused before anything (no DNS either) ...
     let r = b_kms_b
         .send(
             "POST",
@@ -136,13 +136,34 @@ fn hijack_injection_and_ssrf_fail_and_no_key_reaches_a_third_party() {
             Some(&open_body(&kms_a.url(), &evil.url(), Some(&k))),
         )
         .unwrap();
+    assert_etsi_error(&r, 403, 3, "is a URI of this caller's KMS");
+    // ... and it joins a stream only with the destination KMS_A gave,
+    // announced by node A over the authenticated link: here KMS_A gave
+    // another one, so KMS_B's own is refused.
+    let other = a_kms_a
+        .send(
+            "POST",
+            OPEN,
+            Some(&open_body(&kms_a.url(), &evil.url(), None)),
+        )
+        .unwrap();
+    let k2 = other.json()["key_stream_id"].as_str().unwrap().to_owned();
+    let r = b_kms_b
+        .send(
+            "POST",
+            OPEN,
+            Some(&open_body(&kms_a.url(), &kms_b.url(), Some(&k2))),
+        )
+        .unwrap();
     assert_etsi_error(&r, 400, 5, "differs from the one the creating KMS gave");
-    // The real KMS_B is not locked out by the attempts (no status 5).
+    // The real KMS_B is not locked out by the attempts (no status 5); it
+    // may spell the destination with a trailing slash.
+    let spelled = format!("{}/", kms_b.url());
     let joined = b_kms_b
         .send(
             "POST",
             OPEN,
-            Some(&open_body(&kms_a.url(), &kms_b.url(), Some(&k))),
+            Some(&open_body(&kms_a.url(), &spelled, Some(&k))),
         )
         .unwrap();
     assert_eq!(
@@ -170,7 +191,11 @@ fn hijack_injection_and_ssrf_fail_and_no_key_reaches_a_third_party() {
         .send(
             "POST",
             OPEN,
-            Some(&open_body("https://10.255.255.1:9", &kms_b.url(), None)),
+            Some(&open_body(
+                "https://10.255.255.1:9",
+                "https://127.0.0.1:1",
+                None,
+            )),
         )
         .unwrap();
     assert_etsi_error(&r, 403, 3, "not the URI of any KMS");
@@ -179,8 +204,8 @@ fn hijack_injection_and_ssrf_fail_and_no_key_reaches_a_third_party() {
             "POST",
             OPEN,
             Some(&open_body(
-                &format!("https://localhost:{pb}"),
-                &kms_b.url(),
+                &format!("https://127.0.0.1:{pb}"),
+                "https://127.0.0.1:1",
                 None,
             )),
         )
@@ -193,7 +218,8 @@ fn hijack_injection_and_ssrf_fail_and_no_key_reaches_a_third_party() {
             Some(&open_body(&kms_c_url, &kms_b.url(), None)),
         )
         .unwrap();
-    assert_etsi_error(&r, 403, 3, "belongs to KMS \"kms-c\"");
+    // (kms-c's URI is a host name: refused before it is resolved.)
+    assert_etsi_error(&r, 403, 3, "URI of this caller's KMS");
     // A cap per KMS: kms-c may hold one stream.
     let one = a_kms_c
         .send(
@@ -297,7 +323,7 @@ fn a_kms_side_takes_key_only_from_its_nodes_each_stream_from_one() {
     assert_etsi_error(&send("node-x", k2, 0), 403, 3, "may not push key here");
     assert_etsi_error(&send("kms-a", k2, 0), 403, 3, "not a QKD node's");
     // Another listed node cannot inject into node-a's stream.
-    assert_etsi_error(&send("node-b", k1, 1), 403, 3, "pushed by another QKD node");
+    assert_etsi_error(&send("node-b", k1, 1), 409, 3, "pushed by another QKD node");
     assert_eq!(send("node-b", k2, 0).status, 201);
     assert_eq!(send("node-a", k1, 1).status, 201);
 }
@@ -400,4 +426,51 @@ fn an_endless_answer_is_cut_off_and_nothing_else_stalls() {
         sent.load(std::sync::atomic::Ordering::Relaxed) < 512 << 20,
         "never cut off"
     );
+}
+
+/// Empty lists admit no certificate (review): a node without
+/// `[[node.kms]]` takes no KMS certificate, a KMS side with no
+/// `kms_side.nodes` no node certificate; only loopback callers without
+/// one.
+#[test]
+fn empty_lists_admit_no_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    pki.server("srv");
+    for (name, role) in [("node-a", "node"), ("kms-a", "kms")] {
+        pki.client(name, role);
+    }
+    let (pq, pk) = (free_port(), free_port());
+    let toml = format!(
+        "[[node]]\nname = \"qkd\"\nlisten = \"127.0.0.1:{pq}\"\nserve = [\"etsi004-qkd\"]\n{tls}\
+         [node.engine]\n[node.engine.device]\ndriver = \"simulated\"\nlink_secret = \"{dev}\"\n\
+         [[node]]\nname = \"kms\"\nlisten = \"127.0.0.1:{pk}\"\nserve = [\"etsi004-kms\"]\n{tls}",
+        tls = pki.node_tls("srv", "optional"),
+        dev = "66".repeat(32),
+    );
+    let nodes = start_nodes(&toml);
+    let (q, k) = (nodes[0].local_addr(), nodes[1].local_addr());
+    let r = TlsConn::open(q, &pki.client_config("kms-a"))
+        .unwrap()
+        .send(
+            "POST",
+            OPEN,
+            Some(&open_body("http://127.0.0.1:9", "http://127.0.0.1:9", None)),
+        )
+        .unwrap();
+    assert_etsi_error(&r, 403, 3, "not registered");
+    let push = json!({"status": 0, "index": 0, "key_buffer": "AAAA",
+                      "metadata": {"size": 55, "buffer": {"key_stream_id": uuid::Uuid::new_v4()}}});
+    let r = TlsConn::open(k, &pki.client_config("node-a"))
+        .unwrap()
+        .send("POST", "/api/v1/qkd/etsi004/key-material", Some(&push))
+        .unwrap();
+    assert_etsi_error(&r, 403, 3, "may not push key here");
+    // Without a certificate, from loopback: the quick start.
+    let anonymous = support::tls::client_config(&pki.ca(), None);
+    let r = TlsConn::open(k, &anonymous)
+        .unwrap()
+        .send("POST", "/api/v1/qkd/etsi004/key-material", Some(&push))
+        .unwrap();
+    assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
 }

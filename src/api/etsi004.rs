@@ -9,8 +9,8 @@
 //! us choose; 3 is the spec's own example of a 400). An unknown KSID is 400,
 //! status 3.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -140,24 +140,57 @@ fn qos_json(q: &Qos) -> serde_json::Value {
     })
 }
 
-/// One of a bounded number of open-connect calls allowed to wait on the
-/// pool; released on drop.
-struct WaitSlot(Arc<AtomicUsize>);
+/// Calls waiting on the pool: how many in all, and per caller.
+#[derive(Debug, Default)]
+struct Waiting {
+    /// (all, by caller)
+    counts: Mutex<(usize, HashMap<String, usize>)>,
+}
+
+/// One of a bounded number of calls allowed to wait on the pool (each KMS
+/// at most half of them, so one cannot make the others wait); released on
+/// drop.
+struct WaitSlot {
+    waiting: Arc<Waiting>,
+    caller: String,
+}
 
 impl WaitSlot {
-    fn take(waiting: &Arc<AtomicUsize>, max: usize) -> Option<WaitSlot> {
-        waiting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| WaitSlot(Arc::clone(waiting)))
+    fn take(waiting: &Arc<Waiting>, max: usize, caller: &Caller) -> Option<WaitSlot> {
+        // Local callers (no certificate) are one party: only the total
+        // binds them.
+        let (caller, share) = match caller {
+            Caller::Kms(name) => (name.clone(), max.div_ceil(2)),
+            Caller::Local => (String::new(), max),
+        };
+        let mut counts = waiting.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = counts.1.get(&caller).copied().unwrap_or(0);
+        if counts.0 >= max || mine >= share {
+            return None;
+        }
+        counts.0 += 1;
+        *counts.1.entry(caller.clone()).or_insert(0) += 1;
+        Some(WaitSlot {
+            waiting: Arc::clone(waiting),
+            caller,
+        })
     }
 }
 
 impl Drop for WaitSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut counts = self
+            .waiting
+            .counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        counts.0 -= 1;
+        if let Some(n) = counts.1.get_mut(&self.caller) {
+            *n -= 1;
+            if *n == 0 {
+                counts.1.remove(&self.caller);
+            }
+        }
     }
 }
 
@@ -166,7 +199,7 @@ impl Drop for WaitSlot {
 pub struct Etsi004 {
     mode: PushMode,
     access: Arc<KmsAccess>,
-    waiting: Arc<AtomicUsize>,
+    waiting: Arc<Waiting>,
     max_waiting: usize,
 }
 
@@ -190,15 +223,14 @@ impl Etsi004 {
 
     /// The caller of `req` when it may use an existing stream `ksid` (or
     /// the stream is not open here: the engine says so), else the 403.
-    fn allow_existing(&self, req: &Request, ksid: &Uuid) -> Result<(), Response> {
+    fn allow_existing(&self, req: &Request, ksid: &Uuid) -> Result<Caller, Response> {
         let caller = self.access.caller(req).map_err(|m| forbidden(&m))?;
-        match self.mode.target_of(ksid) {
-            Some(target) => self
-                .access
+        if let Some(target) = self.mode.target_of(ksid) {
+            self.access
                 .allow_existing(&caller, &target)
-                .map_err(|m| forbidden(&m)),
-            None => Ok(()),
+                .map_err(|m| forbidden(&m))?;
         }
+        Ok(caller)
     }
 
     /// Adds the three routes to `router`.
@@ -252,7 +284,14 @@ impl Etsi004 {
         if !waits && source.addr.is_some() && destination.addr.is_some() {
             return Reply::Now(self.open_connect_now(&body, ksid, (source, destination), &caller));
         }
-        let Some(slot) = WaitSlot::take(&self.waiting, self.max_waiting) else {
+        // No DNS on behalf of a caller for names it may not use anyway.
+        if let Err(m) = self
+            .access
+            .may_name(&caller, &body.source, &body.destination)
+        {
+            return Reply::Now(forbidden(&m));
+        }
+        let Some(slot) = WaitSlot::take(&self.waiting, self.max_waiting, &caller) else {
             return Reply::Now(error(
                 Status::Timeout,
                 "too many open-connect calls are waiting for the peer node; retry",
@@ -352,13 +391,14 @@ impl Etsi004 {
             Ok((_, ksid)) => ksid,
             Err(r) => return Reply::Now(r),
         };
-        if let Err(r) = self.allow_existing(req, &ksid) {
-            return Reply::Now(r);
-        }
+        let caller = match self.allow_existing(req, &ksid) {
+            Ok(c) => c,
+            Err(r) => return Reply::Now(r),
+        };
         if self.mode.close_is_quick(&ksid) {
             return Reply::Now(self.close_now(&ksid));
         }
-        let Some(slot) = WaitSlot::take(&self.waiting, self.max_waiting) else {
+        let Some(slot) = WaitSlot::take(&self.waiting, self.max_waiting, &caller) else {
             return Reply::Now(error(
                 Status::Timeout,
                 "too many calls are waiting on this node; retry the close",
@@ -376,5 +416,27 @@ impl Etsi004 {
             Ok(_) => Response::empty(204),
             Err(_) => error(Status::PeerNotConnectedGetKey, "unknown key_stream_id"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_caller_takes_at_most_half_the_waiting_slots() {
+        let waiting = Arc::new(Waiting::default());
+        let greedy = Caller::Kms("greedy".into());
+        let held: Vec<_> = (0..2)
+            .map(|_| WaitSlot::take(&waiting, 4, &greedy).unwrap())
+            .collect();
+        assert!(WaitSlot::take(&waiting, 4, &greedy).is_none(), "half of 4");
+        let other = WaitSlot::take(&waiting, 4, &Caller::Kms("other".into()));
+        assert!(other.is_some(), "another KMS still gets one");
+        drop(held);
+        assert!(
+            WaitSlot::take(&waiting, 4, &greedy).is_some(),
+            "released on drop"
+        );
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! The detail and the metrics tell when key flows and how much (traffic
 //! analysis, security review F20): they go only to callers on loopback
-//! or with a verified client certificate. Anyone else gets the bare
+//! or with a verified client certificate of a QKD node or a KMS. Anyone else gets the bare
 //! liveness answer of `/healthz` (`{"status":"ok"}` or `"degraded"`, same
 //! HTTP code) and 403 from `/metrics`.
 
@@ -43,11 +43,14 @@ pub struct HealthSources {
 }
 
 /// True when `req`'s caller may see the detail: on loopback, or with a
-/// verified client certificate (or in-process).
+/// verified client certificate of a QKD node or a KMS (or in-process).
 fn may_see_detail(req: &Request) -> bool {
-    req.peer
-        .as_deref()
-        .is_none_or(|p| p.identity.is_some() || p.addr.ip().is_loopback())
+    req.peer.as_deref().is_none_or(|p| {
+        p.addr.ip().is_loopback()
+            || p.identity
+                .as_ref()
+                .is_some_and(|id| id.role == "node" || id.role == "kms")
+    })
 }
 
 fn healthz(src: &HealthSources, req: &Request) -> Response {
@@ -100,7 +103,7 @@ fn metrics(src: &HealthSources, req: &Request) -> Response {
     if !may_see_detail(req) {
         return Response::json(
             403,
-            r#"{"message":"metrics are served to callers on loopback or with a client certificate"}"#,
+            r#"{"message":"metrics are served to callers on loopback or with a node's or a KMS's client certificate"}"#,
         );
     }
     let mut out = String::with_capacity(4096);

@@ -9,8 +9,8 @@
 //!   certificate must be listed; a URI this node pushes to must be one of
 //!   the caller's own (a local caller may name any listed URI, being known
 //!   by it); each KMS has at most `max_streams` streams open here.
-//! - **Without `[[node.kms]]`** (the quick start): streams are pushed only
-//!   to loopback URIs.
+//! - **Without `[[node.kms]]`** (the quick start): only callers on loopback
+//!   without a certificate, and streams are pushed only to loopback URIs.
 //! - Never to the peer node's listener, nor to this node's own unless it
 //!   serves the KMS side itself (no request loops, no link lane abuse).
 
@@ -83,14 +83,10 @@ impl KmsAccess {
                 "the client certificate of {:?} is not a KMS's (OU=kms, not {:?})",
                 id.name, id.role
             )),
-            Some(id)
-                if !self.entries.is_empty() && !self.entries.iter().any(|e| e.name == id.name) =>
-            {
-                Err(format!(
-                    "KMS {:?} is not registered on node {} ([[node.kms]])",
-                    id.name, self.node
-                ))
-            }
+            Some(id) if !self.entries.iter().any(|e| e.name == id.name) => Err(format!(
+                "KMS {:?} is not registered on node {} ([[node.kms]])",
+                id.name, self.node
+            )),
             Some(id) => Ok(Caller::Kms(id.name.clone())),
             None if peer.addr.ip().is_loopback() => Ok(Caller::Local),
             None => Err(format!(
@@ -157,6 +153,28 @@ impl KmsAccess {
                 owner.name
             )),
             _ => Ok(owner),
+        }
+    }
+
+    /// A first check, before any DNS: with `[[node.kms]]`, one of the two
+    /// URIs must be the caller's (or, for a local caller, some KMS's).
+    pub fn may_name(&self, caller: &Caller, source: &str, destination: &str) -> Result<(), String> {
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        let owns = |uri: &str| {
+            self.owner(uri).is_some_and(|o| match caller {
+                Caller::Kms(name) => &o.name == name,
+                Caller::Local => true,
+            })
+        };
+        if owns(source) || owns(destination) {
+            Ok(())
+        } else {
+            Err(format!(
+                "neither {source} nor {destination} is a URI of this caller's KMS on node {}",
+                self.node
+            ))
         }
     }
 

@@ -52,8 +52,7 @@ struct KmsConfig {
     /// Name in the logs and thread names.
     name: String,
     /// The QKD nodes that may push here (their certificates' `CN`, with
-    /// TLS); empty: any node certificate the listener trusts, or callers
-    /// on loopback without TLS.
+    /// TLS); empty: only callers on loopback without TLS.
     nodes: Vec<String>,
     /// TLS of the listener: its certificate chain (PEM).
     cert: Option<std::path::PathBuf>,

@@ -11,7 +11,8 @@
 //! The cache holds a 64-bit fingerprint (a keyed hash, so nobody can aim
 //! at one) of every signature seen in the window, with its access key,
 //! about 30 bytes each, and forgets an entry once its timestamp is out of
-//! the window: by then the gateway refuses the request as stale anyway.
+//! the window (plus a window of margin): by then the gateway refuses the
+//! request as stale anyway.
 //! It is bounded: when full of entries still in the window, new requests
 //! are refused (503) rather than let through unchecked. So the capacity
 //! bounds the sustained rate of signed requests: `capacity` per 5
@@ -92,8 +93,11 @@ impl ReplayCache {
     ) -> Result<(), ReplayError> {
         let id = self.hasher.hash_one((access_key, signature));
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        // Entries whose timestamp left the window can no longer be replayed.
-        let horizon = now_ms.saturating_sub(MAX_SKEW_MS);
+        // Entries whose timestamp left the window can no longer be replayed
+        // (with a second window of margin: a thread that checked the
+        // signature a little earlier, or a clock stepped back, still finds
+        // them).
+        let horizon = now_ms.saturating_sub(2 * MAX_SKEW_MS);
         while let Some(&(ts, old)) = inner.by_arrival.front() {
             if ts >= horizon {
                 break;
@@ -146,9 +150,9 @@ mod tests {
             "per access key"
         );
         assert_eq!(cache.admit("AK", now, "sig-2", now), Err(ReplayError::Full));
-        // Past the window the old entries go; their requests are stale by
+        // Two windows on, the old entries go; their requests are stale by
         // then (the gateway refuses them before the cache).
-        let later = now + MAX_SKEW_MS + 1;
+        let later = now + 2 * MAX_SKEW_MS + 1;
         assert_eq!(cache.admit("AK", later, "sig-2", later), Ok(()));
         assert_eq!(cache.len(), 1);
     }

@@ -19,7 +19,7 @@ use crate::http::{Answer, Client, Origin, OriginId, Verdict};
 use crate::link::{LINK_LANE, NetLink};
 use crate::push::Pushes;
 use crate::router::Router;
-use crate::tls::{Pin, client_config};
+use crate::tls::{Pin, Revoked, client_config};
 
 /// What a request of the outbound client is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +48,7 @@ pub enum StartError {
 }
 
 /// Limits of the outbound side.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LinkedSettings {
     /// Most chunks per KMS taken ahead of their 201.
     pub queue_chunks: usize,
@@ -57,6 +57,8 @@ pub struct LinkedSettings {
     /// This node's request body limit (link batches stay well below the
     /// peer's, which is configured alike).
     pub max_body_bytes: usize,
+    /// Revoked certificates: a peer node or KMS presenting one is refused.
+    pub revoked: Option<Arc<Revoked>>,
 }
 
 impl Default for LinkedSettings {
@@ -65,6 +67,7 @@ impl Default for LinkedSettings {
             queue_chunks: 1024,
             max_in_flight: 64,
             max_body_bytes: crate::http::Limits::default().max_body_bytes,
+            revoked: None,
         }
     }
 }
@@ -100,9 +103,8 @@ impl LinkedEngine {
         if let Some(files) = &config.tls {
             // https:// KMS URIs: the URL's host must be named by the KMS's
             // certificate; this node presents its own.
-            client.set_tls(Some(
-                client_config(files, Pin::default()).map_err(tls_error)?,
-            ));
+            let config = client_config(files, Pin::default(), settings.revoked.clone());
+            client.set_tls(Some(config.map_err(tls_error)?));
         }
         let (link, engine) = match &config.link {
             Some(l) => {
@@ -152,7 +154,10 @@ impl LinkedEngine {
                                 .transpose()
                                 .map_err(tls_error)?,
                         };
-                        Some(client_config(files, pin).map_err(tls_error)?)
+                        Some(
+                            client_config(files, pin, settings.revoked.clone())
+                                .map_err(tls_error)?,
+                        )
                     }
                     _ => None,
                 };

@@ -53,12 +53,18 @@ pub enum OpenRefused {
 pub struct PushMode {
     engine: Arc<Engine>,
     push: Arc<Pushes>,
+    /// Serializes authorization and open (see [`PushMode::open`]).
+    opening: Arc<std::sync::Mutex<()>>,
 }
 
 impl PushMode {
     /// Push mode over `engine`, pushing through `push`.
     pub fn new(engine: Arc<Engine>, push: Arc<Pushes>) -> Self {
-        Self { engine, push }
+        Self {
+            engine,
+            push,
+            opening: Arc::default(),
+        }
     }
 
     /// The engine.
@@ -88,7 +94,7 @@ impl PushMode {
             .and_then(|k| self.engine.announced(&k, qos.timeout))
             .filter(|u| !u.created_here);
         if let Some(u) = &announced
-            && u.destination.trim_end_matches('/') != destination.trim_end_matches('/')
+            && !same_uri(&u.destination, destination)
         {
             return Err(OpenRefused::DestinationMismatch {
                 given: destination.to_owned(),
@@ -100,22 +106,16 @@ impl PushMode {
             Some(_) => (destination, destination_origin),
             None => (source, source_origin),
         };
+        // One authorization and open at a time: per-KMS caps count the
+        // streams open, which this open adds to.
+        let _serial = self.opening.lock().unwrap_or_else(|e| e.into_inner());
         authorize(target_uri, &target).map_err(OpenRefused::NotAllowed)?;
-        let reply = self.engine.open_connect(source, destination, qos, ksid);
+        let reply = self
+            .engine
+            .open_connect_as(source, destination, qos, ksid, announced.is_some())
+            .map_err(|e| OpenRefused::NotAllowed(e.to_string()))?;
         if let (Status::Successful | Status::PeerNotConnected, Some(k)) = (reply.status, reply.ksid)
         {
-            let side_matches = self
-                .engine
-                .stream_uris(&k)
-                .is_some_and(|u| u.target() == target_uri);
-            if !side_matches {
-                // The peer announced the stream between the check and the
-                // open: this node's side is not the one authorized.
-                let _ = self.engine.close(&k);
-                return Err(OpenRefused::NotAllowed(
-                    "the peer node announced this stream meanwhile; retry the open-connect".into(),
-                ));
-            }
             self.push.register(k, target, &reply.qos, 0);
         }
         Ok(reply)
@@ -163,5 +163,33 @@ impl PushMode {
         }
         self.push.close(ksid, wait);
         self.engine.close(ksid)
+    }
+}
+
+/// True when `a` and `b` name the same base URI: scheme, host (any
+/// case), port (defaults included) and path (a trailing `/` aside).
+fn same_uri(a: &str, b: &str) -> bool {
+    match (Origin::parse(a), Origin::parse(b)) {
+        (Ok(x), Ok(y)) => {
+            x.tls == y.tls
+                && x.host.eq_ignore_ascii_case(&y.host)
+                && x.port == y.port
+                && x.base_path == y.base_path
+        }
+        _ => a.trim_end_matches('/') == b.trim_end_matches('/'),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_uri;
+
+    #[test]
+    fn uris_compare_as_base_uris() {
+        assert!(same_uri("https://KMS.example", "https://kms.example:443/"));
+        assert!(same_uri("http://h:80/k/", "http://h/k"));
+        assert!(!same_uri("http://h", "https://h"));
+        assert!(!same_uri("http://h/a", "http://h/b"));
+        assert!(!same_uri("http://h:81", "http://h"));
     }
 }

@@ -177,24 +177,30 @@ fn issue(ca: &Ca<'_, Store>, request: &LeafRequest, out: &Path) -> Result<String
     .to_string())
 }
 
-/// Writes `bytes` to `dir/name` with `mode` (created fresh; `ca.crt` may
-/// be replaced, since it is the same certificate every time).
+/// Writes `bytes` to `dir/name` with `mode`, as a new file (never through
+/// a link planted there). `ca.crt` is replaced (it is the same bundle
+/// every time): written to a new temporary file, then renamed over it.
 fn write_file(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<(), String> {
     fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let path = dir.join(name);
-    let mut options = OpenOptions::new();
-    options.write(true).mode(mode);
-    if name == "ca.crt" {
-        options.create(true).truncate(true);
+    let fresh = if name == "ca.crt" {
+        dir.join(format!(".ca.crt.{}", std::process::id()))
     } else {
-        options.create_new(true);
-    }
-    let mut file = options
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        path.clone()
+    };
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&fresh)
+        .map_err(|e| format!("{}: {e}", fresh.display()))?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| format!("{}: {e}", fresh.display()))?;
+    if fresh != path {
+        fs::rename(&fresh, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// `ms` since the epoch as an RFC 3339 UTC time.

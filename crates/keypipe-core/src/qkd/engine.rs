@@ -39,6 +39,12 @@ const IDLE_TICK: Duration = Duration::from_millis(20);
 /// The ledger writer records changed streams at least this often.
 const LEDGER_PERIOD: Duration = Duration::from_millis(50);
 
+/// The peer announced a stream, or forgot it, between an authorization
+/// and the open it was for ([`Engine::open_connect_as`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the peer node announced this stream meanwhile; retry the open-connect")]
+pub struct SideChanged;
+
 /// Why an engine could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -589,6 +595,34 @@ impl Engine {
         let reply = node.open_connect(Instant::now(), source, destination, qos, ksid, link_ok);
         self.shared.flush(&mut node);
         reply
+    }
+
+    /// OPEN_CONNECT of a caller authorized for one side: `joining` says
+    /// whether it joins a stream the peer announced (else it creates one).
+    /// Checked under the engine's lock, so the side cannot change between
+    /// the check and the open: `Err(SideChanged)` (nothing opened) when the
+    /// peer's announcement came or went meanwhile. Does not wait for an
+    /// announcement (the caller waited with [`Engine::announced`]).
+    pub fn open_connect_as(
+        &self,
+        source: &str,
+        destination: &str,
+        qos: &Qos,
+        ksid: Option<Uuid>,
+        joining: bool,
+    ) -> Result<OpenReply, SideChanged> {
+        let link_ok = self.shared.link_ok();
+        let mut node = self.shared.lock();
+        let ksid = ksid.filter(|k| !k.is_nil());
+        let announced = ksid
+            .and_then(|k| node.stream_uris(&k))
+            .is_some_and(|u| !u.created_here);
+        if announced != joining {
+            return Err(SideChanged);
+        }
+        let reply = node.open_connect(Instant::now(), source, destination, qos, ksid, link_ok);
+        self.shared.flush(&mut node);
+        Ok(reply)
     }
 
     /// The node, once it knows `ksid` (the peer announced it) or after at

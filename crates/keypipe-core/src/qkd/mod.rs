@@ -28,7 +28,7 @@ pub use config::{
     ConfigError, DeviceConfig, EngineConfig, LinkConfig, MAX_TTL_S, TlsFiles, parse_secret,
     url_is_loopback,
 };
-pub use engine::{Engine, EngineError, EngineStats};
+pub use engine::{Engine, EngineError, EngineStats, SideChanged};
 pub use ledger::{Ledger, LedgerError};
 pub use link::{Inbox, LinkDown, LinkMsg, LinkTransport, Role};
 pub use node::{MAX_URI_LEN, Node, Tuning};

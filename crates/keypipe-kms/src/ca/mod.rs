@@ -142,12 +142,8 @@ impl FromStr for San {
     type Err = CaError;
     fn from_str(s: &str) -> Result<San, CaError> {
         if let Some(name) = s.strip_prefix("DNS:") {
-            let ok = !name.is_empty()
-                && name.len() <= 253
-                && name
-                    .split('.')
-                    .enumerate()
-                    .all(|(i, label)| valid_label(label) || (i == 0 && label == "*"));
+            // No wildcard: each server gets a certificate of its own.
+            let ok = !name.is_empty() && name.len() <= 253 && name.split('.').all(valid_label);
             if ok {
                 return Ok(San::Dns(name.to_ascii_lowercase()));
             }

@@ -144,7 +144,15 @@ fn bad_requests_are_refused_with_their_reason() {
         let err = ca.issue(&req).unwrap_err().to_string();
         assert!(err.contains(needle), "{err}");
     }
-    for bad in ["dns:x", "DNS:", "DNS:a..b", "DNS:-a", "IP:1.2.3", "x"] {
+    for bad in [
+        "dns:x",
+        "DNS:",
+        "DNS:a..b",
+        "DNS:-a",
+        "DNS:*.example",
+        "IP:1.2.3",
+        "x",
+    ] {
         assert!(bad.parse::<San>().is_err(), "{bad}");
     }
     assert!("sysadmin".parse::<Role>().is_err());

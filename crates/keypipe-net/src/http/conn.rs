@@ -82,6 +82,8 @@ pub(super) struct Conn {
     /// Sequence number of `slots[0]`.
     first_seq: u64,
     read_closed: bool,
+    /// Given up on (a timeout): close now, whatever is unsent.
+    aborted: bool,
     /// No more requests are read; close once the answers are out.
     closing: bool,
     continue_sent: bool,
@@ -107,6 +109,7 @@ impl Conn {
             slots: VecDeque::new(),
             first_seq: 0,
             read_closed: false,
+            aborted: false,
             closing: false,
             continue_sent: false,
             partial_since: None,
@@ -125,7 +128,7 @@ impl Conn {
 
     /// Ends TLS politely (`close_notify`, best effort) before the close.
     pub(super) fn close_notify(&mut self) {
-        if self.handshake_done && !self.read_closed {
+        if self.handshake_done && !self.aborted {
             self.stream.close_notify();
         }
     }
@@ -197,13 +200,13 @@ impl Conn {
     pub(super) fn check_timeouts(&mut self, now: Instant, request: Duration, idle: Duration) {
         if !self.handshake_done && now.duration_since(self.opened) > request {
             // A TLS handshake that does not finish in time is dropped.
-            self.read_closed = true;
-            self.closing = true;
+            self.aborted = true;
             return;
         }
         if self.closing {
             if now.duration_since(self.last_progress) > idle {
-                self.read_closed = true;
+                // Answers nobody reads: dropped, with what TLS still holds.
+                self.aborted = true;
                 self.slots.clear();
                 wipe(&mut self.out);
             }
@@ -229,12 +232,15 @@ impl Conn {
         }
     }
 
-    /// True when the connection has nothing left to do.
+    /// True when the connection has nothing left to do: every answer is
+    /// out, TLS's buffered records too (a peer that half-closed still gets
+    /// its whole answer), or it was given up on.
     pub(super) fn finished(&self) -> bool {
-        (self.closing || self.read_closed)
-            && self.slots.is_empty()
-            && self.out.is_empty()
-            && (self.read_closed || !self.stream.wants_write())
+        self.aborted
+            || ((self.closing || self.read_closed)
+                && self.slots.is_empty()
+                && self.out.is_empty()
+                && !self.stream.wants_write())
     }
 
     /// Answers `err` (after the requests already received) and stops reading.

@@ -86,6 +86,18 @@ pub struct ServerStats {
     per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
 
+/// The address a per-address cap counts: an IPv6 address by its /64 (one
+/// host usually holds a whole /64).
+fn cap_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 impl ServerStats {
     /// Counts a connection from `ip` in, unless `ip` has `cap` open.
     fn admit_ip(&self, ip: std::net::IpAddr, cap: usize) -> bool {
@@ -93,7 +105,7 @@ impl ServerStats {
             return true;
         }
         let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(ip).or_insert(0);
+        let n = map.entry(cap_key(ip)).or_insert(0);
         if *n >= cap {
             return false;
         }
@@ -107,10 +119,11 @@ impl ServerStats {
             return;
         }
         let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&ip) {
+        let key = cap_key(ip);
+        if let Some(n) = map.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
-                map.remove(&ip);
+                map.remove(&key);
             }
         }
     }
@@ -413,7 +426,9 @@ impl Worker {
                 return;
             };
             let (mut stream, addr) = match listener.accept() {
-                Ok(s) => s,
+                // A dual-stack listener sees IPv4 callers as ::ffff:a.b.c.d:
+                // one spelling for every check (loopback, caps).
+                Ok((s, a)) => (s, SocketAddr::new(a.ip().to_canonical(), a.port())),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     // EMFILE and friends: back off until the next event.

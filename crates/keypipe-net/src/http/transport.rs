@@ -150,14 +150,15 @@ impl Write for Transport {
             flush(tls, tcp)?;
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let n = tls.writer().write(buf)?;
+        let mut n = tls.writer().write(buf)?;
         let flushed = flush(tls, tcp)?;
-        if n == 0 {
-            return Err(if flushed {
-                io::ErrorKind::WriteZero.into()
-            } else {
-                io::ErrorKind::WouldBlock.into()
-            });
+        if n == 0 && flushed && !buf.is_empty() {
+            // The buffer was full and is empty now: room again.
+            n = tls.writer().write(buf)?;
+            flush(tls, tcp)?;
+        }
+        if n == 0 && !buf.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
         }
         Ok(n)
     }
@@ -171,14 +172,15 @@ impl Write for Transport {
             flush(tls, tcp)?;
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let n = tls.writer().write_vectored(bufs)?;
+        let mut n = tls.writer().write_vectored(bufs)?;
         let flushed = flush(tls, tcp)?;
-        if n == 0 && bufs.iter().any(|b| !b.is_empty()) {
-            return Err(if flushed {
-                io::ErrorKind::WriteZero.into()
-            } else {
-                io::ErrorKind::WouldBlock.into()
-            });
+        let wanted = bufs.iter().any(|b| !b.is_empty());
+        if n == 0 && flushed && wanted {
+            n = tls.writer().write_vectored(bufs)?;
+            flush(tls, tcp)?;
+        }
+        if n == 0 && wanted {
+            return Err(io::ErrorKind::WouldBlock.into());
         }
         Ok(n)
     }

@@ -8,10 +8,11 @@
 //! and the JSON parser would copy the key text into a buffer it does not
 //! wipe.
 //! Answers: 400 (status 3) for a malformed body; 403 for a pusher that is
-//! not allowed ([`Pushers`]) or pushes a stream another node pushes; 409
-//! when the index is already held with different key (the node drops that
-//! chunk for good, so it blocks nothing else); 503 when the store is full
-//! (the pushing node keeps the chunk and retries, so nothing is lost).
+//! not allowed ([`Pushers`]: the node keeps the chunk and retries, so a
+//! configuration being fixed loses nothing); 409 when the index is held
+//! with different key, or the stream is another node's (the node drops
+//! that chunk for good, so it blocks nothing else); 503 when the store is
+//! full (the node keeps the chunk and retries).
 
 use std::sync::Arc;
 
@@ -48,8 +49,8 @@ struct PushBuffer {
 #[derive(Debug, Clone, Default)]
 pub struct Pushers {
     /// The QKD nodes allowed, by the `CN` of their certificate (`OU=node`).
-    /// Empty: any node certificate the listener trusts, or a caller on
-    /// loopback without a certificate.
+    /// Empty: only callers on loopback without a certificate (a node
+    /// certificate must be listed to be taken).
     pub nodes: Vec<String>,
 }
 
@@ -64,7 +65,7 @@ impl Pushers {
                 "the client certificate of {:?} is not a QKD node's (OU=node)",
                 id.name
             )),
-            Some(id) if !self.nodes.is_empty() && !self.nodes.contains(&id.name) => Err(format!(
+            Some(id) if !self.nodes.contains(&id.name) => Err(format!(
                 "QKD node {:?} may not push key here (kms_side.nodes)",
                 id.name
             )),
@@ -111,7 +112,9 @@ fn receive(store: &ReceivedKeys, pushers: &Pushers, req: &Request) -> Response {
     match store.insert_from(&pusher, meta.buffer.key_stream_id, push.index, key) {
         Ok(_) => json(201, &json!({ "status": 0 })),
         Err(e @ ReceivedError::Conflict) => answer(409, &e.to_string()),
-        Err(e @ ReceivedError::OtherPusher) => answer(403, &e.to_string()),
+        // 409 like a conflicting index: the pushing node drops the chunk
+        // for good, so the stream someone else poisoned blocks nothing.
+        Err(e @ ReceivedError::OtherPusher) => answer(409, &e.to_string()),
         Err(e @ ReceivedError::Full) => answer(503, &e.to_string()).header("Retry-After", "1"),
     }
 }
