@@ -724,13 +724,15 @@ impl Config {
                     ));
                 }
             }
-            if node.tls.is_none() && !node.listen.ip().is_loopback() && !node.insecure_plaintext {
-                return Err(format!(
-                    "node {}: listen = \"{}\" is not loopback and has no [node.tls]: everything \
-                     it serves would cross the network in clear. Add [node.tls], or set \
-                     insecure_plaintext = true on the node",
-                    node.name, node.listen
-                ));
+            if node.tls.is_none() {
+                crate::tls::allow_plaintext(
+                    "listen",
+                    node.listen,
+                    node.insecure_plaintext,
+                    "[node.tls]",
+                    "insecure_plaintext",
+                )
+                .map_err(|e| format!("node {}: {e}", node.name))?;
             }
             for kms in &node.kms {
                 let bad = |what: String| format!("node {}: kms {:?}: {what}", node.name, kms.name);
@@ -748,7 +750,7 @@ impl Config {
                 }
                 for uri in &kms.uris {
                     let origin = crate::http::Origin::parse(uri).map_err(&bad)?;
-                    if !origin.tls && !crate::qkd::url_is_loopback(uri) && !kms.insecure_plaintext {
+                    if !origin.tls && !origin.is_loopback() && !kms.insecure_plaintext {
                         return Err(bad(format!(
                             "uri {uri:?} is plain http to another host: pushed key would cross \
                              the network in clear. Use https://, or set insecure_plaintext = true \

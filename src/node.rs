@@ -193,13 +193,6 @@ impl RunningNode {
                 .ok_or_else(|| bad("serving donau needs a [donau] section and the store".into()))?;
             crate::api::donau_route(&mut router, base_path, Arc::clone(donau));
         }
-        if config.tls.is_none() && !config.listen.ip().is_loopback() {
-            tracing::warn!(
-                node = %name,
-                listen = %config.listen,
-                "insecure_plaintext: this listener serves plain HTTP beyond loopback"
-            );
-        }
         let tls = match &config.tls {
             Some(files) => Some(Arc::new(
                 TlsAcceptor::new(files.clone(), Arc::clone(&services.revoked))

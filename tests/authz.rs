@@ -79,13 +79,7 @@ fn hijack_injection_and_ssrf_fail_and_no_key_reaches_a_third_party() {
     // KMS_A creates K on node A (once the link is up: status 4 before).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let opened = loop {
-        let r = a_kms_a
-            .send(
-                "POST",
-                OPEN,
-                Some(&open_body(&kms_a.url(), &kms_b.url(), None)),
-            )
-            .unwrap();
+        let r = a_kms_a.open_stream(&kms_a.url(), &kms_b.url(), None);
         if r.status != 500 || std::time::Instant::now() > deadline {
             break r;
         }
@@ -101,71 +95,29 @@ fn hijack_injection_and_ssrf_fail_and_no_key_reaches_a_third_party() {
 
     // Hijack attempts on node B, before KMS_B opens K there.
     let mut b_mallory = conn(b, "mallory");
-    let r = b_mallory
-        .send(
-            "POST",
-            OPEN,
-            Some(&open_body(&kms_a.url(), &evil.url(), Some(&k))),
-        )
-        .unwrap();
+    let r = b_mallory.open_stream(&kms_a.url(), &evil.url(), Some(&k));
     assert_etsi_error(&r, 403, 3, "not registered on node node-b");
     let mut b_kms_a = conn(b, "kms-a");
-    let r = b_kms_a
-        .send(
-            "POST",
-            OPEN,
-            Some(&open_body(&kms_a.url(), &evil.url(), Some(&k))),
-        )
-        .unwrap();
+    let r = b_kms_a.open_stream(&kms_a.url(), &evil.url(), Some(&k));
     assert_etsi_error(&r, 403, 3, "not registered on node node-b");
     let mut b_other = conn(b, "not-a-kms");
-    let r = b_other
-        .send(
-            "POST",
-            OPEN,
-            Some(&open_body(&kms_a.url(), &kms_b.url(), Some(&k))),
-        )
-        .unwrap();
+    let r = b_other.open_stream(&kms_a.url(), &kms_b.url(), Some(&k));
     assert_etsi_error(&r, 403, 3, "not a KMS's");
     // Even KMS_B cannot redirect K's key elsewhere: a URI not its own is
     // refused before anything (no DNS either) ...
-    let r = b_kms_b
-        .send(
-            "POST",
-            OPEN,
-            Some(&open_body(&kms_a.url(), &evil.url(), Some(&k))),
-        )
-        .unwrap();
+    let r = b_kms_b.open_stream(&kms_a.url(), &evil.url(), Some(&k));
     assert_etsi_error(&r, 403, 3, "is a URI of this caller's KMS");
     // ... and it joins a stream only with the destination KMS_A gave,
     // announced by node A over the authenticated link: here KMS_A gave
     // another one, so KMS_B's own is refused.
-    let other = a_kms_a
-        .send(
-            "POST",
-            OPEN,
-            Some(&open_body(&kms_a.url(), &evil.url(), None)),
-        )
-        .unwrap();
+    let other = a_kms_a.open_stream(&kms_a.url(), &evil.url(), None);
     let k2 = other.json()["key_stream_id"].as_str().unwrap().to_owned();
-    let r = b_kms_b
-        .send(
-            "POST",
-            OPEN,
-            Some(&open_body(&kms_a.url(), &kms_b.url(), Some(&k2))),
-        )
-        .unwrap();
+    let r = b_kms_b.open_stream(&kms_a.url(), &kms_b.url(), Some(&k2));
     assert_etsi_error(&r, 400, 5, "differs from the one the creating KMS gave");
     // The real KMS_B is not locked out by the attempts (no status 5); it
     // may spell the destination with a trailing slash.
     let spelled = format!("{}/", kms_b.url());
-    let joined = b_kms_b
-        .send(
-            "POST",
-            OPEN,
-            Some(&open_body(&kms_a.url(), &spelled, Some(&k))),
-        )
-        .unwrap();
+    let joined = b_kms_b.open_stream(&kms_a.url(), &spelled, Some(&k));
     assert_eq!(
         joined.status,
         201,
@@ -187,55 +139,21 @@ fn hijack_injection_and_ssrf_fail_and_no_key_reaches_a_third_party() {
     }
 
     // SSRF: a URI that is no KMS's, or a QKD node's listener.
-    let r = a_kms_a
-        .send(
-            "POST",
-            OPEN,
-            Some(&open_body(
-                "https://10.255.255.1:9",
-                "https://127.0.0.1:1",
-                None,
-            )),
-        )
-        .unwrap();
+    let r = a_kms_a.open_stream("https://10.255.255.1:9", "https://127.0.0.1:1", None);
     assert_etsi_error(&r, 403, 3, "not the URI of any KMS");
-    let r = a_kms_a
-        .send(
-            "POST",
-            OPEN,
-            Some(&open_body(
-                &format!("https://127.0.0.1:{pb}"),
-                "https://127.0.0.1:1",
-                None,
-            )),
-        )
-        .unwrap();
+    let r = a_kms_a.open_stream(
+        &format!("https://127.0.0.1:{pb}"),
+        "https://127.0.0.1:1",
+        None,
+    );
     assert_etsi_error(&r, 403, 3, "QKD node's listener");
-    let r = a_kms_a
-        .send(
-            "POST",
-            OPEN,
-            Some(&open_body(&kms_c_url, &kms_b.url(), None)),
-        )
-        .unwrap();
+    let r = a_kms_a.open_stream(&kms_c_url, &kms_b.url(), None);
     // (kms-c's URI is a host name: refused before it is resolved.)
     assert_etsi_error(&r, 403, 3, "URI of this caller's KMS");
     // A cap per KMS: kms-c may hold one stream.
-    let one = a_kms_c
-        .send(
-            "POST",
-            OPEN,
-            Some(&open_body(&kms_c_url, &kms_b.url(), None)),
-        )
-        .unwrap();
+    let one = a_kms_c.open_stream(&kms_c_url, &kms_b.url(), None);
     assert_eq!(one.status, 201);
-    let two = a_kms_c
-        .send(
-            "POST",
-            OPEN,
-            Some(&open_body(&kms_c_url, &kms_b.url(), None)),
-        )
-        .unwrap();
+    let two = a_kms_c.open_stream(&kms_c_url, &kms_b.url(), None);
     assert_etsi_error(&two, 403, 3, "max_streams");
 
     // K flows to KMS_A and KMS_B only, identical.
@@ -452,12 +370,7 @@ fn empty_lists_admit_no_certificate() {
     let (q, k) = (nodes[0].local_addr(), nodes[1].local_addr());
     let r = TlsConn::open(q, &pki.client_config("kms-a"))
         .unwrap()
-        .send(
-            "POST",
-            OPEN,
-            Some(&open_body("http://127.0.0.1:9", "http://127.0.0.1:9", None)),
-        )
-        .unwrap();
+        .open_stream("http://127.0.0.1:9", "http://127.0.0.1:9", None);
     assert_etsi_error(&r, 403, 3, "not registered");
     let push = json!({"status": 0, "index": 0, "key_buffer": "AAAA",
                       "metadata": {"size": 55, "buffer": {"key_stream_id": uuid::Uuid::new_v4()}}});

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::tls::{Pki, TlsConn};
-use support::{GET_KEY, OPEN, ServerProcess, TestKms, assert_identical, free_port};
+use support::{GET_KEY, ServerProcess, TestKms, assert_identical, free_port};
 
 fn hex32() -> String {
     let mut b = [0u8; 32];
@@ -107,15 +107,7 @@ fn the_two_hosts_example_pushes_identical_keys_to_https_kmses() {
     let kms_b = TestKms::start_tls_on(kb, pki.acceptor("kms-srv"));
     let mut api_a = TlsConn::open(node_a.addr, &pki.client_config("kms-a")).unwrap();
     let mut api_b = TlsConn::open(node_b.addr, &pki.client_config("kms-b")).unwrap();
-    let qos = json!({"key_chunk_size": 32, "timeout": 5000});
-    let opened = api_a
-        .send(
-            "POST",
-            OPEN,
-            Some(&json!({"source": kms_a.url(), "destination": kms_b.url(),
-                          "key_stream_id": null, "qos": qos})),
-        )
-        .unwrap();
+    let opened = api_a.open_stream(&kms_a.url(), &kms_b.url(), None);
     assert_eq!(
         opened.status,
         201,
@@ -123,14 +115,7 @@ fn the_two_hosts_example_pushes_identical_keys_to_https_kmses() {
         String::from_utf8_lossy(&opened.body)
     );
     let ksid = opened.json()["key_stream_id"].as_str().unwrap().to_owned();
-    let joined = api_b
-        .send(
-            "POST",
-            OPEN,
-            Some(&json!({"source": kms_a.url(), "destination": kms_b.url(),
-                          "key_stream_id": ksid, "qos": qos})),
-        )
-        .unwrap();
+    let joined = api_b.open_stream(&kms_a.url(), &kms_b.url(), Some(&ksid));
     assert_eq!(
         joined.status,
         201,
@@ -148,28 +133,10 @@ fn the_two_hosts_example_pushes_identical_keys_to_https_kmses() {
     kms_b.wait_for(&ksid, 500, 30);
     assert!(assert_identical(&kms_a, &kms_b, &ksid, 32) >= 500);
     // Each KMS was pushed to by its own node, over mutual TLS.
-    assert_eq!(
-        kms_a
-            .log
-            .lock()
-            .unwrap()
-            .pushers
-            .iter()
-            .cloned()
-            .collect::<Vec<_>>(),
-        vec!["node-a/node".to_owned()]
-    );
-    assert_eq!(
-        kms_b
-            .log
-            .lock()
-            .unwrap()
-            .pushers
-            .iter()
-            .cloned()
-            .collect::<Vec<_>>(),
-        vec!["node-b/node".to_owned()]
-    );
+    for (kms, node) in [(&kms_a, "node-a/node"), (&kms_b, "node-b/node")] {
+        let pushers = kms.log.lock().unwrap().pushers.clone();
+        assert_eq!(pushers.into_iter().collect::<Vec<_>>(), vec![node]);
+    }
 }
 
 #[test]

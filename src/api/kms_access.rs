@@ -43,15 +43,9 @@ pub struct KmsAccess {
     forbidden: Vec<SocketAddr>,
 }
 
-/// `uri` in one spelling: scheme, lower-case host, port, base path.
+/// `uri` in one spelling ([`Origin::canonical`]).
 fn normalize(uri: &str) -> Option<String> {
-    let o = Origin::parse(uri).ok()?;
-    Some(format!(
-        "{}://{}{}",
-        if o.tls { "https" } else { "http" },
-        o.authority().to_ascii_lowercase(),
-        o.base_path
-    ))
+    Origin::parse(uri).ok().map(|o| o.canonical())
 }
 
 impl KmsAccess {

@@ -196,14 +196,19 @@ impl Conn {
         path: &str,
         body: Option<&Value>,
     ) -> std::io::Result<Answer> {
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        write!(
-            self.stream,
-            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )?;
+        self.stream
+            .write_all(request_text(method, path, "test", body).as_bytes())?;
         read_answer(&mut self.reader)
     }
+}
+
+/// The text of one request with a JSON body (or none).
+pub fn request_text(method: &str, path: &str, host: &str, body: Option<&Value>) -> String {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 /// One request on a fresh connection.

@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObjec
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use serde_json::Value;
 
-use super::{Answer, read_answer};
+use super::{Answer, read_answer, request_text};
 
 /// A CA made with `keypipe ca` in `data` (its store), files in `out`.
 pub struct Pki {
@@ -198,14 +198,18 @@ impl TlsConn {
         path: &str,
         body: Option<&Value>,
     ) -> std::io::Result<Answer> {
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        write!(
-            self.stream.get_mut(),
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )?;
+        let text = request_text(method, path, "localhost", body);
+        self.stream.get_mut().write_all(text.as_bytes())?;
         self.stream.get_mut().flush()?;
         read_answer(&mut self.stream)
+    }
+
+    /// OPEN_CONNECT of a stream from `source` to `destination` (joining
+    /// `ksid` when given), 32-byte chunks.
+    pub fn open_stream(&mut self, source: &str, destination: &str, ksid: Option<&str>) -> Answer {
+        let body = serde_json::json!({"source": source, "destination": destination,
+            "key_stream_id": ksid, "qos": {"key_chunk_size": 32, "timeout": 5000}});
+        self.send("POST", super::OPEN, Some(&body)).unwrap()
     }
 }
 

@@ -16,7 +16,7 @@ use keypipe_net::linked::{LinkedEngine, LinkedSettings, StartError};
 use keypipe_net::metrics::RequestMetrics;
 use keypipe_net::push_mode::PushMode;
 use keypipe_net::router::Router;
-use keypipe_net::tls::{ClientAuth, Revoked, ServerTlsFiles, TlsAcceptor};
+use keypipe_net::tls::{ClientAuth, Revoked, ServerTlsFiles, TlsAcceptor, allow_plaintext};
 use uuid::Uuid;
 
 use crate::buffer::out_buffer;
@@ -99,15 +99,16 @@ fn link_listener(
         (Some(cert), Some(key), Some(files)) => Some(acceptor(cert, key, &files.ca)?),
         _ => None,
     };
-    if tls.is_none() && !listen.ip().is_loopback() && !link.insecure_plaintext {
-        return Err(fail(
-            KP_ERR_CONFIG,
-            format!(
-                "link.listen = {listen} is not loopback and has no TLS (link.listen_cert, \
-                 link.listen_key, [tls]): link sync between hosts needs mutual TLS; set \
-                 link.insecure_plaintext = true to allow plain HTTP"
-            ),
-        ));
+    if tls.is_none() {
+        // Link sync between hosts needs mutual TLS.
+        allow_plaintext(
+            "link.listen",
+            listen,
+            link.insecure_plaintext,
+            "link.listen_cert, link.listen_key and [tls]",
+            "link.insecure_plaintext",
+        )
+        .map_err(|m| fail(KP_ERR_CONFIG, m))?;
     }
     let mut router = Router::new(Arc::new(RequestMetrics::default()));
     linked.mount(&mut router);

@@ -12,6 +12,7 @@ use keypipe_net::http::Server;
 use keypipe_net::kms_side::{Pushers, ReceivedKeys, TakeError, Want, key_material_route};
 use keypipe_net::metrics::RequestMetrics;
 use keypipe_net::router::Router;
+use keypipe_net::tls::allow_plaintext;
 use serde::Deserialize;
 
 use crate::buffer::{copy_to, out_buffer};
@@ -125,15 +126,15 @@ pub unsafe extern "C" fn kp_kms_new(
                 ));
             }
         };
-        if tls.is_none() && !config.listen.ip().is_loopback() && !config.insecure_plaintext {
-            return Err(fail(
-                KP_ERR_CONFIG,
-                format!(
-                    "listen = {} is not loopback and has no TLS (cert, key, client_ca): pushed key \
-                     would cross the network in clear; set insecure_plaintext = true to allow it",
-                    config.listen
-                ),
-            ));
+        if tls.is_none() {
+            allow_plaintext(
+                "listen",
+                config.listen,
+                config.insecure_plaintext,
+                "cert, key and client_ca",
+                "insecure_plaintext",
+            )
+            .map_err(|m| fail(KP_ERR_CONFIG, m))?;
         }
         let store = Arc::new(ReceivedKeys::new(config.capacity_bytes));
         let mut router = Router::new(Arc::new(RequestMetrics::default()));
@@ -275,7 +276,7 @@ pub unsafe extern "C" fn kp_kms_next_key(
     })
 }
 
-/// The three take calls.
+/// The take calls (by index with a wait, and the next one).
 ///
 /// # Safety
 /// As [`kp_kms_wait_key`].

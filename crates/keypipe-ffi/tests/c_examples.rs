@@ -6,18 +6,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{lib_dir, require};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{free_port, require};
 
 fn examples() -> &'static str {
     concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/c")
@@ -28,30 +20,14 @@ fn build_dir() -> PathBuf {
 }
 
 /// `make -C examples/c <targets>` with the library and build directory.
-fn make(targets: &[&str], env: &[(&str, String)]) -> (Output, String) {
-    let out = Command::new("make")
-        .arg("-C")
-        .arg(examples())
-        .arg(format!("LIBDIR={}", lib_dir().display()))
-        .arg(format!("BUILD={}", build_dir().display()))
-        .args(targets)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1")
-        .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
-        .output()
-        .expect("make is installed");
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out, text)
+fn make(targets: &[&str], env: &[(&str, String)]) -> (bool, String) {
+    common::make(Path::new(examples()), &build_dir(), targets, env)
 }
 
 #[test]
 fn c_examples_build_and_pass_under_sanitizers() {
     let ledgers = tempfile::tempdir().unwrap();
-    let (out, text) = make(
+    let (ok, text) = make(
         &["run"],
         &[
             ("KP_PORT_A", free_port().to_string()),
@@ -59,7 +35,7 @@ fn c_examples_build_and_pass_under_sanitizers() {
             ("KP_DATA_DIR", ledgers.path().display().to_string()),
         ],
     );
-    assert!(out.status.success(), "C examples failed:\n{text}");
+    assert!(ok, "C examples failed:\n{text}");
     for line in [
         "identical on both nodes",
         "api_errors: all checks passed",
@@ -109,8 +85,8 @@ fn wait(child: std::process::Child, deadline: Instant) -> (bool, String) {
 #[test]
 fn two_sites_each_embed_a_node_and_a_kms_side_and_read_identical_key() {
     let exe = build_dir().join("kms_site");
-    let (out, text) = make(&[exe.to_str().unwrap()], &[]);
-    assert!(out.status.success(), "build failed:\n{text}");
+    let (ok, text) = make(&[exe.to_str().unwrap()], &[]);
+    assert!(ok, "build failed:\n{text}");
     let work = tempfile::tempdir().unwrap();
     let chunks = 1500usize;
     let common: Vec<(&str, String)> = vec![
@@ -172,8 +148,8 @@ fn uninitialised_buffers_and_frees_racing_blocked_calls_are_clean_under_valgrind
     // valgrind checks the library's own accesses too: a free racing a
     // blocked kp_get_key was a use-after-free before (security review F17).
     require("valgrind");
-    let (out, text) = make(&["valgrind"], &[]);
-    assert!(out.status.success(), "valgrind run failed:\n{text}");
+    let (ok, text) = make(&["valgrind"], &[]);
+    assert!(ok, "valgrind run failed:\n{text}");
     assert!(text.contains("kms_local: 40 chunks"), "{text}");
     assert!(
         text.contains("shutdown_race: both frees woke their blocked calls"),

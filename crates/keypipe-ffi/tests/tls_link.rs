@@ -3,24 +3,19 @@
 //! identical key; an engine whose peer's certificate names another node
 //! never links; a link listener off loopback without TLS refuses to start.
 
+mod common;
+
 use std::ffi::CString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::ptr;
 use std::time::{Duration, Instant};
 
+use common::free_port;
 use keypipe::*;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
 };
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A CA and, for each node, a server and a client certificate (CN = the
 /// node's name, OU = node).
@@ -64,6 +59,11 @@ impl Pki {
     fn path(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
     }
+
+    /// The `data_dir` line of the engine using `name`'s certificates.
+    fn data_dir(&self, name: &str) -> String {
+        format!("data_dir = {:?}\n", self.path(&format!("data-{name}")))
+    }
 }
 
 /// The TOML of engine `name` (`role`), linked to `peer_name` at `peer`.
@@ -77,10 +77,11 @@ fn config(
     peer_name: &str,
 ) -> String {
     format!(
-        "name = {name:?}\nrole = {role:?}\n[device]\ndriver = \"simulated\"\nlink_secret = \"{dev}\"\n\
+        "{data}name = {name:?}\nrole = {role:?}\n[device]\ndriver = \"simulated\"\nlink_secret = \"{dev}\"\n\
          [tls]\nca = {ca:?}\ncert = {cc:?}\nkey = {ck:?}\n\
          [link]\npeer = \"https://localhost:{peer}\"\nsecret = \"{link}\"\npeer_name = {peer_name:?}\n\
          listen = \"127.0.0.1:{listen}\"\nlisten_cert = {sc:?}\nlisten_key = {sk:?}\n",
+        data = pki.data_dir(certs),
         dev = "5a".repeat(32),
         link = "a5".repeat(32),
         ca = pki.path("ca.crt"),
@@ -120,14 +121,8 @@ fn two_engines_over_mutual_tls_hand_out_identical_key() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), &["a", "b"]);
     let (pa, pb) = (free_port(), free_port());
-    let data = |n: &str| {
-        format!(
-            "data_dir = {:?}\n",
-            dir.path().join(n).display().to_string()
-        )
-    };
-    let a = engine(&(data("a") + &config(&pki, "a", "a", "leader", pa, pb, "b"))).unwrap();
-    let b = engine(&(data("b") + &config(&pki, "b", "b", "follower", pb, pa, "a"))).unwrap();
+    let a = engine(&config(&pki, "a", "a", "leader", pa, pb, "b")).unwrap();
+    let b = engine(&config(&pki, "b", "b", "follower", pb, pa, "a")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     while !(link_up(a) && link_up(b)) {
         assert!(
@@ -198,15 +193,9 @@ fn a_peer_with_another_name_never_links_and_plain_listeners_off_loopback_are_ref
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), &["a", "b", "z"]);
     let (pa, pb) = (free_port(), free_port());
-    let data = |n: &str| {
-        format!(
-            "data_dir = {:?}\n",
-            dir.path().join(n).display().to_string()
-        )
-    };
     // a expects its peer to be "b", but the peer presents z's certificates.
-    let a = engine(&(data("a") + &config(&pki, "a", "a", "leader", pa, pb, "b"))).unwrap();
-    let z = engine(&(data("z") + &config(&pki, "b", "z", "follower", pb, pa, "a"))).unwrap();
+    let a = engine(&config(&pki, "a", "a", "leader", pa, pb, "b")).unwrap();
+    let z = engine(&config(&pki, "b", "z", "follower", pb, pa, "a")).unwrap();
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
         assert!(!link_up(a) && !link_up(z), "linked with an impostor");
@@ -219,7 +208,7 @@ fn a_peer_with_another_name_never_links_and_plain_listeners_off_loopback_are_ref
     }
     let open = format!(
         "{}[device]\ndriver = \"simulated\"\nlink_secret = \"{}\"\n[link]\npeer = \"http://127.0.0.1:{pb}\"\nsecret = \"{}\"\nlisten = \"0.0.0.0:{pa}\"\n",
-        data("open"),
+        pki.data_dir("open"),
         "5a".repeat(32),
         "a5".repeat(32)
     );

@@ -166,30 +166,10 @@ impl PushMode {
     }
 }
 
-/// True when `a` and `b` name the same base URI: scheme, host (any
-/// case), port (defaults included) and path (a trailing `/` aside).
+/// True when `a` and `b` name the same base URI ([`Origin::canonical`]).
 fn same_uri(a: &str, b: &str) -> bool {
     match (Origin::parse(a), Origin::parse(b)) {
-        (Ok(x), Ok(y)) => {
-            x.tls == y.tls
-                && x.host.eq_ignore_ascii_case(&y.host)
-                && x.port == y.port
-                && x.base_path == y.base_path
-        }
-        _ => a.trim_end_matches('/') == b.trim_end_matches('/'),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::same_uri;
-
-    #[test]
-    fn uris_compare_as_base_uris() {
-        assert!(same_uri("https://KMS.example", "https://kms.example:443/"));
-        assert!(same_uri("http://h:80/k/", "http://h/k"));
-        assert!(!same_uri("http://h", "https://h"));
-        assert!(!same_uri("http://h/a", "http://h/b"));
-        assert!(!same_uri("http://h:81", "http://h"));
+        (Ok(x), Ok(y)) => x.canonical() == y.canonical(),
+        _ => a == b,
     }
 }

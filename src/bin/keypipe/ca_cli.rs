@@ -32,15 +32,8 @@ pub enum CaCommand {
         /// Subject alternative names, comma separated: DNS:name, IP:address.
         #[arg(long, value_delimiter = ',', required = true)]
         san: Vec<String>,
-        /// Days of validity.
-        #[arg(long, default_value_t = 365)]
-        days: u32,
-        /// Key type: p256 or p384.
-        #[arg(long, default_value = "p256")]
-        key_type: String,
-        /// The directory to write into.
-        #[arg(long, default_value = ".")]
-        out: PathBuf,
+        #[command(flatten)]
+        leaf: LeafArgs,
     },
     /// Issue a client certificate for a KMS, a QKD node or an ETSI 014
     /// SAE: writes NAME.crt, NAME.key (mode 0600) and ca.crt into --out.
@@ -50,15 +43,8 @@ pub enum CaCommand {
         /// kms, node, sae or user.
         #[arg(long)]
         role: String,
-        /// Days of validity.
-        #[arg(long, default_value_t = 365)]
-        days: u32,
-        /// Key type: p256 or p384.
-        #[arg(long, default_value = "p256")]
-        key_type: String,
-        /// The directory to write into.
-        #[arg(long, default_value = ".")]
-        out: PathBuf,
+        #[command(flatten)]
+        leaf: LeafArgs,
     },
     /// List the issued certificates, one JSON object per line.
     List,
@@ -67,6 +53,20 @@ pub enum CaCommand {
         /// The serial number.
         serial: String,
     },
+}
+
+/// What every issued certificate takes.
+#[derive(clap::Args)]
+pub struct LeafArgs {
+    /// Days of validity.
+    #[arg(long, default_value_t = 365)]
+    days: u32,
+    /// Key type: p256 or p384.
+    #[arg(long, default_value = "p256")]
+    key_type: String,
+    /// The directory to write into.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
 }
 
 /// Runs one `ca` command on `store`; the text to print.
@@ -80,46 +80,20 @@ pub fn run(store: Store, command: CaCommand) -> Result<String, String> {
             write_file(&out, "ca.crt", root.as_bytes(), 0o644)?;
             json!({"created": made, "ca": out.join("ca.crt")}).to_string()
         }
-        CaCommand::IssueServer {
-            name,
-            san,
-            days,
-            key_type,
-            out,
-        } => {
+        CaCommand::IssueServer { name, san, leaf } => {
             let sans = san
                 .iter()
                 .map(|s| s.parse::<San>())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| err(&e))?;
-            let request = LeafRequest {
-                name,
-                role: Role::Server,
-                sans,
-                days,
-                key: Ok(key_type.parse::<KeyType>().map_err(|e| err(&e))?),
-            };
-            issue(&ca, &request, &out)?
+            issue(&ca, name, Role::Server, sans, &leaf)?
         }
-        CaCommand::IssueClient {
-            name,
-            role,
-            days,
-            key_type,
-            out,
-        } => {
+        CaCommand::IssueClient { name, role, leaf } => {
             let role = role.parse::<Role>().map_err(|e| err(&e))?;
             if !role.is_client() {
                 return Err("--role server: use issue-server".into());
             }
-            let request = LeafRequest {
-                name,
-                role,
-                sans: Vec::new(),
-                days,
-                key: Ok(key_type.parse::<KeyType>().map_err(|e| err(&e))?),
-            };
-            issue(&ca, &request, &out)?
+            issue(&ca, name, role, Vec::new(), &leaf)?
         }
         CaCommand::List => store
             .issued()
@@ -141,8 +115,26 @@ pub fn run(store: Store, command: CaCommand) -> Result<String, String> {
     })
 }
 
-/// Issues `request` and writes its files into `out`.
-fn issue(ca: &Ca<'_, Store>, request: &LeafRequest, out: &Path) -> Result<String, String> {
+/// Issues a certificate of `role` for `name` and writes its files into
+/// `leaf.out`.
+fn issue(
+    ca: &Ca<'_, Store>,
+    name: String,
+    role: Role,
+    sans: Vec<San>,
+    leaf: &LeafArgs,
+) -> Result<String, String> {
+    let request = &LeafRequest {
+        name,
+        role,
+        sans,
+        days: leaf.days,
+        key: Ok(leaf
+            .key_type
+            .parse::<KeyType>()
+            .map_err(|e| e.to_string())?),
+    };
+    let out = leaf.out.as_path();
     // Refuse before issuing, so no certificate is recorded without files.
     for name in [
         format!("{}.crt", request.name),

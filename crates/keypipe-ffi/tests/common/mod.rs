@@ -3,7 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The directory holding the freshly built `libkeypipe.a` and
@@ -29,6 +29,38 @@ pub fn run(cmd: &mut Command) -> String {
     );
     assert!(out.status.success(), "{cmd:?} failed:\n{text}");
     text
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `make -C {dir} LIBDIR=… BUILD={build} {targets}` against the freshly
+/// built library, with the sanitizers set to stop at the first error:
+/// success, and stdout and stderr.
+pub fn make(dir: &Path, build: &Path, targets: &[&str], env: &[(&str, String)]) -> (bool, String) {
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(dir)
+        .arg(format!("LIBDIR={}", lib_dir().display()))
+        .arg(format!("BUILD={}", build.display()))
+        .args(targets)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1")
+        .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+        .output()
+        .expect("make is installed");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
 
 /// The repository's root.

@@ -123,6 +123,13 @@ impl Origin {
             .ok_or_else(|| io::Error::other(format!("{}: no address", self.host)))
     }
 
+    /// The base URI in one spelling (scheme, lower-case host, port, base
+    /// path without a trailing `/`): two URIs naming the same KMS compare
+    /// equal whatever their case, default port or trailing slash.
+    pub fn canonical(&self) -> String {
+        format!("{}{}", self.url().to_ascii_lowercase(), self.base_path)
+    }
+
     /// The URL of this origin (without its base path).
     pub fn url(&self) -> String {
         format!(
@@ -770,6 +777,15 @@ mod tests {
             Origin::parse("http://[::1]:9").unwrap().authority(),
             "[::1]:9"
         );
+        let canon = |u: &str| Origin::parse(u).unwrap().canonical();
+        assert_eq!(
+            canon("https://KMS.example"),
+            canon("https://kms.example:443/")
+        );
+        assert_eq!(canon("http://h:80/k/"), "http://h:80/k");
+        assert_ne!(canon("http://h"), canon("https://h"));
+        assert_ne!(canon("http://h/a"), canon("http://h/b"));
+        assert_ne!(canon("http://h:81"), canon("http://h"));
         let secure = Origin::parse("https://kms.example:8443/base").unwrap();
         assert!(secure.tls && secure.port == 8443);
         assert_eq!(Origin::parse("https://h").unwrap().port, 443);

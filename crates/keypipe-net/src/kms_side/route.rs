@@ -55,22 +55,31 @@ pub struct Pushers {
 }
 
 impl Pushers {
-    /// Who pushed `req` (its label binds the stream), or why it may not.
-    fn pusher(&self, req: &Request) -> Result<String, String> {
+    /// Who pushed `req` (the name that binds the stream: the node's
+    /// certificate name, or a label no certificate name has), or why it
+    /// may not.
+    fn pusher<'r>(&self, req: &'r Request) -> Result<&'r str, String> {
         let Some(peer) = req.peer.as_deref() else {
-            return Ok(String::new()); // in-process
+            return Ok(""); // in-process
         };
         match &peer.identity {
             Some(id) if id.role != "node" => Err(format!(
                 "the client certificate of {:?} is not a QKD node's (OU=node)",
                 id.name
             )),
-            Some(id) if !self.nodes.contains(&id.name) => Err(format!(
-                "QKD node {:?} may not push key here (kms_side.nodes)",
-                id.name
-            )),
-            Some(id) => Ok(format!("node:{}", id.name)),
-            None if self.nodes.is_empty() && peer.addr.ip().is_loopback() => Ok("local".into()),
+            // "" and "\0…" are the labels of callers without a certificate.
+            Some(id)
+                if id.name.is_empty()
+                    || id.name.starts_with('\0')
+                    || !self.nodes.contains(&id.name) =>
+            {
+                Err(format!(
+                    "QKD node {:?} may not push key here (kms_side.nodes)",
+                    id.name
+                ))
+            }
+            Some(id) => Ok(&id.name),
+            None if self.nodes.is_empty() && peer.addr.ip().is_loopback() => Ok("\0local"),
             None => Err("a QKD node pushing key needs a client certificate (OU=node)".into()),
         }
     }
@@ -109,7 +118,7 @@ fn receive(store: &ReceivedKeys, pushers: &Pushers, req: &Request) -> Response {
         _ => return answer(400, "key_buffer is not non-empty Base64"),
     };
     key.truncate(n);
-    match store.insert_from(&pusher, meta.buffer.key_stream_id, push.index, key) {
+    match store.insert_from(pusher, meta.buffer.key_stream_id, push.index, key) {
         Ok(_) => json(201, &json!({ "status": 0 })),
         Err(e @ ReceivedError::Conflict) => answer(409, &e.to_string()),
         // 409 like a conflicting index: the pushing node drops the chunk
@@ -123,4 +132,58 @@ fn receive(store: &ReceivedKeys, pushers: &Pushers, req: &Request) -> Response {
 pub fn key_material_route(router: &mut Router, store: Arc<ReceivedKeys>, pushers: Pushers) {
     let handler: Handler = Arc::new(move |req| Reply::Now(receive(&store, &pushers, &req)));
     router.route(Method::Post, "/api/v1/qkd/etsi004/key-material", handler);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::Pushers;
+    use crate::http::{Limits, Parsed, Peer, Request, parse};
+    use crate::tls::PeerIdentity;
+
+    fn push_from(addr: &str, name: Option<&str>) -> Request {
+        let Ok(Parsed::Complete(mut req, _)) = parse(
+            b"POST /key-material HTTP/1.1\r\nHost: kms\r\nContent-Length: 0\r\n\r\n",
+            &Limits::default(),
+        ) else {
+            panic!("a whole request")
+        };
+        req.peer = Some(Arc::new(Peer {
+            addr: addr.parse().unwrap(),
+            tls: name.is_some(),
+            identity: name.map(|n| PeerIdentity {
+                name: n.into(),
+                role: "node".into(),
+                serial: "01".into(),
+                spki_sha256: [0; 32],
+            }),
+        }));
+        req
+    }
+
+    #[test]
+    fn a_certificate_never_takes_the_label_of_a_caller_without_one() {
+        let open = Pushers::default();
+        let local = push_from("127.0.0.1:9", None);
+        let label = open.pusher(&local).unwrap();
+        assert!(open.pusher(&push_from("10.0.0.1:9", None)).is_err());
+        // Even listed, a certificate named like those labels is refused.
+        for name in ["", label] {
+            let listed = Pushers {
+                nodes: vec![name.to_owned()],
+            };
+            assert!(listed.pusher(&push_from("10.0.0.1:9", Some(name))).is_err());
+        }
+        let listed = Pushers {
+            nodes: vec!["node-a".into()],
+        };
+        let from_a = push_from("10.0.0.1:9", Some("node-a"));
+        assert_eq!(listed.pusher(&from_a), Ok("node-a"));
+        assert!(
+            listed
+                .pusher(&push_from("10.0.0.1:9", Some("node-b")))
+                .is_err()
+        );
+    }
 }

@@ -17,6 +17,7 @@ mod files;
 mod identity;
 mod server;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -51,6 +52,30 @@ impl TlsError {
             what,
         }
     }
+}
+
+/// The rule for a listener without TLS on `listen` (what the
+/// configuration calls `what`): off loopback it is refused, naming
+/// `tls_key` and `insecure_key`, unless `insecure` is set; then it is
+/// allowed with a warning (at every start).
+pub fn allow_plaintext(
+    what: &str,
+    listen: SocketAddr,
+    insecure: bool,
+    tls_key: &str,
+    insecure_key: &str,
+) -> Result<(), String> {
+    if listen.ip().is_loopback() {
+        return Ok(());
+    }
+    if !insecure {
+        return Err(format!(
+            "{what} = \"{listen}\" is not loopback and has no TLS ({tls_key}): what it serves \
+             would cross the network in clear. Add {tls_key}, or set {insecure_key} = true"
+        ));
+    }
+    tracing::warn!(%listen, "{insecure_key}: {what} serves plain HTTP beyond loopback");
+    Ok(())
 }
 
 /// The crypto provider every configuration uses.
