@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::tls::{Pki, TlsConn};
-use support::{GET_KEY, ServerProcess, TestKms, assert_identical, free_port};
+use support::{GET_KEY, HeldPort, ServerProcess, TestKms, assert_identical, free_port};
 
 fn hex32() -> String {
     let mut b = [0u8; 32];
@@ -63,9 +63,12 @@ fn link_up(port: u16, pki: &Pki) -> bool {
 fn the_two_hosts_example_pushes_identical_keys_to_https_kmses() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("two-hosts");
-    let (pa, pb) = (free_port(), free_port());
-    // The KMS receivers' ports are known before their certificates exist.
-    let (ka, kb) = (free_port(), free_port());
+    // Every port is written into the configuration before it is bound:
+    // held until then, so the nodes' own connections cannot take one.
+    let nodes = [HeldPort::new(), HeldPort::new()];
+    let kmses = [HeldPort::new(), HeldPort::new()];
+    let [pa, pb] = nodes.each_ref().map(HeldPort::port);
+    let [ka, kb] = kmses.each_ref().map(HeldPort::port);
     let setup = std::process::Command::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/config/two-hosts/setup.sh"
@@ -91,6 +94,7 @@ fn the_two_hosts_example_pushes_identical_keys_to_https_kmses() {
     };
     pki.server("kms-srv");
     let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap();
+    drop(nodes);
     let node_a = ServerProcess::start_tls(&out.join("node-a-data"), pa, &read("node-a.toml"));
     let node_b = ServerProcess::start_tls(&out.join("node-b-data"), pb, &read("node-b.toml"));
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -103,6 +107,7 @@ fn the_two_hosts_example_pushes_identical_keys_to_https_kmses() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    drop(kmses);
     let kms_a = TestKms::start_tls_on(ka, pki.acceptor("kms-srv"));
     let kms_b = TestKms::start_tls_on(kb, pki.acceptor("kms-srv"));
     let mut api_a = TlsConn::open(node_a.addr, &pki.client_config("kms-a")).unwrap();

@@ -28,6 +28,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A port listened on (so no outbound connection's ephemeral port takes
+/// it) until dropped: for a port written into a configuration long
+/// before its server binds it.
+pub struct HeldPort(TcpListener);
+
+impl HeldPort {
+    /// Holds a free port.
+    pub fn new() -> HeldPort {
+        HeldPort(TcpListener::bind("127.0.0.1:0").unwrap())
+    }
+
+    /// The port held.
+    pub fn port(&self) -> u16 {
+        self.0.local_addr().unwrap().port()
+    }
+}
+
 /// The TOML of a two-node link: node A (leader) on `a`, node B on `b`;
 /// A's peer URL `peer_of_a`, B's `peer_of_b` (normally each other's).
 pub fn pair_toml(a: u16, b: u16, peer_of_a: u16, peer_of_b: u16, extra_http: &str) -> String {
