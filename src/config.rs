@@ -19,6 +19,9 @@ use crate::qkd::EngineConfig;
 use crate::store::StoreOptions;
 use crate::tls::ServerTlsFiles;
 
+mod keytalk;
+pub use keytalk::{KeyTalkListener, KeyTalkSettings};
+
 /// The embedded default: a whole simulated QKD link in one process.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
@@ -40,6 +43,10 @@ pub enum Protocol {
     /// GNU Taler Donau `GET /keys`.
     #[serde(rename = "donau")]
     Donau,
+    /// KeyTalk certificate enrolment (RCDP v2, public API, CA download)
+    /// on the node's own listeners (`[node.keytalk]`).
+    #[serde(rename = "keytalk")]
+    KeyTalk,
 }
 
 /// The whole file.
@@ -71,6 +78,9 @@ pub struct Config {
     /// The NCP KMS API (`ncp-kms` protocol).
     #[serde(default)]
     pub ncp: NcpSettings,
+    /// KeyTalk enrolment (`keytalk` protocol).
+    #[serde(default)]
+    pub keytalk: KeyTalkSettings,
     /// The nodes (listeners).
     #[serde(rename = "node")]
     pub nodes: Vec<NodeConfig>,
@@ -431,7 +441,12 @@ impl Config {
 
     /// True when every listener is on a loopback address.
     pub fn all_loopback(&self) -> bool {
-        self.nodes.iter().all(|n| n.listen.ip().is_loopback())
+        self.nodes.iter().all(|n| {
+            n.listen.ip().is_loopback()
+                && n.keytalk
+                    .as_ref()
+                    .is_none_or(|k| k.listen.ip().is_loopback() && k.ca_listen.ip().is_loopback())
+        })
     }
 
     /// The store options this configuration names.
@@ -448,6 +463,7 @@ impl Config {
     pub fn needs_store(&self) -> bool {
         self.serves(Protocol::NcpKms)
             || self.serves(Protocol::KeyAgreement)
+            || self.serves(Protocol::KeyTalk)
             || self.serves(Protocol::Donau)
             || self.needs_generated_secrets()
             || self.checks_client_certificates()
@@ -508,6 +524,9 @@ pub struct NodeConfig {
     /// every start).
     #[serde(default)]
     pub insecure_plaintext: bool,
+    /// KeyTalk's listeners (needed for `keytalk`).
+    #[serde(default)]
+    pub keytalk: Option<KeyTalkListener>,
 }
 
 /// HTTP limits and timeouts of a listener.
@@ -640,6 +659,17 @@ impl Config {
         }
         if config.nodes.is_empty() {
             return Err("no [[node]] configured".into());
+        }
+        for node in &config.nodes {
+            if node.serve.contains(&Protocol::KeyTalk) != node.keytalk.is_some() {
+                return Err(format!(
+                    "node {}: serve = [\"keytalk\"] and [node.keytalk] go together",
+                    node.name
+                ));
+            }
+        }
+        if config.serves(Protocol::KeyTalk) {
+            config.keytalk.validate()?;
         }
         match &config.donau {
             Some(donau) => donau.validate(text)?,

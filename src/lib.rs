@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod config;
+pub mod keytalk_tls;
 pub mod node;
 pub mod revocation;
 

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use crate::api::{AgreementApi, NcpApi};
+use crate::api::{AgreementApi, KeyTalkApi, NcpApi};
 use crate::api::{Etsi004, HealthSources, KmsAccess, RequestMetrics, Router};
 use crate::config::{NodeConfig, Protocol};
 use crate::http::{Pool, Server};
@@ -46,6 +46,8 @@ pub struct Services {
     pub agreement: Option<AgreementApi>,
     /// The Donau and the base path of its `keys` (for `donau`).
     pub donau: Option<(Arc<Donau>, String)>,
+    /// KeyTalk enrolment (for `keytalk`).
+    pub keytalk: Option<KeyTalkApi>,
     /// Revoked client certificates, for every TLS listener.
     pub revoked: Arc<Revoked>,
     /// Signed NCP requests seen (each is accepted once), for every listener.
@@ -67,6 +69,9 @@ pub struct RunningNode {
     core: Option<LinkedEngine>,
     server: Option<Server>,
     tls: Option<Arc<TlsAcceptor>>,
+    /// KeyTalk's TLS and plain listeners, with the TLS one's acceptor.
+    keytalk: Vec<Server>,
+    keytalk_tls: Option<Arc<TlsAcceptor>>,
 }
 
 impl std::fmt::Debug for RunningNode {
@@ -208,12 +213,83 @@ impl RunningNode {
                 NodeError::Io(name.clone(), std::io::Error::new(e.kind(), context))
             })?;
         let _ = server_stats.set(Arc::clone(server.stats()));
-        Ok(RunningNode {
+        let mut node = RunningNode {
             name,
             core,
             server: Some(server),
             tls,
-        })
+            keytalk: Vec::new(),
+            keytalk_tls: None,
+        };
+        if config.serve.contains(&Protocol::KeyTalk) {
+            node.start_keytalk(config, pool, services)?;
+        }
+        Ok(node)
+    }
+
+    /// KeyTalk's two listeners: RCDP and the public API over TLS, the CA
+    /// and out-of-band downloads over plain HTTP (by design, on any
+    /// address).
+    fn start_keytalk(
+        &mut self,
+        config: &NodeConfig,
+        pool: &Pool,
+        services: &Services,
+    ) -> Result<(), NodeError> {
+        let bad = |message: String| NodeError::Config {
+            node: self.name.clone(),
+            message,
+        };
+        let api = services
+            .keytalk
+            .as_ref()
+            .ok_or_else(|| bad("serving keytalk needs the store and a CA".into()))?;
+        let listeners = config
+            .keytalk
+            .as_ref()
+            .ok_or_else(|| bad("serving keytalk needs [node.keytalk]".into()))?;
+        let files = listeners
+            .tls
+            .clone()
+            .ok_or_else(|| bad("[node.keytalk] has no TLS certificate".into()))?;
+        let tls = Arc::new(
+            TlsAcceptor::new(files, Arc::clone(&services.revoked))
+                .map_err(|e| bad(format!("keytalk tls: {e}")))?,
+        );
+        let metrics = Arc::new(RequestMetrics::default());
+        let mut secure = Router::new(Arc::clone(&metrics));
+        api.mount(&mut secure);
+        let mut plain = Router::new(metrics);
+        api.mount_downloads(&mut plain);
+        for (listen, router, tls) in [
+            (listeners.listen, secure, Some(Arc::clone(&tls))),
+            (listeners.ca_listen, plain, None),
+        ] {
+            let mut server_config = config.http.server_config(listen, config.workers);
+            server_config.tls = tls;
+            let name = format!("{}-keytalk", self.name);
+            let server = Server::start(&name, &server_config, Arc::new(router), pool.clone())
+                .map_err(|e| {
+                    let context = format!("cannot listen on {listen}: {e}");
+                    NodeError::Io(self.name.clone(), std::io::Error::new(e.kind(), context))
+                })?;
+            self.keytalk.push(server);
+        }
+        self.keytalk_tls = Some(tls);
+        Ok(())
+    }
+
+    /// KeyTalk's listeners (TLS, plain), when it serves KeyTalk.
+    pub fn keytalk_addrs(&self) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+        match self.keytalk.as_slice() {
+            [tls, plain] => Some((tls.local_addr(), plain.local_addr())),
+            _ => None,
+        }
+    }
+
+    /// The TLS of KeyTalk's listener (to reload it on SIGHUP).
+    pub fn keytalk_tls(&self) -> Option<&Arc<TlsAcceptor>> {
+        self.keytalk_tls.as_ref()
     }
 
     /// The listener's TLS, if any (to reload it on SIGHUP).
@@ -262,7 +338,7 @@ impl RunningNode {
         if let Some(core) = self.core.as_mut() {
             core.stop();
         }
-        if let Some(server) = self.server.take() {
+        for server in self.server.take().into_iter().chain(self.keytalk.drain(..)) {
             server.shutdown_handle().trigger();
             server.join();
         }

@@ -110,11 +110,14 @@ fn print_default_config_reproduces_the_default() {
 #[test]
 fn default_serve_runs_a_whole_link_and_stops_on_sigterm() {
     let _ports = DEFAULT_PORTS.lock().unwrap_or_else(|p| p.into_inner());
-    let (mut child, lines) = serve(&[]);
+    let cwd = tempfile::tempdir().unwrap();
+    let (child, lines) = serve_in(cwd.path(), &[]);
+    let mut child = Reaper(child);
     assert_eq!(
         lines,
         [
             "listening node-a http://127.0.0.1:7004",
+            "listening node-a keytalk https://127.0.0.1:4443 (RCDP, public API), http://127.0.0.1:8000 (CA, downloads)",
             "listening node-b http://127.0.0.1:7005"
         ]
     );
@@ -147,7 +150,44 @@ fn default_serve_runs_a_whole_link_and_stops_on_sigterm() {
             .status,
         204
     );
-    assert!(terminate(&mut child).success());
+    readme_keytalk_enrolment(cwd.path());
+    assert!(terminate(&mut child.0).success());
+}
+
+/// Runs the README's KeyTalk enrolment (the shell block after the
+/// `keytalk-demo` marker) against the default server, in `cwd`.
+fn readme_keytalk_enrolment(cwd: &std::path::Path) {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme
+        .split("<!-- keytalk-demo")
+        .nth(1)
+        .and_then(|rest| rest.split("```sh\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README's KeyTalk block");
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_keypipe"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", block])
+        .current_dir(cwd)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(r#""version":"2.4.1""#), "{text}");
+    assert!(text.contains(r#""auth-status":"OK""#), "{text}");
+    assert!(text.ends_with("alice.pem: key decrypts\n"), "{text}");
 }
 
 #[test]

@@ -13,13 +13,13 @@
 //! log). Successful answers carry `Cache-Control: no-store`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use serde_json::json;
 
+use super::pool_gate::PoolGate;
 use super::{Handler, Router, parse_json};
-use crate::http::{Method, Reply, Request, Response};
+use crate::http::{Method, Request, Response};
 use crate::kms::agreement::{AgreementError, AgreementService, ReferenceError};
 use crate::kms::login::{LoginError, LoginService, RefreshRequest};
 
@@ -29,17 +29,7 @@ pub struct AgreementApi {
     agreement: Arc<AgreementService>,
     login: Arc<LoginService>,
     /// Requests on the pool (queued or running) at most; beyond, 503.
-    max_queued: usize,
-    queued: Arc<AtomicUsize>,
-}
-
-/// Counts a request on the pool until dropped.
-struct Queued(Arc<AtomicUsize>);
-
-impl Drop for Queued {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
+    gate: PoolGate,
 }
 
 fn message(status: u16, text: &str) -> Response {
@@ -97,8 +87,7 @@ impl AgreementApi {
         AgreementApi {
             agreement,
             login,
-            max_queued: max_queued.max(1),
-            queued: Arc::new(AtomicUsize::new(0)),
+            gate: PoolGate::new(max_queued),
         }
     }
 
@@ -119,22 +108,16 @@ impl AgreementApi {
         for (path, call) in routes {
             let me = self.clone();
             let handler: Handler = Arc::new(move |req: Request| {
-                if me.queued.fetch_add(1, Ordering::AcqRel) >= me.max_queued {
-                    me.queued.fetch_sub(1, Ordering::AcqRel);
-                    return Reply::Now(
+                let job = me.clone();
+                me.gate.run(
+                    || {
                         message(
                             503,
                             "too many key-agreement and login requests in progress; retry",
                         )
-                        .header("Retry-After", "1"),
-                    );
-                }
-                let guard = Queued(Arc::clone(&me.queued));
-                let me = me.clone();
-                Reply::Later(Box::new(move || {
-                    let _guard = guard;
-                    call(&me, &req)
-                }))
+                    },
+                    move || call(&job, &req),
+                )
             });
             router.route(Method::Post, path, handler);
         }

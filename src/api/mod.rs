@@ -6,8 +6,10 @@ mod agreement;
 mod donau;
 mod etsi004;
 mod health;
+mod keytalk;
 mod kms_access;
 mod ncp;
+mod pool_gate;
 
 pub use agreement::AgreementApi;
 pub use donau::donau_route;
@@ -16,6 +18,7 @@ pub use health::{HealthSources, healthz_route, metrics_route};
 pub use keypipe_net::kms_side::key_material_route;
 pub use keypipe_net::metrics::{Histogram, RequestMetrics};
 pub use keypipe_net::router::{Handler, Router};
+pub use keytalk::KeyTalkApi;
 pub use kms_access::{Caller, KmsAccess};
 pub use ncp::NcpApi;
 

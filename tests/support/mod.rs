@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod feeder;
+pub mod keytalk;
+pub mod keytalk_clients;
 pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};

@@ -10,6 +10,7 @@ pub mod donau;
 pub mod entropy;
 pub mod gateway;
 pub mod keys;
+pub mod keytalk;
 pub mod login;
 pub mod ncp;
 pub mod replay;

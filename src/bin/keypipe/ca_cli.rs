@@ -100,10 +100,17 @@ pub fn run(store: Store, command: CaCommand) -> Result<String, String> {
             .map_err(|e| err(&e))?
             .iter()
             .map(|c| {
-                json!({"serial": c.serial, "subject": c.subject, "role": c.role,
+                let mut line = json!({"serial": c.serial, "subject": c.subject, "role": c.role,
                        "issuer": c.issuer, "not_after": rfc3339(c.not_after_ms),
-                       "revoked": c.revoked_ms.is_some()})
-                .to_string()
+                       "revoked": c.revoked_ms.is_some()});
+                if let Some(e) = &c.enrolment {
+                    line["service"] = json!(e.service);
+                    line["user"] = json!(e.holder);
+                    if let Some(device) = &e.device {
+                        line["device"] = json!(device);
+                    }
+                }
+                line.to_string()
             })
             .collect::<Vec<_>>()
             .join("\n"),

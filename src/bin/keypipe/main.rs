@@ -1,8 +1,9 @@
 //! The `keypipe` binary: `keypipe serve [--config FILE]` and the admin
-//! commands (`kms`, `donau`, `user`, `ca`).
+//! commands (`kms`, `donau`, `user`, `keytalk`, `ca`).
 
 mod ca_cli;
 mod donau_cli;
+mod keytalk_cli;
 mod kms_cli;
 mod user_cli;
 
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use keypipe_server::api::AgreementApi;
+use keypipe_server::api::{AgreementApi, KeyTalkApi};
 use keypipe_server::config::{
     Config, DEFAULT_CONFIG, GENERATED_DEVICE_SECRET, GENERATED_LINK_SECRET, Protocol,
 };
@@ -20,6 +21,7 @@ use keypipe_server::http::Pool;
 use keypipe_server::kms::agreement::AgreementService;
 use keypipe_server::kms::donau::Donau;
 use keypipe_server::kms::keys::StoreKeys;
+use keypipe_server::kms::keytalk::KeyTalk;
 use keypipe_server::kms::login::LoginService;
 use keypipe_server::kms::replay::ReplayCache;
 use keypipe_server::node::{RunningNode, Services};
@@ -80,6 +82,14 @@ enum Command {
         store: StoreArgs,
         #[command(subcommand)]
         command: user_cli::UserCommand,
+    },
+    /// KeyTalk: registered devices, the RCCD for clients, hashing a
+    /// challenge answer (safe while the server runs).
+    Keytalk {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        command: keytalk_cli::KeyTalkCommand,
     },
     /// keypipe's CA: create it, issue server and client certificates, list
     /// and revoke them (safe while the server runs; revocations reach
@@ -170,6 +180,10 @@ fn main() -> ExitCode {
         Command::User { store, command } => report(
             "keypipe user",
             store.open().and_then(|s| user_cli::run(s, command)),
+        ),
+        Command::Keytalk { store, command } => report(
+            "keypipe keytalk",
+            store.open().and_then(|s| keytalk_cli::run(s, command)),
         ),
         Command::Ca { store, command } => report(
             "keypipe ca",
@@ -283,10 +297,16 @@ fn serve(
             }
             _ => None,
         };
+        let keytalk = if config.serves(Protocol::KeyTalk) {
+            Some(start_keytalk(&mut config, &store)?)
+        } else {
+            None
+        };
         Services {
             keys: Some(Arc::new(keys)),
             agreement,
             donau,
+            keytalk,
             revoked,
             ncp_replay: Arc::new(ReplayCache::new(config.ncp.replay_cache_entries)),
         }
@@ -313,6 +333,12 @@ fn serve(
             },
             running.local_addr()
         );
+        if let Some((rcdp, plain)) = running.keytalk_addrs() {
+            println!(
+                "listening {} keytalk https://{rcdp} (RCDP, public API), http://{plain} (CA, downloads)",
+                running.name()
+            );
+        }
         nodes.push(running);
     }
     if let Some(first) = nodes.first() {
@@ -364,11 +390,57 @@ fn serve(
     Ok(())
 }
 
+/// KeyTalk: the CA (created on first start), the listener's certificate
+/// when the configuration names none, and the service.
+fn start_keytalk(config: &mut Config, store: &Arc<Store>) -> Result<KeyTalkApi, String> {
+    use keypipe_server::kms::ca::Ca;
+    let ca = Ca::new(store.as_ref());
+    if ca
+        .init("keypipe")
+        .map_err(|e| format!("keytalk: CA: {e}"))?
+    {
+        tracing::info!("keytalk: keypipe's CA created (Primary, Signing and Server CA)");
+    }
+    let data_dir = config.data_dir.clone();
+    let mut ports = Vec::new();
+    for node in config.nodes.iter_mut() {
+        let name = node.name.clone();
+        if let Some(kt) = node.keytalk.as_mut() {
+            if kt.tls.is_none() {
+                kt.tls = Some(keypipe_server::keytalk_tls::server_files(
+                    store, &data_dir, &name, kt.listen,
+                )?);
+            }
+            ports.push(kt.ca_listen.port());
+        }
+    }
+    let [port] = ports[..] else {
+        return Err("keytalk: serve it on one node only".into());
+    };
+    let settings = config
+        .keytalk
+        .service_config(format!("http://$(KEYTALK_SVR_HOST):{port}/cert/?"))?;
+    let loaded = ca.load().map_err(|e| format!("keytalk: CA: {e}"))?;
+    let service = KeyTalk::new(settings, Arc::clone(store) as _, loaded);
+    Ok(KeyTalkApi::new(
+        Arc::new(service),
+        config.keytalk.max_queued,
+    ))
+}
+
 /// SIGHUP: every TLS listener reads its certificate, key and client CA
 /// again; new connections use them, open ones keep theirs. A listener
 /// whose files do not load keeps what it had, and the log says why.
 fn reload_tls(nodes: &[RunningNode]) {
     for node in nodes {
+        if let Some(tls) = node.keytalk_tls()
+            && let Err(e) = tls.reload()
+        {
+            tracing::error!(
+                node = node.name(),
+                "KeyTalk TLS reload failed, keeping the old: {e}"
+            );
+        }
         if let Some(tls) = node.tls() {
             match tls.reload() {
                 Ok(()) => tracing::info!(node = node.name(), "TLS certificate and key reloaded"),

@@ -62,6 +62,11 @@ impl Hierarchy {
         })
     }
 
+    /// The Primary CA certificate (DER).
+    pub(super) fn primary_der(&self) -> &[u8] {
+        &self.primary_der
+    }
+
     /// The CA that issues certificates of `role`.
     pub(super) fn issuer_for(&self, role: Role) -> &IssuingCa {
         if role.is_client() {
@@ -84,7 +89,7 @@ impl Hierarchy {
 }
 
 /// PEM of one DER object.
-pub(super) fn pem(label: &str, der: &[u8]) -> String {
+pub fn pem(label: &str, der: &[u8]) -> String {
     use base64::Engine;
     let text = base64::engine::general_purpose::STANDARD.encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");

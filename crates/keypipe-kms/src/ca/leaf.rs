@@ -68,6 +68,7 @@ pub(super) fn issue<S: CaStore + ?Sized>(
             Ok(match san {
                 San::Dns(name) => SanType::DnsName(name.clone().try_into()?),
                 San::Ip(ip) => SanType::IpAddress(*ip),
+                San::Email(mail) => SanType::Rfc822Name(mail.clone().try_into()?),
             })
         })
         .collect::<Result<_, rcgen::Error>>()?;
@@ -75,33 +76,12 @@ pub(super) fn issue<S: CaStore + ?Sized>(
     let not_after = now + Duration::days(i64::from(request.days));
     params.not_before = now - BACKDATE;
     params.not_after = not_after;
-    let serial = serial()?;
-    let serial_hex: String = serial
-        .to_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    params.serial_number = Some(serial);
-    params.use_authority_key_identifier_extension = true;
+    let serial_hex = set_serial(&mut params)?;
 
     let ca = hierarchy.issuer_for(request.role);
-    let (cert, key_pem) = match &request.key {
-        Ok(key_type) => {
-            let alg = match key_type {
-                KeyType::P256 => &PKCS_ECDSA_P256_SHA256,
-                KeyType::P384 => &PKCS_ECDSA_P384_SHA384,
-            };
-            let key = KeyPair::generate_for(alg)?;
-            let cert = params.signed_by(&key, &ca.issuer)?;
-            (cert, Some(Zeroizing::new(key.serialize_pem())))
-        }
-        Err(spki) => {
-            let public = SubjectPublicKeyInfo::from_der(spki)?;
-            (params.signed_by(&public, &ca.issuer)?, None)
-        }
-    };
-    let not_after_ms = i64::try_from(not_after.unix_timestamp_nanos() / 1_000_000)
-        .map_err(|_| CaError::Invalid("validity out of range".into()))?;
+    let (cert, key) = sign(params, &ca.issuer, &request.key)?;
+    let key_pem = key.map(|k| Zeroizing::new(k.serialize_pem()));
+    let not_after_ms = millis(not_after)?;
     store.record_issued(&IssuedRecord {
         serial: serial_hex.clone(),
         issuer: ca.name.to_owned(),
@@ -110,6 +90,7 @@ pub(super) fn issue<S: CaStore + ?Sized>(
         not_after_ms,
         cert_der: cert.der().to_vec(),
         revoked_ms: None,
+        enrolment: None,
     })?;
     let mut chain_pem = cert.pem();
     chain_pem.push_str(&pem("CERTIFICATE", &ca.cert_der));
@@ -120,4 +101,55 @@ pub(super) fn issue<S: CaStore + ?Sized>(
         ca_pem: hierarchy.bundle_pem(),
         not_after_ms,
     })
+}
+
+/// Gives `params` a fresh serial number (and an authority key
+/// identifier); the serial in lower-case hex.
+pub(super) fn set_serial(params: &mut CertificateParams) -> Result<String, CaError> {
+    let serial = serial()?;
+    let hex = serial
+        .to_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    params.serial_number = Some(serial);
+    params.use_authority_key_identifier_extension = true;
+    Ok(hex)
+}
+
+/// Signs `params` with `issuer` over a key made here (returned) or a
+/// CSR's public key (DER `SubjectPublicKeyInfo`).
+pub(super) fn sign(
+    params: CertificateParams,
+    issuer: &rcgen::Issuer<'static, KeyPair>,
+    key: &Result<KeyType, Vec<u8>>,
+) -> Result<(rcgen::Certificate, Option<KeyPair>), CaError> {
+    Ok(match key {
+        Ok(key_type) => {
+            let key = generate(*key_type)?;
+            (params.signed_by(&key, issuer)?, Some(key))
+        }
+        Err(spki) => {
+            let public = SubjectPublicKeyInfo::from_der(spki)?;
+            (params.signed_by(&public, issuer)?, None)
+        }
+    })
+}
+
+/// A fresh key of `key_type`.
+fn generate(key_type: KeyType) -> Result<KeyPair, CaError> {
+    let rsa = |size| KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, size);
+    Ok(match key_type {
+        KeyType::P256 => KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?,
+        KeyType::P384 => KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384)?,
+        KeyType::Rsa2048 => rsa(rcgen::RsaKeySize::_2048)?,
+        KeyType::Rsa3072 => rsa(rcgen::RsaKeySize::_3072)?,
+        KeyType::Rsa4096 => rsa(rcgen::RsaKeySize::_4096)?,
+    })
+}
+
+/// `t` in ms since the epoch.
+pub(super) fn millis(t: OffsetDateTime) -> Result<i64, CaError> {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| CaError::Invalid("validity out of range".into()))
 }

@@ -20,6 +20,7 @@
 //! A leaf's private key is generated here (or comes with a CSR, for
 //! KeyTalk) and is handed to the caller once; it is never stored.
 
+mod enrol;
 mod hierarchy;
 mod leaf;
 
@@ -31,7 +32,8 @@ use zeroize::Zeroizing;
 
 use crate::store::{CaStore, StoreError};
 
-pub use hierarchy::CA_KEY_NAMES;
+pub use enrol::{EnrolKey, EnrolRequest, Enrolled, ExtKeyUsage, LoadedCa, Subject};
+pub use hierarchy::{CA_KEY_NAMES, pem};
 pub use leaf::LeafRequest;
 
 /// Why the CA could not do what was asked.
@@ -116,6 +118,41 @@ pub enum KeyType {
     P256,
     /// ECDSA P-384 with SHA-384.
     P384,
+    /// RSA 2048 bits (for clients that know no ECDSA).
+    Rsa2048,
+    /// RSA 3072 bits.
+    Rsa3072,
+    /// RSA 4096 bits.
+    Rsa4096,
+}
+
+impl KeyType {
+    /// The text form (`p256`, `p384`, `rsa2048`, `rsa3072`, `rsa4096`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyType::P256 => "p256",
+            KeyType::P384 => "p384",
+            KeyType::Rsa2048 => "rsa2048",
+            KeyType::Rsa3072 => "rsa3072",
+            KeyType::Rsa4096 => "rsa4096",
+        }
+    }
+
+    /// The key size in bits (the curve's for ECDSA).
+    pub fn bits(self) -> u32 {
+        match self {
+            KeyType::P256 => 256,
+            KeyType::P384 => 384,
+            KeyType::Rsa2048 => 2048,
+            KeyType::Rsa3072 => 3072,
+            KeyType::Rsa4096 => 4096,
+        }
+    }
+
+    /// True for the RSA types.
+    pub fn is_rsa(self) -> bool {
+        matches!(self, KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096)
+    }
 }
 
 impl FromStr for KeyType {
@@ -124,7 +161,12 @@ impl FromStr for KeyType {
         match s {
             "p256" | "P-256" => Ok(KeyType::P256),
             "p384" | "P-384" => Ok(KeyType::P384),
-            _ => Err(CaError::Invalid(format!("key type {s:?}: p256 or p384"))),
+            "rsa2048" => Ok(KeyType::Rsa2048),
+            "rsa3072" => Ok(KeyType::Rsa3072),
+            "rsa4096" => Ok(KeyType::Rsa4096),
+            _ => Err(CaError::Invalid(format!(
+                "key type {s:?}: p256, p384, rsa2048, rsa3072 or rsa4096"
+            ))),
         }
     }
 }
@@ -136,6 +178,8 @@ pub enum San {
     Dns(String),
     /// `IP:address`.
     Ip(IpAddr),
+    /// `email:address` (enrolment certificates only).
+    Email(String),
 }
 
 impl FromStr for San {
@@ -155,8 +199,22 @@ impl FromStr for San {
                 .map(San::Ip)
                 .map_err(|_| CaError::Invalid(format!("SAN {s:?}: not an IP address")));
         }
+        if let Some(mail) = s.strip_prefix("email:") {
+            let ok = mail.len() <= 254
+                && mail.is_ascii()
+                && !mail.chars().any(|c| c.is_ascii_control() || c == ' ')
+                && mail
+                    .split_once('@')
+                    .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty());
+            if ok {
+                return Ok(San::Email(mail.to_owned()));
+            }
+            return Err(CaError::Invalid(format!(
+                "SAN {s:?}: not an e-mail address"
+            )));
+        }
         Err(CaError::Invalid(format!(
-            "SAN {s:?}: write DNS:name or IP:address"
+            "SAN {s:?}: write DNS:name, IP:address or email:address"
         )))
     }
 }
@@ -232,6 +290,11 @@ impl<'s, S: CaStore + ?Sized> Ca<'s, S> {
     /// CA, then the Signing and the Server CA.
     pub fn bundle_pem(&self) -> Result<String, CaError> {
         Ok(hierarchy::Hierarchy::load(self.store)?.bundle_pem())
+    }
+
+    /// The hierarchy, loaded once for many enrolments (see [`LoadedCa`]).
+    pub fn load(&self) -> Result<LoadedCa, CaError> {
+        Ok(LoadedCa::new(hierarchy::Hierarchy::load(self.store)?))
     }
 
     /// Issues a certificate (see [`LeafRequest`]) and records it.

@@ -32,6 +32,17 @@ impl fmt::Debug for CaKeyRecord {
     }
 }
 
+/// What a KeyTalk enrolment issued a certificate for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolment {
+    /// The KeyTalk service.
+    pub service: String,
+    /// The user (its name in the KeyTalk user domain).
+    pub holder: String,
+    /// The device's hardware signature, when the service asks for one.
+    pub device: Option<String>,
+}
+
 /// A certificate the CA issued.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuedRecord {
@@ -47,6 +58,8 @@ pub struct IssuedRecord {
     pub not_after_ms: i64,
     /// The certificate (DER).
     pub cert_der: Vec<u8>,
+    /// What it was enrolled for (KeyTalk), if anything.
+    pub enrolment: Option<Enrolment>,
     /// When it was revoked, ms since the epoch.
     pub revoked_ms: Option<i64>,
 }
@@ -66,6 +79,9 @@ pub trait CaStore: Send + Sync {
     /// Every issued certificate, oldest first.
     fn issued(&self) -> Result<Vec<IssuedRecord>, StoreError>;
 
+    /// The certificate of `serial` (lower-case hex), if issued here.
+    fn issued_one(&self, serial: &str) -> Result<Option<IssuedRecord>, StoreError>;
+
     /// Revokes `serial` (lower-case hex): `Ok(true)` when it was revoked
     /// now, `Ok(false)` when it was already; [`StoreError::NotFound`]
     /// when no such certificate was issued.
@@ -76,6 +92,30 @@ pub trait CaStore: Send + Sync {
 
     /// A counter that moves on every change (any process).
     fn ca_changes(&self) -> Result<u64, StoreError>;
+}
+
+/// The columns [`issued_row`] reads, in order.
+const ISSUED_COLUMNS: &str =
+    "serial, issuer, subject, role, not_after, cert_der, revoked_ms, service, holder, device";
+
+fn issued_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IssuedRecord> {
+    Ok(IssuedRecord {
+        serial: r.get(0)?,
+        issuer: r.get(1)?,
+        subject: r.get(2)?,
+        role: r.get(3)?,
+        not_after_ms: r.get(4)?,
+        cert_der: r.get(5)?,
+        revoked_ms: r.get(6)?,
+        enrolment: match (r.get::<_, Option<String>>(7)?, r.get(8)?) {
+            (Some(service), Some(holder)) => Some(Enrolment {
+                service,
+                holder,
+                device: r.get(9)?,
+            }),
+            _ => None,
+        },
+    })
 }
 
 fn aad(name: &str) -> String {
@@ -144,11 +184,15 @@ impl CaStore for Store {
     }
 
     fn record_issued(&self, cert: &IssuedRecord) -> Result<(), StoreError> {
-        self.transact(true, |tx| {
+        // A new certificate changes no revocation: the generation (which
+        // makes caches reload) stays.
+        self.transact(false, |tx| {
+            let e = cert.enrolment.as_ref();
             tx.prepare_cached(
                 "INSERT INTO issued_certs \
-                 (serial, issuer, subject, role, not_after, cert_der, issued_ms, revoked_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 (serial, issuer, subject, role, not_after, cert_der, issued_ms, revoked_ms, \
+                  service, holder, device) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?
             .execute(params![
                 cert.serial,
@@ -158,7 +202,10 @@ impl CaStore for Store {
                 cert.not_after_ms,
                 cert.cert_der,
                 now_ms(),
-                cert.revoked_ms
+                cert.revoked_ms,
+                e.map(|e| &e.service),
+                e.map(|e| &e.holder),
+                e.and_then(|e| e.device.as_ref()),
             ])?;
             Ok(())
         })
@@ -166,24 +213,23 @@ impl CaStore for Store {
 
     fn issued(&self) -> Result<Vec<IssuedRecord>, StoreError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT serial, issuer, subject, role, not_after, cert_der, revoked_ms \
-             FROM issued_certs ORDER BY issued_ms, serial",
-        )?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {ISSUED_COLUMNS} FROM issued_certs ORDER BY issued_ms, serial"
+        ))?;
         let rows = stmt
-            .query_map([], |r| {
-                Ok(IssuedRecord {
-                    serial: r.get(0)?,
-                    issuer: r.get(1)?,
-                    subject: r.get(2)?,
-                    role: r.get(3)?,
-                    not_after_ms: r.get(4)?,
-                    cert_der: r.get(5)?,
-                    revoked_ms: r.get(6)?,
-                })
-            })?
+            .query_map([], issued_row)?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
+    }
+
+    fn issued_one(&self, serial: &str) -> Result<Option<IssuedRecord>, StoreError> {
+        let conn = self.lock();
+        Ok(conn
+            .prepare_cached(&format!(
+                "SELECT {ISSUED_COLUMNS} FROM issued_certs WHERE serial = ?1"
+            ))?
+            .query_row([serial], issued_row)
+            .optional()?)
     }
 
     fn revoke(&self, serial: &str) -> Result<bool, StoreError> {
@@ -256,9 +302,16 @@ mod tests {
             not_after_ms: 1,
             cert_der: vec![0x30],
             revoked_ms: None,
+            enrolment: Some(Enrolment {
+                service: "DEMO".into(),
+                holder: "alice".into(),
+                device: None,
+            }),
         };
         store.record_issued(&cert).unwrap();
-        assert_eq!(store.issued().unwrap(), vec![cert]);
+        assert_eq!(store.issued().unwrap(), vec![cert.clone()]);
+        assert_eq!(store.issued_one("0a1b").unwrap(), Some(cert));
+        assert_eq!(store.issued_one("ffff").unwrap(), None);
         assert!(store.revoked_serials().unwrap().is_empty());
         assert!(store.revoke("0a1b").unwrap());
         assert!(!store.revoke("0a1b").unwrap(), "already revoked");

@@ -140,6 +140,33 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     INSERT INTO access_key_grants (access_key, key_tag, actions)
         SELECT access_key, '*', '*' FROM access_keys;
     "#,
+    // 7: KeyTalk: password expiry, service membership, registered devices
+    // (HWSIG), and what each certificate was issued for.
+    r#"
+    ALTER TABLE users ADD COLUMN password_expires_ms INTEGER;
+
+    CREATE TABLE keytalk_members (
+        domain  TEXT NOT NULL,
+        name    TEXT NOT NULL,
+        service TEXT NOT NULL,
+        PRIMARY KEY (domain, name, service),
+        FOREIGN KEY (domain, name) REFERENCES users (domain, name) ON DELETE CASCADE
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE keytalk_devices (
+        domain        TEXT NOT NULL,
+        name          TEXT NOT NULL,
+        service       TEXT NOT NULL,
+        hwsig         TEXT NOT NULL,
+        registered_ms INTEGER NOT NULL,
+        PRIMARY KEY (domain, name, service),
+        FOREIGN KEY (domain, name) REFERENCES users (domain, name) ON DELETE CASCADE
+    ) STRICT, WITHOUT ROWID;
+
+    ALTER TABLE issued_certs ADD COLUMN service TEXT;
+    ALTER TABLE issued_certs ADD COLUMN holder TEXT;
+    ALTER TABLE issued_certs ADD COLUMN device TEXT;
+    "#,
 ];
 
 /// The schema version this code writes.

@@ -84,6 +84,7 @@
 mod ca;
 mod donau;
 mod kek;
+mod keytalk;
 mod migrations;
 mod secrets;
 mod sqlite;
@@ -96,8 +97,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-pub use ca::{CaKeyRecord, CaStore, IssuedRecord};
+pub use ca::{CaKeyRecord, CaStore, Enrolment, IssuedRecord};
 pub use donau::{DonauKey, DonauKind, DonauPublicKey, DonauStore};
+pub use keytalk::{DeviceRecord, KeyTalkStore};
 pub use secrets::SecretStore;
 pub use sqlite::Store;
 pub use users::{TokenHash, UserRecord, UserStore};

@@ -1386,10 +1386,16 @@ mod tests {
             let store = Store::open_with_env(&options, &|_| None).unwrap();
             store.create_access_key().unwrap().access_key
         };
-        // Back to schema 5: no grants table.
+        // Back to schema 5: no grants table (nor step 7's KeyTalk parts).
         let conn = Connection::open(options.db_path()).unwrap();
-        conn.execute_batch("DROP TABLE access_key_grants; PRAGMA user_version = 5;")
-            .unwrap();
+        conn.execute_batch(
+            "DROP TABLE access_key_grants; DROP TABLE keytalk_members; \
+             DROP TABLE keytalk_devices; ALTER TABLE users DROP COLUMN password_expires_ms; \
+             ALTER TABLE issued_certs DROP COLUMN service; \
+             ALTER TABLE issued_certs DROP COLUMN holder; \
+             ALTER TABLE issued_certs DROP COLUMN device; PRAGMA user_version = 5;",
+        )
+        .unwrap();
         drop(conn);
         let store = Store::open_with_env(&options, &|_| None).unwrap();
         let got = store.access_key(&ak).unwrap().unwrap();

@@ -1,0 +1,730 @@
+//! KeyTalk certificate enrolment, sans-IO: RCDP v2 (2.0.0 to 2.4.1), the
+//! public API and the CA download, over keypipe's CA and user store. The
+//! HTTP adapter (`api::keytalk` of the server) parses requests into
+//! [`RcdpRequest`]s and writes [`RcdpReply`]s; nothing here touches a
+//! socket.
+//!
+//! One concept per file: [`version`] (what each version adds), [`params`]
+//! (lenient request reading, the cookie, times), [`phase`] (the clients'
+//! transition table), [`session`] (ids, expiry), [`credentials`]
+//! (passwords, devices, delays and locks), [`csr`] (CSR checks),
+//! [`cert`] (issuing and delivering), [`package`] (PEM and P12),
+//! [`oob`] (one-time downloads), [`public`] (the public API), [`answer`]
+//! (JSON typing rules) and [`config`] (services).
+//!
+//! Sessions, one-time downloads and failure counts live in this process
+//! (a KeyTalk front end is one process; see the docs); users, devices and
+//! issued certificates live in the store.
+
+pub mod answer;
+pub mod cert;
+pub mod config;
+pub mod credentials;
+pub mod csr;
+pub mod oob;
+pub mod package;
+pub mod params;
+pub mod phase;
+pub mod public;
+pub mod session;
+pub mod version;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use crate::ca::LoadedCa;
+use crate::login::password;
+use crate::store::{CaStore, KeyTalkStore, UserStore};
+use answer::{Answer, ERR_DIGEST, ERR_PROTOCOL, ERR_RESOLVED_IP, ERR_TIME_OUT_OF_SYNC};
+use config::{CredentialType, KeyTalkConfig, Service};
+use credentials::{AuthResult, Failures};
+use oob::{Download, Downloads};
+use params::Params;
+use phase::{Action, Phase};
+use session::{Pending, Session, Sessions};
+use version::Version;
+
+/// What the KeyTalk service needs of the store.
+pub trait KeyTalkBackend: UserStore + KeyTalkStore + CaStore {}
+impl<T: UserStore + KeyTalkStore + CaStore> KeyTalkBackend for T {}
+
+/// The time of a request: monotonic (sessions, delays) and wall clock
+/// (handshake, expiry, messages).
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// Monotonic.
+    pub instant: Instant,
+    /// Milliseconds since the Unix epoch.
+    pub unix_ms: i64,
+}
+
+impl Now {
+    /// The current time.
+    pub fn current() -> Now {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        Now {
+            instant: Instant::now(),
+            unix_ms,
+        }
+    }
+}
+
+/// One RCDP request, parsed.
+#[derive(Debug)]
+pub struct RcdpRequest<'a> {
+    /// The version in the path (`2.4.1`).
+    pub version: &'a str,
+    /// The call (`hello`, …).
+    pub action: &'a str,
+    /// Query and form parameters, merged.
+    pub params: Params,
+    /// The session id from the `Cookie` header.
+    pub sid: Option<String>,
+}
+
+/// One RCDP answer and the session cookie to send with it.
+pub struct RcdpReply {
+    /// The JSON answer (always sent with HTTP 200).
+    pub answer: Answer,
+    /// The session id for `Set-Cookie: keytalkcookie=…`, when the request
+    /// belongs to a live session.
+    pub sid: Option<Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for RcdpReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RcdpReply")
+            .field("answer", &self.answer.status_text())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct KeyTalkStats {
+    /// Certificates delivered.
+    pub certificates: AtomicU64,
+    /// Failed authentications.
+    pub auth_failures: AtomicU64,
+    /// CSRs refused (each ended its session).
+    pub csr_refused: AtomicU64,
+}
+
+/// The KeyTalk service of one process.
+pub struct KeyTalk {
+    config: KeyTalkConfig,
+    store: Arc<dyn KeyTalkBackend>,
+    ca: LoadedCa,
+    sessions: Sessions,
+    downloads: Downloads,
+    failures: Failures,
+    stats: KeyTalkStats,
+}
+
+impl std::fmt::Debug for KeyTalk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyTalk")
+            .field("services", &self.config.services.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn auth_answer(result: &AuthResult, version: Version) -> Answer {
+    let a = Answer::status("auth-result");
+    match result {
+        AuthResult::Ok(validity) => a
+            .text("auth-status", "OK")
+            .number("password-validity", *validity),
+        AuthResult::Delay(secs) => a
+            .text("auth-status", "DELAY")
+            .number("delay", i64::try_from(*secs).unwrap_or(i64::MAX)),
+        AuthResult::Locked(secs) => {
+            let a = a.text("auth-status", "LOCKED");
+            if version.has_locked_delay() {
+                a.number("delay", i64::try_from(*secs).unwrap_or(i64::MAX))
+            } else {
+                a
+            }
+        }
+        AuthResult::Expired => a.text("auth-status", "EXPIRED"),
+        AuthResult::Challenge(name, prompt) => a
+            .text("auth-status", "CHALLENGE")
+            .value("challenges", json!([{ "name": name, "value": prompt }])),
+    }
+}
+
+impl KeyTalk {
+    /// The service over `store` and the CA loaded from it.
+    pub fn new(config: KeyTalkConfig, store: Arc<dyn KeyTalkBackend>, ca: LoadedCa) -> KeyTalk {
+        KeyTalk {
+            sessions: Sessions::new(
+                config.session_idle,
+                config.session_max_age,
+                config.max_sessions,
+            ),
+            downloads: Downloads::new(config.download_ttl, 10_000),
+            failures: Failures::new(config.failure_delay, config.max_failures, config.lock_time),
+            config,
+            store,
+            ca,
+            stats: KeyTalkStats::default(),
+        }
+    }
+
+    /// The policy and services.
+    pub fn config(&self) -> &KeyTalkConfig {
+        &self.config
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &KeyTalkStats {
+        &self.stats
+    }
+
+    /// Live sessions.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The CA.
+    pub fn ca(&self) -> &LoadedCa {
+        &self.ca
+    }
+
+    /// Serves one RCDP call.
+    pub fn rcdp(&self, req: RcdpRequest<'_>, now: Now) -> RcdpReply {
+        let none = |answer| RcdpReply { answer, sid: None };
+        let Some(action) = Action::parse(req.action) else {
+            return none(Answer::error(
+                ERR_PROTOCOL,
+                format!("unknown call {:?}", req.action),
+            ));
+        };
+        match action {
+            Action::Hello => {
+                let Some(version) = Version::propose(req.version) else {
+                    return none(Answer::error(
+                        ERR_PROTOCOL,
+                        format!(
+                            "RCDP {} is not supported (2.0.0 to {})",
+                            req.version,
+                            Version::NEWEST
+                        ),
+                    ));
+                };
+                let Some(sid) = self.sessions.open(version, now.instant) else {
+                    return none(Answer::error(ERR_PROTOCOL, "no randomness for a session"));
+                };
+                return RcdpReply {
+                    answer: Answer::status("hello").text("version", version.as_str()),
+                    sid: Some(sid),
+                };
+            }
+            Action::Eoc | Action::Error => {
+                if let Some(sid) = &req.sid {
+                    self.sessions.close(sid);
+                }
+                return none(Answer::eoc());
+            }
+            _ => {}
+        }
+        if Version::parse(req.version).is_none() {
+            return none(Answer::error(
+                ERR_PROTOCOL,
+                format!("RCDP {} is not supported", req.version),
+            ));
+        }
+        let Some(sid) = req.sid.map(Zeroizing::new) else {
+            return none(Answer::error(
+                ERR_PROTOCOL,
+                "no session (no keytalkcookie): start with hello",
+            ));
+        };
+        let Some(mut session) = self.sessions.get(&sid, now.instant) else {
+            return none(Answer::error(
+                ERR_PROTOCOL,
+                "unknown or expired session: start with hello",
+            ));
+        };
+        if !action.allowed_in(session.phase) {
+            let phase = match session.phase {
+                Phase::Hello => "hello",
+                Phase::Connected => "handshake",
+                Phase::Authenticated => "authentication",
+            };
+            return RcdpReply {
+                answer: Answer::error(
+                    ERR_PROTOCOL,
+                    format!("{} is not allowed after {phase}", action.as_str()),
+                ),
+                sid: Some(sid),
+            };
+        }
+        let (answer, keep) = self.dispatch(action, &sid, &mut session, &req.params, now);
+        if keep {
+            self.sessions.put(&sid, session);
+            RcdpReply {
+                answer,
+                sid: Some(sid),
+            }
+        } else {
+            self.sessions.close(&sid);
+            none(answer)
+        }
+    }
+
+    /// Runs an allowed call: the answer, and whether the session goes on.
+    fn dispatch(
+        &self,
+        action: Action,
+        sid: &str,
+        session: &mut Session,
+        params: &Params,
+        now: Now,
+    ) -> (Answer, bool) {
+        match action {
+            Action::Handshake => (self.handshake(session, params, now), true),
+            Action::AuthRequirements => (self.auth_requirements(session, params), true),
+            Action::Authentication => self.authentication(session, params, now),
+            Action::ChangePassword => self.change_password(session, params, now),
+            Action::LastMessages => (self.last_messages(session, params), true),
+            Action::CsrRequirements => (self.csr_requirements(session), true),
+            Action::Cert => cert::deliver(self, sid, session, params, now),
+            Action::Hello | Action::Eoc | Action::Error => (Answer::eoc(), false),
+        }
+    }
+
+    fn handshake(&self, session: &mut Session, params: &Params, now: Now) -> Answer {
+        let Some(raw) = params.non_empty("caller-utc") else {
+            return Answer::error(ERR_PROTOCOL, "caller-utc is required");
+        };
+        let Some(caller) = params::parse_utc(raw) else {
+            return Answer::error(ERR_PROTOCOL, "caller-utc: an ISO 8601 UTC time");
+        };
+        let server = now.unix_ms.div_euclid(1000);
+        let diff = caller - server;
+        if diff.unsigned_abs() > self.config.max_clock_skew.as_secs() {
+            return Answer::error(ERR_TIME_OUT_OF_SYNC, diff.to_string());
+        }
+        session.phase = Phase::Connected;
+        Answer::status("handshake").text("server-utc", params::format_utc(server))
+    }
+
+    fn service_of(&self, session: &Session, params: &Params) -> Result<&Service, Answer> {
+        let name = params
+            .non_empty("service")
+            .or(session.service.as_deref())
+            .ok_or_else(|| Answer::error(ERR_PROTOCOL, "service is required"))?;
+        self.config
+            .service(name)
+            .ok_or_else(|| Answer::error(ERR_PROTOCOL, format!("unknown service {name:?}")))
+    }
+
+    fn auth_requirements(&self, session: &mut Session, params: &Params) -> Answer {
+        let service = match self.service_of(session, params) {
+            Ok(s) => s,
+            Err(a) => return a,
+        };
+        session.service = Some(service.name().to_owned());
+        let c = &service.config;
+        let types: Vec<&str> = c.credential_types.iter().map(|t| t.as_str()).collect();
+        let mut a = Answer::status("auth-requirements")
+            .value("credential-types", json!(types))
+            .text("password-prompt", c.password_prompt.clone());
+        if let Some(formula) = &c.hwsig_formula {
+            a = a.text("hwsig_formula", formula.clone());
+        }
+        if !c.service_uris.is_empty() {
+            a = a
+                .value("service-uris", json!(c.service_uris))
+                .flag("resolve-service-uris", c.resolve_service_uris)
+                .flag("calc-service-uris-digest", c.calc_service_uris_digest);
+        }
+        if session.version.has_csr() {
+            a = a.flag("use-tpm-vsc-authentication", false);
+        }
+        if session.version.has_locked_delay() {
+            a = a.flag("use-kerberos-authentication", false);
+        }
+        a
+    }
+
+    /// The checks of `resolved` and `digests`, when the service asks.
+    fn check_uris(&self, service: &Service, params: &Params) -> Result<(), Answer> {
+        let c = &service.config;
+        if c.resolve_service_uris && !c.service_uris.is_empty() {
+            let resolved: Value = params
+                .get("resolved")
+                .and_then(|r| serde_json::from_str(r).ok())
+                .unwrap_or(Value::Null);
+            let ok = c.service_uris.iter().all(|uri| {
+                let theirs: Vec<String> = resolved
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| e.get("uri").and_then(Value::as_str) == Some(uri))
+                    .flat_map(|e| {
+                        e.get("ips")
+                            .and_then(Value::as_array)
+                            .cloned()
+                            .unwrap_or_default()
+                    })
+                    .filter_map(|ip| ip.as_str().map(|s| s.trim_matches(['[', ']']).to_owned()))
+                    .collect();
+                let ours = resolve(uri);
+                theirs.iter().any(|ip| ours.iter().any(|o| o == ip))
+            });
+            if !ok {
+                return Err(Answer::error(
+                    ERR_RESOLVED_IP,
+                    "none of the resolved addresses matches the server's",
+                ));
+            }
+        }
+        if c.calc_service_uris_digest && !c.service_uris.is_empty() {
+            let digests: Value = params
+                .get("digests")
+                .and_then(|r| serde_json::from_str(r).ok())
+                .unwrap_or(Value::Null);
+            let ok = c.service_uris.iter().all(|uri| {
+                let theirs = digests
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|e| e.get("uri").and_then(Value::as_str) == Some(uri))
+                    .and_then(|e| e.get("digest").and_then(Value::as_str));
+                theirs.is_some_and(|d| {
+                    c.uri_digests
+                        .get(uri)
+                        .is_some_and(|want| want.eq_ignore_ascii_case(d))
+                })
+            });
+            if !ok {
+                return Err(Answer::error(ERR_DIGEST, "a service file's digest differs"));
+            }
+        }
+        Ok(())
+    }
+
+    fn authentication(&self, session: &mut Session, params: &Params, now: Now) -> (Answer, bool) {
+        let service = match self.service_of(session, params) {
+            Ok(s) => s,
+            Err(a) => return (a, true),
+        };
+        session.service = Some(service.name().to_owned());
+        let missing = credentials::missing(service, |name| params.non_empty(name).is_some());
+        let answering_challenge = matches!(session.pending, Pending::Challenge(_))
+            && params.non_empty("responses").is_some();
+        if !missing.is_empty() && !answering_challenge {
+            return (
+                Answer::error(
+                    ERR_PROTOCOL,
+                    format!("missing credentials: {}", missing.join(", ")),
+                ),
+                true,
+            );
+        }
+        if let Err(a) = self.check_uris(service, params) {
+            return (a, true);
+        }
+        let user = match (&session.pending, params.non_empty("USERID")) {
+            (Pending::Challenge(u), None) => u.clone(),
+            (_, Some(u)) => u.to_owned(),
+            (_, None) => return (Answer::error(ERR_PROTOCOL, "USERID is required"), true),
+        };
+        let result = self.authenticate(session, service, &user, params, now);
+        let keep = !matches!(result, AuthResult::Locked(_));
+        (auth_answer(&result, session.version), keep)
+    }
+
+    fn fail(&self, session: &mut Session, user: &str, now: Now) -> AuthResult {
+        session.pending = Pending::None;
+        self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(user, "keytalk: authentication failed");
+        self.failures.failed(user, now.instant)
+    }
+
+    fn authenticate(
+        &self,
+        session: &mut Session,
+        service: &Service,
+        user: &str,
+        params: &Params,
+        now: Now,
+    ) -> AuthResult {
+        if let Some(held) = self.failures.gate(user, now.instant) {
+            return held;
+        }
+        let domain = &self.config.domain;
+        // The challenge step: the password was checked in the previous
+        // round; now its answer (as PASSWD, or the first of `responses`).
+        if session.pending == Pending::Challenge(user.to_owned()) {
+            let answer = params
+                .get("responses")
+                .and_then(params::responses)
+                .and_then(|r| r.into_iter().next().map(|(_, v)| v))
+                .or_else(|| params.get("PASSWD").map(str::to_owned))
+                .unwrap_or_default();
+            let answer = Zeroizing::new(answer);
+            if !credentials::challenge_answered(service, &answer) {
+                return self.fail(session, user, now);
+            }
+            return self.authenticated(session, service, user, now);
+        }
+        let given = Zeroizing::new(params.get("PASSWD").unwrap_or("").to_owned());
+        let record = match self.store.user(domain, user) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("keytalk: user store: {e}");
+                return AuthResult::Delay(1);
+            }
+        };
+        let hash = record
+            .as_ref()
+            .map_or(password::decoy(), |r| &r.password_hash);
+        let password_ok = password::verify(hash, given.as_bytes()) && record.is_some();
+        let member = password_ok
+            && self
+                .store
+                .is_member(domain, user, service.name())
+                .unwrap_or(false);
+        if !member {
+            return self.fail(session, user, now);
+        }
+        if credentials::wants_hwsig(service) {
+            let hwsig = credentials::normalize_hwsig(params.get("HWSIG").unwrap_or(""));
+            let registered = self
+                .store
+                .register_device(domain, user, service.name(), &hwsig);
+            match registered {
+                Ok(r) if credentials::same_hwsig(&r, &hwsig) => {
+                    session.device = Some(hwsig);
+                }
+                Ok(_) => {
+                    tracing::info!(
+                        user,
+                        "keytalk: device signature differs from the registered one"
+                    );
+                    return self.fail(session, user, now);
+                }
+                Err(e) => {
+                    tracing::error!("keytalk: device store: {e}");
+                    return AuthResult::Delay(1);
+                }
+            }
+        }
+        self.failures.succeeded(user);
+        let expires = self.store.password_expiry(domain, user).ok().flatten();
+        if credentials::validity(expires, now.unix_ms).is_none() {
+            session.pending = Pending::Expired(user.to_owned());
+            return AuthResult::Expired;
+        }
+        if let Some(c) = &service.config.challenge {
+            session.pending = Pending::Challenge(user.to_owned());
+            return AuthResult::Challenge(c.name.clone(), c.prompt.clone());
+        }
+        self.authenticated(session, service, user, now)
+    }
+
+    fn authenticated(
+        &self,
+        session: &mut Session,
+        service: &Service,
+        user: &str,
+        now: Now,
+    ) -> AuthResult {
+        self.failures.succeeded(user);
+        let expires = self
+            .store
+            .password_expiry(&self.config.domain, user)
+            .ok()
+            .flatten();
+        let Some(validity) = credentials::validity(expires, now.unix_ms) else {
+            session.pending = Pending::Expired(user.to_owned());
+            return AuthResult::Expired;
+        };
+        session.phase = Phase::Authenticated;
+        session.pending = Pending::None;
+        session.user = Some(user.to_owned());
+        session.service = Some(service.name().to_owned());
+        AuthResult::Ok(validity)
+    }
+
+    fn change_password(&self, session: &mut Session, params: &Params, now: Now) -> (Answer, bool) {
+        let user = match (&session.pending, session.phase, &session.user) {
+            (Pending::Expired(u), _, _) => u.clone(),
+            (_, Phase::Authenticated, Some(u)) => u.clone(),
+            _ => {
+                return (
+                    Answer::error(
+                        1005,
+                        "change-password needs an authenticated user or an expired password",
+                    ),
+                    true,
+                );
+            }
+        };
+        let (Some(old), Some(new)) = (params.get("old-password"), params.get("new-password"))
+        else {
+            return (
+                Answer::error(ERR_PROTOCOL, "old-password and new-password are required"),
+                true,
+            );
+        };
+        let (old, new) = (
+            Zeroizing::new(old.to_owned()),
+            Zeroizing::new(new.to_owned()),
+        );
+        let result = self.set_password(session, &user, &old, &new, now);
+        let keep = !matches!(result, AuthResult::Locked(_));
+        (auth_answer(&result, session.version), keep)
+    }
+
+    fn set_password(
+        &self,
+        session: &mut Session,
+        user: &str,
+        old: &str,
+        new: &str,
+        now: Now,
+    ) -> AuthResult {
+        if let Some(held) = self.failures.gate(user, now.instant) {
+            return held;
+        }
+        let domain = &self.config.domain;
+        let ok = self
+            .store
+            .user(domain, user)
+            .ok()
+            .flatten()
+            .is_some_and(|r| password::verify(&r.password_hash, old.as_bytes()));
+        if !ok {
+            let pending = session.pending.clone();
+            let r = self.fail(session, user, now);
+            session.pending = pending;
+            return r;
+        }
+        if new.chars().count() < self.config.min_password_length || new == old {
+            // Not a failure of the user's: retry at once.
+            return AuthResult::Delay(0);
+        }
+        let Some(hash) = password::hash(new.as_bytes()) else {
+            return AuthResult::Delay(1);
+        };
+        let max_age = session
+            .service
+            .as_deref()
+            .and_then(|s| self.config.service(s))
+            .and_then(|s| s.config.password_max_age_days);
+        let expires = max_age.map(|d| now.unix_ms + i64::from(d) * 86_400_000);
+        match self.store.set_password(domain, user, &hash, expires) {
+            Ok(true) => {}
+            _ => return AuthResult::Delay(1),
+        }
+        self.failures.succeeded(user);
+        tracing::info!(user, "keytalk: password changed");
+        // The user authenticates again with the new password.
+        session.phase = Phase::Connected;
+        session.pending = Pending::None;
+        session.user = None;
+        session.device = None;
+        AuthResult::Ok(credentials::validity(expires, now.unix_ms).unwrap_or(-1))
+    }
+
+    fn last_messages(&self, session: &Session, params: &Params) -> Answer {
+        let from = params.non_empty("from-utc").and_then(params::parse_utc);
+        let service = session
+            .service
+            .as_deref()
+            .and_then(|s| self.config.service(s));
+        let messages: Vec<Value> = service
+            .map(|s| s.messages.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter(|(t, _)| from.is_none_or(|f| *t >= f))
+            .map(|(t, text)| json!({ "text": text, "utc": params::format_utc(*t) }))
+            .collect();
+        Answer::status("last-messages").value("messages", Value::Array(messages))
+    }
+
+    fn csr_requirements(&self, session: &Session) -> Answer {
+        if !session.version.has_csr() {
+            return Answer::error(ERR_PROTOCOL, "csr-requirements needs RCDP 2.2.0 or later");
+        }
+        let Some((service, user)) = self.authenticated_service(session) else {
+            return Answer::error(ERR_PROTOCOL, "not authenticated");
+        };
+        match cert::csr_requirements(service, user) {
+            Ok(req) => {
+                let s = &req.subject;
+                let field = |f: &Option<String>| f.clone().unwrap_or_default();
+                Answer::status("csr-requirements")
+                    .number("key-size", i64::from(req.key_size))
+                    .text("signing-algo", req.signing_algo.clone())
+                    .value(
+                        "subject",
+                        json!({
+                            "cn": s.cn, "c": field(&s.c), "st": field(&s.st), "l": field(&s.l),
+                            "o": field(&s.o), "ou": field(&s.ou), "e": field(&s.e),
+                        }),
+                    )
+            }
+            Err(e) => Answer::error(ERR_PROTOCOL, e),
+        }
+    }
+
+    /// The service and user of an authenticated session.
+    fn authenticated_service<'s>(&self, session: &'s Session) -> Option<(&Service, &'s str)> {
+        let service = self.config.service(session.service.as_deref()?)?;
+        Some((service, session.user.as_deref()?))
+    }
+
+    /// Takes the out-of-band download of `token` (once, in time).
+    pub fn download(&self, token: &str, now: Instant) -> Option<Download> {
+        self.downloads.take(token, now)
+    }
+
+    /// A CA certificate as PEM for `GET /ca/1.0.0/{which}`: `primary`,
+    /// `signing`; `None` for `root` (keypipe's Primary CA is its root) and
+    /// anything else.
+    pub fn ca_pem(&self, which: &str) -> Option<String> {
+        let der = match which {
+            "primary" => self.ca.primary_der(),
+            "signing" => self.ca.signing_der(),
+            _ => return None,
+        };
+        Some(crate::ca::pem("CERTIFICATE", der))
+    }
+}
+
+/// The addresses `uri`'s host resolves to here (blocking; a pool thread).
+fn resolve(uri: &str) -> Vec<String> {
+    use std::net::ToSocketAddrs;
+    let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let has_port = if authority.starts_with('[') {
+        authority.contains("]:")
+    } else {
+        authority.contains(':')
+    };
+    let host_port = if has_port {
+        authority.to_owned()
+    } else {
+        format!("{authority}:443")
+    };
+    host_port
+        .to_socket_addrs()
+        .map(|addrs| addrs.map(|a| a.ip().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// `CredentialType`'s wire names, for the public list.
+pub fn credential_names(types: &[CredentialType]) -> Vec<&'static str> {
+    types.iter().map(|t| t.as_str()).collect()
+}

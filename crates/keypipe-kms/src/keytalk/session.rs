@@ -1,0 +1,211 @@
+//! RCDP sessions: one per `hello`, named by a random 128-bit id sent as
+//! the `keytalkcookie` (32 lower-case hex digits) and never rotated (the
+//! P12 and PEM passphrase is its first 30 characters, and some clients
+//! keep the first cookie they got). A session ends on `eoc`, `error`,
+//! `LOCKED`, after `idle` without a call or `max_age` in all; the table
+//! holds at most `capacity` (the oldest go first). The id is a secret
+//! (it decrypts the key it protects): it is never logged and `Debug`
+//! never shows it; the table is keyed by its SHA-256.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use zeroize::Zeroizing;
+
+use super::phase::Phase;
+use super::version::Version;
+
+/// Authentication that is half done.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Pending {
+    /// Nothing.
+    #[default]
+    None,
+    /// The user's password was right but has expired: only
+    /// `change-password` for this user.
+    Expired(String),
+    /// The user's password was right; the challenge's answer is due.
+    Challenge(String),
+}
+
+/// The state of one session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The negotiated version.
+    pub version: Version,
+    /// Where it is.
+    pub phase: Phase,
+    /// The service of `auth-requirements` / `authentication`.
+    pub service: Option<String>,
+    /// The authenticated user.
+    pub user: Option<String>,
+    /// The authenticated device's hardware signature, when asked for.
+    pub device: Option<String>,
+    /// Authentication in progress.
+    pub pending: Pending,
+    created: Instant,
+    last: Instant,
+}
+
+/// The table's key of a session id: its SHA-256 (the table never holds
+/// the ids themselves).
+fn key(sid: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(sid.as_bytes()).into()
+}
+
+/// The live sessions.
+pub struct Sessions {
+    map: Mutex<HashMap<[u8; 32], Session>>,
+    idle: Duration,
+    max_age: Duration,
+    capacity: usize,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("idle", &self.idle)
+            .field("max_age", &self.max_age)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sessions {
+    /// An empty table.
+    pub fn new(idle: Duration, max_age: Duration, capacity: usize) -> Sessions {
+        Sessions {
+            map: Mutex::new(HashMap::new()),
+            idle,
+            max_age,
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Session>> {
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn live(&self, s: &Session, now: Instant) -> bool {
+        now.saturating_duration_since(s.last) < self.idle
+            && now.saturating_duration_since(s.created) < self.max_age
+    }
+
+    /// Opens a session at `version`: its id. `None` only when the OS
+    /// random source fails.
+    pub fn open(&self, version: Version, now: Instant) -> Option<Zeroizing<String>> {
+        let mut raw = Zeroizing::new([0u8; 16]);
+        getrandom::fill(&mut raw[..]).ok()?;
+        let mut sid = Zeroizing::new(String::with_capacity(32));
+        for b in raw.iter() {
+            sid.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+            sid.push(char::from_digit(u32::from(b & 15), 16).unwrap_or('0'));
+        }
+        let mut map = self.lock();
+        if map.len() >= self.capacity {
+            map.retain(|_, s| self.live(s, now));
+            if map.len() >= self.capacity
+                && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.last).map(|(k, _)| *k)
+            {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(
+            key(&sid),
+            Session {
+                version,
+                phase: Phase::Hello,
+                service: None,
+                user: None,
+                device: None,
+                pending: Pending::None,
+                created: now,
+                last: now,
+            },
+        );
+        Some(sid)
+    }
+
+    /// A copy of the live session `sid` (its idle time starts over).
+    pub fn get(&self, sid: &str, now: Instant) -> Option<Session> {
+        let mut map = self.lock();
+        let key = key(sid);
+        let live = map.get(&key).is_some_and(|s| self.live(s, now));
+        if !live {
+            map.remove(&key);
+            return None;
+        }
+        let s = map.get_mut(&key)?;
+        s.last = now;
+        Some(s.clone())
+    }
+
+    /// Stores `session` as the state of `sid` (if still open).
+    pub fn put(&self, sid: &str, session: Session) {
+        let mut map = self.lock();
+        if let Some(s) = map.get_mut(&key(sid)) {
+            *s = session;
+        }
+    }
+
+    /// Ends `sid`.
+    pub fn close(&self, sid: &str) {
+        self.lock().remove(&key(sid));
+    }
+
+    /// Live sessions (for metrics).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when no session is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_fresh_hex_and_sessions_expire() {
+        let t = Instant::now();
+        let s = Sessions::new(Duration::from_secs(10), Duration::from_secs(60), 2);
+        let a = s.open(Version::V2_4_1, t).unwrap();
+        let b = s.open(Version::V2_0_0, t).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert_eq!(s.get(&a, t).unwrap().version, Version::V2_4_1);
+        // Idle too long.
+        assert!(s.get(&b, t + Duration::from_secs(11)).is_none());
+        // Kept alive by use, until max_age.
+        let mut now = t;
+        for _ in 0..5 {
+            now += Duration::from_secs(9);
+            assert!(s.get(&a, now).is_some());
+        }
+        assert!(s.get(&a, t + Duration::from_secs(61)).is_none());
+        // Capacity: the oldest goes.
+        let c = s.open(Version::V2_0_0, now).unwrap();
+        let d = s
+            .open(Version::V2_0_0, now + Duration::from_secs(1))
+            .unwrap();
+        let e = s
+            .open(Version::V2_0_0, now + Duration::from_secs(2))
+            .unwrap();
+        assert!(s.get(&c, now + Duration::from_secs(2)).is_none());
+        assert!(s.get(&d, now + Duration::from_secs(2)).is_some());
+        assert!(s.get(&e, now + Duration::from_secs(2)).is_some());
+        s.close(&e);
+        assert!(s.get(&e, now + Duration::from_secs(2)).is_none());
+        assert!(!format!("{s:?}").contains(d.as_str()));
+    }
+}

@@ -1,0 +1,162 @@
+//! KeyTalk over HTTP, on two listeners:
+//!
+//! - the TLS listener: `/rcdp/{version}/{call}` (and the vendor
+//!   document's `/rdp/` spelling), GET and POST alike, parameters from the
+//!   query and an `application/x-www-form-urlencoded` body merged; every
+//!   RCDP outcome is HTTP 200 with `Content-Type: application/json`,
+//!   `Cache-Control: no-cache` and, within a session, exactly
+//!   `Set-Cookie: keytalkcookie=<id>` (no attributes); and
+//!   `/public/{version}/{call}` (200 or 400);
+//! - the plain-HTTP listener (by design, as KeyTalk's port 8000):
+//!   `GET /ca/1.0.0/{signing,primary,root}` (PEM as
+//!   `application/octet-stream`; 404 for `root`, which keypipe has not)
+//!   and the one-time download `GET /cert/?<token>` (404 once taken or
+//!   expired).
+//!
+//! RCDP and public calls run on the pool (Argon2, key generation, store
+//! writes), at most `max_queued` at once (more: 503).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::pool_gate::PoolGate;
+use super::{Handler, Router};
+use crate::http::{Method, Reply, Request, Response};
+use crate::kms::keytalk::params::{Params, session_id};
+use crate::kms::keytalk::{KeyTalk, Now, RcdpRequest, public};
+
+/// The KeyTalk routes.
+#[derive(Debug, Clone)]
+pub struct KeyTalkApi {
+    keytalk: Arc<KeyTalk>,
+    gate: PoolGate,
+}
+
+fn busy() -> Response {
+    Response::json(
+        503,
+        r#"{"status":"error","code":1000,"description":"server busy; retry"}"#,
+    )
+}
+
+/// Parameters of `req`: its query, then its form body (any POST body that
+/// is not JSON is read as a form).
+fn params(req: &Request) -> Params {
+    let query = req.query().unwrap_or("").as_bytes();
+    let form = req
+        .header("Content-Type")
+        .is_none_or(|t| !t.to_ascii_lowercase().starts_with(b"application/json"));
+    Params::parse(query, if form { &req.body } else { &[] })
+}
+
+impl KeyTalkApi {
+    /// Routes over `keytalk`, at most `max_queued` calls on the pool.
+    pub fn new(keytalk: Arc<KeyTalk>, max_queued: usize) -> KeyTalkApi {
+        KeyTalkApi {
+            keytalk,
+            gate: PoolGate::new(max_queued),
+        }
+    }
+
+    /// The service.
+    pub fn service(&self) -> &Arc<KeyTalk> {
+        &self.keytalk
+    }
+
+    fn pooled(&self, call: fn(&KeyTalk, &Request) -> Response) -> Handler {
+        let me = self.clone();
+        Arc::new(move |req: Request| {
+            let keytalk = Arc::clone(&me.keytalk);
+            me.gate.run(busy, move || call(&keytalk, &req))
+        })
+    }
+
+    /// RCDP and the public API (the TLS listener).
+    pub fn mount(&self, router: &mut Router) {
+        for prefix in ["/rcdp/", "/rdp/"] {
+            for method in [Method::Get, Method::Post] {
+                router.route_prefix(method, prefix, self.pooled(rcdp));
+            }
+        }
+        for method in [Method::Get, Method::Post] {
+            router.route_prefix(method, "/public/", self.pooled(public_api));
+        }
+    }
+
+    /// The CA download and out-of-band downloads (the plain listener).
+    pub fn mount_downloads(&self, router: &mut Router) {
+        let kt = Arc::clone(&self.keytalk);
+        router.route_prefix(
+            Method::Get,
+            "/ca/1.0.0/",
+            Arc::new(move |req: Request| {
+                let which = req.path().trim_start_matches("/ca/1.0.0/");
+                Reply::Now(match kt.ca_pem(which) {
+                    Some(pem) => Response::empty(200)
+                        .header("Content-Type", "application/octet-stream")
+                        .body(pem.into_bytes()),
+                    None => not_found(),
+                })
+            }),
+        );
+        let kt = Arc::clone(&self.keytalk);
+        router.route(
+            Method::Get,
+            "/cert/",
+            Arc::new(move |req: Request| {
+                let token = req.query().unwrap_or("");
+                Reply::Now(match kt.download(token, Instant::now()) {
+                    Some(d) => Response::empty(200)
+                        .header("Content-Type", d.content_type)
+                        .header("Cache-Control", "no-store")
+                        .body(d.body.to_vec()),
+                    None => not_found(),
+                })
+            }),
+        );
+    }
+}
+
+fn not_found() -> Response {
+    Response::empty(404)
+        .header("Content-Type", "text/plain")
+        .body(&b"not found\n"[..])
+}
+
+/// `/rcdp/{version}/{call}` (or `/rdp/…`).
+fn rcdp(kt: &KeyTalk, req: &Request) -> Response {
+    let path = req.path();
+    let rest = path
+        .strip_prefix("/rcdp/")
+        .or_else(|| path.strip_prefix("/rdp/"))
+        .unwrap_or("");
+    let (version, action) = rest.split_once('/').unwrap_or((rest, ""));
+    let sid = session_id(
+        req.headers()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+            .map(|(_, v)| v),
+    );
+    let reply = kt.rcdp(
+        RcdpRequest {
+            version,
+            action: action.trim_end_matches('/'),
+            params: params(req),
+            sid,
+        },
+        Now::current(),
+    );
+    let mut response =
+        Response::json(200, reply.answer.to_body()).header("Cache-Control", "no-cache");
+    if let Some(sid) = &reply.sid {
+        response = response.header("Set-Cookie", format!("keytalkcookie={}", sid.as_str()));
+    }
+    response
+}
+
+/// `/public/{version}/{call}`.
+fn public_api(kt: &KeyTalk, req: &Request) -> Response {
+    let rest = req.path().trim_start_matches("/public/");
+    let (version, call) = rest.split_once('/').unwrap_or((rest, ""));
+    let (status, body) = public::serve(kt, version, call, &params(req));
+    Response::json(status, body.to_string().replace('/', "\\/")).header("Cache-Control", "no-cache")
+}

@@ -1,0 +1,134 @@
+//! `[keytalk]` (the enrolment policy and its services) and
+//! `[node.keytalk]` (a node's KeyTalk listeners).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::kms::keytalk::config::{KeyTalkConfig, Service, ServiceConfig};
+use crate::tls::ServerTlsFiles;
+
+/// `[keytalk]`: policy and services of KeyTalk enrolment.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyTalkSettings {
+    /// The user store's domain of KeyTalk users.
+    pub domain: String,
+    /// Largest clock difference accepted at `handshake`, seconds.
+    pub max_clock_skew_s: u64,
+    /// A session without a call this long ends, seconds.
+    pub session_idle_s: u64,
+    /// A session ends this long after its `hello`, seconds.
+    pub session_max_s: u64,
+    /// Sessions open at most.
+    pub max_sessions: usize,
+    /// The first failed authentication's delay, seconds (doubling).
+    pub failure_delay_s: u64,
+    /// Failures in a row before `LOCKED`.
+    pub max_failures: u32,
+    /// How long `LOCKED` lasts, seconds.
+    pub lock_s: u64,
+    /// An out-of-band download waits this long, seconds.
+    pub download_ttl_s: u64,
+    /// Shortest new password (change-password).
+    pub min_password_length: usize,
+    /// RCDP requests on the pool at once (more: 503).
+    pub max_queued: usize,
+    /// The services.
+    #[serde(rename = "service")]
+    pub services: Vec<ServiceConfig>,
+}
+
+impl Default for KeyTalkSettings {
+    fn default() -> Self {
+        let d = KeyTalkConfig::default();
+        KeyTalkSettings {
+            domain: d.domain,
+            max_clock_skew_s: d.max_clock_skew.as_secs(),
+            session_idle_s: d.session_idle.as_secs(),
+            session_max_s: d.session_max_age.as_secs(),
+            max_sessions: d.max_sessions,
+            failure_delay_s: d.failure_delay.as_secs(),
+            max_failures: d.max_failures,
+            lock_s: d.lock_time.as_secs(),
+            download_ttl_s: d.download_ttl.as_secs(),
+            min_password_length: d.min_password_length,
+            max_queued: 64,
+            services: Vec::new(),
+        }
+    }
+}
+
+impl KeyTalkSettings {
+    /// Checks the settings: the services, ready to serve.
+    pub fn validate(&self) -> Result<Vec<Service>, String> {
+        let within = |name: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("keytalk.{name} = {v}: must be {lo} to {hi}"))
+            }
+        };
+        within("max_clock_skew_s", self.max_clock_skew_s, 1, 86_400)?;
+        within("session_idle_s", self.session_idle_s, 1, 86_400)?;
+        within("session_max_s", self.session_max_s, 1, 7 * 86_400)?;
+        within("max_sessions", self.max_sessions as u64, 1, 10_000_000)?;
+        within("failure_delay_s", self.failure_delay_s, 0, 3600)?;
+        within("max_failures", u64::from(self.max_failures), 1, 1000)?;
+        within("lock_s", self.lock_s, 1, 30 * 86_400)?;
+        within("download_ttl_s", self.download_ttl_s, 1, 86_400)?;
+        within(
+            "min_password_length",
+            self.min_password_length as u64,
+            1,
+            1024,
+        )?;
+        within("max_queued", self.max_queued as u64, 1, 100_000)?;
+        if self.domain.is_empty() || self.domain.len() > 256 {
+            return Err("keytalk.domain: 1 to 256 bytes".into());
+        }
+        let mut services: Vec<Service> = Vec::new();
+        for s in &self.services {
+            if services.iter().any(|o| o.name() == s.name) {
+                return Err(format!("keytalk service {:?} is configured twice", s.name));
+            }
+            services.push(Service::new(s.clone())?);
+        }
+        Ok(services)
+    }
+
+    /// The service's configuration, its downloads at `download_url`
+    /// (`http://$(KEYTALK_SVR_HOST):PORT/cert/?`).
+    pub fn service_config(&self, download_url: String) -> Result<KeyTalkConfig, String> {
+        Ok(KeyTalkConfig {
+            domain: self.domain.clone(),
+            services: self.validate()?,
+            max_clock_skew: Duration::from_secs(self.max_clock_skew_s),
+            session_idle: Duration::from_secs(self.session_idle_s),
+            session_max_age: Duration::from_secs(self.session_max_s),
+            max_sessions: self.max_sessions,
+            failure_delay: Duration::from_secs(self.failure_delay_s),
+            max_failures: self.max_failures,
+            lock_time: Duration::from_secs(self.lock_s),
+            download_ttl: Duration::from_secs(self.download_ttl_s),
+            download_url,
+            min_password_length: self.min_password_length,
+        })
+    }
+}
+
+/// `[node.keytalk]`: where a node serves KeyTalk.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyTalkListener {
+    /// RCDP and the public API, over TLS.
+    pub listen: SocketAddr,
+    /// The CA download and out-of-band downloads, plain HTTP by design.
+    pub ca_listen: SocketAddr,
+    /// The TLS certificate and key of `listen` (absent: issued by
+    /// keypipe's Server CA, ECDSA P-384, and kept in
+    /// `data_dir/keytalk/`).
+    #[serde(default)]
+    pub tls: Option<ServerTlsFiles>,
+}

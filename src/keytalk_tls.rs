@@ -1,0 +1,80 @@
+//! The KeyTalk listener's certificate when the configuration names none:
+//! issued by keypipe's Server CA (ECDSA P-384, so Windows 7 schannel
+//! clients can connect; the listener's IP in both an `IP:` and a `DNS:`
+//! SAN, as Windows 7 wants) and kept in `data_dir/keytalk/` (key mode
+//! 0600). It is issued again when older than 300 days (it is valid 365).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::kms::ca::{Ca, KeyType, LeafRequest, Role, San};
+use crate::store::Store;
+use crate::tls::ServerTlsFiles;
+
+const RENEW_AFTER: Duration = Duration::from_secs(300 * 86_400);
+
+/// The certificate and key files of `node`'s KeyTalk listener on
+/// `listen`, issued now unless fresh ones exist.
+pub fn server_files(
+    store: &Store,
+    data_dir: &Path,
+    node: &str,
+    listen: SocketAddr,
+) -> Result<ServerTlsFiles, String> {
+    let dir = data_dir.join("keytalk");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let cert = dir.join(format!("{node}.crt"));
+    let key = dir.join(format!("{node}.key"));
+    let fresh = std::fs::metadata(&cert)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age < RENEW_AFTER)
+        && key.exists();
+    if !fresh {
+        let mut sans = vec![San::Dns("localhost".into()), San::Ip([127, 0, 0, 1].into())];
+        let ip = listen.ip();
+        if !ip.is_unspecified() && !ip.is_loopback() {
+            sans.push(San::Ip(ip));
+            sans.push(San::Dns(ip.to_string()));
+        }
+        let issued = Ca::new(store)
+            .issue(&LeafRequest {
+                name: format!("{node}-keytalk"),
+                role: Role::Server,
+                sans,
+                days: 365,
+                key: Ok(KeyType::P384),
+            })
+            .map_err(|e| format!("keytalk server certificate: {e}"))?;
+        let key_pem = issued.key_pem.ok_or("no key was made")?;
+        write(&key, key_pem.as_bytes(), 0o600)?;
+        write(&cert, issued.chain_pem.as_bytes(), 0o644)?;
+        tracing::info!(cert = %cert.display(), "keytalk: server certificate issued by the Server CA");
+    }
+    Ok(ServerTlsFiles {
+        cert,
+        key,
+        client_ca: None,
+        client_auth: crate::tls::ClientAuth::None,
+    })
+}
+
+/// Writes `bytes` to `path` (mode `mode`) through a temporary file.
+fn write(path: &PathBuf, bytes: &[u8], mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}

@@ -1,0 +1,169 @@
+//! A `keypipe serve` process serving KeyTalk on loopback (TLS listener,
+//! plain CA listener) with test services, and users made with the real
+//! `keypipe user add`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use super::keytalk_clients::Target;
+use super::{HeldPort, ServerProcess};
+
+/// The test services (besides the policy lines of each test).
+pub const SERVICES: &str = r#"
+[[keytalk.service]]
+name = "DEMO"
+messages = [
+  { text = "second", utc = "2026-02-01T00:00:00Z" },
+  { text = "first", utc = "2026-01-01T00:00:00Z" },
+]
+[keytalk.service.cert]
+key_type = "p256"
+days = 30
+extended_key_usages = ["clientAuth", "emailProtection"]
+sans = ["email:$(USER)@example.com"]
+[keytalk.service.cert.subject]
+cn = "$(USER)"
+o = "keypipe test"
+ou = "$(SERVICE)"
+c = "NL"
+
+[[keytalk.service]]
+name = "HW"
+credential_types = ["USERID", "PASSWD", "HWSIG"]
+hwsig_formula = "1,2,3"
+password_max_age_days = 30
+
+[[keytalk.service]]
+name = "RSA"
+[keytalk.service.cert]
+key_type = "rsa2048"
+
+[[keytalk.service]]
+name = "CHAL"
+challenge = { name = "Password challenge", prompt = "One-time code?", response_hash = "HASH" }
+"#;
+
+/// A KeyTalk server in a temporary directory.
+pub struct KeyTalkServer {
+    pub dir: tempfile::TempDir,
+    pub server: ServerProcess,
+    pub target: Target,
+}
+
+/// `keypipe {args}` with `input` on standard input; its JSON output.
+pub fn admin_with_input(dir: &std::path::Path, args: &[&str], input: &str) -> Value {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keypipe"))
+        .args(&args[..1])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(&args[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(text.trim()).unwrap_or(Value::String(text.trim().to_owned()))
+}
+
+impl KeyTalkServer {
+    /// Starts a server with `policy` lines in `[keytalk]` (e.g.
+    /// `max_failures = 3`).
+    pub fn start(policy: &str) -> KeyTalkServer {
+        let dir = tempfile::tempdir().unwrap();
+        // The challenge's answer is "123456".
+        let hash = admin_with_input(dir.path(), &["keytalk", "hash"], "123456\n");
+        let services = SERVICES.replace("HASH", hash.as_str().unwrap());
+        let (main, rcdp, plain) = (HeldPort::new(), HeldPort::new(), HeldPort::new());
+        let config = format!(
+            r#"
+[keytalk]
+{policy}
+{services}
+
+[[node]]
+name = "kt"
+listen = "127.0.0.1:{main}"
+workers = 1
+serve = ["keytalk"]
+[node.keytalk]
+listen = "127.0.0.1:{rcdp}"
+ca_listen = "127.0.0.1:{plain}"
+"#,
+            main = main.port(),
+            rcdp = rcdp.port(),
+            plain = plain.port(),
+        );
+        let ports = (main.port(), rcdp.port(), plain.port());
+        drop((main, rcdp, plain));
+        let server = ServerProcess::start(dir.path(), ports.0, &config);
+        let target = Target {
+            rcdp: format!("127.0.0.1:{}", ports.1).parse().unwrap(),
+            host: "localhost".into(),
+            ca_pem: dir.path().join("primary.pem"),
+            plain: format!("127.0.0.1:{}", ports.2).parse().unwrap(),
+        };
+        // The KeyTalk listeners start after the node's own.
+        super::tls::wait_listening(target.plain);
+        // Trust what the plain CA listener hands out (the Primary CA).
+        let (status, _, body) = super::keytalk_clients::fetch_plain(&target, "/ca/1.0.0/primary");
+        assert_eq!(status, 200);
+        std::fs::write(&target.ca_pem, body).unwrap();
+        super::tls::wait_listening(target.rcdp);
+        KeyTalkServer {
+            dir,
+            server,
+            target,
+        }
+    }
+
+    /// Adds a KeyTalk user with `password`, member of `services`.
+    pub fn add_user(&self, name: &str, password: &str, services: &[&str]) {
+        let mut args = vec!["user", "add", "--domain", "keytalk", "--name", name];
+        for s in services {
+            args.extend(["--service", s]);
+        }
+        admin_with_input(self.dir.path(), &args, &format!("{password}\n"));
+    }
+
+    /// Runs an admin command on the server's store: its JSON lines.
+    pub fn admin(&self, args: &[&str]) -> Vec<Value> {
+        let out = Command::new(env!("CARGO_BIN_EXE_keypipe"))
+            .args(&args[..1])
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// A path in the server's directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
