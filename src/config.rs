@@ -20,7 +20,7 @@ use crate::store::StoreOptions;
 use crate::tls::ServerTlsFiles;
 
 mod keytalk;
-pub use keytalk::{KeyTalkListener, KeyTalkSettings};
+pub use keytalk::{Addresses, KeyTalkListener, KeyTalkSettings};
 
 /// The embedded default: a whole simulated QKD link in one process.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
@@ -443,9 +443,10 @@ impl Config {
     pub fn all_loopback(&self) -> bool {
         self.nodes.iter().all(|n| {
             n.listen.ip().is_loopback()
-                && n.keytalk
-                    .as_ref()
-                    .is_none_or(|k| k.listen.ip().is_loopback() && k.ca_listen.ip().is_loopback())
+                && n.keytalk.as_ref().is_none_or(|k| {
+                    k.listen.all().iter().all(|a| a.ip().is_loopback())
+                        && k.ca_listen.ip().is_loopback()
+                })
         })
     }
 
@@ -661,6 +662,16 @@ impl Config {
             return Err("no [[node]] configured".into());
         }
         for node in &config.nodes {
+            if node
+                .keytalk
+                .as_ref()
+                .is_some_and(|k| k.listen.all().is_empty())
+            {
+                return Err(format!(
+                    "node {}: [node.keytalk] listen is empty",
+                    node.name
+                ));
+            }
             if node.serve.contains(&Protocol::KeyTalk) != node.keytalk.is_some() {
                 return Err(format!(
                     "node {}: serve = [\"keytalk\"] and [node.keytalk] go together",

@@ -1,8 +1,10 @@
 //! The KeyTalk listener's certificate when the configuration names none:
 //! issued by keypipe's Server CA (ECDSA P-384, so Windows 7 schannel
-//! clients can connect; the listener's IP in both an `IP:` and a `DNS:`
-//! SAN, as Windows 7 wants) and kept in `data_dir/keytalk/` (key mode
-//! 0600). It is issued again when older than 300 days (it is valid 365).
+//! clients can connect) for `localhost`, 127.0.0.1, the listen addresses
+//! that are not wildcards and the configured `names`, each IP address in
+//! both an `IP:` and a `DNS:` SAN (Windows 7 wants both), kept in
+//! `data_dir/keytalk/` (key mode 0600). It is issued again at start when
+//! older than 300 days (it is valid 365) or when its names changed.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -21,25 +23,54 @@ pub fn server_files(
     store: &Store,
     data_dir: &Path,
     node: &str,
-    listen: SocketAddr,
+    listen: &[SocketAddr],
+    names: &[String],
 ) -> Result<ServerTlsFiles, String> {
     let dir = data_dir.join("keytalk");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let cert = dir.join(format!("{node}.crt"));
     let key = dir.join(format!("{node}.key"));
+    let names_file = dir.join(format!("{node}.names"));
+    let mut wanted = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    for a in listen {
+        if !a.ip().is_unspecified() {
+            wanted.push(a.ip().to_string());
+        }
+    }
+    wanted.extend(names.iter().cloned());
+    wanted.dedup();
+    let mut sans = Vec::new();
+    for name in &wanted {
+        match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                sans.push(San::Ip(ip));
+                if ip.is_ipv4() {
+                    sans.push(San::Dns(ip.to_string()));
+                }
+            }
+            Err(_) => sans.push(
+                format!("DNS:{name}")
+                    .parse::<San>()
+                    .map_err(|e| format!("[node.keytalk] names: {e}"))?,
+            ),
+        }
+    }
+    if listen.iter().any(|a| a.ip().is_unspecified()) && names.is_empty() {
+        tracing::warn!(
+            node,
+            "keytalk listens on a wildcard address without [node.keytalk] names: its certificate \
+             holds only localhost and the listen addresses, so remote clients will not verify it"
+        );
+    }
+    let names_text = wanted.join("\n");
     let fresh = std::fs::metadata(&cert)
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| SystemTime::now().duration_since(t).ok())
         .is_some_and(|age| age < RENEW_AFTER)
-        && key.exists();
+        && key.exists()
+        && std::fs::read_to_string(&names_file).is_ok_and(|n| n == names_text);
     if !fresh {
-        let mut sans = vec![San::Dns("localhost".into()), San::Ip([127, 0, 0, 1].into())];
-        let ip = listen.ip();
-        if !ip.is_unspecified() && !ip.is_loopback() {
-            sans.push(San::Ip(ip));
-            sans.push(San::Dns(ip.to_string()));
-        }
         let issued = Ca::new(store)
             .issue(&LeafRequest {
                 name: format!("{node}-keytalk"),
@@ -52,6 +83,7 @@ pub fn server_files(
         let key_pem = issued.key_pem.ok_or("no key was made")?;
         write(&key, key_pem.as_bytes(), 0o600)?;
         write(&cert, issued.chain_pem.as_bytes(), 0o644)?;
+        write(&names_file, names_text.as_bytes(), 0o644)?;
         tracing::info!(cert = %cert.display(), "keytalk: server certificate issued by the Server CA");
     }
     Ok(ServerTlsFiles {

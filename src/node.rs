@@ -257,19 +257,29 @@ impl RunningNode {
                 .map_err(|e| bad(format!("keytalk tls: {e}")))?,
         );
         let metrics = Arc::new(RequestMetrics::default());
+        // Over TLS: RCDP, the public API and the CA download (iOS fetches
+        // it over https); plain: the CA download and one-time links.
         let mut secure = Router::new(Arc::clone(&metrics));
         api.mount(&mut secure);
+        api.mount_downloads(&mut secure);
+        let secure = Arc::new(secure);
         let mut plain = Router::new(metrics);
         api.mount_downloads(&mut plain);
-        for (listen, router, tls) in [
-            (listeners.listen, secure, Some(Arc::clone(&tls))),
-            (listeners.ca_listen, plain, None),
-        ] {
+        let mut listeners_of: Vec<(std::net::SocketAddr, Arc<Router>, Option<Arc<TlsAcceptor>>)> =
+            listeners
+                .listen
+                .all()
+                .into_iter()
+                .map(|a| (a, Arc::clone(&secure), Some(Arc::clone(&tls))))
+                .collect();
+        listeners_of.push((listeners.ca_listen, Arc::new(plain), None));
+        for (listen, router, tls) in listeners_of {
+            let secure = tls.is_some();
             let mut server_config = config.http.server_config(listen, config.workers);
             server_config.tls = tls;
-            let name = format!("{}-keytalk", self.name);
-            let server = Server::start(&name, &server_config, Arc::new(router), pool.clone())
-                .map_err(|e| {
+            let name = format!("{}-keytalk{}", self.name, if secure { "" } else { "-ca" });
+            let server =
+                Server::start(&name, &server_config, router, pool.clone()).map_err(|e| {
                     let context = format!("cannot listen on {listen}: {e}");
                     NodeError::Io(self.name.clone(), std::io::Error::new(e.kind(), context))
                 })?;
@@ -279,12 +289,10 @@ impl RunningNode {
         Ok(())
     }
 
-    /// KeyTalk's listeners (TLS, plain), when it serves KeyTalk.
-    pub fn keytalk_addrs(&self) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
-        match self.keytalk.as_slice() {
-            [tls, plain] => Some((tls.local_addr(), plain.local_addr())),
-            _ => None,
-        }
+    /// KeyTalk's listeners: the TLS ones, then the plain one (empty when
+    /// it does not serve KeyTalk).
+    pub fn keytalk_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.keytalk.iter().map(Server::local_addr).collect()
     }
 
     /// The TLS of KeyTalk's listener (to reload it on SIGHUP).

@@ -603,6 +603,35 @@ fn a_challenge_step_follows_the_password() {
 }
 
 #[test]
+fn a_challenge_answered_for_another_service_does_not_open_it() {
+    let kt = KeyTalkServer::start("failure_delay_s = 1");
+    kt.add_user("erin", "correct horse", &["CHAL"]);
+    let mut s = Session::new(Family::Cpp2019, &kt.target);
+    s.hello().unwrap();
+    s.handshake().unwrap();
+    s.auth_requirements("CHAL").unwrap();
+    let v = s
+        .authenticate(&creds("CHAL", "erin", "correct horse"))
+        .unwrap();
+    assert_eq!(auth_status(&v).0, "CHALLENGE", "{v}");
+    // The right answer, but for CHAL2, which erin is no member of.
+    let v = s
+        .call(
+            "authentication",
+            &[
+                ("service", "CHAL2"),
+                ("USERID", "erin"),
+                ("PASSWD", "123456"),
+            ],
+            true,
+        )
+        .unwrap();
+    assert_eq!(auth_status(&v).0, "DELAY", "{v}");
+    let v = s.cert(&CertOptions::default()).unwrap();
+    assert_eq!(v["status"], "error", "no certificate: {v}");
+}
+
+#[test]
 fn a_device_is_registered_on_first_use_then_required() {
     let kt = KeyTalkServer::start("failure_delay_s = 0");
     kt.add_user("frank", "correct horse", &["HW"]);
@@ -1009,6 +1038,28 @@ fn the_ca_download_the_rccd_and_the_listener_tls() {
     assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
     assert!(
         text.contains("384 bits") || text.contains("P-384"),
+        "{text}"
+    );
+    // A second TLS listener serves the same, the CA download included
+    // (iOS fetches it over https).
+    let second = Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(&kt.target.ca_pem)
+        .arg(format!(
+            "https://localhost:{}/ca/1.0.0/primary",
+            kt.rcdp2.port()
+        ))
+        .arg(format!(
+            "https://localhost:{}/rcdp/2.0.0/hello",
+            kt.rcdp2.port()
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8(second.stdout).unwrap();
+    let primary = std::fs::read_to_string(&kt.target.ca_pem).unwrap();
+    assert!(text.starts_with(&primary), "{text}");
+    assert!(
+        text.ends_with(r#"{"status":"hello","version":"2.0.0"}"#),
         "{text}"
     );
     // The RCCD.

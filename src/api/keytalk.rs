@@ -22,6 +22,7 @@ use std::time::Instant;
 use super::pool_gate::PoolGate;
 use super::{Handler, Router};
 use crate::http::{Method, Reply, Request, Response};
+use crate::kms::keytalk::answer::{self, Answer, json_body};
 use crate::kms::keytalk::params::{Params, session_id};
 use crate::kms::keytalk::{KeyTalk, Now, RcdpRequest, public};
 
@@ -32,11 +33,15 @@ pub struct KeyTalkApi {
     gate: PoolGate,
 }
 
+/// More calls than `max_queued` are on the pool: an RCDP error (HTTP
+/// 200, as every RCDP answer: the C++, Python and Apple clients fail on
+/// any other status), retry later.
 fn busy() -> Response {
     Response::json(
-        503,
-        r#"{"status":"error","code":1000,"description":"server busy; retry"}"#,
+        200,
+        Answer::error(answer::ERR_PROTOCOL, "server busy: retry in a second").to_body(),
     )
+    .header("Cache-Control", "no-cache")
 }
 
 /// Parameters of `req`: its query, then its form body (any POST body that
@@ -158,5 +163,5 @@ fn public_api(kt: &KeyTalk, req: &Request) -> Response {
     let rest = req.path().trim_start_matches("/public/");
     let (version, call) = rest.split_once('/').unwrap_or((rest, ""));
     let (status, body) = public::serve(kt, version, call, &params(req));
-    Response::json(status, body.to_string().replace('/', "\\/")).header("Cache-Control", "no-cache")
+    Response::json(status, json_body(&body)).header("Cache-Control", "no-cache")
 }

@@ -118,14 +118,41 @@ impl KeyTalkSettings {
     }
 }
 
+/// One address or several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Addresses {
+    /// One.
+    One(SocketAddr),
+    /// Several.
+    Many(Vec<SocketAddr>),
+}
+
+impl Addresses {
+    /// Every address.
+    pub fn all(&self) -> Vec<SocketAddr> {
+        match self {
+            Addresses::One(a) => vec![*a],
+            Addresses::Many(v) => v.clone(),
+        }
+    }
+}
+
 /// `[node.keytalk]`: where a node serves KeyTalk.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyTalkListener {
-    /// RCDP and the public API, over TLS.
-    pub listen: SocketAddr,
+    /// RCDP, the public API and the CA download, over TLS: one address
+    /// or several (real clients use 443; the 2019 Apple apps hard-code
+    /// 4443; iOS fetches the CA from 8443).
+    pub listen: Addresses,
     /// The CA download and out-of-band downloads, plain HTTP by design.
     pub ca_listen: SocketAddr,
+    /// Host names (and IP addresses) clients use to reach `listen`, for
+    /// the certificate keypipe issues itself (`localhost`, 127.0.0.1 and
+    /// the listen addresses are always in it).
+    #[serde(default)]
+    pub names: Vec<String>,
     /// The TLS certificate and key of `listen` (absent: issued by
     /// keypipe's Server CA, ECDSA P-384, and kept in
     /// `data_dir/keytalk/`).

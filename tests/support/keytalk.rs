@@ -32,6 +32,7 @@ c = "NL"
 
 [[keytalk.service]]
 name = "HW"
+cert = { key_type = "p256" }
 credential_types = ["USERID", "PASSWD", "HWSIG"]
 hwsig_formula = "1,2,3"
 password_max_age_days = 30
@@ -40,6 +41,10 @@ password_max_age_days = 30
 name = "RSA"
 [keytalk.service.cert]
 key_type = "rsa2048"
+
+[[keytalk.service]]
+name = "CHAL2"
+challenge = { name = "Password challenge", prompt = "Other code?", response_hash = "HASH" }
 
 [[keytalk.service]]
 name = "CHAL"
@@ -51,6 +56,8 @@ pub struct KeyTalkServer {
     pub dir: tempfile::TempDir,
     pub server: ServerProcess,
     pub target: Target,
+    /// A second TLS listener serving the same (as 443 and 4443 do).
+    pub rcdp2: std::net::SocketAddr,
 }
 
 /// `keypipe {args}` with `input` on standard input; its JSON output.
@@ -89,7 +96,12 @@ impl KeyTalkServer {
         // The challenge's answer is "123456".
         let hash = admin_with_input(dir.path(), &["keytalk", "hash"], "123456\n");
         let services = SERVICES.replace("HASH", hash.as_str().unwrap());
-        let (main, rcdp, plain) = (HeldPort::new(), HeldPort::new(), HeldPort::new());
+        let (main, rcdp, plain, rcdp2) = (
+            HeldPort::new(),
+            HeldPort::new(),
+            HeldPort::new(),
+            HeldPort::new(),
+        );
         let config = format!(
             r#"
 [keytalk]
@@ -102,15 +114,16 @@ listen = "127.0.0.1:{main}"
 workers = 1
 serve = ["keytalk"]
 [node.keytalk]
-listen = "127.0.0.1:{rcdp}"
+listen = ["127.0.0.1:{rcdp}", "127.0.0.1:{rcdp2}"]
 ca_listen = "127.0.0.1:{plain}"
 "#,
             main = main.port(),
             rcdp = rcdp.port(),
+            rcdp2 = rcdp2.port(),
             plain = plain.port(),
         );
-        let ports = (main.port(), rcdp.port(), plain.port());
-        drop((main, rcdp, plain));
+        let ports = (main.port(), rcdp.port(), plain.port(), rcdp2.port());
+        drop((main, rcdp, plain, rcdp2));
         let server = ServerProcess::start(dir.path(), ports.0, &config);
         let target = Target {
             rcdp: format!("127.0.0.1:{}", ports.1).parse().unwrap(),
@@ -129,6 +142,7 @@ ca_listen = "127.0.0.1:{plain}"
             dir,
             server,
             target,
+            rcdp2: format!("127.0.0.1:{}", ports.3).parse().unwrap(),
         }
     }
 

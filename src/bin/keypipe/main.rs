@@ -333,10 +333,12 @@ fn serve(
             },
             running.local_addr()
         );
-        if let Some((rcdp, plain)) = running.keytalk_addrs() {
+        if let [tls @ .., plain] = running.keytalk_addrs().as_slice() {
+            let tls: Vec<String> = tls.iter().map(|a| format!("https://{a}")).collect();
             println!(
-                "listening {} keytalk https://{rcdp} (RCDP, public API), http://{plain} (CA, downloads)",
-                running.name()
+                "listening {} keytalk {} (RCDP, public API), http://{plain} (CA, downloads)",
+                running.name(),
+                tls.join(" ")
             );
         }
         nodes.push(running);
@@ -408,7 +410,11 @@ fn start_keytalk(config: &mut Config, store: &Arc<Store>) -> Result<KeyTalkApi, 
         if let Some(kt) = node.keytalk.as_mut() {
             if kt.tls.is_none() {
                 kt.tls = Some(keypipe_server::keytalk_tls::server_files(
-                    store, &data_dir, &name, kt.listen,
+                    store,
+                    &data_dir,
+                    &name,
+                    &kt.listen.all(),
+                    &kt.names,
                 )?);
             }
             ports.push(kt.ca_listen.port());

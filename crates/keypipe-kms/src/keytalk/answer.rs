@@ -77,9 +77,13 @@ impl Answer {
     /// The body: compact JSON with `/` escaped as `\/`, as the vendor's
     /// server writes it (and as its documents ask of JSON).
     pub fn to_body(&self) -> Vec<u8> {
-        let text = Value::Object(self.0.clone()).to_string();
-        text.replace('/', "\\/").into_bytes()
+        json_body(&Value::Object(self.0.clone()))
     }
+}
+
+/// Compact JSON with `/` escaped as `\/` (every KeyTalk answer).
+pub fn json_body(value: &Value) -> Vec<u8> {
+    value.to_string().replace('/', "\\/").into_bytes()
 }
 
 #[cfg(test)]

@@ -81,9 +81,24 @@ pub(super) fn deliver(
     params: &Params,
     now: Now,
 ) -> (Answer, bool) {
-    let Some((service, user)) = kt.authenticated_service(session) else {
+    let Some((service, user)) = kt
+        .authenticated_service(session)
+        .map(|(s, u)| (s, u.to_owned()))
+    else {
         return (Answer::error(ERR_PROTOCOL, "not authenticated"), true);
     };
+    if session.certificates >= super::MAX_CERTIFICATES_PER_SESSION {
+        return (
+            Answer::error(
+                ERR_PROTOCOL,
+                format!(
+                    "at most {} certificates per session: start a new one",
+                    super::MAX_CERTIFICATES_PER_SESSION
+                ),
+            ),
+            true,
+        );
+    }
     let version = session.version;
     let flags = (
         params.flag("include-chain", false),
@@ -108,7 +123,7 @@ pub(super) fn deliver(
             );
         }
         Some(text) => {
-            let want = match csr_requirements(service, user) {
+            let want = match csr_requirements(service, &user) {
                 Ok(w) => w,
                 Err(e) => return (Answer::error(ERR_PROTOCOL, e), true),
             };
@@ -124,7 +139,7 @@ pub(super) fn deliver(
         None => EnrolKey::Generate(service.key_type),
     };
     let from_csr = matches!(key, EnrolKey::Csr(_));
-    let enrolled = match issue(kt, service, user, session, key) {
+    let enrolled = match issue(kt, service, &user, session, key) {
         Ok(e) => e,
         Err(e) => return (Answer::error(ERR_PROTOCOL, e), true),
     };
@@ -167,6 +182,7 @@ pub(super) fn deliver(
             );
         }
     };
+    session.certificates += 1;
     kt.stats.certificates.fetch_add(1, Ordering::Relaxed);
     tracing::info!(
         service = service.name(),

@@ -110,8 +110,9 @@ impl Default for SubjectTemplate {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertProfile {
-    /// Key made by the server: `p256` (default), `p384`, `rsa2048`,
-    /// `rsa3072`, `rsa4096`.
+    /// Key made by the server: `rsa2048` (default: KeyTalk's norm, which
+    /// every client's key store takes), `rsa3072`, `rsa4096`, `p256`,
+    /// `p384`.
     #[serde(default = "default_key_type")]
     pub key_type: String,
     /// Days of validity.
@@ -209,7 +210,7 @@ fn default_cn() -> String {
     "$(USER)".into()
 }
 fn default_key_type() -> String {
-    "p256".into()
+    "rsa2048".into()
 }
 fn default_days() -> u32 {
     365

@@ -8,8 +8,11 @@
 //! `max_failures` answers `DELAY` for `failure_delay · 2^(n−1)`; an attempt
 //! within a delay is not checked and answers `DELAY` with the time left;
 //! failure number `max_failures` answers `LOCKED` (with the time left from
-//! 2.3.0 on) for `lock_time`, and ends the session. A success clears the
-//! count. The counts live in this process.
+//! 2.3.0 on) for `lock_time`, and ends the session. Only a whole success
+//! (password, device and challenge) clears the count. An attempt is
+//! reserved before its password is checked: attempts for the same name
+//! made meanwhile (in parallel sessions) answer `DELAY` unchecked, so
+//! parallel guessing gains nothing. The counts live in this process.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -41,6 +44,40 @@ struct FailState {
     count: u32,
     until: Instant,
     locked: bool,
+    /// An attempt is being checked.
+    busy: bool,
+}
+
+/// A reserved attempt of one user: end it with [`Attempt::failed`] or
+/// [`Attempt::succeeded`]; dropped otherwise (a store error), it counts
+/// nothing.
+#[derive(Debug)]
+pub struct Attempt<'f> {
+    failures: &'f Failures,
+    user: String,
+    done: bool,
+}
+
+impl Attempt<'_> {
+    /// The attempt failed: `Delay` or `Locked`.
+    pub fn failed(mut self, now: Instant) -> AuthResult {
+        self.done = true;
+        self.failures.failed(&self.user, now)
+    }
+
+    /// The user authenticated: the count starts over.
+    pub fn succeeded(mut self) {
+        self.done = true;
+        self.failures.lock().remove(&self.user);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.failures.release(&self.user);
+        }
+    }
 }
 
 /// Failed attempts per user name (bounded).
@@ -80,40 +117,73 @@ impl Failures {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// `Some(answer)` when `user` may not try now.
-    pub fn gate(&self, user: &str, now: Instant) -> Option<AuthResult> {
-        let map = self.lock();
-        let s = map.get(user)?;
-        if s.until <= now {
-            return None;
+    /// Reserves an attempt of `user`, or the answer when it may not try
+    /// now (in a delay or a lock, or another attempt is being checked).
+    pub fn begin(&self, user: &str, now: Instant) -> Result<Attempt<'_>, AuthResult> {
+        let mut map = self.lock();
+        self.make_room(&mut map, user, now);
+        let s = map.entry(user.to_owned()).or_insert(FailState {
+            count: 0,
+            until: now,
+            locked: false,
+            busy: false,
+        });
+        if s.until > now {
+            let left = secs_left(s.until, now);
+            return Err(if s.locked {
+                AuthResult::Locked(left)
+            } else {
+                AuthResult::Delay(left)
+            });
         }
-        let left = secs_left(s.until, now);
-        Some(if s.locked {
-            AuthResult::Locked(left)
-        } else {
-            AuthResult::Delay(left)
+        if s.busy {
+            return Err(AuthResult::Delay(1));
+        }
+        s.busy = true;
+        Ok(Attempt {
+            failures: self,
+            user: user.to_owned(),
+            done: false,
         })
     }
 
-    /// Counts a failure of `user`: `Delay` or `Locked`.
-    pub fn failed(&self, user: &str, now: Instant) -> AuthResult {
+    /// Ends an attempt that counted nothing.
+    fn release(&self, user: &str) {
         let mut map = self.lock();
+        if let Some(s) = map.get_mut(user) {
+            s.busy = false;
+            if s.count == 0 {
+                map.remove(user);
+            }
+        }
+    }
+
+    fn make_room(&self, map: &mut HashMap<String, FailState>, user: &str, now: Instant) {
         if map.len() >= self.capacity && !map.contains_key(user) {
-            map.retain(|_, s| s.until + FORGET_AFTER > now);
+            map.retain(|_, s| s.busy || s.until + FORGET_AFTER > now);
             if map.len() >= self.capacity
                 && let Some(k) = map
                     .iter()
+                    .filter(|(_, s)| !s.busy)
                     .min_by_key(|(_, s)| s.until)
                     .map(|(k, _)| k.clone())
             {
                 map.remove(&k);
             }
         }
+    }
+
+    /// Counts a failure of `user`: `Delay` or `Locked`.
+    fn failed(&self, user: &str, now: Instant) -> AuthResult {
+        let mut map = self.lock();
+        self.make_room(&mut map, user, now);
         let s = map.entry(user.to_owned()).or_insert(FailState {
             count: 0,
             until: now,
             locked: false,
+            busy: false,
         });
+        s.busy = false;
         if s.locked || s.until + FORGET_AFTER <= now {
             // A lock that ran out (or a long pause) starts over.
             s.count = 0;
@@ -129,11 +199,6 @@ impl Failures {
             s.until = now + delay;
             AuthResult::Delay(secs_left(s.until, now))
         }
-    }
-
-    /// `user` authenticated: the count starts over.
-    pub fn succeeded(&self, user: &str) {
-        self.lock().remove(user);
     }
 }
 
@@ -192,27 +257,44 @@ mod tests {
         let t = Instant::now();
         let s = Duration::from_secs;
         let f = Failures::new(s(1), 4, s(300));
-        assert_eq!(f.gate("u", t), None);
-        assert_eq!(f.failed("u", t), AuthResult::Delay(1));
-        assert_eq!(f.gate("u", t), Some(AuthResult::Delay(1)));
+        let fail = |t| f.begin("u", t).unwrap().failed(t);
+        assert_eq!(fail(t), AuthResult::Delay(1));
+        assert_eq!(f.begin("u", t).unwrap_err(), AuthResult::Delay(1));
         let t = t + s(1);
-        assert_eq!(f.gate("u", t), None);
-        assert_eq!(f.failed("u", t), AuthResult::Delay(2));
+        assert_eq!(fail(t), AuthResult::Delay(2));
         let t = t + s(2);
-        assert_eq!(f.failed("u", t), AuthResult::Delay(4));
+        assert_eq!(fail(t), AuthResult::Delay(4));
         let t = t + s(4);
-        assert_eq!(f.failed("u", t), AuthResult::Locked(300));
-        assert_eq!(f.gate("u", t + s(100)), Some(AuthResult::Locked(200)));
-        assert_eq!(f.gate("other", t), None, "per user");
-        let t = t + s(300);
-        assert_eq!(f.gate("u", t), None);
+        assert_eq!(fail(t), AuthResult::Locked(300));
         assert_eq!(
-            f.failed("u", t),
-            AuthResult::Delay(1),
-            "after a lock: afresh"
+            f.begin("u", t + s(100)).unwrap_err(),
+            AuthResult::Locked(200)
         );
-        f.succeeded("u");
-        assert_eq!(f.gate("u", t), None);
+        assert!(f.begin("other", t).is_ok(), "per user");
+        let t = t + s(300);
+        assert_eq!(fail(t), AuthResult::Delay(1), "after a lock: afresh");
+        let t = t + s(1);
+        f.begin("u", t).unwrap().succeeded();
+        assert_eq!(fail(t), AuthResult::Delay(1), "a success starts over");
+    }
+
+    #[test]
+    fn parallel_attempts_are_checked_one_at_a_time() {
+        let t = Instant::now();
+        let f = Failures::new(Duration::from_secs(1), 4, Duration::from_secs(300));
+        let first = f.begin("u", t).unwrap();
+        assert_eq!(
+            f.begin("u", t).unwrap_err(),
+            AuthResult::Delay(1),
+            "in flight"
+        );
+        drop(first);
+        assert!(
+            f.lock().is_empty(),
+            "an attempt that counted nothing leaves nothing"
+        );
+        let first = f.begin("u", t).unwrap();
+        assert_eq!(first.failed(t), AuthResult::Delay(1));
     }
 
     #[test]

@@ -47,20 +47,27 @@ pub enum CsrError {
     Subject,
 }
 
-/// The DER of a CSR sent as PEM or Base64 DER.
-fn der_of(text: &str) -> Option<Vec<u8>> {
+/// The DER of an object sent as PEM (the first block) or as Base64 DER,
+/// read leniently: line breaks and other white space are dropped, and a
+/// space is read as `+` (a client that did not escape `+` in a form value
+/// sent a space).
+pub fn der_of(text: &str) -> Option<Vec<u8>> {
     let text = text.trim();
-    let body: String = if text.starts_with("-----BEGIN") {
-        let start = text.find('\n')?;
-        let end = text.rfind("-----END")?;
-        text.get(start..end)?
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect()
-    } else {
-        text.chars().filter(|c| !c.is_whitespace()).collect()
+    let body = match text.find("-----BEGIN") {
+        Some(begin) => {
+            let after = &text[begin..];
+            let start = after.find('\n')?;
+            let end = after.find("-----END")?;
+            after.get(start..end)?
+        }
+        None => text,
     };
-    base64::engine::general_purpose::STANDARD.decode(body).ok()
+    let b64: String = body
+        .chars()
+        .filter(|c| !matches!(c, '\n' | '\r' | '\t'))
+        .map(|c| if c == ' ' { '+' } else { c })
+        .collect();
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
 }
 
 /// Checks `csr`: its public key (DER `SubjectPublicKeyInfo`).

@@ -40,13 +40,19 @@ use crate::ca::LoadedCa;
 use crate::login::password;
 use crate::store::{CaStore, KeyTalkStore, UserStore};
 use answer::{Answer, ERR_DIGEST, ERR_PROTOCOL, ERR_RESOLVED_IP, ERR_TIME_OUT_OF_SYNC};
-use config::{CredentialType, KeyTalkConfig, Service};
-use credentials::{AuthResult, Failures};
+use config::{KeyTalkConfig, Service};
+use credentials::{Attempt, AuthResult, Failures};
 use oob::{Download, Downloads};
 use params::Params;
 use phase::{Action, Phase};
 use session::{Pending, Session, Sessions};
 use version::Version;
+
+/// Longest `USERID` and `HWSIG` accepted (bytes).
+pub const MAX_FIELD: usize = 256;
+
+/// Certificates one session may have issued.
+pub const MAX_CERTIFICATES_PER_SESSION: u32 = 8;
 
 /// What the KeyTalk service needs of the store.
 pub trait KeyTalkBackend: UserStore + KeyTalkStore + CaStore {}
@@ -76,7 +82,6 @@ impl Now {
 }
 
 /// One RCDP request, parsed.
-#[derive(Debug)]
 pub struct RcdpRequest<'a> {
     /// The version in the path (`2.4.1`).
     pub version: &'a str,
@@ -86,6 +91,17 @@ pub struct RcdpRequest<'a> {
     pub params: Params,
     /// The session id from the `Cookie` header.
     pub sid: Option<String>,
+}
+
+impl std::fmt::Debug for RcdpRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The session id is a secret; parameters show their names only.
+        f.debug_struct("RcdpRequest")
+            .field("version", &self.version)
+            .field("action", &self.action)
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One RCDP answer and the session cookie to send with it.
@@ -125,7 +141,12 @@ pub struct KeyTalk {
     downloads: Downloads,
     failures: Failures,
     stats: KeyTalkStats,
+    resolver: Resolver,
 }
+
+/// Resolves a service URI's host to its addresses (text form), for the
+/// `resolved` check.
+pub type Resolver = Box<dyn Fn(&str) -> Vec<String> + Send + Sync>;
 
 impl std::fmt::Debug for KeyTalk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -174,7 +195,15 @@ impl KeyTalk {
             store,
             ca,
             stats: KeyTalkStats::default(),
+            resolver: Box::new(resolve),
         }
+    }
+
+    /// Resolves service URIs with `resolver` instead of the system's
+    /// resolver (blocking, run on the pool).
+    pub fn with_resolver(mut self, resolver: Resolver) -> KeyTalk {
+        self.resolver = resolver;
+        self
     }
 
     /// The policy and services.
@@ -377,7 +406,7 @@ impl KeyTalk {
                     })
                     .filter_map(|ip| ip.as_str().map(|s| s.trim_matches(['[', ']']).to_owned()))
                     .collect();
-                let ours = resolve(uri);
+                let ours = (self.resolver)(uri);
                 theirs.iter().any(|ip| ours.iter().any(|o| o == ip))
             });
             if !ok {
@@ -417,10 +446,9 @@ impl KeyTalk {
             Ok(s) => s,
             Err(a) => return (a, true),
         };
-        session.service = Some(service.name().to_owned());
-        let missing = credentials::missing(service, |name| params.non_empty(name).is_some());
-        let answering_challenge = matches!(session.pending, Pending::Challenge(_))
+        let answering_challenge = matches!(session.pending, Pending::Challenge { .. })
             && params.non_empty("responses").is_some();
+        let missing = credentials::missing(service, |name| params.non_empty(name).is_some());
         if !missing.is_empty() && !answering_challenge {
             return (
                 Answer::error(
@@ -434,20 +462,40 @@ impl KeyTalk {
             return (a, true);
         }
         let user = match (&session.pending, params.non_empty("USERID")) {
-            (Pending::Challenge(u), None) => u.clone(),
+            (Pending::Challenge { user, .. }, None) => user.clone(),
             (_, Some(u)) => u.to_owned(),
             (_, None) => return (Answer::error(ERR_PROTOCOL, "USERID is required"), true),
         };
-        let result = self.authenticate(session, service, &user, params, now);
+        let hwsig = credentials::wants_hwsig(service)
+            .then(|| credentials::normalize_hwsig(params.get("HWSIG").unwrap_or("")));
+        if user.len() > MAX_FIELD || hwsig.as_ref().is_some_and(|h| h.len() > MAX_FIELD) {
+            return (
+                Answer::error(
+                    ERR_PROTOCOL,
+                    format!("USERID and HWSIG: at most {MAX_FIELD} bytes"),
+                ),
+                true,
+            );
+        }
+        session.service = Some(service.name().to_owned());
+        let result = self.authenticate(session, service, &user, hwsig, params, now);
         let keep = !matches!(result, AuthResult::Locked(_));
         (auth_answer(&result, session.version), keep)
     }
 
-    fn fail(&self, session: &mut Session, user: &str, now: Now) -> AuthResult {
+    /// A failed attempt: nothing half done stays in the session.
+    fn fail(
+        &self,
+        session: &mut Session,
+        attempt: Attempt<'_>,
+        user: &str,
+        now: Now,
+    ) -> AuthResult {
         session.pending = Pending::None;
+        session.device = None;
         self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
         tracing::info!(user, "keytalk: authentication failed");
-        self.failures.failed(user, now.instant)
+        attempt.failed(now.instant)
     }
 
     fn authenticate(
@@ -455,16 +503,26 @@ impl KeyTalk {
         session: &mut Session,
         service: &Service,
         user: &str,
+        hwsig: Option<String>,
         params: &Params,
         now: Now,
     ) -> AuthResult {
-        if let Some(held) = self.failures.gate(user, now.instant) {
-            return held;
-        }
+        let attempt = match self.failures.begin(user, now.instant) {
+            Ok(a) => a,
+            Err(held) => return held,
+        };
         let domain = &self.config.domain;
         // The challenge step: the password was checked in the previous
-        // round; now its answer (as PASSWD, or the first of `responses`).
-        if session.pending == Pending::Challenge(user.to_owned()) {
+        // round, for this user and this service; now its answer (as
+        // PASSWD, or the first of `responses`).
+        if let Pending::Challenge {
+            user: u,
+            service: s,
+            hwsig: first,
+        } = &session.pending
+            && u == user
+        {
+            let (same_service, first) = (s == service.name(), first.clone());
             let answer = params
                 .get("responses")
                 .and_then(params::responses)
@@ -472,10 +530,10 @@ impl KeyTalk {
                 .or_else(|| params.get("PASSWD").map(str::to_owned))
                 .unwrap_or_default();
             let answer = Zeroizing::new(answer);
-            if !credentials::challenge_answered(service, &answer) {
-                return self.fail(session, user, now);
+            if !same_service || !credentials::challenge_answered(service, &answer) {
+                return self.fail(session, attempt, user, now);
             }
-            return self.authenticated(session, service, user, now);
+            return self.authenticated(session, service, user, first, attempt, now);
         }
         let given = Zeroizing::new(params.get("PASSWD").unwrap_or("").to_owned());
         let record = match self.store.user(domain, user) {
@@ -489,29 +547,74 @@ impl KeyTalk {
             .as_ref()
             .map_or(password::decoy(), |r| &r.password_hash);
         let password_ok = password::verify(hash, given.as_bytes()) && record.is_some();
-        let member = password_ok
-            && self
-                .store
-                .is_member(domain, user, service.name())
-                .unwrap_or(false);
-        if !member {
-            return self.fail(session, user, now);
+        if !password_ok
+            || !self.member(user, service)
+            || hwsig.as_ref().is_some_and(String::is_empty)
+        {
+            return self.fail(session, attempt, user, now);
         }
-        if credentials::wants_hwsig(service) {
-            let hwsig = credentials::normalize_hwsig(params.get("HWSIG").unwrap_or(""));
-            let registered = self
+        if self.expired(user, now) {
+            // The count stays; only a changed password clears it.
+            session.pending = Pending::Expired(user.to_owned());
+            return AuthResult::Expired;
+        }
+        if let Some(c) = &service.config.challenge {
+            session.pending = Pending::Challenge {
+                user: user.to_owned(),
+                service: service.name().to_owned(),
+                hwsig,
+            };
+            return AuthResult::Challenge(c.name.clone(), c.prompt.clone());
+        }
+        self.authenticated(session, service, user, hwsig, attempt, now)
+    }
+
+    fn member(&self, user: &str, service: &Service) -> bool {
+        self.store
+            .is_member(&self.config.domain, user, service.name())
+            .unwrap_or(false)
+    }
+
+    /// Seconds the user's password stays valid (-1: forever), or `None`
+    /// when it has expired (or cannot be read).
+    fn validity(&self, user: &str, now: Now) -> Option<i64> {
+        match self.store.password_expiry(&self.config.domain, user) {
+            Ok(expires) => credentials::validity(expires, now.unix_ms),
+            Err(_) => None,
+        }
+    }
+
+    fn expired(&self, user: &str, now: Now) -> bool {
+        self.validity(user, now).is_none()
+    }
+
+    /// Every check passed but the device's: registers it on first use
+    /// (only now, so a password alone never claims a device), checks it,
+    /// and opens the service.
+    fn authenticated(
+        &self,
+        session: &mut Session,
+        service: &Service,
+        user: &str,
+        hwsig: Option<String>,
+        attempt: Attempt<'_>,
+        now: Now,
+    ) -> AuthResult {
+        if !self.member(user, service) {
+            return self.fail(session, attempt, user, now);
+        }
+        if let Some(hwsig) = &hwsig {
+            match self
                 .store
-                .register_device(domain, user, service.name(), &hwsig);
-            match registered {
-                Ok(r) if credentials::same_hwsig(&r, &hwsig) => {
-                    session.device = Some(hwsig);
-                }
+                .register_device(&self.config.domain, user, service.name(), hwsig)
+            {
+                Ok(r) if credentials::same_hwsig(&r, hwsig) => {}
                 Ok(_) => {
                     tracing::info!(
                         user,
                         "keytalk: device signature differs from the registered one"
                     );
-                    return self.fail(session, user, now);
+                    return self.fail(session, attempt, user, now);
                 }
                 Err(e) => {
                     tracing::error!("keytalk: device store: {e}");
@@ -519,40 +622,17 @@ impl KeyTalk {
                 }
             }
         }
-        self.failures.succeeded(user);
-        let expires = self.store.password_expiry(domain, user).ok().flatten();
-        if credentials::validity(expires, now.unix_ms).is_none() {
-            session.pending = Pending::Expired(user.to_owned());
-            return AuthResult::Expired;
-        }
-        if let Some(c) = &service.config.challenge {
-            session.pending = Pending::Challenge(user.to_owned());
-            return AuthResult::Challenge(c.name.clone(), c.prompt.clone());
-        }
-        self.authenticated(session, service, user, now)
-    }
-
-    fn authenticated(
-        &self,
-        session: &mut Session,
-        service: &Service,
-        user: &str,
-        now: Now,
-    ) -> AuthResult {
-        self.failures.succeeded(user);
-        let expires = self
-            .store
-            .password_expiry(&self.config.domain, user)
-            .ok()
-            .flatten();
-        let Some(validity) = credentials::validity(expires, now.unix_ms) else {
+        let Some(validity) = self.validity(user, now) else {
             session.pending = Pending::Expired(user.to_owned());
             return AuthResult::Expired;
         };
+        attempt.succeeded();
         session.phase = Phase::Authenticated;
         session.pending = Pending::None;
         session.user = Some(user.to_owned());
         session.service = Some(service.name().to_owned());
+        session.device = hwsig;
+        session.certificates = 0;
         AuthResult::Ok(validity)
     }
 
@@ -577,6 +657,12 @@ impl KeyTalk {
                 true,
             );
         };
+        if new.len() > 1024 {
+            return (
+                Answer::error(ERR_PROTOCOL, "new-password: at most 1024 bytes"),
+                true,
+            );
+        }
         let (old, new) = (
             Zeroizing::new(old.to_owned()),
             Zeroizing::new(new.to_owned()),
@@ -594,9 +680,10 @@ impl KeyTalk {
         new: &str,
         now: Now,
     ) -> AuthResult {
-        if let Some(held) = self.failures.gate(user, now.instant) {
-            return held;
-        }
+        let attempt = match self.failures.begin(user, now.instant) {
+            Ok(a) => a,
+            Err(held) => return held,
+        };
         let domain = &self.config.domain;
         let ok = self
             .store
@@ -605,10 +692,10 @@ impl KeyTalk {
             .flatten()
             .is_some_and(|r| password::verify(&r.password_hash, old.as_bytes()));
         if !ok {
-            let pending = session.pending.clone();
-            let r = self.fail(session, user, now);
-            session.pending = pending;
-            return r;
+            // The session stays where it was (expired or authenticated).
+            self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(user, "keytalk: change-password with a wrong old password");
+            return attempt.failed(now.instant);
         }
         if new.chars().count() < self.config.min_password_length || new == old {
             // Not a failure of the user's: retry at once.
@@ -627,7 +714,7 @@ impl KeyTalk {
             Ok(true) => {}
             _ => return AuthResult::Delay(1),
         }
-        self.failures.succeeded(user);
+        attempt.succeeded();
         tracing::info!(user, "keytalk: password changed");
         // The user authenticates again with the new password.
         session.phase = Phase::Connected;
@@ -724,7 +811,5 @@ fn resolve(uri: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// `CredentialType`'s wire names, for the public list.
-pub fn credential_names(types: &[CredentialType]) -> Vec<&'static str> {
-    types.iter().map(|t| t.as_str()).collect()
-}
+#[cfg(test)]
+mod tests;

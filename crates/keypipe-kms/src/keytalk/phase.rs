@@ -82,11 +82,6 @@ impl Action {
         }
     }
 
-    /// True when the call needs no session.
-    pub fn sessionless(self) -> bool {
-        matches!(self, Action::Hello | Action::Eoc | Action::Error)
-    }
-
     /// True when a session in `phase` may make this call.
     pub fn allowed_in(self, phase: Phase) -> bool {
         match self {

@@ -85,18 +85,8 @@ fn certificate_service<'k>(
     kt: &'k KeyTalk,
     params: &Params,
 ) -> Result<&'k super::config::Service, String> {
-    use base64::Engine;
     let pem = params.non_empty("cert").ok_or("cert is required")?;
-    let body: String = pem
-        .lines()
-        .map(str::trim)
-        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .map_err(|_| "cert: not a PEM certificate")?;
+    let der = super::csr::der_of(pem).ok_or("cert: not a PEM certificate")?;
     let serial = kt
         .ca
         .verify_enrolled(&der, time::OffsetDateTime::now_utc())

@@ -25,8 +25,17 @@ pub enum Pending {
     /// The user's password was right but has expired: only
     /// `change-password` for this user.
     Expired(String),
-    /// The user's password was right; the challenge's answer is due.
-    Challenge(String),
+    /// The user's password (and membership) was right for `service`;
+    /// the challenge's answer is due, from the same user for the same
+    /// service. `hwsig`: the device signature sent with the password.
+    Challenge {
+        /// The user.
+        user: String,
+        /// The service.
+        service: String,
+        /// The device's signature, when the service asks for one.
+        hwsig: Option<String>,
+    },
 }
 
 /// The state of one session.
@@ -44,6 +53,8 @@ pub struct Session {
     pub device: Option<String>,
     /// Authentication in progress.
     pub pending: Pending,
+    /// Certificates issued in this session.
+    pub certificates: u32,
     created: Instant,
     last: Instant,
 }
@@ -106,12 +117,7 @@ impl Sessions {
         }
         let mut map = self.lock();
         if map.len() >= self.capacity {
-            map.retain(|_, s| self.live(s, now));
-            if map.len() >= self.capacity
-                && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.last).map(|(k, _)| *k)
-            {
-                map.remove(&oldest);
-            }
+            self.make_room(&mut map, now);
         }
         map.insert(
             key(&sid),
@@ -122,11 +128,36 @@ impl Sessions {
                 user: None,
                 device: None,
                 pending: Pending::None,
+                certificates: 0,
                 created: now,
                 last: now,
             },
         );
         Some(sid)
+    }
+
+    /// A full table: drops the expired sessions, then the oldest 1/64 of
+    /// those not authenticated (a flood of `hello`s never ends an
+    /// authenticated session, and the scan runs once per 1/64 of the
+    /// table), the oldest of all only when every session is authenticated.
+    fn make_room(&self, map: &mut HashMap<[u8; 32], Session>, now: Instant) {
+        map.retain(|_, s| self.live(s, now));
+        if map.len() < self.capacity {
+            return;
+        }
+        let mut waiting: Vec<([u8; 32], Instant)> = map
+            .iter()
+            .filter(|(_, s)| s.phase != Phase::Authenticated)
+            .map(|(k, s)| (*k, s.last))
+            .collect();
+        if waiting.is_empty() {
+            waiting = map.iter().map(|(k, s)| (*k, s.last)).collect();
+        }
+        let n = (self.capacity / 64).clamp(1, waiting.len());
+        waiting.select_nth_unstable_by_key(n - 1, |(_, last)| *last);
+        for (k, _) in &waiting[..n] {
+            map.remove(k);
+        }
     }
 
     /// A copy of the live session `sid` (its idle time starts over).

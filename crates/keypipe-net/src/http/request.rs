@@ -117,7 +117,8 @@ impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Request")
             .field("method", &self.method)
-            .field("target", &self.target())
+            // The path only: a query may carry credentials.
+            .field("path", &self.path())
             .field("body_len", &self.body.len())
             .finish_non_exhaustive()
     }

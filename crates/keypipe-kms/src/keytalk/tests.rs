@@ -1,0 +1,275 @@
+//! The service without HTTP: a real SQLite store and CA in a temporary
+//! directory, calls made as the adapter makes them.
+
+use std::sync::Arc;
+
+use super::config::{KeyTalkConfig, Service};
+use super::params::Params;
+use super::{KeyTalk, Now, RcdpRequest};
+use crate::ca::Ca;
+use crate::login::password;
+use crate::store::{KeyTalkStore, Store, StoreOptions, UserStore};
+
+fn service(toml: &str) -> Service {
+    Service::new(serde_json::from_value(toml_like(toml)).unwrap()).unwrap()
+}
+
+/// A tiny `key = value` reader for service definitions in these tests
+/// (strings, booleans, string arrays, and `cert.x` keys).
+fn toml_like(text: &str) -> serde_json::Value {
+    let mut root = serde_json::Map::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (k, v) = line.split_once('=').unwrap();
+        let value: serde_json::Value = serde_json::from_str(v.trim()).unwrap();
+        let mut target = &mut root;
+        let mut parts: Vec<&str> = k.trim().split('.').collect();
+        let last = parts.pop().unwrap();
+        for p in parts {
+            target = target
+                .entry(p)
+                .or_insert_with(|| serde_json::json!({}))
+                .as_object_mut()
+                .unwrap();
+        }
+        target.insert(last.into(), value);
+    }
+    serde_json::Value::Object(root)
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<Store>,
+    kt: KeyTalk,
+}
+
+fn fixture(services: Vec<Service>) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open_with_env(&StoreOptions::new(dir.path()), &|_| None).unwrap());
+    Ca::new(store.as_ref()).init("test").unwrap();
+    let ca = Ca::new(store.as_ref()).load().unwrap();
+    let config = KeyTalkConfig {
+        services,
+        failure_delay: std::time::Duration::ZERO,
+        ..KeyTalkConfig::default()
+    };
+    let kt = KeyTalk::new(config, Arc::clone(&store) as _, ca).with_resolver(Box::new(|uri| {
+        if uri.contains("app.example") {
+            vec!["192.0.2.7".into()]
+        } else {
+            Vec::new()
+        }
+    }));
+    Fixture {
+        _dir: dir,
+        store,
+        kt,
+    }
+}
+
+impl Fixture {
+    fn user(&self, name: &str, pw: &str, services: &[&str]) {
+        self.store
+            .add_user("keytalk", name, &password::hash(pw.as_bytes()).unwrap())
+            .unwrap();
+        for s in services {
+            self.store.add_membership("keytalk", name, s).unwrap();
+        }
+    }
+
+    /// A session after hello and handshake.
+    fn session(&self) -> String {
+        let reply = self.call(None, "hello", "");
+        let sid = reply.1.unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let utc = super::params::format_utc(now).replace('+', "%2B");
+        assert_eq!(
+            self.call(Some(&sid), "handshake", &format!("caller-utc={utc}"))
+                .0["status"],
+            "handshake"
+        );
+        sid
+    }
+
+    fn call(
+        &self,
+        sid: Option<&str>,
+        action: &str,
+        query: &str,
+    ) -> (serde_json::Value, Option<String>) {
+        let reply = self.kt.rcdp(
+            RcdpRequest {
+                version: "2.4.1",
+                action,
+                params: Params::parse(query.as_bytes(), b""),
+                sid: sid.map(str::to_owned),
+            },
+            Now::current(),
+        );
+        let body = serde_json::from_slice(&reply.answer.to_body()).unwrap();
+        (body, reply.sid.map(|s| s.as_str().to_owned()))
+    }
+
+    fn auth(&self, sid: &str, query: &str) -> String {
+        let v = self.call(Some(sid), "authentication", query).0;
+        v["auth-status"]
+            .as_str()
+            .or(v["status"].as_str())
+            .unwrap()
+            .to_owned()
+    }
+}
+
+#[test]
+fn resolved_addresses_and_digests_are_checked() {
+    let uri = "https://app.example/login";
+    let digest = "ab".repeat(32);
+    let f = fixture(vec![service(&format!(
+        r#"name = "URIS"
+        service_uris = ["{uri}"]
+        resolve_service_uris = true
+        calc_service_uris_digest = true
+        uri_digests = {{"{uri}": "{digest}"}}"#
+    ))]);
+    f.user("u", "correct horse", &["URIS"]);
+    let sid = f.session();
+    let req = f.call(Some(&sid), "auth-requirements", "service=URIS").0;
+    assert_eq!(req["resolve-service-uris"], "true");
+    assert_eq!(req["calc-service-uris-digest"], "true");
+    let enc = |s: &str| {
+        s.replace('%', "%25")
+            .replace('&', "%26")
+            .replace('+', "%2B")
+            .replace('#', "%23")
+    };
+    let resolved = |ip: &str| enc(&format!(r#"[{{"uri":"{uri}","ips":["{ip}"]}}]"#));
+    let digests = |d: &str| enc(&format!(r#"[{{"uri":"{uri}","digest":"{d}"}}]"#));
+    let creds = "service=URIS&USERID=u&PASSWD=correct+horse";
+    let v = f
+        .call(
+            Some(&sid),
+            "authentication",
+            &format!(
+                "{creds}&resolved={}&digests={}",
+                resolved("198.51.100.1"),
+                digests(&digest)
+            ),
+        )
+        .0;
+    assert_eq!(v["code"], 1001, "{v}");
+    let v = f
+        .call(
+            Some(&sid),
+            "authentication",
+            &format!(
+                "{creds}&resolved={}&digests={}",
+                resolved("192.0.2.7"),
+                digests(&"cd".repeat(32))
+            ),
+        )
+        .0;
+    assert_eq!(v["code"], 1002, "{v}");
+    let upper = digest.to_uppercase();
+    let ok = f.auth(
+        &sid,
+        &format!(
+            "{creds}&resolved={}&digests={}",
+            resolved("[192.0.2.7]"),
+            digests(&upper)
+        ),
+    );
+    assert_eq!(ok, "OK");
+}
+
+#[test]
+fn a_challenge_answered_for_another_service_or_user_fails_and_claims_no_device() {
+    let f = fixture(vec![
+        service(&format!(
+            r#"name = "A"
+            credential_types = ["USERID", "PASSWD", "HWSIG"]
+            hwsig_formula = "1"
+            challenge = {{"prompt": "code?", "response_hash": "{}"}}"#,
+            password::hash(b"111").unwrap()
+        )),
+        service(&format!(
+            r#"name = "B"
+            challenge = {{"prompt": "code?", "response_hash": "{}"}}"#,
+            password::hash(b"222").unwrap()
+        )),
+    ]);
+    f.user("alice", "correct horse", &["A"]);
+    f.user("bob", "correct horse", &["B"]);
+    let sid = f.session();
+    let first = "service=A&USERID=alice&PASSWD=correct+horse&HWSIG=CS-1";
+    assert_eq!(f.auth(&sid, first), "CHALLENGE");
+    assert!(
+        f.store.devices().unwrap().is_empty(),
+        "no device before the challenge is answered"
+    );
+    // B's answer, for B (which alice is no member of): refused.
+    assert_eq!(f.auth(&sid, "service=B&USERID=alice&PASSWD=222"), "DELAY");
+    assert_eq!(f.call(Some(&sid), "last-messages", "").0["status"], "error");
+    // Another user answering alice's challenge: refused.
+    assert_eq!(f.auth(&sid, first), "CHALLENGE");
+    assert_eq!(
+        f.auth(&sid, "service=A&USERID=bob&PASSWD=111&HWSIG=CS-1"),
+        "DELAY"
+    );
+    // A wrong answer, then the password again and the right answer.
+    assert_eq!(f.auth(&sid, first), "CHALLENGE");
+    assert_eq!(
+        f.auth(&sid, "service=A&USERID=alice&PASSWD=000&HWSIG=CS-1"),
+        "DELAY"
+    );
+    assert!(f.store.devices().unwrap().is_empty());
+    assert_eq!(f.auth(&sid, first), "CHALLENGE");
+    assert_eq!(
+        f.auth(&sid, "service=A&USERID=alice&PASSWD=111&HWSIG=CS-1"),
+        "OK"
+    );
+    let devices = f.store.devices().unwrap();
+    assert_eq!((devices.len(), devices[0].hwsig.as_str()), (1, "CS-1"));
+}
+
+#[test]
+fn oversized_names_and_empty_device_signatures_are_refused_unchecked() {
+    let f = fixture(vec![service(
+        r#"name = "HW"
+        credential_types = ["USERID", "PASSWD", "HWSIG"]
+        hwsig_formula = "1""#,
+    )]);
+    f.user("u", "correct horse", &["HW"]);
+    let sid = f.session();
+    let long = "x".repeat(super::MAX_FIELD + 1);
+    let v = f
+        .call(
+            Some(&sid),
+            "authentication",
+            &format!("service=HW&USERID={long}&PASSWD=a&HWSIG=CS-1"),
+        )
+        .0;
+    assert_eq!(v["status"], "error");
+    assert_eq!(
+        f.auth(&sid, "service=HW&USERID=u&PASSWD=correct+horse&HWSIG=+"),
+        "DELAY"
+    );
+    assert!(f.store.devices().unwrap().is_empty());
+}
+
+#[test]
+fn a_session_issues_a_bounded_number_of_certificates() {
+    let f = fixture(vec![service(
+        r#"name = "S"
+        cert.key_type = "p256""#,
+    )]);
+    f.user("u", "correct horse", &["S"]);
+    let sid = f.session();
+    assert_eq!(
+        f.auth(&sid, "service=S&USERID=u&PASSWD=correct+horse"),
+        "OK"
+    );
+    for _ in 0..super::MAX_CERTIFICATES_PER_SESSION {
+        assert_eq!(f.call(Some(&sid), "cert", "format=P12").0["status"], "cert");
+    }
+    let v = f.call(Some(&sid), "cert", "format=P12").0;
+    assert_eq!(v["status"], "error", "{v}");
+}
