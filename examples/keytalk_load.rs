@@ -29,9 +29,13 @@ struct Args {
     /// The CA bundle (PEM) the listener's certificate chains to.
     #[arg(long)]
     ca: std::path::PathBuf,
-    /// The user.
+    /// The user; with `--users N`, client `i` is `{user}{i % N}`.
     #[arg(long)]
     user: String,
+    /// Users to spread the clients over (each user's attempts are checked
+    /// one at a time, so parallel clients need users of their own).
+    #[arg(long, default_value_t = 0)]
+    users: usize,
     /// Its password.
     #[arg(long)]
     password: String,
@@ -130,7 +134,7 @@ impl Client {
     }
 }
 
-fn enrol(c: &mut Client, args: &Args, csr: Option<&str>) -> Result<(), String> {
+fn enrol(c: &mut Client, args: &Args, user: &str, csr: Option<&str>) -> Result<(), String> {
     c.cookie = None;
     c.call("hello", "")?;
     let now = time::OffsetDateTime::now_utc();
@@ -153,7 +157,7 @@ fn enrol(c: &mut Client, args: &Args, csr: Option<&str>) -> Result<(), String> {
         &format!(
             "service={}&USERID={}&PASSWD={}",
             enc(&args.service),
-            enc(&args.user),
+            enc(user),
             enc(&args.password)
         ),
     )?;
@@ -169,6 +173,29 @@ fn enrol(c: &mut Client, args: &Args, csr: Option<&str>) -> Result<(), String> {
         return Err(format!("cert: {v}"));
     }
     Ok(())
+}
+
+/// An RSA-2048 CSR for `user` of `service` (the default profile's
+/// subject: O=keypipe demo, OU=service, CN=user).
+fn make_csr(service: &str, user: &str) -> String {
+    let key = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        .expect("an RSA key");
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "keypipe demo");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationalUnitName, service);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, user);
+    params
+        .serialize_request(&key)
+        .expect("a CSR")
+        .pem()
+        .expect("PEM")
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -231,27 +258,17 @@ fn main() {
         .with_root_certificates(roots)
         .with_no_client_auth(),
     );
-    let csr = args.csr.then(|| {
-        let key =
-            rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
-                .expect("an RSA key");
-        let mut params = rcgen::CertificateParams::default();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::OrganizationName, "keypipe demo");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::OrganizationalUnitName, args.service.as_str());
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, args.user.as_str());
-        params
-            .serialize_request(&key)
-            .expect("a CSR")
-            .pem()
-            .expect("PEM")
-    });
+    let user_of = |i: usize| {
+        if args.users > 0 {
+            format!("{}{}", args.user, i % args.users)
+        } else {
+            args.user.clone()
+        }
+    };
+    // One RSA-2048 CSR per user, made before the clock starts.
+    let csrs: Vec<Option<String>> = (0..args.clients)
+        .map(|i| args.csr.then(|| make_csr(&args.service, &user_of(i))))
+        .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let probe = args.healthz.map(|addr| {
         let stop = Arc::clone(&stop);
@@ -260,8 +277,9 @@ fn main() {
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.secs);
     let workers: Vec<_> = (0..args.clients)
-        .map(|_| {
-            let (args, config, csr) = (Arc::clone(&args), Arc::clone(&config), csr.clone());
+        .map(|i| {
+            let (args, config, csr) = (Arc::clone(&args), Arc::clone(&config), csrs[i].clone());
+            let user = user_of(i);
             std::thread::spawn(move || {
                 let mut c = Client {
                     addr: args.rcdp,
@@ -274,7 +292,7 @@ fn main() {
                 let mut errors = 0u64;
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    match enrol(&mut c, &args, csr.as_deref()) {
+                    match enrol(&mut c, &args, &user, csr.as_deref()) {
                         Ok(()) => times.push(t.elapsed()),
                         Err(e) => {
                             errors += 1;

@@ -49,11 +49,13 @@ serve = ["keytalk"]
 listen = "127.0.0.1:$rcdp"
 ca_listen = "127.0.0.1:$plain"
 TOML
-echo 'correct horse' | "$bin" user add --data-dir "$work/data" --domain keytalk --name alice --service DEMO --service RSA >/dev/null
+for i in $(seq 0 $((clients - 1))); do
+    echo 'correct horse' | "$bin" user add --data-dir "$work/data" --domain keytalk --name "alice$i" --service DEMO --service RSA >/dev/null
+done
 KEYPIPE_LOG=warn "$bin" serve --config "$work/kt.toml" --data-dir "$work/data" >/dev/null &
 server=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$plain/ca/1.0.0/primary" -o "$work/ca.pem" && break; sleep 0.1; done
-common=(--rcdp "127.0.0.1:$rcdp" --ca "$work/ca.pem" --user alice --password 'correct horse' --secs "$secs")
+common=(--rcdp "127.0.0.1:$rcdp" --ca "$work/ca.pem" --user alice --users "$clients" --password 'correct horse' --secs "$secs")
 echo "== baseline: /healthz alone"
 "$load" "${common[@]}" --clients 0 --healthz "127.0.0.1:$main" | tee "$work/base"
 echo "== P-256, server keygen, keep-alive"

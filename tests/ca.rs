@@ -21,17 +21,7 @@ fn keypipe_ca(dir: &Path, args: &[&str]) -> std::process::Output {
 }
 
 fn openssl(args: &[&str]) -> String {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "openssl {args:?}: {text}");
-    text
+    support::openssl_output(args)
 }
 
 #[test]

@@ -16,17 +16,7 @@ use support::keytalk_clients::{
     CertOptions, Creds, CsrDigest, CsrKey, CsrSpec, Enrolment, Family, Format, Session,
     fetch_plain, public_api,
 };
-
-fn require(tool: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "these tests need `{tool}` (scripts/test-deps.sh installs it)"
-    );
-}
+use support::{openssl_output, require};
 
 fn creds(service: &str, user: &str, password: &str) -> Creds {
     Creds {
@@ -46,18 +36,6 @@ fn openssl(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs `openssl args…`: its stdout and stderr; panics on failure.
-fn openssl_all(args: &[&str]) -> String {
-    let out = Command::new("openssl").args(args).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "openssl {args:?}: {text}");
-    text
 }
 
 /// True when `openssl args…` succeeds.
@@ -98,7 +76,7 @@ fn open_package(dir: &Path, tag: &str, e: &Enrolment, chain: bool) -> (String, S
     assert_eq!(e.passphrase.len(), 30);
     let (certs, key) = match (e.format, &e.csr_key_pem) {
         (Format::P12, _) => {
-            let info = openssl_all(&["pkcs12", "-in", f, "-passin", &pass, "-info", "-nodes"]);
+            let info = openssl_output(&["pkcs12", "-in", f, "-passin", &pass, "-info", "-nodes"]);
             let all = openssl(&["pkcs12", "-in", f, "-passin", &pass, "-nodes"]);
             assert!(info.contains("friendlyName"), "{info}");
             assert!(

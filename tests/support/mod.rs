@@ -696,3 +696,31 @@ pub fn non_loopback_ip() -> std::net::IpAddr {
     );
     ip
 }
+
+/// Runs `openssl args…`: its standard output and error; panics naming
+/// both when it fails.
+pub fn openssl_output(args: &[&str]) -> String {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl (scripts/test-deps.sh installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "openssl {args:?}: {text}");
+    text
+}
+
+/// Fails (never skips) when `tool` is not on PATH.
+pub fn require(tool: &str) {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "these tests need `{tool}` (scripts/test-deps.sh installs it)"
+    );
+}

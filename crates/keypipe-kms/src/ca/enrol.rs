@@ -7,13 +7,13 @@
 
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa,
-    KeyUsagePurpose, SanType,
+    KeyUsagePurpose,
 };
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
 
 use super::hierarchy::{BACKDATE, Hierarchy};
-use super::leaf::{millis, set_serial, sign};
+use super::leaf::{millis, san_types, set_serial, sign};
 use super::{CaError, KeyType, Role, San};
 use crate::store::{CaStore, Enrolment, IssuedRecord};
 
@@ -263,17 +263,7 @@ impl LoadedCa {
                 ExtKeyUsage::CodeSigning => ExtendedKeyUsagePurpose::CodeSigning,
             })
             .collect();
-        params.subject_alt_names = request
-            .sans
-            .iter()
-            .map(|san| {
-                Ok(match san {
-                    San::Dns(name) => SanType::DnsName(name.clone().try_into()?),
-                    San::Ip(ip) => SanType::IpAddress(*ip),
-                    San::Email(mail) => SanType::Rfc822Name(mail.clone().try_into()?),
-                })
-            })
-            .collect::<Result<_, rcgen::Error>>()?;
+        params.subject_alt_names = san_types(&request.sans)?;
         let now = OffsetDateTime::now_utc();
         let not_after = now + Duration::days(i64::from(request.days));
         params.not_before = now - BACKDATE;

@@ -61,17 +61,7 @@ pub(super) fn issue<S: CaStore + ?Sized>(
     } else {
         ExtendedKeyUsagePurpose::ServerAuth
     }];
-    params.subject_alt_names = request
-        .sans
-        .iter()
-        .map(|san| {
-            Ok(match san {
-                San::Dns(name) => SanType::DnsName(name.clone().try_into()?),
-                San::Ip(ip) => SanType::IpAddress(*ip),
-                San::Email(mail) => SanType::Rfc822Name(mail.clone().try_into()?),
-            })
-        })
-        .collect::<Result<_, rcgen::Error>>()?;
+    params.subject_alt_names = san_types(&request.sans)?;
     let now = OffsetDateTime::now_utc();
     let not_after = now + Duration::days(i64::from(request.days));
     params.not_before = now - BACKDATE;
@@ -152,4 +142,17 @@ fn generate(key_type: KeyType) -> Result<KeyPair, CaError> {
 pub(super) fn millis(t: OffsetDateTime) -> Result<i64, CaError> {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
         .map_err(|_| CaError::Invalid("validity out of range".into()))
+}
+
+/// The SANs as rcgen writes them.
+pub(super) fn san_types(sans: &[San]) -> Result<Vec<SanType>, rcgen::Error> {
+    sans.iter()
+        .map(|san| {
+            Ok(match san {
+                San::Dns(name) => SanType::DnsName(name.clone().try_into()?),
+                San::Ip(ip) => SanType::IpAddress(*ip),
+                San::Email(mail) => SanType::Rfc822Name(mail.clone().try_into()?),
+            })
+        })
+        .collect()
 }
