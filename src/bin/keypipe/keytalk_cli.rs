@@ -92,13 +92,13 @@ pub fn run(store: Store, command: KeyTalkCommand) -> Result<String, String> {
             if format != "P12" && format != "PEM" {
                 return Err("--format: P12 or PEM".into());
             }
-            let bad = |what: &str, v: &str| {
+            // The values go into quoted strings of user.ini and user.yaml.
+            let bad = |v: &str| {
                 v.is_empty()
-                    || v.chars().any(|c| c.is_control() || c == '"' || c == '\\')
                     || v.len() > 256
-                    || what.is_empty()
+                    || v.chars().any(|c| c.is_control() || c == '"' || c == '\\')
             };
-            if bad("service", &service) || bad("server", &server) || bad("provider", &provider) {
+            if bad(&service) || bad(&server) || bad(&provider) {
                 return Err(
                     "--service, --server and --provider: 1 to 256 printable characters, no quotes"
                         .into(),

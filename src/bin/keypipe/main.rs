@@ -181,6 +181,11 @@ fn main() -> ExitCode {
             "keypipe user",
             store.open().and_then(|s| user_cli::run(s, command)),
         ),
+        // Hashing needs no store.
+        Command::Keytalk {
+            command: keytalk_cli::KeyTalkCommand::Hash,
+            ..
+        } => report("keypipe keytalk", user_cli::hash_stdin()),
         Command::Keytalk { store, command } => report(
             "keypipe keytalk",
             store.open().and_then(|s| keytalk_cli::run(s, command)),
