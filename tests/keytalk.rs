@@ -816,6 +816,33 @@ fn csrs_that_differ_from_the_requirements_end_the_session() {
             "{what}: session ended"
         );
     }
+    // A smaller key (RSA-1024, made by openssl: rcgen makes no keys that
+    // small), with the right subject and digest.
+    let dir = tempfile::tempdir().unwrap();
+    let (key, csr) = (dir.path().join("k.pem"), dir.path().join("csr.pem"));
+    openssl_output(&[
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:1024",
+        "-nodes",
+        "-sha256",
+        "-subj",
+        "/O=keypipe test/OU=DEMO/CN=hank/C=NL",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        csr.to_str().unwrap(),
+    ]);
+    let pem = std::fs::read_to_string(&csr).unwrap();
+    let mut s = logged_in(&kt, Family::Cpp2019, "DEMO", "hank", "correct horse");
+    s.csr_requirements().unwrap();
+    let v = s.call("cert", &[("csr", &pem)], true).unwrap();
+    assert_eq!(v, serde_json::json!({"status": "eoc"}), "RSA-1024");
+    assert_eq!(
+        s.call("last-messages", &[], false).unwrap()["status"],
+        "error"
+    );
     // Everyone else (and hank, anew) is still served, CSR included.
     let e = Family::PythonRef
         .enrol(
