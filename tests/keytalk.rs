@@ -227,6 +227,18 @@ fn every_client_family_enrols_in_every_way_it_can() {
                 ["first", "second"],
                 "{tag}: messages oldest first"
             );
+            // Address books from 2.4.1 on, in both spellings; before, none.
+            let answer = e.raw.iter().rev().find(|v| v["status"] == "cert").unwrap();
+            if e.version == "2.4.1" {
+                assert_eq!(answer["apply-address-books"], "true", "{tag}");
+                let book = &answer["address-books"][0];
+                assert_eq!(book["dap-svr-url"], "ldaps://ldap.example.com", "{tag}");
+                assert_eq!(book["ldap_svr_url"], "ldaps://ldap.example.com", "{tag}");
+                assert_eq!(book["search-base"], "ou=people,dc=example,dc=com", "{tag}");
+            } else {
+                assert_eq!(answer["address-books"], serde_json::json!([]), "{tag}");
+                assert_eq!(answer["apply-address-books"], "false", "{tag}");
+            }
             let (leaf, _) = open_package(dir.path(), &tag, &e, asks_chain);
             check_demo_profile(&kt, dir.path(), &leaf, "alice");
             done += 1;
@@ -888,21 +900,24 @@ fn the_public_api_answers_from_the_presented_certificate() {
     require("openssl");
     let kt = KeyTalkServer::start("");
     kt.add_user("ivan", "correct horse", &["DEMO"]);
-    let (status, v) = public_api(
-        &kt.target,
-        "/public/1.0.0/address-book-list",
-        &[("service", "DEMO")],
-        None,
-    );
+    let call = |path: &str, params: &[(&str, &str)]| public_api(&kt.target, path, params, None);
+    let (status, v) = call("/public/1.0.0/address-book-list", &[("service", "DEMO")]);
     assert_eq!(status, 200, "{v}");
-    assert_eq!(v["address-books"], serde_json::json!([]));
-    assert_eq!(v["apply-address-books"], "false");
-    let (status, v) = public_api(
-        &kt.target,
-        "/public/1.0.0/address-book-list",
-        &[("service", "NOPE")],
-        None,
+    assert_eq!(
+        v["address-books"],
+        serde_json::json!([{"ldap_svr_url": "ldaps://ldap.example.com",
+                            "search_base": "ou=people,dc=example,dc=com"}])
     );
+    assert_eq!(v["apply-address-books"], "true");
+    let (_, v) = call("/public/1.0.0/address-book-list", &[("service", "RSA")]);
+    assert_eq!(
+        (
+            v["address-books"].clone(),
+            v["apply-address-books"].as_str()
+        ),
+        (serde_json::json!([]), Some("false"))
+    );
+    let (status, v) = call("/public/1.0.0/address-book-list", &[("service", "NOPE")]);
     assert_eq!((status, v["status"].as_str()), (400, Some("error")));
     let e = Family::Cpp2019
         .enrol(
@@ -915,62 +930,52 @@ fn the_public_api_answers_from_the_presented_certificate() {
         )
         .unwrap();
     let leaf = cert_blocks(std::str::from_utf8(&e.payload).unwrap()).remove(0);
-    let (status, v) = public_api(
-        &kt.target,
+    let (status, v) = call(
         "/public/1.0.0/self-service-availability",
         &[("cert", &leaf)],
-        None,
     );
-    assert_eq!(status, 200, "{v}");
-    assert_eq!(v["available"], "false");
-    let (status, v) = public_api(
-        &kt.target,
-        "/public/1.1.0/smime-cert-enrollment-availability",
-        &[("cert", &leaf)],
-        None,
-    );
-    assert_eq!(status, 200, "{v}");
-    assert_eq!(v["available"], "false");
-    assert!(v["reason"].is_string());
-    // Not in 1.0.0; a certificate of another CA; junk; a revoked one.
     assert_eq!(
-        public_api(
-            &kt.target,
-            "/public/1.0.0/smime-cert-enrollment-availability",
-            &[("cert", &leaf)],
-            None
-        )
-        .0,
-        400
+        (status, v["available"].as_str()),
+        (200, Some("true")),
+        "{v}"
     );
+    let smime = "/public/1.1.0/smime-cert-enrollment-availability";
+    let (status, v) = call(smime, &[("cert", &leaf)]);
+    assert_eq!(
+        (status, v["available"].as_str()),
+        (200, Some("false")),
+        "{v}"
+    );
+    assert!(v["reason"].is_string());
+    // Not in 1.0.0; no certificate at all: 400.
+    let smime_1_0 = "/public/1.0.0/smime-cert-enrollment-availability";
+    assert_eq!(call(smime_1_0, &[("cert", &leaf)]).0, 400);
+    let self_service = "/public/1.2.1/self-service-availability";
+    assert_eq!(call(self_service, &[("cert", "junk")]).0, 400);
+    assert_eq!(call(self_service, &[]).0, 400);
+    // Another CA's certificate: not available, HTTP 200 (the vendor's
+    // server answers its own test with a CA certificate so), with the
+    // reason for S/MIME.
     let other = rcgen::generate_simple_self_signed(vec!["ivan".into()])
         .unwrap()
         .cert
         .pem();
-    let (status, v) = public_api(
-        &kt.target,
-        "/public/1.2.1/self-service-availability",
-        &[("cert", &other)],
-        None,
+    let (status, v) = call(self_service, &[("cert", &other)]);
+    assert_eq!(
+        (status, v["available"].as_str()),
+        (200, Some("false")),
+        "{v}"
     );
-    assert_eq!(status, 400, "{v}");
+    let (status, v) = call(smime, &[("cert", &other)]);
+    assert_eq!(status, 200, "{v}");
     assert!(
-        v["error"]
+        v["reason"]
             .as_str()
             .unwrap()
             .contains("not issued by this CA"),
         "{v}"
     );
-    assert_eq!(
-        public_api(
-            &kt.target,
-            "/public/1.2.1/self-service-availability",
-            &[("cert", "junk")],
-            None
-        )
-        .0,
-        400
-    );
+    // Revoked: no longer available.
     let serial = kt
         .admin(&["ca", "list"])
         .into_iter()
@@ -980,14 +985,14 @@ fn the_public_api_answers_from_the_presented_certificate() {
         .unwrap()
         .to_owned();
     kt.admin(&["ca", "revoke", &serial]);
-    let (status, v) = public_api(
-        &kt.target,
-        "/public/1.2.1/self-service-availability",
-        &[("cert", &leaf)],
-        None,
+    let (status, v) = call(self_service, &[("cert", &leaf)]);
+    assert_eq!(
+        (status, v["available"].as_str()),
+        (200, Some("false")),
+        "{v}"
     );
-    assert_eq!(status, 400, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("revoked"), "{v}");
+    let (_, v) = call(smime, &[("cert", &leaf)]);
+    assert!(v["reason"].as_str().unwrap().contains("revoked"), "{v}");
 }
 
 #[test]

@@ -15,6 +15,9 @@ use super::{HeldPort, ServerProcess};
 pub const SERVICES: &str = r#"
 [[keytalk.service]]
 name = "DEMO"
+self_service = true
+apply_address_books = true
+address_books = [{ ldap_svr_url = "ldaps://ldap.example.com", search_base = "ou=people,dc=example,dc=com" }]
 messages = [
   { text = "second", utc = "2026-02-01T00:00:00Z" },
   { text = "first", utc = "2026-01-01T00:00:00Z" },

@@ -216,9 +216,21 @@ pub(super) fn deliver(
     if version.has_store_to_system() {
         a = a.flag("store-to-system", service.config.store_to_system);
     }
-    // The 5.5 C++ client reads both unconditionally.
+    // The 5.5 C++ client reads both unconditionally: always sent, with
+    // the books from 2.4.1 (the version that has them).
+    let books = version >= super::version::Version::V2_4_1;
     a = a
-        .value("address-books", json!([]))
-        .flag("apply-address-books", false);
+        .value(
+            "address-books",
+            if books {
+                service.address_books(true)
+            } else {
+                json!([])
+            },
+        )
+        .flag(
+            "apply-address-books",
+            books && service.config.apply_address_books,
+        );
     (a, true)
 }

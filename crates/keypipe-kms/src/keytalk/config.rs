@@ -65,6 +65,19 @@ pub struct MessageConfig {
     pub utc: String,
 }
 
+/// An LDAP address book clients may apply (S/MIME recipients).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressBook {
+    /// The LDAP server's URL (`ldap://…`, `ldaps://…`).
+    pub ldap_svr_url: String,
+    /// The search base DN.
+    pub search_base: String,
+    /// PEM of the CA(s) that verify an `ldaps` server, if needed.
+    #[serde(default)]
+    pub verification_ca: Option<String>,
+}
+
 /// The subject of a service's certificates (templates).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -198,6 +211,13 @@ pub struct ServiceConfig {
     /// Public API: that enrolment requires a mobile number.
     #[serde(default)]
     pub mobile_required: bool,
+    /// LDAP address books for the service's users (public API; `cert`
+    /// answers from 2.4.1).
+    #[serde(default)]
+    pub address_books: Vec<AddressBook>,
+    /// Tell clients to apply the address books.
+    #[serde(default)]
+    pub apply_address_books: bool,
     /// The certificates it issues.
     #[serde(default)]
     pub cert: CertProfile,
@@ -351,6 +371,30 @@ impl Service {
     /// The service's name.
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// The address books as JSON objects: the public API's keys
+    /// (`ldap_svr_url`, `search_base`), and with `rcdp` also the 5.5 C++
+    /// client's (`dap-svr-url`, sic, and `search-base`).
+    pub fn address_books(&self, rcdp: bool) -> serde_json::Value {
+        let books = self.config.address_books.iter().map(|b| {
+            let mut o = serde_json::json!({
+                "ldap_svr_url": b.ldap_svr_url,
+                "search_base": b.search_base,
+            });
+            if rcdp {
+                o["dap-svr-url"] = b.ldap_svr_url.clone().into();
+                o["search-base"] = b.search_base.clone().into();
+            }
+            if let Some(ca) = &b.verification_ca {
+                o["verification_ca"] = ca.clone().into();
+                if rcdp {
+                    o["verification-ca"] = ca.clone().into();
+                }
+            }
+            o
+        });
+        serde_json::Value::Array(books.collect())
     }
 
     /// True when the service asks for `credential`.

@@ -749,18 +749,19 @@ impl KeyTalk {
         };
         match cert::csr_requirements(service, user) {
             Ok(req) => {
-                let s = &req.subject;
-                let field = |f: &Option<String>| f.clone().unwrap_or_default();
+                // Only the fields the certificate has: the vendor's Python
+                // client sets every field it is given on its CSR, and an
+                // empty `c` makes OpenSSL refuse it.
+                let subject: serde_json::Map<String, Value> = req
+                    .subject
+                    .fields()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), Value::from(v)))
+                    .collect();
                 Answer::status("csr-requirements")
                     .number("key-size", i64::from(req.key_size))
                     .text("signing-algo", req.signing_algo.clone())
-                    .value(
-                        "subject",
-                        json!({
-                            "cn": s.cn, "c": field(&s.c), "st": field(&s.st), "l": field(&s.l),
-                            "o": field(&s.o), "ou": field(&s.ou), "e": field(&s.e),
-                        }),
-                    )
+                    .value("subject", Value::Object(subject))
             }
             Err(e) => Answer::error(ERR_PROTOCOL, e),
         }

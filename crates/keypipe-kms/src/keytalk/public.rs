@@ -1,9 +1,11 @@
 //! The public API (no authentication): `/public/{1.0.0,1.1.0,1.2.0,1.2.1}/`
 //! `address-book-list` (`service`), `self-service-availability` and, from
 //! 1.1.0, `smime-cert-enrollment-availability` (both take `cert`, a PEM
-//! certificate this CA issued, checked against the Signing CA, its
-//! validity and revocation, and answer from its service's
-//! configuration). Success is HTTP 200; a bad request is HTTP 400 with
+//! certificate). A certificate this CA issued for a KeyTalk enrolment,
+//! checked against the Signing CA, its validity and revocation, is
+//! answered from its service's configuration; any other certificate is
+//! answered "not available" (HTTP 200, as the vendor's server does); no
+//! certificate at all is a bad request: HTTP 400 with
 //! `{"status":"error","error":…}` (the clients accept only these two).
 
 use serde_json::{Value, json};
@@ -32,15 +34,15 @@ pub fn serve(kt: &KeyTalk, version: &str, call: &str, params: &Params) -> (u16, 
             let Some(name) = params.non_empty("service") else {
                 return error("service is required");
             };
-            if kt.config.service(name).is_none() {
+            let Some(service) = kt.config.service(name) else {
                 return error("unknown service");
-            }
+            };
             (
                 200,
                 json!({
                     "status": "address-book-list",
-                    "address-books": [],
-                    "apply-address-books": "false",
+                    "address-books": service.address_books(false),
+                    "apply-address-books": flag(service.config.apply_address_books),
                 }),
             )
         }
@@ -48,16 +50,17 @@ pub fn serve(kt: &KeyTalk, version: &str, call: &str, params: &Params) -> (u16, 
             Ok(service) => (
                 200,
                 json!({
-                    // The vendor's spelling.
-                    "status": "self-service-availablility",
-                    "available": flag(service.config.self_service),
+                    // Not the vendor document's typo `…availablility`:
+                    // the vendor's Python client checks this spelling.
+                    "status": "self-service-availability",
+                    "available": flag(service.is_ok_and(|s| s.config.self_service)),
                 }),
             ),
             Err(e) => error(&e),
         },
         "smime-cert-enrollment-availability" if version != "1.0.0" => {
             match certificate_service(kt, params) {
-                Ok(service) if service.config.smime_enrollment => (
+                Ok(Ok(service)) if service.config.smime_enrollment => (
                     200,
                     json!({
                         "status": "smime-cert-enrollment-availability",
@@ -65,12 +68,14 @@ pub fn serve(kt: &KeyTalk, version: &str, call: &str, params: &Params) -> (u16, 
                         "mobile-required": flag(service.config.mobile_required),
                     }),
                 ),
-                Ok(_) => (
+                Ok(found) => (
                     200,
                     json!({
                         "status": "smime-cert-enrollment-availability",
                         "available": "false",
-                        "reason": "S/MIME enrolment is not enabled for this service",
+                        "reason": found.err().unwrap_or_else(|| {
+                            "S/MIME enrolment is not enabled for this service".into()
+                        }),
                     }),
                 ),
                 Err(e) => error(&e),
@@ -80,16 +85,26 @@ pub fn serve(kt: &KeyTalk, version: &str, call: &str, params: &Params) -> (u16, 
     }
 }
 
-/// The service a presented certificate (`cert`, PEM) was enrolled for.
+/// The service a presented certificate (`cert`, PEM) was enrolled for:
+/// `Err` (HTTP 400) when `cert` is missing or not a certificate at all;
+/// `Ok(Err(why))` (answered "not available", as the vendor's server does
+/// for a valid certificate of no eligible user) when it is not a valid,
+/// unrevoked enrolment certificate of this CA for a configured service.
 fn certificate_service<'k>(
     kt: &'k KeyTalk,
     params: &Params,
-) -> Result<&'k super::config::Service, String> {
+) -> Result<Result<&'k super::config::Service, String>, String> {
     let pem = params.non_empty("cert").ok_or("cert is required")?;
-    let der = super::csr::der_of(pem).ok_or("cert: not a PEM certificate")?;
+    let der = super::csr::der_of(pem)
+        .filter(|der| x509_parser::parse_x509_certificate(der).is_ok())
+        .ok_or("cert: not a PEM certificate")?;
+    Ok(enrolled_service(kt, &der))
+}
+
+fn enrolled_service<'k>(kt: &'k KeyTalk, der: &[u8]) -> Result<&'k super::config::Service, String> {
     let serial = kt
         .ca
-        .verify_enrolled(&der, time::OffsetDateTime::now_utc())
+        .verify_enrolled(der, time::OffsetDateTime::now_utc())
         .map_err(|e| e.to_string())?;
     let record = kt
         .store
