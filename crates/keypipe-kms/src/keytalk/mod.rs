@@ -45,7 +45,7 @@ use credentials::{Attempt, AuthResult, Failures};
 use oob::{Download, Downloads};
 use params::Params;
 use phase::{Action, Phase};
-use session::{Pending, Session, Sessions};
+use session::{Pending, Session, Sessions, Taken};
 use version::Version;
 
 /// Longest `USERID` and `HWSIG` accepted (bytes).
@@ -118,6 +118,19 @@ impl std::fmt::Debug for RcdpReply {
         f.debug_struct("RcdpReply")
             .field("answer", &self.answer.status_text())
             .finish_non_exhaustive()
+    }
+}
+
+/// A session taken by a call: released when dropped (an early return or a
+/// panic), so the session is never left held.
+struct Lease<'a> {
+    sessions: &'a Sessions,
+    sid: &'a str,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        self.sessions.release(self.sid);
     }
 }
 
@@ -275,11 +288,28 @@ impl KeyTalk {
                 "no session (no keytalkcookie): start with hello",
             ));
         };
-        let Some(mut session) = self.sessions.get(&sid, now.instant) else {
-            return none(Answer::error(
-                ERR_PROTOCOL,
-                "unknown or expired session: start with hello",
-            ));
+        let mut session = match self.sessions.take(&sid, now.instant) {
+            Taken::Session(s) => s,
+            Taken::Gone => {
+                return none(Answer::error(
+                    ERR_PROTOCOL,
+                    "unknown or expired session: start with hello",
+                ));
+            }
+            Taken::Busy => {
+                return RcdpReply {
+                    answer: Answer::error(
+                        ERR_PROTOCOL,
+                        "another call of this session is running: one at a time",
+                    ),
+                    sid: Some(sid),
+                };
+            }
+        };
+        // Gives the session back if the call below panics.
+        let lease = Lease {
+            sessions: &self.sessions,
+            sid: &sid,
         };
         if !action.allowed_in(session.phase) {
             let phase = match session.phase {
@@ -287,15 +317,18 @@ impl KeyTalk {
                 Phase::Connected => "handshake",
                 Phase::Authenticated => "authentication",
             };
+            let answer = Answer::error(
+                ERR_PROTOCOL,
+                format!("{} is not allowed after {phase}", action.as_str()),
+            );
+            drop(lease);
             return RcdpReply {
-                answer: Answer::error(
-                    ERR_PROTOCOL,
-                    format!("{} is not allowed after {phase}", action.as_str()),
-                ),
+                answer,
                 sid: Some(sid),
             };
         }
         let (answer, keep) = self.dispatch(action, &sid, &mut session, &req.params, now);
+        std::mem::forget(lease);
         if keep {
             self.sessions.put(&sid, session);
             RcdpReply {

@@ -57,6 +57,20 @@ pub struct Session {
     pub certificates: u32,
     created: Instant,
     last: Instant,
+    /// A call of this session is running.
+    busy: bool,
+}
+
+/// What [`Sessions::take`] found.
+#[derive(Debug)]
+pub enum Taken {
+    /// The session, now held by this call until [`Sessions::put`],
+    /// [`Sessions::release`] or [`Sessions::close`].
+    Session(Session),
+    /// Another call of the session is running.
+    Busy,
+    /// No such live session.
+    Gone,
 }
 
 /// The table's key of a session id: its SHA-256 (the table never holds
@@ -131,6 +145,7 @@ impl Sessions {
                 certificates: 0,
                 created: now,
                 last: now,
+                busy: false,
             },
         );
         Some(sid)
@@ -160,25 +175,42 @@ impl Sessions {
         }
     }
 
-    /// A copy of the live session `sid` (its idle time starts over).
-    pub fn get(&self, sid: &str, now: Instant) -> Option<Session> {
+    /// Takes the live session `sid` for one call (its idle time starts
+    /// over): calls of one session run one at a time, so no call's result
+    /// overwrites another's.
+    pub fn take(&self, sid: &str, now: Instant) -> Taken {
         let mut map = self.lock();
         let key = key(sid);
         let live = map.get(&key).is_some_and(|s| self.live(s, now));
         if !live {
             map.remove(&key);
-            return None;
+            return Taken::Gone;
         }
-        let s = map.get_mut(&key)?;
+        let Some(s) = map.get_mut(&key) else {
+            return Taken::Gone;
+        };
+        if s.busy {
+            return Taken::Busy;
+        }
+        s.busy = true;
         s.last = now;
-        Some(s.clone())
+        Taken::Session(s.clone())
     }
 
-    /// Stores `session` as the state of `sid` (if still open).
-    pub fn put(&self, sid: &str, session: Session) {
+    /// Stores `session` as the state of `sid` (if still open) and ends
+    /// the call that took it.
+    pub fn put(&self, sid: &str, mut session: Session) {
         let mut map = self.lock();
         if let Some(s) = map.get_mut(&key(sid)) {
+            session.busy = false;
             *s = session;
+        }
+    }
+
+    /// Ends the call that took `sid`, leaving its state as it was.
+    pub fn release(&self, sid: &str) {
+        if let Some(s) = self.lock().get_mut(&key(sid)) {
+            s.busy = false;
         }
     }
 
@@ -202,6 +234,18 @@ impl Sessions {
 mod tests {
     use super::*;
 
+    /// Takes and puts back at once: the session, if live.
+    fn peek(s: &Sessions, sid: &str, now: Instant) -> Option<Session> {
+        match s.take(sid, now) {
+            Taken::Session(session) => {
+                s.put(sid, session.clone());
+                Some(session)
+            }
+            Taken::Busy => panic!("busy"),
+            Taken::Gone => None,
+        }
+    }
+
     #[test]
     fn ids_are_fresh_hex_and_sessions_expire() {
         let t = Instant::now();
@@ -214,29 +258,55 @@ mod tests {
             a.bytes()
                 .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
         );
-        assert_eq!(s.get(&a, t).unwrap().version, Version::V2_4_1);
+        assert_eq!(peek(&s, &a, t).unwrap().version, Version::V2_4_1);
         // Idle too long.
-        assert!(s.get(&b, t + Duration::from_secs(11)).is_none());
+        assert!(peek(&s, &b, t + Duration::from_secs(11)).is_none());
         // Kept alive by use, until max_age.
         let mut now = t;
         for _ in 0..5 {
             now += Duration::from_secs(9);
-            assert!(s.get(&a, now).is_some());
+            assert!(peek(&s, &a, now).is_some());
         }
-        assert!(s.get(&a, t + Duration::from_secs(61)).is_none());
-        // Capacity: the oldest goes.
-        let c = s.open(Version::V2_0_0, now).unwrap();
-        let d = s
-            .open(Version::V2_0_0, now + Duration::from_secs(1))
-            .unwrap();
-        let e = s
-            .open(Version::V2_0_0, now + Duration::from_secs(2))
-            .unwrap();
-        assert!(s.get(&c, now + Duration::from_secs(2)).is_none());
-        assert!(s.get(&d, now + Duration::from_secs(2)).is_some());
-        assert!(s.get(&e, now + Duration::from_secs(2)).is_some());
+        assert!(peek(&s, &a, t + Duration::from_secs(61)).is_none());
+        assert!(!format!("{s:?}").contains(a.as_str()));
+    }
+
+    #[test]
+    fn a_full_table_ends_sessions_not_yet_authenticated_first() {
+        let t = Instant::now();
+        let s = Sessions::new(Duration::from_secs(600), Duration::from_secs(600), 2);
+        let c = s.open(Version::V2_0_0, t).unwrap();
+        let Taken::Session(mut authenticated) = s.take(&c, t) else {
+            panic!("live");
+        };
+        authenticated.phase = Phase::Authenticated;
+        s.put(&c, authenticated);
+        let d = s.open(Version::V2_0_0, t + Duration::from_secs(1)).unwrap();
+        let e = s.open(Version::V2_0_0, t + Duration::from_secs(2)).unwrap();
+        let later = t + Duration::from_secs(3);
+        assert!(peek(&s, &c, later).is_some(), "the authenticated one stays");
+        assert!(peek(&s, &d, later).is_none(), "the oldest waiting one went");
+        assert!(peek(&s, &e, later).is_some());
         s.close(&e);
-        assert!(s.get(&e, now + Duration::from_secs(2)).is_none());
-        assert!(!format!("{s:?}").contains(d.as_str()));
+        assert!(peek(&s, &e, later).is_none());
+    }
+
+    #[test]
+    fn calls_of_one_session_run_one_at_a_time() {
+        let t = Instant::now();
+        let s = Sessions::new(Duration::from_secs(600), Duration::from_secs(600), 8);
+        let a = s.open(Version::V2_4_1, t).unwrap();
+        let Taken::Session(mut first) = s.take(&a, t) else {
+            panic!("live");
+        };
+        assert!(matches!(s.take(&a, t), Taken::Busy));
+        first.phase = Phase::Connected;
+        s.put(&a, first);
+        let Taken::Session(second) = s.take(&a, t) else {
+            panic!("free again");
+        };
+        assert_eq!(second.phase, Phase::Connected, "the first call's result");
+        s.release(&a);
+        assert!(matches!(s.take(&a, t), Taken::Session(_)));
     }
 }
