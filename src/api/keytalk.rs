@@ -14,7 +14,9 @@
 //!   expired).
 //!
 //! RCDP and public calls run on the pool (Argon2, key generation, store
-//! writes), at most `max_queued` at once (more: 503).
+//! writes), at most `max_queued` at once; more are answered at once, RCDP
+//! with error 1000 (HTTP 200, as every RCDP answer), the public API with
+//! a 400 (`error`: server busy).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,6 +46,18 @@ fn busy() -> Response {
     .header("Cache-Control", "no-cache")
 }
 
+/// The public API's answer when too many calls are on the pool: a 400
+/// with `error` (its clients accept only 200 and 400).
+fn public_busy() -> Response {
+    Response::json(
+        400,
+        json_body(
+            &serde_json::json!({"status": "error", "error": "server busy: retry in a second"}),
+        ),
+    )
+    .header("Cache-Control", "no-cache")
+}
+
 /// Parameters of `req`: its query, then its form body (any POST body that
 /// is not JSON is read as a form).
 fn params(req: &Request) -> Params {
@@ -68,7 +82,7 @@ impl KeyTalkApi {
         &self.keytalk
     }
 
-    fn pooled(&self, call: fn(&KeyTalk, &Request) -> Response) -> Handler {
+    fn pooled(&self, call: fn(&KeyTalk, &Request) -> Response, busy: fn() -> Response) -> Handler {
         let me = self.clone();
         Arc::new(move |req: Request| {
             let keytalk = Arc::clone(&me.keytalk);
@@ -80,11 +94,11 @@ impl KeyTalkApi {
     pub fn mount(&self, router: &mut Router) {
         for prefix in ["/rcdp/", "/rdp/"] {
             for method in [Method::Get, Method::Post] {
-                router.route_prefix(method, prefix, self.pooled(rcdp));
+                router.route_prefix(method, prefix, self.pooled(rcdp, busy));
             }
         }
         for method in [Method::Get, Method::Post] {
-            router.route_prefix(method, "/public/", self.pooled(public_api));
+            router.route_prefix(method, "/public/", self.pooled(public_api, public_busy));
         }
     }
 

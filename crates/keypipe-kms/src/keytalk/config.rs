@@ -308,6 +308,28 @@ impl Service {
                 }
             }
         }
+        for b in &config.address_books {
+            let host = b
+                .ldap_svr_url
+                .strip_prefix("ldaps://")
+                .or_else(|| b.ldap_svr_url.strip_prefix("ldap://"))
+                .unwrap_or("");
+            if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(bad(format!(
+                    "address_books: ldap_svr_url {:?}: ldap://host or ldaps://host",
+                    b.ldap_svr_url
+                )));
+            }
+            if b.search_base.trim().is_empty() {
+                return Err(bad("address_books: search_base is empty".into()));
+            }
+            if b.verification_ca
+                .as_ref()
+                .is_some_and(|ca| !ca.contains("-----BEGIN CERTIFICATE-----"))
+            {
+                return Err(bad("address_books: verification_ca is not PEM".into()));
+            }
+        }
         if let Some(c) = &config.challenge
             && !c.response_hash.starts_with("$argon2")
         {

@@ -70,6 +70,16 @@ pub fn der_of(text: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(b64).ok()
 }
 
+/// The exact bit length of a big-endian modulus (x509-parser's
+/// `key_size` rounds to whole bytes: a 2050-bit modulus would pass as 2048).
+fn modulus_bits(modulus: &[u8]) -> u64 {
+    let digits: &[u8] = match modulus.iter().position(|&b| b != 0) {
+        Some(i) => &modulus[i..],
+        None => return 0,
+    };
+    8 * digits.len() as u64 - u64::from(digits[0].leading_zeros())
+}
+
 /// Checks `csr`: its public key (DER `SubjectPublicKeyInfo`).
 pub fn check(csr: &str, want: &CsrRequirements) -> Result<Vec<u8>, CsrError> {
     let der = der_of(csr).ok_or(CsrError::Unreadable)?;
@@ -77,15 +87,15 @@ pub fn check(csr: &str, want: &CsrRequirements) -> Result<Vec<u8>, CsrError> {
     if !rest.is_empty() {
         return Err(CsrError::Unreadable);
     }
-    req.verify_signature().map_err(|_| CsrError::Signature)?;
     let info = &req.certification_request_info;
     let size_ok = match info.subject_pki.parsed() {
-        Ok(PublicKey::RSA(rsa)) => rsa.key_size() == want.key_size as usize,
+        Ok(PublicKey::RSA(rsa)) => modulus_bits(rsa.modulus) == u64::from(want.key_size),
         _ => false,
     };
     if !size_ok {
         return Err(CsrError::KeySize(want.key_size));
     }
+    req.verify_signature().map_err(|_| CsrError::Signature)?;
     let digest = match want.signing_algo.as_str() {
         "sha1" => OID_PKCS1_SHA1WITHRSA,
         _ => OID_PKCS1_SHA256WITHRSA,
@@ -151,6 +161,16 @@ mod tests {
             p.distinguished_name.push(t.clone(), *v);
         }
         p.serialize_request(key).unwrap().pem().unwrap()
+    }
+
+    #[test]
+    fn modulus_bits_are_exact() {
+        assert_eq!(modulus_bits(&[0x00, 0x80, 0, 0]), 24);
+        assert_eq!(modulus_bits(&[0x03, 0xff]), 10);
+        assert_eq!(modulus_bits(&[0x00, 0x00]), 0);
+        let mut m2050 = vec![0x03];
+        m2050.extend([0xff; 256]);
+        assert_eq!(modulus_bits(&m2050), 2050, "not 2048");
     }
 
     #[test]

@@ -51,6 +51,10 @@ use version::Version;
 /// Longest `USERID` and `HWSIG` accepted (bytes).
 pub const MAX_FIELD: usize = 256;
 
+/// Authenticated sessions one user keeps at most (the ones unused
+/// longest end).
+pub const MAX_SESSIONS_PER_USER: usize = 16;
+
 /// Certificates one session may have issued.
 pub const MAX_CERTIFICATES_PER_SESSION: u32 = 8;
 
@@ -329,6 +333,14 @@ impl KeyTalk {
         }
         let (answer, keep) = self.dispatch(action, &sid, &mut session, &req.params, now);
         std::mem::forget(lease);
+        if keep
+            && action == Action::Authentication
+            && session.phase == Phase::Authenticated
+            && let Some(user) = &session.user
+        {
+            self.sessions
+                .limit_user(user, &sid, MAX_SESSIONS_PER_USER - 1);
+        }
         if keep {
             self.sessions.put(&sid, session);
             RcdpReply {

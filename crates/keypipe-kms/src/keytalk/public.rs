@@ -73,9 +73,13 @@ pub fn serve(kt: &KeyTalk, version: &str, call: &str, params: &Params) -> (u16, 
                     json!({
                         "status": "smime-cert-enrollment-availability",
                         "available": "false",
-                        "reason": found.err().unwrap_or_else(|| {
-                            "S/MIME enrolment is not enabled for this service".into()
-                        }),
+                        // One reason for every refusal: an anonymous caller
+                        // learns nothing of the certificate's state.
+                        "reason": if found.is_ok() {
+                            "S/MIME enrolment is not enabled for this service"
+                        } else {
+                            "not a certificate of an eligible user of this server"
+                        },
                     }),
                 ),
                 Err(e) => error(&e),
@@ -98,29 +102,48 @@ fn certificate_service<'k>(
     let der = super::csr::der_of(pem)
         .filter(|der| x509_parser::parse_x509_certificate(der).is_ok())
         .ok_or("cert: not a PEM certificate")?;
-    Ok(enrolled_service(kt, &der))
+    match enrolled_service(kt, &der) {
+        Err(Refused::Store) => Err("the server could not check the certificate; retry".into()),
+        Err(Refused::Not(why)) => {
+            tracing::debug!("keytalk public API: {why}");
+            Ok(Err(why))
+        }
+        Ok(service) => Ok(Ok(service)),
+    }
 }
 
-fn enrolled_service<'k>(kt: &'k KeyTalk, der: &[u8]) -> Result<&'k super::config::Service, String> {
+/// Why a certificate is not an enrolled user's.
+enum Refused {
+    /// The store failed (the caller gets a 400, not a wrong "no").
+    Store,
+    /// Not a valid, unrevoked enrolment certificate of a configured
+    /// service.
+    Not(String),
+}
+
+fn enrolled_service<'k>(
+    kt: &'k KeyTalk,
+    der: &[u8],
+) -> Result<&'k super::config::Service, Refused> {
+    let not = |why: &str| Refused::Not(why.to_owned());
     let serial = kt
         .ca
         .verify_enrolled(der, time::OffsetDateTime::now_utc())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Refused::Not(e.to_string()))?;
     let record = kt
         .store
         .issued_one(&serial)
-        .map_err(|_| "the certificate store failed")?
-        .ok_or("certificate: not issued by this server")?;
+        .map_err(|_| Refused::Store)?
+        .ok_or_else(|| not("not issued by this server"))?;
     if record.revoked_ms.is_some() {
-        return Err("certificate: revoked".into());
+        return Err(not("revoked"));
     }
-    let service = record
+    let service = &record
         .enrolment
         .as_ref()
-        .ok_or("certificate: not a KeyTalk certificate")?
-        .service
-        .clone();
+        .ok_or_else(|| not("not a KeyTalk certificate"))?
+        .service;
     kt.config
-        .service(&service)
-        .ok_or_else(|| "certificate: its service is no longer configured".into())
+        .service(service)
+        .ok_or_else(|| not("its service is no longer configured"))
 }

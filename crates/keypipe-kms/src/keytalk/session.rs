@@ -162,11 +162,20 @@ impl Sessions {
         }
         let mut waiting: Vec<([u8; 32], Instant)> = map
             .iter()
-            .filter(|(_, s)| s.phase != Phase::Authenticated)
+            .filter(|(_, s)| !s.busy && s.phase != Phase::Authenticated)
             .map(|(k, s)| (*k, s.last))
             .collect();
         if waiting.is_empty() {
-            waiting = map.iter().map(|(k, s)| (*k, s.last)).collect();
+            waiting = map
+                .iter()
+                .filter(|(_, s)| !s.busy)
+                .map(|(k, s)| (*k, s.last))
+                .collect();
+        }
+        if waiting.is_empty() {
+            // Every session has a call running: the table grows by this
+            // one (calls are bounded by the pool's queue).
+            return;
         }
         let n = (self.capacity / 64).clamp(1, waiting.len());
         waiting.select_nth_unstable_by_key(n - 1, |(_, last)| *last);
@@ -211,6 +220,31 @@ impl Sessions {
     pub fn release(&self, sid: &str) {
         if let Some(s) = self.lock().get_mut(&key(sid)) {
             s.busy = false;
+        }
+    }
+
+    /// Keeps at most `max` other authenticated sessions of `user` besides
+    /// `sid`: the ones unused longest end (one account cannot fill the
+    /// table).
+    pub fn limit_user(&self, user: &str, sid: &str, max: usize) {
+        let mut map = self.lock();
+        let own = key(sid);
+        let mut theirs: Vec<([u8; 32], Instant)> = map
+            .iter()
+            .filter(|(k, s)| {
+                **k != own
+                    && !s.busy
+                    && s.phase == Phase::Authenticated
+                    && s.user.as_deref() == Some(user)
+            })
+            .map(|(k, s)| (*k, s.last))
+            .collect();
+        if theirs.len() > max {
+            theirs.sort_by_key(|(_, last)| *last);
+            let excess = theirs.len() - max;
+            for (k, _) in &theirs[..excess] {
+                map.remove(k);
+            }
         }
     }
 
@@ -289,6 +323,30 @@ mod tests {
         assert!(peek(&s, &e, later).is_some());
         s.close(&e);
         assert!(peek(&s, &e, later).is_none());
+    }
+
+    #[test]
+    fn one_user_keeps_a_bounded_number_of_sessions() {
+        let t = Instant::now();
+        let s = Sessions::new(Duration::from_secs(600), Duration::from_secs(600), 100);
+        let mut sids = Vec::new();
+        for i in 0..5u64 {
+            let sid = s.open(Version::V2_4_1, t + Duration::from_secs(i)).unwrap();
+            let Taken::Session(mut session) = s.take(&sid, t + Duration::from_secs(i)) else {
+                panic!("live");
+            };
+            session.phase = Phase::Authenticated;
+            session.user = Some("u".into());
+            s.put(&sid, session);
+            s.limit_user("u", &sid, 2);
+            sids.push(sid);
+        }
+        let later = t + Duration::from_secs(10);
+        let alive: Vec<bool> = sids
+            .iter()
+            .map(|sid| peek(&s, sid, later).is_some())
+            .collect();
+        assert_eq!(alive, [false, false, true, true, true]);
     }
 
     #[test]
