@@ -16,14 +16,7 @@ clients=${2:-16}
 cargo build --release --bin keypipe --example keytalk_load -q
 bin=target/release/keypipe
 load=target/release/examples/keytalk_load
-work=$(mktemp -d)
-server=""
-cleanup() {
-    [[ -n $server ]] && kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null
-    rm -rf "$work"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source scripts/load-common.sh
 main=$(port); rcdp=$(port); plain=$(port)
 cat > "$work/kt.toml" <<TOML
 pool_threads = 4

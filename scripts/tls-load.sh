@@ -15,15 +15,8 @@ secs=${2:-4}
 cargo build --release --bin keypipe --example load -q
 bin=target/release/keypipe
 load=target/release/examples/load
-work=$(mktemp -d)
-server=""
-cleanup() {
-    [[ -n $server ]] && kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null
-    rm -rf "$work"
-}
-trap cleanup EXIT
+source scripts/load-common.sh
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ca() { "$bin" ca --data-dir "$work/data" "$@" >/dev/null; }
 pki=$work/pki
 ca init --out "$pki"

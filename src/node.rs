@@ -143,6 +143,11 @@ impl RunningNode {
                 .as_ref()
                 .filter(|_| config.serve.contains(&Protocol::KeyAgreement))
                 .map(|a| Arc::clone(a.service())),
+            keytalk: services
+                .keytalk
+                .as_ref()
+                .filter(|_| config.serve.contains(&Protocol::KeyTalk))
+                .map(|k| Arc::clone(k.service())),
             requests: Arc::clone(&requests),
             server: Arc::clone(&server_stats),
         };
@@ -222,7 +227,7 @@ impl RunningNode {
             keytalk_tls: None,
         };
         if config.serve.contains(&Protocol::KeyTalk) {
-            node.start_keytalk(config, pool, services)?;
+            node.start_keytalk(config, pool, services, requests)?;
         }
         Ok(node)
     }
@@ -235,6 +240,7 @@ impl RunningNode {
         config: &NodeConfig,
         pool: &Pool,
         services: &Services,
+        metrics: Arc<RequestMetrics>,
     ) -> Result<(), NodeError> {
         let bad = |message: String| NodeError::Config {
             node: self.name.clone(),
@@ -256,8 +262,7 @@ impl RunningNode {
             TlsAcceptor::new(files, Arc::clone(&services.revoked))
                 .map_err(|e| bad(format!("keytalk tls: {e}")))?,
         );
-        let metrics = Arc::new(RequestMetrics::default());
-        // Over TLS: RCDP, the public API and the CA download (iOS fetches
+        // Counted in the node's /metrics. Over TLS: RCDP, the public API and the CA download (iOS fetches
         // it over https); plain: the CA download and one-time links.
         let mut secure = Router::new(Arc::clone(&metrics));
         api.mount(&mut secure);

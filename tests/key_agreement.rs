@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -39,23 +39,7 @@ fn server(dir: &Path, extra: &str) -> ServerProcess {
 }
 
 fn user(dir: &Path, args: &[&str], stdin: &str) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keypipe"))
-        .arg("user")
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    support::admin_run("user", dir, args, Some(stdin))
 }
 
 fn add_user(dir: &Path, domain: &str, name: &str, password: &str) {

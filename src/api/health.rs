@@ -36,6 +36,8 @@ pub struct HealthSources {
     pub received: Option<Arc<ReceivedKeys>>,
     /// The key-agreement service, when this listener serves it.
     pub agreement: Option<Arc<crate::kms::agreement::AgreementService>>,
+    /// KeyTalk enrolment, when this node serves it.
+    pub keytalk: Option<Arc<crate::kms::keytalk::KeyTalk>>,
     /// Requests by route and status.
     pub requests: Arc<RequestMetrics>,
     /// The listener's connection counters (set once it started).
@@ -301,6 +303,37 @@ fn metrics(src: &HealthSources, req: &Request) -> Response {
             "Client references held (awaiting login, used or expired, until forgotten).",
             agreement.pending() as f64,
         );
+    }
+    if let Some(kt) = &src.keytalk {
+        let st = kt.stats();
+        for (name, kind, help, value) in [
+            (
+                "keypipe_keytalk_sessions",
+                "gauge",
+                "KeyTalk sessions open.",
+                kt.sessions() as u64,
+            ),
+            (
+                "keypipe_keytalk_certificates_total",
+                "counter",
+                "KeyTalk certificates delivered.",
+                st.certificates.load(Ordering::Relaxed),
+            ),
+            (
+                "keypipe_keytalk_auth_failures_total",
+                "counter",
+                "KeyTalk failed authentications.",
+                st.auth_failures.load(Ordering::Relaxed),
+            ),
+            (
+                "keypipe_keytalk_csr_refused_total",
+                "counter",
+                "KeyTalk CSRs refused (each ended its session).",
+                st.csr_refused.load(Ordering::Relaxed),
+            ),
+        ] {
+            gauge(&mut out, name, kind, help, value as f64);
+        }
     }
     if let Some(server) = src.server.get() {
         gauge(

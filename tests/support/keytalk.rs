@@ -2,9 +2,7 @@
 //! plain CA listener) with test services, and users made with the real
 //! `keypipe user add`.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
@@ -63,25 +61,11 @@ pub struct KeyTalkServer {
     pub rcdp2: std::net::SocketAddr,
 }
 
-/// `keypipe {args}` with `input` on standard input; its JSON output.
+/// `keypipe {args}` (the command first) with `input` on standard input,
+/// which must succeed; its output as JSON, or as a JSON string when it is
+/// not JSON (a hash).
 pub fn admin_with_input(dir: &std::path::Path, args: &[&str], input: &str) -> Value {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keypipe"))
-        .args(&args[..1])
-        .arg("--data-dir")
-        .arg(dir)
-        .args(&args[1..])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = super::admin_run(args[0], dir, &args[1..], Some(input));
     assert!(
         out.status.success(),
         "{}",
@@ -160,13 +144,7 @@ ca_listen = "127.0.0.1:{plain}"
 
     /// Runs an admin command on the server's store: its JSON lines.
     pub fn admin(&self, args: &[&str]) -> Vec<Value> {
-        let out = Command::new(env!("CARGO_BIN_EXE_keypipe"))
-            .args(&args[..1])
-            .arg("--data-dir")
-            .arg(self.dir.path())
-            .args(&args[1..])
-            .output()
-            .unwrap();
+        let out = super::admin_run(args[0], self.dir.path(), &args[1..], None);
         assert!(
             out.status.success(),
             "{}",

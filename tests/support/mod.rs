@@ -656,16 +656,45 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Runs the admin command `keypipe {command} --data-dir {dir} {args}`,
-/// which must succeed; its standard output as JSON.
-pub fn admin(command: &str, dir: &std::path::Path, args: &[&str]) -> Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keypipe"))
+/// Runs `keypipe {command} --data-dir {dir} {args}` with `input` (if
+/// any) on its standard input; what it did.
+pub fn admin_run(
+    command: &str,
+    dir: &std::path::Path,
+    args: &[&str],
+    input: Option<&str>,
+) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keypipe"))
         .arg(command)
         .arg("--data-dir")
         .arg(dir)
         .args(args)
-        .output()
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    if let Some(input) = input {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Runs the admin command `keypipe {command} --data-dir {dir} {args}`,
+/// which must succeed; its standard output as JSON.
+pub fn admin(command: &str, dir: &std::path::Path, args: &[&str]) -> Value {
+    let out = admin_run(command, dir, args, None);
     assert!(
         out.status.success(),
         "{}",

@@ -69,21 +69,17 @@ impl Answer {
         self.0.get("status").and_then(Value::as_str).unwrap_or("")
     }
 
-    /// A field (tests and adapters).
-    pub fn get(&self, key: &str) -> Option<&Value> {
-        self.0.get(key)
-    }
-
     /// The body: compact JSON with `/` escaped as `\/`, as the vendor's
     /// server writes it (and as its documents ask of JSON).
     pub fn to_body(&self) -> Vec<u8> {
-        json_body(&Value::Object(self.0.clone()))
+        json_body(&self.0)
     }
 }
 
 /// Compact JSON with `/` escaped as `\/` (every KeyTalk answer).
-pub fn json_body(value: &Value) -> Vec<u8> {
-    value.to_string().replace('/', "\\/").into_bytes()
+pub fn json_body(value: &impl serde::Serialize) -> Vec<u8> {
+    let text = serde_json::to_string(value).unwrap_or_default();
+    text.replace('/', "\\/").into_bytes()
 }
 
 #[cfg(test)]

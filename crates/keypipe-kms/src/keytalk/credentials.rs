@@ -48,6 +48,18 @@ struct FailState {
     busy: bool,
 }
 
+impl FailState {
+    /// A name with no failure yet.
+    fn fresh(now: Instant) -> FailState {
+        FailState {
+            count: 0,
+            until: now,
+            locked: false,
+            busy: false,
+        }
+    }
+}
+
 /// A reserved attempt of one user: end it with [`Attempt::failed`] or
 /// [`Attempt::succeeded`]; dropped otherwise (a store error), it counts
 /// nothing.
@@ -122,12 +134,7 @@ impl Failures {
     pub fn begin(&self, user: &str, now: Instant) -> Result<Attempt<'_>, AuthResult> {
         let mut map = self.lock();
         self.make_room(&mut map, user, now);
-        let s = map.entry(user.to_owned()).or_insert(FailState {
-            count: 0,
-            until: now,
-            locked: false,
-            busy: false,
-        });
+        let s = map.entry(user.to_owned()).or_insert(FailState::fresh(now));
         if s.until > now {
             let left = secs_left(s.until, now);
             return Err(if s.locked {
@@ -177,12 +184,7 @@ impl Failures {
     fn failed(&self, user: &str, now: Instant) -> AuthResult {
         let mut map = self.lock();
         self.make_room(&mut map, user, now);
-        let s = map.entry(user.to_owned()).or_insert(FailState {
-            count: 0,
-            until: now,
-            locked: false,
-            busy: false,
-        });
+        let s = map.entry(user.to_owned()).or_insert(FailState::fresh(now));
         s.busy = false;
         if s.locked || s.until + FORGET_AFTER <= now {
             // A lock that ran out (or a long pause) starts over.

@@ -125,6 +125,15 @@ impl std::fmt::Debug for RcdpReply {
     }
 }
 
+/// What a login proved before its device is checked.
+struct Verified<'a> {
+    user: &'a str,
+    /// The device's signature, when the service asks for one.
+    hwsig: Option<String>,
+    /// The password's validity, seconds (-1: forever).
+    validity: i64,
+}
+
 /// A session taken by a call: released when dropped (an early return or a
 /// panic), so the session is never left held.
 struct Lease<'a> {
@@ -223,11 +232,6 @@ impl KeyTalk {
         self
     }
 
-    /// The policy and services.
-    pub fn config(&self) -> &KeyTalkConfig {
-        &self.config
-    }
-
     /// The counters.
     pub fn stats(&self) -> &KeyTalkStats {
         &self.stats
@@ -236,11 +240,6 @@ impl KeyTalk {
     /// Live sessions.
     pub fn sessions(&self) -> usize {
         self.sessions.len()
-    }
-
-    /// The CA.
-    pub fn ca(&self) -> &LoadedCa {
-        &self.ca
     }
 
     /// Serves one RCDP call.
@@ -578,7 +577,20 @@ impl KeyTalk {
             if !same_service || !credentials::challenge_answered(service, &answer) {
                 return self.fail(session, attempt, user, now);
             }
-            return self.authenticated(session, service, user, first, attempt, now);
+            // Membership and expiry may have changed since the password.
+            if !self.member(user, service) {
+                return self.fail(session, attempt, user, now);
+            }
+            let Some(validity) = self.validity(user, now) else {
+                session.pending = Pending::Expired(user.to_owned());
+                return AuthResult::Expired;
+            };
+            let verified = Verified {
+                user,
+                hwsig: first,
+                validity,
+            };
+            return self.authenticated(session, service, verified, attempt, now);
         }
         let given = Zeroizing::new(params.get("PASSWD").unwrap_or("").to_owned());
         let record = match self.store.user(domain, user) {
@@ -598,11 +610,11 @@ impl KeyTalk {
         {
             return self.fail(session, attempt, user, now);
         }
-        if self.expired(user, now) {
+        let Some(validity) = self.validity(user, now) else {
             // The count stays; only a changed password clears it.
             session.pending = Pending::Expired(user.to_owned());
             return AuthResult::Expired;
-        }
+        };
         if let Some(c) = &service.config.challenge {
             session.pending = Pending::Challenge {
                 user: user.to_owned(),
@@ -611,7 +623,12 @@ impl KeyTalk {
             };
             return AuthResult::Challenge(c.name.clone(), c.prompt.clone());
         }
-        self.authenticated(session, service, user, hwsig, attempt, now)
+        let verified = Verified {
+            user,
+            hwsig,
+            validity,
+        };
+        self.authenticated(session, service, verified, attempt, now)
     }
 
     fn member(&self, user: &str, service: &Service) -> bool {
@@ -629,25 +646,22 @@ impl KeyTalk {
         }
     }
 
-    fn expired(&self, user: &str, now: Now) -> bool {
-        self.validity(user, now).is_none()
-    }
-
-    /// Every check passed but the device's: registers it on first use
-    /// (only now, so a password alone never claims a device), checks it,
-    /// and opens the service.
+    /// Every check passed (password, membership, expiry, challenge) but
+    /// the device's: registers it on first use (only now, so a password
+    /// alone never claims a device), checks it, and opens the service.
     fn authenticated(
         &self,
         session: &mut Session,
         service: &Service,
-        user: &str,
-        hwsig: Option<String>,
+        verified: Verified<'_>,
         attempt: Attempt<'_>,
         now: Now,
     ) -> AuthResult {
-        if !self.member(user, service) {
-            return self.fail(session, attempt, user, now);
-        }
+        let Verified {
+            user,
+            hwsig,
+            validity,
+        } = verified;
         if let Some(hwsig) = &hwsig {
             match self
                 .store
@@ -667,10 +681,6 @@ impl KeyTalk {
                 }
             }
         }
-        let Some(validity) = self.validity(user, now) else {
-            session.pending = Pending::Expired(user.to_owned());
-            return AuthResult::Expired;
-        };
         attempt.succeeded();
         session.phase = Phase::Authenticated;
         session.pending = Pending::None;

@@ -48,38 +48,32 @@ pub enum Action {
     Error,
 }
 
+/// Every call with its name.
+const ACTIONS: [(Action, &str); 10] = [
+    (Action::Hello, "hello"),
+    (Action::Handshake, "handshake"),
+    (Action::AuthRequirements, "auth-requirements"),
+    (Action::Authentication, "authentication"),
+    (Action::ChangePassword, "change-password"),
+    (Action::LastMessages, "last-messages"),
+    (Action::Cert, "cert"),
+    (Action::CsrRequirements, "csr-requirements"),
+    (Action::Eoc, "eoc"),
+    (Action::Error, "error"),
+];
+
 impl Action {
     /// The call named `s` (the last path segment).
     pub fn parse(s: &str) -> Option<Action> {
-        Some(match s {
-            "hello" => Action::Hello,
-            "handshake" => Action::Handshake,
-            "auth-requirements" => Action::AuthRequirements,
-            "authentication" => Action::Authentication,
-            "change-password" => Action::ChangePassword,
-            "last-messages" => Action::LastMessages,
-            "cert" => Action::Cert,
-            "csr-requirements" => Action::CsrRequirements,
-            "eoc" => Action::Eoc,
-            "error" => Action::Error,
-            _ => return None,
-        })
+        ACTIONS.iter().find(|(_, n)| *n == s).map(|(a, _)| *a)
     }
 
     /// The call's name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Hello => "hello",
-            Action::Handshake => "handshake",
-            Action::AuthRequirements => "auth-requirements",
-            Action::Authentication => "authentication",
-            Action::ChangePassword => "change-password",
-            Action::LastMessages => "last-messages",
-            Action::Cert => "cert",
-            Action::CsrRequirements => "csr-requirements",
-            Action::Eoc => "eoc",
-            Action::Error => "error",
-        }
+        ACTIONS
+            .iter()
+            .find(|(a, _)| *a == self)
+            .map_or("", |(_, n)| n)
     }
 
     /// True when a session in `phase` may make this call.
