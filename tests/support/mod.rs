@@ -372,7 +372,9 @@ impl TestKms {
     /// A KMS that answers every push `delay` late.
     pub fn start_slow(delay: Duration) -> TestKms {
         let mut kms = TestKms {
-            port: free_port(),
+            // Bound by `up`: the port the listener gets (no window for
+            // another process to take a port picked before).
+            port: 0,
             log: Arc::default(),
             server: None,
             delay,
@@ -386,7 +388,9 @@ impl TestKms {
     /// A KMS that answers 409 to every push of `index`.
     pub fn start_poisoned(index: u32) -> TestKms {
         let mut kms = TestKms {
-            port: free_port(),
+            // Bound by `up`: the port the listener gets (no window for
+            // another process to take a port picked before).
+            port: 0,
             log: Arc::default(),
             server: None,
             delay: Duration::ZERO,
@@ -399,7 +403,7 @@ impl TestKms {
 
     /// A KMS receiver over TLS (`https://localhost:PORT`).
     pub fn start_tls(tls: keypipe_server::tls::TlsAcceptor) -> TestKms {
-        TestKms::start_tls_on(free_port(), tls)
+        TestKms::start_tls_on(0, tls)
     }
 
     /// A KMS receiver over TLS on `port`.
@@ -423,7 +427,8 @@ impl TestKms {
         }
     }
 
-    /// (Re)starts listening on the same port.
+    /// Starts listening (on a port of its own the first time), or again on
+    /// the same port.
     pub fn up(&mut self) {
         let config = ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], self.port)),
@@ -437,7 +442,9 @@ impl TestKms {
             poison: self.poison,
         });
         let pool = Pool::new(if self.delay.is_zero() { 1 } else { 64 }).unwrap();
-        self.server = Some(Server::start("kms", &config, service, pool).unwrap());
+        let server = Server::start("kms", &config, service, pool).unwrap();
+        self.port = server.local_addr().port();
+        self.server = Some(server);
     }
 
     /// Stops listening (connections are closed).
