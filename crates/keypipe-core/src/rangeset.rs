@@ -100,6 +100,19 @@ impl RangeSet {
             .fold(0u64, |n, (s, e)| n.saturating_add(e - s))
     }
 
+    /// Number of values of `lo..hi` in the set.
+    pub fn count_within(&self, lo: u64, hi: u64) -> u64 {
+        let mut n = 0;
+        let first = self.runs.range(..=lo).next_back().map_or(lo, |(&s, _)| s);
+        for (&s, &e) in self.runs.range(first..hi) {
+            let (a, b) = (s.max(lo), e.min(hi));
+            if a < b {
+                n += b - a;
+            }
+        }
+        n
+    }
+
     /// Keeps at most `max` runs by filling the smallest gaps (the filled
     /// values join the set). Used where joining is the safe direction: a
     /// chunk counted as delivered is never delivered again.

@@ -12,12 +12,14 @@ const CONFIRM_CONTEXT: &str = "keypipe 2026 link v2 key confirmation";
 const DIGEST_CONTEXT: &str = "keypipe 2026 link v2 block digest";
 const FINGERPRINT_CONTEXT: &str = "keypipe 2026 link v2 device fingerprint";
 const LEDGER_ID_CONTEXT: &str = "keypipe 2026 ledger device id";
+const KEY_ID_CONTEXT: &str = "keypipe 2026 link v2 directed key id";
 
 /// The keys of key confirmation and device fingerprints of one link.
 pub struct ConfirmKeys {
     digest: Zeroizing<[u8; 32]>,
     confirm: Zeroizing<[u8; 32]>,
     fingerprint: Zeroizing<[u8; 32]>,
+    key_id: Zeroizing<[u8; 32]>,
 }
 
 impl std::fmt::Debug for ConfirmKeys {
@@ -33,6 +35,7 @@ impl ConfirmKeys {
             digest: Zeroizing::new(blake3::derive_key(DIGEST_CONTEXT, link_secret)),
             confirm: Zeroizing::new(blake3::derive_key(CONFIRM_CONTEXT, link_secret)),
             fingerprint: Zeroizing::new(blake3::derive_key(FINGERPRINT_CONTEXT, link_secret)),
+            key_id: Zeroizing::new(blake3::derive_key(KEY_ID_CONTEXT, link_secret)),
         }
     }
 
@@ -81,12 +84,28 @@ impl ConfirmKeys {
     }
 }
 
+impl ConfirmKeys {
+    /// A keyed tag (64 bits) of the run of `len` bytes at `first` of
+    /// directed stream `ksid`: both nodes compute the same, so a key id
+    /// carrying some of its bits is checked on the redeeming node without
+    /// asking the issuer.
+    pub fn key_id_tag(&self, ksid: &Uuid, first: u64, len: u64) -> u64 {
+        let mut h = blake3::Hasher::new_keyed(&self.key_id);
+        h.update(ksid.as_bytes());
+        h.update(&first.to_be_bytes());
+        h.update(&len.to_be_bytes());
+        let out = h.finalize();
+        u64::from_be_bytes(out.as_bytes()[..8].try_into().expect("8 bytes"))
+    }
+}
+
 impl Clone for ConfirmKeys {
     fn clone(&self) -> Self {
         Self {
             digest: self.digest.clone(),
             confirm: self.confirm.clone(),
             fingerprint: self.fingerprint.clone(),
+            key_id: self.key_id.clone(),
         }
     }
 }

@@ -25,7 +25,7 @@ use super::config::{DeviceConfig, EngineConfig, parse_secret};
 use super::confirm::{ConfirmKeys, ledger_device_id};
 use super::ledger::{DeviceLedger, Ledger, LedgerError, ledger_path};
 use super::link::{ChannelTransport, Inbox, LinkTransport, NoPeer, Role};
-use super::node::{Attempt, Node};
+use super::node::{Attempt, DirectedError, Issue, Node};
 use super::{GetKeyError, GetKeyReply, OpenReply, Qos, Status, StreamError, StreamUris};
 use crate::device::{
     DeviceState, FileSource, LinkControl, Poller, PollerConfig, QkdDevice, SimulatedDevice,
@@ -216,6 +216,8 @@ pub struct Engine {
     device_id: [u8; 16],
     name: String,
     role: Role,
+    /// Keys shared with the peer node (directed key-id tags).
+    keys: ConfirmKeys,
 }
 
 impl std::fmt::Debug for Engine {
@@ -403,6 +405,7 @@ impl Engine {
         let device_state = Arc::new(DeviceState::default());
         let (commit_now, commit_rx) = bounded(1);
         let digester = keys.digester();
+        let shared_keys = keys.clone();
         let mut node = Node::new(
             config.role,
             config.block_size,
@@ -479,6 +482,7 @@ impl Engine {
             name: config.name.clone(),
             role: config.role,
             device_id,
+            keys: shared_keys,
         })
     }
 
@@ -814,6 +818,98 @@ impl Engine {
         let status = node.close(ksid);
         self.shared.flush(&mut node);
         status
+    }
+
+    /// Opens directed stream `ksid` on this node (idempotent): the node of
+    /// role `issuer` issues its key, the other redeems it (see
+    /// `docs/etsi014.md`). The other node's side opens when the
+    /// announcement reaches it. Key not handed out within `ttl_s` seconds
+    /// is zeroized.
+    pub fn open_directed(
+        &self,
+        ksid: Uuid,
+        source: &str,
+        destination: &str,
+        issuer: Role,
+        ttl_s: u32,
+    ) -> Result<(), DirectedError> {
+        let mut node = self.shared.lock();
+        self.shared.drain_inbox(&mut node, Instant::now());
+        let opened = node.open_directed(Instant::now(), ksid, source, destination, issuer, ttl_s);
+        self.shared.flush(&mut node);
+        opened
+    }
+
+    /// Issues the next `out.len()` bytes of directed stream `ksid` into
+    /// `out`, all or nothing, waiting at most `wait` for key; returns the
+    /// stream offset of the first byte. Never while the link is down.
+    pub fn issue(&self, ksid: &Uuid, out: &mut [u8], wait: Duration) -> Result<u64, DirectedError> {
+        let start = Instant::now();
+        let mut node = self.shared.lock();
+        loop {
+            if self.shared.closed.load(Ordering::Acquire) {
+                return Err(DirectedError::NoLink);
+            }
+            let now = Instant::now();
+            let attempt = node.issue(now, ksid, out, self.shared.link_ok());
+            self.shared.flush(&mut node);
+            let peer_missing = match attempt? {
+                Issue::Issued(first) => return Ok(first),
+                Issue::NeedKey => false,
+                Issue::NeedPeer => true,
+            };
+            if self
+                .shared
+                .drain_inbox(&mut node, now)
+                .is_some_and(|n| n > 0)
+            {
+                continue;
+            }
+            let elapsed = start.elapsed();
+            if elapsed >= wait {
+                return Err(match peer_missing {
+                    true if !self.shared.link_ok() => DirectedError::NoLink,
+                    _ => DirectedError::InsufficientKey,
+                });
+            }
+            node = self.wait(node, wait - elapsed);
+        }
+    }
+
+    /// Redeems `out.len()` bytes of directed stream `ksid` from offset
+    /// `first` into `out`, all or nothing, at once (works while the link
+    /// is down).
+    pub fn redeem(&self, ksid: &Uuid, first: u64, out: &mut [u8]) -> Result<(), DirectedError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(DirectedError::NoLink);
+        }
+        let mut node = self.shared.lock();
+        let now = Instant::now();
+        self.shared.drain_inbox(&mut node, now);
+        let redeemed = node.redeem(now, ksid, first, out);
+        self.shared.flush(&mut node);
+        redeemed
+    }
+
+    /// Bytes of directed stream `ksid` this node could issue at once, or
+    /// `None` when it does not issue it.
+    pub fn issuable(&self, ksid: &Uuid) -> Option<u64> {
+        self.shared.lock().issuable(ksid, Instant::now())
+    }
+
+    /// The directed streams this node knows: KSID, source, destination,
+    /// and whether this node issues it.
+    pub fn directed_streams(&self) -> Vec<(Uuid, String, String, bool)> {
+        let mut node = self.shared.lock();
+        self.shared.drain_inbox(&mut node, Instant::now());
+        node.directed_streams()
+    }
+
+    /// A keyed tag of the run of `len` bytes at `first` of directed stream
+    /// `ksid`, the same on both nodes of the link (see
+    /// [`ConfirmKeys::key_id_tag`]).
+    pub fn key_id_tag(&self, ksid: &Uuid, first: u64, len: u64) -> u64 {
+        self.keys.key_id_tag(ksid, first, len)
     }
 
     /// Counters and health.

@@ -77,6 +77,9 @@ pub(crate) struct StreamRecord {
     pub(crate) pushing: bool,
     /// Key confirmation failed: the stream is stopped for good.
     pub(crate) failed: bool,
+    /// A directed stream: the role of the node that issues its key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) issuer: Option<Role>,
 }
 
 /// Where a device stands in the ledger.
@@ -389,6 +392,7 @@ mod tests {
             delivered,
             pushing: true,
             failed: false,
+            issuer: None,
         }
     }
 

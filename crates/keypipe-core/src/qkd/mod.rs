@@ -31,7 +31,7 @@ pub use config::{
 pub use engine::{Engine, EngineError, EngineStats, SideChanged};
 pub use ledger::{Ledger, LedgerError};
 pub use link::{Inbox, LinkDown, LinkMsg, LinkTransport, Role};
-pub use node::{MAX_URI_LEN, Node, Tuning};
+pub use node::{DirectedError, MAX_URI_LEN, Node, Tuning};
 pub use qos::{METADATA_MIMETYPE, Qos, QosLimits, negotiate};
 pub use status::Status;
 pub use stream::Side;

@@ -118,6 +118,14 @@ pub(crate) struct Stream {
     pub(crate) last_active: Instant,
     /// Earliest `expires` among held blocks (none: nothing held).
     next_expiry: Option<Instant>,
+    /// A directed stream: the role of the node that issues its key (see
+    /// `qkd::node::directed`); `None` for an ETSI 004 stream.
+    pub(crate) issuer: Option<Role>,
+    /// Directed, leader issuing: stream blocks the follower acknowledged
+    /// holding (key is issued only from those).
+    pub(crate) mirrored: RangeSet,
+    /// Directed, issuing node: the next chunk to issue.
+    pub(crate) next_issue: u64,
 }
 
 impl Stream {
@@ -158,13 +166,16 @@ impl Stream {
             pushing: false,
             last_active: now,
             next_expiry: None,
+            issuer: None,
+            mirrored: RangeSet::default(),
+            next_issue: 0,
         }
     }
 
     /// The stream as the ledger recorded it before a restart: nothing is
     /// held, only what was confirmed counts as handed out, and a leader
     /// never assigns below what it had reserved.
-    pub(crate) fn restore(r: &StreamRecord, role: Role, now: Instant) -> Self {
+    pub(crate) fn restore(r: &StreamRecord, role: Role, block_size: u64, now: Instant) -> Self {
         let mut s = Stream::new(
             r.qos.clone(),
             &r.source,
@@ -180,12 +191,19 @@ impl Stream {
         s.cursor = r.cursor;
         s.pushing = r.pushing;
         s.failed = r.failed;
+        s.issuer = r.issuer;
         if role == Role::Leader {
             s.floor = r.reserved;
             s.reserved = r.reserved;
             s.durable = r.reserved;
             s.assigned.insert_range(0, r.reserved);
         }
+        // An issuer resumes after what it recorded, and a leader above
+        // everything it may have assigned before the restart.
+        if !s.taken.is_empty() {
+            s.next_issue = s.cursor + 1;
+        }
+        s.next_issue = s.next_issue.max(s.floor * block_size / s.chunk_size());
         s
     }
 
@@ -204,6 +222,7 @@ impl Stream {
             delivered: self.delivered.clone(),
             pushing: self.pushing,
             failed: self.failed,
+            issuer: self.issuer,
         }
     }
 
@@ -236,6 +255,7 @@ impl Stream {
             floor,
             credit,
             failed: self.failed,
+            issuer: self.issuer,
         }
     }
 
@@ -326,6 +346,50 @@ impl Stream {
             .sum()
     }
 
+    /// Copies the `out.len()` one-byte chunks from `first` on (a directed
+    /// stream's key) into `out`, wipes them from the held blocks, records
+    /// them as taken (and as delivered when `record`), and releases the
+    /// blocks whose chunks are all done. Every block the span touches must
+    /// be held. Returns the blocks released.
+    pub(crate) fn take_span(
+        &mut self,
+        first: u64,
+        block_size: u64,
+        out: &mut [u8],
+        record: bool,
+    ) -> u64 {
+        debug_assert_eq!(self.chunk_size(), 1, "spans are of one-byte chunks");
+        let len = out.len() as u64;
+        if len == 0 {
+            return 0;
+        }
+        let mut offset = first;
+        let mut written = 0usize;
+        while written < out.len() {
+            let sb = offset / block_size;
+            let in_block = (offset % block_size) as usize;
+            let n = (block_size as usize - in_block).min(out.len() - written);
+            let held = self
+                .held
+                .get_mut(&sb)
+                .expect("caller checked the block is held");
+            out[written..written + n].copy_from_slice(&held.key.bytes()[in_block..in_block + n]);
+            held.key.wipe_range(in_block..in_block + n);
+            written += n;
+            offset += n as u64;
+        }
+        self.taken.insert_range(first, first + len);
+        self.done.insert_range(first, first + len);
+        if record {
+            self.delivered.insert_range(first, first + len);
+        }
+        self.cap_sets();
+        self.cursor = self.cursor.max(first + len - 1);
+        (first / block_size..=(first + len - 1) / block_size)
+            .map(|sb| u64::from(self.settle(sb, block_size)))
+            .sum()
+    }
+
     /// Marks chunk `c` lost (never handed out here), wiping what this node
     /// holds of it. Returns the blocks released, or `None` when the chunk
     /// was done already.
@@ -353,6 +417,15 @@ impl Stream {
     /// (chunks lost, blocks released).
     pub(crate) fn lose_block(&mut self, sb: u64, block_size: u64) -> (u64, u64) {
         let (lo, hi) = self.chunks_of(sb, block_size);
+        if self.chunk_size() == 1 {
+            // One byte per chunk (a directed stream): whole ranges at once.
+            let lost = (hi + 1 - lo) - self.done.count_within(lo, hi + 1);
+            self.done.insert_range(lo, hi + 1);
+            self.cap_sets();
+            // Dropping the block zeroizes it.
+            let released = u64::from(self.held.remove(&sb).is_some());
+            return (lost, released);
+        }
         let (mut lost, mut released) = (0, 0);
         for c in lo..=hi {
             if let Some(r) = self.lose_chunk(c, block_size) {

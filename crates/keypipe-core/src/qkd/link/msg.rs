@@ -67,6 +67,10 @@ pub struct StreamState {
     pub credit: u64,
     /// Key confirmation failed on the sender: the stream is stopped.
     pub failed: bool,
+    /// A directed stream: only the node of this role issues its key (see
+    /// `qkd::directed`); `None` for an ETSI 004 stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<Role>,
 }
 
 /// One link-sync message.
@@ -94,6 +98,9 @@ pub enum LinkMsg {
         source: String,
         /// Destination URI given at open.
         destination: String,
+        /// A directed stream: the role of the node that issues its key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        issuer: Option<Role>,
     },
     /// The sender's side closed `ksid`.
     Close {
@@ -149,6 +156,15 @@ pub enum LinkMsg {
         /// The new bound.
         below: u64,
     },
+    /// Follower to leader, directed streams the leader issues: the
+    /// follower holds stream block `stream_block` (its check value
+    /// matched), so the leader may issue key from it.
+    Held {
+        /// The stream.
+        ksid: Uuid,
+        /// The block now held on the follower.
+        stream_block: u64,
+    },
     /// Follower to leader: the check value of a leased block did not match
     /// the follower's bytes; the stream is stopped on both nodes.
     Mismatch {
@@ -167,6 +183,7 @@ impl LinkMsg {
             | LinkMsg::LeaseRequest { stream_block, .. }
             | LinkMsg::LeaseRefused { stream_block, .. }
             | LinkMsg::LeaseLost { stream_block, .. }
+            | LinkMsg::Held { stream_block, .. }
             | LinkMsg::Mismatch { stream_block, .. } => Some(*stream_block),
             _ => None,
         }

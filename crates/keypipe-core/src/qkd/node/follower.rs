@@ -99,6 +99,7 @@ impl Node {
             }
             stream.hold(sb, block, check, now);
             self.held_total += 1;
+            self.held_now(ksid, sb);
         }
     }
 

@@ -187,6 +187,16 @@ impl Node {
                         check: h.check,
                     });
                 }
+                _ if super::directed::redeems(stream, self.role) => {
+                    // A redeemer keeps its copy (the follower issuing may
+                    // have handed it out before it restarted); the
+                    // follower takes nothing more of the block.
+                    self.outbox.push(LinkMsg::LeaseLost {
+                        ksid,
+                        stream_block: sb,
+                        delivered: RangeSet::default(),
+                    });
+                }
                 _ => {
                     // Not again from this node: either its chunks went to
                     // this node's consumer (the follower may deliver those,

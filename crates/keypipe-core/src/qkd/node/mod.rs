@@ -12,9 +12,13 @@
 //! credits) in `follower.rs`, and the session-start reconciliation in
 //! `sync.rs`.
 
+mod directed;
 mod follower;
 mod leader;
 mod sync;
+
+pub use directed::DirectedError;
+pub(crate) use directed::Issue;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -151,7 +155,7 @@ impl Node {
     ) -> Self {
         let mut streams = HashMap::new();
         for r in records {
-            let s = Stream::restore(r, role, now);
+            let s = Stream::restore(r, role, block_size as u64, now);
             if !s.finished() {
                 streams.insert(r.ksid, s);
             }
@@ -297,6 +301,7 @@ impl Node {
     /// The QoS of `ksid` when it is open on this node.
     pub fn open_qos(&self, ksid: &Uuid) -> Result<Qos, GetKeyError> {
         match self.streams.get(ksid) {
+            Some(s) if s.issuer.is_some() => Err(GetKeyError::UnknownStream),
             Some(s) if s.local == Side::Open && s.conflict => Err(GetKeyError::QosConflict),
             Some(s) if s.local == Side::Open && s.failed => Err(GetKeyError::StreamFailed),
             Some(s) if s.local == Side::Open => Ok(s.qos.clone()),
@@ -335,7 +340,7 @@ impl Node {
             return reply(Status::NoQkdConnection, ksid, qos.clone());
         }
         if let Some(stream) = ksid.and_then(|k| self.streams.get_mut(&k)) {
-            if stream.local != Side::Absent {
+            if stream.local != Side::Absent || stream.issuer.is_some() {
                 return reply(Status::KsidInUse, ksid, qos.clone());
             }
             if stream.qos_refused {
@@ -406,7 +411,7 @@ impl Node {
             .streams
             .get_mut(ksid)
             .ok_or(GetKeyError::UnknownStream)?;
-        if stream.local != Side::Open {
+        if stream.local != Side::Open || stream.issuer.is_some() {
             return Err(GetKeyError::UnknownStream);
         }
         if stream.conflict {
@@ -556,7 +561,7 @@ impl Node {
     pub fn target_uris(&self) -> Vec<String> {
         self.streams
             .values()
-            .filter(|s| s.local == Side::Open)
+            .filter(|s| s.local == Side::Open && s.issuer.is_none())
             .map(|s| {
                 if s.created_here {
                     s.source.clone()
@@ -572,7 +577,7 @@ impl Node {
     pub fn pushing_streams(&self) -> Vec<(Uuid, String, Qos, u32)> {
         self.streams
             .iter()
-            .filter(|(_, s)| s.local == Side::Open && s.pushing && !s.failed)
+            .filter(|(_, s)| s.local == Side::Open && s.pushing && !s.failed && s.issuer.is_none())
             .map(|(k, s)| {
                 let target = if s.created_here {
                     &s.source
@@ -591,7 +596,7 @@ impl Node {
         if !self
             .streams
             .get(ksid)
-            .is_some_and(|s| s.local == Side::Open)
+            .is_some_and(|s| s.local == Side::Open && s.issuer.is_none())
         {
             return Err(StreamError::UnknownStream);
         }
@@ -648,7 +653,8 @@ impl Node {
                 qos,
                 source,
                 destination,
-            } => self.peer_opened(now, ksid, qos, &source, &destination),
+                issuer,
+            } => self.peer_opened(now, ksid, qos, &source, &destination, issuer),
             LinkMsg::Close { ksid } => {
                 if let Some(stream) = self.streams.get_mut(&ksid) {
                     stream.peer = Side::Closed;
@@ -687,6 +693,7 @@ impl Node {
                 }
                 self.serve_requests(now);
             }
+            LinkMsg::Held { ksid, stream_block } => self.peer_holds(ksid, stream_block),
             LinkMsg::Mismatch { ksid, stream_block } => {
                 tracing::error!(%ksid, stream_block, "the peer node's key confirmation failed for a block of this stream: stream stopped");
                 if self.streams.get(&ksid).is_some_and(|s| !s.failed) {
@@ -698,15 +705,23 @@ impl Node {
     }
 
     /// The peer opened `ksid` on its side.
-    fn peer_opened(&mut self, now: Instant, ksid: Uuid, qos: Qos, source: &str, destination: &str) {
-        if !self.admit_announced(now, ksid, &qos, source, destination) {
+    fn peer_opened(
+        &mut self,
+        now: Instant,
+        ksid: Uuid,
+        qos: Qos,
+        source: &str,
+        destination: &str,
+        issuer: Option<Role>,
+    ) {
+        if !self.admit_announced(now, ksid, &qos, source, destination, issuer) {
             return;
         }
         let stream = self.streams.get_mut(&ksid).expect("present");
         stream.peer = Side::Open;
         if stream.local == Side::Absent {
             adopt_qos(stream, qos, &self.limits, &ksid);
-        } else if stream.qos.key_chunk_size != qos.key_chunk_size {
+        } else if stream.qos.key_chunk_size != qos.key_chunk_size || stream.issuer != issuer {
             // Both sides opened this KSID on their own, with different
             // chunk sizes: their keys cannot line up. Both detect it.
             tracing::warn!(%ksid, "both sides opened the stream with different key_chunk_size");
@@ -716,6 +731,7 @@ impl Node {
         if self.role == Role::Follower {
             self.grant_credit(ksid, 0);
         }
+        self.join_directed(ksid);
     }
 
     /// Creates `ksid` as the peer announced it (an `Open`, or a sync entry)
@@ -728,6 +744,7 @@ impl Node {
         qos: &Qos,
         source: &str,
         destination: &str,
+        issuer: Option<Role>,
     ) -> bool {
         if source.len() > MAX_URI_LEN || destination.len() > MAX_URI_LEN {
             tracing::warn!(%ksid, "the peer announced a stream with an over-long URI; ignored");
@@ -741,10 +758,9 @@ impl Node {
             tracing::warn!(%ksid, "the peer announced more than max_streams streams; this one is ignored");
             return false;
         }
-        self.streams.insert(
-            ksid,
-            Stream::new(qos.clone(), source, destination, false, now),
-        );
+        let mut stream = Stream::new(qos.clone(), source, destination, false, now);
+        stream.issuer = issuer;
+        self.streams.insert(ksid, stream);
         true
     }
 
@@ -783,7 +799,10 @@ impl Node {
             }
             lost_total.0 += lost;
             lost_total.1 += released;
-            if now.duration_since(s.last_active) > idle && s.local != Side::Closed {
+            if now.duration_since(s.last_active) > idle
+                && s.local != Side::Closed
+                && s.issuer.is_none()
+            {
                 idle_streams.push(*ksid);
             }
         }
@@ -883,7 +902,14 @@ impl Node {
         });
         let role = self.role;
         for (k, s) in &self.streams {
-            self.outbox.push(LinkMsg::Stream(s.state(*k, role)));
+            let mut state = s.state(*k, role);
+            if role == Role::Leader && s.issuer == Some(Role::Leader) {
+                // A leader issuing: nothing below its next key is ever
+                // wanted of the follower again (the follower's credit
+                // starts from here, even if it restarted and forgot).
+                state.floor = state.floor.max(s.next_issue / self.block_size);
+            }
+            self.outbox.push(LinkMsg::Stream(state));
         }
         self.outbox.push(LinkMsg::SyncEnd);
     }
@@ -933,6 +959,7 @@ fn open_msg(ksid: Uuid, stream: &Stream) -> LinkMsg {
         qos: stream.qos.clone(),
         source: stream.source.clone(),
         destination: stream.destination.clone(),
+        issuer: stream.issuer,
     }
 }
 

@@ -56,7 +56,14 @@ impl Node {
             // Closed there, unknown here: nothing to do.
             if !known
                 && (st.local == Side::Closed
-                    || !self.admit_announced(now, ksid, &st.qos, &st.source, &st.destination))
+                    || !self.admit_announced(
+                        now,
+                        ksid,
+                        &st.qos,
+                        &st.source,
+                        &st.destination,
+                        st.issuer,
+                    ))
             {
                 continue;
             }
@@ -64,7 +71,9 @@ impl Node {
             stream.peer = st.local;
             if stream.local == Side::Absent {
                 adopt_qos(stream, st.qos.clone(), &self.limits, &ksid);
-            } else if stream.qos.key_chunk_size != st.qos.key_chunk_size {
+            } else if stream.qos.key_chunk_size != st.qos.key_chunk_size
+                || stream.issuer != st.issuer
+            {
                 stream.conflict = true;
             }
             match self.role {
@@ -102,6 +111,10 @@ impl Node {
             let lost = self.reconcile(&ksid, &view);
             lost_total.0 += lost.0;
             lost_total.1 += lost.1;
+            if self.role == Role::Leader {
+                self.peer_holds_only(&ksid, &st.held);
+            }
+            self.join_directed(ksid);
             if st.failed {
                 self.fail(ksid);
             }
@@ -163,9 +176,15 @@ impl Node {
     /// cannot deliver; returns (chunks lost, blocks released).
     fn reconcile(&mut self, ksid: &Uuid, peer: &PeerView<'_>) -> (u64, u64) {
         let block_size = self.block_size;
+        let role = self.role;
         let Some(stream) = self.streams.get_mut(ksid) else {
             return (0, 0);
         };
+        if super::directed::redeems(stream, role) {
+            // A redeemer keeps all it holds: the issuer may have handed
+            // any of it out (see `directed`).
+            return (0, 0);
+        }
         // The peer can deliver stream block `b` (a whole one).
         let peer_has = |stream: &Stream, b: u64| {
             peer.held.contains(b)

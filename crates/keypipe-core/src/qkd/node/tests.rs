@@ -599,6 +599,7 @@ fn the_peers_qos_is_checked_against_local_limits() {
                 },
                 source: "s".into(),
                 destination: "d".into(),
+                issuer: None,
             },
         );
         let r = sim.nodes[1]
@@ -633,6 +634,7 @@ fn caps_on_streams_and_uris() {
             qos: Qos::default(),
             source: long,
             destination: "d".into(),
+            issuer: None,
         },
     );
     assert!(!sim.nodes[1].node.knows(&ksid));
@@ -913,3 +915,5 @@ fn a_follower_with_a_reset_ledger_never_delivers_an_index_again() {
     assert!(fresh.is_some_and(|i| i >= 6), "{fresh:?}");
     sim.check();
 }
+
+mod directed;

@@ -369,6 +369,7 @@ fn batches_stay_below_the_peers_body_limit() {
             qos: Qos::default(),
             source: big.clone(),
             destination: big.clone(),
+            issuer: None,
         });
     }
     let mut got = 0;
