@@ -8,6 +8,7 @@ pub mod agreement;
 pub mod ca;
 pub mod donau;
 pub mod entropy;
+pub mod etsi014;
 pub mod gateway;
 pub mod keys;
 pub mod keytalk;
