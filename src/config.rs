@@ -19,7 +19,9 @@ use crate::qkd::EngineConfig;
 use crate::store::StoreOptions;
 use crate::tls::ServerTlsFiles;
 
+mod etsi014;
 mod keytalk;
+pub use etsi014::{Etsi014Listener, Etsi014Settings};
 pub use keytalk::{Addresses, KeyTalkListener, KeyTalkSettings};
 
 /// The embedded default: a whole simulated QKD link in one process.
@@ -47,6 +49,10 @@ pub enum Protocol {
     /// on the node's own listeners (`[node.keytalk]`).
     #[serde(rename = "keytalk")]
     KeyTalk,
+    /// ETSI GS QKD 014 key delivery to SAEs (`/api/v1/keys/…`) on the
+    /// node's own TLS listener (`[node.etsi014]`).
+    #[serde(rename = "etsi014")]
+    Etsi014,
 }
 
 /// The whole file.
@@ -81,6 +87,9 @@ pub struct Config {
     /// KeyTalk enrolment (`keytalk` protocol).
     #[serde(default)]
     pub keytalk: KeyTalkSettings,
+    /// ETSI GS QKD 014 (`etsi014` protocol).
+    #[serde(default)]
+    pub etsi014: Etsi014Settings,
     /// The nodes (listeners).
     #[serde(rename = "node")]
     pub nodes: Vec<NodeConfig>,
@@ -465,6 +474,7 @@ impl Config {
         self.serves(Protocol::NcpKms)
             || self.serves(Protocol::KeyAgreement)
             || self.serves(Protocol::KeyTalk)
+            || self.serves(Protocol::Etsi014)
             || self.serves(Protocol::Donau)
             || self.needs_generated_secrets()
             || self.checks_client_certificates()
@@ -474,9 +484,10 @@ impl Config {
     /// are then read from the store's CA).
     pub fn checks_client_certificates(&self) -> bool {
         self.nodes.iter().any(|n| {
-            n.tls
-                .as_ref()
-                .is_some_and(|t| t.client_auth != crate::tls::ClientAuth::None)
+            n.etsi014.is_some()
+                || n.tls
+                    .as_ref()
+                    .is_some_and(|t| t.client_auth != crate::tls::ClientAuth::None)
         })
     }
 
@@ -528,6 +539,17 @@ pub struct NodeConfig {
     /// KeyTalk's listeners (needed for `keytalk`).
     #[serde(default)]
     pub keytalk: Option<KeyTalkListener>,
+    /// The ETSI 014 listener and SAEs (needed for `etsi014`).
+    #[serde(default)]
+    pub etsi014: Option<Etsi014Listener>,
+}
+
+impl NodeConfig {
+    /// The KME id of the peer node, for ETSI 014: its name on the link
+    /// (`[node.engine.link] peer_name`).
+    pub fn etsi014_peer(&self) -> Option<&str> {
+        self.engine.as_ref()?.link.as_ref()?.peer_name.as_deref()
+    }
 }
 
 /// HTTP limits and timeouts of a listener.
@@ -677,6 +699,22 @@ impl Config {
                     "node {}: serve = [\"keytalk\"] and [node.keytalk] go together",
                     node.name
                 ));
+            }
+            if node.serve.contains(&Protocol::Etsi014) != node.etsi014.is_some() {
+                return Err(format!(
+                    "node {}: serve = [\"etsi014\"] and [node.etsi014] go together",
+                    node.name
+                ));
+            }
+            if let Some(listener) = &node.etsi014 {
+                let peer = node.etsi014_peer().ok_or_else(|| {
+                    format!(
+                        "node {}: etsi014 needs [node.engine.link] with peer_name (the peer \
+                         node serves the remote SAEs)",
+                        node.name
+                    )
+                })?;
+                config.etsi014.service_config(&node.name, peer, listener)?;
             }
         }
         if config.serves(Protocol::KeyTalk) {

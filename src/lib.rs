@@ -12,7 +12,8 @@
 
 pub mod api;
 pub mod config;
-pub mod keytalk_tls;
+pub mod etsi014_supply;
+pub mod listener_cert;
 pub mod node;
 pub mod revocation;
 

@@ -4,9 +4,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use crate::api::{AgreementApi, KeyTalkApi, NcpApi};
+use crate::api::{AgreementApi, Etsi014Api, KeyTalkApi, NcpApi};
 use crate::api::{Etsi004, HealthSources, KmsAccess, RequestMetrics, Router};
-use crate::config::{NodeConfig, Protocol};
+use crate::config::{Etsi014Settings, NodeConfig, Protocol};
 use crate::http::{Pool, Server};
 use crate::kms::donau::Donau;
 use crate::kms::entropy::{Entropy, QkdSource};
@@ -48,6 +48,8 @@ pub struct Services {
     pub donau: Option<(Arc<Donau>, String)>,
     /// KeyTalk enrolment (for `keytalk`).
     pub keytalk: Option<KeyTalkApi>,
+    /// What ETSI 014 offers (for `etsi014`).
+    pub etsi014: Etsi014Settings,
     /// Revoked client certificates, for every TLS listener.
     pub revoked: Arc<Revoked>,
     /// Signed NCP requests seen (each is accepted once), for every listener.
@@ -72,6 +74,8 @@ pub struct RunningNode {
     /// KeyTalk's TLS and plain listeners, with the TLS one's acceptor.
     keytalk: Vec<Server>,
     keytalk_tls: Option<Arc<TlsAcceptor>>,
+    /// The ETSI 014 listener and its TLS.
+    etsi014: Option<(Server, Arc<TlsAcceptor>)>,
 }
 
 impl std::fmt::Debug for RunningNode {
@@ -225,11 +229,83 @@ impl RunningNode {
             tls,
             keytalk: Vec::new(),
             keytalk_tls: None,
+            etsi014: None,
         };
         if config.serve.contains(&Protocol::KeyTalk) {
-            node.start_keytalk(config, pool, services, requests)?;
+            node.start_keytalk(config, pool, services, Arc::clone(&requests))?;
+        }
+        if config.serve.contains(&Protocol::Etsi014) {
+            node.start_etsi014(config, pool, services, requests)?;
         }
         Ok(node)
+    }
+
+    /// ETSI 014 on its own TLS listener (client certificates required),
+    /// over directed streams of this node's engine.
+    fn start_etsi014(
+        &mut self,
+        config: &NodeConfig,
+        pool: &Pool,
+        services: &Services,
+        metrics: Arc<RequestMetrics>,
+    ) -> Result<(), NodeError> {
+        let bad = |message: String| NodeError::Config {
+            node: self.name.clone(),
+            message,
+        };
+        let engine = self
+            .engine()
+            .cloned()
+            .ok_or_else(|| bad("serving etsi014 needs a [node.engine] with a link".into()))?;
+        let listener = config
+            .etsi014
+            .as_ref()
+            .ok_or_else(|| bad("serving etsi014 needs [node.etsi014]".into()))?;
+        let peer = config
+            .etsi014_peer()
+            .ok_or_else(|| bad("etsi014 needs [node.engine.link] peer_name".into()))?;
+        let settings = &services.etsi014;
+        let service_config = settings
+            .service_config(&self.name, peer, listener)
+            .map_err(bad)?;
+        let engine_config = config.engine.as_ref().expect("the engine runs");
+        let capacity = engine_config.window_blocks * engine_config.block_size as u64;
+        let supply =
+            crate::etsi014_supply::EngineSupply::new(engine, service_config.key_ttl_s, capacity);
+        let service =
+            crate::kms::etsi014::Etsi014::new(service_config, Arc::new(supply)).map_err(bad)?;
+        let files = listener
+            .tls
+            .clone()
+            .ok_or_else(|| bad("[node.etsi014] has no TLS certificate".into()))?;
+        if files.client_ca.is_none() || files.client_auth != crate::tls::ClientAuth::Required {
+            return Err(bad(
+                "[node.etsi014.tls] needs client_ca and client_auth = \"required\": SAEs are \
+                 known by their client certificates"
+                    .into(),
+            ));
+        }
+        let tls = Arc::new(
+            TlsAcceptor::new(files, Arc::clone(&services.revoked))
+                .map_err(|e| bad(format!("etsi014 tls: {e}")))?,
+        );
+        let mut router = Router::new(metrics);
+        Etsi014Api::new(Arc::new(service), settings.max_waiting).mount(&mut router);
+        let mut server_config = config.http.server_config(listener.listen, config.workers);
+        server_config.tls = Some(Arc::clone(&tls));
+        let name = format!("{}-etsi014", self.name);
+        let server =
+            Server::start(&name, &server_config, Arc::new(router), pool.clone()).map_err(|e| {
+                let context = format!("cannot listen on {}: {e}", listener.listen);
+                NodeError::Io(self.name.clone(), std::io::Error::new(e.kind(), context))
+            })?;
+        self.etsi014 = Some((server, tls));
+        Ok(())
+    }
+
+    /// The ETSI 014 listener's address and TLS, when it serves 014.
+    pub fn etsi014(&self) -> Option<(std::net::SocketAddr, &Arc<TlsAcceptor>)> {
+        self.etsi014.as_ref().map(|(s, t)| (s.local_addr(), t))
     }
 
     /// KeyTalk's two listeners: RCDP and the public API over TLS, the CA
@@ -351,7 +427,14 @@ impl RunningNode {
         if let Some(core) = self.core.as_mut() {
             core.stop();
         }
-        for server in self.server.take().into_iter().chain(self.keytalk.drain(..)) {
+        let etsi014 = self.etsi014.take().map(|(s, _)| s);
+        for server in self
+            .server
+            .take()
+            .into_iter()
+            .chain(self.keytalk.drain(..))
+            .chain(etsi014)
+        {
             server.shutdown_handle().trigger();
             server.join();
         }

@@ -5,6 +5,7 @@
 mod agreement;
 mod donau;
 mod etsi004;
+mod etsi014;
 mod health;
 mod keytalk;
 mod kms_access;
@@ -14,6 +15,7 @@ mod pool_gate;
 pub use agreement::AgreementApi;
 pub use donau::donau_route;
 pub use etsi004::Etsi004;
+pub use etsi014::Etsi014Api;
 pub use health::{HealthSources, healthz_route, metrics_route};
 pub use keypipe_net::kms_side::key_material_route;
 pub use keypipe_net::metrics::{Histogram, RequestMetrics};

@@ -307,11 +307,15 @@ fn serve(
         } else {
             None
         };
+        if config.serves(Protocol::Etsi014) {
+            prepare_etsi014(&mut config, &store)?;
+        }
         Services {
             keys: Some(Arc::new(keys)),
             agreement,
             donau,
             keytalk,
+            etsi014: config.etsi014.clone(),
             revoked,
             ncp_replay: Arc::new(ReplayCache::new(config.ncp.replay_cache_entries)),
         }
@@ -344,6 +348,12 @@ fn serve(
                 "listening {} keytalk {} (RCDP, public API), http://{plain} (CA, downloads)",
                 running.name(),
                 tls.join(" ")
+            );
+        }
+        if let Some((addr, _)) = running.etsi014() {
+            println!(
+                "listening {} etsi014 https://{addr} (SAE client certificates)",
+                running.name()
             );
         }
         nodes.push(running);
@@ -397,6 +407,41 @@ fn serve(
     Ok(())
 }
 
+/// ETSI 014: the CA (created on first start), and each 014 listener's
+/// certificate when the configuration names none, with keypipe's CA
+/// bundle as the client CA (SAE certificates are issued by it).
+fn prepare_etsi014(config: &mut Config, store: &Arc<Store>) -> Result<(), String> {
+    use keypipe_server::kms::ca::{Ca, KeyType};
+    use keypipe_server::listener_cert::{ca_bundle_file, server_files};
+    if Ca::new(store.as_ref())
+        .init("keypipe")
+        .map_err(|e| format!("etsi014: CA: {e}"))?
+    {
+        tracing::info!("etsi014: keypipe's CA created (Primary, Signing and Server CA)");
+    }
+    let data_dir = config.data_dir.clone();
+    for node in config.nodes.iter_mut() {
+        let name = node.name.clone();
+        if let Some(listener) = node.etsi014.as_mut()
+            && listener.tls.is_none()
+        {
+            let mut files = server_files(
+                store,
+                &data_dir,
+                "etsi014",
+                &name,
+                &[listener.listen],
+                &listener.names,
+                KeyType::P256,
+            )?;
+            files.client_ca = Some(ca_bundle_file(store, &data_dir, "etsi014")?);
+            files.client_auth = keypipe_server::tls::ClientAuth::Required;
+            listener.tls = Some(files);
+        }
+    }
+    Ok(())
+}
+
 /// KeyTalk: the CA (created on first start), the listener's certificate
 /// when the configuration names none, and the service.
 fn start_keytalk(config: &mut Config, store: &Arc<Store>) -> Result<KeyTalkApi, String> {
@@ -414,12 +459,14 @@ fn start_keytalk(config: &mut Config, store: &Arc<Store>) -> Result<KeyTalkApi, 
         let name = node.name.clone();
         if let Some(kt) = node.keytalk.as_mut() {
             if kt.tls.is_none() {
-                kt.tls = Some(keypipe_server::keytalk_tls::server_files(
+                kt.tls = Some(keypipe_server::listener_cert::server_files(
                     store,
                     &data_dir,
+                    "keytalk",
                     &name,
                     &kt.listen.all(),
                     &kt.names,
+                    keypipe_server::kms::ca::KeyType::P384,
                 )?);
             }
             ports.push(kt.ca_listen.port());
@@ -444,6 +491,14 @@ fn start_keytalk(config: &mut Config, store: &Arc<Store>) -> Result<KeyTalkApi, 
 /// whose files do not load keeps what it had, and the log says why.
 fn reload_tls(nodes: &[RunningNode]) {
     for node in nodes {
+        if let Some((_, tls)) = node.etsi014()
+            && let Err(e) = tls.reload()
+        {
+            tracing::error!(
+                node = node.name(),
+                "ETSI 014 TLS reload failed, keeping the old: {e}"
+            );
+        }
         if let Some(tls) = node.keytalk_tls()
             && let Err(e) = tls.reload()
         {

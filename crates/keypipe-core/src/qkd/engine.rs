@@ -876,17 +876,17 @@ impl Engine {
         }
     }
 
-    /// Redeems `out.len()` bytes of directed stream `ksid` from offset
-    /// `first` into `out`, all or nothing, at once (works while the link
-    /// is down).
-    pub fn redeem(&self, ksid: &Uuid, first: u64, out: &mut [u8]) -> Result<(), DirectedError> {
+    /// Redeems every span (KSID, offset of the first byte, length) of
+    /// directed streams into `out`, one after the other, all or nothing, at
+    /// once (works while the link is down).
+    pub fn redeem(&self, spans: &[(Uuid, u64, u64)], out: &mut [u8]) -> Result<(), DirectedError> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(DirectedError::NoLink);
         }
         let mut node = self.shared.lock();
         let now = Instant::now();
         self.shared.drain_inbox(&mut node, now);
-        let redeemed = node.redeem(now, ksid, first, out);
+        let redeemed = node.redeem(now, spans, out);
         self.shared.flush(&mut node);
         redeemed
     }

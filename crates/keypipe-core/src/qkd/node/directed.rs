@@ -278,6 +278,39 @@ impl Node {
         Ok(Issue::Issued(first))
     }
 
+    /// Keeps every stream this node issues supplied ahead of its next key
+    /// (background work: the first request after a quiet spell finds key
+    /// ready).
+    pub(super) fn top_up(&mut self, now: Instant) {
+        let (role, block_size) = (self.role, self.block_size);
+        let issuing: Vec<Uuid> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| {
+                s.issuer == Some(role)
+                    && s.local == Side::Open
+                    && s.peer == Side::Open
+                    && s.allocating()
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        let mut missing = std::mem::take(&mut self.scratch);
+        for ksid in issuing {
+            missing.clear();
+            let stream = &self.streams[&ksid];
+            let next = stream.next_issue / block_size;
+            for sb in next..next + LOOKAHEAD_BLOCKS {
+                if matches!(place(stream, sb, role, now), Place::Missing) {
+                    missing.push(sb);
+                }
+            }
+            if !missing.is_empty() {
+                self.provide(&ksid, &missing, now);
+            }
+        }
+        self.scratch = missing;
+    }
+
     /// Assigns (leader) or asks for (follower) stream blocks `sbs` of
     /// `ksid`, in order, as far as each can be now.
     fn provide(&mut self, ksid: &Uuid, sbs: &[u64], now: Instant) {
@@ -293,36 +326,51 @@ impl Node {
         }
     }
 
-    /// Redeems `out.len()` bytes of `ksid`'s key from chunk `first` on,
-    /// all or nothing: every byte must be held here and never handed out.
-    /// Works while the link is down.
+    /// Redeems every span (KSID, first byte, length) into `out`, one after
+    /// the other, all or nothing: every byte must be held here and never
+    /// handed out, and no two spans may overlap. Works while the link is
+    /// down.
     pub fn redeem(
         &mut self,
         now: Instant,
-        ksid: &Uuid,
-        first: u64,
+        spans: &[(Uuid, u64, u64)],
         out: &mut [u8],
     ) -> Result<(), DirectedError> {
         if self.role == Role::Follower {
             self.pump_leases(now);
         }
         let block_size = self.block_size;
-        let len = out.len() as u64;
-        let stream = self.directed(ksid, false)?;
-        let end = first.checked_add(len).ok_or(DirectedError::NotFound)?;
-        if len == 0 || end > super::MAX_STREAM_BYTES || stream.done.count_within(first, end) > 0 {
+        let total: u64 = spans.iter().map(|s| s.2).sum();
+        if total != out.len() as u64 {
             return Err(DirectedError::NotFound);
         }
-        let present = (first / block_size..=(end - 1) / block_size)
-            .all(|sb| stream.held.get(&sb).is_some_and(|h| h.expires > now));
-        if !present {
-            return Err(DirectedError::NotFound);
+        for (i, &(ksid, first, len)) in spans.iter().enumerate() {
+            let end = first.checked_add(len).ok_or(DirectedError::NotFound)?;
+            let overlaps = spans[..i]
+                .iter()
+                .any(|&(k, f, l)| k == ksid && f < end && first < f + l);
+            let stream = self.directed(&ksid, false)?;
+            if len == 0
+                || overlaps
+                || end > super::MAX_STREAM_BYTES
+                || stream.done.count_within(first, end) > 0
+                || !(first / block_size..=(end - 1) / block_size)
+                    .all(|sb| stream.held.get(&sb).is_some_and(|h| h.expires > now))
+            {
+                return Err(DirectedError::NotFound);
+            }
         }
-        stream.last_active = now;
-        let released = stream.take_span(first, block_size, out, false);
-        self.held_total -= released;
-        if self.role == Role::Follower && released > 0 {
-            self.grant_credit(*ksid, 0);
+        let mut at = 0usize;
+        for &(ksid, first, len) in spans {
+            let stream = self.streams.get_mut(&ksid).expect("checked");
+            stream.last_active = now;
+            let released =
+                stream.take_span(first, block_size, &mut out[at..at + len as usize], false);
+            at += len as usize;
+            self.held_total -= released;
+            if self.role == Role::Follower && released > 0 {
+                self.grant_credit(ksid, 0);
+            }
         }
         Ok(())
     }

@@ -787,6 +787,7 @@ impl Node {
             Role::Leader => self.serve_requests(now),
             Role::Follower => self.pump_leases(now),
         }
+        self.top_up(now);
         let block_size = self.block_size;
         let idle = self.tuning.idle_timeout;
         let mut lost_total = (0, 0);

@@ -45,7 +45,7 @@ fn redeem(
     let mut out = vec![0u8; len];
     let got = sim.nodes[i]
         .node
-        .redeem(Instant::now(), &ksid, first, &mut out);
+        .redeem(Instant::now(), &[(ksid, first, len as u64)], &mut out);
     sim.collect();
     got.map(|()| out)
 }
@@ -204,6 +204,35 @@ fn a_redeemer_killed_loses_only_what_it_held_and_hands_out_nothing_twice() {
         assert!(f3 > f2);
         assert_eq!(redeem(&mut sim, redeemer, k, f3, 32).unwrap(), b3);
     }
+}
+
+#[test]
+fn a_redemption_of_several_keys_is_all_or_nothing() {
+    let mut sim = Sim::new(None);
+    let k = open_directed(&mut sim, 0);
+    let (f1, b1) = issue(&mut sim, 0, k, 16);
+    let (f2, b2) = issue(&mut sim, 0, k, 16);
+    let mut out = vec![0u8; 32];
+    let now = Instant::now();
+    for bad in [
+        vec![(k, f1, 16), (k, 1 << 30, 16)],
+        vec![(k, f1, 16), (k, f1 + 8, 16)],
+        vec![(k, f1, 16), (Uuid::new_v4(), f2, 16)],
+    ] {
+        assert!(
+            sim.nodes[1].node.redeem(now, &bad, &mut out).is_err(),
+            "{bad:?}"
+        );
+    }
+    sim.nodes[1]
+        .node
+        .redeem(now, &[(k, f2, 16), (k, f1, 16)], &mut out)
+        .unwrap();
+    assert_eq!(
+        out,
+        [b2, b1].concat(),
+        "nothing was taken by the refused calls"
+    );
 }
 
 #[test]
