@@ -3,6 +3,7 @@
 //! every push (and can go down and come back on the same port).
 #![allow(dead_code)]
 
+pub mod etsi014;
 pub mod feeder;
 pub mod keytalk;
 pub mod keytalk_clients;

@@ -204,6 +204,19 @@ impl TlsConn {
         read_answer(&mut self.stream)
     }
 
+    /// One request with a raw body (sent as JSON) and its answer.
+    pub fn send_raw(&mut self, method: &str, path: &str, body: &[u8]) -> std::io::Result<Answer> {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let stream = self.stream.get_mut();
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(body)?;
+        stream.flush()?;
+        read_answer(&mut self.stream)
+    }
+
     /// OPEN_CONNECT of a stream from `source` to `destination` (joining
     /// `ksid` when given), 32-byte chunks.
     pub fn open_stream(&mut self, source: &str, destination: &str, ksid: Option<&str>) -> Answer {
