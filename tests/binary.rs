@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 use support::*;
 
 /// The binary under test; `KEYPIPE_TEST_BIN` runs these tests against
@@ -118,7 +118,9 @@ fn default_serve_runs_a_whole_link_and_stops_on_sigterm() {
         [
             "listening node-a http://127.0.0.1:7004",
             "listening node-a keytalk https://127.0.0.1:4443 (RCDP, public API), http://127.0.0.1:8000 (CA, downloads)",
-            "listening node-b http://127.0.0.1:7005"
+            "listening node-a etsi014 https://127.0.0.1:7014 (SAE client certificates)",
+            "listening node-b http://127.0.0.1:7005",
+            "listening node-b etsi014 https://127.0.0.1:7015 (SAE client certificates)"
         ]
     );
     let (a, b) = (
@@ -151,20 +153,21 @@ fn default_serve_runs_a_whole_link_and_stops_on_sigterm() {
         204
     );
     readme_keytalk_enrolment(cwd.path());
+    readme_etsi014(cwd.path());
     assert!(terminate(&mut child.0).success());
 }
 
-/// Runs the README's KeyTalk enrolment (the shell block after the
-/// `keytalk-demo` marker) against the default server, in `cwd`.
-fn readme_keytalk_enrolment(cwd: &std::path::Path) {
+/// Runs a shell block of the README (the one after `<!-- {marker}`) in
+/// `cwd`, with the built `keypipe` on the PATH; its standard output.
+fn readme_block(marker: &str, cwd: &std::path::Path) -> String {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let block = readme
-        .split("<!-- keytalk-demo")
+        .split(&format!("<!-- {marker}"))
         .nth(1)
         .and_then(|rest| rest.split("```sh\n").nth(1))
         .and_then(|rest| rest.split("```").next())
-        .expect("the README's KeyTalk block");
+        .unwrap_or_else(|| panic!("the README's {marker} block"));
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_keypipe"))
         .parent()
         .unwrap();
@@ -179,12 +182,32 @@ fn readme_keytalk_enrolment(cwd: &std::path::Path) {
         .env("PATH", path)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    text
+}
+
+/// The README's ETSI 014 lines: two keys on node A, the second of them
+/// by id on node B, the same bytes.
+fn readme_etsi014(cwd: &std::path::Path) {
+    let text = readme_block("etsi014-demo", cwd);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let issued: Value = serde_json::from_str(lines[0]).unwrap();
+    let fetched: Value = serde_json::from_str(lines[1]).unwrap();
+    assert_eq!(issued["keys"].as_array().unwrap().len(), 2, "{text}");
+    assert_eq!(fetched["keys"][0], issued["keys"][1], "{text}");
+    assert_eq!(fetched["keys"].as_array().unwrap().len(), 1, "{text}");
+}
+
+/// Runs the README's KeyTalk enrolment (the shell block after the
+/// `keytalk-demo` marker) against the default server, in `cwd`.
+fn readme_keytalk_enrolment(cwd: &std::path::Path) {
+    let text = readme_block("keytalk-demo", cwd);
     assert!(text.contains(r#""version":"2.4.1""#), "{text}");
     assert!(text.contains(r#""auth-status":"OK""#), "{text}");
     assert!(text.ends_with("alice.pem: key decrypts\n"), "{text}");
