@@ -290,7 +290,13 @@ impl RunningNode {
                 .map_err(|e| bad(format!("etsi014 tls: {e}")))?,
         );
         let mut router = Router::new(metrics);
-        Etsi014Api::new(Arc::new(service), settings.max_waiting).mount(&mut router);
+        // Waiting enc_keys never take the whole pool: one thread stays free
+        // for the other protocols' slow work.
+        let max_waiting = settings
+            .max_waiting
+            .min(pool.threads().saturating_sub(1))
+            .max(1);
+        Etsi014Api::new(Arc::new(service), max_waiting).mount(&mut router);
         let mut server_config = config.http.server_config(listener.listen, config.workers);
         server_config.tls = Some(Arc::clone(&tls));
         let name = format!("{}-etsi014", self.name);
