@@ -87,6 +87,11 @@ enum Scenario {
     /// makes a fresh key pair per request), then GET /healthz latency alone
     /// and during a burst of FFDHE-3072 agreements.
     Agreement(AgreementArgs),
+    /// ETSI GS QKD 014 over mutual TLS: closed-loop `enc_keys` of the
+    /// master SAE on node A while `dec_keys` of the slave SAE on node B
+    /// fetches every key issued and compares its bytes; rows of both. Exits
+    /// non-zero when a `dec_keys` is refused or a key differs.
+    Etsi014(Etsi014Args),
     /// Runs node A and node B as two `keypipe serve` processes pushing one
     /// stream to two in-process KMS receivers, kills one or both with
     /// SIGKILL, restarts them, and times restart to the first chunk pushed
@@ -349,6 +354,7 @@ fn main() -> ExitCode {
             }
         }),
         Scenario::All(a) => all(&a),
+        Scenario::Etsi014(e) => etsi014(&e),
         Scenario::Restart(r) => restart(&r),
     };
     match outcome {
@@ -458,6 +464,12 @@ struct Target {
 /// `LOAD_CA` names the CA bundle to trust, and `LOAD_CERT` / `LOAD_KEY`
 /// a client certificate to present (optional).
 fn target(url: &str) -> Result<Target, String> {
+    target_as(url, ("LOAD_CERT", "LOAD_KEY"))
+}
+
+/// [`target`], presenting the client certificate and key whose files the
+/// environment variables `vars` name (when both are set).
+fn target_as(url: &str, vars: (&str, &str)) -> Result<Target, String> {
     let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
         (Some(rest), _) => (true, rest),
         (None, Some(rest)) => (false, rest),
@@ -486,14 +498,16 @@ fn target(url: &str) -> Result<Target, String> {
                 .map_or(host.as_str(), |(h, _)| h)
                 .to_owned();
             let name = rustls::pki_types::ServerName::try_from(name).map_err(ctx(url))?;
-            Some((tls_config()?, name))
+            Some((tls_config(vars)?, name))
         }
     };
     Ok(Target { addr, host, tls })
 }
 
-/// The client TLS configuration from `LOAD_CA`, `LOAD_CERT`, `LOAD_KEY`.
-fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
+/// The client TLS configuration: the CA bundle `LOAD_CA`, and the client
+/// certificate and key whose files the environment variables `vars` name
+/// (`LOAD_CERT`, `LOAD_KEY`; none when either is unset).
+fn tls_config(vars: (&str, &str)) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
     let ca = std::env::var("LOAD_CA").map_err(|_| "https:// needs LOAD_CA (a CA bundle)")?;
     let mut roots = rustls::RootCertStore::empty();
@@ -501,7 +515,7 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
         roots.add(cert.map_err(ctx(&ca))?).map_err(ctx(&ca))?;
     }
     let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
-    let config = match (std::env::var("LOAD_CERT"), std::env::var("LOAD_KEY")) {
+    let config = match (std::env::var(vars.0), std::env::var(vars.1)) {
         (Ok(cert), Ok(key)) => {
             let chain = CertificateDer::pem_file_iter(&cert)
                 .map_err(ctx(&cert))?
@@ -663,12 +677,27 @@ fn parse_request(buf: &[u8]) -> io::Result<Option<(bool, usize, usize)>> {
     Ok((buf.len() >= head + body).then_some((key_material, head, body)))
 }
 
-/// One blocking request on a new connection: (status, body).
+/// A blocking connection: plain TCP, or TLS over it.
+trait Blocking: Read + Write {}
+
+impl<T: Read + Write> Blocking for T {}
+
+/// One blocking request on a new connection (TLS for an https:// target):
+/// (status, body).
 fn call(t: &Target, method: &str, path: &str, body: &str) -> Result<(u16, Vec<u8>), String> {
-    let what = format!("{method} http://{}{path}", t.host);
-    let mut s = StdStream::connect_timeout(&t.addr, Duration::from_secs(5)).map_err(ctx(&what))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))
+    let scheme = if t.tls.is_some() { "https" } else { "http" };
+    let what = format!("{method} {scheme}://{}{path}", t.host);
+    let tcp = StdStream::connect_timeout(&t.addr, Duration::from_secs(5)).map_err(ctx(&what))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(ctx(&what))?;
+    let mut s: Box<dyn Blocking> = match &t.tls {
+        None => Box::new(tcp),
+        Some((config, name)) => {
+            let tls = rustls::ClientConnection::new(Arc::clone(config), name.clone())
+                .map_err(ctx(&what))?;
+            Box::new(rustls::StreamOwned::new(tls, tcp))
+        }
+    };
     let mut req = Vec::new();
     request(&mut req, method, path, &t.host, body);
     s.write_all(&req).map_err(ctx(&what))?;
@@ -1731,4 +1760,660 @@ fn restart(r: &RestartArgs) -> Result<(), String> {
         ms(times[times.len() - 1])
     );
     Ok(())
+}
+
+// ------------------------------------------------------------------ etsi014
+
+/// Options of the `etsi014` scenario.
+#[derive(Args, Clone)]
+struct Etsi014Args {
+    /// Base URL of the master SAE's node (enc_keys), https://; the client
+    /// certificate is the master SAE's, from `LOAD_CERT` / `LOAD_KEY`.
+    #[arg(long, default_value = "https://localhost:7014")]
+    a: String,
+    /// Base URL of the slave SAE's node (dec_keys), https://; the client
+    /// certificate is the slave SAE's, from `LOAD_CERT_B` / `LOAD_KEY_B`.
+    #[arg(long, default_value = "https://localhost:7015")]
+    b: String,
+    /// The master SAE's ID (the CN of `LOAD_CERT`).
+    #[arg(long, default_value = "sae-a")]
+    master: String,
+    /// The slave SAE's ID (the CN of `LOAD_CERT_B`).
+    #[arg(long, default_value = "sae-b")]
+    slave: String,
+    /// Keep-alive connections sending enc_keys to node A.
+    #[arg(long, default_value_t = 64)]
+    conns: usize,
+    /// Keys per enc_keys (`number`).
+    #[arg(long, default_value_t = 1)]
+    number: usize,
+    /// Key size, bits (`size`).
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Keep-alive connections sending dec_keys to node B.
+    #[arg(long, default_value_t = 4)]
+    dec_conns: usize,
+    /// key_IDs per dec_keys at most (the server's max_key_per_request
+    /// bounds it).
+    #[arg(long, default_value_t = 128)]
+    dec_ids: usize,
+    /// Key issued (or asked for) and not fetched yet, KiB, at most:
+    /// enc_keys waits for dec_keys beyond it. Node B holds that key, at
+    /// most the pair's window (`max_key_count` × `key_size` of the
+    /// status): past that, enc_keys gets 503. 0: half the window.
+    #[arg(long, default_value_t = 0)]
+    backlog_kib: usize,
+    /// Duration of the measurement, seconds (then the keys still issued
+    /// are fetched and checked, for at most 5 s more).
+    #[arg(long, default_value_t = 5.0)]
+    secs: f64,
+    /// Client threads (one mio event loop each, each with its share of
+    /// both kinds of connections).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+/// What the threads of an `etsi014` run send.
+struct Plan14 {
+    a: Target,
+    b: Target,
+    /// The enc_keys request, the same every time.
+    enc: Vec<u8>,
+    /// The path of dec_keys on node B.
+    dec_path: String,
+    /// Keys per enc_keys.
+    number: usize,
+    /// Bytes per key.
+    key_len: usize,
+    /// key_IDs per dec_keys at most.
+    dec_ids: usize,
+    /// Keys issued (or asked for) and not fetched yet, per thread, at most.
+    backlog: usize,
+}
+
+/// What one request type of an `etsi014` run measured.
+#[derive(Default, Clone)]
+struct Side14 {
+    hist: Hist,
+    /// Answers that were right.
+    ok: u64,
+    /// Keys in them.
+    keys: u64,
+    /// Requests refused, wrong or lost.
+    errors: u64,
+}
+
+impl Side14 {
+    /// Adds `o`'s counts.
+    fn merge(&mut self, o: &Side14) {
+        self.hist.merge(&o.hist);
+        (self.ok, self.keys, self.errors) =
+            (self.ok + o.ok, self.keys + o.keys, self.errors + o.errors);
+    }
+}
+
+/// What an `etsi014` run measured until its deadline.
+#[derive(Default, Clone)]
+struct Stats14 {
+    enc: Side14,
+    dec: Side14,
+}
+
+/// The correctness check of a whole `etsi014` run (the fetch of the keys
+/// still issued after the deadline included).
+#[derive(Default)]
+struct Check14 {
+    /// Keys enc_keys gave.
+    issued: u64,
+    /// Keys dec_keys gave back with the bytes enc_keys gave.
+    matched: u64,
+    /// Keys dec_keys gave with other bytes, left out, or never asked for.
+    mismatches: u64,
+    /// dec_keys refused (other than 200), unreadable, or lost with their
+    /// connection.
+    dec_failures: u64,
+    /// Keys those dec_keys asked for.
+    lost: u64,
+    /// Keys issued and never fetched (the end came first).
+    unfetched: u64,
+    /// enc_keys held back while the backlog was full.
+    held: u64,
+    /// Problems reported on stderr (the first few are).
+    reported: u64,
+}
+
+impl Check14 {
+    /// Adds `o`'s counts.
+    fn merge(&mut self, o: &Check14) {
+        self.issued += o.issued;
+        self.matched += o.matched;
+        self.mismatches += o.mismatches;
+        self.dec_failures += o.dec_failures;
+        self.lost += o.lost;
+        self.unfetched += o.unfetched;
+        self.held += o.held;
+        self.reported += o.reported;
+    }
+}
+
+/// Problems each client thread prints on stderr at most.
+const REPORTED: u64 = 10;
+
+/// A key container (`{"keys":[{"key_ID","key"}, …]}`).
+#[derive(Deserialize)]
+struct Container<'a> {
+    #[serde(borrow)]
+    keys: Vec<ContainerKey<'a>>,
+}
+
+/// One key of a key container.
+#[derive(Deserialize)]
+struct ContainerKey<'a> {
+    #[serde(rename = "key_ID", borrow)]
+    id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    key: std::borrow::Cow<'a, str>,
+}
+
+/// The keys of a key container: (key_ID, bytes). `None`: unreadable.
+fn container(body: &[u8]) -> Option<Vec<(uuid::Uuid, Vec<u8>)>> {
+    let c: Container = serde_json::from_slice(body).ok()?;
+    c.keys
+        .iter()
+        .map(|k| {
+            let id = uuid::Uuid::parse_str(&k.id).ok()?;
+            let key = base64::engine::general_purpose::STANDARD
+                .decode(k.key.as_bytes())
+                .ok()?;
+            Some((id, key))
+        })
+        .collect()
+}
+
+/// How many keys of `asked` `got` does not give back with the same bytes,
+/// plus the keys of `got` never asked for.
+fn mismatching(asked: &[(uuid::Uuid, Vec<u8>)], got: &[(uuid::Uuid, Vec<u8>)]) -> u64 {
+    if asked.len() == got.len() && asked.iter().zip(got).all(|(a, g)| a.0 == g.0) {
+        return asked.iter().zip(got).filter(|(a, g)| a.1 != g.1).count() as u64;
+    }
+    let by_id: HashMap<_, _> = got.iter().map(|(id, key)| (*id, key)).collect();
+    let found = asked
+        .iter()
+        .filter(|(id, _)| by_id.contains_key(id))
+        .count();
+    let differ = asked
+        .iter()
+        .filter(|(id, key)| by_id.get(id).is_none_or(|k| *k != key))
+        .count();
+    (differ + got.len() - found) as u64
+}
+
+/// The start of a body, for a message.
+fn excerpt(body: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(&body[..body.len().min(200)])
+}
+
+/// A connection of an `etsi014` run: enc_keys on node A, or dec_keys on
+/// node B.
+struct Conn14 {
+    sock: Sock,
+    /// Sends dec_keys (else enc_keys).
+    dec: bool,
+    connected: bool,
+    out: Vec<u8>,
+    sent: usize,
+    inb: Vec<u8>,
+    started: Instant,
+    /// A request is in flight.
+    busy: bool,
+    /// enc_keys: idle because the backlog was full.
+    held: bool,
+    /// dec_keys: the keys asked for, with the bytes enc_keys gave.
+    asked: Vec<(uuid::Uuid, Vec<u8>)>,
+}
+
+impl Conn14 {
+    /// A connection on `sock`, idle.
+    fn new(sock: Sock, dec: bool) -> Conn14 {
+        Conn14 {
+            sock,
+            dec,
+            connected: false,
+            out: Vec::new(),
+            sent: 0,
+            inb: Vec::new(),
+            started: Instant::now(),
+            busy: false,
+            held: false,
+            asked: Vec::new(),
+        }
+    }
+
+    /// Handles an event: sends, reads, and hands a complete answer to
+    /// `flow`. `Ok(true)`: the server closes, reconnect.
+    fn drive(&mut self, flow: &mut Flow14, buf: &mut [u8]) -> io::Result<bool> {
+        if !self.connected {
+            if let Some(e) = self.sock.tcp().take_error()? {
+                return Err(e);
+            }
+            match self.sock.tcp().peer_addr() {
+                Ok(_) => self.connected = true,
+                Err(e) if e.kind() == ErrorKind::NotConnected => return Ok(false),
+                Err(e) => return Err(e),
+            }
+            self.sock.tcp().set_nodelay(true)?;
+            self.started = Instant::now();
+        }
+        write_out(&mut self.sock, &mut self.out, &mut self.sent)?;
+        let eof = read_all(&mut self.sock, &mut self.inb, buf)?;
+        // A TLS handshake that just finished lets the request go now.
+        write_out(&mut self.sock, &mut self.out, &mut self.sent)?;
+        if let Some((code, head, len, close)) = parse_response(&self.inb)? {
+            let inb = std::mem::take(&mut self.inb);
+            flow.answer(self, code, &inb[head..head + len]);
+            self.inb = inb;
+            self.inb.drain(..head + len);
+            if close {
+                return Ok(true);
+            }
+        }
+        match eof {
+            true => Err(ErrorKind::UnexpectedEof.into()),
+            false => Ok(false),
+        }
+    }
+
+    /// Replaces the socket by a new connection (token `i`).
+    fn reopen(&mut self, plan: &Plan14, reg: &Registry, i: usize) -> io::Result<()> {
+        reg.deregister(self.sock.tcp())?;
+        self.sock = Conn::open(if self.dec { &plan.b } else { &plan.a }, reg, i)?;
+        (self.connected, self.sent) = (false, 0);
+        self.inb.clear();
+        self.out.clear();
+        Ok(())
+    }
+}
+
+/// The state of one client thread of an `etsi014` run.
+struct Flow14<'a> {
+    plan: &'a Plan14,
+    /// Keys enc_keys gave, in order, not asked for yet.
+    pending: std::collections::VecDeque<(uuid::Uuid, Vec<u8>)>,
+    /// Keys that are (or may be) issued and not fetched yet: pending,
+    /// asked for, and `number` per enc_keys in flight.
+    outstanding: usize,
+    /// Past the deadline: no new enc_keys, answers are not measured.
+    draining: bool,
+    measured: Stats14,
+    late: Stats14,
+    check: Check14,
+}
+
+impl Flow14<'_> {
+    /// Where answers count now.
+    fn stats(&mut self) -> &mut Stats14 {
+        match self.draining {
+            false => &mut self.measured,
+            true => &mut self.late,
+        }
+    }
+
+    /// Reports a problem on stderr (the first few).
+    fn report(&mut self, what: impl FnOnce() -> String) {
+        if self.check.reported < REPORTED {
+            eprintln!("load: etsi014: {}", what());
+        }
+        self.check.reported += 1;
+    }
+
+    /// Puts a request in `c.out` when there is one to send: dec_keys while
+    /// keys wait, enc_keys before the deadline while the backlog has room.
+    fn start(&mut self, c: &mut Conn14) -> bool {
+        if c.busy {
+            return false;
+        }
+        let plan = self.plan;
+        if c.dec {
+            if self.pending.is_empty() {
+                return false;
+            }
+            let n = self.pending.len().min(plan.dec_ids);
+            c.asked.clear();
+            c.asked.extend(self.pending.drain(..n));
+            let mut body = String::with_capacity(16 + 52 * n);
+            body.push_str(r#"{"key_IDs":["#);
+            for (i, (id, _)) in c.asked.iter().enumerate() {
+                let sep = if i == 0 { "" } else { "," };
+                body.push_str(&format!(r#"{sep}{{"key_ID":"{id}"}}"#));
+            }
+            body.push_str("]}");
+            (c.sent, c.busy) = (0, true);
+            c.out.clear();
+            request(&mut c.out, "POST", &plan.dec_path, &plan.b.host, &body);
+        } else {
+            if self.draining {
+                return false;
+            }
+            if self.outstanding + plan.number > plan.backlog {
+                c.held = true;
+                return false;
+            }
+            self.check.held += u64::from(std::mem::take(&mut c.held));
+            self.outstanding += plan.number;
+            (c.sent, c.busy) = (0, true);
+            c.out.clear();
+            c.out.extend_from_slice(&plan.enc);
+        }
+        c.started = Instant::now();
+        true
+    }
+
+    /// Records the answer to `c`'s request.
+    fn answer(&mut self, c: &mut Conn14, code: u16, body: &[u8]) {
+        let took = c.started.elapsed();
+        c.busy = false;
+        match c.dec {
+            true => self.dec_answer(&mut c.asked, code, body, took),
+            false => self.enc_answer(code, body, took),
+        }
+    }
+
+    /// An enc_keys answer: its keys wait for dec_keys.
+    fn enc_answer(&mut self, code: u16, body: &[u8], took: Duration) {
+        let (number, key_len) = (self.plan.number, self.plan.key_len);
+        self.outstanding -= number;
+        let keys = match container(body) {
+            Some(k)
+                if code == 200 && k.len() == number && k.iter().all(|k| k.1.len() == key_len) =>
+            {
+                k
+            }
+            _ => {
+                self.stats().enc.errors += 1;
+                let what = match code {
+                    200 => format!("not {number} keys of {key_len} bytes"),
+                    _ => format!("status {code}"),
+                };
+                self.report(|| format!("enc_keys: {what} after {took:.1?}: {}", excerpt(body)));
+                return;
+            }
+        };
+        let st = &mut self.stats().enc;
+        (st.ok, st.keys) = (st.ok + 1, st.keys + number as u64);
+        st.hist.record(took);
+        self.check.issued += number as u64;
+        self.outstanding += number;
+        self.pending.extend(keys);
+    }
+
+    /// A dec_keys answer: every key asked for, with the bytes enc_keys
+    /// gave.
+    fn dec_answer(
+        &mut self,
+        asked: &mut Vec<(uuid::Uuid, Vec<u8>)>,
+        code: u16,
+        body: &[u8],
+        took: Duration,
+    ) {
+        let n = asked.len();
+        self.outstanding -= n;
+        let got = match container(body) {
+            Some(got) if code == 200 => got,
+            _ => {
+                self.stats().dec.errors += 1;
+                (self.check.dec_failures, self.check.lost) =
+                    (self.check.dec_failures + 1, self.check.lost + n as u64);
+                let first = asked[0].0;
+                self.report(|| {
+                    format!(
+                        "dec_keys of {n} keys from {first}: status {code} after {took:.1?}: {}",
+                        excerpt(body)
+                    )
+                });
+                asked.clear();
+                return;
+            }
+        };
+        let bad = mismatching(asked, &got);
+        self.check.mismatches += bad;
+        self.check.matched += n as u64 - bad.min(n as u64);
+        if bad > 0 {
+            self.stats().dec.errors += 1;
+            let first = asked[0].0;
+            self.report(|| {
+                format!(
+                    "dec_keys of {n} keys from {first}: {bad} keys differ from what enc_keys gave"
+                )
+            });
+        } else {
+            let st = &mut self.stats().dec;
+            (st.ok, st.keys) = (st.ok + 1, st.keys + n as u64);
+            st.hist.record(took);
+        }
+        asked.clear();
+    }
+
+    /// `c`'s connection failed with `e`: its request in flight is lost.
+    fn failed(&mut self, c: &mut Conn14, e: &io::Error) {
+        if !std::mem::take(&mut c.busy) {
+            return;
+        }
+        let n = match c.dec {
+            true => {
+                let n = c.asked.len();
+                self.stats().dec.errors += 1;
+                (self.check.dec_failures, self.check.lost) =
+                    (self.check.dec_failures + 1, self.check.lost + n as u64);
+                c.asked.clear();
+                n
+            }
+            false => {
+                self.stats().enc.errors += 1;
+                self.plan.number
+            }
+        };
+        self.outstanding -= n;
+        let what = if c.dec { "dec_keys" } else { "enc_keys" };
+        self.report(|| format!("{what}: connection lost: {e}"));
+    }
+}
+
+/// One client thread of an `etsi014` run: `enc` enc_keys and `dec`
+/// dec_keys connections until `deadline`, then the fetch of what is still
+/// issued (5 s at most). What it measured, and its check.
+fn client14(
+    plan: &Plan14,
+    enc: usize,
+    dec: usize,
+    deadline: Instant,
+) -> io::Result<(Stats14, Check14)> {
+    let mut poll = Poll::new()?;
+    let mut events = Events::with_capacity(1024);
+    let mut cs = Vec::with_capacity(enc + dec);
+    for i in 0..enc + dec {
+        let t = if i < enc { &plan.a } else { &plan.b };
+        cs.push(Conn14::new(Conn::open(t, poll.registry(), i)?, i >= enc));
+    }
+    let mut flow = Flow14 {
+        plan,
+        pending: Default::default(),
+        outstanding: 0,
+        draining: false,
+        measured: Stats14::default(),
+        late: Stats14::default(),
+        check: Check14::default(),
+    };
+    let mut buf = vec![0; 1 << 16];
+    let grace = deadline + Duration::from_secs(5);
+    loop {
+        let now = Instant::now();
+        flow.draining = now >= deadline;
+        for (i, c) in cs.iter_mut().enumerate() {
+            if flow.start(c)
+                && c.connected
+                && let Err(e) = write_out(&mut c.sock, &mut c.out, &mut c.sent)
+            {
+                flow.failed(c, &e);
+                c.reopen(plan, poll.registry(), i)?;
+            }
+        }
+        if flow.draining && (flow.outstanding == 0 || now >= grace) {
+            break;
+        }
+        let until = if flow.draining { grace } else { deadline };
+        match poll.poll(&mut events, Some(until.saturating_duration_since(now))) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            r => r?,
+        }
+        for ev in &events {
+            let (i, c) = (ev.token().0, &mut cs[ev.token().0]);
+            let failure = match c.drive(&mut flow, &mut buf) {
+                Ok(false) => continue,
+                Ok(true) => None,
+                Err(e) => Some(e),
+            };
+            if let Some(e) = failure {
+                flow.failed(c, &e);
+            }
+            c.reopen(plan, poll.registry(), i)?;
+        }
+    }
+    let asked: usize = cs.iter().map(|c| c.asked.len()).sum();
+    flow.check.unfetched = (flow.pending.len() + asked) as u64;
+    Ok((flow.measured, flow.check))
+}
+
+/// The window of `slave`'s pair with the caller of `t` (its master), in
+/// bytes: `max_key_count` × `key_size` / 8 of the status.
+fn window_of(t: &Target, slave: &str) -> Result<usize, String> {
+    let path = format!("/api/v1/keys/{slave}/status");
+    let body = expect(t, "GET", &path, "", 200)?;
+    let v: serde_json::Value = serde_json::from_slice(&body).map_err(ctx(&path))?;
+    let field = |name: &str| v.get(name).and_then(serde_json::Value::as_u64);
+    match (field("max_key_count"), field("key_size")) {
+        (Some(count), Some(bits)) if count > 0 => Ok((count * bits / 8) as usize),
+        _ => Err(format!(
+            "{path}: no max_key_count (or 0) to size the backlog by: give --backlog-kib"
+        )),
+    }
+}
+
+/// Prints the rows of an `etsi014` run: (name, connections, what it
+/// measured), over `secs` seconds, `key_bits` per key.
+fn print_key_table(rows: &[(String, usize, &Side14)], secs: f64, key_bits: usize) {
+    let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
+    println!(
+        "{:<28} {:>6} {:>10} {:>10} {:>9} {:>9} {:>9} {:>8}",
+        "scenario", "conns", "req/s", "keys/s", "Mbit/s", "p50 µs", "p99 µs", "errors"
+    );
+    for (name, conns, s) in rows {
+        let keys = s.keys as f64 / secs;
+        println!(
+            "{:<28} {:>6} {:>10.0} {:>10.0} {:>9.2} {:>9} {:>9} {:>8}",
+            name,
+            conns,
+            s.ok as f64 / secs,
+            keys,
+            keys * key_bits as f64 / 1e6,
+            opt(s.hist.quantile_us(0.5)),
+            opt(s.hist.quantile_us(0.99)),
+            s.errors
+        );
+    }
+}
+
+/// The `etsi014` scenario.
+fn etsi014(e: &Etsi014Args) -> Result<(), String> {
+    if e.conns == 0 || e.dec_conns == 0 || e.number == 0 || e.dec_ids == 0 {
+        return Err("--conns, --dec-conns, --number and --dec-ids must be at least 1".into());
+    }
+    let a = target_as(&e.a, ("LOAD_CERT", "LOAD_KEY"))?;
+    let b = target_as(&e.b, ("LOAD_CERT_B", "LOAD_KEY_B"))?;
+    for t in [&a, &b] {
+        StdStream::connect_timeout(&t.addr, Duration::from_secs(2))
+            .map_err(ctx(format!("https://{}", t.host)))?;
+    }
+    let threads = e.threads.clamp(1, e.conns.min(e.dec_conns));
+    let key_len = (e.size / 8).max(1);
+    let mut enc = Vec::new();
+    let query = format!("number={}&size={}", e.number, e.size);
+    let path = format!("/api/v1/keys/{}/enc_keys?{query}", e.slave);
+    request(&mut enc, "GET", &path, &a.host, "");
+    let backlog_bytes = match e.backlog_kib {
+        0 => window_of(&a, &e.slave)? / 2,
+        kib => kib * 1024,
+    };
+    let backlog = (backlog_bytes / key_len / threads).max(e.number);
+    let plan = Plan14 {
+        dec_path: format!("/api/v1/keys/{}/dec_keys", e.master),
+        a,
+        b,
+        enc,
+        number: e.number,
+        key_len,
+        dec_ids: e.dec_ids,
+        backlog,
+    };
+    let deadline = Instant::now() + Duration::from_secs_f64(e.secs);
+    let share = |n: usize, i: usize| n / threads + usize::from(i < n % threads);
+    let results: Vec<_> = thread::scope(|s| {
+        let plan = &plan;
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let (enc, dec) = (share(e.conns, i), share(e.dec_conns, i));
+                s.spawn(move || client14(plan, enc, dec, deadline))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join()).collect()
+    });
+    let (mut st, mut check) = (Stats14::default(), Check14::default());
+    for r in results {
+        let (s, c) = r
+            .map_err(|_| "client thread panicked")?
+            .map_err(ctx("client"))?;
+        st.enc.merge(&s.enc);
+        st.dec.merge(&s.dec);
+        check.merge(&c);
+    }
+    println!(
+        "etsi014: {} -> {}, {}-bit keys, {} s: enc_keys {query} on {} ({} conns), dec_keys of up \
+         to {} key_IDs on {} ({} conns)",
+        e.master, e.slave, e.size, e.secs, e.a, e.conns, e.dec_ids, e.b, e.dec_conns
+    );
+    print_key_table(
+        &[
+            (
+                format!("014 enc_keys number={}", e.number),
+                e.conns,
+                &st.enc,
+            ),
+            (
+                format!("014 dec_keys <={} IDs", e.dec_ids),
+                e.dec_conns,
+                &st.dec,
+            ),
+        ],
+        e.secs,
+        e.size,
+    );
+    let held = 100.0 * check.held as f64 / (st.enc.ok + st.enc.errors).max(1) as f64;
+    println!(
+        "check: {} keys issued, {} fetched from node B with the same bytes, {} mismatches, {} \
+         dec_keys refused or lost ({} keys), {} never fetched; {} enc_keys ({held:.1} %) waited \
+         for the backlog ({} KiB)",
+        check.issued,
+        check.matched,
+        check.mismatches,
+        check.dec_failures,
+        check.lost,
+        check.unfetched,
+        check.held,
+        backlog_bytes / 1024
+    );
+    match (check.mismatches, check.dec_failures, check.unfetched) {
+        (0, 0, 0) => Ok(()),
+        (m, f, u) => Err(format!(
+            "{m} keys mismatch, {f} dec_keys refused or lost, {u} keys never fetched"
+        )),
+    }
 }

@@ -1,10 +1,13 @@
 # Sourced by the load scripts (from the repository root): $work, a
-# temporary directory removed on exit after the server whose pid is in
-# $server is stopped; port, a free loopback port.
+# temporary directory removed on exit after the servers whose pids are in
+# $server (one, or several separated by spaces) are stopped; port, a free
+# loopback port.
 work=$(mktemp -d)
 server=""
 cleanup() {
-    [[ -n $server ]] && kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null
+    local pid
+    for pid in $server; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in $server; do wait "$pid" 2>/dev/null || true; done
     rm -rf "$work"
 }
 trap cleanup EXIT

@@ -100,7 +100,15 @@ impl KeySupply for EngineSupply {
             .collect()
     }
 
+    fn stream_count(&self) -> usize {
+        self.engine.directed_count()
+    }
+
     fn tag(&self, span: &Span) -> u64 {
         self.engine.key_id_tag(&span.ksid, span.first, span.len)
+    }
+
+    fn stream_id(&self, name: &[u8]) -> Uuid {
+        self.engine.directed_ksid(name)
     }
 }

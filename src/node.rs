@@ -269,7 +269,25 @@ impl RunningNode {
             .service_config(&self.name, peer, listener)
             .map_err(bad)?;
         let engine_config = config.engine.as_ref().expect("the engine runs");
-        let capacity = engine_config.window_blocks * engine_config.block_size as u64;
+        let capacity = engine_config.directed_window() * engine_config.block_size as u64;
+        // The largest request must fit in a pair's window (with a block to
+        // spare: a key may start inside one), or it could never be served.
+        let largest = u64::from(service_config.max_key_per_request)
+            * u64::from(service_config.max_key_size / 8);
+        let room = capacity.saturating_sub(engine_config.block_size as u64);
+        if largest > room {
+            return Err(bad(format!(
+                "etsi014: max_key_per_request x max_key_size ({largest} bytes) must fit in one \
+                 pair's window ({room} bytes: a quarter of window_blocks, less a block): lower \
+                 them or raise window_blocks"
+            )));
+        }
+        if service_config.key_ttl_s > engine_config.max_ttl_s {
+            return Err(bad(format!(
+                "etsi014.key_ttl_s ({}) is above this node's max_ttl_s ({})",
+                service_config.key_ttl_s, engine_config.max_ttl_s
+            )));
+        }
         let supply =
             crate::etsi014_supply::EngineSupply::new(engine, service_config.key_ttl_s, capacity);
         let service =

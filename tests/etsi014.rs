@@ -339,28 +339,35 @@ struct Seen {
     unresolved: usize,
 }
 
-/// Where the load goes: node A's and node B's 014 listeners, as sae-a
-/// and sae-b.
+/// Where the load goes: the master's node and the slave's node, as each
+/// SAE.
 #[derive(Clone)]
 struct Target {
     addrs: [std::net::SocketAddr; 2],
     configs: [Arc<rustls::ClientConfig>; 2],
+    /// Master and slave SAE IDs.
+    saes: [&'static str; 2],
 }
 
 impl Target {
-    fn of(kmes: &Kmes) -> Target {
+    /// sae-a (node A) as master and sae-b (node B) as slave, or the other
+    /// way round.
+    fn of(kmes: &Kmes, master_node: usize) -> Target {
+        let saes = ["sae-a", "sae-b"];
+        let (m, s) = (master_node, 1 - master_node);
         Target {
-            addrs: [kmes.nodes[0].addr(), kmes.nodes[1].addr()],
+            addrs: [kmes.nodes[m].addr(), kmes.nodes[s].addr()],
             configs: [
-                kmes.pki.client_config("sae-a"),
-                kmes.pki.client_config("sae-b"),
+                kmes.pki.client_config(saes[m]),
+                kmes.pki.client_config(saes[s]),
             ],
+            saes: [saes[m], saes[s]],
         }
     }
 }
 
-/// `threads` connections, each issuing on node A and resolving on node B,
-/// until `stop`; sizes and numbers vary.
+/// `threads` connections, each issuing on the master's node and resolving
+/// on the slave's, until `stop`; sizes and numbers vary.
 fn load(
     target: &Target,
     threads: usize,
@@ -390,7 +397,7 @@ fn load(
                     let (a, b) = conns.as_mut().unwrap();
                     let size = sizes[(t + done) % sizes.len()];
                     let number = 1 + (t + done) % 4;
-                    let path = format!("{}?number={number}&size={size}", enc("sae-b"));
+                    let path = format!("{}?number={number}&size={size}", enc(target.saes[1]));
                     let issued = match a.send("GET", &path, None) {
                         Ok(r) if r.status == 200 => keys_of(&r),
                         Ok(r) => {
@@ -412,7 +419,7 @@ fn load(
                         }
                     }
                     let ids: Vec<Uuid> = issued.iter().map(|k| k.0).collect();
-                    match b.send("POST", &dec("sae-a"), Some(&ids_body(&ids))) {
+                    match b.send("POST", &dec(target.saes[0]), Some(&ids_body(&ids))) {
                         Ok(r) if r.status == 200 => {
                             let mut s = seen.lock().unwrap();
                             for (id, key) in keys_of(&r) {
@@ -472,7 +479,7 @@ fn eight_connections_issue_and_resolve_at_once_and_nothing_repeats() {
     kmes.wait_ready(0, "sae-a", "sae-b");
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let threads = load(&Target::of(&kmes), 8, &stop, &seen);
+    let threads = load(&Target::of(&kmes, 0), 8, &stop, &seen);
     std::thread::sleep(secs(10));
     stop.store(true, Ordering::Relaxed);
     let rounds: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
@@ -491,47 +498,63 @@ fn kill_9_of_either_node_loses_no_served_key_and_serves_none_twice() {
     let dir = tempfile::tempdir().unwrap();
     let mut kmes = Kmes::start(dir.path(), [&["sae-a"], &["sae-b"]], "");
     kmes.wait_ready(0, "sae-a", "sae-b");
-    let target = Target::of(&kmes);
+    kmes.wait_ready(1, "sae-b", "sae-a");
+    // Both directions at once: node A issues for sae-a, node B for sae-b.
+    let targets = [Target::of(&kmes, 0), Target::of(&kmes, 1)];
     let seen = Arc::new(Mutex::new(Seen::default()));
     for victim in [0usize, 1, 0, 1] {
-        // Keys served to sae-a and not fetched by sae-b before the kill.
-        let pending = keys_of(
-            &kmes
-                .conn(0, "sae-a")
-                .send("GET", &format!("{}?number=20", enc("sae-b")), None)
-                .unwrap(),
-        );
+        // Keys served to each master and not fetched before the kill.
+        let pending: Vec<Vec<(Uuid, Vec<u8>)>> = targets
+            .iter()
+            .enumerate()
+            .map(|(m, t)| {
+                let path = format!("{}?number=20", enc(t.saes[1]));
+                keys_of(&kmes.conn(m, t.saes[0]).send("GET", &path, None).unwrap())
+            })
+            .collect();
         let stop = Arc::new(AtomicBool::new(false));
-        let threads = load(&target, 4, &stop, &seen);
+        let threads: Vec<_> = targets
+            .iter()
+            .flat_map(|t| load(t, 2, &stop, &seen))
+            .collect();
         std::thread::sleep(Duration::from_millis(800));
         kmes.nodes[victim].kill();
         std::thread::sleep(Duration::from_millis(300));
         kmes.nodes[victim].start();
         kmes.wait_ready(0, "sae-a", "sae-b");
+        kmes.wait_ready(1, "sae-b", "sae-a");
         std::thread::sleep(Duration::from_millis(800));
         stop.store(true, Ordering::Relaxed);
         for t in threads {
             t.join().unwrap();
         }
-        let ids: Vec<Uuid> = pending.iter().map(|k| k.0).collect();
-        let r = kmes
-            .conn(1, "sae-b")
-            .send("POST", &dec("sae-a"), Some(&ids_body(&ids)))
-            .unwrap();
-        if victim == 0 {
-            // The master's node died: every key it served is still at the
-            // slave's node, with its bytes.
-            assert_eq!(keys_of(&r), pending, "round with node A killed");
-        } else {
-            // The slave's node died: the copies it held in memory died
-            // with it (never written to disk, by design); they are
-            // refused, never replaced by other bytes.
-            assert_refused(&r, 400, Some(NOT_FOUND));
-        }
-        let mut s = seen.lock().unwrap();
-        for (id, key) in pending {
-            if s.issued.insert(id, key).is_some() {
-                s.repeats.push(id);
+        for (m, (t, keys)) in targets.iter().zip(&pending).enumerate() {
+            let ids: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
+            let r = kmes
+                .conn(1 - m, t.saes[1])
+                .send("POST", &dec(t.saes[0]), Some(&ids_body(&ids)))
+                .unwrap();
+            if victim == m {
+                // The master's node died: every key it served is still at
+                // the slave's node, with its bytes.
+                assert_eq!(
+                    &keys_of(&r),
+                    keys,
+                    "{} -> {}, node {victim} killed",
+                    t.saes[0],
+                    t.saes[1]
+                );
+            } else {
+                // The slave's node died: the copies it held in memory died
+                // with it (never written to disk, by design); they are
+                // refused, never replaced by other bytes.
+                assert_refused(&r, 400, Some(NOT_FOUND));
+            }
+            let mut s = seen.lock().unwrap();
+            for (id, key) in keys {
+                if s.issued.insert(*id, key.clone()).is_some() {
+                    s.repeats.push(*id);
+                }
             }
         }
     }

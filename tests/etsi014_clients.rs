@@ -123,7 +123,7 @@ struct Case {
 fn python_library_gets_status_and_keys_both_ways_and_is_refused_as_the_standard_says() {
     let venv = venv();
     let dir = tempfile::tempdir().unwrap();
-    let settings = format!("key_size = {KEY_SIZE}");
+    let settings = format!("key_size = {KEY_SIZE}\nmax_key_size = 8192\nmax_key_per_request = 16");
     let kmes = Kmes::start(dir.path(), [&["sae-a"], &["sae-b", "sae-c"]], &settings);
     kmes.wait_ready(0, "sae-a", "sae-b");
     kmes.wait_ready(0, "sae-a", "sae-c");

@@ -41,10 +41,6 @@ fn refused(refusal: &Refusal) -> Response {
     Response::json(refusal.status, refusal.body())
 }
 
-fn bad(message: &'static str) -> Response {
-    refused(&Refusal::bad_request(message))
-}
-
 impl Etsi014Api {
     /// Routes over `service`; at most `max_waiting` `enc_keys` wait for
     /// key on the pool at once.
@@ -122,7 +118,6 @@ impl Etsi014Api {
                     ids.and_then(|ids| self.service.dec_keys(caller, &sae, &ids)),
                 ))
             }
-            "" => Reply::Now(bad("the SAE ID in the path is empty")),
             _ => Reply::Now(not_found()),
         }
     }

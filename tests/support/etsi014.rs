@@ -92,7 +92,7 @@ pub struct Kmes {
 }
 
 /// Engine settings of the test nodes (small, so runs stay light).
-const ENGINE: &str = "block_size = 4096\narena_blocks = 256\nring_blocks = 32\nwindow_blocks = 64";
+const ENGINE: &str = "block_size = 4096\narena_blocks = 256\nring_blocks = 32\nwindow_blocks = 128";
 
 impl Kmes {
     /// Starts both nodes in `dir`: `saes[0]` attached to A, `saes[1]` to B;

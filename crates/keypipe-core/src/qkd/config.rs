@@ -415,6 +415,11 @@ impl EngineConfig {
         }
     }
 
+    /// Blocks one directed stream (ETSI 014) may hold on this node.
+    pub fn directed_window(&self) -> u64 {
+        super::directed_window(self.window())
+    }
+
     /// Blocks all streams of a node may hold together: the arena beside a
     /// full ring, with one slot for the poller.
     pub fn budget_blocks(&self) -> u64 {

@@ -13,6 +13,7 @@ const DIGEST_CONTEXT: &str = "keypipe 2026 link v2 block digest";
 const FINGERPRINT_CONTEXT: &str = "keypipe 2026 link v2 device fingerprint";
 const LEDGER_ID_CONTEXT: &str = "keypipe 2026 ledger device id";
 const KEY_ID_CONTEXT: &str = "keypipe 2026 link v2 directed key id";
+const DIRECTED_KSID_CONTEXT: &str = "keypipe 2026 link v2 directed stream id";
 
 /// The keys of key confirmation and device fingerprints of one link.
 pub struct ConfirmKeys {
@@ -20,6 +21,7 @@ pub struct ConfirmKeys {
     confirm: Zeroizing<[u8; 32]>,
     fingerprint: Zeroizing<[u8; 32]>,
     key_id: Zeroizing<[u8; 32]>,
+    directed_ksid: Zeroizing<[u8; 32]>,
 }
 
 impl std::fmt::Debug for ConfirmKeys {
@@ -36,6 +38,7 @@ impl ConfirmKeys {
             confirm: Zeroizing::new(blake3::derive_key(CONFIRM_CONTEXT, link_secret)),
             fingerprint: Zeroizing::new(blake3::derive_key(FINGERPRINT_CONTEXT, link_secret)),
             key_id: Zeroizing::new(blake3::derive_key(KEY_ID_CONTEXT, link_secret)),
+            directed_ksid: Zeroizing::new(blake3::derive_key(DIRECTED_KSID_CONTEXT, link_secret)),
         }
     }
 
@@ -99,6 +102,17 @@ impl ConfirmKeys {
     }
 }
 
+impl ConfirmKeys {
+    /// The KSID of the directed stream `name` describes (a version-8 UUID
+    /// of a keyed hash): the same on both nodes of the link, and not
+    /// guessable without the link's secret.
+    pub fn directed_ksid(&self, name: &[u8]) -> Uuid {
+        let out = blake3::keyed_hash(&self.directed_ksid, name);
+        let bytes: [u8; 16] = out.as_bytes()[..16].try_into().expect("16 bytes");
+        uuid::Builder::from_custom_bytes(bytes).into_uuid()
+    }
+}
+
 impl Clone for ConfirmKeys {
     fn clone(&self) -> Self {
         Self {
@@ -106,6 +120,7 @@ impl Clone for ConfirmKeys {
             confirm: self.confirm.clone(),
             fingerprint: self.fingerprint.clone(),
             key_id: self.key_id.clone(),
+            directed_ksid: self.directed_ksid.clone(),
         }
     }
 }

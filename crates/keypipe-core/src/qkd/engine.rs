@@ -905,6 +905,19 @@ impl Engine {
         node.directed_streams()
     }
 
+    /// The KSID of the directed stream `name` describes, the same on both
+    /// nodes of the link (see [`ConfirmKeys::directed_ksid`]).
+    pub fn directed_ksid(&self, name: &[u8]) -> Uuid {
+        self.keys.directed_ksid(name)
+    }
+
+    /// How many directed streams this node knows.
+    pub fn directed_count(&self) -> usize {
+        let mut node = self.shared.lock();
+        self.shared.drain_inbox(&mut node, Instant::now());
+        node.directed_count()
+    }
+
     /// A keyed tag of the run of `len` bytes at `first` of directed stream
     /// `ksid`, the same on both nodes of the link (see
     /// [`ConfirmKeys::key_id_tag`]).

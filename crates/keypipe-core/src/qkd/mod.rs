@@ -34,7 +34,7 @@ pub use link::{Inbox, LinkDown, LinkMsg, LinkTransport, Role};
 pub use node::{DirectedError, MAX_URI_LEN, Node, Tuning};
 pub use qos::{METADATA_MIMETYPE, Qos, QosLimits, negotiate};
 pub use status::Status;
-pub use stream::Side;
+pub use stream::{Side, directed_window};
 
 /// The KMS URIs of a stream as a node knows them.
 #[derive(Debug, Clone, PartialEq, Eq)]

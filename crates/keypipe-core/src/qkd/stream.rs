@@ -30,6 +30,12 @@ use crate::key::{DeviceBlock, KeyBlock, Stamp};
 /// (their chunks count as done: never handed out, the safe direction).
 const MAX_RUNS: usize = 4096;
 
+/// Blocks one directed stream may hold on a node whose window is
+/// `window`: a quarter of it, at least 4.
+pub fn directed_window(window: u64) -> u64 {
+    (window / 4).max(4)
+}
+
 /// Whether one side (this node's application, or the peer's) has the
 /// stream open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,6 +203,12 @@ impl Stream {
             s.reserved = r.reserved;
             s.durable = r.reserved;
             s.assigned.insert_range(0, r.reserved);
+        } else if r.issuer.is_some() {
+            // A follower on a directed stream: everything it was leased
+            // counts as gone (it may have issued from it), and its sync
+            // tells a leader whose ledger was reset.
+            s.assigned.insert_range(0, r.reserved);
+            s.floor = r.reserved;
         }
         // An issuer resumes after what it recorded, and a leader above
         // everything it may have assigned before the restart.
@@ -217,7 +229,12 @@ impl Stream {
             created_here: self.created_here,
             local: self.local,
             peer: self.peer,
-            reserved: self.reserved,
+            // A follower keeps, for a directed stream, how far it was ever
+            // leased (see `restore`).
+            reserved: match (self.issuer, self.reserved) {
+                (Some(_), 0) => self.assigned.end(),
+                _ => self.reserved,
+            },
             cursor: self.cursor,
             delivered: self.delivered.clone(),
             pushing: self.pushing,
@@ -256,6 +273,16 @@ impl Stream {
             credit,
             failed: self.failed,
             issuer: self.issuer,
+            confirmed: match (role, self.issuer) {
+                (Role::Follower, Some(_)) => {
+                    let mut confirmed = RangeSet::default();
+                    for sb in self.held.keys() {
+                        confirmed.insert(*sb);
+                    }
+                    confirmed
+                }
+                _ => RangeSet::default(),
+            },
         }
     }
 
@@ -275,6 +302,16 @@ impl Stream {
         done(self.local)
             && done(self.peer)
             && (self.local == Side::Closed || self.peer == Side::Closed)
+    }
+
+    /// Blocks this stream may hold on a node: `window`, or a quarter of
+    /// it for a directed stream (many pairs share a node's budget, and
+    /// their slaves may leave key unfetched).
+    pub(crate) fn window(&self, window: u64) -> u64 {
+        match self.issuer {
+            Some(_) => directed_window(window),
+            None => window,
+        }
     }
 
     pub(crate) fn chunk_size(&self) -> u64 {

@@ -46,7 +46,7 @@ impl Default for Etsi014Config {
             peer_saes: Vec::new(),
             key_size: 256,
             min_key_size: 64,
-            max_key_size: 8192,
+            max_key_size: 4096,
             max_key_per_request: 128,
             max_sae_id_count: 4,
             key_ttl_s: 3600,
@@ -103,8 +103,8 @@ impl Etsi014Config {
         if self.max_sae_id_count > 64 {
             return Err("etsi014.max_SAE_ID_count: at most 64".into());
         }
-        if !(1..=86_400).contains(&self.key_ttl_s) {
-            return Err("etsi014.key_ttl_s: 1 to 86400".into());
+        if !(60..=86_400).contains(&self.key_ttl_s) {
+            return Err("etsi014.key_ttl_s: 60 to 86400".into());
         }
         let mut all: Vec<&str> = Vec::new();
         for id in self.saes.iter().chain(&self.peer_saes) {

@@ -83,6 +83,11 @@ impl Copies {
             };
             self.by_id.remove(&old);
         }
+        if self.order.len() > 2 * self.max {
+            // Entries of copies taken since: forget them.
+            let by_id = &self.by_id;
+            self.order.retain(|(_, id)| by_id.contains_key(id));
+        }
         let expires = now + self.ttl;
         self.order.push_back((expires, id));
         self.by_id.insert(

@@ -2,11 +2,12 @@
 //! by its place, never by its bytes, so the issuing node makes them up
 //! alone and the redeeming node reads them without asking anyone.
 //!
-//! The 122 free bits hold, high to low: 30 bits of the stream's tag (from
+//! The 122 free bits hold, high to low: 16 bits of the stream's tag (from
 //! its KSID), the 56-bit offset of the key's first byte in the stream, its
-//! length in bytes minus one (12 bits), and 24 bits of a keyed tag over
-//! all three that both nodes compute from the link's secret (a mistyped or
-//! made-up id is refused without a lookup).
+//! length in bytes minus one (12 bits), and 38 bits of a keyed tag over
+//! the stream and the span that both nodes compute from the link's secret:
+//! a mistyped or made-up id is refused, and guessing the id of a key not
+//! issued yet takes about 2^37 tries.
 
 use uuid::Uuid;
 
@@ -17,10 +18,10 @@ pub const MAX_KEY_BYTES: u64 = 1 << 12;
 /// Largest stream offset one id can name.
 pub const MAX_OFFSET: u64 = (1 << 56) - 1;
 
-const TAG_BITS: u32 = 30;
-const MAC_BITS: u32 = 24;
+const TAG_BITS: u32 = 16;
+const MAC_BITS: u32 = 38;
 
-/// The 30-bit tag of stream `ksid` in its key ids.
+/// The 16-bit tag of stream `ksid` in its key ids.
 pub fn stream_tag(ksid: &Uuid) -> u32 {
     (ksid.as_u128() >> (128 - TAG_BITS)) as u32
 }
@@ -28,8 +29,8 @@ pub fn stream_tag(ksid: &Uuid) -> u32 {
 /// The key id of `span`; `mac` is the keyed tag of the span.
 pub fn encode(span: &Span, mac: u64) -> Uuid {
     debug_assert!(span.len >= 1 && span.len <= MAX_KEY_BYTES && span.first <= MAX_OFFSET);
-    let payload: u128 = (u128::from(stream_tag(&span.ksid)) << 92)
-        | (u128::from(span.first) << 36)
+    let payload: u128 = (u128::from(stream_tag(&span.ksid)) << 106)
+        | (u128::from(span.first) << 50)
         | (u128::from(span.len - 1) << MAC_BITS)
         | u128::from(mac & ((1 << MAC_BITS) - 1));
     // Spread the 122 bits around the version (4) and variant (2) bits.
@@ -52,14 +53,14 @@ pub fn decode(id: &Uuid) -> Option<(u32, u64, u64, u64)> {
     let mid12 = (bits >> 64) & 0xfff;
     let lo62 = bits & ((1 << 62) - 1);
     let payload = (hi48 << 74) | (mid12 << 62) | lo62;
-    let tag = (payload >> 92) as u32;
-    let first = ((payload >> 36) & ((1 << 56) - 1)) as u64;
+    let tag = (payload >> 106) as u32;
+    let first = ((payload >> 50) & ((1 << 56) - 1)) as u64;
     let len = ((payload >> MAC_BITS) & 0xfff) as u64 + 1;
     let mac = (payload & ((1 << MAC_BITS) - 1)) as u64;
     Some((tag, first, len, mac))
 }
 
-/// True when `mac` (24 bits from an id) matches the full keyed tag.
+/// True when `mac` (38 bits from an id) matches the full keyed tag.
 pub fn mac_matches(mac: u64, full: u64) -> bool {
     // Not secret (it is in the id), so no constant-time compare is needed.
     mac == full & ((1 << MAC_BITS) - 1)

@@ -34,6 +34,10 @@ use supply::{KeySupply, Span, SupplyError};
 /// `one or more keys specified are not found on KME` (normative).
 pub const NOT_FOUND: &str = "one or more keys specified are not found on KME";
 
+/// Multicast slave sets one master may use (each is a stream of the link,
+/// kept for good: key ids never repeat).
+pub const MAX_MULTICAST_SETS: usize = 16;
+
 /// A refused request: its HTTP status (400, 401 or 503) and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -98,6 +102,9 @@ pub struct Etsi014 {
     supply: Arc<dyn KeySupply>,
     pairs: RwLock<PairTable>,
     copies: Mutex<Copies>,
+    /// How many directed streams the engine knew when the table last
+    /// learnt them.
+    learnt: Mutex<usize>,
 }
 
 impl std::fmt::Debug for Etsi014 {
@@ -120,10 +127,11 @@ impl Etsi014 {
             config,
             supply,
             pairs: RwLock::new(PairTable::default()),
+            learnt: Mutex::new(0),
         };
         for master in &service.config.saes {
             for slave in &service.config.peer_saes {
-                let pair = Pair::new(master, &[slave]);
+                let pair = service.pair(master, &[slave]);
                 if let Err(e) = service.open(&pair) {
                     tracing::warn!(message = %e.message, master, slave, "etsi014: stream not opened yet");
                 }
@@ -131,10 +139,15 @@ impl Etsi014 {
         }
         for master in &service.config.peer_saes {
             for slave in &service.config.saes {
-                service.known(Pair::new(master, &[slave]));
+                service.known(service.pair(master, &[slave]));
             }
         }
         Ok(service)
+    }
+
+    /// The stream of `master` and `slaves` on this link.
+    fn pair(&self, master: &str, slaves: &[&str]) -> Pair {
+        Pair::new(master, slaves, &|name| self.supply.stream_id(name))
     }
 
     /// The configuration.
@@ -152,15 +165,17 @@ impl Etsi014 {
     /// Opens `pair`'s stream as its issuer, once.
     fn open(&self, pair: &Pair) -> Result<(), Refusal> {
         let tag = key_id::stream_tag(&pair.ksid);
-        if self
-            .pairs
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(tag)
-            .iter()
-            .any(|p| p.ksid == pair.ksid)
         {
-            return Ok(());
+            let table = self.pairs.read().unwrap_or_else(PoisonError::into_inner);
+            if table.get(tag).iter().any(|p| p.ksid == pair.ksid) {
+                return Ok(());
+            }
+            if pair.slaves.len() > 1 && table.multicast_of(&pair.master) >= MAX_MULTICAST_SETS {
+                return Err(Refusal::unavailable(format!(
+                    "key data access error: a master may use at most {MAX_MULTICAST_SETS} sets of \
+                     additional_slave_SAE_IDs"
+                )));
+            }
         }
         self.supply
             .open(pair.ksid, &pair.source(), &pair.destination(), true)
@@ -217,7 +232,7 @@ impl Etsi014 {
     pub fn status(&self, caller: Option<&str>, slave: &str) -> Answer {
         let master = self.caller(caller)?;
         self.remote("slave_SAE_ID", slave, master)?;
-        let pair = Pair::new(master, &[slave]);
+        let pair = self.pair(master, &[slave]);
         let key_bytes = u64::from(self.config.key_size / 8);
         let stored = self.supply.issuable(&pair.ksid) / key_bytes;
         let max_count = self.supply.capacity() / key_bytes;
@@ -282,7 +297,7 @@ impl Etsi014 {
             }
         }
         Ok(EncRequest {
-            pair: Pair::new(master, &slaves),
+            pair: self.pair(master, &slaves),
             number,
             len: size / 8,
         })
@@ -343,9 +358,20 @@ impl Etsi014 {
         if let Some(found) = lookup(&self.pairs.read().unwrap_or_else(PoisonError::into_inner)) {
             return Some(found);
         }
-        // A multicast stream the peer opened since: learn the streams.
+        // A multicast stream the peer opened since: learn the streams, only
+        // when there are new ones (made-up ids cost a count, no more).
+        {
+            let mut learnt = self.learnt.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = self.supply.stream_count();
+            if now == *learnt {
+                return None;
+            }
+            *learnt = now;
+        }
         for (ksid, source, destination) in self.supply.streams() {
-            if let Some(pair) = Pair::parse(ksid, &source, &destination) {
+            if let Some(pair) =
+                Pair::parse(ksid, &source, &destination, &|n| self.supply.stream_id(n))
+            {
                 self.known(pair);
             }
         }

@@ -1,6 +1,7 @@
 //! Which directed stream serves which SAEs: one stream per (master SAE,
-//! set of slave SAEs), its KSID derived from the names so both nodes agree
-//! without talking, and the table from a key id's stream tag back to it.
+//! set of slave SAEs), its KSID derived from the names under the link's
+//! secret, so both nodes agree without talking and nobody else can name
+//! it, and the table from a key id's stream tag back to it.
 
 use std::collections::HashMap;
 
@@ -8,7 +9,6 @@ use uuid::Uuid;
 
 use super::key_id::stream_tag;
 
-const KSID_CONTEXT: &str = "keypipe 2026 etsi014 stream of a master and its slaves";
 /// Prefix of the source and destination of a 014 stream.
 const SCHEME: &str = "etsi014:";
 
@@ -24,17 +24,18 @@ pub struct Pair {
 }
 
 impl Pair {
-    /// The stream of `master` and `slaves` (any order, no duplicates).
-    pub fn new(master: &str, slaves: &[&str]) -> Pair {
+    /// The stream of `master` and `slaves` (any order, no duplicates);
+    /// `ksid_of` makes the KSID from the names (length-prefixed, master
+    /// first, slaves sorted).
+    pub fn new(master: &str, slaves: &[&str], ksid_of: &dyn Fn(&[u8]) -> Uuid) -> Pair {
         let mut slaves: Vec<String> = slaves.iter().map(|s| (*s).to_owned()).collect();
         slaves.sort();
-        let mut h = blake3::Hasher::new_derive_key(KSID_CONTEXT);
-        for name in std::iter::once(master).chain(slaves.iter().map(String::as_str)) {
-            h.update(&(name.len() as u64).to_be_bytes());
-            h.update(name.as_bytes());
+        let mut name = b"etsi014 stream of a master and its slaves".to_vec();
+        for part in std::iter::once(master).chain(slaves.iter().map(String::as_str)) {
+            name.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            name.extend_from_slice(part.as_bytes());
         }
-        let bytes: [u8; 16] = h.finalize().as_bytes()[..16].try_into().expect("16 bytes");
-        let ksid = uuid::Builder::from_custom_bytes(bytes).into_uuid();
+        let ksid = ksid_of(&name);
         Pair {
             ksid,
             master: master.to_owned(),
@@ -55,7 +56,12 @@ impl Pair {
 
     /// The pair a stream announced as `source` and `destination` describes,
     /// if it is a 014 stream whose KSID matches its names.
-    pub fn parse(ksid: Uuid, source: &str, destination: &str) -> Option<Pair> {
+    pub fn parse(
+        ksid: Uuid,
+        source: &str,
+        destination: &str,
+        ksid_of: &dyn Fn(&[u8]) -> Uuid,
+    ) -> Option<Pair> {
         let master = unescape(source.strip_prefix(SCHEME)?)?;
         let slaves = destination
             .strip_prefix(SCHEME)?
@@ -63,7 +69,7 @@ impl Pair {
             .map(unescape)
             .collect::<Option<Vec<String>>>()?;
         let names: Vec<&str> = slaves.iter().map(String::as_str).collect();
-        let pair = Pair::new(&master, &names);
+        let pair = Pair::new(&master, &names, ksid_of);
         (pair.ksid == ksid).then_some(pair)
     }
 }
@@ -113,7 +119,16 @@ impl PairTable {
         }
     }
 
-    /// The streams whose key ids carry `tag` (two only by a 2^-30 chance).
+    /// Multicast streams (more than one slave) of `master`.
+    pub fn multicast_of(&self, master: &str) -> usize {
+        self.by_tag
+            .values()
+            .flatten()
+            .filter(|p| p.master == master && p.slaves.len() > 1)
+            .count()
+    }
+
+    /// The streams whose key ids carry `tag` (a few: it has 16 bits).
     pub fn get(&self, tag: u32) -> &[Pair] {
         self.by_tag.get(&tag).map_or(&[], Vec::as_slice)
     }
@@ -123,19 +138,36 @@ impl PairTable {
 mod tests {
     use super::*;
 
+    /// A keyed KSID as the engine makes it.
+    fn keyed(key: u8) -> impl Fn(&[u8]) -> Uuid {
+        move |name| {
+            let out = blake3::keyed_hash(&[key; 32], name);
+            uuid::Builder::from_custom_bytes(out.as_bytes()[..16].try_into().unwrap()).into_uuid()
+        }
+    }
+
     #[test]
     fn both_nodes_name_a_stream_alike_and_read_it_back() {
-        let a = Pair::new("sae,a", &["sae-c", "säe b"]);
-        let b = Pair::new("sae,a", &["säe b", "sae-c"]);
+        let k = keyed(1);
+        let a = Pair::new("sae,a", &["sae-c", "säe b"], &k);
+        let b = Pair::new("sae,a", &["säe b", "sae-c"], &k);
         assert_eq!(a, b, "the order of the slaves does not matter");
         assert_eq!(a.ksid.get_version_num(), 8);
-        assert_ne!(a.ksid, Pair::new("sae,a", &["sae-c"]).ksid);
-        assert_ne!(a.ksid, Pair::new("sae-c", &["sae,a", "säe b"]).ksid);
+        assert_ne!(a.ksid, Pair::new("sae,a", &["sae-c"], &k).ksid);
+        assert_ne!(a.ksid, Pair::new("sae-c", &["sae,a", "säe b"], &k).ksid);
+        assert_ne!(
+            a.ksid,
+            Pair::new("sae,a", &["sae-c", "säe b"], &keyed(2)).ksid,
+            "another link"
+        );
         // Names are length-prefixed: no two splits of one string collide.
-        assert_ne!(Pair::new("ab", &["c"]).ksid, Pair::new("a", &["bc"]).ksid);
-        let back = Pair::parse(a.ksid, &a.source(), &a.destination()).unwrap();
+        assert_ne!(
+            Pair::new("ab", &["c"], &k).ksid,
+            Pair::new("a", &["bc"], &k).ksid
+        );
+        let back = Pair::parse(a.ksid, &a.source(), &a.destination(), &k).unwrap();
         assert_eq!(back, a);
-        assert!(Pair::parse(Uuid::new_v4(), &a.source(), &a.destination()).is_none());
-        assert!(Pair::parse(a.ksid, "http://x", &a.destination()).is_none());
+        assert!(Pair::parse(Uuid::new_v4(), &a.source(), &a.destination(), &k).is_none());
+        assert!(Pair::parse(a.ksid, "http://x", &a.destination(), &k).is_none());
     }
 }

@@ -62,6 +62,15 @@ pub trait KeySupply: Send + Sync {
     /// The directed streams this node knows: KSID, source, destination.
     fn streams(&self) -> Vec<(Uuid, String, String)>;
 
+    /// How many directed streams this node knows (cheap: tells when
+    /// [`KeySupply::streams`] has news).
+    fn stream_count(&self) -> usize;
+
     /// A keyed tag of a span, the same on both nodes (never of key bytes).
     fn tag(&self, span: &Span) -> u64;
+
+    /// The KSID of the stream `name` describes, the same on both nodes and
+    /// not guessable without the link's secret (so no other client of the
+    /// link can take it first).
+    fn stream_id(&self, name: &[u8]) -> Uuid;
 }

@@ -67,6 +67,13 @@ impl KeySupply for Fake {
     fn streams(&self) -> Vec<(Uuid, String, String)> {
         self.opened.lock().unwrap().clone()
     }
+    fn stream_count(&self) -> usize {
+        self.opened.lock().unwrap().len()
+    }
+    fn stream_id(&self, name: &[u8]) -> Uuid {
+        let out = blake3::keyed_hash(&[9; 32], name);
+        uuid::Builder::from_custom_bytes(out.as_bytes()[..16].try_into().unwrap()).into_uuid()
+    }
     fn tag(&self, span: &Span) -> u64 {
         let h = blake3::keyed_hash(
             &[7; 32],
@@ -228,12 +235,12 @@ fn bad_requests_get_the_standard_messages() {
         (
             r(None, Some(0), None),
             "sae-b",
-            "size must be from min_key_size (64) to max_key_size (8192) bits",
+            "size must be from min_key_size (64) to max_key_size (4096) bits",
         ),
         (
-            r(None, Some(16384), None),
+            r(None, Some(8192), None),
             "sae-b",
-            "size must be from min_key_size (64) to max_key_size (8192) bits",
+            "size must be from min_key_size (64) to max_key_size (4096) bits",
         ),
         (
             r(Some(0), None, None),

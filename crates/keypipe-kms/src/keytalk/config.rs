@@ -442,13 +442,27 @@ impl Service {
         if cn.is_empty() || cn.len() > 64 {
             return Err("cn: 1 to 64 characters".into());
         }
+        let ou = field(&t.ou);
+        // keypipe's listeners know a client's role by its certificate's OU:
+        // an enrolment certificate never carries one of theirs.
+        if let Some(ou) = &ou
+            && RESERVED_OUS
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(ou.trim()))
+        {
+            return Err(format!(
+                "ou: {ou:?} is a role keypipe's own listeners trust ({}): an enrolment \
+                 certificate may not carry it",
+                RESERVED_OUS.join(", ")
+            ));
+        }
         Ok(Subject {
             cn,
             c: field(&t.c),
             st: field(&t.st),
             l: field(&t.l),
             o: field(&t.o),
-            ou: field(&t.ou),
+            ou,
             e: field(&t.e),
         })
     }
@@ -467,6 +481,10 @@ impl Service {
             .collect()
     }
 }
+
+/// OU values that name the roles of keypipe's own certificates (`kms`,
+/// `node`, `sae`, `server`): never in an enrolment certificate.
+pub const RESERVED_OUS: [&str; 4] = ["kms", "node", "sae", "server"];
 
 /// The policy of the KeyTalk service as a whole.
 #[derive(Debug, Clone)]

@@ -273,3 +273,24 @@ fn a_session_issues_a_bounded_number_of_certificates() {
     let v = f.call(Some(&sid), "cert", "format=P12").0;
     assert_eq!(v["status"], "error", "{v}");
 }
+
+#[test]
+fn an_enrolment_certificate_never_carries_a_role_keypipe_trusts() {
+    let def = |ou: &str| {
+        toml_like(&format!(
+            "name = \"sae\"\ncredential_types = [\"USERID\", \"PASSWD\"]\ncert.subject.cn = \"$(USER)\"\ncert.subject.ou = {ou:?}"
+        ))
+    };
+    // Refused when the service is configured ...
+    for ou in ["sae", "SAE", "kms", " node ", "server", "$(SERVICE)"] {
+        let e = Service::new(serde_json::from_value(def(ou)).unwrap()).unwrap_err();
+        assert!(
+            e.contains("a role keypipe's own listeners trust"),
+            "{ou}: {e}"
+        );
+    }
+    // ... or, from a user's name, when a certificate would be issued.
+    let s = Service::new(serde_json::from_value(def("$(USER)")).unwrap()).unwrap();
+    assert!(s.subject("sae").unwrap_err().contains("may not carry it"));
+    assert_eq!(s.subject("alice").unwrap().ou.as_deref(), Some("alice"));
+}

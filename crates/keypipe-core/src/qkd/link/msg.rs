@@ -71,6 +71,11 @@ pub struct StreamState {
     /// `qkd::directed`); `None` for an ETSI 004 stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<Role>,
+    /// Follower, directed streams: the stream blocks it holds with their
+    /// check value verified (`held` also counts leases still awaiting
+    /// their block).
+    #[serde(default, skip_serializing_if = "RangeSet::is_empty")]
+    pub confirmed: RangeSet,
 }
 
 /// One link-sync message.

@@ -53,7 +53,7 @@ pub const SESSION_HEADER: &str = "x-keypipe-link-session";
 /// Header carrying the batch's sequence number.
 pub const SEQ_HEADER: &str = "x-keypipe-link-seq";
 /// Protocol version.
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 /// Heartbeat period when idle.
 const HEARTBEAT: Duration = Duration::from_millis(250);
 /// The peer is down when nothing was acknowledged for this long.

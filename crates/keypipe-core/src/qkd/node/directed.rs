@@ -45,6 +45,9 @@ use crate::qkd::stream::{Side, Stream};
 /// Blocks an issuer keeps assigned (or asked for) ahead of what it
 /// issued, so the next requests find key ready.
 const LOOKAHEAD_BLOCKS: u64 = 8;
+/// A stream that issued within this long is kept supplied ahead of need;
+/// an idle one takes no more key until it is used again.
+const ACTIVE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Why a directed-stream call did not run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -99,7 +102,8 @@ enum Place {
 impl Node {
     /// Opens directed stream `ksid` on this node (idempotent). `issuer` is
     /// the role of the node that issues; the other node's side opens when
-    /// the announcement reaches it. `timeout_ms` and `ttl_s` as in QoS.
+    /// the announcement reaches it. Key not handed out within `ttl_s`
+    /// seconds is zeroized.
     pub fn open_directed(
         &mut self,
         now: Instant,
@@ -210,8 +214,15 @@ impl Node {
             self.pump_leases(now);
         }
         let (block_size, role) = (self.block_size, self.role);
+        if self.was_reset {
+            // A leader whose ledger was reset issues nothing before the
+            // follower's sync told it how far the stream went.
+            return Ok(Issue::NeedKey);
+        }
         let len = out.len() as u64;
         let stream = self.directed(ksid, true)?;
+        // Below the floor, everything may have been issued already.
+        stream.next_issue = stream.next_issue.max(stream.floor * block_size);
         if len == 0 {
             return Ok(Issue::Issued(stream.next_issue));
         }
@@ -291,6 +302,7 @@ impl Node {
                     && s.local == Side::Open
                     && s.peer == Side::Open
                     && s.allocating()
+                    && now.duration_since(s.last_active) < ACTIVE
             })
             .map(|(k, _)| *k)
             .collect();
@@ -368,6 +380,7 @@ impl Node {
                 stream.take_span(first, block_size, &mut out[at..at + len as usize], false);
             at += len as usize;
             self.held_total -= released;
+            self.touch(ksid);
             if self.role == Role::Follower && released > 0 {
                 self.grant_credit(ksid, 0);
             }
@@ -394,6 +407,11 @@ impl Node {
                 .map(|(sb, _)| bs - stream.done.count_within(sb * bs, (sb + 1) * bs))
                 .sum(),
         )
+    }
+
+    /// How many directed streams this node knows.
+    pub fn directed_count(&self) -> usize {
+        self.streams.values().filter(|s| s.issuer.is_some()).count()
     }
 
     /// The directed streams this node knows: KSID, source, destination,
@@ -438,20 +456,40 @@ impl Node {
         }
     }
 
-    /// Leader, at a sync: the follower holds `held` of `ksid` (and nothing
-    /// else any more).
-    pub(super) fn peer_holds_only(&mut self, ksid: &Uuid, held: &RangeSet) {
-        if let Some(stream) = self.streams.get_mut(ksid)
-            && stream.issuer == Some(Role::Leader)
-        {
-            let mut mirrored = RangeSet::default();
-            for sb in stream.held.keys() {
-                if held.contains(*sb) {
-                    mirrored.insert(*sb);
-                }
-            }
-            stream.mirrored = mirrored;
+    /// Leader issuing `ksid`, at a sync: the follower holds `confirmed`
+    /// (check values verified) and awaits the rest of `held`. Blocks it
+    /// neither holds nor awaits (their lease was lost with a session, or
+    /// it restarted) are dropped here: none of their key was issued, and
+    /// the follower will never ask for them.
+    pub(super) fn peer_holds_only(&mut self, ksid: &Uuid, held: &RangeSet, confirmed: &RangeSet) {
+        let block_size = self.block_size;
+        let Some(stream) = self.streams.get_mut(ksid) else {
+            return;
+        };
+        if stream.issuer != Some(Role::Leader) {
+            return;
         }
+        let mut mirrored = RangeSet::default();
+        let mut unknown = Vec::new();
+        for sb in stream.held.keys() {
+            if confirmed.contains(*sb) {
+                mirrored.insert(*sb);
+            } else if !held.contains(*sb) {
+                unknown.push(*sb);
+            }
+        }
+        stream.mirrored = mirrored;
+        let (mut lost, mut released) = (0, 0);
+        for sb in unknown {
+            let (l, r) = stream.lose_block(sb, block_size);
+            lost += l;
+            released += r;
+        }
+        // Nothing below the floor is issued (a follower that was leased
+        // more than this node remembers raised it).
+        stream.next_issue = stream.next_issue.max(stream.floor * block_size);
+        self.note_lost(lost, released);
+        self.touch(*ksid);
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Instant;
 use uuid::Uuid;
 
 use super::Node;
-use crate::qkd::link::LinkMsg;
+use crate::qkd::link::{LinkMsg, Role};
 use crate::qkd::rangeset::RangeSet;
 use crate::qkd::stream::Side;
 
@@ -31,6 +31,10 @@ impl Node {
         }
         stream.assigned.insert(sb);
         stream.requested.remove(&sb);
+        if stream.issuer.is_some() {
+            // A directed stream's record keeps how far it was leased.
+            self.dirty.insert(ksid);
+        }
         let available =
             block_id >= self.next_position || self.spare.as_ref().is_some_and(|b| b.id == block_id);
         if !available {
@@ -139,10 +143,21 @@ impl Node {
         if !stream.allocating() {
             return;
         }
-        // Nothing below the leader's floor is assigned again.
-        let frontier = stream.frontier(block_size).max(stream.floor);
+        let stream_window = stream.window(window);
+        let (frontier, room) = if stream.issuer == Some(Role::Leader) {
+            // Redeeming a directed stream: how much it holds counts, not
+            // where (one unfetched key must not hold the stream back).
+            let holding = (stream.held.len() + stream.pending.len()) as u64;
+            (
+                stream.assigned.end().max(stream.floor),
+                stream_window.saturating_sub(holding),
+            )
+        } else {
+            // Nothing below the leader's floor is assigned again.
+            (stream.frontier(block_size).max(stream.floor), stream_window)
+        };
         let ahead = if outstanding + window <= budget {
-            frontier + window
+            frontier + room
         } else {
             0
         };
@@ -177,6 +192,8 @@ impl Node {
             self.note_lost(lost, released);
             self.dirty.insert(ksid);
         }
+        // The leader may lease further now.
+        self.grant_credit(ksid, 0);
     }
 
     /// Follower: device blocks below `position` will never come out of

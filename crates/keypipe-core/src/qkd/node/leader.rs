@@ -86,7 +86,7 @@ impl Node {
             return Assignable::Wait;
         }
         if top >= stream.credit
-            || stream.held.len() as u64 + n > window
+            || stream.held.len() as u64 + n > stream.window(window)
             || self.held_total + n > budget
         {
             return Assignable::Wait;

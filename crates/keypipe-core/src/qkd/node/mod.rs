@@ -908,7 +908,10 @@ impl Node {
                 // A leader issuing: nothing below its next key is ever
                 // wanted of the follower again (the follower's credit
                 // starts from here, even if it restarted and forgot).
-                state.floor = state.floor.max(s.next_issue / self.block_size);
+                state.floor = state
+                    .floor
+                    .max(s.next_issue / self.block_size)
+                    .max(s.assigned.end());
             }
             self.outbox.push(LinkMsg::Stream(state));
         }

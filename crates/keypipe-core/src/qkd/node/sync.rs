@@ -112,13 +112,14 @@ impl Node {
             lost_total.0 += lost.0;
             lost_total.1 += lost.1;
             if self.role == Role::Leader {
-                self.peer_holds_only(&ksid, &st.held);
+                self.peer_holds_only(&ksid, &st.held, &st.confirmed);
             }
             self.join_directed(ksid);
             if st.failed {
                 self.fail(ksid);
             }
-            if !known && self.was_reset && self.role == Role::Leader {
+            let directed = self.streams.get(&ksid).is_some_and(|s| s.issuer.is_some());
+            if !known && self.was_reset && self.role == Role::Leader && !directed {
                 // This node's ledger was reset: it forgot what it handed
                 // out of this stream, including leases the follower never
                 // got. Nothing more of it is handed out, on either node.
