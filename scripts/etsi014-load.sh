@@ -18,9 +18,9 @@
 #   2. the same with number=100. Limit: per-key work (JSON and Base64 on A,
 #      and on B for the fetch, parsing and comparing in the client), and
 #      the fetch (the client holds enc_keys back about half the time).
-#      Some enc_keys find no key ready (A supplies a pair 8 blocks ahead)
-#      and, beyond pool_threads - 1 waiting, get 503 at once: the errors
-#      column.
+#      Some enc_keys find no key ready (A supplies a pair half its window
+#      ahead, and the client's backlog fills the other half) and, beyond
+#      pool_threads - 1 waiting, get 503 at once: the errors column.
 #   3. dec_keys latency: sae-b fetches one key_ID per request on B, CONNS
 #      connections, then 4 (light load), while 2 connections of sae-a keep
 #      keys issued on A; only dec_keys is timed. Limit: request handling
@@ -34,7 +34,7 @@
 # max_key_count × key_size); past that enc_keys answers 503. The client
 # holds enc_keys back while half the window is issued and not fetched.
 # window_blocks is the embedded default's (128 blocks of 4 KiB; a pair's
-# stream holds a quarter of it), set explicitly: the readiness wait and the
+# stream holds half of it), set explicitly: the readiness wait and the
 # client's backlog read the status's max_key_count. pool_threads is the
 # embedded default (8): an enc_keys that finds no key ready waits on the
 # pool, at most pool_threads - 1 at once, and more are answered 503 at once.

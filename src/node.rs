@@ -278,7 +278,7 @@ impl RunningNode {
         if largest > room {
             return Err(bad(format!(
                 "etsi014: max_key_per_request x max_key_size ({largest} bytes) must fit in one \
-                 pair's window ({room} bytes: a quarter of window_blocks, less a block): lower \
+                 pair's window ({room} bytes: half of window_blocks, less a block): lower \
                  them or raise window_blocks"
             )));
         }

@@ -31,9 +31,9 @@ use crate::key::{DeviceBlock, KeyBlock, Stamp};
 const MAX_RUNS: usize = 4096;
 
 /// Blocks one directed stream may hold on a node whose window is
-/// `window`: a quarter of it, at least 4.
+/// `window`: half of it, at least 4.
 pub fn directed_window(window: u64) -> u64 {
-    (window / 4).max(4)
+    (window / 2).max(4)
 }
 
 /// Whether one side (this node's application, or the peer's) has the
@@ -304,7 +304,7 @@ impl Stream {
             && (self.local == Side::Closed || self.peer == Side::Closed)
     }
 
-    /// Blocks this stream may hold on a node: `window`, or a quarter of
+    /// Blocks this stream may hold on a node: `window`, or half of
     /// it for a directed stream (many pairs share a node's budget, and
     /// their slaves may leave key unfetched).
     pub(crate) fn window(&self, window: u64) -> u64 {

@@ -42,9 +42,12 @@ use crate::qkd::qos::Qos;
 use crate::qkd::rangeset::RangeSet;
 use crate::qkd::stream::{Side, Stream};
 
-/// Blocks an issuer keeps assigned (or asked for) ahead of what it
-/// issued, so the next requests find key ready.
-const LOOKAHEAD_BLOCKS: u64 = 8;
+/// An issuer keeps assigned (or asked for) this share of the stream's
+/// window ahead of what it issued, so the next requests find key ready
+/// while the redeemer's acknowledgements are on their way.
+fn lookahead(stream: &Stream, window: u64) -> u64 {
+    stream.window(window) / 2
+}
 /// A stream that issued within this long is kept supplied ahead of need;
 /// an idle one takes no more key until it is used again.
 const ACTIVE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -213,7 +216,7 @@ impl Node {
         if self.role == Role::Follower {
             self.pump_leases(now);
         }
-        let (block_size, role) = (self.block_size, self.role);
+        let (block_size, role, window) = (self.block_size, self.role, self.tuning.window_blocks);
         if self.was_reset {
             // A leader whose ledger was reset issues nothing before the
             // follower's sync told it how far the stream went.
@@ -262,7 +265,7 @@ impl Node {
         };
         // Keep blocks coming ahead of need.
         let last_block = (first + len - 1) / block_size;
-        for sb in last_block + 1..=last_block + LOOKAHEAD_BLOCKS {
+        for sb in last_block + 1..=last_block + lookahead(stream, window) {
             if matches!(place(stream, sb, role, now), Place::Missing) {
                 missing.push(sb);
             }
@@ -293,7 +296,7 @@ impl Node {
     /// (background work: the first request after a quiet spell finds key
     /// ready).
     pub(super) fn top_up(&mut self, now: Instant) {
-        let (role, block_size) = (self.role, self.block_size);
+        let (role, block_size, window) = (self.role, self.block_size, self.tuning.window_blocks);
         let issuing: Vec<Uuid> = self
             .streams
             .iter()
@@ -311,7 +314,7 @@ impl Node {
             missing.clear();
             let stream = &self.streams[&ksid];
             let next = stream.next_issue / block_size;
-            for sb in next..next + LOOKAHEAD_BLOCKS {
+            for sb in next..next + lookahead(stream, window) {
                 if matches!(place(stream, sb, role, now), Place::Missing) {
                     missing.push(sb);
                 }
