@@ -30,6 +30,9 @@ use crate::key::{DeviceBlock, KeyBlock, Stamp};
 /// (their chunks count as done: never handed out, the safe direction).
 const MAX_RUNS: usize = 4096;
 
+/// Blocks a directed stream keeps supplied ahead at least (see `ahead`).
+pub(crate) const MIN_AHEAD: u64 = 4;
+
 /// Blocks one directed stream may hold on a node whose window is
 /// `window`: half of it, at least 4.
 pub fn directed_window(window: u64) -> u64 {
@@ -132,6 +135,9 @@ pub(crate) struct Stream {
     pub(crate) mirrored: RangeSet,
     /// Directed, issuing node: the next chunk to issue.
     pub(crate) next_issue: u64,
+    /// Directed, issuing node: blocks kept supplied ahead of `next_issue`
+    /// (grows while requests find no key ready, shrinks when idle).
+    pub(crate) ahead: u64,
 }
 
 impl Stream {
@@ -175,6 +181,7 @@ impl Stream {
             issuer: None,
             mirrored: RangeSet::default(),
             next_issue: 0,
+            ahead: MIN_AHEAD,
         }
     }
 

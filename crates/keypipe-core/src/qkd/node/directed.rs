@@ -40,14 +40,19 @@ use super::Node;
 use crate::qkd::link::{LinkMsg, Role};
 use crate::qkd::qos::Qos;
 use crate::qkd::rangeset::RangeSet;
-use crate::qkd::stream::{Side, Stream};
+use crate::qkd::stream::{MIN_AHEAD, Side, Stream};
 
-/// An issuer keeps assigned (or asked for) this share of the stream's
-/// window ahead of what it issued, so the next requests find key ready
-/// while the redeemer's acknowledgements are on their way.
+/// Blocks an issuer keeps assigned (or asked for) ahead of what it
+/// issued, so the next requests find key ready while the redeemer's
+/// acknowledgements are on their way: it adapts to the stream's rate, up
+/// to half the stream's window.
 fn lookahead(stream: &Stream, window: u64) -> u64 {
-    stream.window(window) / 2
+    stream.ahead.min(stream.window(window) / 2).max(1)
 }
+
+/// An issuing stream idle this long supplies less ahead (halving per tick
+/// down to the minimum): idle pairs hold little of the node's budget.
+const SLOWING: std::time::Duration = std::time::Duration::from_secs(1);
 /// A stream that issued within this long is kept supplied ahead of need;
 /// an idle one takes no more key until it is used again.
 const ACTIVE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -280,6 +285,10 @@ impl Node {
         let ready = (first / block_size..=last_block)
             .all(|sb| matches!(place(stream, sb, role, now), Place::Ready));
         if waiting || !ready {
+            // Requests outran the supply: keep more ahead.
+            stream.ahead = (stream.ahead * 2)
+                .min(stream.window(window) / 2)
+                .max(MIN_AHEAD);
             return Ok(Issue::NeedKey);
         }
         let released = stream.take_span(first, block_size, out, true);
@@ -297,6 +306,11 @@ impl Node {
     /// ready).
     pub(super) fn top_up(&mut self, now: Instant) {
         let (role, block_size, window) = (self.role, self.block_size, self.tuning.window_blocks);
+        for s in self.streams.values_mut() {
+            if s.issuer == Some(role) && now.duration_since(s.last_active) > SLOWING {
+                s.ahead = (s.ahead / 2).max(MIN_AHEAD);
+            }
+        }
         let issuing: Vec<Uuid> = self
             .streams
             .iter()

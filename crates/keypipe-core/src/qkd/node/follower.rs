@@ -156,7 +156,9 @@ impl Node {
             // Nothing below the leader's floor is assigned again.
             (stream.frontier(block_size).max(stream.floor), stream_window)
         };
-        let ahead = if outstanding + window <= budget {
+        // Credit ahead only while the node's budget has room for this
+        // stream's window beside what it holds.
+        let ahead = if outstanding + stream_window <= budget {
             frontier + room
         } else {
             0
