@@ -216,11 +216,7 @@ impl RunningNode {
         };
         let mut server_config = config.http.server_config(config.listen, config.workers);
         server_config.tls = tls.clone();
-        let server =
-            Server::start(&name, &server_config, Arc::new(router), pool.clone()).map_err(|e| {
-                let context = format!("cannot listen on {}: {e}", config.listen);
-                NodeError::Io(name.clone(), std::io::Error::new(e.kind(), context))
-            })?;
+        let server = start_listener(&name, &name, &server_config, Arc::new(router), pool)?;
         let _ = server_stats.set(Arc::clone(server.stats()));
         let mut node = RunningNode {
             name,
@@ -249,10 +245,7 @@ impl RunningNode {
         services: &Services,
         metrics: Arc<RequestMetrics>,
     ) -> Result<(), NodeError> {
-        let bad = |message: String| NodeError::Config {
-            node: self.name.clone(),
-            message,
-        };
+        let bad = |message: String| self.config_error(message);
         let engine = self
             .engine()
             .cloned()
@@ -318,13 +311,17 @@ impl RunningNode {
         let mut server_config = config.http.server_config(listener.listen, config.workers);
         server_config.tls = Some(Arc::clone(&tls));
         let name = format!("{}-etsi014", self.name);
-        let server =
-            Server::start(&name, &server_config, Arc::new(router), pool.clone()).map_err(|e| {
-                let context = format!("cannot listen on {}: {e}", listener.listen);
-                NodeError::Io(self.name.clone(), std::io::Error::new(e.kind(), context))
-            })?;
+        let server = start_listener(&self.name, &name, &server_config, Arc::new(router), pool)?;
         self.etsi014 = Some((server, tls));
         Ok(())
+    }
+
+    /// A configuration error of this node.
+    fn config_error(&self, message: String) -> NodeError {
+        NodeError::Config {
+            node: self.name.clone(),
+            message,
+        }
     }
 
     /// The ETSI 014 listener's address and TLS, when it serves 014.
@@ -342,10 +339,7 @@ impl RunningNode {
         services: &Services,
         metrics: Arc<RequestMetrics>,
     ) -> Result<(), NodeError> {
-        let bad = |message: String| NodeError::Config {
-            node: self.name.clone(),
-            message,
-        };
+        let bad = |message: String| self.config_error(message);
         let api = services
             .keytalk
             .as_ref()
@@ -383,11 +377,7 @@ impl RunningNode {
             let mut server_config = config.http.server_config(listen, config.workers);
             server_config.tls = tls;
             let name = format!("{}-keytalk{}", self.name, if secure { "" } else { "-ca" });
-            let server =
-                Server::start(&name, &server_config, router, pool.clone()).map_err(|e| {
-                    let context = format!("cannot listen on {listen}: {e}");
-                    NodeError::Io(self.name.clone(), std::io::Error::new(e.kind(), context))
-                })?;
+            let server = start_listener(&self.name, &name, &server_config, router, pool)?;
             self.keytalk.push(server);
         }
         self.keytalk_tls = Some(tls);
@@ -469,6 +459,20 @@ impl Drop for RunningNode {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Starts listener `name` of node `node` on `listen` serving `router`.
+fn start_listener(
+    node: &str,
+    name: &str,
+    server_config: &crate::http::ServerConfig,
+    router: Arc<Router>,
+    pool: &Pool,
+) -> Result<Server, NodeError> {
+    Server::start(name, server_config, router, pool.clone()).map_err(|e| {
+        let context = format!("cannot listen on {}: {e}", server_config.listen);
+        NodeError::Io(node.to_owned(), std::io::Error::new(e.kind(), context))
+    })
 }
 
 /// The addresses no stream of `config`'s node may be pushed to: its peer

@@ -11,7 +11,6 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 use support::etsi014::Kmes;
-use support::require;
 use uuid::Uuid;
 
 const NOT_FOUND: &str = "one or more keys specified are not found on KME";
@@ -24,32 +23,9 @@ const KEY_SIZE: u64 = 512;
 fn venv() -> PathBuf {
     static VENV: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     VENV.get_or_init(|| {
-        require("python3");
-        let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("etsi014-venv");
-        let ok = Command::new(venv.join("bin/python"))
-            .args([
-                "-c",
-                "import etsi_qkd_014_client as m; assert m.__version__ == '0.9.0'",
-            ])
-            .output()
-            .is_ok_and(|o| o.status.success())
-            && venv.join("bin/qkd014-client").exists();
-        if !ok {
-            let _ = std::fs::remove_dir_all(&venv);
-            let made = Command::new("python3")
-                .arg("-m")
-                .arg("venv")
-                .arg(&venv)
-                .status()
-                .unwrap();
-            assert!(made.success());
-            let pip = Command::new(venv.join("bin/pip"))
-                .args(["install", "-q", "etsi-qkd-014-client==0.9.0"])
-                .status()
-                .unwrap();
-            assert!(pip.success(), "pip install etsi-qkd-014-client==0.9.0");
-        }
-        venv
+        let ready = "import etsi_qkd_014_client as m, shutil; \
+                     assert m.__version__ == '0.9.0' and shutil.which('qkd014-client')";
+        support::python_venv("etsi014-venv", "etsi-qkd-014-client==0.9.0", ready)
     })
     .clone()
 }

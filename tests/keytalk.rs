@@ -260,29 +260,8 @@ fn every_client_family_enrols_in_every_way_it_can() {
 fn python_with_cryptography() -> PathBuf {
     static VENV: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     VENV.get_or_init(|| {
-        require("python3");
-        let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("keytalk-venv");
-        let python = venv.join("bin/python");
-        let ok = Command::new(&python)
-            .args(["-c", "import cryptography"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !ok {
-            let _ = std::fs::remove_dir_all(&venv);
-            let made = Command::new("python3")
-                .arg("-m")
-                .arg("venv")
-                .arg(&venv)
-                .status()
-                .unwrap();
-            assert!(made.success());
-            let pip = Command::new(venv.join("bin/pip"))
-                .args(["install", "-q", "cryptography"])
-                .status()
-                .unwrap();
-            assert!(pip.success(), "pip install cryptography");
-        }
-        python
+        support::python_venv("keytalk-venv", "cryptography", "import cryptography")
+            .join("bin/python")
     })
     .clone()
 }

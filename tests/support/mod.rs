@@ -761,3 +761,31 @@ pub fn require(tool: &str) {
         "these tests need `{tool}` (scripts/test-deps.sh installs it)"
     );
 }
+
+/// A Python virtual environment `CARGO_TARGET_TMPDIR/{name}` with
+/// `package` installed by pip (made, or made again, unless `ready`, a
+/// Python statement, already succeeds in it); its directory.
+pub fn python_venv(name: &str, package: &str, ready: &str) -> std::path::PathBuf {
+    use std::process::Command;
+    require("python3");
+    let venv = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let ok = Command::new(venv.join("bin/python"))
+        .args(["-c", ready])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        let _ = std::fs::remove_dir_all(&venv);
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .unwrap();
+        assert!(made.success(), "python3 -m venv");
+        let pip = Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", package])
+            .status()
+            .unwrap();
+        assert!(pip.success(), "pip install {package}");
+    }
+    venv
+}
