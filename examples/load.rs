@@ -645,6 +645,29 @@ fn framing(headers: &[httparse::Header]) -> io::Result<(Option<usize>, bool)> {
     Ok((len, close))
 }
 
+/// Completes a non-blocking connect once: `Ok(false)` while it is still
+/// in progress; when it completes, sets `connected` and restarts `started`.
+fn finish_connect(
+    sock: &mut Sock,
+    connected: &mut bool,
+    started: &mut Instant,
+) -> io::Result<bool> {
+    if *connected {
+        return Ok(true);
+    }
+    if let Some(e) = sock.tcp().take_error()? {
+        return Err(e);
+    }
+    match sock.tcp().peer_addr() {
+        Ok(_) => *connected = true,
+        Err(e) if e.kind() == ErrorKind::NotConnected => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    sock.tcp().set_nodelay(true)?;
+    *started = Instant::now();
+    Ok(true)
+}
+
 /// A complete response at the front of `buf`: (status, head length, body
 /// length, server closes). `None`: not complete yet.
 fn parse_response(buf: &[u8]) -> io::Result<Option<(u16, usize, usize, bool)>> {
@@ -1094,17 +1117,8 @@ impl Conn {
         buf: &mut [u8],
         draining: bool,
     ) -> io::Result<bool> {
-        if !self.connected {
-            if let Some(e) = self.sock.tcp().take_error()? {
-                return Err(e);
-            }
-            match self.sock.tcp().peer_addr() {
-                Ok(_) => self.connected = true,
-                Err(e) if e.kind() == ErrorKind::NotConnected => return Ok(false),
-                Err(e) => return Err(e),
-            }
-            self.sock.tcp().set_nodelay(true)?;
-            self.started = Instant::now();
+        if !finish_connect(&mut self.sock, &mut self.connected, &mut self.started)? {
+            return Ok(false);
         }
         write_out(&mut self.sock, &mut self.out, &mut self.sent)?;
         let eof = read_all(&mut self.sock, &mut self.inb, buf)?;
@@ -1992,17 +2006,8 @@ impl Conn14 {
     /// Handles an event: sends, reads, and hands a complete answer to
     /// `flow`. `Ok(true)`: the server closes, reconnect.
     fn drive(&mut self, flow: &mut Flow14, buf: &mut [u8]) -> io::Result<bool> {
-        if !self.connected {
-            if let Some(e) = self.sock.tcp().take_error()? {
-                return Err(e);
-            }
-            match self.sock.tcp().peer_addr() {
-                Ok(_) => self.connected = true,
-                Err(e) if e.kind() == ErrorKind::NotConnected => return Ok(false),
-                Err(e) => return Err(e),
-            }
-            self.sock.tcp().set_nodelay(true)?;
-            self.started = Instant::now();
+        if !finish_connect(&mut self.sock, &mut self.connected, &mut self.started)? {
+            return Ok(false);
         }
         write_out(&mut self.sock, &mut self.out, &mut self.sent)?;
         let eof = read_all(&mut self.sock, &mut self.inb, buf)?;
