@@ -1099,6 +1099,8 @@ fn ledger_loop(shared: &Shared, wake: &Receiver<()>) {
                     let reset_over = {
                         let mut node = shared.lock();
                         node.committed(&records);
+                        // Acknowledgements that waited for this write.
+                        shared.flush(&mut node);
                         node.reset_committed()
                     };
                     if reset_over {

@@ -138,6 +138,9 @@ pub(crate) struct Stream {
     /// Directed, issuing node: blocks kept supplied ahead of `next_issue`
     /// (grows while requests find no key ready, shrinks when idle).
     pub(crate) ahead: u64,
+    /// Directed, a follower redeeming: held blocks whose `Held` waits for
+    /// the ledger to record them as leased.
+    pub(crate) unacked: BTreeSet<u64>,
 }
 
 impl Stream {
@@ -182,6 +185,7 @@ impl Stream {
             mirrored: RangeSet::default(),
             next_issue: 0,
             ahead: MIN_AHEAD,
+            unacked: BTreeSet::new(),
         }
     }
 
@@ -211,11 +215,14 @@ impl Stream {
             s.durable = r.reserved;
             s.assigned.insert_range(0, r.reserved);
         } else if r.issuer.is_some() {
-            // A follower on a directed stream: everything it was leased
-            // counts as gone (it may have issued from it), and its sync
-            // tells a leader whose ledger was reset.
+            // A follower on a directed stream: everything it may have been
+            // leased counts as gone (it may have issued from it, or told
+            // the leader it holds it), and its sync tells a leader whose
+            // ledger was reset.
             s.assigned.insert_range(0, r.reserved);
             s.floor = r.reserved;
+            s.reserved = r.reserved;
+            s.durable = r.reserved;
         }
         // An issuer resumes after what it recorded, and a leader above
         // everything it may have assigned before the restart.
@@ -238,9 +245,9 @@ impl Stream {
             peer: self.peer,
             // A follower keeps, for a directed stream, how far it was ever
             // leased (see `restore`).
-            reserved: match (self.issuer, self.reserved) {
-                (Some(_), 0) => self.assigned.end(),
-                _ => self.reserved,
+            reserved: match self.issuer {
+                Some(_) => self.reserved.max(self.assigned.end()),
+                None => self.reserved,
             },
             cursor: self.cursor,
             delivered: self.delivered.clone(),

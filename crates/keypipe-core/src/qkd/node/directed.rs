@@ -270,6 +270,15 @@ impl Node {
         };
         // Keep blocks coming ahead of need.
         let last_block = (first + len - 1) / block_size;
+        if role == Role::Follower {
+            // The ledger records, ahead, how far this stream is leased.
+            let need = last_block + 1 + lookahead(stream, window);
+            if stream.reserved < need {
+                stream.reserved = need + stream.window(window);
+                self.dirty.insert(*ksid);
+                self.urgent = true;
+            }
+        }
         for sb in last_block + 1..=last_block + lookahead(stream, window) {
             if matches!(place(stream, sb, role, now), Place::Missing) {
                 missing.push(sb);
@@ -449,17 +458,49 @@ impl Node {
     }
 
     /// Follower: block `sb` of `ksid` is now held here; a leader issuing
-    /// the stream hears of it.
+    /// the stream hears of it once this node's ledger records that the
+    /// stream was leased that far (so a leader whose ledger is later reset
+    /// learns it at the sync, even after this node restarted). The
+    /// ledger reserves ahead, a window at a time: one write covers many
+    /// blocks.
     pub(super) fn held_now(&mut self, ksid: Uuid, sb: u64) {
-        if self
-            .streams
-            .get(&ksid)
-            .is_some_and(|s| s.issuer == Some(Role::Leader))
-        {
+        let window = self.tuning.window_blocks;
+        let Some(stream) = self.streams.get_mut(&ksid) else {
+            return;
+        };
+        if stream.issuer != Some(Role::Leader) {
+            return;
+        }
+        if sb < stream.durable {
             self.outbox.push(LinkMsg::Held {
                 ksid,
                 stream_block: sb,
             });
+            return;
+        }
+        stream.unacked.insert(sb);
+        stream.reserved = stream.reserved.max(sb + 1 + stream.window(window));
+        self.dirty.insert(ksid);
+        self.urgent = true;
+    }
+
+    /// Follower, once the ledger recorded `ksid` leased below its
+    /// `durable` mark: the `Held` that waited for it go out.
+    pub(super) fn ack_recorded(&mut self, ksid: &Uuid) {
+        let Some(stream) = self.streams.get_mut(ksid) else {
+            return;
+        };
+        while let Some(&sb) = stream.unacked.first() {
+            if sb >= stream.durable {
+                break;
+            }
+            stream.unacked.remove(&sb);
+            if stream.held.contains_key(&sb) {
+                self.outbox.push(LinkMsg::Held {
+                    ksid: *ksid,
+                    stream_block: sb,
+                });
+            }
         }
     }
 
@@ -527,7 +568,11 @@ fn place(stream: &Stream, sb: u64, role: Role, now: Instant) -> Place {
             return Place::Gone;
         }
         return match role {
+            // A leader issues what the follower said it holds; a follower
+            // what its ledger records as leased (so neither a restart of
+            // its own nor a reset of the leader's ledger gives it again).
             Role::Leader if !stream.mirrored.contains(sb) => Place::Awaited,
+            Role::Follower if sb >= stream.durable => Place::Awaited,
             _ => Place::Ready,
         };
     }

@@ -884,6 +884,9 @@ impl Node {
         for r in records {
             if let Some(s) = self.streams.get_mut(&r.ksid) {
                 s.durable = s.durable.max(r.reserved);
+                if self.role == Role::Follower && s.issuer.is_some() {
+                    self.ack_recorded(&r.ksid);
+                }
             }
         }
     }
