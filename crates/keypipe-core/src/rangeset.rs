@@ -227,4 +227,92 @@ mod tests {
             }
         }
     }
+
+    /// The set against a `BTreeSet` model, over small values so runs
+    /// touch, merge and swallow each other.
+    mod model {
+        use std::collections::BTreeSet;
+
+        use proptest::prelude::*;
+
+        use super::RangeSet;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Insert(u64),
+            InsertRange(u64, u64),
+            Union(Vec<(u64, u64)>),
+            Cap(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (0..200u64).prop_map(Op::Insert),
+                4 => (0..200u64, 0..20u64).prop_map(|(a, n)| Op::InsertRange(a, a + n)),
+                1 => proptest::collection::vec((0..200u64, 1..10u64), 0..5)
+                    .prop_map(|v| Op::Union(v.into_iter().map(|(a, n)| (a, a + n)).collect())),
+                1 => (1..6usize).prop_map(Op::Cap),
+            ]
+        }
+
+        proptest! {
+            /// Membership, coverage, counts and runs agree with the model;
+            /// capping only ever adds values (the safe direction) and keeps
+            /// the runs bounded; the serialized form reads back the same.
+            #[test]
+            fn agrees_with_a_btreeset(ops in proptest::collection::vec(op(), 1..60),
+                                      probes in proptest::collection::vec((0..230u64, 0..30u64), 20)) {
+                let mut set = RangeSet::default();
+                let mut model = BTreeSet::new();
+                for op in ops {
+                    match op {
+                        Op::Insert(x) => {
+                            set.insert(x);
+                            model.insert(x);
+                        }
+                        Op::InsertRange(a, b) => {
+                            set.insert_range(a, b);
+                            model.extend(a..b);
+                        }
+                        Op::Union(ranges) => {
+                            let mut other = RangeSet::default();
+                            for (a, b) in ranges {
+                                other.insert_range(a, b);
+                                model.extend(a..b);
+                            }
+                            set.union_with(&other);
+                        }
+                        Op::Cap(max) => {
+                            let before: Vec<u64> = model.iter().copied().collect();
+                            set.cap_runs(max);
+                            prop_assert!(set.runs() <= max);
+                            for x in before {
+                                prop_assert!(set.contains(x), "capping dropped {x}");
+                            }
+                            // The model takes what capping added.
+                            for (a, b) in set.iter() {
+                                model.extend(a..b);
+                            }
+                        }
+                    }
+                    // Runs are disjoint, not touching, and in order.
+                    let runs: Vec<(u64, u64)> = set.iter().collect();
+                    for w in runs.windows(2) {
+                        prop_assert!(w[0].0 < w[0].1 && w[0].1 < w[1].0, "{runs:?}");
+                    }
+                    prop_assert_eq!(set.len(), model.len() as u64);
+                    prop_assert_eq!(set.end(), model.last().map_or(0, |x| x + 1));
+                }
+                for (lo, n) in probes {
+                    let hi = lo + n;
+                    prop_assert_eq!(set.contains(lo), model.contains(&lo));
+                    prop_assert_eq!(set.covers(lo, hi), (lo..=hi).all(|x| model.contains(&x)));
+                    prop_assert_eq!(set.count_within(lo, hi), model.range(lo..hi).count() as u64);
+                }
+                let text = serde_json::to_string(&set).unwrap();
+                let back: RangeSet = serde_json::from_str(&text).unwrap();
+                prop_assert_eq!(back, set);
+            }
+        }
+    }
 }
