@@ -324,4 +324,110 @@ mod tests {
         }
         producer.join().unwrap();
     }
+
+    /// The ring and the arena against a model: a FIFO of block ids and the
+    /// set of slots held.
+    mod model {
+        use std::collections::{HashSet, VecDeque};
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const SLOTS: usize = 6;
+        const BLOCK: usize = 16;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// Allocate a block and push it (or hand it back when full).
+            Push,
+            /// Pop a block and keep it.
+            Pop,
+            /// Drop the `i`-th block kept.
+            Release(usize),
+            /// Drop the producer and the consumer (and what the ring holds)
+            /// and start a new ring.
+            NewRing,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => Just(Op::Push),
+                4 => Just(Op::Pop),
+                3 => (0..8usize).prop_map(Op::Release),
+                1 => Just(Op::NewRing),
+            ]
+        }
+
+        /// The bytes block `id` is filled with (never all zero).
+        fn pattern(id: u64) -> [u8; BLOCK] {
+            let mut out = [0u8; BLOCK];
+            for (i, b) in out.iter_mut().enumerate() {
+                *b = (id as u8).wrapping_mul(31).wrapping_add(i as u8) | 1;
+            }
+            out
+        }
+
+        proptest! {
+            /// Blocks come out in order with their bytes; no slot is held
+            /// twice; every slot released (dropped, or left in a dropped
+            /// ring) is zero and free again; nothing is lost.
+            #[test]
+            fn ring_and_arena_agree_with_a_model(ops in proptest::collection::vec(op(), 1..200)) {
+                let arena = KeyArena::new(BLOCK, SLOTS).unwrap();
+                let (mut tx, mut rx) = ring(3);
+                let mut queued: VecDeque<u64> = VecDeque::new();
+                let mut kept: Vec<DeviceBlock> = Vec::new();
+                let mut next_id = 0u64;
+                for op in ops {
+                    match op {
+                        Op::Push => {
+                            let Some(mut key) = arena.alloc() else {
+                                prop_assert_eq!(queued.len() + kept.len(), SLOTS, "alloc failed with free slots");
+                                continue;
+                            };
+                            key.bytes_mut().copy_from_slice(&pattern(next_id));
+                            let block = DeviceBlock { id: next_id, born: Stamp::now(), digest: 0, key };
+                            match tx.push(block) {
+                                Ok(()) => queued.push_back(next_id),
+                                Err(back) => {
+                                    prop_assert_eq!(queued.len(), 3, "refused while not full");
+                                    prop_assert_eq!(back.id, next_id);
+                                }
+                            }
+                            next_id += 1;
+                        }
+                        Op::Pop => match rx.pop() {
+                            Some(block) => {
+                                prop_assert_eq!(Some(block.id), queued.pop_front(), "out of order");
+                                prop_assert_eq!(block.key.bytes(), &pattern(block.id)[..]);
+                                kept.push(block);
+                            }
+                            None => prop_assert!(queued.is_empty(), "empty while holding blocks"),
+                        },
+                        Op::Release(i) if !kept.is_empty() => {
+                            let block = kept.swap_remove(i % kept.len());
+                            let slot = block.key.slot();
+                            drop(block);
+                            prop_assert_eq!(arena.peek_free_slot(slot), Some(vec![0u8; BLOCK]), "not wiped");
+                        }
+                        Op::Release(_) => {}
+                        Op::NewRing => {
+                            (tx, rx) = ring(3);
+                            queued.clear();
+                        }
+                    }
+                    let held: HashSet<u32> = kept.iter().map(|b| b.key.slot()).collect();
+                    prop_assert_eq!(held.len(), kept.len(), "a slot held twice");
+                    prop_assert_eq!(arena.free_slots(), SLOTS - kept.len() - queued.len());
+                    prop_assert_eq!(rx.len(), queued.len());
+                }
+                drop((tx, rx, kept));
+                prop_assert_eq!(arena.free_slots(), SLOTS);
+                for slot in 0..SLOTS as u32 {
+                    prop_assert_eq!(arena.peek_free_slot(slot), Some(vec![0u8; BLOCK]));
+                }
+            }
+        }
+    }
 }
