@@ -9,6 +9,7 @@ pub mod ca;
 pub mod donau;
 pub mod entropy;
 pub mod etsi014;
+pub mod form;
 pub mod gateway;
 pub mod keys;
 pub mod keytalk;

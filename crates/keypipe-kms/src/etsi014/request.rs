@@ -37,49 +37,14 @@ fn query_count(name: &str, text: &str) -> Result<u64, Refusal> {
         .map_err(|_| bad(format!("{name} must be a positive integer")))
 }
 
-/// The values of `query` (`a=1&b=2`), percent-decoded.
+/// The values of `query` (`a=1&b=2`), decoded.
 pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
-    query
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            let form = |t: &str| percent_decode(&t.replace('+', " "));
-            (form(k), form(v))
-        })
-        .collect()
+    crate::form::pairs(query.unwrap_or("").as_bytes()).collect()
 }
 
-/// `%XX` decoded (bad escapes are kept as they are); a path segment.
+/// A path segment (an SAE ID), percent-decoded (`+` stays a `+`).
 pub fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(b) => {
-                        out.push(b);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    crate::form::percent_decode(text.as_bytes(), false)
 }
 
 /// A key request from a GET query (`number`, `size`; others ignored).
@@ -259,11 +224,6 @@ mod tests {
         assert_eq!(
             key_ids_from_body(br#"{"key_IDs":[]}"#).unwrap_err().status,
             400
-        );
-        assert_eq!(percent_decode("a%20b%2Cc+d%zz%4"), "a b,c+d%zz%4");
-        assert_eq!(
-            query_pairs(Some("a+b=c%2B")),
-            vec![("a b".into(), "c+".into())]
         );
     }
 }

@@ -26,17 +26,11 @@ impl Params {
     /// The parameters of a query string and a form body (either may be
     /// empty), in that order.
     pub fn parse(query: &[u8], body: &[u8]) -> Params {
-        let mut out = Vec::new();
-        for part in [query, body] {
-            for pair in part.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
-                let (k, v) = match pair.iter().position(|&b| b == b'=') {
-                    Some(i) => (&pair[..i], &pair[i + 1..]),
-                    None => (pair, &[][..]),
-                };
-                out.push((decode(k), decode(v)));
-            }
-        }
-        Params(out)
+        Params(
+            crate::form::pairs(query)
+                .chain(crate::form::pairs(body))
+                .collect(),
+        )
     }
 
     /// The first value of `name`.
@@ -69,32 +63,6 @@ impl Params {
         self.0.push((name.into(), value.into()));
         self
     }
-}
-
-/// Form decoding that never fails: `+` is a space, `%XX` a byte, any
-/// other `%` stays; bytes that are not UTF-8 become U+FFFD.
-fn decode(raw: &[u8]) -> String {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        match raw[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < raw.len() && hex(raw[i + 1]).is_some() && hex(raw[i + 2]).is_some() => {
-                out.push(hex(raw[i + 1]).unwrap_or(0) << 4 | hex(raw[i + 2]).unwrap_or(0));
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    match String::from_utf8(out) {
-        Ok(s) => s,
-        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-    }
-}
-
-fn hex(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
 }
 
 /// The session id of a request's `Cookie` headers: the first
