@@ -93,11 +93,7 @@ impl KeySupply for EngineSupply {
     }
 
     fn streams(&self) -> Vec<(Uuid, String, String)> {
-        self.engine
-            .directed_streams()
-            .into_iter()
-            .map(|(k, s, d, _)| (k, s, d))
-            .collect()
+        self.engine.directed_streams()
     }
 
     fn stream_count(&self) -> usize {

@@ -897,9 +897,8 @@ impl Engine {
         self.shared.lock().issuable(ksid, Instant::now())
     }
 
-    /// The directed streams this node knows: KSID, source, destination,
-    /// and whether this node issues it.
-    pub fn directed_streams(&self) -> Vec<(Uuid, String, String, bool)> {
+    /// The directed streams this node knows: KSID, source, destination.
+    pub fn directed_streams(&self) -> Vec<(Uuid, String, String)> {
         let mut node = self.shared.lock();
         self.shared.drain_inbox(&mut node, Instant::now());
         node.directed_streams()

@@ -38,10 +38,11 @@ pub const NOT_FOUND: &str = "one or more keys specified are not found on KME";
 /// kept for good: key ids never repeat).
 pub const MAX_MULTICAST_SETS: usize = 16;
 
-/// A refused request: its HTTP status (400, 401 or 503) and message.
+/// A refused request: its HTTP status (the service answers 400, 401 or
+/// 503; the HTTP adapter also 405) and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// 400, 401 or 503.
+    /// The HTTP status.
     pub status: u16,
     /// What went wrong (never key material).
     pub message: Cow<'static, str>,
@@ -408,43 +409,56 @@ impl Etsi014 {
         let mut copies = self.copies.lock().unwrap_or_else(PoisonError::into_inner);
         copies.purge(now);
         let mut from_engine = Vec::new();
+        let mut sources = Vec::with_capacity(resolved.len());
         for (id, _, span) in &resolved {
-            match copies.source(id, slave, now) {
+            let source = copies.source(id, slave, now);
+            match source {
                 Source::Engine => from_engine.push(*span),
                 Source::Copy => {}
                 Source::Gone => return Err(Refusal::bad_request(NOT_FOUND)),
             }
+            sources.push(source);
         }
         let total: u64 = from_engine.iter().map(|s| s.len).sum();
         let mut engine_keys = Zeroizing::new(vec![0u8; total as usize]);
         self.supply
             .redeem(&from_engine, &mut engine_keys)
             .map_err(supply_refusal)?;
-        // Everything is in hand: hand out, and leave copies for the others.
-        let mut keys: Vec<(Uuid, Zeroizing<Vec<u8>>)> = Vec::with_capacity(resolved.len());
+        // Everything is in hand. The copies owed to this caller are taken
+        // before new ones are left (leaving may evict the oldest).
+        let mut keys: Vec<(Uuid, Option<Zeroizing<Vec<u8>>>)> = resolved
+            .iter()
+            .zip(&sources)
+            .map(|((id, _, _), source)| {
+                let copy = (*source == Source::Copy).then(|| copies.take(id, slave));
+                (*id, copy.flatten())
+            })
+            .collect();
         let mut at = 0usize;
-        for (id, pair, span) in &resolved {
-            let key = match copies.source(id, slave, now) {
-                Source::Copy => copies.take(id, slave).expect("checked above"),
-                _ => {
-                    let key = Zeroizing::new(engine_keys[at..at + span.len as usize].to_vec());
-                    at += span.len as usize;
-                    let others: Vec<String> = pair
-                        .slaves
-                        .iter()
-                        .filter(|s| s.as_str() != slave)
-                        .cloned()
-                        .collect();
-                    if !others.is_empty() {
-                        // Multicast: the other slaves find their copy here.
-                        copies.put(*id, &key, others, now);
-                    }
-                    key
-                }
-            };
-            keys.push((*id, key));
+        for (((id, pair, span), source), (_, key)) in resolved.iter().zip(&sources).zip(&mut keys) {
+            if *source != Source::Engine {
+                continue;
+            }
+            let fresh = Zeroizing::new(engine_keys[at..at + span.len as usize].to_vec());
+            at += span.len as usize;
+            let others: Vec<String> = pair
+                .slaves
+                .iter()
+                .filter(|s| s.as_str() != slave)
+                .cloned()
+                .collect();
+            if !others.is_empty() {
+                // Multicast: the other slaves find their copy here.
+                copies.put(*id, &fresh, others, now);
+            }
+            *key = Some(fresh);
         }
         drop(copies);
+        // Under the copies lock, each source checked above is there.
+        let keys: Vec<(Uuid, Zeroizing<Vec<u8>>)> = keys
+            .into_iter()
+            .map(|(id, k)| (id, k.expect("every key is in hand")))
+            .collect();
         Ok(answer::key_container(
             keys.iter().map(|(id, k)| (*id, k.as_slice())),
         ))

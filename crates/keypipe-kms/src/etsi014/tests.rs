@@ -90,13 +90,18 @@ impl KeySupply for Fake {
 
 /// Node A (sae-a) and node B (sae-b, sae-c) over one fake link.
 fn nodes() -> (Etsi014, Etsi014) {
+    nodes_with(Etsi014Config::default())
+}
+
+/// [`nodes`] with the sizes, counts and times of `base`.
+fn nodes_with(base: Etsi014Config) -> (Etsi014, Etsi014) {
     let fake = Arc::new(Fake::default());
     let cfg = |kme: &str, peer: &str, saes: &[&str], peer_saes: &[&str]| Etsi014Config {
         kme_id: kme.into(),
         peer_kme_id: peer.into(),
         saes: saes.iter().map(|s| s.to_string()).collect(),
         peer_saes: peer_saes.iter().map(|s| s.to_string()).collect(),
-        ..Etsi014Config::default()
+        ..base.clone()
     };
     let a = Etsi014::new(
         cfg("node-a", "node-b", &["sae-a"], &["sae-b", "sae-c"]),
@@ -220,6 +225,29 @@ fn multicast_gives_each_slave_its_copy_once() {
         b.copies.lock().unwrap().is_empty(),
         "no copy outlives its last slave"
     );
+}
+
+#[test]
+fn a_slave_taking_its_copy_and_a_fresh_key_at_once_gets_both() {
+    // One copy held at most: leaving the fresh key's copy for sae-b would
+    // evict the copy owed to sae-c, were it not taken first.
+    let (a, b) = nodes_with(Etsi014Config {
+        max_copies: 1,
+        ..Etsi014Config::default()
+    });
+    let multi = || KeyRequest {
+        additional: Some(vec!["sae-c".into()]),
+        ..Default::default()
+    };
+    let first = keys(&enc(&a, "sae-a", "sae-b", multi()).unwrap());
+    let second = keys(&enc(&a, "sae-a", "sae-b", multi()).unwrap());
+    assert_eq!(
+        keys(&b.dec_keys(Some("sae-b"), "sae-a", &[first[0].0]).unwrap()),
+        first
+    );
+    let both = [second[0].0, first[0].0];
+    let got = keys(&b.dec_keys(Some("sae-c"), "sae-a", &both).unwrap());
+    assert_eq!(got, [second[0].clone(), first[0].clone()]);
 }
 
 #[test]

@@ -440,20 +440,12 @@ impl Node {
         self.streams.values().filter(|s| s.issuer.is_some()).count()
     }
 
-    /// The directed streams this node knows: KSID, source, destination,
-    /// and whether this node issues it.
-    pub fn directed_streams(&self) -> Vec<(Uuid, String, String, bool)> {
+    /// The directed streams this node knows: KSID, source, destination.
+    pub fn directed_streams(&self) -> Vec<(Uuid, String, String)> {
         self.streams
             .iter()
-            .filter_map(|(k, s)| {
-                let issuer = s.issuer?;
-                Some((
-                    *k,
-                    s.source.clone(),
-                    s.destination.clone(),
-                    issuer == self.role,
-                ))
-            })
+            .filter(|(_, s)| s.issuer.is_some())
+            .map(|(k, s)| (*k, s.source.clone(), s.destination.clone()))
             .collect()
     }
 
