@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -12,7 +11,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::tls::{Pki, TlsConn};
-use super::{Answer, free_port, request};
+use super::{Answer, ServerProcess, free_port, request};
 
 /// One node process.
 pub struct Kme {
@@ -21,8 +20,7 @@ pub struct Kme {
     pub http: u16,
     pub port: u16,
     pub config: String,
-    pub child: Option<Child>,
-    starts: usize,
+    pub process: Option<ServerProcess>,
 }
 
 impl Kme {
@@ -31,57 +29,27 @@ impl Kme {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    /// The node's own listener (health, metrics, link).
-    pub fn http_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.http))
-    }
-
-    /// Starts the process; returns once both listeners answer.
+    /// Starts the process; returns once both listeners answer (healthy or
+    /// not: its peer may be down).
     pub fn start(&mut self) {
         std::fs::create_dir_all(&self.dir).unwrap();
-        let path = self.dir.join("node.toml");
-        std::fs::write(&path, &self.config).unwrap();
-        let log = self.dir.join(format!("run-{}.log", self.starts));
-        self.starts += 1;
-        let child = Command::new(env!("CARGO_BIN_EXE_keypipe"))
-            .args(["serve", "--config"])
-            .arg(&path)
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .env("KEYPIPE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
+        let mut process = ServerProcess::spawn(&self.dir, self.http, &self.config);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while request(self.http_addr(), "GET", "/healthz", None).is_err()
+        while request(process.addr, "GET", "/healthz", None).is_err()
             || std::net::TcpStream::connect(self.addr()).is_err()
         {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "{} exited ({status}): {}",
-                    self.name,
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
+            if let Some(status) = process.child.try_wait().unwrap() {
+                panic!("{} exited ({status}): {}", self.name, process.log_text());
             }
             assert!(Instant::now() < deadline, "{} never listened", self.name);
             std::thread::sleep(Duration::from_millis(10));
         }
+        self.process = Some(process);
     }
 
     /// kill -9, and wait for the process to be gone.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Kme {
-    fn drop(&mut self) {
-        self.kill();
+        drop(self.process.take());
     }
 }
 
@@ -164,8 +132,7 @@ peer_name = "{peer}"
                 http,
                 port,
                 config,
-                child: None,
-                starts: 0,
+                process: None,
             });
         }
         let b = nodes.pop().unwrap();
