@@ -306,6 +306,51 @@ impl Sim {
         self.get(i, ksid, index)
     }
 
+    /// Delivers the `i`-th message in flight (modulo; none: nothing).
+    fn deliver(&mut self, i: usize) {
+        if !self.wire.is_empty() {
+            let (to, msg) = self.wire.remove(i % self.wire.len());
+            self.nodes[to].node.handle(Instant::now(), msg);
+            self.collect();
+        }
+    }
+
+    /// Delivers the `i`-th message in flight and leaves it in flight.
+    fn duplicate(&mut self, i: usize) {
+        if !self.wire.is_empty() {
+            let (to, msg) = self.wire[i % self.wire.len()].clone();
+            self.nodes[to].node.handle(Instant::now(), msg);
+            self.collect();
+        }
+    }
+
+    /// Loses the `i`-th message in flight.
+    fn lose(&mut self, i: usize) {
+        if !self.wire.is_empty() {
+            let n = self.wire.len();
+            self.wire.remove(i % n);
+        }
+    }
+
+    /// kill -9 of node `n`: its unwritten ledger and the messages on their
+    /// way to it are gone; both sides start a new session.
+    fn crash(&mut self, n: usize) {
+        self.nodes[n].restart();
+        self.wire.retain(|(to, _)| *to != n);
+        for node in &mut self.nodes {
+            node.node.begin_sync();
+        }
+        self.collect();
+    }
+
+    /// Both nodes' background work, `secs` from now (TTLs may end).
+    fn later(&mut self, secs: u64) {
+        for node in &mut self.nodes {
+            node.node.tick(Instant::now() + Duration::from_secs(secs));
+        }
+        self.collect();
+    }
+
     /// Checks the two promises over everything delivered so far: an index
     /// never carries two values, and no key value is delivered twice.
     fn check(&self) {
@@ -736,23 +781,9 @@ fn run_steps(steps: Vec<Step>) {
                     *at = index.wrapping_add(1);
                 }
             }
-            Step::Deliver(i) | Step::Duplicate(i) | Step::Drop(i) if sim.wire.is_empty() => {
-                let _ = i;
-            }
-            Step::Deliver(i) => {
-                let (to, msg) = sim.wire.remove(i % sim.wire.len());
-                sim.nodes[to].node.handle(Instant::now(), msg);
-                sim.collect();
-            }
-            Step::Duplicate(i) => {
-                let (to, msg) = sim.wire[i % sim.wire.len()].clone();
-                sim.nodes[to].node.handle(Instant::now(), msg);
-                sim.collect();
-            }
-            Step::Drop(i) => {
-                let n = sim.wire.len();
-                sim.wire.remove(i % n);
-            }
+            Step::Deliver(i) => sim.deliver(i),
+            Step::Duplicate(i) => sim.duplicate(i),
+            Step::Drop(i) => sim.lose(i),
             Step::Settle => {
                 sim.settle();
                 // The sessions are open by now: a reset node pairs.
@@ -764,14 +795,7 @@ fn run_steps(steps: Vec<Step>) {
                 }
             }
             Step::Commit(n) => sim.nodes[n].commit(),
-            Step::Restart(n) => {
-                sim.nodes[n].restart();
-                sim.wire.retain(|(to, _)| *to != n);
-                for node in &mut sim.nodes {
-                    node.node.begin_sync();
-                }
-                sim.collect();
-            }
+            Step::Restart(n) => sim.crash(n),
             // Both ledgers lost at once: nothing remembers the spent
             // key (documented); not a case the nodes can handle.
             Step::Reset { node: n, .. } if !sim.nodes[1 - n].paired => {}
@@ -801,12 +825,7 @@ fn run_steps(steps: Vec<Step>) {
                 }
                 sim.collect();
             }
-            Step::Tick => {
-                for node in &mut sim.nodes {
-                    node.node.tick(Instant::now() + Duration::from_secs(61));
-                }
-                sim.collect();
-            }
+            Step::Tick => sim.later(61),
         }
     }
     sim.check();

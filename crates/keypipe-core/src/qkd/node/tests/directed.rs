@@ -50,13 +50,9 @@ fn redeem(
     got.map(|()| out)
 }
 
+/// kill -9 of node `i`, then the link settles.
 fn restart_and_sync(sim: &mut Sim, i: usize) {
-    sim.nodes[i].restart();
-    sim.wire.clear();
-    for n in &mut sim.nodes {
-        n.node.begin_sync();
-    }
-    sim.collect();
+    sim.crash(i);
     sim.settle();
 }
 
@@ -563,31 +559,12 @@ fn run_directed(steps: Vec<DStep>) {
                     *done = true;
                 }
             }
-            DStep::Deliver(_) | DStep::Duplicate(_) | DStep::Drop(_) if sim.wire.is_empty() => {}
-            DStep::Deliver(i) => {
-                let (to, msg) = sim.wire.remove(i % sim.wire.len());
-                sim.nodes[to].node.handle(Instant::now(), msg);
-                sim.collect();
-            }
-            DStep::Duplicate(i) => {
-                let (to, msg) = sim.wire[i % sim.wire.len()].clone();
-                sim.nodes[to].node.handle(Instant::now(), msg);
-                sim.collect();
-            }
-            DStep::Drop(i) => {
-                let n = sim.wire.len();
-                sim.wire.remove(i % n);
-            }
+            DStep::Deliver(i) => sim.deliver(i),
+            DStep::Duplicate(i) => sim.duplicate(i),
+            DStep::Drop(i) => sim.lose(i),
             DStep::Settle => sim.settle(),
             DStep::Commit(n) => sim.nodes[n].commit(),
-            DStep::Restart(n) => {
-                sim.nodes[n].restart();
-                sim.wire.retain(|(to, _)| *to != n);
-                for node in &mut sim.nodes {
-                    node.node.begin_sync();
-                }
-                sim.collect();
-            }
+            DStep::Restart(n) => sim.crash(n),
             DStep::ResetLeader => {
                 sim.nodes[0].reset();
                 sim.wire.clear();
@@ -601,12 +578,7 @@ fn run_directed(steps: Vec<DStep>) {
                 sim.collect();
                 sim.settle();
             }
-            DStep::Tick => {
-                for node in &mut sim.nodes {
-                    node.node.tick(Instant::now() + Duration::from_secs(61));
-                }
-                sim.collect();
-            }
+            DStep::Tick => sim.later(61),
         }
     }
     // No two keys (of 8 bytes or more) carry the same bytes.
