@@ -52,10 +52,7 @@ bin=target/release/keypipe
 load=target/release/examples/load
 source scripts/load-common.sh
 
-ca() { "$bin" ca --data-dir "$work/ca" "$@" >/dev/null; }
-pki=$work/pki
-ca init --out "$pki"
-ca issue-server localhost --san DNS:localhost,IP:127.0.0.1 --out "$pki"
+make_pki "$work/ca"
 for n in sae-a sae-b; do ca issue-client "$n" --role sae --out "$pki/client"; done
 for n in node-a node-b; do ca issue-client "$n" --role node --out "$pki/client"; done
 ca issue-client ops --role kms --out "$pki/client"

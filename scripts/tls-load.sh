@@ -17,10 +17,7 @@ bin=target/release/keypipe
 load=target/release/examples/load
 source scripts/load-common.sh
 
-ca() { "$bin" ca --data-dir "$work/data" "$@" >/dev/null; }
-pki=$work/pki
-ca init --out "$pki"
-ca issue-server localhost --san DNS:localhost,IP:127.0.0.1 --out "$pki"
+make_pki "$work/data"
 for n in node-a node-b; do ca issue-client "$n" --role node --out "$pki/client"; done
 ca issue-client ops --role kms --out "$pki/client"
 
