@@ -133,14 +133,8 @@ impl Node {
                 Side::Closed => return Err(DirectedError::Conflict),
                 Side::Absent => {}
             }
-            stream.local = Side::Open;
             stream.last_active = now;
-            let msg = super::open_msg(ksid, stream);
-            self.outbox.push(msg);
-            self.touch(ksid);
-            if self.role == Role::Follower {
-                self.grant_credit(ksid, 0);
-            }
+            self.open_here(ksid);
             return Ok(());
         }
         let opened_here = self.streams.values().filter(|s| s.created_here).count();
@@ -154,14 +148,24 @@ impl Node {
         };
         let mut stream = Stream::new(qos, source, destination, true, now);
         stream.issuer = Some(issuer);
-        stream.local = Side::Open;
-        self.outbox.push(super::open_msg(ksid, &stream));
         self.streams.insert(ksid, stream);
+        self.open_here(ksid);
+        Ok(())
+    }
+
+    /// This node's side of directed stream `ksid` opens: the peer hears
+    /// of it, the ledger records it, a follower grants credit.
+    fn open_here(&mut self, ksid: Uuid) {
+        let Some(stream) = self.streams.get_mut(&ksid) else {
+            return;
+        };
+        stream.local = Side::Open;
+        let msg = super::open_msg(ksid, stream);
+        self.outbox.push(msg);
+        self.touch(ksid);
         if self.role == Role::Follower {
             self.grant_credit(ksid, 0);
         }
-        self.touch(ksid);
-        Ok(())
     }
 
     /// The peer announced `ksid`: a directed stream this node redeems
@@ -178,13 +182,7 @@ impl Node {
             stream.conflict = true;
             return;
         }
-        stream.local = Side::Open;
-        let msg = super::open_msg(ksid, stream);
-        self.outbox.push(msg);
-        self.touch(ksid);
-        if role == Role::Follower {
-            self.grant_credit(ksid, 0);
-        }
+        self.open_here(ksid);
     }
 
     /// The directed stream `ksid` open on this node, for `issuing` (else
