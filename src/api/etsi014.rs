@@ -68,13 +68,7 @@ impl Etsi014Api {
     fn call(&self, req: Request) -> Reply {
         if req.method == Method::Head {
             // A HEAD answer has no body: keys taken for it would be lost.
-            return Reply::Now(
-                refused(&Refusal {
-                    status: 405,
-                    message: "use GET or POST".into(),
-                })
-                .header("Allow", "GET, POST"),
-            );
+            return Reply::Now(not_allowed("use GET or POST", "GET, POST"));
         }
         let rest = &req.path()[PREFIX.len()..];
         let Some((id, action)) = rest.rsplit_once('/') else {
@@ -91,13 +85,7 @@ impl Etsi014Api {
         let post = req.method == Method::Post;
         match action {
             "status" if !post => Reply::Now(respond(self.service.status(caller, &sae))),
-            "status" => Reply::Now(
-                refused(&Refusal {
-                    status: 405,
-                    message: "status is GET only".into(),
-                })
-                .header("Allow", "GET"),
-            ),
+            "status" => Reply::Now(not_allowed("status is GET only", "GET")),
             "enc_keys" => {
                 let parsed = match post {
                     true => key_request_from_body(&req.body),
@@ -139,6 +127,15 @@ impl Etsi014Api {
             }
         }
     }
+}
+
+/// 405 with `Allow` and a JSON message.
+fn not_allowed(message: &'static str, allow: &'static str) -> Response {
+    refused(&Refusal {
+        status: 405,
+        message: message.into(),
+    })
+    .header("Allow", allow)
 }
 
 fn not_found() -> Response {
