@@ -5,13 +5,15 @@
 //! handles, never bytes. Dropping a handle zeroizes its slot and returns the
 //! slot index to a lock-free free list.
 
-use std::alloc::{Layout, alloc_zeroed};
+use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::fmt;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crossbeam::queue::ArrayQueue;
 use zeroize::Zeroize;
+
+use super::locked::{LockError, locking_required, protect};
 
 /// Smallest block size the arena accepts, in bytes.
 pub const MIN_BLOCK_SIZE: usize = 16;
@@ -31,6 +33,9 @@ pub enum ArenaError {
     /// Zero slots, or more than `u32::MAX`, or a region too large to allocate.
     #[error("arena of {0} slots cannot be allocated")]
     Capacity(usize),
+    /// The region cannot be locked in memory and locking is required.
+    #[error(transparent)]
+    NotLocked(#[from] LockError),
 }
 
 /// What the operating system granted for the arena's protection.
@@ -127,7 +132,9 @@ impl fmt::Debug for KeyArena {
 impl KeyArena {
     /// Allocates `capacity` slots of `block_size` bytes, locks them in memory
     /// and excludes them from core dumps where the OS allows. A refusal by
-    /// the OS is logged as a warning and reported by [`KeyArena::protection`].
+    /// the OS is logged as a warning and reported by [`KeyArena::protection`],
+    /// or is an error when locking is required
+    /// ([`locked::require_locking`](super::locked::require_locking)).
     /// A region left by a dropped arena of the same geometry is reused once
     /// all its slots are back.
     pub fn new(block_size: usize, capacity: usize) -> Result<Self, ArenaError> {
@@ -139,8 +146,12 @@ impl KeyArena {
         }
         let reused = {
             let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+            let required = locking_required();
             let found = pool.iter().position(|r| {
-                r.block_size == block_size && r.free.capacity() == capacity && r.all_home()
+                r.block_size == block_size
+                    && r.free.capacity() == capacity
+                    && r.all_home()
+                    && (r.protection.locked || !required)
             });
             found.map(|i| pool.swap_remove(i))
         };
@@ -225,7 +236,15 @@ impl Region {
         // SAFETY: `layout` has a non-zero size (capacity >= 1, stride >= 16).
         let base =
             NonNull::new(unsafe { alloc_zeroed(layout) }).ok_or(ArenaError::Capacity(capacity))?;
-        let protection = protect(base, size);
+        // SAFETY: `base..base + size` was just allocated and is ours.
+        let protection = match unsafe { protect(base, size, "key arena", locking_required()) } {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: allocated above with `layout`, never handed out.
+                unsafe { dealloc(base.as_ptr(), layout) };
+                return Err(ArenaError::NotLocked(e));
+            }
+        };
         let free = ArrayQueue::new(capacity);
         for index in 0..capacity as u32 {
             // Cannot fail: the queue has exactly `capacity` places.
@@ -238,35 +257,6 @@ impl Region {
             free,
             protection,
         })
-    }
-}
-
-/// Locks and marks the region; failures are warnings, never errors.
-fn protect(base: NonNull<u8>, size: usize) -> Protection {
-    // SAFETY: `base..base+size` is a live allocation owned by the caller.
-    let locked = unsafe { libc::mlock(base.as_ptr().cast(), size) } == 0;
-    if !locked {
-        tracing::warn!(
-            bytes = size,
-            error = %std::io::Error::last_os_error(),
-            "key arena could not be locked in memory (raise RLIMIT_MEMLOCK); key may reach swap"
-        );
-    }
-    #[cfg(target_os = "linux")]
-    // SAFETY: as above; madvise only changes the mapping's dump flag.
-    let excluded_from_dumps =
-        unsafe { libc::madvise(base.as_ptr().cast(), size, libc::MADV_DONTDUMP) } == 0;
-    #[cfg(not(target_os = "linux"))]
-    let excluded_from_dumps = false;
-    if !excluded_from_dumps {
-        tracing::warn!(
-            bytes = size,
-            "key arena could not be excluded from core dumps"
-        );
-    }
-    Protection {
-        locked,
-        excluded_from_dumps,
     }
 }
 

@@ -1,9 +1,11 @@
 //! Key material: the zeroizing arena of fixed-size slots, the handles that
 //! reach them, and the lock-free ring that carries handles from a device to
-//! the stream manager. No I/O here, and no key byte outside the arena.
+//! the stream manager; locked memory for the other secrets. No I/O here,
+//! and no key byte outside locked memory.
 
 mod arena;
 mod counters;
+pub mod locked;
 mod ring;
 mod stamp;
 
