@@ -90,6 +90,9 @@ pub struct Config {
     /// ETSI GS QKD 014 (`etsi014` protocol).
     #[serde(default)]
     pub etsi014: Etsi014Settings,
+    /// How the process protects its memory (core dumps, locking).
+    #[serde(default)]
+    pub process: crate::process::ProcessSettings,
     /// The nodes (listeners).
     #[serde(rename = "node")]
     pub nodes: Vec<NodeConfig>,

@@ -15,6 +15,7 @@ pub mod config;
 pub mod etsi014_supply;
 pub mod listener_cert;
 pub mod node;
+pub mod process;
 pub mod revocation;
 
 pub use keypipe_core::{device, key, qkd, rangeset};

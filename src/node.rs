@@ -133,7 +133,9 @@ impl RunningNode {
         let received = config
             .serve
             .contains(&Protocol::Etsi004Kms)
-            .then(|| Arc::new(ReceivedKeys::new(config.kms_side.received_capacity_bytes)));
+            .then(|| ReceivedKeys::new(config.kms_side.received_capacity_bytes).map(Arc::new))
+            .transpose()
+            .map_err(|e| bad(e.to_string()))?;
         let server_stats = Arc::new(OnceLock::new());
         let health = HealthSources {
             node: name.clone(),

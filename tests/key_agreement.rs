@@ -367,8 +367,9 @@ fn bad_logins_fail_clearly_and_are_throttled() {
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(login(&mut conn, &s, PASSWORD).status, 410);
 
-    // Wrong password: 401 after the delay, growing per user; an unknown
-    // user gets the same answer after the same delay.
+    // Wrong password: 401 after the delay, growing per user and source
+    // address (all of these come from 127.0.0.1); an unknown user gets the
+    // same answer after the same delay.
     let (wrong1, d1) = timed(&mut conn, "alice", "guess-1");
     let (wrong2, d2) = timed(&mut conn, "alice", "guess-2");
     let (unknown1, u1) = timed(&mut conn, "mallory", "guess-1");
@@ -386,9 +387,10 @@ fn bad_logins_fail_clearly_and_are_throttled() {
         d2 >= ms(600) && u2 >= ms(600),
         "second failures held longer: {d2:?} {u2:?}"
     );
-    // While a name is held (a third failure: 1.2 s), even the right
-    // password fails, answered when the hold ends: parallel guesses gain
-    // nothing.
+    // While a name is held for an address (a third failure: 1.2 s), even
+    // the right password fails from that address, answered when the hold
+    // ends: parallel guesses gain nothing. (Other addresses are not held:
+    // tests/login_throttle.rs.)
     let addr = srv.addr;
     let guess = std::thread::spawn(move || {
         let mut conn = Conn::open(addr).unwrap();
@@ -405,9 +407,10 @@ fn bad_logins_fail_clearly_and_are_throttled() {
     // Once the hold is over, the right password works and clears it.
     let s = agree(&mut conn, Scheme::EcAes1, Encoding::Raw);
     assert_eq!(login(&mut conn, &s, PASSWORD).status, 200);
-    // Guesses sent in parallel are checked one per hold: seven at once for
-    // a fresh name charge one failure (the others are held uncharged), so
-    // the next failure is only the second (600 ms), not the eighth (38 s).
+    // Guesses sent in parallel from one address are checked one per hold:
+    // seven at once for a fresh name charge one failure (the others are
+    // held uncharged), so the next failure is only the second (600 ms), not
+    // the eighth (38 s).
     let addr = srv.addr;
     let guesses: Vec<_> = (0..7)
         .map(|i| {

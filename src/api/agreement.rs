@@ -6,12 +6,16 @@
 //! Every route runs on the pool: modular exponentiation (FFDHE), Argon2 and
 //! durable store writes never stall the event loop. A failed login's 401
 //! is held (not sent) until the throttle's delay ends, without holding a
-//! thread. Errors are `{"message": "…"}` with 400 (malformed or refused
-//! input; nothing is kept), 401 (credentials, tokens), 404 (unknown
-//! reference), 410 (used or expired reference), 503 (more than
-//! `max_queued` requests on the pool), 500 (internal; details only in the
-//! log). Successful answers carry `Cache-Control: no-store`.
+//! thread. The throttle backs off per name and *source*: the address of
+//! the connection the login came on (`Request::peer`; never a header such
+//! as `X-Forwarded-For`, which the client chooses). Errors are
+//! `{"message": "…"}` with 400 (malformed or refused input; nothing is
+//! kept), 401 (credentials, tokens), 404 (unknown reference), 410 (used or
+//! expired reference), 503 (more than `max_queued` requests on the pool),
+//! 500 (internal; details only in the log). Successful answers carry
+//! `Cache-Control: no-store`.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,6 +25,7 @@ use super::pool_gate::PoolGate;
 use super::{Handler, Router, parse_json};
 use crate::http::{Method, Request, Response};
 use crate::kms::agreement::{AgreementError, AgreementService, ReferenceError};
+use crate::kms::json_escapes;
 use crate::kms::login::{LoginError, LoginService, RefreshRequest};
 
 /// The key-agreement and login routes (of every listener serving them).
@@ -137,11 +142,12 @@ impl AgreementApi {
 
     fn log_in(&self, req: &Request) -> Response {
         let reference = query_param(req.query(), "client_reference_id");
+        let source = source(req);
         serve(
             req,
             |body| {
                 self.login
-                    .login(reference, &body, Instant::now())
+                    .login(reference, &body, source, Instant::now())
                     .map(|tokens| json_answer(&tokens))
             },
             login_error,
@@ -179,6 +185,14 @@ impl AgreementApi {
     }
 }
 
+/// The address `req` came from: its connection's peer. (The server always
+/// sets it; a request without one, parsed alone, counts as `0.0.0.0`.)
+fn source(req: &Request) -> IpAddr {
+    req.peer
+        .as_ref()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.addr.ip())
+}
+
 /// Parses the JSON body as `B` (400 naming the problem) and answers with
 /// `call`, mapping its error with `error`.
 fn serve<B: serde::de::DeserializeOwned, E>(
@@ -186,7 +200,12 @@ fn serve<B: serde::de::DeserializeOwned, E>(
     call: impl FnOnce(B) -> Result<Response, E>,
     error: fn(&E) -> Response,
 ) -> Response {
-    match parse_json(&req.body) {
+    // The password and keys: escapes resolved in a zeroizing copy (F14).
+    let resolved = match json_escapes::resolve(&req.body) {
+        Ok(resolved) => resolved,
+        Err(e) => return message(400, &e.to_string()),
+    };
+    match parse_json(resolved.as_ref().map_or(&req.body[..], |b| b.as_slice())) {
         Ok(body) => call(body).unwrap_or_else(|e| error(&e)),
         Err(m) => message(400, &m),
     }

@@ -119,12 +119,89 @@ fn parse_ksid(text: &str) -> Result<Uuid, Response> {
 /// Parses a body naming a stream, and its `key_stream_id`; the error
 /// answer when either is malformed.
 fn body_and_ksid<T: serde::de::DeserializeOwned>(
-    req: &Request,
+    body: &[u8],
     ksid_of: impl Fn(&T) -> &String,
 ) -> Result<(T, Uuid), Response> {
-    let body: T = parse_json(&req.body).map_err(malformed)?;
+    let body: T = parse_json(body).map_err(malformed)?;
     let ksid = parse_ksid(ksid_of(&body))?;
     Ok((body, ksid))
+}
+
+/// An open-connect request as parsed (sans-IO): its body, the KSID it
+/// names (none, empty or nil: the node picks one) and its KMS origins.
+struct OpenConnect {
+    body: OpenConnectBody,
+    ksid: Option<Uuid>,
+    source: Origin,
+    destination: Origin,
+}
+
+/// Parses an open-connect body; the error answer when it is malformed.
+fn parse_open_connect(bytes: &[u8]) -> Result<OpenConnect, Response> {
+    let body: OpenConnectBody = parse_json(bytes).map_err(malformed)?;
+    let ksid = match body.key_stream_id.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(parse_ksid(text)?).filter(|k| !k.is_nil()),
+    };
+    let origin = |name: &str, url: &str| {
+        if url.len() > MAX_URI_LEN {
+            return Err(malformed(format!(
+                "{name}: longer than {MAX_URI_LEN} bytes"
+            )));
+        }
+        Origin::parse(url).map_err(|e| malformed(format!("{name}: {e}")))
+    };
+    let source = origin("source", &body.source)?;
+    let destination = origin("destination", &body.destination)?;
+    Ok(OpenConnect {
+        body,
+        ksid,
+        source,
+        destination,
+    })
+}
+
+/// Fuzz entry (`fuzz/` and the fuzz regression tests): the QKD side's
+/// request bodies.
+/// Byte 0 picks open-connect, get-key or close; the rest is the body.
+/// Never panics; a refusal is a 400; an accepted body's KSID is the one
+/// its text names, its origins are what `Origin::parse` makes of its URIs,
+/// and its QoS takes every field given.
+#[doc(hidden)]
+pub fn fuzz_request_body(data: &[u8]) {
+    let Some((&kind, body)) = data.split_first() else {
+        return;
+    };
+    let refused = |r: Response| assert_eq!(r.status, 400, "a refusal is 400");
+    match kind % 3 {
+        0 => match parse_open_connect(body) {
+            Ok(open) => {
+                let named = open.body.key_stream_id.as_deref().unwrap_or("");
+                assert_eq!(
+                    open.ksid,
+                    Uuid::parse_str(named).ok().filter(|k| !k.is_nil())
+                );
+                assert_eq!(Origin::parse(&open.body.source).ok(), Some(open.source));
+                assert_eq!(
+                    Origin::parse(&open.body.destination).ok(),
+                    Some(open.destination)
+                );
+                let qos = open.body.qos.to_qos();
+                if let Some(size) = open.body.qos.key_chunk_size {
+                    assert_eq!(qos.key_chunk_size, size);
+                }
+            }
+            Err(r) => refused(r),
+        },
+        1 => match body_and_ksid(body, |b: &GetKeyBody| &b.key_stream_id) {
+            Ok((b, ksid)) => assert_eq!(Uuid::parse_str(&b.key_stream_id).ok(), Some(ksid)),
+            Err(r) => refused(r),
+        },
+        _ => match body_and_ksid(body, |b: &CloseBody| &b.key_stream_id) {
+            Ok((b, ksid)) => assert_eq!(Uuid::parse_str(&b.key_stream_id).ok(), Some(ksid)),
+            Err(r) => refused(r),
+        },
+    }
 }
 
 fn qos_json(q: &Qos) -> serde_json::Value {
@@ -252,31 +329,15 @@ impl Etsi004 {
             Ok(c) => c,
             Err(m) => return Reply::Now(forbidden(&m)),
         };
-        let body: OpenConnectBody = match parse_json(&req.body) {
-            Ok(b) => b,
-            Err(e) => return Reply::Now(malformed(e)),
+        let OpenConnect {
+            body,
+            ksid,
+            source,
+            destination,
+        } = match parse_open_connect(&req.body) {
+            Ok(parsed) => parsed,
+            Err(r) => return Reply::Now(r),
         };
-        let ksid = match body.key_stream_id.as_deref() {
-            None | Some("") => None,
-            Some(text) => match parse_ksid(text) {
-                Ok(k) => Some(k).filter(|k| !k.is_nil()),
-                Err(r) => return Reply::Now(r),
-            },
-        };
-        let mut origins = Vec::with_capacity(2);
-        for (name, url) in [("source", &body.source), ("destination", &body.destination)] {
-            if url.len() > MAX_URI_LEN {
-                return Reply::Now(malformed(format!(
-                    "{name}: longer than {MAX_URI_LEN} bytes"
-                )));
-            }
-            match Origin::parse(url) {
-                Ok(o) => origins.push(o),
-                Err(e) => return Reply::Now(malformed(format!("{name}: {e}"))),
-            }
-        }
-        let destination = origins.pop().expect("two origins");
-        let source = origins.pop().expect("two origins");
         // Naming a KSID the peer has not announced yet waits (up to the
         // timeout) for the announcement, and a host name needs DNS: both
         // run on the pool, a bounded number at a time.
@@ -365,7 +426,7 @@ impl Etsi004 {
     }
 
     fn get_key(&self, req: &Request) -> Response {
-        let (body, ksid) = match body_and_ksid(req, |b: &GetKeyBody| &b.key_stream_id) {
+        let (body, ksid) = match body_and_ksid(&req.body, |b: &GetKeyBody| &b.key_stream_id) {
             Ok(parsed) => parsed,
             Err(r) => return r,
         };
@@ -387,7 +448,7 @@ impl Etsi004 {
     /// wire are answered first (at most [`CLOSE_WAIT`]), on the pool when
     /// there are any.
     fn close(&self, req: &Request) -> Reply {
-        let ksid = match body_and_ksid(req, |b: &CloseBody| &b.key_stream_id) {
+        let ksid = match body_and_ksid(&req.body, |b: &CloseBody| &b.key_stream_id) {
             Ok((_, ksid)) => ksid,
             Err(r) => return Reply::Now(r),
         };

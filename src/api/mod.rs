@@ -15,6 +15,9 @@ mod pool_gate;
 pub use agreement::AgreementApi;
 pub use donau::donau_route;
 pub use etsi004::Etsi004;
+/// Fuzz entry: the ETSI 004 QKD side's request bodies (`fuzz/`).
+#[doc(hidden)]
+pub use etsi004::fuzz_request_body as fuzz_etsi004_request;
 pub use etsi014::Etsi014Api;
 pub use health::{HealthSources, healthz_route, metrics_route};
 pub use keypipe_net::kms_side::key_material_route;

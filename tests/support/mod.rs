@@ -210,6 +210,25 @@ impl Conn {
         })
     }
 
+    /// A connection to `addr` from the local address `source` (port
+    /// chosen by the system): on Linux any of 127/8 reaches a loopback
+    /// server, so tests can play several clients.
+    pub fn open_from(addr: SocketAddr, source: std::net::IpAddr) -> std::io::Result<Conn> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.bind(&SocketAddr::new(source, 0).into())?;
+        socket.connect(&addr.into())?;
+        let stream = TcpStream::from(socket);
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        Ok(Conn {
+            reader: BufReader::new(stream.try_clone()?),
+            stream,
+        })
+    }
+
     pub fn send(
         &mut self,
         method: &str,
@@ -632,21 +651,33 @@ impl ServerProcess {
 
     /// Starts the server without waiting for it.
     pub fn spawn(dir: &std::path::Path, port: u16, config: &str) -> ServerProcess {
+        ServerProcess::spawn_with(dir, port, config, |_| {})
+    }
+
+    /// [`ServerProcess::spawn`], with `customize` adjusting the command
+    /// first (working directory, limits set before exec).
+    pub fn spawn_with(
+        dir: &std::path::Path,
+        port: u16,
+        config: &str,
+        customize: impl FnOnce(&mut std::process::Command),
+    ) -> ServerProcess {
         static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = dir.join(format!("server-{n}.toml"));
         std::fs::write(&path, config).unwrap();
         let log = dir.join(format!("server-{n}.log"));
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_keypipe"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keypipe"));
+        command
             .args(["serve", "--config"])
             .arg(&path)
             .arg("--data-dir")
             .arg(dir)
             .env("KEYPIPE_LOG", "debug")
             .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(std::fs::File::create(&log).unwrap());
+        customize(&mut command);
+        let child = command.spawn().unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         ServerProcess { child, addr, log }
     }

@@ -10,6 +10,9 @@
 //! - [`rangeset`]: sets of `u64` as sorted runs (spent ranges, indexes).
 
 pub mod device;
+/// Fuzz entry points, for `fuzz/` and the fuzz regression tests.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod key;
 pub mod qkd;
 pub mod rangeset;

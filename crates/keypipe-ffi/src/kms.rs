@@ -136,7 +136,10 @@ pub unsafe extern "C" fn kp_kms_new(
             )
             .map_err(|m| fail(KP_ERR_CONFIG, m))?;
         }
-        let store = Arc::new(ReceivedKeys::new(config.capacity_bytes));
+        let store = Arc::new(
+            ReceivedKeys::new(config.capacity_bytes)
+                .map_err(|e| fail(KP_ERR_CONFIG, e.to_string()))?,
+        );
         let mut router = Router::new(Arc::new(RequestMetrics::default()));
         let pushers = Pushers {
             nodes: config.nodes.clone(),

@@ -10,7 +10,11 @@ pub mod donau;
 pub mod entropy;
 pub mod etsi014;
 pub mod form;
+/// Fuzz entry points, for `fuzz/` and the fuzz regression tests.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod gateway;
+pub mod json_escapes;
 pub mod keys;
 pub mod keytalk;
 pub mod login;

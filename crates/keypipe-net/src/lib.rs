@@ -11,6 +11,9 @@
 //!
 //! No SQL, no KMS service, no command line: the C library links this.
 
+/// Fuzz entry points, for `fuzz/` and the fuzz regression tests.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod http;
 pub mod kms_side;
 pub mod link;

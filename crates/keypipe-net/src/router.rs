@@ -150,7 +150,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Stri
         return Err("a JSON body is required".into());
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         match (inner.classify(), path.as_str()) {
@@ -158,7 +158,11 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Stri
             (serde_json::error::Category::Data, _) => format!("invalid field {path}: {inner}"),
             _ => format!("body is not valid JSON: {inner}"),
         }
-    })
+    })?;
+    // Bytes after the JSON value (but white space) make the body invalid.
+    de.end()
+        .map_err(|e| format!("body is not valid JSON: {e}"))?;
+    Ok(value)
 }
 
 /// A JSON response from a `serde_json::Value`.

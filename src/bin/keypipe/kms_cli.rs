@@ -85,10 +85,28 @@ pub enum KmsCommand {
         /// The access key.
         access_key: String,
     },
+    /// Rotate the KEK: every wrapped secret of the store moves to the KEK
+    /// of FILE (created 0600 when it does not exist), in one transaction.
+    /// Stop the server first, then start it with the new KEK (`kek_file`,
+    /// or the new file moved over the old one); prints
+    /// {"old_kek","new_kek","rewrapped"} (KEK ids, never the KEKs).
+    Rewrap {
+        /// The new KEK file.
+        #[arg(long)]
+        new_kek_file: std::path::PathBuf,
+    },
 }
 
 /// Runs one `kms` command on `store`; the text to print.
 pub fn run(store: Store, command: KmsCommand) -> Result<String, String> {
+    if let KmsCommand::Rewrap { new_kek_file } = &command {
+        let done = store.rewrap(new_kek_file).map_err(|e| e.to_string())?;
+        return Ok(
+            json!({"old_kek": done.old_kek.to_string(), "new_kek": done.new_kek.to_string(),
+                         "rewrapped": done.blobs})
+            .to_string(),
+        );
+    }
     let store: Arc<dyn KeyStore> = Arc::new(store);
     let err = |e: keypipe_server::store::StoreError| e.to_string();
     let material = |key_type: KeyType| -> Result<Zeroizing<Vec<u8>>, String> {
@@ -197,6 +215,7 @@ pub fn run(store: Store, command: KmsCommand) -> Result<String, String> {
             }
             json!({"access_key": access_key, "revoked": true}).to_string()
         }
+        KmsCommand::Rewrap { .. } => unreachable!("handled above"),
     })
 }
 

@@ -29,6 +29,7 @@ use keypipe_server::store::{SecretStore, Store, StoreOptions};
 use keypipe_server::tls::Revoked;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+use zeroize::Zeroizing;
 
 /// keypipe: QKD key delivery (ETSI GS QKD 004 push mode) and KMS services.
 #[derive(Parser)]
@@ -197,6 +198,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// Takes the variable `name` out of this process's environment (so no
+/// child inherits it): its value, zeroized on drop.
+fn take_env_var(name: &str) -> Result<Option<Zeroizing<String>>, String> {
+    let Some(value) = std::env::var_os(name) else {
+        return Ok(None);
+    };
+    // SAFETY: `serve` calls this on the main thread before it starts any
+    // other thread (logging and configuration start none), so nothing
+    // reads the environment concurrently.
+    unsafe { std::env::remove_var(name) };
+    value
+        .into_string()
+        .map(|v| Some(Zeroizing::new(v)))
+        .map_err(|_| format!("environment variable {name} is not UTF-8"))
+}
+
 fn serve(
     path: Option<PathBuf>,
     data_dir: Option<PathBuf>,
@@ -209,15 +226,21 @@ fn serve(
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a terminal, never into log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let text = match &path {
+    // The text may hold the device and link secrets: wiped once parsed.
+    let text = Zeroizing::new(match &path {
         Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
         None => DEFAULT_CONFIG.to_owned(),
-    };
+    });
     let mut config = Config::from_toml(&text).map_err(|e| match &path {
         Some(p) => format!("{}: {e}", p.display()),
         None => e,
     })?;
+    drop(text);
+    keypipe_server::process::protect(&config.process)?;
+    let kek_env = take_env_var(&config.kek_env)?;
     if let Some(dir) = data_dir {
         config.data_dir = dir;
     }
@@ -250,9 +273,15 @@ fn serve(
         tracing::warn!(nodes = %demo_users.join(", "), "--demo: public demo secrets in use; never for real key");
     }
     let store = if config.needs_store() {
-        Some(Arc::new(Store::open(&config.store_options()).map_err(
-            |e| format!("store {}: {e}", config.data_dir.display()),
-        )?))
+        let lookup = |name: &str| {
+            (name == config.kek_env)
+                .then(|| kek_env.as_deref().map(std::ffi::OsString::from))
+                .flatten()
+        };
+        Some(Arc::new(
+            Store::open_with_env(&config.store_options(), &lookup)
+                .map_err(|e| format!("store {}: {e}", config.data_dir.display()))?,
+        ))
     } else {
         None
     };

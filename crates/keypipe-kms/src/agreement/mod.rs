@@ -428,4 +428,195 @@ mod tests {
         assert_eq!(info.identifier, "QnJva2Vy");
         assert_eq!(service.pending(), 1);
     }
+
+    /// Property tests of the Base64 fields: the plain ones
+    /// ([`decode_field`]) and the encrypted ones ([`SessionKey::open`]).
+    mod base64_properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+        /// `encode` of some bytes, kept as is or with one character
+        /// replaced, inserted or removed: canonical text and its nearest
+        /// non-canonical neighbours.
+        fn near_canonical(encode: fn(&[u8]) -> String) -> impl Strategy<Value = String> {
+            (
+                proptest::collection::vec(any::<u8>(), 0..40),
+                0..4u8,
+                any::<prop::sample::Index>(),
+                prop::sample::select(
+                    &['A', 'Q', 'g', 'w', 'B', '+', '/', '=', '-', '_', ' ', '.'][..],
+                ),
+            )
+                .prop_map(move |(bytes, op, at, c)| {
+                    let mut chars: Vec<char> = encode(&bytes).chars().collect();
+                    match op {
+                        1 if !chars.is_empty() => {
+                            let i = at.index(chars.len());
+                            chars[i] = c;
+                        }
+                        2 => chars.insert(at.index(chars.len() + 1), c),
+                        3 if !chars.is_empty() => {
+                            chars.remove(at.index(chars.len()));
+                        }
+                        _ => {}
+                    }
+                    chars.into_iter().collect()
+                })
+        }
+
+        /// `Base64(iv ‖ AES-GCM(k_enc, plaintext, aad = reference))`, as a
+        /// client writes it.
+        fn seal(k_enc: &[u8], iv: &[u8; IV_LEN], plaintext: &[u8], reference: &str) -> String {
+            let nonce = Nonce::try_from(&iv[..]).unwrap();
+            let mut body = plaintext.to_vec();
+            let aad = reference.as_bytes();
+            let tag = match k_enc.len() {
+                16 => Aes128Gcm::new_from_slice(k_enc)
+                    .unwrap()
+                    .encrypt_inout_detached(&nonce, aad, body.as_mut_slice().into()),
+                _ => Aes256Gcm::new_from_slice(k_enc)
+                    .unwrap()
+                    .encrypt_inout_detached(&nonce, aad, body.as_mut_slice().into()),
+            }
+            .unwrap();
+            BASE64.encode([&iv[..], &body, &tag[..]].concat())
+        }
+
+        fn session() -> impl Strategy<Value = SessionKey> {
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 16).prop_map(|k| SessionKey {
+                    scheme: Scheme::EcAes1,
+                    k_enc: Zeroizing::new(k),
+                }),
+                proptest::collection::vec(any::<u8>(), 32).prop_map(|k| SessionKey {
+                    scheme: Scheme::Aes2,
+                    k_enc: Zeroizing::new(k),
+                }),
+            ]
+        }
+
+        /// The same text made non-canonical: padding dropped, non-zero
+        /// unused bits, whitespace inside, or the URL-safe alphabet.
+        fn spoil(good: &str, mutation: u8, at: usize) -> Option<String> {
+            let pad = good.len() - good.trim_end_matches('=').len();
+            match mutation {
+                0 => (pad > 0).then(|| good.trim_end_matches('=').to_owned()),
+                1 => (pad > 0).then(|| {
+                    let mut chars = good.as_bytes().to_vec();
+                    let last = good.len() - pad - 1;
+                    let v = ALPHABET.iter().position(|&c| c == chars[last]).unwrap();
+                    chars[last] = ALPHABET[v | 1];
+                    String::from_utf8(chars).unwrap()
+                }),
+                2 => {
+                    let i = at % (good.len() + 1);
+                    Some(format!(
+                        "{}{}{}",
+                        &good[..i],
+                        [" ", "\n", "\r\n", "\t"][i % 4],
+                        &good[i..]
+                    ))
+                }
+                _ => good
+                    .contains(['+', '/'])
+                    .then(|| good.replace('+', "-").replace('/', "_")),
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn decode_field_of_base64_is_identity(
+                data in proptest::collection::vec(any::<u8>(), 0..300),
+            ) {
+                prop_assert_eq!(decode_field("nonce", &BASE64.encode(&data)), Ok(data));
+            }
+
+            #[test]
+            fn decode_field_accepts_only_the_canonical_encoding(
+                text in prop_oneof![
+                    2 => near_canonical(|b| BASE64.encode(b)),
+                    1 => "[A-Za-z0-9+/]{0,12}={0,3}",
+                    1 => "[A-Za-z0-9+/=_ \\n-]{0,16}",
+                    1 => any::<String>(),
+                ],
+            ) {
+                match decode_field("nonce", &text) {
+                    Ok(d) => prop_assert_eq!(BASE64.encode(d), text),
+                    Err(e) => prop_assert_eq!(
+                        e,
+                        AgreementError::BadRequest("nonce is not valid Base64".into())
+                    ),
+                }
+            }
+
+            #[test]
+            fn decode_field_refuses_non_canonical_variants(
+                data in proptest::collection::vec(any::<u8>(), 1..100),
+                mutation in 0..4u8,
+                at in any::<usize>(),
+            ) {
+                let bad = spoil(&BASE64.encode(&data), mutation, at);
+                prop_assume!(bad.is_some());
+                prop_assert!(decode_field("identifier", &bad.unwrap()).is_err());
+            }
+
+            #[test]
+            fn open_of_a_sealed_field_is_identity(
+                key in session(),
+                iv in any::<[u8; IV_LEN]>(),
+                plaintext in proptest::collection::vec(any::<u8>(), 0..200),
+                reference in any::<u128>().prop_map(|r| uuid::Uuid::from_u128(r).to_string()),
+            ) {
+                let field = seal(&key.k_enc, &iv, &plaintext, &reference);
+                let opened = key.open("password", &field, &reference).map(|p| p.to_vec());
+                prop_assert_eq!(opened, Ok(plaintext));
+            }
+
+            #[test]
+            fn open_refuses_non_canonical_base64_of_a_sealed_field(
+                key in session(),
+                iv in any::<[u8; IV_LEN]>(),
+                plaintext in proptest::collection::vec(any::<u8>(), 0..100),
+                mutation in 0..4u8,
+                at in any::<usize>(),
+            ) {
+                let reference = "00000000-0000-4000-8000-000000000000";
+                let bad = spoil(&seal(&key.k_enc, &iv, &plaintext, reference), mutation, at);
+                prop_assume!(bad.is_some());
+                let got = key.open("password", &bad.unwrap(), reference).map(|p| p.to_vec());
+                prop_assert_eq!(got, Err(FieldError::Base64("password")));
+            }
+
+            #[test]
+            fn open_refuses_a_flipped_bit_or_another_reference(
+                key in session(),
+                iv in any::<[u8; IV_LEN]>(),
+                plaintext in proptest::collection::vec(any::<u8>(), 0..100),
+                bit in any::<prop::sample::Index>(),
+                other in 1u128..,
+            ) {
+                let reference = "00000000-0000-4000-8000-000000000000";
+                let field = seal(&key.k_enc, &iv, &plaintext, reference);
+                let mut raw = BASE64.decode(&field).unwrap();
+                let bit = bit.index(raw.len() * 8);
+                raw[bit / 8] ^= 1 << (bit % 8);
+                let got = key.open("password", &BASE64.encode(&raw), reference).map(|p| p.to_vec());
+                prop_assert_eq!(got, Err(FieldError::Undecryptable("password")));
+                let elsewhere = uuid::Uuid::from_u128(other).to_string();
+                let got = key.open("password", &field, &elsewhere).map(|p| p.to_vec());
+                prop_assert_eq!(got, Err(FieldError::Undecryptable("password")));
+            }
+
+            #[test]
+            fn open_refuses_fields_shorter_than_iv_and_tag(
+                key in session(),
+                raw in proptest::collection::vec(any::<u8>(), 0..IV_LEN + TAG_LEN),
+            ) {
+                let got = key.open("password", &BASE64.encode(&raw), "r").map(|p| p.to_vec());
+                prop_assert_eq!(got, Err(FieldError::Short("password")));
+            }
+        }
+    }
 }

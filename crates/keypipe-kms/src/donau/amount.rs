@@ -147,4 +147,162 @@ mod tests {
             assert!(e.to_string().contains("invalid amount"), "{text}: {e}");
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn valid_amount() -> impl Strategy<Value = Amount> {
+            (
+                "[A-Z]{1,11}",
+                prop_oneof![Just(0), Just(MAX_VALUE), 0..=MAX_VALUE],
+                prop_oneof![Just(0), Just(FRACTION_BASE - 1), 0..FRACTION_BASE],
+            )
+                .prop_map(|(currency, value, fraction)| Amount {
+                    currency,
+                    value,
+                    fraction,
+                })
+        }
+
+        /// The documented grammar, checked independently of the parser:
+        /// `[A-Z]{1,11}:[0-9]+(\.[0-9]{1,8})?` with VALUE ≤ 2^52.
+        fn documented_valid(text: &str) -> bool {
+            let Some((cur, num)) = text.split_once(':') else {
+                return false;
+            };
+            let (whole, frac) = match num.split_once('.') {
+                Some((w, f)) => (w, Some(f)),
+                None => (num, None),
+            };
+            let digits = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
+            let trimmed = whole.trim_start_matches('0');
+            (1..=11).contains(&cur.len())
+                && cur.chars().all(|c| c.is_ascii_uppercase())
+                && digits(whole)
+                && (trimmed.len() < 16 || (trimmed.len() == 16 && trimmed <= "4503599627370496"))
+                && frac.is_none_or(|f| digits(f) && f.len() <= 8)
+        }
+
+        /// Text near the grammar: letters, digits, separators and a few
+        /// strays, so that both branches of every check are reached.
+        fn near_amount_text() -> impl Strategy<Value = String> {
+            (
+                prop_oneof![3 => "[A-Z]{1,11}", 1 => "[A-Za-z]{0,13}"],
+                prop_oneof![3 => Just(":"), 1 => Just(""), 1 => Just("::"), 1 => Just(" :")],
+                prop_oneof![
+                    3 => "[0-9]{1,17}",
+                    1 => "[0-9]{0,22}",
+                    1 => "[0-9+ -]{0,4}",
+                    1 => Just("4503599627370496".to_owned()),
+                    1 => Just("4503599627370497".to_owned()),
+                ],
+                prop_oneof![
+                    2 => Just(String::new()),
+                    2 => "\\.[0-9]{0,10}",
+                    1 => "\\.[0-9.e+-]{0,3}",
+                ],
+            )
+                .prop_map(|(c, s, w, f)| format!("{c}{s}{w}{f}"))
+        }
+
+        proptest! {
+            #[test]
+            fn parse_of_format_is_identity(a in valid_amount()) {
+                let text = a.to_string();
+                prop_assert_eq!(text.parse::<Amount>(), Ok(a));
+            }
+
+            #[test]
+            fn format_is_canonical_and_trailing_fraction_zeros_parse_the_same(
+                a in valid_amount(),
+                extra in 0usize..8,
+            ) {
+                let text = a.to_string();
+                // Canonical: no '.' for a zero fraction, no trailing zero.
+                match text.split_once('.') {
+                    None => prop_assert_eq!(a.fraction, 0),
+                    Some((_, f)) => {
+                        prop_assert!(
+                            a.fraction != 0 && !f.ends_with('0') && f.len() <= 8,
+                            "{}",
+                            text
+                        );
+                    }
+                }
+                // The same amount with its fraction padded by zeros (up
+                // to 8 digits) parses to the same amount and formats back.
+                let digits = format!("{:08}", a.fraction);
+                let kept = digits.trim_end_matches('0').len().max(1);
+                let fraction = &digits[..(kept + extra).min(8)];
+                let padded = format!("{}:{}.{fraction}", a.currency, a.value);
+                let parsed = padded.parse::<Amount>();
+                prop_assert_eq!(parsed.as_ref(), Ok(&a), "{}", padded);
+                prop_assert_eq!(parsed.unwrap().to_string(), text);
+            }
+
+            #[test]
+            fn arbitrary_text_never_panics_and_what_is_accepted_is_in_range(
+                text in any::<String>(),
+            ) {
+                if let Ok(a) = text.parse::<Amount>() {
+                    prop_assert!(documented_valid(&text), "{}", text);
+                    prop_assert!(a.value <= MAX_VALUE && a.fraction < FRACTION_BASE);
+                    prop_assert_eq!(a.to_string().parse::<Amount>(), Ok(a));
+                }
+            }
+
+            #[test]
+            fn parse_accepts_exactly_the_documented_grammar(text in near_amount_text()) {
+                let parsed = text.parse::<Amount>();
+                prop_assert_eq!(
+                    parsed.is_ok(),
+                    documented_valid(&text),
+                    "{:?}: {:?}",
+                    text,
+                    parsed
+                );
+                if let Ok(a) = parsed {
+                    prop_assert!(a.value <= MAX_VALUE && a.fraction < FRACTION_BASE);
+                    prop_assert_eq!(a.to_string().parse::<Amount>(), Ok(a));
+                }
+            }
+
+            #[test]
+            fn values_above_2_pow_52_are_refused(
+                cur in "[A-Z]{1,11}",
+                value in prop_oneof![Just(MAX_VALUE + 1), Just(u64::MAX), (MAX_VALUE + 1)..],
+                fraction in prop_oneof![Just(String::new()), "\\.[0-9]{1,8}"],
+            ) {
+                let text = format!("{cur}:{value}{fraction}");
+                prop_assert!(text.parse::<Amount>().is_err(), "{}", text);
+                // Beyond u64 too.
+                let text = format!("{cur}:{value}0{fraction}");
+                prop_assert!(text.parse::<Amount>().is_err(), "{}", text);
+            }
+
+            #[test]
+            fn fractions_of_more_than_8_digits_are_refused(
+                a in valid_amount(),
+                fraction in "[0-9]{9,30}",
+            ) {
+                let text = format!("{}:{}.{fraction}", a.currency, a.value);
+                prop_assert!(text.parse::<Amount>().is_err(), "{}", text);
+            }
+
+            #[test]
+            fn currencies_other_than_1_to_11_upper_case_letters_are_refused(
+                a in valid_amount(),
+                cur in prop_oneof![
+                    "[A-Z]{12,30}",
+                    "[A-Z]{0,5}[a-z0-9_ é][A-Z]{0,5}",
+                    Just(String::new()),
+                ],
+            ) {
+                let text = format!("{cur}:{}", a.value);
+                prop_assert!(text.parse::<Amount>().is_err(), "{}", text);
+                prop_assert!(check_currency(&cur).is_err(), "{}", cur);
+            }
+        }
+    }
 }

@@ -105,4 +105,89 @@ mod tests {
         );
         assert_ne!(a, b);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A keyed tag of a span, as the service's supply computes one (the
+        /// tests' fake supply's construction).
+        fn keyed_tag(span: &Span) -> u64 {
+            let h = blake3::keyed_hash(
+                &[7; 32],
+                &[
+                    span.ksid.as_bytes().as_slice(),
+                    &span.first.to_be_bytes(),
+                    &span.len.to_be_bytes(),
+                ]
+                .concat(),
+            );
+            u64::from_be_bytes(h.as_bytes()[..8].try_into().unwrap())
+        }
+
+        /// What `Etsi014::resolve` does with an id on a link holding the one
+        /// stream `ksid`: the span it names, if its tag and keyed tag match.
+        fn resolve(id: &Uuid, ksid: Uuid) -> Option<Span> {
+            let (tag, first, len, mac) = decode(id)?;
+            let span = Span { ksid, first, len };
+            (tag == stream_tag(&ksid) && mac_matches(mac, keyed_tag(&span))).then_some(span)
+        }
+
+        fn span() -> impl Strategy<Value = Span> {
+            (
+                any::<u128>(),
+                prop_oneof![Just(0), Just(MAX_OFFSET), 0..=MAX_OFFSET],
+                prop_oneof![Just(1), Just(MAX_KEY_BYTES), 1..=MAX_KEY_BYTES],
+            )
+                .prop_map(|(k, first, len)| Span {
+                    ksid: Uuid::from_u128(k),
+                    first,
+                    len,
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn decode_of_encode_is_identity_for_version_8_ids(span in span(), mac in any::<u64>()) {
+                let id = encode(&span, mac);
+                prop_assert_eq!(id.get_version_num(), 8);
+                prop_assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+                let (tag, first, len, got_mac) = decode(&id).unwrap();
+                prop_assert_eq!((tag, first, len), (stream_tag(&span.ksid), span.first, span.len));
+                prop_assert_eq!(got_mac, mac & ((1 << MAC_BITS) - 1));
+                prop_assert!(mac_matches(got_mac, mac));
+                // Through the text form too.
+                let text = id.hyphenated().to_string();
+                prop_assert_eq!(decode(&text.parse().unwrap()), Some((tag, first, len, got_mac)));
+            }
+
+            #[test]
+            fn issued_ids_resolve_and_a_flipped_bit_is_refused(span in span(), bit in 0u32..128) {
+                let id = encode(&span, keyed_tag(&span));
+                prop_assert_eq!(resolve(&id, span.ksid), Some(span));
+                let flipped = Uuid::from_u128(id.as_u128() ^ (1u128 << bit));
+                // The version and variant bits make it not ours; any other
+                // bit names another span (or stream) or breaks the tag.
+                let ours = !matches!(bit, 76..=79 | 62..=63);
+                prop_assert_eq!(decode(&flipped).is_some(), ours, "bit {}", bit);
+                if let Some(fields) = decode(&flipped) {
+                    prop_assert_ne!(Some(fields), decode(&id));
+                }
+                prop_assert_eq!(resolve(&flipped, span.ksid), None, "bit {}", bit);
+            }
+
+            #[test]
+            fn ids_of_other_versions_or_variants_are_not_ours(bits in any::<u128>()) {
+                let id = Uuid::from_u128(bits);
+                let ours = (bits >> 76) & 0xf == 8 && (bits >> 62) & 0b11 == 0b10;
+                prop_assert_eq!(decode(&id).is_some(), ours);
+                if ours {
+                    // Every id of ours is the encoding of what it decodes to.
+                    let (tag, first, len, mac) = decode(&id).unwrap();
+                    let ksid = Uuid::from_u128(u128::from(tag) << 112);
+                    prop_assert_eq!(encode(&Span { ksid, first, len }, mac), id);
+                }
+            }
+        }
+    }
 }

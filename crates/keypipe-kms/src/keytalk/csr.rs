@@ -52,7 +52,8 @@ pub enum CsrError {
 /// space is read as `+` (a client that did not escape `+` in a form value
 /// sent a space).
 pub fn der_of(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim();
+    // Spaces are `+` (above): only line breaks are trimmed.
+    let text = text.trim_matches(|c| matches!(c, '\n' | '\r' | '\t'));
     let body = match text.find("-----BEGIN") {
         Some(begin) => {
             let after = &text[begin..];

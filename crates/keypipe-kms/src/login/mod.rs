@@ -8,11 +8,14 @@
 //!   refused unless `allow_plain_password` is set (default: refused).
 //! - **Users** are `(domain, name)`, both case-sensitive, with an Argon2id
 //!   hash ([`password`]); `keypipe user add|list|remove` manages them.
-//! - **Wrong credentials** answer 401 after a growing delay per name
-//!   ([`throttle`]: every attempt is charged before its check, so parallel
-//!   guesses are checked one per hold); an unknown user costs the same
-//!   Argon2 work (a decoy hash) and the same delay, and gets the same
-//!   answer.
+//! - **Wrong credentials** answer 401 after a growing delay per name and
+//!   source address ([`throttle`]: every attempt is charged before its
+//!   check, so parallel guesses from one source are checked one per hold;
+//!   only the source that guessed wrong backs off, so nobody can lock a
+//!   user out from elsewhere); an unknown user costs the same Argon2 work
+//!   (a decoy hash) and the same delay, and gets the same answer. The
+//!   caller passes the source: the address of the connection the request
+//!   came on.
 //! - **Tokens** are 32 random bytes, Base64url without padding (43
 //!   characters). Only their SHA-256 is stored. A login opens a session
 //!   (its refresh token) with a first access token; `refresh` adds an
@@ -22,6 +25,7 @@
 pub mod password;
 pub mod throttle;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -37,7 +41,7 @@ use throttle::{Gate, Throttle};
 
 /// Longest domain or user name, bytes.
 pub const MAX_NAME: usize = 256;
-/// Names tracked by the failure throttle at most.
+/// Sources (per name) tracked by the failure throttle at most, and names.
 const THROTTLE_CAPACITY: usize = 100_000;
 
 /// Settings of the login service.
@@ -49,7 +53,8 @@ pub struct LoginConfig {
     pub access_ttl: Duration,
     /// Lifetime of a session (its refresh token).
     pub refresh_ttl: Duration,
-    /// Delay after the first failure of a name (doubling after each).
+    /// Delay after the first failure of a name from a source (doubling
+    /// after each).
     pub failure_delay: Duration,
     /// Longest delay.
     pub max_failure_delay: Duration,
@@ -212,11 +217,14 @@ impl LoginService {
         }
     }
 
-    /// One login attempt (Argon2 work: run it off the event loop).
+    /// One login attempt from `source`, the address of the connection it
+    /// came on (the throttle backs off per name and source). Argon2 work:
+    /// run it off the event loop.
     pub fn login(
         &self,
         reference: Option<&str>,
         req: &LoginRequest,
+        source: IpAddr,
         now: Instant,
     ) -> Result<Tokens, LoginError> {
         check_name("domain", &req.domain)?;
@@ -241,7 +249,10 @@ impl LoginService {
                 ));
             }
         };
-        let answer_at = match self.throttle.attempt(&req.domain, &req.username, now) {
+        let answer_at = match self
+            .throttle
+            .attempt(&req.domain, &req.username, source, now)
+        {
             Gate::Held(answer_at) => return Err(LoginError::Unauthorized { answer_at }),
             Gate::Check(answer_at) => answer_at,
         };
@@ -260,7 +271,7 @@ impl LoginService {
                 (&access_hash, expiry_ms(self.config.access_ttl)),
             )?;
             if opened {
-                self.throttle.succeeded(&req.domain, &req.username);
+                self.throttle.succeeded(&req.domain, &req.username, source);
                 return Ok(Tokens {
                     access_token: access,
                     refresh_token: refresh,

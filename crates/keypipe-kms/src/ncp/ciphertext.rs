@@ -209,4 +209,182 @@ mod tests {
         assert_eq!(split("ncpkms:v7:abc"), Ok((7, "abc")));
         assert_eq!(split("ncpkms:v7:"), Ok((7, "")));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn version() -> impl Strategy<Value = u32> {
+            prop_oneof![Just(1), Just(u32::MAX), 1..=u32::MAX]
+        }
+
+        fn payload() -> impl Strategy<Value = Vec<u8>> {
+            proptest::collection::vec(any::<u8>(), 1..300)
+        }
+
+        /// `encode` of some bytes, kept as is or with one character
+        /// replaced, inserted or removed: canonical text and its nearest
+        /// non-canonical neighbours.
+        fn near_canonical(encode: fn(&[u8]) -> String) -> impl Strategy<Value = String> {
+            (
+                proptest::collection::vec(any::<u8>(), 0..40),
+                0..4u8,
+                any::<prop::sample::Index>(),
+                prop::sample::select(
+                    &['A', 'Q', 'g', 'w', 'B', '+', '/', '=', '-', '_', ' ', '.'][..],
+                ),
+            )
+                .prop_map(move |(bytes, op, at, c)| {
+                    let mut chars: Vec<char> = encode(&bytes).chars().collect();
+                    match op {
+                        1 if !chars.is_empty() => {
+                            let i = at.index(chars.len());
+                            chars[i] = c;
+                        }
+                        2 => chars.insert(at.index(chars.len() + 1), c),
+                        3 if !chars.is_empty() => {
+                            chars.remove(at.index(chars.len()));
+                        }
+                        _ => {}
+                    }
+                    chars.into_iter().collect()
+                })
+        }
+
+        /// Text near the form: the prefix (sometimes damaged), a version
+        /// (sometimes not canonical) and a payload over the Base64
+        /// alphabet with strays.
+        fn near_ciphertext() -> impl Strategy<Value = String> {
+            (
+                prop_oneof![
+                    3 => Just("ncpkms:v"),
+                    1 => Just("ncpkms:"),
+                    1 => Just("NCPKMS:v"),
+                    1 => Just(""),
+                ],
+                prop_oneof![
+                    3 => "[1-9][0-9]{0,9}",
+                    1 => "[0-9+ -]{0,12}",
+                    1 => Just("4294967296".to_owned()),
+                ],
+                prop_oneof![3 => Just(":"), 1 => Just(""), 1 => Just("::")],
+                prop_oneof![
+                    3 => near_canonical(|b| format(1, b)["ncpkms:v1:".len()..].to_owned()),
+                    1 => "[A-Za-z0-9+/=_ -]{0,40}",
+                ],
+            )
+                .prop_map(|(p, v, c, b)| format!("{p}{v}{c}{b}"))
+        }
+
+        proptest! {
+            #[test]
+            fn parse_of_format_is_identity(
+                version in version(),
+                payload in payload(),
+                slack in 0usize..8,
+            ) {
+                let text = format(version, &payload);
+                prop_assert!(text.len() <= formatted_len(payload.len()));
+                let parsed = parse(&text, payload.len() + slack);
+                prop_assert_eq!(parsed, Ok(Ciphertext { version, payload: payload.clone() }));
+                // format_into appends the same text.
+                let mut out = String::from("x");
+                format_into(&mut out, version, &payload);
+                prop_assert_eq!(&out[1..], text.as_str());
+            }
+
+            #[test]
+            fn payload_longer_than_max_payload_is_refused(
+                version in version(),
+                payload in payload(),
+                // Short by 1 or 2 bytes often: the encoded lengths are
+                // then equal and only the decoded length tells.
+                short_by in prop_oneof![1usize..3, 1usize..400],
+            ) {
+                let max = payload.len().saturating_sub(short_by);
+                let text = format(version, &payload);
+                prop_assert_eq!(parse(&text, max), Err(CiphertextError::TooLarge));
+            }
+
+            #[test]
+            fn arbitrary_text_never_panics_and_only_canonical_text_is_accepted(
+                text in prop_oneof![any::<String>(), near_ciphertext()],
+                max in 0usize..64,
+            ) {
+                if let Ok(c) = parse(&text, max) {
+                    prop_assert!(c.version >= 1 && !c.payload.is_empty() && c.payload.len() <= max);
+                    prop_assert_eq!(format(c.version, &c.payload), text);
+                }
+            }
+
+            #[test]
+            fn non_canonical_versions_are_refused(
+                payload in payload(),
+                version in prop_oneof![
+                    "0[0-9]{0,10}",
+                    "[+-][0-9]{1,5}",
+                    "[1-9][0-9]{10,15}",
+                    (u64::from(u32::MAX) + 1..=9_999_999_999u64).prop_map(|v| v.to_string()),
+                ],
+            ) {
+                let good = format(1, &payload);
+                let text = good.replacen("v1:", &format!("v{version}:"), 1);
+                prop_assert_eq!(parse(&text, 1024), Err(CiphertextError::Version), "{}", text);
+            }
+
+            #[test]
+            fn version_zero_and_empty_payloads_do_not_parse(
+                version in version(),
+                payload in payload(),
+            ) {
+                prop_assert_eq!(parse(&format(0, &payload), 1024), Err(CiphertextError::Version));
+                prop_assert_eq!(parse(&format(version, &[]), 1024), Err(CiphertextError::Empty));
+            }
+
+            #[test]
+            fn non_canonical_base64_payloads_are_refused(
+                version in version(),
+                payload in payload(),
+                mutation in 0..4u8,
+                at in any::<prop::sample::Index>(),
+            ) {
+                let good = format(version, &payload);
+                let b64 = split(&good).unwrap().1;
+                let prefix = &good[..good.len() - b64.len()];
+                let bad = match mutation {
+                    // Padding dropped (only when there is some).
+                    0 => {
+                        prop_assume!(b64.ends_with('='));
+                        b64.trim_end_matches('=').to_owned()
+                    }
+                    // Non-zero trailing bits in the last data character.
+                    1 => {
+                        let pad = b64.len() - b64.trim_end_matches('=').len();
+                        prop_assume!(pad > 0);
+                        let mut chars: Vec<u8> = b64.bytes().collect();
+                        let last = b64.len() - pad - 1;
+                        const ALPHABET: &[u8] =
+                            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+                        let v = ALPHABET.iter().position(|&c| c == chars[last]).unwrap();
+                        // pad 1: 2 unused bits; pad 2: 4 unused bits.
+                        chars[last] = ALPHABET[v | 1];
+                        prop_assume!(chars[last] != b64.as_bytes()[last]);
+                        String::from_utf8(chars).unwrap()
+                    }
+                    // Whitespace inside.
+                    2 => {
+                        let i = at.index(b64.len() + 1);
+                        format!("{}{}{}", &b64[..i], [" ", "\n", "\r\n", "\t"][i % 4], &b64[i..])
+                    }
+                    // The URL-safe alphabet.
+                    _ => {
+                        prop_assume!(b64.contains(['+', '/']));
+                        b64.replace('+', "-").replace('/', "_")
+                    }
+                };
+                let text = format!("{prefix}{bad}");
+                prop_assert_eq!(parse(&text, 1024), Err(CiphertextError::Base64), "{}", text);
+            }
+        }
+    }
 }

@@ -136,6 +136,12 @@ impl Engine {
     }
 
     /// Encrypts `plaintext`; returns the payload (AES: nonce ‖ ct ‖ tag;
+    /// Whether each encryption draws a random nonce (AES-GCM): those are
+    /// counted per key version (`budget`).
+    pub(crate) fn random_nonces(&self) -> bool {
+        matches!(self, Engine::Gcm(_))
+    }
+
     /// RSA: the OAEP ciphertext).
     pub(crate) fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
         match self {

@@ -102,8 +102,11 @@
 //! # Secrets
 //!
 //! Plaintexts, data keys and contexts are decoded into `Zeroizing` buffers;
-//! JSON strings that must be unescaped are copied into zeroizing buffers,
-//! others are borrowed from the body. Success bodies are written into a
+//! the only escapes a body may hold, `\/` and `\uXXXX` of printable ASCII,
+//! are resolved into a zeroizing copy before parsing and any other escape
+//! is refused (400; [`crate::json_escapes`]), so serde never unescapes a
+//! secret into its unwiped scratch buffer; strings are borrowed from the
+//! (resolved) body. Success bodies are written into a
 //! buffer sized in advance, so no partial copy of a secret is left behind
 //! by reallocation; the body of a `decrypt` (or of a `createCustomKey` with
 //! `requestPlainKey`) answer carries secrets, and the caller should zeroize
@@ -117,6 +120,7 @@
 //! by a request, shared by all its items; typed serde structs, no
 //! `serde_json::Value`.
 
+pub mod budget;
 pub mod ciphertext;
 mod crypto;
 mod error;
@@ -126,6 +130,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::entropy::Entropy;
+use super::json_escapes;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -133,6 +138,7 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::store::{KeyType, KeyVersion, MasterKey};
+use budget::Budget;
 use crypto::{CryptoError, Engine, NONCE_LEN, TAG_LEN};
 use request::Text;
 
@@ -158,6 +164,17 @@ pub trait KeySource: Send + Sync {
     /// The key tagged `tag`, `None` when there is none. A failure should be
     /// [`NcpError::Internal`]; its detail is not sent to the client.
     fn key(&self, tag: &str) -> Result<Option<Arc<MasterKey>>, NcpError>;
+
+    /// Durably reserves up to `n` more AES-GCM encryptions of version
+    /// `version` of `tag`, never taking its count past `limit`: how many
+    /// were granted (0 at the limit) and the count after ([`budget`]).
+    fn reserve_encryptions(
+        &self,
+        tag: &str,
+        version: u32,
+        n: u64,
+        limit: u64,
+    ) -> Result<(u64, u64), NcpError>;
 }
 
 /// An action of the URL path.
@@ -252,6 +269,8 @@ pub struct NcpService {
     keys: Arc<dyn KeySource>,
     /// Randomness for new key material (data keys of createCustomKey).
     entropy: Arc<Entropy>,
+    /// AES-GCM encryptions left per key version.
+    budget: Arc<Budget>,
 }
 
 impl fmt::Debug for NcpService {
@@ -516,7 +535,32 @@ impl NcpService {
         NcpService {
             keys,
             entropy: Arc::new(Entropy::os_only()),
+            budget: Arc::new(Budget::new(budget::GCM_LIMIT)),
         }
+    }
+
+    /// The same service with `limit` AES-GCM encryptions per key version
+    /// instead of [`budget::GCM_LIMIT`] (tests of the limit).
+    pub fn with_encryption_limit(mut self, limit: u64) -> Self {
+        self.budget = Arc::new(Budget::new(limit));
+        self
+    }
+
+    /// An engine that encrypts `items` items under `version` of `key`,
+    /// counted against the version's AES-GCM budget.
+    fn sealer(
+        &self,
+        key: &MasterKey,
+        version: &KeyVersion,
+        context: Option<&[u8]>,
+        items: usize,
+    ) -> Result<Engine, NcpError> {
+        let engine = prepare(key, version, context)?;
+        if engine.random_nonces() {
+            self.budget
+                .take(&*self.keys, &key.tag, version.version, items as u64)?;
+        }
+        Ok(engine)
     }
 
     /// The same service drawing new key material from `entropy` (the OS
@@ -547,6 +591,9 @@ impl NcpService {
         action: Action,
         body: &[u8],
     ) -> Result<NcpReply, NcpError> {
+        let resolved =
+            json_escapes::resolve(body).map_err(|e| NcpError::InvalidRequest(e.to_string()))?;
+        let body = resolved.as_ref().map_or(body, |b| b.as_slice());
         match action {
             Action::Encrypt => self.encrypt(key_tag, body),
             Action::Decrypt => self.decrypt(key_tag, body),
@@ -584,7 +631,7 @@ impl NcpService {
         let context = context(&key, req.context.as_ref())?;
         let ctx = context.as_ref().map(|c| c.as_slice());
         let version = newest(&key)?;
-        let engine = prepare(&key, version, ctx)?;
+        let engine = self.sealer(&key, version, ctx, req.plaintext.as_slice().len())?;
         let (ciphertext, len) = map_items("plaintext", &req.plaintext, |field, text| {
             let plaintext = decode_b64(field, text.as_str(), MAX_PLAINTEXT)?;
             seal(&engine, version.version, field, &plaintext)
@@ -614,7 +661,7 @@ impl NcpService {
         let context = context(&key, req.context.as_ref())?;
         let ctx = context.as_ref().map(|c| c.as_slice());
         let version = newest(&key)?;
-        let engine = prepare(&key, version, ctx)?;
+        let engine = self.sealer(&key, version, ctx, 1)?;
         let mut data_key = Zeroizing::new(vec![0u8; bits as usize / 8]);
         self.entropy
             .fill(&mut data_key)
@@ -641,7 +688,7 @@ impl NcpService {
         let context = context(&key, req.context.as_ref())?;
         let ctx = context.as_ref().map(|c| c.as_slice());
         let target = newest(&key)?;
-        let sealer = prepare(&key, target, ctx)?;
+        let sealer = self.sealer(&key, target, ctx, req.ciphertext.as_slice().len())?;
         let mut engines = Engines::new(&key, ctx);
         let (ciphertext, len) = map_items("ciphertext", &req.ciphertext, |field, text| {
             let plaintext = open(&mut engines, field, text.as_str())?;
@@ -683,6 +730,7 @@ impl NcpService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keypipe_core::key::locked::LockedBytes;
     use std::collections::HashMap;
     use std::sync::{OnceLock, RwLock};
 
@@ -692,6 +740,8 @@ mod tests {
     #[derive(Default)]
     struct Mem {
         keys: RwLock<HashMap<String, Arc<MasterKey>>>,
+        /// AES-GCM encryptions reserved per (tag, version).
+        used: std::sync::Mutex<HashMap<(String, u32), u64>>,
     }
 
     impl KeySource for Mem {
@@ -700,6 +750,20 @@ mod tests {
                 return Err(NcpError::Internal("database is locked".into()));
             }
             Ok(self.keys.read().unwrap().get(tag).cloned())
+        }
+
+        fn reserve_encryptions(
+            &self,
+            tag: &str,
+            version: u32,
+            n: u64,
+            limit: u64,
+        ) -> Result<(u64, u64), NcpError> {
+            let mut used = self.used.lock().unwrap();
+            let count = used.entry((tag.to_owned(), version)).or_insert(0);
+            let granted = n.min(limit - *count);
+            *count += granted;
+            Ok((granted, *count))
         }
     }
 
@@ -727,7 +791,8 @@ mod tests {
             .map(|(i, &enabled)| KeyVersion {
                 version: i as u32 + 1,
                 enabled,
-                material: material(key_type, i as u8 + tag.len() as u8),
+                material: LockedBytes::secret(&material(key_type, i as u8 + tag.len() as u8))
+                    .unwrap(),
             })
             .collect();
         MasterKey {
@@ -842,6 +907,36 @@ mod tests {
 
     fn fixture() -> Fixture {
         Fixture::new()
+    }
+
+    /// F14: `\/` (PHP) and `\u002B` (.NET) in secret fields are resolved
+    /// in a zeroizing copy and give the same result as the plain body; any
+    /// escape that would send a secret through serde's unwiped scratch
+    /// buffer is refused.
+    #[test]
+    fn escaped_secret_fields_are_resolved_or_refused() {
+        let f = fixture();
+        let plain = [0xfbu8, 0xff, 0xbf, 0x3e, 0x00];
+        let text = b64(&plain);
+        assert!(text.contains('/') && text.contains('+'), "{text}");
+        let escaped = text.replace('/', "\\/").replace('+', "\\u002B");
+        let body = format!(r#"{{"plaintext":"{escaped}"}}"#);
+        let (status, v) = f.raw("aes", "encrypt", body.as_bytes());
+        assert_eq!(status, 200, "{v}");
+        let ct = v["data"]["ciphertext"].as_str().unwrap().to_owned();
+        assert_eq!(f.decrypt("aes", &ct), plain);
+        let escaped_ct = ct.replace('/', "\\/");
+        let body = format!(r#"{{"ciphertext":"{escaped_ct}"}}"#);
+        let (status, v) = f.raw("aes", "decrypt", body.as_bytes());
+        assert_eq!(status, 200, "{v}");
+        for bad in [
+            r#"{"plaintext":"YW\"Jj"}"#,
+            r#"{"plaintext":"YWJj\n"}"#,
+            r#"{"plaintext":"\u00e9"}"#,
+        ] {
+            let msg = f.fail_raw("aes", "encrypt", bad.as_bytes(), 400, "INVALID_REQUEST");
+            assert!(msg.contains("JSON escapes"), "{msg}");
+        }
     }
 
     #[test]
@@ -1556,10 +1651,13 @@ mod tests {
                 400,
                 "INVALID_REQUEST",
             );
-            assert!(
-                msg.contains("plaintext") && msg.contains("Base64"),
-                "{bad:?}: {msg}"
-            );
+            // A newline travels as a JSON escape, refused as such (F14).
+            let expected = if bad.contains('\n') {
+                msg.contains("JSON escapes")
+            } else {
+                msg.contains("plaintext") && msg.contains("Base64")
+            };
+            assert!(expected, "{bad:?}: {msg}");
         }
         // Escaped JSON strings are fine.
         let (status, _) = f.raw("aes1", "encrypt", br#"{"plaintext":"YW\/j"}"#);
@@ -1611,7 +1709,7 @@ mod tests {
         assert_eq!(msg, "Server internal error");
         // Unusable stored material: 500.
         let mut junk = master("junk", KeyType::Rsa2048, false, &[true]);
-        junk.versions[0].material = Zeroizing::new(b"not a key".to_vec());
+        junk.versions[0].material = LockedBytes::secret(b"not a key").unwrap();
         f.put(junk);
         f.fail(
             "junk",
@@ -1847,5 +1945,140 @@ mod tests {
         }
         let secs = start.elapsed().as_secs_f64();
         println!("{:.0} encrypts of 1 KiB per second", n as f64 / secs);
+    }
+
+    /// Property tests of the Base64 fields (`plaintext`, `context`,
+    /// `data`): [`decode_b64`] takes exactly the standard, padded,
+    /// canonical Base64 of at most `max` bytes; [`encode_secret`] writes
+    /// it.
+    mod base64_properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+        fn field() -> Field {
+            Field::new("plaintext")
+        }
+
+        fn bytes() -> impl Strategy<Value = Vec<u8>> {
+            proptest::collection::vec(any::<u8>(), 0..200)
+        }
+
+        /// `encode` of some bytes, kept as is or with one character
+        /// replaced, inserted or removed: canonical text and its nearest
+        /// non-canonical neighbours.
+        fn near_canonical(encode: fn(&[u8]) -> String) -> impl Strategy<Value = String> {
+            (
+                proptest::collection::vec(any::<u8>(), 0..40),
+                0..4u8,
+                any::<prop::sample::Index>(),
+                prop::sample::select(
+                    &['A', 'Q', 'g', 'w', 'B', '+', '/', '=', '-', '_', ' ', '.'][..],
+                ),
+            )
+                .prop_map(move |(bytes, op, at, c)| {
+                    let mut chars: Vec<char> = encode(&bytes).chars().collect();
+                    match op {
+                        1 if !chars.is_empty() => {
+                            let i = at.index(chars.len());
+                            chars[i] = c;
+                        }
+                        2 => chars.insert(at.index(chars.len() + 1), c),
+                        3 if !chars.is_empty() => {
+                            chars.remove(at.index(chars.len()));
+                        }
+                        _ => {}
+                    }
+                    chars.into_iter().collect()
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn decode_b64_of_encode_secret_is_identity(data in bytes(), slack in 0usize..5) {
+                let text = encode_secret(&data);
+                prop_assert_eq!(text.len(), ciphertext::max_encoded_len(data.len()));
+                let max = data.len() + slack;
+                let decoded = decode_b64(field(), &text, max);
+                prop_assert_eq!(decoded.as_deref().map(|d| d.as_slice()).ok(), Some(&data[..]));
+            }
+
+            #[test]
+            fn decode_b64_refuses_more_than_max_bytes(
+                data in bytes(),
+                // Short by 1 or 2 bytes often: the encoded lengths are then
+                // equal and only the decoded length tells.
+                short_by in prop_oneof![1usize..3, 1usize..300],
+            ) {
+                prop_assume!(!data.is_empty());
+                let max = data.len().saturating_sub(short_by);
+                let e = decode_b64(field(), &encode_secret(&data), max).unwrap_err();
+                let msg = e.to_string();
+                prop_assert!(
+                    msg.contains("plaintext") && msg.contains(&format!("larger than {max} bytes")),
+                    "{}", msg
+                );
+            }
+
+            #[test]
+            fn decode_b64_accepts_only_the_canonical_encoding(
+                text in prop_oneof![
+                    2 => near_canonical(|b| encode_secret(b).to_string()),
+                    1 => "[A-Za-z0-9+/]{0,12}={0,3}",
+                    1 => "[A-Za-z0-9+/=_ \\n-]{0,16}",
+                    1 => any::<String>(),
+                ],
+            ) {
+                // Whatever is accepted is the one encoding of its bytes.
+                if let Ok(d) = decode_b64(field(), &text, 64) {
+                    let again = encode_secret(&d);
+                    prop_assert_eq!(again.as_str(), text.as_str());
+                }
+            }
+
+            #[test]
+            fn decode_b64_refuses_non_canonical_variants(
+                data in proptest::collection::vec(any::<u8>(), 1..100),
+                mutation in 0..4u8,
+                at in any::<prop::sample::Index>(),
+            ) {
+                let good = encode_secret(&data);
+                let pad = good.len() - good.trim_end_matches('=').len();
+                let bad = match mutation {
+                    // Padding dropped.
+                    0 => {
+                        prop_assume!(pad > 0);
+                        good.trim_end_matches('=').to_owned()
+                    }
+                    // Non-zero unused bits in the last data character.
+                    1 => {
+                        prop_assume!(pad > 0);
+                        let mut chars = good.as_bytes().to_vec();
+                        let last = good.len() - pad - 1;
+                        let v = ALPHABET.iter().position(|&c| c == chars[last]).unwrap();
+                        chars[last] = ALPHABET[v | 1];
+                        String::from_utf8(chars).unwrap()
+                    }
+                    // Whitespace inside.
+                    2 => {
+                        let i = at.index(good.len() + 1);
+                        format!("{}{}{}", &good[..i], [" ", "\n", "\r\n", "\t"][i % 4], &good[i..])
+                    }
+                    // The URL-safe alphabet.
+                    _ => {
+                        prop_assume!(good.contains(['+', '/']));
+                        good.replace('+', "-").replace('/', "_")
+                    }
+                };
+                let msg = decode_b64(field(), &bad, 1024).unwrap_err().to_string();
+                prop_assert!(
+                    msg.contains("plaintext") && msg.contains("not valid Base64"),
+                    "{:?}: {}",
+                    bad,
+                    msg
+                );
+            }
+        }
     }
 }

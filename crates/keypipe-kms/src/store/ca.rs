@@ -118,7 +118,7 @@ fn issued_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IssuedRecord> {
     })
 }
 
-fn aad(name: &str) -> String {
+pub(super) fn aad(name: &str) -> String {
     format!("ca_key:{name}")
 }
 
@@ -143,10 +143,8 @@ impl CaStore for Store {
         };
         rows.into_iter()
             .map(|(name, cert_der, wrapped)| {
-                let key_pkcs8 = self.kek.unwrap(&aad(&name), &wrapped).map_err(|_| {
-                    StoreError::Corrupt(format!(
-                        "CA key {name} (table ca_keys) does not unwrap under the KEK"
-                    ))
+                let key_pkcs8 = self.kek.unwrap(&aad(&name), &wrapped).map_err(|e| {
+                    StoreError::Corrupt(format!("CA key {name} (table ca_keys) {e}"))
                 })?;
                 Ok(CaKeyRecord {
                     name,

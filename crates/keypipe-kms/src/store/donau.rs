@@ -36,7 +36,7 @@ impl DonauKind {
         }
     }
 
-    fn parse(text: &str) -> Result<Self, StoreError> {
+    pub(super) fn parse(text: &str) -> Result<Self, StoreError> {
         match text {
             "RSA" => Ok(DonauKind::Rsa),
             "CS" => Ok(DonauKind::Cs),
@@ -109,7 +109,7 @@ pub trait DonauStore: Send + Sync {
     fn changes(&self) -> Result<u64, StoreError>;
 }
 
-fn aad(kind: DonauKind, value: &str, year: u16) -> String {
+pub(super) fn aad(kind: DonauKind, value: &str, year: u16) -> String {
     format!("donau_key:{}:{value}:{year}", kind.as_str())
 }
 
@@ -172,10 +172,10 @@ impl DonauStore for Store {
                 let private = match wrapped {
                     None => None,
                     Some(blob) => Some(self.kek.unwrap(&aad(kind, &value, year), &blob).map_err(
-                        |_| {
+                        |e| {
                             StoreError::Corrupt(format!(
                                 "Donau {} key {value:?} {year} (table donau_keys): the private \
-                                 part does not unwrap under the KEK",
+                                 part {e}",
                                 kind.as_str()
                             ))
                         },

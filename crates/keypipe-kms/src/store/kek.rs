@@ -1,8 +1,16 @@
 //! The key-encryption key (KEK): where it comes from and how it wraps.
 //!
 //! Wrapping is AES-256-GCM from the `aes-gcm` crate: a fresh random 96-bit
-//! nonce per wrap, blob = nonce ‖ ciphertext ‖ tag, the row's identity as
-//! associated data. Nothing here is hand-rolled cryptography.
+//! nonce per wrap, the row's identity as associated data. A blob names the
+//! KEK it was wrapped under: `kek1` ‖ KEK id (8) ‖ nonce (12) ‖ ciphertext
+//! ‖ tag (16). The KEK id is the first 8 bytes of
+//! `BLAKE3-derive_key("keypipe KEK id v1", KEK)`: it tells KEKs apart
+//! (after `keypipe kms rewrap`) and says nothing about the KEK. Blobs of
+//! keypipe ≤ 0.2 (nonce ‖ ciphertext ‖ tag, no id) still unwrap, and
+//! `rewrap` gives them the id. Nothing here is hand-rolled cryptography.
+//!
+//! The KEK itself lives in locked, dump-excluded memory (the process's
+//! secret heap); a KEK file readable by group or others is refused.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -13,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
+use keypipe_core::key::locked::LockedBytes;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::StoreError;
@@ -23,6 +32,10 @@ pub(crate) const KEK_LEN: usize = 32;
 pub(crate) const NONCE_LEN: usize = 12;
 /// AES-GCM tag length.
 pub(crate) const TAG_LEN: usize = 16;
+/// First bytes of a blob that names its KEK.
+const MAGIC: &[u8; 4] = b"kek1";
+/// KEK id length.
+const ID_LEN: usize = 8;
 
 /// Where a KEK came from (names only, for messages).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,20 +55,53 @@ impl fmt::Display for KekSource {
     }
 }
 
-/// A unwrap that failed: the blob is damaged, belongs to another row, or
-/// was wrapped under another KEK. Carries nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct UnwrapFailed;
+/// A KEK's public name (see the module docs), shown as 16 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct KekId(pub [u8; ID_LEN]);
 
-/// The KEK, zeroized on drop.
+impl fmt::Display for KekId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for KekId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KekId({self})")
+    }
+}
+
+/// A unwrap that failed. Carries no secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum UnwrapFailed {
+    /// The blob is damaged, belongs to another row, or was wrapped under
+    /// another KEK before blobs named theirs.
+    #[error("does not unwrap under the KEK (damaged, or copied from another row)")]
+    Damaged,
+    /// The blob names another KEK.
+    #[error(
+        "was wrapped under KEK {blob}, but this process holds KEK {held}: wrong KEK (after \
+         `keypipe kms rewrap`, restart with the new KEK)"
+    )]
+    OtherKek {
+        /// The blob's KEK.
+        blob: KekId,
+        /// This process's KEK.
+        held: KekId,
+    },
+}
+
+/// The KEK, in locked memory, wiped on drop.
 pub(crate) struct Kek {
-    key: Zeroizing<[u8; KEK_LEN]>,
+    key: LockedBytes,
+    id: KekId,
     source: KekSource,
 }
 
 impl fmt::Debug for Kek {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Kek")
+            .field("id", &self.id)
             .field("source", &self.source)
             .field("key", &"<redacted>")
             .finish()
@@ -66,6 +112,25 @@ impl Kek {
     /// Where this KEK came from.
     pub(crate) fn source(&self) -> &KekSource {
         &self.source
+    }
+
+    /// Its public name.
+    pub(crate) fn id(&self) -> KekId {
+        self.id
+    }
+
+    /// A KEK of `bytes` (copied into locked memory).
+    fn new(bytes: &[u8; KEK_LEN], source: KekSource) -> Result<Kek, StoreError> {
+        let key = LockedBytes::secret(bytes).map_err(|e| StoreError::Kek(e.to_string()))?;
+        let mut derived = Zeroizing::new(blake3::derive_key("keypipe KEK id v1", bytes));
+        let mut id = [0u8; ID_LEN];
+        id.copy_from_slice(&derived[..ID_LEN]);
+        derived.zeroize();
+        Ok(Kek {
+            key,
+            id: KekId(id),
+            source,
+        })
     }
 
     /// The KEK from the variable `name` as looked up by `lookup`: `None`
@@ -87,10 +152,7 @@ impl Kek {
             Err(_) => return Err(malformed()),
         };
         let key = decode_hex(value.trim()).ok_or_else(malformed)?;
-        Ok(Some(Kek {
-            key,
-            source: KekSource::Env(name.to_owned()),
-        }))
+        Kek::new(&key, KekSource::Env(name.to_owned())).map(Some)
     }
 
     /// The KEK of the file `path`; `None` when it does not exist.
@@ -110,12 +172,13 @@ impl Kek {
         if meta.len() != KEK_LEN as u64 {
             return Err(wrong_length(path, meta.len()));
         }
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(
-                path = %path.display(),
-                mode = format_args!("{:o}", meta.permissions().mode() & 0o777),
-                "KEK file is accessible to group or others; it should be mode 0600"
-            );
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(StoreError::Kek(format!(
+                "KEK file {} is mode {mode:o}, open to group or others: refused (whoever reads \
+                 it reads every secret in the store); `chmod 600` it",
+                path.display()
+            )));
         }
         let mut key = Zeroizing::new([0u8; KEK_LEN]);
         let mut extra = [0u8; 1];
@@ -131,10 +194,7 @@ impl Kek {
                 path.display()
             )));
         }
-        Ok(Some(Kek {
-            key,
-            source: KekSource::File(path.to_owned()),
-        }))
+        Kek::new(&key, KekSource::File(path.to_owned())).map(Some)
     }
 
     /// Creates the file `path` holding a new random KEK (mode `0600`, never
@@ -185,10 +245,7 @@ impl Kek {
             .and_then(|d| d.sync_all())
             .map_err(|e| StoreError::io(&dir, e))?;
         tracing::info!(path = %path.display(), "created a new KEK file");
-        Ok(Kek {
-            key,
-            source: KekSource::File(path.to_owned()),
-        })
+        Kek::new(&key, KekSource::File(path.to_owned()))
     }
 
     /// Loads a file that must exist (lost a creation race).
@@ -204,18 +261,15 @@ impl Kek {
     /// A KEK from raw bytes (tests).
     #[cfg(test)]
     pub(crate) fn from_bytes(bytes: [u8; KEK_LEN], source: KekSource) -> Kek {
-        Kek {
-            key: Zeroizing::new(bytes),
-            source,
-        }
+        Kek::new(&bytes, source).expect("room for a test KEK")
     }
 
     fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new(&(*self.key).into())
+        Aes256Gcm::new_from_slice(&self.key).expect("a KEK is 32 bytes")
     }
 
     /// Wraps `secret` with `aad` (the row's identity) as associated data:
-    /// nonce ‖ ciphertext ‖ tag.
+    /// `kek1` ‖ KEK id ‖ nonce ‖ ciphertext ‖ tag.
     pub(crate) fn wrap(&self, aad: &str, secret: &[u8]) -> Result<Vec<u8>, StoreError> {
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).map_err(|_| StoreError::Random)?;
@@ -229,23 +283,43 @@ impl Kek {
                 },
             )
             .map_err(|_| StoreError::Kek("wrapping failed".into()))?;
-        let mut blob = Vec::with_capacity(NONCE_LEN + sealed.len());
+        let mut blob = Vec::with_capacity(MAGIC.len() + ID_LEN + NONCE_LEN + sealed.len());
+        blob.extend_from_slice(MAGIC);
+        blob.extend_from_slice(&self.id.0);
         blob.extend_from_slice(&nonce);
         blob.extend_from_slice(&sealed);
         Ok(blob)
     }
 
-    /// Unwraps a blob made by [`Kek::wrap`] with the same `aad`.
+    /// Unwraps a blob made by [`Kek::wrap`] with the same `aad` (or an
+    /// older blob without a KEK id).
     pub(crate) fn unwrap(
         &self,
         aad: &str,
         blob: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, UnwrapFailed> {
+        let named = blob
+            .strip_prefix(MAGIC)
+            .filter(|rest| rest.len() >= ID_LEN + NONCE_LEN + TAG_LEN)
+            .map(|rest| rest.split_at(ID_LEN));
+        match named {
+            Some((id, sealed)) if id == self.id.0 => self.open(aad, sealed),
+            // An old blob whose random nonce starts with the magic (2^-32).
+            Some((id, _)) => self.open(aad, blob).map_err(|_| UnwrapFailed::OtherKek {
+                blob: KekId(id.try_into().expect("ID_LEN bytes")),
+                held: self.id,
+            }),
+            None => self.open(aad, blob),
+        }
+    }
+
+    /// Opens nonce ‖ ciphertext ‖ tag.
+    fn open(&self, aad: &str, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, UnwrapFailed> {
         if blob.len() < NONCE_LEN + TAG_LEN {
-            return Err(UnwrapFailed);
+            return Err(UnwrapFailed::Damaged);
         }
         let (nonce, sealed) = blob.split_at(NONCE_LEN);
-        let nonce = Nonce::try_from(nonce).map_err(|_| UnwrapFailed)?;
+        let nonce = Nonce::try_from(nonce).map_err(|_| UnwrapFailed::Damaged)?;
         self.cipher()
             .decrypt(
                 &nonce,
@@ -255,7 +329,7 @@ impl Kek {
                 },
             )
             .map(Zeroizing::new)
-            .map_err(|_| UnwrapFailed)
+            .map_err(|_| UnwrapFailed::Damaged)
     }
 }
 
@@ -326,6 +400,8 @@ fn hex_value(c: u8) -> Option<u8> {
 mod tests {
     use super::*;
 
+    const HEADER: usize = MAGIC.len() + ID_LEN;
+
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> + use<> {
         let pairs: Vec<(String, String)> = pairs
             .iter()
@@ -344,19 +420,32 @@ mod tests {
         let kek = Kek::from_bytes([7; KEK_LEN], KekSource::Env("T".into()));
         let a = kek.wrap("row:a", b"secret").unwrap();
         let b = kek.wrap("row:a", b"secret").unwrap();
-        assert_eq!(a.len(), NONCE_LEN + 6 + TAG_LEN);
-        assert_ne!(a[..NONCE_LEN], b[..NONCE_LEN], "fresh nonce per wrap");
+        assert_eq!(a.len(), HEADER + NONCE_LEN + 6 + TAG_LEN);
+        assert_ne!(
+            a[HEADER..][..NONCE_LEN],
+            b[HEADER..][..NONCE_LEN],
+            "fresh nonce per wrap"
+        );
         assert_eq!(&**kek.unwrap("row:a", &a).unwrap(), b"secret");
-        assert_eq!(kek.unwrap("row:b", &a), Err(UnwrapFailed));
+        assert_eq!(kek.unwrap("row:b", &a), Err(UnwrapFailed::Damaged));
         let mut bad = a.clone();
-        bad[NONCE_LEN] ^= 1;
-        assert_eq!(kek.unwrap("row:a", &bad), Err(UnwrapFailed));
+        bad[HEADER + NONCE_LEN] ^= 1;
+        assert_eq!(kek.unwrap("row:a", &bad), Err(UnwrapFailed::Damaged));
         assert_eq!(
-            kek.unwrap("row:a", &a[..NONCE_LEN + TAG_LEN - 1]),
-            Err(UnwrapFailed)
+            kek.unwrap("row:a", &a[..HEADER + NONCE_LEN + TAG_LEN - 1]),
+            Err(UnwrapFailed::Damaged)
         );
         let other = Kek::from_bytes([8; KEK_LEN], KekSource::Env("T".into()));
-        assert_eq!(other.unwrap("row:a", &a), Err(UnwrapFailed));
+        assert!(matches!(
+            other.unwrap("row:a", &a),
+            Err(UnwrapFailed::OtherKek { .. })
+        ));
+        // An old blob (no KEK id) under another KEK is just damaged.
+        assert_eq!(
+            other.unwrap("row:a", &a[HEADER..]),
+            Err(UnwrapFailed::Damaged)
+        );
+        assert_eq!(&**kek.unwrap("row:a", &a[HEADER..]).unwrap(), b"secret");
     }
 
     #[test]
@@ -364,12 +453,12 @@ mod tests {
         let kek = Kek::from_bytes([9; KEK_LEN], KekSource::Env("T".into()));
         let blob = kek.wrap("aad", b"hello").unwrap();
         let plain = Aes256Gcm::new_from_slice(&[9; KEK_LEN]).unwrap();
-        let nonce = Nonce::try_from(&blob[..NONCE_LEN]).unwrap();
+        let nonce = Nonce::try_from(&blob[HEADER..][..NONCE_LEN]).unwrap();
         let out = plain
             .decrypt(
                 &nonce,
                 Payload {
-                    msg: &blob[NONCE_LEN..],
+                    msg: &blob[HEADER + NONCE_LEN..],
                     aad: b"aad",
                 },
             )
@@ -432,6 +521,50 @@ mod tests {
             assert!(text.contains(&path.display().to_string()), "{text}");
             assert!(text.contains(&format!("{len} bytes")), "{text}");
         }
+    }
+
+    #[test]
+    fn kek_file_open_to_group_or_others_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek.key");
+        fs::write(&path, [5u8; KEK_LEN]).unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let err = Kek::load_file(&path).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("mode {mode:o}")) && err.contains("chmod 600"),
+                "{err}"
+            );
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Kek::load_file(&path).unwrap().is_some());
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(
+            Kek::load_file(&path).unwrap().is_some(),
+            "read-only for the owner is fine"
+        );
+    }
+
+    #[test]
+    fn kek_id_names_the_kek_and_blobs_name_their_kek() {
+        let a = Kek::from_bytes([1; KEK_LEN], KekSource::Env("A".into()));
+        let b = Kek::from_bytes([2; KEK_LEN], KekSource::Env("B".into()));
+        assert_ne!(a.id(), b.id());
+        assert_eq!(
+            a.id(),
+            Kek::from_bytes([1; KEK_LEN], KekSource::Env("C".into())).id()
+        );
+        let blob = a.wrap("row", b"secret").unwrap();
+        assert_eq!(&blob[..4], MAGIC);
+        assert_eq!(&blob[4..12], &a.id().0);
+        assert_eq!(
+            b.unwrap("row", &blob),
+            Err(UnwrapFailed::OtherKek {
+                blob: a.id(),
+                held: b.id()
+            })
+        );
+        assert_eq!(a.id().to_string().len(), 16);
     }
 
     #[test]

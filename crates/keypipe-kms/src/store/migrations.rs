@@ -167,6 +167,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE issued_certs ADD COLUMN holder TEXT;
     ALTER TABLE issued_certs ADD COLUMN device TEXT;
     "#,
+    // 8: AES-GCM encryptions reserved per key version (ncp::budget).
+    r#"
+    ALTER TABLE key_versions ADD COLUMN encryptions INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this code writes.

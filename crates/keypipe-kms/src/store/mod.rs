@@ -86,6 +86,7 @@ mod donau;
 mod kek;
 mod keytalk;
 mod migrations;
+mod rewrap;
 mod secrets;
 mod sqlite;
 mod users;
@@ -94,12 +95,15 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use keypipe_core::key::locked::{HeapFull, LockedBytes};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 pub use ca::{CaKeyRecord, CaStore, Enrolment, IssuedRecord};
 pub use donau::{DonauKey, DonauKind, DonauPublicKey, DonauStore};
+pub use kek::KekId;
 pub use keytalk::{DeviceRecord, KeyTalkStore};
+pub use rewrap::Rewrapped;
 pub use secrets::SecretStore;
 pub use sqlite::Store;
 pub use users::{TokenHash, UserRecord, UserStore};
@@ -193,6 +197,9 @@ pub enum StoreError {
     /// The OS random source failed.
     #[error("the OS random source failed")]
     Random,
+    /// The locked secret memory is full.
+    #[error("locked secret memory is full (raise [process] secret_memory_bytes)")]
+    SecretMemory(#[from] HeapFull),
 }
 
 impl StoreError {
@@ -256,14 +263,14 @@ impl FromStr for KeyType {
 }
 
 /// One version of a master key, with its unwrapped material.
-#[derive(Clone)]
 pub struct KeyVersion {
     /// Version number, from 1.
     pub version: u32,
     /// Whether the version may be used.
     pub enabled: bool,
-    /// The key material (AES: 32 bytes; RSA, ECDSA: PKCS#8 DER).
-    pub material: Zeroizing<Vec<u8>>,
+    /// The key material (AES: 32 bytes; RSA, ECDSA: PKCS#8 DER), in
+    /// locked memory.
+    pub material: LockedBytes,
 }
 
 impl fmt::Debug for KeyVersion {
@@ -277,7 +284,7 @@ impl fmt::Debug for KeyVersion {
 }
 
 /// A master key with every version's material.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct MasterKey {
     /// The keyTag: 32 lowercase hex digits.
     pub tag: String,
@@ -381,6 +388,18 @@ pub trait KeyStore: Send + Sync {
     /// Enables or disables the whole key.
     fn set_key_enabled(&self, tag: &str, enabled: bool) -> Result<(), StoreError>;
 
+    /// Durably reserves up to `n` more AES-GCM encryptions of version
+    /// `version` of `tag`, never taking its count past `limit`: how many
+    /// were granted (0 at the limit) and the count after.
+    /// [`StoreError::NotFound`] when there is no such version.
+    fn reserve_encryptions(
+        &self,
+        tag: &str,
+        version: u32,
+        n: u64,
+        limit: u64,
+    ) -> Result<(u64, u64), StoreError>;
+
     /// Enables or disables one version.
     fn set_version_enabled(&self, tag: &str, version: u32, enabled: bool)
     -> Result<(), StoreError>;
@@ -440,7 +459,7 @@ mod tests {
         let v = KeyVersion {
             version: 1,
             enabled: true,
-            material: Zeroizing::new(b"SECRETMATERIAL".to_vec()),
+            material: LockedBytes::secret(b"SECRETMATERIAL").unwrap(),
         };
         let k = MasterKey {
             tag: "t".into(),

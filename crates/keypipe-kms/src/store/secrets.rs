@@ -16,7 +16,7 @@ pub trait SecretStore: Send + Sync {
     fn generated_secret(&self, name: &str) -> Result<Zeroizing<[u8; 32]>, StoreError>;
 }
 
-fn aad(name: &str) -> String {
+pub(super) fn aad(name: &str) -> String {
     format!("generated_secret:{name}")
 }
 
@@ -36,9 +36,9 @@ impl SecretStore for Store {
                 .optional()?;
             blob.ok_or_else(|| StoreError::Corrupt(format!("generated secret {name} vanished")))
         })?;
-        let plain = self.kek.unwrap(&aad(name), &blob).map_err(|_| {
+        let plain = self.kek.unwrap(&aad(name), &blob).map_err(|e| {
             StoreError::Corrupt(format!(
-                "generated secret {name} (table generated_secrets) does not unwrap under the KEK"
+                "generated secret {name} (table generated_secrets) {e}"
             ))
         })?;
         let mut out = Zeroizing::new([0u8; 32]);

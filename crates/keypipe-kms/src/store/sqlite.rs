@@ -14,16 +14,17 @@ use rusqlite::{
 };
 use zeroize::Zeroizing;
 
-use super::kek::Kek;
+use super::kek::{Kek, UnwrapFailed};
 use super::{
     AccessKey, Grant, KeyStore, KeySummary, KeyType, KeyVersion, MasterKey, StoreError,
     StoreOptions, migrations,
 };
+use keypipe_core::key::locked::LockedBytes;
 
 /// How long a statement waits for another connection's lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Associated data of the KEK check value.
-const KEK_CHECK_AAD: &str = "kek_check";
+pub(super) const KEK_CHECK_AAD: &str = "kek_check";
 /// The KEK check value's plaintext (not secret).
 const KEK_CHECK_PLAINTEXT: &[u8] = b"keypipe-store-kek-check-v1";
 /// Attempts at a fresh random identifier before blaming the random source.
@@ -65,8 +66,10 @@ impl Store {
         Self::open_with_env(options, &|name| std::env::var_os(name))
     }
 
-    /// [`Store::open`] reading environment variables through `lookup`.
-    pub(crate) fn open_with_env(
+    /// [`Store::open`] reading environment variables through `lookup`
+    /// (the server passes the KEK variable it has already taken out of its
+    /// environment, so children never inherit it).
+    pub fn open_with_env(
         options: &StoreOptions,
         lookup: &dyn Fn(&str) -> Option<OsString>,
     ) -> Result<Store, StoreError> {
@@ -129,7 +132,7 @@ impl Store {
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction that also bumps the
     /// generation; commits when `f` succeeds, rolls back otherwise.
-    fn write<T>(
+    pub(super) fn write<T>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
@@ -241,6 +244,11 @@ fn bind_kek(conn: &Connection, kek: &Kek, db_path: &Path) -> Result<(), StoreErr
     };
     match kek.unwrap(KEK_CHECK_AAD, &blob) {
         Ok(plain) if plain.as_slice() == KEK_CHECK_PLAINTEXT => Ok(()),
+        Err(e @ UnwrapFailed::OtherKek { .. }) => Err(StoreError::Kek(format!(
+            "the KEK from {} is not the KEK of database {}: its check value {e}",
+            kek.source(),
+            db_path.display()
+        ))),
         _ => Err(StoreError::Kek(format!(
             "the KEK from {} is not the KEK of database {} (its check value does not \
              unwrap): wrong KEK",
@@ -251,12 +259,12 @@ fn bind_kek(conn: &Connection, kek: &Kek, db_path: &Path) -> Result<(), StoreErr
 }
 
 /// Associated data of a key version's material.
-fn version_aad(tag: &str, version: u32) -> String {
+pub(super) fn version_aad(tag: &str, version: u32) -> String {
     format!("kms_key_version:{tag}:{version}")
 }
 
 /// Associated data of an access key's secret.
-fn access_key_aad(access_key: &str) -> String {
+pub(super) fn access_key_aad(access_key: &str) -> String {
     format!("access_key:{access_key}")
 }
 
@@ -423,6 +431,39 @@ impl KeyStore for Store {
         })
     }
 
+    fn reserve_encryptions(
+        &self,
+        tag: &str,
+        version: u32,
+        n: u64,
+        limit: u64,
+    ) -> Result<(u64, u64), StoreError> {
+        // Counting is not a change the key caches must see: no bump.
+        self.transact(false, |tx| {
+            let used: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT encryptions FROM key_versions WHERE tag = ?1 AND version = ?2",
+                )?
+                .query_row(params![tag, version], |r| r.get(0))
+                .optional()?;
+            let used = to_u64(
+                used.ok_or_else(|| StoreError::NotFound {
+                    what: format!("version {version} of key {tag}"),
+                })?,
+                || format!("key {tag} version {version}: encryptions"),
+            )?;
+            let granted = n.min(limit.saturating_sub(used));
+            let after = used + granted;
+            let stored = i64::try_from(after)
+                .map_err(|_| StoreError::Corrupt(format!("key {tag}: encryption count")))?;
+            tx.prepare_cached(
+                "UPDATE key_versions SET encryptions = ?3 WHERE tag = ?1 AND version = ?2",
+            )?
+            .execute(params![tag, version, stored])?;
+            Ok((granted, after))
+        })
+    }
+
     fn key(&self, tag: &str) -> Result<Option<MasterKey>, StoreError> {
         // Read the row and its blobs in one snapshot, unwrap after
         // releasing the connection.
@@ -471,17 +512,16 @@ impl KeyStore for Store {
                 let material = self
                     .kek
                     .unwrap(&version_aad(tag, version), &wrapped)
-                    .map_err(|_| {
+                    .map_err(|e| {
                         StoreError::Corrupt(format!(
                             "key {tag} version {version} (table key_versions): the wrapped \
-                             material does not unwrap under the KEK (damaged, or copied from \
-                             another row)"
+                             material {e}"
                         ))
                     })?;
                 Ok(KeyVersion {
                     version,
                     enabled,
-                    material,
+                    material: LockedBytes::secret(&material)?,
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -610,9 +650,7 @@ impl KeyStore for Store {
         let mut plain = self
             .kek
             .unwrap(&access_key_aad(access_key), &wrapped)
-            .map_err(|_| {
-                corrupt("does not unwrap under the KEK (damaged, or copied from another row)")
-            })?;
+            .map_err(|e| corrupt(&e.to_string()))?;
         let secret_key = match String::from_utf8(std::mem::take(&mut *plain)) {
             Ok(s) => Zeroizing::new(s),
             Err(e) => {
@@ -734,6 +772,12 @@ mod tests {
     use crate::store::{DB_FILE_NAME, KEK_FILE_NAME};
 
     const MATERIAL: &[u8; 32] = b"0123456789abcdef0123456789ABCDEF";
+
+    /// A KEK file as an operator makes one: mode 0600.
+    fn write_private(path: &Path, bytes: &[u8]) {
+        fs::write(path, bytes).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+    }
 
     fn no_env(_: &str) -> Option<OsString> {
         None
@@ -912,8 +956,8 @@ mod tests {
         assert_eq!(key.key_type, KeyType::Rsa2048);
         assert_eq!(key.versions.len(), 2);
         assert!(!key.versions[0].enabled);
-        assert_eq!(key.versions[0].material.as_slice(), MATERIAL);
-        assert_eq!(key.versions[1].material.as_slice(), b"second");
+        assert_eq!(&key.versions[0].material[..], MATERIAL);
+        assert_eq!(&key.versions[1].material[..], b"second");
         let got = store.access_key(&ak.access_key).unwrap().unwrap();
         assert_eq!(*got.secret_key, *ak.secret_key);
         assert_eq!(store.generation().unwrap(), 4);
@@ -992,9 +1036,7 @@ mod tests {
         let store = open(&dir);
         assert_eq!(fs::read(&kek_path).unwrap(), kek, "the KEK is not replaced");
         assert_eq!(
-            store.key(&tag).unwrap().unwrap().versions[0]
-                .material
-                .as_slice(),
+            &store.key(&tag).unwrap().unwrap().versions[0].material[..],
             MATERIAL
         );
         let journal: String = raw(&dir)
@@ -1059,12 +1101,10 @@ mod tests {
             "no KEK file is written when the variable provides it"
         );
         // A KEK file that disagrees is ignored while the variable is present.
-        fs::write(dir.path().join(KEK_FILE_NAME), [7u8; 32]).unwrap();
+        write_private(&dir.path().join(KEK_FILE_NAME), &[7u8; 32]);
         let store = Store::open_with_env(&options, &env).unwrap();
         assert_eq!(
-            store.key(&tag).unwrap().unwrap().versions[0]
-                .material
-                .as_slice(),
+            &store.key(&tag).unwrap().unwrap().versions[0].material[..],
             MATERIAL
         );
         drop(store);
@@ -1259,7 +1299,7 @@ mod tests {
             .unwrap();
         let other = tempfile::tempdir().unwrap();
         let wrong = other.path().join("wrong.key");
-        fs::write(&wrong, [0x42u8; 32]).unwrap();
+        write_private(&wrong, &[0x42u8; 32]);
         let options = StoreOptions {
             data_dir: dir.path().to_owned(),
             kek_file: Some(wrong.clone()),
@@ -1288,7 +1328,7 @@ mod tests {
         let err = Store::open_with_env(&StoreOptions::new(dir.path()), &no_env).unwrap_err();
         assert!(matches!(err, StoreError::Kek(_)), "{err}");
         assert!(!kek_path.exists(), "no new KEK was made");
-        fs::write(&kek_path, &kek).unwrap();
+        write_private(&kek_path, &kek);
         assert_eq!(open(dir.path()).list_keys().unwrap().len(), 1);
     }
 
@@ -1393,7 +1433,8 @@ mod tests {
              DROP TABLE keytalk_devices; ALTER TABLE users DROP COLUMN password_expires_ms; \
              ALTER TABLE issued_certs DROP COLUMN service; \
              ALTER TABLE issued_certs DROP COLUMN holder; \
-             ALTER TABLE issued_certs DROP COLUMN device; PRAGMA user_version = 5;",
+             ALTER TABLE issued_certs DROP COLUMN device; \
+             ALTER TABLE key_versions DROP COLUMN encryptions; PRAGMA user_version = 5;",
         )
         .unwrap();
         drop(conn);

@@ -77,13 +77,30 @@ impl Origin {
                 "{url:?}: the path may only hold URL path characters"
             ));
         }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-                h,
-                p.parse::<u16>()
-                    .map_err(|_| format!("{url:?}: bad port {p:?}"))?,
-            ),
-            _ => (authority, if tls { 443 } else { 80 }),
+        // `[v6]` or `[v6]:port`; `name` or `name:port`.
+        let (host, port) = match authority.find(']') {
+            Some(end) if authority.starts_with('[') => {
+                (&authority[..=end], authority[end + 1..].strip_prefix(':'))
+            }
+            _ => match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            },
+        };
+        if host.len() < authority.len() && port.is_none() {
+            return Err(format!("{url:?}: bad host"));
+        }
+        let port = match port {
+            Some(p) => p
+                .parse::<u16>()
+                .map_err(|_| format!("{url:?}: bad port {p:?}"))?,
+            None => {
+                if tls {
+                    443
+                } else {
+                    80
+                }
+            }
         };
         let (host, addr) = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
             Some(v6) => {
@@ -670,16 +687,19 @@ impl<T: Copy> OriginConn<T> {
 
 /// One answer at the front of a buffer.
 #[derive(Debug, PartialEq, Eq)]
-struct ParsedAnswer {
-    status: u16,
-    head: usize,
-    body: usize,
+pub(crate) struct ParsedAnswer {
+    /// Its status code.
+    pub(crate) status: u16,
+    /// Bytes of its head.
+    pub(crate) head: usize,
+    /// Bytes of its body.
+    pub(crate) body: usize,
     /// Where the watched header's value lies in the buffer.
-    header: Option<(usize, usize)>,
+    pub(crate) header: Option<(usize, usize)>,
 }
 
 /// One answer at the front of `buf`, whole, or `None` when more is needed.
-fn parse_answer(buf: &[u8], watch: Option<&str>) -> io::Result<Option<ParsedAnswer>> {
+pub(crate) fn parse_answer(buf: &[u8], watch: Option<&str>) -> io::Result<Option<ParsedAnswer>> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     let head = match resp.parse(buf) {

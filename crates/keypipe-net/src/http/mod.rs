@@ -16,6 +16,8 @@ mod response;
 mod server;
 mod transport;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) use client::parse_answer;
 pub use client::{Answer, Client, OnAnswer, Origin, OriginId, Outgoing, Verdict, request_bytes};
 pub use pool::Pool;
 pub use request::{Limits, Method, Parsed, Peer, Request, RequestParser, parse};

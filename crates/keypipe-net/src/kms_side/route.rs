@@ -186,4 +186,151 @@ mod tests {
                 .is_err()
         );
     }
+
+    /// Property tests of `key_buffer`: what `receive` stores is exactly the
+    /// pushed bytes, and only non-empty canonical standard Base64 is taken.
+    mod key_buffer_properties {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::STANDARD as BASE64;
+        use proptest::prelude::*;
+        use uuid::Uuid;
+
+        use super::super::{Pushers, receive};
+        use crate::http::{Limits, Parsed, Request, parse};
+        use crate::kms_side::store::ReceivedKeys;
+
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+        /// `encode` of some bytes, kept as is or with one character
+        /// replaced, inserted or removed: canonical text and its nearest
+        /// non-canonical neighbours.
+        fn near_canonical(encode: fn(&[u8]) -> String) -> impl Strategy<Value = String> {
+            (
+                proptest::collection::vec(any::<u8>(), 0..40),
+                0..4u8,
+                any::<prop::sample::Index>(),
+                prop::sample::select(
+                    &['A', 'Q', 'g', 'w', 'B', '+', '/', '=', '-', '_', ' ', '.'][..],
+                ),
+            )
+                .prop_map(move |(bytes, op, at, c)| {
+                    let mut chars: Vec<char> = encode(&bytes).chars().collect();
+                    match op {
+                        1 if !chars.is_empty() => {
+                            let i = at.index(chars.len());
+                            chars[i] = c;
+                        }
+                        2 => chars.insert(at.index(chars.len() + 1), c),
+                        3 if !chars.is_empty() => {
+                            chars.remove(at.index(chars.len()));
+                        }
+                        _ => {}
+                    }
+                    chars.into_iter().collect()
+                })
+        }
+
+        /// An in-process push (no peer) of `key_buffer` as chunk `index`.
+        fn push(ksid: Uuid, index: u32, key_buffer: &str) -> Request {
+            let Ok(Parsed::Complete(mut req, _)) = parse(
+                b"POST /key-material HTTP/1.1\r\nHost: kms\r\nContent-Length: 0\r\n\r\n",
+                &Limits::default(),
+            ) else {
+                panic!("a whole request")
+            };
+            let body = serde_json::json!({
+                "status": 0,
+                "index": index,
+                "key_buffer": key_buffer,
+                "metadata": { "buffer": { "key_stream_id": ksid } },
+            });
+            req.body = zeroize::Zeroizing::new(body.to_string().into_bytes());
+            req
+        }
+
+        /// The same text made non-canonical: padding dropped, non-zero
+        /// unused bits, whitespace inside, or the URL-safe alphabet.
+        fn spoil(good: &str, mutation: u8, at: usize) -> Option<String> {
+            let pad = good.len() - good.trim_end_matches('=').len();
+            match mutation {
+                0 => (pad > 0).then(|| good.trim_end_matches('=').to_owned()),
+                1 => (pad > 0).then(|| {
+                    let mut chars = good.as_bytes().to_vec();
+                    let last = good.len() - pad - 1;
+                    let v = ALPHABET.iter().position(|&c| c == chars[last]).unwrap();
+                    chars[last] = ALPHABET[v | 1];
+                    String::from_utf8(chars).unwrap()
+                }),
+                2 => {
+                    let i = at % (good.len() + 1);
+                    // A space: JSON would escape any other whitespace.
+                    Some(format!("{} {}", &good[..i], &good[i..]))
+                }
+                _ => good
+                    .contains(['+', '/'])
+                    .then(|| good.replace('+', "-").replace('/', "_")),
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn pushed_key_buffer_is_stored_byte_for_byte(
+                key in proptest::collection::vec(any::<u8>(), 1..300),
+                ksid in any::<u128>().prop_map(Uuid::from_u128),
+                index in any::<u32>(),
+            ) {
+                let store = ReceivedKeys::new(64 << 10).unwrap();
+                let req = push(ksid, index, &BASE64.encode(&key));
+                let reply = receive(&store, &Pushers::default(), &req);
+                prop_assert_eq!(reply.status, 201);
+                let taken = store.take(&ksid, index);
+                prop_assert_eq!(taken.as_deref(), Some(&key[..]));
+            }
+
+            #[test]
+            fn non_canonical_or_empty_key_buffer_is_refused_and_nothing_stored(
+                key in proptest::collection::vec(any::<u8>(), 1..300),
+                mutation in 0..5u8,
+                at in any::<usize>(),
+            ) {
+                let bad = if mutation == 4 {
+                    String::new()
+                } else {
+                    let bad = spoil(&BASE64.encode(&key), mutation, at);
+                    prop_assume!(bad.is_some());
+                    bad.unwrap()
+                };
+                let ksid = Uuid::from_u128(1);
+                let store = ReceivedKeys::new(64 << 10).unwrap();
+                let reply = receive(&store, &Pushers::default(), &push(ksid, 0, &bad));
+                prop_assert_eq!(reply.status, 400, "{:?}", bad);
+                prop_assert!(String::from_utf8_lossy(&reply.body).contains("key_buffer"));
+                prop_assert_eq!(store.stats().0, 0);
+            }
+
+            #[test]
+            fn whatever_key_buffer_is_taken_is_its_canonical_encoding(
+                text in prop_oneof![
+                    2 => near_canonical(|b| BASE64.encode(b)),
+                    1 => "[A-Za-z0-9+/]{0,12}={0,3}",
+                    1 => "[A-Za-z0-9+/=_ -]{0,16}",
+                ],
+            ) {
+                let ksid = Uuid::from_u128(1);
+                let store = ReceivedKeys::new(64 << 10).unwrap();
+                let reply = receive(&store, &Pushers::default(), &push(ksid, 0, &text));
+                match reply.status {
+                    201 => {
+                        let key = store.take(&ksid, 0).unwrap();
+                        prop_assert!(!key.is_empty());
+                        prop_assert_eq!(BASE64.encode(&key[..]), text);
+                    }
+                    status => {
+                        prop_assert_eq!(status, 400);
+                        prop_assert_eq!(store.stats().0, 0);
+                    }
+                }
+            }
+        }
+    }
 }

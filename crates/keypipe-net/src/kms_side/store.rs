@@ -12,7 +12,9 @@
 //! - Bounded: held key and the bookkeeping of each entry and stream count
 //!   against `capacity_bytes`; beyond it a push is refused (the QKD node
 //!   keeps the chunk and retries later, so nothing is lost).
-//! - Key bytes are zeroized when taken out or dropped.
+//! - Key bytes are held in locked, dump-excluded memory of the store's own
+//!   (a [`SecretHeap`] of `capacity_bytes`) and zeroized when taken out or
+//!   dropped.
 //! - Held key is in memory only, on purpose: writing QKD key to disk would
 //!   put it in every backup, and a consumer takes it within milliseconds.
 //!   A restart of this process loses what no consumer took yet (those
@@ -29,6 +31,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
+use keypipe_core::key::locked::{LockError, LockedBytes, SecretHeap};
 use keypipe_core::qkd::MAX_TTL_S;
 use keypipe_core::rangeset::RangeSet;
 
@@ -71,7 +74,7 @@ pub enum Received {
 
 #[derive(Default)]
 struct StreamKeys {
-    held: BTreeMap<u32, Zeroizing<Vec<u8>>>,
+    held: BTreeMap<u32, LockedBytes>,
     seen: RangeSet,
     last_push: Option<Instant>,
     /// Who pushed the stream's first chunk: only it may push the rest.
@@ -126,6 +129,7 @@ pub struct ReceivedKeys {
     arrived: Condvar,
     closed: AtomicBool,
     capacity_bytes: usize,
+    heap: SecretHeap,
 }
 
 impl std::fmt::Debug for ReceivedKeys {
@@ -139,14 +143,17 @@ impl std::fmt::Debug for ReceivedKeys {
 }
 
 impl ReceivedKeys {
-    /// A store holding at most `capacity_bytes` of key and bookkeeping.
-    pub fn new(capacity_bytes: usize) -> Self {
-        Self {
+    /// A store holding at most `capacity_bytes` of key and bookkeeping,
+    /// its key in locked memory allocated now. Fails when that memory
+    /// cannot be locked and locking is required.
+    pub fn new(capacity_bytes: usize) -> Result<Self, LockError> {
+        Ok(Self {
             inner: Mutex::new(Inner::default()),
             arrived: Condvar::new(),
             closed: AtomicBool::new(false),
             capacity_bytes,
-        }
+            heap: SecretHeap::new(capacity_bytes, "KMS-side received key")?,
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -190,7 +197,7 @@ impl ReceivedKeys {
                 return Err(ReceivedError::OtherPusher);
             }
             if let Some(held) = stream.held.get(&index) {
-                return if bool::from(held.as_slice().ct_eq(key.as_slice())) {
+                return if bool::from(held.ct_eq(key.as_slice())) {
                     Ok(Received::Repeat)
                 } else {
                     Err(ReceivedError::Conflict)
@@ -206,6 +213,7 @@ impl ReceivedKeys {
         if inner.bytes + cost > self.capacity_bytes {
             return Err(ReceivedError::Full);
         }
+        let key = self.heap.copy_of(&key).map_err(|_| ReceivedError::Full)?;
         inner.bytes += cost;
         inner.key_bytes += key.len();
         inner.received += 1;
@@ -224,7 +232,7 @@ impl ReceivedKeys {
 
     /// Takes chunk `index` of `ksid` out of the store (once: the index
     /// stays remembered as received).
-    pub fn take(&self, ksid: &Uuid, index: u32) -> Option<Zeroizing<Vec<u8>>> {
+    pub fn take(&self, ksid: &Uuid, index: u32) -> Option<LockedBytes> {
         let mut inner = self.lock();
         let stream = inner.streams.get_mut(ksid)?;
         let key = stream.held.remove(&index)?;
@@ -234,7 +242,7 @@ impl ReceivedKeys {
     }
 
     /// Takes the lowest-indexed chunk of `ksid` held.
-    pub fn take_next(&self, ksid: &Uuid) -> Option<(u32, Zeroizing<Vec<u8>>)> {
+    pub fn take_next(&self, ksid: &Uuid) -> Option<(u32, LockedBytes)> {
         let index = *self.lock().streams.get(ksid)?.held.keys().next()?;
         self.take(ksid, index).map(|k| (index, k))
     }
@@ -342,7 +350,7 @@ mod tests {
     #[test]
     fn repeat_conflict_full_take() {
         let per = 4 + ENTRY_OVERHEAD;
-        let store = ReceivedKeys::new(STREAM_OVERHEAD + 2 * per);
+        let store = ReceivedKeys::new(STREAM_OVERHEAD + 2 * per).unwrap();
         let k = Uuid::new_v4();
         assert_eq!(store.insert(k, 1, key(1)), Ok(Received::New));
         assert_eq!(store.insert(k, 1, key(1)), Ok(Received::Repeat));
@@ -350,7 +358,7 @@ mod tests {
         assert_eq!(store.insert(k, 0, key(3)), Ok(Received::New));
         assert_eq!(store.insert(k, 2, key(4)), Err(ReceivedError::Full));
         let (i, first) = store.take_next(&k).unwrap();
-        assert_eq!((i, first.as_slice()), (0, &[3u8; 4][..]));
+        assert_eq!((i, &first[..]), (0, &[3u8; 4][..]));
         assert_eq!(store.insert(k, 2, key(4)), Ok(Received::New));
         assert_eq!(store.stats(), (2, 8, 3));
         assert!(store.take(&k, 9).is_none());
@@ -360,10 +368,10 @@ mod tests {
     fn a_resend_of_a_taken_index_is_never_stored_again() {
         // F18: push i, the 201 is lost, the consumer takes i, the node
         // resends i: the consumer must not get it again.
-        let store = ReceivedKeys::new(1 << 20);
+        let store = ReceivedKeys::new(1 << 20).unwrap();
         let k = Uuid::new_v4();
         assert_eq!(store.insert(k, 5, key(9)), Ok(Received::New));
-        assert_eq!(store.take(&k, 5).unwrap().as_slice(), &[9; 4]);
+        assert_eq!(&store.take(&k, 5).unwrap()[..], &[9; 4]);
         assert_eq!(store.insert(k, 5, key(9)), Ok(Received::Consumed));
         assert!(store.take(&k, 5).is_none(), "nothing to take twice");
         assert!(store.take_next(&k).is_none());
@@ -374,7 +382,7 @@ mod tests {
     fn bookkeeping_counts_against_the_capacity_and_old_streams_are_forgotten() {
         // One-byte pushes to many KSIDs cannot exhaust memory: each costs
         // its bookkeeping.
-        let store = ReceivedKeys::new(100 * (1 + ENTRY_OVERHEAD + STREAM_OVERHEAD));
+        let store = ReceivedKeys::new(100 * (1 + ENTRY_OVERHEAD + STREAM_OVERHEAD)).unwrap();
         let mut stored = 0;
         for _ in 0..1000 {
             if store
@@ -385,7 +393,7 @@ mod tests {
             }
         }
         assert_eq!(stored, 100);
-        let store = ReceivedKeys::new(1 << 20);
+        let store = ReceivedKeys::new(1 << 20).unwrap();
         let k = Uuid::new_v4();
         let t0 = Instant::now();
         store.insert_at("", k, 0, key(1), t0).unwrap();

@@ -1,0 +1,5 @@
+#![no_main]
+//! `keypipe_kms::fuzzing::keytalk_form`: see its documentation for the input layout
+//! and the invariants checked.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| keypipe_kms::fuzzing::keytalk_form(data));
