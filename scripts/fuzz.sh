@@ -10,6 +10,7 @@
 #   FUZZ_SANITIZER       none (default: the fuzzed code is safe Rust, and
 #                        this is fastest) or address
 #   FUZZ_JOBS            build jobs (default: cargo's)
+#   FUZZ_PARALLEL        targets fuzzed at once (default: one per core)
 #
 # Each target runs on a scratch corpus, fuzz/corpus/<target>/ (kept between
 # runs, not checked in), seeded from the checked-in fuzz/seeds/<target>/
@@ -131,34 +132,39 @@ echo "build took $(($(date +%s) - build_start)) s"
 
 log_dir="$fuzz_dir/target/fuzz-logs"
 mkdir -p "$log_dir"
-rows=()
-crashed=()
-for t in "${targets[@]}"; do
-    corpus="$fuzz_dir/corpus/$t"
-    artifacts="$fuzz_dir/artifacts/$t"
-    seeds="$fuzz_dir/seeds/$t"
+# One target's run; writes its table row to $log_dir/$t.row and, when it
+# crashed, $log_dir/$t.crashed.
+run_target() {
+    local t="$1"
+    local corpus="$fuzz_dir/corpus/$t"
+    local artifacts="$fuzz_dir/artifacts/$t"
+    local seeds="$fuzz_dir/seeds/$t"
     mkdir -p "$corpus" "$artifacts"
+    rm -f "$log_dir/$t.crashed"
+    local before
     before=$(count_artifacts "$artifacts")
-    args=(
+    local args=(
         -max_total_time="$run_seconds"
         -max_len="$(max_len "$t")"
         -timeout=30
         -print_final_stats=1
         -artifact_prefix="$artifacts/"
     )
+    local dict
     dict="$(dictionary "$t")"
     if [ -n "$dict" ]; then
         args+=(-dict="$fuzz_dir/dict/$dict.dict")
     fi
-    corpora=("$corpus")
+    local corpora=("$corpus")
     if [ -d "$seeds" ]; then
         corpora+=("$seeds") # read only: libFuzzer writes to the first one
     fi
-    log="$log_dir/$t.log"
+    local log="$log_dir/$t.log"
     echo "fuzzing $t for ${run_seconds} s"
-    rc=0
+    local rc=0
     cargo +nightly fuzz run "${fuzz_flags[@]}" "$t" "${corpora[@]}" -- "${args[@]}" >"$log" 2>&1 || rc=$?
     # Executions and speed: libFuzzer's last words, else its last status line.
+    local runs secs rate
     runs=$(sed -n 's/^Done \([0-9]*\) runs in \([0-9]*\) second.*/\1/p' "$log" | tail -n 1)
     secs=$(sed -n 's/^Done \([0-9]*\) runs in \([0-9]*\) second.*/\2/p' "$log" | tail -n 1)
     if [ -z "$runs" ]; then
@@ -174,15 +180,34 @@ for t in "${targets[@]}"; do
     if [ -z "$rate" ]; then
         rate=$(sed -n 's/.*exec\/s: \([0-9]*\).*/\1/p' "$log" | tail -n 1)
     fi
+    local after crashes
     after=$(count_artifacts "$artifacts")
     crashes=$((after - before))
     if [ "$rc" -ne 0 ] && [ "$crashes" -eq 0 ]; then
         crashes=1 # failed without an artifact (see its log)
     fi
     if [ "$crashes" -gt 0 ]; then
+        touch "$log_dir/$t.crashed"
+    fi
+    printf '%-22s %12s %10s %8s\n' "$t" "${runs:-?}" "${rate:-?}" "$crashes" >"$log_dir/$t.row"
+}
+
+# FUZZ_PARALLEL targets at a time (default: one per core).
+parallel="${FUZZ_PARALLEL:-$(nproc)}"
+for t in "${targets[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$parallel" ]; do
+        wait -n || true
+    done
+    run_target "$t" &
+done
+wait
+rows=()
+crashed=()
+for t in "${targets[@]}"; do
+    rows+=("$(cat "$log_dir/$t.row" 2>/dev/null || printf '%-22s %12s %10s %8s' "$t" '?' '?' 1)")
+    if [ -e "$log_dir/$t.crashed" ] || [ ! -e "$log_dir/$t.row" ]; then
         crashed+=("$t")
     fi
-    rows+=("$(printf '%-22s %12s %10s %8s' "$t" "${runs:-?}" "${rate:-?}" "$crashes")")
 done
 
 echo

@@ -26,20 +26,24 @@ use crate::rangeset::RangeSet;
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 /// Reads fuzzer bytes as structured values; past the end everything is 0.
-struct Input<'a> {
+/// Shared by the fuzz entry functions of every crate.
+pub struct Input<'a> {
     data: &'a [u8],
 }
 
 impl<'a> Input<'a> {
-    fn new(data: &'a [u8]) -> Self {
+    /// A reader over `data`.
+    pub fn new(data: &'a [u8]) -> Self {
         Input { data }
     }
 
-    fn is_empty(&self) -> bool {
+    /// Whether everything was read.
+    pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
 
-    fn byte(&mut self) -> u8 {
+    /// One byte (0 past the end).
+    pub fn byte(&mut self) -> u8 {
         match self.data.split_first() {
             Some((&b, rest)) => {
                 self.data = rest;
@@ -49,11 +53,13 @@ impl<'a> Input<'a> {
         }
     }
 
-    fn u16(&mut self) -> u16 {
+    /// Two bytes, little-endian.
+    pub fn u16(&mut self) -> u16 {
         u16::from_le_bytes([self.byte(), self.byte()])
     }
 
-    fn u64(&mut self) -> u64 {
+    /// Eight bytes, little-endian.
+    pub fn u64(&mut self) -> u64 {
         let mut b = [0u8; 8];
         for x in &mut b {
             *x = self.byte();
@@ -61,21 +67,32 @@ impl<'a> Input<'a> {
         u64::from_le_bytes(b)
     }
 
-    fn bool(&mut self) -> bool {
+    /// The low bit of one byte.
+    pub fn bool(&mut self) -> bool {
         self.byte() & 1 == 1
     }
 
     /// Up to `n` bytes.
-    fn bytes(&mut self, n: usize) -> &'a [u8] {
+    pub fn bytes(&mut self, n: usize) -> &'a [u8] {
         let (head, rest) = self.data.split_at(n.min(self.data.len()));
         self.data = rest;
         head
     }
 
     /// A length-prefixed (one byte) slice.
-    fn chunk(&mut self) -> &'a [u8] {
+    pub fn chunk(&mut self) -> &'a [u8] {
         let n = usize::from(self.byte());
         self.bytes(n)
+    }
+
+    /// A length-prefixed (one byte) text, lossily UTF-8.
+    pub fn text(&mut self) -> String {
+        String::from_utf8_lossy(self.chunk()).into_owned()
+    }
+
+    /// Everything left.
+    pub fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.data)
     }
 }
 

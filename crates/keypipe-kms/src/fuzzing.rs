@@ -18,6 +18,7 @@ use aes_gcm::{Aes128Gcm, Aes256Gcm, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use der::Decode;
+use keypipe_core::fuzzing::Input;
 use keypipe_core::key::locked::LockedBytes;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -42,62 +43,6 @@ use crate::ncp::ciphertext;
 use crate::ncp::{KeySource, NcpError, NcpService, generate_material};
 use crate::store::{KeyType, KeyVersion, MasterKey};
 use crate::{form, keytalk};
-
-/// Reads fuzzer bytes as structured values; past the end everything is 0.
-struct Input<'a> {
-    data: &'a [u8],
-}
-
-impl<'a> Input<'a> {
-    fn new(data: &'a [u8]) -> Self {
-        Input { data }
-    }
-
-    fn byte(&mut self) -> u8 {
-        match self.data.split_first() {
-            Some((&b, rest)) => {
-                self.data = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.byte(), self.byte()])
-    }
-
-    fn u64(&mut self) -> u64 {
-        let mut b = [0u8; 8];
-        for x in &mut b {
-            *x = self.byte();
-        }
-        u64::from_le_bytes(b)
-    }
-
-    /// Up to `n` bytes.
-    fn bytes(&mut self, n: usize) -> &'a [u8] {
-        let (head, rest) = self.data.split_at(n.min(self.data.len()));
-        self.data = rest;
-        head
-    }
-
-    /// A length-prefixed (one byte) slice.
-    fn chunk(&mut self) -> &'a [u8] {
-        let n = usize::from(self.byte());
-        self.bytes(n)
-    }
-
-    /// A length-prefixed slice, as text (lossy UTF-8).
-    fn text(&mut self) -> String {
-        String::from_utf8_lossy(self.chunk()).into_owned()
-    }
-
-    /// Everything left.
-    fn rest(&mut self) -> &'a [u8] {
-        std::mem::take(&mut self.data)
-    }
-}
 
 // --- ETSI 014 -----------------------------------------------------------
 

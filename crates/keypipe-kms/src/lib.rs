@@ -21,3 +21,5 @@ pub mod login;
 pub mod ncp;
 pub mod replay;
 pub mod store;
+#[cfg(test)]
+mod test_strategies;

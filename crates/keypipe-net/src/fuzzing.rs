@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use keypipe_core::fuzzing::Input;
 use uuid::Uuid;
 
 use crate::http::{
@@ -29,53 +30,6 @@ use crate::kms_side::{Pushers, ReceivedKeys, key_material_route};
 use crate::metrics::RequestMetrics;
 use crate::router::Router;
 use crate::tls::PeerIdentity;
-
-/// Reads fuzzer bytes as structured values; past the end everything is 0.
-struct Input<'a> {
-    data: &'a [u8],
-}
-
-impl<'a> Input<'a> {
-    fn new(data: &'a [u8]) -> Self {
-        Input { data }
-    }
-
-    fn byte(&mut self) -> u8 {
-        match self.data.split_first() {
-            Some((&b, rest)) => {
-                self.data = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.byte(), self.byte()])
-    }
-
-    fn bool(&mut self) -> bool {
-        self.byte() & 1 == 1
-    }
-
-    /// Up to `n` bytes.
-    fn bytes(&mut self, n: usize) -> &'a [u8] {
-        let (head, rest) = self.data.split_at(n.min(self.data.len()));
-        self.data = rest;
-        head
-    }
-
-    /// A length-prefixed (one byte) slice.
-    fn chunk(&mut self) -> &'a [u8] {
-        let n = usize::from(self.byte());
-        self.bytes(n)
-    }
-
-    /// Everything left.
-    fn rest(&mut self) -> &'a [u8] {
-        std::mem::take(&mut self.data)
-    }
-}
 
 // --- HTTP requests ------------------------------------------------------
 
@@ -578,7 +532,7 @@ pub fn etsi004_kms_push(data: &[u8]) {
     let mut held: HashMap<(Uuid, u32), Vec<u8>> = HashMap::new();
     let mut owner: HashMap<Uuid, String> = HashMap::new();
     for _ in 0..8 {
-        if input.data.is_empty() {
+        if input.is_empty() {
             break;
         }
         let (peer, allowed_as) = pusher_peer(input.byte(), listed);
@@ -664,7 +618,7 @@ pub fn tls_identity(data: &[u8]) {
 pub fn client_answer(data: &[u8]) {
     let mut input = Input::new(data);
     let watch = input.bool().then_some("x-mac");
-    let buf = input.data;
+    let buf = input.rest();
     let Ok(Some(answer)) = parse_answer(buf, watch) else {
         return;
     };
