@@ -1,4 +1,5 @@
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* explicit_bzero: a wipe the compiler may not drop */
 /* kp_get_key throughput from C, one thread: an in-process pair, one stream
  * of 32-byte chunks (or argv[1] bytes), read for about 2 s (argv[2]) on
  * node A and node B in turn, a batch of indexes at a time (at most 128 KiB:
@@ -55,7 +56,7 @@ int main(int argc, char **argv) {
     }
     printf("kp_get_key %u B, 1 thread: %.2f M keys/s (%llu keys in %.2f s, keypipe %s)\n", chunk,
            (double)n / (t - t0) / 1e6, (unsigned long long)n, t - t0, kp_version());
-    memset(key, 0, chunk);
+    explicit_bzero(key, chunk);
     free(key);
     kp_engine_free(a);
     kp_engine_free(b);

@@ -1,4 +1,5 @@
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* explicit_bzero: a wipe the compiler may not drop */
 /* The ETSI 004 KMS side in-process: an in-process pair of nodes pushes one
  * stream to two KMS sides (kp_kms_new) over HTTP on loopback, and the
  * program reads the key from both through kp_kms_next_key (the iterator)
@@ -103,8 +104,8 @@ int main(void) {
     EXPECT(kp_get_key(a, ksid, &index, key, CHUNK, NULL, &status) == KP_ERR_SHUT_DOWN, "engine call after shutdown");
     EXPECT(kp_engine_stats(a, &s) == KP_OK && s.shut_down == 1, "stats after shutdown");
 
-    memset(ka, 0, (size_t)CHUNKS * CHUNK);
-    memset(kb, 0, (size_t)CHUNKS * CHUNK);
+    explicit_bzero(ka, (size_t)CHUNKS * CHUNK);
+    explicit_bzero(kb, (size_t)CHUNKS * CHUNK);
     free(ka);
     free(kb);
     free(key);

@@ -1,4 +1,5 @@
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* explicit_bzero: a wipe the compiler may not drop */
 /* One site of a QKD link as a C KMS embeds it: a node (kp_engine_new with a
  * network [link]) and the ETSI 004 KMS side (kp_kms_new) in one process.
  * The node pushes the stream's key to this process's KMS side over HTTP;
@@ -120,7 +121,7 @@ int main(int argc, char **argv) {
 
     FILE *f = fopen(out, "wb");
     if (!f || fwrite(keys, CHUNK, chunks, f) != chunks || fclose(f) != 0) { perror("KP_OUT"); return 1; }
-    memset(keys, 0, (size_t)chunks * CHUNK);
+    explicit_bzero(keys, (size_t)chunks * CHUNK);
     free(keys);
 
     if (leader) {
