@@ -49,7 +49,7 @@ fn crash_and_look_for_core(mut server: ServerProcess, cwd: &Path) -> bool {
     // SAFETY: signals our own child.
     let sent = unsafe { libc::kill(server.child.id() as i32, libc::SIGABRT) };
     assert_eq!(sent, 0);
-    let status = server.child.wait().unwrap();
+    let status = wait_exit(&mut server);
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
     // The kernel has written the core (if any) before the parent is told.
@@ -62,6 +62,22 @@ fn crash_and_look_for_core(mut server: ServerProcess, cwd: &Path) -> bool {
             return found;
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The server's exit status, waiting at most 20 s (then it is killed and
+/// the test fails instead of hanging).
+fn wait_exit(server: &mut ServerProcess) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = server.child.kill();
+            panic!("the server did not exit: {}", server.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -142,10 +158,22 @@ fn by_default_no_core_dump_even_with_the_limit_raised_from_outside() {
 }
 
 #[test]
-fn key_memory_is_locked_and_left_out_of_dumps() {
+fn key_memory_is_locked_and_left_out_of_dumps_and_the_kek_leaves_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let server = ServerProcess::start(dir.path(), port, &config(port, ""));
+    let kek = "5c".repeat(32);
+    let server = ServerProcess::spawn_with(dir.path(), port, &config(port, ""), |c| {
+        c.env("KEYPIPE_KEK", &kek);
+    });
+    support::wait_healthy(server.addr);
+    // Neither the variable nor its text is left in the environment block
+    // (what /proc/PID/environ shows and a child would inherit).
+    let environ = std::fs::read(format!("/proc/{}/environ", server.child.id())).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        !environ.contains(&kek),
+        "the KEK is still in the environment"
+    );
     let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", server.child.id())).unwrap();
     // Mappings (size, VmFlags) that are locked (`lo`) and not dumped (`dd`).
     let mut protected = Vec::new();
@@ -195,7 +223,7 @@ fn require_mlock_refuses_to_start_when_memory_cannot_be_locked() {
             let log = server.log_text();
             assert!(log.contains("could not be locked in memory"), "{log}");
         } else {
-            let status = server.child.wait().unwrap();
+            let status = wait_exit(&mut server);
             assert!(!status.success());
             let log = server.log_text();
             assert!(

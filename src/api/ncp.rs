@@ -223,6 +223,8 @@ impl NcpApi {
                 // Not cached, or the cache must be checked first.
                 None => None,
                 Some(Some(key)) if key.key_type == KeyType::Rsa2048 => None,
+                // Encryptions to reserve first: a store write.
+                Some(Some(key)) if !self.service.serves_from_memory(&key, action) => None,
                 // The service finds exactly what was peeked, reading nothing.
                 Some(peeked) => Some(self.keys.pinned(tag, peeked, run)),
             },

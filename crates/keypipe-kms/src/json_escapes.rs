@@ -3,28 +3,31 @@
 //!
 //! serde_json unescapes a string that holds escapes into a scratch `Vec`
 //! of its own, which it frees without wiping: a secret sent with escapes
-//! would stay in freed heap memory. Secret fields (Base64, ciphertexts,
-//! passwords) only ever need the escapes real encoders add to printable
-//! ASCII: `\/` (PHP's `json_encode`, some Java libraries) and `\uXXXX`
-//! (.NET escapes `+` as `\u002B`). [`resolve`] rewrites those into a
-//! zeroizing copy of the body before serde sees it, and refuses any other
-//! escape (`\"`, `\\`, control characters, non-ASCII), so no string of the
-//! body ever goes through the scratch buffer. A body without `\` is used
-//! as it is, with no copy.
+//! would stay in freed heap memory. [`resolve`] rewrites the escapes that
+//! stand for a character JSON may also carry raw, `\/` (PHP's
+//! `json_encode`, some Java libraries) and `\uXXXX` (.NET escapes `+` as
+//! `\u002B`; Python's `json.dumps` escapes every non-ASCII character;
+//! surrogate pairs included), into a zeroizing copy of the body before
+//! serde sees it, and refuses the rest: `\"` and `\\` (their characters
+//! cannot stand raw in a JSON string) and control characters, so no string
+//! of the body ever goes through the scratch buffer. Base64 fields,
+//! ciphertexts, names and encrypted passwords never need those; a *plain*
+//! password (off by default) holding `"` or `\` cannot be sent. A body
+//! without `\` is used as it is, with no copy.
 
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// A body holding an escape that [`resolve`] does not rewrite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "JSON escapes are accepted only for `/` and printable ASCII (\\uXXXX) in this body: \
-     its secret fields never need others"
+    "JSON escapes of `\"`, `\\` and control characters are refused in this body (it may \
+     carry secrets; its fields never need them)"
 )]
 pub struct EscapeRefused;
 
-/// The body with `\/` and `\uXXXX` of printable ASCII (but `"` and `\`)
-/// inside strings replaced by the character, in a zeroizing copy; `None`
-/// when the body has no `\` (use it as it is).
+/// The body with `\/` and `\uXXXX` (but of `"`, `\` or a control
+/// character) inside strings replaced by their characters, in a zeroizing
+/// copy; `None` when the body has no `\` (use it as it is).
 pub fn resolve(body: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, EscapeRefused> {
     if !body.contains(&b'\\') {
         return Ok(None);
@@ -38,11 +41,13 @@ pub fn resolve(body: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, EscapeRefused>
             in_string = !in_string;
         } else if b == b'\\' && in_string {
             let (c, len) = match body.get(i + 1) {
-                Some(b'/') => (b'/', 2),
-                Some(b'u') => (printable(body.get(i + 2..i + 6)).ok_or(EscapeRefused)?, 6),
+                Some(b'/') => ('/', 2),
+                Some(b'u') => unicode(&body[i..]).ok_or(EscapeRefused)?,
                 _ => return Err(EscapeRefused),
             };
-            out.push(c);
+            let mut utf8 = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            utf8.zeroize();
             i += len;
             continue;
         }
@@ -52,11 +57,34 @@ pub fn resolve(body: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, EscapeRefused>
     Ok(Some(out))
 }
 
-/// The printable ASCII character (not `"` or `\`) of four hex digits.
-fn printable(hex: Option<&[u8]>) -> Option<u8> {
-    let hex = std::str::from_utf8(hex?).ok()?;
-    let c = u8::try_from(u16::from_str_radix(hex, 16).ok()?).ok()?;
-    ((0x20..0x7f).contains(&c) && c != b'"' && c != b'\\' && !hex.starts_with('+')).then_some(c)
+/// The character of `\uXXXX` (or of a surrogate pair `\uD8XX\uDCXX`) at
+/// the start of `text`, and the escape's length; `None` for `"`, `\`, a
+/// control character, a lone surrogate or bad hex.
+fn unicode(text: &[u8]) -> Option<(char, usize)> {
+    let unit = |at: usize| -> Option<u32> {
+        let hex = text.get(at..at + 4)?;
+        if !hex.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    };
+    let first = unit(2)?;
+    let (code, len) = match first {
+        0xD800..=0xDBFF => {
+            if text.get(6..8)? != b"\\u" {
+                return None;
+            }
+            let low = unit(8)?;
+            if !(0xDC00..=0xDFFF).contains(&low) {
+                return None;
+            }
+            (0x10000 + ((first - 0xD800) << 10) + (low - 0xDC00), 12)
+        }
+        0xDC00..=0xDFFF => return None,
+        c => (c, 6),
+    };
+    let c = char::from_u32(code)?;
+    (!c.is_control() && c != '"' && c != '\\').then_some((c, len))
 }
 
 #[cfg(test)]
@@ -95,7 +123,11 @@ mod tests {
             r#"{"p":"\u0022"}"#,
             r#"{"p":"\u005c"}"#,
             r#"{"p":"\u0000"}"#,
-            r#"{"p":"\u00e9"}"#,
+            r#"{"p":"\u001f"}"#,
+            r#"{"p":"\u007f"}"#,
+            r#"{"p":"\ud83d"}"#,
+            r#"{"p":"\ude00"}"#,
+            r#"{"p":"\ud83d\u0041"}"#,
             r#"{"p":"\u+02B"}"#,
             r#"{"p":"\u00"}"#,
             r#"{"p":"\"#,
@@ -108,5 +140,41 @@ mod tests {
     fn a_backslash_outside_strings_is_left_for_the_parser_to_refuse() {
         let out = resolved(r#"{"p":1}\"#).unwrap();
         assert!(serde_json::from_str::<serde_json::Value>(&out).is_err());
+    }
+
+    proptest::proptest! {
+        /// Any string, written with every non-ASCII character and `/`
+        /// escaped (as Python and PHP do): resolved, it parses to the same
+        /// string; refused exactly when it holds `"`, `\` or a control
+        /// character.
+        #[test]
+        fn resolved_bodies_parse_to_the_same_value(text in "(\\PC|[\"\\\\\u{0}-\u{1f}a/é😀])*") {
+            let mut body = String::from("{\"p\":\"");
+            for c in text.chars() {
+                match c {
+                    '"' => body.push_str("\\\""),
+                    '\\' => body.push_str("\\\\"),
+                    '/' => body.push_str("\\/"),
+                    c if c.is_control() || !c.is_ascii() => {
+                        let mut units = [0u16; 2];
+                        for u in c.encode_utf16(&mut units) {
+                            body.push_str(&format!("\\u{u:04x}"));
+                        }
+                    }
+                    c => body.push(c),
+                }
+            }
+            body.push_str("\"}");
+            let refused = text.chars().any(|c| c == '"' || c == '\\' || c.is_control());
+            match resolve(body.as_bytes()) {
+                Ok(resolved) => {
+                    proptest::prop_assert!(!refused);
+                    let bytes = resolved.as_ref().map_or(body.as_bytes(), |b| b.as_slice());
+                    let v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+                    proptest::prop_assert_eq!(v["p"].as_str(), Some(text.as_str()));
+                }
+                Err(EscapeRefused) => proptest::prop_assert!(refused),
+            }
+        }
     }
 }

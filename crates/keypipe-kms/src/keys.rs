@@ -194,7 +194,7 @@ impl StoreKeys {
     fn cached<T: Kind>(
         &self,
         name: &str,
-        load: impl FnOnce() -> Result<Option<T>, StoreError>,
+        load: impl Fn() -> Result<Option<T>, StoreError>,
     ) -> Result<Option<Arc<T>>, StoreError> {
         self.refresh()?;
         let generation = {
@@ -207,7 +207,19 @@ impl StoreKeys {
             }
             c.generation
         };
-        let value = load()?.map(Arc::new);
+        let value = match load() {
+            // The locked heap is full of cached keys: start the cache over
+            // (its keys go back to the heap once no request holds them).
+            Err(StoreError::SecretMemory(_)) => {
+                let mut c = self.write();
+                c.keys.clear();
+                c.access.clear();
+                drop(c);
+                load()?
+            }
+            other => other?,
+        }
+        .map(Arc::new);
         let mut c = self.write();
         if c.generation != generation {
             // The store changed while we read it: what we read may be what

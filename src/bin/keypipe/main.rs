@@ -198,16 +198,31 @@ fn main() -> ExitCode {
     }
 }
 
-/// Takes the variable `name` out of this process's environment (so no
-/// child inherits it): its value, zeroized on drop.
+/// Takes the variable `name` out of this process's environment: its value
+/// (zeroized on drop). The text in the environment block is overwritten
+/// first (`unsetenv` alone leaves it there, where `/proc/PID/environ` and
+/// a core dump would show it), then the variable is removed, so no child
+/// inherits it.
 fn take_env_var(name: &str) -> Result<Option<Zeroizing<String>>, String> {
     let Some(value) = std::env::var_os(name) else {
         return Ok(None);
     };
+    let c_name = std::ffi::CString::new(name).map_err(|_| format!("bad variable name {name:?}"))?;
     // SAFETY: `serve` calls this on the main thread before it starts any
     // other thread (logging and configuration start none), so nothing
-    // reads the environment concurrently.
-    unsafe { std::env::remove_var(name) };
+    // reads or changes the environment concurrently; `getenv` returns the
+    // NUL-terminated value inside the environment block, which this
+    // process owns and may overwrite in place (same length).
+    unsafe {
+        let text = libc::getenv(c_name.as_ptr());
+        if !text.is_null() {
+            let len = libc::strlen(text);
+            for i in 0..len {
+                std::ptr::write_volatile(text.add(i), b'0' as libc::c_char);
+            }
+        }
+        std::env::remove_var(name);
+    }
     value
         .into_string()
         .map(|v| Some(Zeroizing::new(v)))
@@ -278,13 +293,14 @@ fn serve(
                 .then(|| kek_env.as_deref().map(std::ffi::OsString::from))
                 .flatten()
         };
-        Some(Arc::new(
-            Store::open_with_env(&config.store_options(), &lookup)
-                .map_err(|e| format!("store {}: {e}", config.data_dir.display()))?,
-        ))
+        let store = Store::open_with_env(&config.store_options(), &lookup)
+            .map_err(|e| format!("store {}: {e}", config.data_dir.display()))?;
+        Some(Arc::new(store))
     } else {
         None
     };
+    // The store holds the KEK in locked memory now.
+    drop(kek_env);
     if config.needs_generated_secrets() {
         let store = store.as_ref().expect("opened for the secrets");
         let secret = |name| {

@@ -124,9 +124,17 @@ pub fn secrets() -> &'static SecretHeap {
 
 /// Builds the process-wide secret heap with `bytes` (call before any
 /// secret is stored; a heap already built is kept). Fails when it cannot
-/// be locked and locking is required.
+/// be locked and locking is required, also when a heap built before is
+/// not locked.
 pub fn configure_secrets(bytes: usize) -> Result<&'static SecretHeap, LockError> {
     if let Some(heap) = SECRETS.get() {
+        if locking_required() && !heap.protection().locked && !cfg!(miri) {
+            return Err(LockError {
+                what: "secret memory",
+                bytes: heap.capacity(),
+                reason: "it was built unlocked before the settings applied".into(),
+            });
+        }
         return Ok(heap);
     }
     let heap = SecretHeap::new(bytes, "secret memory")?;
@@ -255,7 +263,11 @@ impl SecretHeap {
     }
 
     fn build(bytes: usize, what: &'static str, required: bool) -> Result<SecretHeap, LockError> {
-        let size = bytes.max(1).next_multiple_of(PAGE);
+        let size = bytes
+            .max(1)
+            .checked_next_multiple_of(PAGE)
+            .filter(|&s| s <= isize::MAX as usize - PAGE)
+            .unwrap_or_else(|| std::alloc::handle_alloc_error(Layout::new::<u8>()));
         let layout = Layout::from_size_align(size, PAGE).expect("page-aligned size");
         // SAFETY: `layout` has a non-zero size.
         let Some(base) = NonNull::new(unsafe { alloc_zeroed(layout) }) else {
@@ -284,7 +296,7 @@ impl SecretHeap {
 
     /// `len` zero bytes of locked memory.
     pub fn zeroed(&self, len: usize) -> Result<LockedBytes, HeapFull> {
-        let cap = len.next_multiple_of(GRANULE);
+        let cap = len.checked_next_multiple_of(GRANULE).ok_or(HeapFull)?;
         let offset = if cap == 0 {
             0
         } else {
@@ -415,6 +427,11 @@ mod tests {
         let last = heap.zeroed(GRANULE).unwrap();
         assert_eq!(heap.zeroed(1).unwrap_err(), HeapFull);
         assert!(heap.zeroed(0).is_ok(), "an empty secret takes nothing");
+        assert_eq!(
+            heap.zeroed(usize::MAX - 3).unwrap_err(),
+            HeapFull,
+            "no wrap-around"
+        );
         drop(big);
         assert!(heap.zeroed(PAGE - GRANULE).is_ok(), "freed runs merge");
         drop(last);

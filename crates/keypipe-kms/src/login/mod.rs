@@ -271,7 +271,8 @@ impl LoginService {
                 (&access_hash, expiry_ms(self.config.access_ttl)),
             )?;
             if opened {
-                self.throttle.succeeded(&req.domain, &req.username, source);
+                self.throttle
+                    .succeeded(&req.domain, &req.username, source, now);
                 return Ok(Tokens {
                     access_token: access,
                     refresh_token: refresh,

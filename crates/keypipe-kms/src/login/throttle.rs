@@ -33,7 +33,16 @@
 //! the name's count: proving the password forgives one's own mistakes,
 //! not the other sources'.
 //!
-//! Both tables (per source, per name) are bounded; when one is full,
+//! **Strangers under attack.** Once a name has [`SURGE`] failures (from
+//! any sources), a source that never logged in to it successfully (a
+//! stranger) shares the name's hold: strangers are checked one at a time
+//! per hold, so an attacker with many addresses (an IPv6 /48 is 65 536
+//! /64s) gets no more guesses than one with a single address. Sources
+//! that logged in to the name before ([`TRUSTED_FOR`], in memory) are not
+//! held by it: the owner keeps logging in from her usual address while
+//! her name is under attack; only a first login from a new address waits.
+//!
+//! All tables (per source, per name, trusted) are bounded; when one is full,
 //! expired entries are dropped and, failing that, the entry whose hold
 //! ends soonest, so every source and name being attempted is always
 //! tracked.
@@ -46,6 +55,10 @@ use std::time::{Duration, Instant};
 
 /// An entry whose hold ended this long ago starts over.
 pub const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
+/// Failures of a name from which strangers share the name's hold.
+pub const SURGE: u32 = 10;
+/// A source that logged in to a name is trusted for it this long.
+pub const TRUSTED_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 
 #[derive(Debug, Clone, Copy)]
 struct State {
@@ -71,6 +84,8 @@ struct Tables {
     sources: HashMap<SourceKey, State>,
     /// Per `(domain, name)`: failures from every source (the guard).
     names: HashMap<Name, State>,
+    /// Sources that logged in to a name, and when they did last.
+    trusted: HashMap<SourceKey, Instant>,
 }
 
 /// The per-source failure table, with a per-name guard (bounded).
@@ -171,6 +186,17 @@ impl Throttle {
             return Gate::Held(s.held_until);
         }
         let name_key = (key.0.clone(), key.1.clone());
+        let trusted = t
+            .trusted
+            .get(&key)
+            .is_some_and(|&at| at + TRUSTED_FOR > now);
+        if !trusted
+            && let Some(n) = t.names.get(&name_key)
+            && n.failures >= SURGE
+            && n.held_until > now
+        {
+            return Gate::Held(n.held_until);
+        }
         let name_failures = charge(&mut t.names, name_key.clone(), self.capacity, now);
         let own_failures = charge(&mut t.sources, key.clone(), self.capacity, now);
         let held_until = now + self.delay(own_failures.max(name_failures));
@@ -186,9 +212,22 @@ impl Throttle {
     /// The checked attempt from `source` succeeded: the source starts over
     /// for the name, and the name's count forgets the source's failures
     /// (this attempt's charge included).
-    pub fn succeeded(&self, domain: &str, name: &str, source: IpAddr) {
+    pub fn succeeded(&self, domain: &str, name: &str, source: IpAddr, now: Instant) {
         let mut t = self.lock();
         let key = (domain.to_owned(), name.to_owned(), source_of(source));
+        if !t.trusted.contains_key(&key) && t.trusted.len() >= self.capacity {
+            t.trusted.retain(|_, &mut at| at + TRUSTED_FOR > now);
+            if t.trusted.len() >= self.capacity
+                && let Some(oldest) = t
+                    .trusted
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(k, _)| k.clone())
+            {
+                t.trusted.remove(&oldest);
+            }
+        }
+        t.trusted.insert(key.clone(), now);
         let own = t.sources.remove(&key).map_or(1, |s| s.failures);
         let name_key = (key.0, key.1);
         if let Some(n) = t.names.get_mut(&name_key) {
@@ -236,7 +275,7 @@ mod tests {
             Gate::Check(t2 + ms(350)),
             "capped"
         );
-        t.succeeded("d", "u", x);
+        t.succeeded("d", "u", x, t2);
         assert_eq!(t.attempt("d", "u", x, t2), Gate::Check(t2 + ms(100)));
         // Idle long enough: starts over.
         let t3 = t2 + ms(100) + FORGET_AFTER;
@@ -268,7 +307,7 @@ mod tests {
                 matches!(t.attempt("d", "alice", y, at), Gate::Check(_)),
                 "Y held by X's failures (attempt {i})"
             );
-            t.succeeded("d", "alice", y);
+            t.succeeded("d", "alice", y, at);
         }
         // ... and X is still held.
         assert_eq!(t.attempt("d", "alice", x, now - ms(1)), Gate::Held(now));
@@ -296,6 +335,45 @@ mod tests {
         );
         // Another name is unaffected.
         assert_eq!(t.attempt("d", "bob", clean, t0), Gate::Check(t0 + ms(100)));
+    }
+
+    /// An attacker hopping through the /64s of a /48 gets one check per
+    /// hold once the name has SURGE failures; the owner's usual address
+    /// (it logged in before) is checked at once all along.
+    #[test]
+    fn strangers_share_the_hold_of_a_name_under_attack_but_trusted_sources_do_not() {
+        let ms = Duration::from_millis;
+        let t = Throttle::new(ms(100), ms(1000), 1000);
+        let t0 = Instant::now();
+        let home = ip("192.0.2.10");
+        assert!(matches!(t.attempt("d", "alice", home, t0), Gate::Check(_)));
+        t.succeeded("d", "alice", home, t0);
+        let hop = |i: u16| IpAddr::from([0x2001, 0xdb8, 7, i, 0, 0, 0, 1]);
+        let mut checked = 0;
+        for i in 0..200u16 {
+            if let Gate::Check(_) = t.attempt("d", "alice", hop(i), t0 + ms(1)) {
+                checked += 1;
+            }
+        }
+        assert_eq!(
+            checked, SURGE,
+            "then every stranger waits for the name's hold"
+        );
+        assert!(matches!(
+            t.attempt("d", "alice", home, t0 + ms(2)),
+            Gate::Check(_)
+        ));
+        t.succeeded("d", "alice", home, t0 + ms(2));
+        // Once the name's hold ends, one more stranger is checked.
+        let later = t0 + ms(2) + ms(1000);
+        assert!(matches!(
+            t.attempt("d", "alice", hop(500), later),
+            Gate::Check(_)
+        ));
+        assert!(matches!(
+            t.attempt("d", "alice", hop(501), later),
+            Gate::Held(_)
+        ));
     }
 
     #[test]

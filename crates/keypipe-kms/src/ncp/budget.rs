@@ -38,8 +38,22 @@ impl Budget {
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), u64>> {
+        self.left.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether `n` encryptions of version `version` of `tag` are reserved
+    /// already (taking them then touches no store).
+    pub(crate) fn reserved(&self, tag: &str, version: u32, n: u64) -> bool {
+        self.lock()
+            .get(&(tag.to_owned(), version))
+            .is_some_and(|&left| left >= n)
+    }
+
     /// Takes `n` encryptions of version `version` of `tag`, reserving more
-    /// from `keys` when needed; refused when the version's limit is reached.
+    /// from `keys` when needed (without holding the table meanwhile: two
+    /// callers may both reserve, which only over-counts); refused when the
+    /// version's limit is reached.
     pub(crate) fn take(
         &self,
         keys: &dyn KeySource,
@@ -47,11 +61,19 @@ impl Budget {
         version: u32,
         n: u64,
     ) -> Result<(), NcpError> {
-        let mut all = self.left.lock().unwrap_or_else(PoisonError::into_inner);
-        let left = all.entry((tag.to_owned(), version)).or_insert(0);
-        while *left < n {
+        let id = (tag.to_owned(), version);
+        loop {
+            let short = {
+                let mut all = self.lock();
+                let left = all.entry(id.clone()).or_insert(0);
+                if *left >= n {
+                    *left -= n;
+                    return Ok(());
+                }
+                n - *left
+            };
             let (granted, total) =
-                keys.reserve_encryptions(tag, version, BLOCK.max(n - *left), self.limit)?;
+                keys.reserve_encryptions(tag, version, BLOCK.max(short), self.limit)?;
             if granted == 0 {
                 return Err(NcpError::InvalidStatus(format!(
                     "key version v{version} has done its {} AES-GCM encryptions (random nonces): \
@@ -69,10 +91,8 @@ impl Budget {
                      (`keypipe kms rotate`)"
                 );
             }
-            *left += granted;
+            *self.lock().entry(id.clone()).or_insert(0) += granted;
         }
-        *left -= n;
-        Ok(())
     }
 }
 

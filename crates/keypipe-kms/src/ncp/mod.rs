@@ -546,6 +546,25 @@ impl NcpService {
         self
     }
 
+    /// Whether `action` on `key` needs no store access beyond `key` itself:
+    /// false when it encrypts under an AES-GCM version whose encryptions
+    /// are not reserved yet (for a full array of items), so the caller
+    /// runs it where the store may be written (the pool, not an event
+    /// loop).
+    pub fn serves_from_memory(&self, key: &MasterKey, action: &str) -> bool {
+        let seals = matches!(
+            Action::parse(action),
+            Some(Action::Encrypt | Action::Reencrypt | Action::CreateCustomKey)
+        );
+        if !seals || key.key_type != KeyType::Aes256 || key.convergent {
+            return true;
+        }
+        newest(key).map_or(true, |v| {
+            self.budget
+                .reserved(&key.tag, v.version, request::MAX_ITEMS as u64)
+        })
+    }
+
     /// An engine that encrypts `items` items under `version` of `key`,
     /// counted against the version's AES-GCM budget.
     fn sealer(
@@ -932,11 +951,26 @@ mod tests {
         for bad in [
             r#"{"plaintext":"YW\"Jj"}"#,
             r#"{"plaintext":"YWJj\n"}"#,
-            r#"{"plaintext":"\u00e9"}"#,
+            r#"{"plaintext":"\u0000"}"#,
         ] {
             let msg = f.fail_raw("aes", "encrypt", bad.as_bytes(), 400, "INVALID_REQUEST");
             assert!(msg.contains("JSON escapes"), "{msg}");
         }
+    }
+
+    /// An AES-GCM encryption needs a reservation (a store write) first:
+    /// until one is made the service says so, so an event loop passes the
+    /// request to the pool; decryption never needs one.
+    #[test]
+    fn encryptions_serve_from_memory_only_once_reserved() {
+        let f = fixture();
+        let key = f.mem.keys.read().unwrap()["aes"].clone();
+        assert!(!f.svc.serves_from_memory(&key, "encrypt"));
+        assert!(!f.svc.serves_from_memory(&key, "createCustomKey"));
+        assert!(f.svc.serves_from_memory(&key, "decrypt"));
+        f.encrypt("aes", b"x");
+        assert!(f.svc.serves_from_memory(&key, "encrypt"));
+        assert!(f.svc.serves_from_memory(&key, "reencrypt"));
     }
 
     #[test]
