@@ -149,7 +149,10 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Stri
     if body.is_empty() {
         return Err("a JSON body is required".into());
     }
-    let de = &mut serde_json::Deserializer::from_slice(body);
+    // JSON is UTF-8 (RFC 8259); serde would skip an ignored field's
+    // string without checking it.
+    let body = std::str::from_utf8(body).map_err(|_| "body is not UTF-8 JSON".to_owned())?;
+    let de = &mut serde_json::Deserializer::from_str(body);
     let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();

@@ -413,4 +413,64 @@ mod tests {
         std::thread::spawn(move || drop(handles)).join().unwrap();
         assert_eq!(arena.free_slots(), 64);
     }
+
+    /// Laps of the threaded tests: Miri interprets every instruction (and
+    /// checks every access for races), so far fewer there.
+    const LAPS: usize = if cfg!(miri) { 12 } else { 20_000 };
+
+    /// Threads take, fill, check and drop slots of one small arena at
+    /// once: a slot goes to one holder at a time, each holder finds it
+    /// zeroed, and a wipe by the last holder never races the next one's
+    /// writes (the free list orders them).
+    #[test]
+    fn threads_share_the_free_list_never_a_slot() {
+        let arena = KeyArena::new(48, 2).unwrap();
+        std::thread::scope(|s| {
+            for t in 1..=3u8 {
+                let arena = &arena;
+                s.spawn(move || {
+                    for _ in 0..LAPS {
+                        let Some(mut block) = arena.alloc() else {
+                            std::thread::yield_now();
+                            continue;
+                        };
+                        assert!(block.bytes().iter().all(|&b| b == 0), "handed out unwiped");
+                        block.bytes_mut().fill(t);
+                        std::thread::yield_now();
+                        assert!(
+                            block.bytes().iter().all(|&b| b == t),
+                            "another holder wrote"
+                        );
+                    }
+                });
+            }
+        });
+        assert_eq!(arena.free_slots(), 2);
+    }
+
+    /// A new arena of a dropped arena's geometry, made while another
+    /// thread drops that arena's last handles: it reuses the region only
+    /// with every slot home, and then finds every slot zeroed.
+    #[test]
+    fn region_reuse_races_handles_dropped_elsewhere() {
+        // A geometry no other test uses.
+        const BLOCK: usize = 80;
+        const SLOTS: usize = 3;
+        for _ in 0..LAPS.min(200) {
+            let arena = KeyArena::new(BLOCK, SLOTS).unwrap();
+            let mut held: Vec<_> = (0..SLOTS).map(|_| arena.alloc().unwrap()).collect();
+            for block in &mut held {
+                block.bytes_mut().fill(0xEE);
+            }
+            drop(arena);
+            let dropper = std::thread::spawn(move || drop(held));
+            let again = KeyArena::new(BLOCK, SLOTS).unwrap();
+            let blocks: Vec<_> = std::iter::from_fn(|| again.alloc()).collect();
+            assert_eq!(blocks.len(), SLOTS);
+            for block in &blocks {
+                assert!(block.bytes().iter().all(|&b| b == 0), "reused unwiped");
+            }
+            dropper.join().unwrap();
+        }
+    }
 }

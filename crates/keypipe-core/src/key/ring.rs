@@ -286,12 +286,16 @@ mod tests {
         assert_eq!(arena.free_slots(), 8, "queued block dropped with the ring");
     }
 
+    /// Blocks the threaded tests pass: Miri interprets (about a million
+    /// times slower) and explores interleavings, so fewer laps there.
+    const THREADED_BLOCKS: u64 = if cfg!(miri) { 300 } else { 100_000 };
+
     #[test]
     fn threads_pass_every_block_in_order() {
         let arena = KeyArena::new(16, 64).unwrap();
         let (mut tx, mut rx) = ring(16);
         let producer = thread::spawn(move || {
-            for id in 0..100_000u64 {
+            for id in 0..THREADED_BLOCKS {
                 let mut block = loop {
                     if let Some(key) = arena.alloc() {
                         break DeviceBlock {
@@ -310,7 +314,7 @@ mod tests {
                 }
             }
         });
-        for id in 0..100_000u64 {
+        for id in 0..THREADED_BLOCKS {
             let block = loop {
                 match rx.pop() {
                     Some(b) => break b,
@@ -323,6 +327,44 @@ mod tests {
             );
         }
         producer.join().unwrap();
+    }
+
+    /// The halves dropped on two threads with blocks still queued: the
+    /// last drop releases (zeroizes) what is left, after the producer's
+    /// writes of those slots (the shared `Arc` orders them).
+    #[test]
+    fn halves_dropped_on_two_threads_release_what_is_queued() {
+        let arena = KeyArena::new(16, 8).unwrap();
+        for _ in 0..if cfg!(miri) { 6 } else { 2_000 } {
+            let (mut tx, mut rx) = ring(4);
+            let producer = thread::spawn({
+                let arena = arena.clone();
+                move || {
+                    for id in 0..4u64 {
+                        let mut key = arena.alloc().unwrap();
+                        key.bytes_mut().fill(id as u8 + 1);
+                        let block = DeviceBlock {
+                            id,
+                            born: Stamp::now(),
+                            digest: 0,
+                            key,
+                        };
+                        tx.push(block).unwrap();
+                    }
+                }
+            });
+            let first = loop {
+                match rx.pop() {
+                    Some(b) => break b,
+                    None => thread::yield_now(),
+                }
+            };
+            assert_eq!((first.id, first.key.bytes()), (0, &[1u8; 16][..]));
+            drop(rx);
+            producer.join().unwrap();
+            drop(first);
+            assert_eq!(arena.free_slots(), 8, "every queued block released");
+        }
     }
 
     /// The ring and the arena against a model: a FIFO of block ids and the
@@ -368,7 +410,23 @@ mod tests {
             out
         }
 
+        /// Under Miri: a few cases, and no failure file (Miri isolates the
+        /// file system); each case still runs up to 200 operations.
+        fn config() -> ProptestConfig {
+            if cfg!(miri) {
+                ProptestConfig {
+                    cases: 4,
+                    failure_persistence: None,
+                    ..ProptestConfig::default()
+                }
+            } else {
+                ProptestConfig::default()
+            }
+        }
+
         proptest! {
+            #![proptest_config(config())]
+
             /// Blocks come out in order with their bytes; no slot is held
             /// twice; every slot released (dropped, or left in a dropped
             /// ring) is zero and free again; nothing is lost.

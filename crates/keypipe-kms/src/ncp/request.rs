@@ -200,7 +200,11 @@ pub(crate) fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, NcpErro
         Some(b'{') => {}
         Some(_) => return Err(NcpError::InvalidRequest("body is not a JSON object".into())),
     }
-    let mut de = serde_json::Deserializer::from_slice(body);
+    // JSON is UTF-8 (RFC 8259); serde would skip an ignored field's string
+    // without checking it.
+    let body = std::str::from_utf8(body)
+        .map_err(|_| NcpError::InvalidRequest("body is not UTF-8 JSON".into()))?;
+    let mut de = serde_json::Deserializer::from_str(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();

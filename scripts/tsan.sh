@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# ThreadSanitizer over the threaded key code: the key arena's free list
+# and the lock-free ring (keypipe-core `key::`), the device poller that
+# fills the ring (`device::poller`), the C handles' call accounting
+# (keypipe-ffi `handle::`) and the C ABI's key path (keypipe-ffi
+# `tests/key_path.rs`: an engine pair with its poller, link and ledger
+# threads, callers on several threads, a shutdown racing a blocked call).
+#
+# std is rebuilt with the sanitizer (-Zbuild-std), so its atomics, locks
+# and thread joins are seen too. TSAN_OPTIONS=halt_on_error=1 makes the
+# first race fail the run. Builds go to target/tsan (their own flags;
+# the normal target/ stays untouched).
+#
+# Usage: scripts/tsan.sh [extra args for the test harness]
+# Env: TSAN_TOOLCHAIN (default nightly), TSAN_OPTIONS (default below).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+toolchain=${TSAN_TOOLCHAIN:-nightly}
+if ! rustup component list --toolchain "$toolchain" --installed 2>/dev/null | grep -q '^rust-src'; then
+    echo "tsan.sh: installing rust-src for $toolchain" >&2
+    rustup component add --toolchain "$toolchain" rust-src
+fi
+
+target=$(rustc "+$toolchain" -vV | sed -n 's/^host: //p')
+export RUSTFLAGS="${RUSTFLAGS:-} -Zsanitizer=thread"
+export RUSTDOCFLAGS="${RUSTDOCFLAGS:-} -Zsanitizer=thread"
+export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1 second_deadlock_stack=1}
+export CARGO_TARGET_DIR=${TSAN_TARGET_DIR:-target/tsan}
+echo "tsan.sh: $(rustc "+$toolchain" --version), target $target, TSAN_OPTIONS=$TSAN_OPTIONS"
+
+cargo_tsan() {
+    cargo "+$toolchain" test -Zbuild-std --target "$target" "$@"
+}
+
+start=$(date +%s)
+names=()
+results=()
+times=()
+
+# run NAME CARGO-TEST-ARGS... [-- HARNESS-ARGS...]
+run() {
+    local name=$1
+    shift
+    local t0 status
+    t0=$(date +%s)
+    echo
+    echo "=== tsan: $name: cargo test $*"
+    if cargo_tsan "$@"; then
+        status=PASS
+    else
+        status=FAIL
+    fi
+    names+=("$name")
+    results+=("$status")
+    times+=("$(($(date +%s) - t0))")
+}
+
+run "core key:: and device::poller" -p keypipe-core --lib -- key:: device::poller "$@"
+run "ffi handle::" -p keypipe-ffi --lib -- handle:: "$@"
+run "ffi key_path" -p keypipe-ffi --test key_path -- "$@"
+
+echo
+echo "=== tsan summary (times include the build)"
+failed=0
+for i in "${!names[@]}"; do
+    printf '%-4s %5ss  %s\n' "${results[$i]}" "${times[$i]}" "${names[$i]}"
+    [ "${results[$i]}" = PASS ] || failed=1
+done
+total=$(($(date +%s) - start))
+if [ "$failed" = 0 ]; then
+    echo "tsan: PASS (${total}s)"
+else
+    echo "tsan: FAIL (${total}s)"
+fi
+exit "$failed"
