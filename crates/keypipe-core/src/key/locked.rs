@@ -438,7 +438,12 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 4 } else { 128 }))]
+        // Under Miri: few cases, and no regression file (no file system).
+        #![proptest_config(ProptestConfig {
+            cases: if cfg!(miri) { 4 } else { 128 },
+            failure_persistence: if cfg!(miri) { None } else { ProptestConfig::default().failure_persistence },
+            ..ProptestConfig::default()
+        })]
         /// Against a model: live secrets never overlap, keep their bytes,
         /// and the heap's use is the sum of theirs; after all drops the
         /// whole heap is one free run again.
