@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# ThreadSanitizer over the threaded key code: the key arena's free list
-# and the lock-free ring (keypipe-core `key::`), the device poller that
-# fills the ring (`device::poller`), the C handles' call accounting
-# (keypipe-ffi `handle::`) and the C ABI's key path (keypipe-ffi
-# `tests/key_path.rs`: an engine pair with its poller, link and ledger
-# threads, callers on several threads, a shutdown racing a blocked call).
+# ThreadSanitizer over the threaded key code: all of keypipe-core's unit
+# and integration tests (the key arena's free list and the lock-free ring
+# in `key::`, the device poller that fills the ring, the engine with its
+# poller, link and ledger threads, shutdown), the C handles' call
+# accounting (keypipe-ffi `handle::`) and the C ABI's key path
+# (keypipe-ffi `tests/key_path.rs`: an engine pair, callers on several
+# threads, a shutdown racing a blocked call).
 #
 # std is rebuilt with the sanitizer (-Zbuild-std), so its atomics, locks
 # and thread joins are seen too. TSAN_OPTIONS=halt_on_error=1 makes the
@@ -56,7 +57,7 @@ run() {
     times+=("$(($(date +%s) - t0))")
 }
 
-run "core key:: and device::poller" -p keypipe-core --lib -- key:: device::poller "$@"
+run "core (key::, device::poller, engine, ...)" -p keypipe-core --lib --tests -- "$@"
 run "ffi handle::" -p keypipe-ffi --lib -- handle:: "$@"
 run "ffi key_path" -p keypipe-ffi --test key_path -- "$@"
 

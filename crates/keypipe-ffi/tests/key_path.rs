@@ -197,15 +197,19 @@ fn chunk(e: Engine, ksid: &[u8; 16], index: u32) -> Box<[u8]> {
     unsafe { buf.assume_init() }
 }
 
-/// Every step on one engine pair, one after the other (under Miri a pair
-/// takes minutes to build and to bring its first key; its threads would
-/// slow down every other test while it lives).
+/// Every step on one engine pair and one stream, one after the other:
+/// under Miri, building a pair, bringing its first key and freeing it
+/// take about two minutes each (commits of its in-memory key ledger,
+/// redb, interpreted), and a pair's threads slow down whatever runs
+/// beside them; the steps themselves take seconds.
 #[test]
 fn key_path_on_one_engine_pair() {
     let pair = Pair::new(CONFIG);
-    identical_key_into_uninitialised_buffers(&pair);
-    refused_buffers_are_never_written(&pair);
-    concurrent_callers_get_the_same_key_on_both_nodes(&pair);
+    let ksid = pair.open(WAIT_MS);
+    let next = identical_key_into_uninitialised_buffers(&pair, &ksid, 0);
+    let next = refused_buffers_are_never_written(&pair, &ksid, next);
+    concurrent_callers_get_the_same_key_on_both_nodes(&pair, &ksid, next);
+    pair.close(&ksid);
     // Last: it shuts node A down.
     shutdown_wakes_a_call_blocked_in_get_key(&pair);
     // Dropping `pair` frees both nodes, A after its shutdown.
@@ -213,11 +217,11 @@ fn key_path_on_one_engine_pair() {
 
 /// Both nodes write the same chunks into uninitialised caller buffers,
 /// only the chunk's bytes, with metadata into an uninitialised buffer.
-fn identical_key_into_uninitialised_buffers(pair: &Pair) {
-    let ksid = pair.open(WAIT_MS);
+/// Takes chunks `first..`; returns the next.
+fn identical_key_into_uninitialised_buffers(pair: &Pair, ksid: &[u8; 16], first: u32) -> u32 {
     let mut previous: Option<Box<[u8]>> = None;
-    for i in 0..CHUNKS {
-        let ka = chunk(pair.a, &ksid, i);
+    for i in first..first + CHUNKS {
+        let ka = chunk(pair.a, ksid, i);
         // Node B: a larger buffer whose tail the caller initialised, and
         // a metadata buffer left uninitialised.
         let mut kb = Box::<[u8]>::new_uninit_slice(CHUNK + 16);
@@ -264,22 +268,22 @@ fn identical_key_into_uninitialised_buffers(pair: &Pair) {
         assert_ne!(previous.as_deref(), Some(&ka[..]), "chunk {i} repeats");
         previous = Some(ka);
     }
-    pair.close(&ksid);
+    first + CHUNKS
 }
 
 /// F17: a buffer too small, NULL, or longer than any object is refused
-/// before anything is written, and the chunk stays available.
-fn refused_buffers_are_never_written(pair: &Pair) {
-    let ksid = pair.open(WAIT_MS);
+/// before anything is written, and the chunk (`at`) stays available.
+/// Returns the next chunk.
+fn refused_buffers_are_never_written(pair: &Pair, ksid: &[u8; 16], at: u32) -> u32 {
     let mut small = [MaybeUninit::new(0x11u8); CHUNK - 1];
     assert_eq!(
-        get(pair.a, &ksid, 0, &mut small).0,
+        get(pair.a, ksid, at, &mut small).0,
         KP_ERR_KEY_BUFFER_TOO_SMALL
     );
     // SAFETY: initialised above.
     assert!(unsafe { init(&small) }.iter().all(|&b| b == 0x11));
 
-    let (mut index, mut status) = (0u32, 99u32);
+    let (mut index, mut status) = (at, 99u32);
     // A length no object can have, with a pointer that must never be
     // dereferenced: refused before a slice is made of it.
     let dangling = NonNull::<u8>::dangling().as_ptr();
@@ -302,7 +306,7 @@ fn refused_buffers_are_never_written(pair: &Pair) {
             )
         };
         assert_eq!(r, want, "len {len}");
-        assert_eq!((index, status), (0, 99), "outputs untouched on an error");
+        assert_eq!((index, status), (at, 99), "outputs untouched on an error");
     }
     // The error detail, truncated into a small uninitialised buffer.
     let mut buf = [MaybeUninit::<u8>::uninit(); 8];
@@ -315,15 +319,15 @@ fn refused_buffers_are_never_written(pair: &Pair) {
     let text = unsafe { init(&buf) };
     assert_eq!((&text[..7], text[7]), (&b"key_buf"[..], 0));
 
-    // Nothing was consumed: both nodes still deliver chunk 0.
-    assert_eq!(chunk(pair.a, &ksid, 0), chunk(pair.b, &ksid, 0));
-    pair.close(&ksid);
+    // Nothing was consumed: both nodes still deliver the chunk.
+    assert_eq!(chunk(pair.a, ksid, at), chunk(pair.b, ksid, at));
+    at + 1
 }
 
 /// Callers on several threads of both nodes: each chunk is delivered to
 /// exactly one caller per node, with the same bytes on both.
-fn concurrent_callers_get_the_same_key_on_both_nodes(pair: &Pair) {
-    let ksid = pair.open(WAIT_MS);
+/// Takes chunks `first..`.
+fn concurrent_callers_get_the_same_key_on_both_nodes(pair: &Pair, ksid: &[u8; 16], first: u32) {
     let per_thread = if cfg!(miri) { 2 } else { 100 };
     let start = Barrier::new(2 * THREADS as usize);
     let taken: Vec<Vec<(u32, Box<[u8]>)>> = thread::scope(|s| {
@@ -331,12 +335,12 @@ fn concurrent_callers_get_the_same_key_on_both_nodes(pair: &Pair) {
             .into_iter()
             .flat_map(|e| (0..THREADS).map(move |t| (e, t)))
             .map(|(e, t)| {
-                let (ksid, start) = (&ksid, &start);
+                let start = &start;
                 s.spawn(move || {
                     start.wait();
                     (0..per_thread)
                         .map(|k| {
-                            let index = k * THREADS + t;
+                            let index = first + k * THREADS + t;
                             (index, chunk(e, ksid, index))
                         })
                         .collect()
@@ -352,7 +356,6 @@ fn concurrent_callers_get_the_same_key_on_both_nodes(pair: &Pair) {
     b.sort_by_key(|(i, _)| *i);
     assert_eq!(a.len(), (per_thread * THREADS) as usize);
     assert_eq!(a, b, "the nodes delivered different key");
-    pair.close(&ksid);
 }
 
 /// A shutdown while another thread waits in `kp_get_key` (here for the
