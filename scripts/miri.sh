@@ -38,46 +38,12 @@ export MIRIFLAGS=${MIRIFLAGS:--Zmiri-symbolic-alignment-check -Zmiri-seed=1}
 echo "miri.sh: $(cargo "+$toolchain" miri --version), MIRIFLAGS=$MIRIFLAGS"
 cargo "+$toolchain" miri setup >/dev/null
 
-start=$(date +%s)
-names=()
-results=()
-times=()
-
-# run NAME CARGO-MIRI-TEST-ARGS... [-- HARNESS-ARGS...]
-run() {
-    local name=$1
-    shift
-    local t0 status
-    t0=$(date +%s)
-    echo
-    echo "=== miri: $name: cargo miri test $*"
-    if cargo "+$toolchain" miri test "$@"; then
-        status=PASS
-    else
-        status=FAIL
-    fi
-    names+=("$name")
-    results+=("$status")
-    times+=("$(($(date +%s) - t0))")
-}
-
-run "core key:: and device::poller" -p keypipe-core --lib -- key:: device::poller "$@"
-run "ffi handle::" -p keypipe-ffi --lib -- handle:: "$@"
+. scripts/steps.sh
+steps_start miri cargo "+$toolchain" miri test
+step "core key:: and device::poller" -p keypipe-core --lib -- key:: device::poller "$@"
+step "ffi handle::" -p keypipe-ffi --lib -- handle:: "$@"
 if [ "${MIRI_SKIP_FFI:-0}" != 1 ]; then
-    run "ffi key_path" -p keypipe-ffi --test key_path -- "$@"
+    step "ffi key_path" -p keypipe-ffi --test key_path -- "$@"
 fi
 
-echo
-echo "=== miri summary"
-failed=0
-for i in "${!names[@]}"; do
-    printf '%-4s %5ss  %s\n' "${results[$i]}" "${times[$i]}" "${names[$i]}"
-    [ "${results[$i]}" = PASS ] || failed=1
-done
-total=$(($(date +%s) - start))
-if [ "$failed" = 0 ]; then
-    echo "miri: PASS (${total}s)"
-else
-    echo "miri: FAIL (${total}s)"
-fi
-exit "$failed"
+steps_end

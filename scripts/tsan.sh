@@ -34,44 +34,9 @@ cargo_tsan() {
     cargo "+$toolchain" test -Zbuild-std --target "$target" "$@"
 }
 
-start=$(date +%s)
-names=()
-results=()
-times=()
-
-# run NAME CARGO-TEST-ARGS... [-- HARNESS-ARGS...]
-run() {
-    local name=$1
-    shift
-    local t0 status
-    t0=$(date +%s)
-    echo
-    echo "=== tsan: $name: cargo test $*"
-    if cargo_tsan "$@"; then
-        status=PASS
-    else
-        status=FAIL
-    fi
-    names+=("$name")
-    results+=("$status")
-    times+=("$(($(date +%s) - t0))")
-}
-
-run "core (key::, device::poller, engine, ...)" -p keypipe-core --lib --tests -- "$@"
-run "ffi handle::" -p keypipe-ffi --lib -- handle:: "$@"
-run "ffi key_path" -p keypipe-ffi --test key_path -- "$@"
-
-echo
-echo "=== tsan summary (times include the build)"
-failed=0
-for i in "${!names[@]}"; do
-    printf '%-4s %5ss  %s\n' "${results[$i]}" "${times[$i]}" "${names[$i]}"
-    [ "${results[$i]}" = PASS ] || failed=1
-done
-total=$(($(date +%s) - start))
-if [ "$failed" = 0 ]; then
-    echo "tsan: PASS (${total}s)"
-else
-    echo "tsan: FAIL (${total}s)"
-fi
-exit "$failed"
+. scripts/steps.sh
+steps_start tsan cargo_tsan
+step "core (key::, device::poller, engine, ...)" -p keypipe-core --lib --tests -- "$@"
+step "ffi handle::" -p keypipe-ffi --lib -- handle:: "$@"
+step "ffi key_path" -p keypipe-ffi --test key_path -- "$@"
+steps_end "times include the build"

@@ -208,21 +208,21 @@ fn take_env_var(name: &str) -> Result<Option<Zeroizing<String>>, String> {
         return Ok(None);
     };
     let c_name = std::ffi::CString::new(name).map_err(|_| format!("bad variable name {name:?}"))?;
-    // SAFETY: `serve` calls this on the main thread before it starts any
-    // other thread (logging and configuration start none), so nothing
-    // reads or changes the environment concurrently; `getenv` returns the
-    // NUL-terminated value inside the environment block, which this
-    // process owns and may overwrite in place (same length).
-    unsafe {
-        let text = libc::getenv(c_name.as_ptr());
-        if !text.is_null() {
-            let len = libc::strlen(text);
-            for i in 0..len {
-                std::ptr::write_volatile(text.add(i), b'0' as libc::c_char);
-            }
+    // `serve` calls this on the main thread before it starts any other
+    // thread (logging and configuration start none): nothing else reads or
+    // changes the environment meanwhile.
+    // SAFETY: single-threaded here (above); a valid C string.
+    let text = unsafe { libc::getenv(c_name.as_ptr()) };
+    if !text.is_null() {
+        // SAFETY: `text` is the NUL-terminated value in our environment block.
+        let len = unsafe { libc::strlen(text) };
+        for i in 0..len {
+            // SAFETY: in bounds of that value, overwritten in place.
+            unsafe { std::ptr::write_volatile(text.add(i), b'0' as libc::c_char) };
         }
-        std::env::remove_var(name);
     }
+    // SAFETY: single-threaded here (above).
+    unsafe { std::env::remove_var(name) };
     value
         .into_string()
         .map(|v| Some(Zeroizing::new(v)))

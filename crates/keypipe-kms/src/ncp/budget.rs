@@ -22,11 +22,11 @@ pub const GCM_LIMIT: u64 = 1 << 32;
 /// Encryptions reserved from the store at a time.
 pub const BLOCK: u64 = 1 << 16;
 
-/// Reserved-but-unused encryptions per (keyTag, version).
+/// Reserved-but-unused encryptions per keyTag and version.
 #[derive(Debug)]
 pub(crate) struct Budget {
     limit: u64,
-    left: Mutex<HashMap<(String, u32), u64>>,
+    left: Mutex<HashMap<String, HashMap<u32, u64>>>,
 }
 
 impl Budget {
@@ -38,15 +38,29 @@ impl Budget {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), u64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<u32, u64>>> {
         self.left.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What is left of `tag`'s `version` (no allocation once it exists).
+    fn left<'a>(
+        all: &'a mut HashMap<String, HashMap<u32, u64>>,
+        tag: &str,
+        version: u32,
+    ) -> &'a mut u64 {
+        if !all.contains_key(tag) {
+            all.insert(tag.to_owned(), HashMap::new());
+        }
+        let versions = all.get_mut(tag).expect("inserted above");
+        versions.entry(version).or_insert(0)
     }
 
     /// Whether `n` encryptions of version `version` of `tag` are reserved
     /// already (taking them then touches no store).
     pub(crate) fn reserved(&self, tag: &str, version: u32, n: u64) -> bool {
         self.lock()
-            .get(&(tag.to_owned(), version))
+            .get(tag)
+            .and_then(|versions| versions.get(&version))
             .is_some_and(|&left| left >= n)
     }
 
@@ -61,11 +75,10 @@ impl Budget {
         version: u32,
         n: u64,
     ) -> Result<(), NcpError> {
-        let id = (tag.to_owned(), version);
         loop {
             let short = {
                 let mut all = self.lock();
-                let left = all.entry(id.clone()).or_insert(0);
+                let left = Self::left(&mut all, tag, version);
                 if *left >= n {
                     *left -= n;
                     return Ok(());
@@ -91,7 +104,7 @@ impl Budget {
                      (`keypipe kms rotate`)"
                 );
             }
-            *self.lock().entry(id.clone()).or_insert(0) += granted;
+            *Self::left(&mut self.lock(), tag, version) += granted;
         }
     }
 }
