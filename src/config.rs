@@ -72,6 +72,9 @@ pub struct Config {
     /// and wins over the file.
     #[serde(default = "default_kek_env")]
     pub kek_env: String,
+    /// Which database the store uses (`[store]`).
+    #[serde(default)]
+    pub store: StoreSettings,
     /// The key-agreement service (`key-agreement` protocol).
     #[serde(default)]
     pub key_agreement: KeyAgreementSettings,
@@ -96,6 +99,17 @@ pub struct Config {
     /// The nodes (listeners).
     #[serde(rename = "node")]
     pub nodes: Vec<NodeConfig>,
+}
+
+/// `[store]`: the database of the durable store.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// A PostgreSQL database shared by several keypipe processes of one
+    /// site (`postgres://user@host/db`, or `host=… user=… dbname=…`);
+    /// absent: the embedded SQLite file in `data_dir`.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 /// A currency code, checked as it is read (1 to 11 letters `A-Z`).
@@ -468,6 +482,7 @@ impl Config {
             data_dir: self.data_dir.clone(),
             kek_file: self.kek_file.clone(),
             kek_env: Some(self.kek_env.clone()),
+            url: self.store.url.clone(),
         }
     }
 

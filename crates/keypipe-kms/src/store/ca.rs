@@ -1,17 +1,18 @@
-//! keypipe's CA in the SQLite store: the CA keys (`primary`, `signing`,
-//! `server`: certificate in clear, PKCS#8 private key wrapped under the
-//! KEK with `ca_key:{name}` as associated data) and every certificate the
-//! CA issued (public facts and DER; a leaf's private key is never stored).
-//! Revocation keeps the row and stamps it. CA keys are written once and
-//! never replaced.
+//! keypipe's CA in the store (either backend): the CA keys (`primary`,
+//! `signing`, `server`: certificate in clear, PKCS#8 private key wrapped
+//! under the KEK with `ca_key:{name}` as associated data) and every
+//! certificate the CA issued (public facts and DER; a leaf's private key is
+//! never stored). Revocation keeps the row and stamps it. CA keys are
+//! written once and never replaced.
 
 use std::fmt;
 
-use rusqlite::{OptionalExtension, params};
 use zeroize::Zeroizing;
 
+use super::Store;
 use super::StoreError;
-use super::sqlite::{Store, now_ms};
+use super::master_keys::now_ms;
+use super::sql::{Row, args};
 
 /// One CA key of the hierarchy.
 #[derive(Clone)]
@@ -98,7 +99,8 @@ pub trait CaStore: Send + Sync {
 const ISSUED_COLUMNS: &str =
     "serial, issuer, subject, role, not_after, cert_der, revoked_ms, service, holder, device";
 
-fn issued_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IssuedRecord> {
+/// The [`IssuedRecord`] of a row of [`ISSUED_COLUMNS`].
+fn issued_row(mut r: Row) -> Result<IssuedRecord, StoreError> {
     Ok(IssuedRecord {
         serial: r.get(0)?,
         issuer: r.get(1)?,
@@ -107,7 +109,7 @@ fn issued_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IssuedRecord> {
         not_after_ms: r.get(4)?,
         cert_der: r.get(5)?,
         revoked_ms: r.get(6)?,
-        enrolment: match (r.get::<_, Option<String>>(7)?, r.get(8)?) {
+        enrolment: match (r.get::<Option<String>>(7)?, r.get::<Option<String>>(8)?) {
             (Some(service), Some(holder)) => Some(Enrolment {
                 service,
                 holder,
@@ -128,21 +130,17 @@ impl CaStore for Store {
     }
 
     fn ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError> {
-        let rows = {
-            let conn = self.lock();
-            let mut stmt = conn
-                .prepare_cached("SELECT name, cert_der, key_wrapped FROM ca_keys ORDER BY name")?;
-            stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?
-        };
+        let rows = self.read(|tx| {
+            tx.query(
+                "SELECT name, cert_der, key_wrapped FROM ca_keys ORDER BY name",
+                &[],
+            )
+        })?;
         rows.into_iter()
-            .map(|(name, cert_der, wrapped)| {
+            .map(|mut r| {
+                let name: String = r.get(0)?;
+                let cert_der: Vec<u8> = r.get(1)?;
+                let wrapped: Vec<u8> = r.get(2)?;
                 let key_pkcs8 = self.kek.unwrap(&aad(&name), &wrapped).map_err(|e| {
                     StoreError::Corrupt(format!("CA key {name} (table ca_keys) {e}"))
                 })?;
@@ -161,21 +159,16 @@ impl CaStore for Store {
             .map(|k| Ok((k, self.kek.wrap(&aad(&k.name), &k.key_pkcs8)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
         self.transact(true, |tx| {
-            let exists = tx
-                .prepare_cached("SELECT 1 FROM ca_keys LIMIT 1")?
-                .query_row([], |_| Ok(()))
-                .optional()?
-                .is_some();
-            if exists {
+            if tx.exists("SELECT 1 FROM ca_keys LIMIT 1", &[])? {
                 return Ok(false);
             }
             let now = now_ms();
             for (key, blob) in &wrapped {
-                tx.prepare_cached(
+                tx.execute(
                     "INSERT INTO ca_keys (name, cert_der, key_wrapped, created_ms) \
                      VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![key.name, key.cert_der, blob, now])?;
+                    args![&key.name, &key.cert_der, blob, now],
+                )?;
             }
             Ok(true)
         })
@@ -186,64 +179,69 @@ impl CaStore for Store {
         // makes caches reload) stays.
         self.transact(false, |tx| {
             let e = cert.enrolment.as_ref();
-            tx.prepare_cached(
+            tx.execute(
                 "INSERT INTO issued_certs \
                  (serial, issuer, subject, role, not_after, cert_der, issued_ms, revoked_ms, \
                   service, holder, device) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?
-            .execute(params![
-                cert.serial,
-                cert.issuer,
-                cert.subject,
-                cert.role,
-                cert.not_after_ms,
-                cert.cert_der,
-                now_ms(),
-                cert.revoked_ms,
-                e.map(|e| &e.service),
-                e.map(|e| &e.holder),
-                e.and_then(|e| e.device.as_ref()),
-            ])?;
+                args![
+                    &cert.serial,
+                    &cert.issuer,
+                    &cert.subject,
+                    &cert.role,
+                    cert.not_after_ms,
+                    &cert.cert_der,
+                    now_ms(),
+                    cert.revoked_ms,
+                    e.map(|e| &e.service),
+                    e.map(|e| &e.holder),
+                    e.and_then(|e| e.device.as_ref()),
+                ],
+            )?;
             Ok(())
         })
     }
 
     fn issued(&self) -> Result<Vec<IssuedRecord>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {ISSUED_COLUMNS} FROM issued_certs ORDER BY issued_ms, serial"
-        ))?;
-        let rows = stmt
-            .query_map([], issued_row)?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+        let rows = self.read(|tx| {
+            tx.query(
+                &format!("SELECT {ISSUED_COLUMNS} FROM issued_certs ORDER BY issued_ms, serial"),
+                &[],
+            )
+        })?;
+        rows.into_iter().map(issued_row).collect()
     }
 
     fn issued_one(&self, serial: &str) -> Result<Option<IssuedRecord>, StoreError> {
-        let conn = self.lock();
-        Ok(conn
-            .prepare_cached(&format!(
-                "SELECT {ISSUED_COLUMNS} FROM issued_certs WHERE serial = ?1"
-            ))?
-            .query_row([serial], issued_row)
-            .optional()?)
+        self.read(|tx| {
+            tx.query_opt(
+                &format!("SELECT {ISSUED_COLUMNS} FROM issued_certs WHERE serial = ?1"),
+                args![serial],
+            )
+        })?
+        .map(issued_row)
+        .transpose()
     }
 
     fn revoke(&self, serial: &str) -> Result<bool, StoreError> {
         self.transact(true, |tx| {
             let revoked: Option<Option<i64>> = tx
-                .prepare_cached("SELECT revoked_ms FROM issued_certs WHERE serial = ?1")?
-                .query_row([serial], |r| r.get(0))
-                .optional()?;
+                .query_opt(
+                    "SELECT revoked_ms FROM issued_certs WHERE serial = ?1",
+                    args![serial],
+                )?
+                .map(|mut r| r.get(0))
+                .transpose()?;
             match revoked {
                 None => Err(StoreError::NotFound {
                     what: format!("certificate {serial}"),
                 }),
                 Some(Some(_)) => Ok(false),
                 Some(None) => {
-                    tx.prepare_cached("UPDATE issued_certs SET revoked_ms = ?2 WHERE serial = ?1")?
-                        .execute(params![serial, now_ms()])?;
+                    tx.execute(
+                        "UPDATE issued_certs SET revoked_ms = ?2 WHERE serial = ?1",
+                        args![serial, now_ms()],
+                    )?;
                     Ok(true)
                 }
             }
@@ -251,14 +249,13 @@ impl CaStore for Store {
     }
 
     fn revoked_serials(&self) -> Result<Vec<String>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT serial FROM issued_certs WHERE revoked_ms IS NOT NULL ORDER BY serial",
-        )?;
-        let rows = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<Vec<String>, _>>()?;
-        Ok(rows)
+        let rows = self.read(|tx| {
+            tx.query(
+                "SELECT serial FROM issued_certs WHERE revoked_ms IS NOT NULL ORDER BY serial",
+                &[],
+            )
+        })?;
+        rows.into_iter().map(|mut r| r.get(0)).collect()
     }
 }
 

@@ -1,17 +1,18 @@
-//! Taler Donau keys in the SQLite store: one row per donation-unit key
-//! (`RSA` or `CS`, value, year) and per signing key (`SIGN`, year). The
-//! public part is in clear; the private part is wrapped under the KEK with
-//! the row's identity as associated data (`donau_key:{kind}:{value}:{year}`)
-//! and may be gone (`NULL`: the key is lost). Rows are never replaced:
-//! once published, a key stays.
+//! Taler Donau keys in the store (either backend): one row per
+//! donation-unit key (`RSA` or `CS`, value, year) and per signing key
+//! (`SIGN`, year). The public part is in clear; the private part is
+//! wrapped under the KEK with the row's identity as associated data
+//! (`donau_key:{kind}:{value}:{year}`) and may be gone (`NULL`: the key is
+//! lost). Rows are never replaced: once published, a key stays.
 
 use std::fmt;
 
-use rusqlite::{OptionalExtension, params};
 use zeroize::Zeroizing;
 
+use super::Store;
 use super::StoreError;
-use super::sqlite::{Store, now_ms};
+use super::master_keys::now_ms;
+use super::sql::args;
 
 /// What a Donau key is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -119,57 +120,41 @@ impl DonauStore for Store {
     }
 
     fn donau_public_keys(&self) -> Result<Vec<DonauPublicKey>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT kind, value, year, public, private_wrapped IS NULL FROM donau_keys \
-             ORDER BY kind, value, year",
-        )?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, u16>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                    r.get::<_, bool>(4)?,
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = self.read(|tx| {
+            tx.query(
+                "SELECT kind, value, year, public, private_wrapped IS NULL FROM donau_keys \
+                 ORDER BY kind, value, year",
+                &[],
+            )
+        })?;
         rows.into_iter()
-            .map(|(kind, value, year, public, lost)| {
+            .map(|mut r| {
                 Ok(DonauPublicKey {
-                    kind: DonauKind::parse(&kind)?,
-                    value,
-                    year,
-                    public,
-                    lost,
+                    kind: DonauKind::parse(&r.get::<String>(0)?)?,
+                    value: r.get(1)?,
+                    year: r.get(2)?,
+                    public: r.get(3)?,
+                    lost: r.get(4)?,
                 })
             })
             .collect()
     }
 
     fn donau_keys(&self) -> Result<Vec<DonauKey>, StoreError> {
-        let rows = {
-            let conn = self.lock();
-            let mut stmt = conn.prepare_cached(
+        let rows = self.read(|tx| {
+            tx.query(
                 "SELECT kind, value, year, public, private_wrapped FROM donau_keys \
                  ORDER BY kind, value, year",
-            )?;
-            stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, u16>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                    r.get::<_, Option<Vec<u8>>>(4)?,
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?
-        };
+                &[],
+            )
+        })?;
         rows.into_iter()
-            .map(|(kind, value, year, public, wrapped)| {
-                let kind = DonauKind::parse(&kind)?;
-                let private = match wrapped {
+            .map(|mut r| {
+                let kind = DonauKind::parse(&r.get::<String>(0)?)?;
+                let value: String = r.get(1)?;
+                let year: u16 = r.get(2)?;
+                let public: Vec<u8> = r.get(3)?;
+                let private = match r.get::<Option<Vec<u8>>>(4)? {
                     None => None,
                     Some(blob) => Some(self.kek.unwrap(&aad(kind, &value, year), &blob).map_err(
                         |e| {
@@ -198,47 +183,38 @@ impl DonauStore for Store {
             None => None,
         };
         self.transact(true, |tx| {
-            Ok(tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO donau_keys \
-                     (kind, value, year, public, private_wrapped, created_ms) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?
-                .execute(params![
+            Ok(tx.execute(
+                "INSERT INTO donau_keys \
+                 (kind, value, year, public, private_wrapped, created_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+                args![
                     key.kind.as_str(),
-                    key.value,
+                    &key.value,
                     key.year,
-                    key.public,
-                    wrapped,
+                    &key.public,
+                    wrapped.as_ref(),
                     now_ms()
-                ])?
-                > 0)
+                ],
+            )? > 0)
         })
     }
 
     fn mark_donau_lost(&self, kind: DonauKind, value: &str, year: u16) -> Result<bool, StoreError> {
         self.transact(true, |tx| {
-            let found = tx
-                .prepare_cached(
-                    "SELECT 1 FROM donau_keys WHERE kind = ?1 AND value = ?2 AND year = ?3",
-                )?
-                .query_row(params![kind.as_str(), value, year], |_| Ok(()))
-                .optional()?
-                .is_some();
-            tx.prepare_cached(
+            let found = tx.exists(
+                "SELECT 1 FROM donau_keys WHERE kind = ?1 AND value = ?2 AND year = ?3",
+                args![kind.as_str(), value, year],
+            )?;
+            tx.execute(
                 "UPDATE donau_keys SET private_wrapped = NULL \
                  WHERE kind = ?1 AND value = ?2 AND year = ?3",
-            )?
-            .execute(params![kind.as_str(), value, year])?;
+                args![kind.as_str(), value, year],
+            )?;
             Ok(found)
         })
         .inspect(|_| {
-            // Move the change into the database file (secure_delete has
-            // zeroed the old blob there) and empty the WAL, if no reader
-            // holds it; best effort.
-            let _ = self
-                .lock()
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            // Leave no copy of the old blob in a log (best effort).
+            self.checkpoint();
         })
     }
 }

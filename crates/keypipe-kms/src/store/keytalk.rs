@@ -3,10 +3,10 @@
 //! user registered per service on first use. Rows hang off `users` and go
 //! with them.
 
-use rusqlite::{OptionalExtension, params};
-
+use super::Store;
 use super::StoreError;
-use super::sqlite::{Store, now_ms};
+use super::master_keys::now_ms;
+use super::sql::args;
 
 /// A device registered for a user of a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,54 +81,52 @@ pub trait KeyTalkStore: Send + Sync {
 impl KeyTalkStore for Store {
     fn add_membership(&self, domain: &str, name: &str, service: &str) -> Result<bool, StoreError> {
         self.transact(false, |tx| {
-            let exists = tx
-                .prepare_cached("SELECT 1 FROM users WHERE domain = ?1 AND name = ?2")?
-                .query_row([domain, name], |_| Ok(()))
-                .optional()?
-                .is_some();
+            let exists = tx.exists(
+                "SELECT 1 FROM users WHERE domain = ?1 AND name = ?2",
+                args![domain, name],
+            )?;
             if exists {
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO keytalk_members (domain, name, service) \
-                     VALUES (?1, ?2, ?3)",
-                )?
-                .execute([domain, name, service])?;
+                tx.execute(
+                    "INSERT INTO keytalk_members (domain, name, service) \
+                     VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                    args![domain, name, service],
+                )?;
             }
             Ok(exists)
         })
     }
 
     fn is_member(&self, domain: &str, name: &str, service: &str) -> Result<bool, StoreError> {
-        let conn = self.lock();
-        Ok(conn
-            .prepare_cached(
+        self.read(|tx| {
+            tx.exists(
                 "SELECT 1 FROM keytalk_members WHERE domain = ?1 AND name = ?2 AND service = ?3",
-            )?
-            .query_row([domain, name, service], |_| Ok(()))
-            .optional()?
-            .is_some())
+                args![domain, name, service],
+            )
+        })
     }
 
     fn memberships(&self, domain: &str, name: &str) -> Result<Vec<String>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT service FROM keytalk_members WHERE domain = ?1 AND name = ?2 ORDER BY service",
-        )?;
-        let rows = stmt
-            .query_map([domain, name], |r| r.get(0))?
-            .collect::<Result<Vec<String>, _>>()?;
-        Ok(rows)
+        let rows = self.read(|tx| {
+            tx.query(
+                "SELECT service FROM keytalk_members WHERE domain = ?1 AND name = ?2 \
+                 ORDER BY service",
+                args![domain, name],
+            )
+        })?;
+        rows.into_iter().map(|mut r| r.get(0)).collect()
     }
 
     fn password_expiry(&self, domain: &str, name: &str) -> Result<Option<i64>, StoreError> {
-        let conn = self.lock();
-        conn.prepare_cached(
-            "SELECT password_expires_ms FROM users WHERE domain = ?1 AND name = ?2",
-        )?
-        .query_row([domain, name], |r| r.get(0))
-        .optional()?
+        self.read(|tx| {
+            tx.query_opt(
+                "SELECT password_expires_ms FROM users WHERE domain = ?1 AND name = ?2",
+                args![domain, name],
+            )
+        })?
         .ok_or_else(|| StoreError::NotFound {
             what: format!("user {name:?} in domain {domain:?}"),
-        })
+        })?
+        .get(0)
     }
 
     fn set_password(
@@ -139,13 +137,11 @@ impl KeyTalkStore for Store {
         expires_ms: Option<i64>,
     ) -> Result<bool, StoreError> {
         self.transact(false, |tx| {
-            Ok(tx
-                .prepare_cached(
-                    "UPDATE users SET password_hash = ?3, password_expires_ms = ?4 \
-                     WHERE domain = ?1 AND name = ?2",
-                )?
-                .execute(params![domain, name, password_hash, expires_ms])?
-                > 0)
+            Ok(tx.execute(
+                "UPDATE users SET password_hash = ?3, password_expires_ms = ?4 \
+                 WHERE domain = ?1 AND name = ?2",
+                args![domain, name, password_hash, expires_ms],
+            )? > 0)
         })
     }
 
@@ -156,12 +152,10 @@ impl KeyTalkStore for Store {
         expires_ms: Option<i64>,
     ) -> Result<bool, StoreError> {
         self.transact(false, |tx| {
-            Ok(tx
-                .prepare_cached(
-                    "UPDATE users SET password_expires_ms = ?3 WHERE domain = ?1 AND name = ?2",
-                )?
-                .execute(params![domain, name, expires_ms])?
-                > 0)
+            Ok(tx.execute(
+                "UPDATE users SET password_expires_ms = ?3 WHERE domain = ?1 AND name = ?2",
+                args![domain, name, expires_ms],
+            )? > 0)
         })
     }
 
@@ -172,29 +166,39 @@ impl KeyTalkStore for Store {
         service: &str,
         hwsig: &str,
     ) -> Result<String, StoreError> {
+        let now = now_ms();
         self.transact(false, |tx| {
-            tx.prepare_cached(
-                "INSERT OR IGNORE INTO keytalk_devices \
-                 (domain, name, service, hwsig, registered_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            tx.execute(
+                "INSERT INTO keytalk_devices \
+                 (domain, name, service, hwsig, registered_ms) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT DO NOTHING",
+                args![domain, name, service, hwsig, now],
+            )?;
+            tx.query_opt(
+                "SELECT hwsig FROM keytalk_devices \
+                 WHERE domain = ?1 AND name = ?2 AND service = ?3",
+                args![domain, name, service],
             )?
-            .execute(params![domain, name, service, hwsig, now_ms()])?;
-            Ok(tx
-                .prepare_cached(
-                    "SELECT hwsig FROM keytalk_devices \
-                     WHERE domain = ?1 AND name = ?2 AND service = ?3",
-                )?
-                .query_row([domain, name, service], |r| r.get(0))?)
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "the device of user {name:?} in domain {domain:?} for service \
+                     {service:?} vanished while registering it"
+                ))
+            })?
+            .get(0)
         })
     }
 
     fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT domain, name, service, hwsig, registered_ms FROM keytalk_devices \
-             ORDER BY domain, name, service",
-        )?;
-        let rows = stmt
-            .query_map([], |r| {
+        let rows = self.read(|tx| {
+            tx.query(
+                "SELECT domain, name, service, hwsig, registered_ms FROM keytalk_devices \
+                 ORDER BY domain, name, service",
+                &[],
+            )
+        })?;
+        rows.into_iter()
+            .map(|mut r| {
                 Ok(DeviceRecord {
                     domain: r.get(0)?,
                     name: r.get(1)?,
@@ -202,9 +206,8 @@ impl KeyTalkStore for Store {
                     hwsig: r.get(3)?,
                     registered_ms: r.get(4)?,
                 })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+            })
+            .collect()
     }
 
     fn reset_devices(
@@ -214,12 +217,20 @@ impl KeyTalkStore for Store {
         service: Option<&str>,
     ) -> Result<usize, StoreError> {
         self.transact(false, |tx| {
-            Ok(tx
-                .prepare_cached(
+            // Two statements rather than `?3 IS NULL OR service = ?3`: every
+            // parameter keeps a type PostgreSQL can infer.
+            let removed = match service {
+                Some(service) => tx.execute(
                     "DELETE FROM keytalk_devices WHERE domain = ?1 AND name = ?2 \
-                     AND (?3 IS NULL OR service = ?3)",
-                )?
-                .execute(params![domain, name, service])?)
+                     AND service = ?3",
+                    args![domain, name, service],
+                )?,
+                None => tx.execute(
+                    "DELETE FROM keytalk_devices WHERE domain = ?1 AND name = ?2",
+                    args![domain, name],
+                )?,
+            };
+            Ok(usize::try_from(removed).unwrap_or(usize::MAX))
         })
     }
 }

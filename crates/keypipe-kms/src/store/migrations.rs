@@ -1,6 +1,12 @@
-//! Versioned schema migrations of the SQLite store.
+//! Versioned schema migrations of the store, one list for both backends.
 //!
-//! The schema version is `PRAGMA user_version` (0 for a new database; it is
+//! The steps are written in SQLite's dialect; [`postgres_dialect`] gives a
+//! step in PostgreSQL's (`STRICT` and `WITHOUT ROWID` dropped, `INTEGER`
+//! as `BIGINT`, `BLOB` as `BYTEA`): nothing else in them is specific to
+//! one engine. The PostgreSQL backend keeps the version in the
+//! `keypipe_schema` table and applies steps under its row lock.
+//!
+//! On SQLite the schema version is `PRAGMA user_version` (0 for a new database; it is
 //! part of the database header and so transactional). [`MIGRATIONS`] is the
 //! ordered list of steps: step `i` takes the schema from version `i` to
 //! `i + 1`. At open, the missing steps and the new version are applied in
@@ -207,8 +213,16 @@ fn user_version(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.pragma_query_value(None, "user_version", |row| row.get(0))?)
 }
 
+/// `step` in PostgreSQL's dialect.
+pub(crate) fn postgres_dialect(step: &str) -> String {
+    step.replace(") STRICT, WITHOUT ROWID;", ");")
+        .replace(") STRICT;", ");")
+        .replace("INTEGER", "BIGINT")
+        .replace("BLOB", "BYTEA")
+}
+
 /// `found` as a version not above `known`.
-fn check_version(found: i64, known: u32) -> Result<u32, StoreError> {
+pub(crate) fn check_version(found: i64, known: u32) -> Result<u32, StoreError> {
     match u32::try_from(found) {
         Ok(v) if v <= known => Ok(v),
         Ok(v) => Err(StoreError::Newer { found: v, known }),
@@ -271,7 +285,7 @@ mod tests {
         let steps = ["CREATE TABLE a (x INTEGER);", "THIS IS NOT SQL;"];
         assert!(matches!(
             migrate_with(&mut conn, &steps),
-            Err(StoreError::Sqlite(_))
+            Err(StoreError::Database(_))
         ));
         assert_eq!(version(&conn), 0);
         let tables: i64 = conn

@@ -81,14 +81,19 @@
 //! Revoking an access key keeps its row, disabled (`enabled = false`), so
 //! its id is never handed out again and the revocation is visible.
 
+mod backend;
 mod ca;
 mod donau;
+mod handle;
 mod kek;
 mod keytalk;
+mod master_keys;
 mod migrations;
 mod rewrap;
 mod secrets;
-mod sqlite;
+pub(crate) mod sql;
+#[doc(hidden)]
+pub mod testing;
 mod users;
 
 use std::fmt;
@@ -101,11 +106,11 @@ use zeroize::Zeroizing;
 
 pub use ca::{CaKeyRecord, CaStore, Enrolment, IssuedRecord};
 pub use donau::{DonauKey, DonauKind, DonauPublicKey, DonauStore};
+pub use handle::Store;
 pub use kek::KekId;
 pub use keytalk::{DeviceRecord, KeyTalkStore};
 pub use rewrap::Rewrapped;
 pub use secrets::SecretStore;
-pub use sqlite::Store;
 pub use users::{TokenHash, UserRecord, UserStore};
 
 /// Where the store keeps its files and finds its KEK.
@@ -119,6 +124,9 @@ pub struct StoreOptions {
     /// Name of an environment variable holding the KEK as 64 hex digits;
     /// when the variable is present it wins over the file.
     pub kek_env: Option<String>,
+    /// A PostgreSQL database (`postgres://user@host/db`) instead of the
+    /// SQLite file in `data_dir`.
+    pub url: Option<String>,
 }
 
 impl StoreOptions {
@@ -128,6 +136,7 @@ impl StoreOptions {
             data_dir: data_dir.into(),
             kek_file: None,
             kek_env: None,
+            url: None,
         }
     }
 
@@ -167,9 +176,17 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    /// The database failed.
+    /// The database refused or failed a statement.
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Database(String),
+    /// The database cannot be reached now (no connection, connection lost,
+    /// server restarting, SQLite busy for too long): try again later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A write met a concurrent write of another process and was rolled
+    /// back (retried inside the store; seen only when retries ran out).
+    #[error("a concurrent write conflicted; try again")]
+    Conflict,
     /// The thing to create exists already.
     #[error("{what} already exists")]
     Exists {

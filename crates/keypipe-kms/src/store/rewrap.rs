@@ -9,10 +9,10 @@
 
 use std::path::Path;
 
-use rusqlite::types::Value;
-
+use super::handle::KEK_CHECK_AAD;
 use super::kek::{Kek, KekId};
-use super::sqlite::{KEK_CHECK_AAD, access_key_aad, version_aad};
+use super::master_keys::{access_key_aad, version_aad};
+use super::sql::{Row, Value};
 use super::{Store, StoreError, ca, donau, secrets};
 
 /// What a rewrap did.
@@ -44,7 +44,7 @@ fn text(v: &Value) -> Result<&str, StoreError> {
 
 fn int<T: TryFrom<i64>>(v: &Value) -> Result<T, StoreError> {
     match v {
-        Value::Integer(i) => {
+        Value::Int(i) => {
             T::try_from(*i).map_err(|_| StoreError::Corrupt("a key column is out of range".into()))
         }
         _ => Err(StoreError::Corrupt("a key column is not an integer".into())),
@@ -120,15 +120,20 @@ impl Store {
                     blob = w.blob,
                     table = w.table
                 );
-                let rows: Vec<(Vec<Value>, Vec<u8>)> = tx
-                    .prepare(&select)?
-                    .query_map([], |r| {
-                        let key = (0..w.keys.len())
-                            .map(|i| r.get::<_, Value>(i))
-                            .collect::<Result<Vec<_>, _>>()?;
-                        Ok((key, r.get(w.keys.len())?))
-                    })?
-                    .collect::<Result<_, _>>()?;
+                let rows = tx
+                    .query(&select, &[])?
+                    .into_iter()
+                    .map(|Row(mut values)| {
+                        let blob = values.pop();
+                        match blob {
+                            Some(Value::Blob(blob)) => Ok((values, blob)),
+                            _ => Err(StoreError::Corrupt(format!(
+                                "{}: a wrapped column is not a blob",
+                                w.table
+                            ))),
+                        }
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
                 let filter = w
                     .keys
                     .iter()
@@ -137,7 +142,6 @@ impl Store {
                     .collect::<Vec<_>>()
                     .join(" AND ");
                 let update = format!("UPDATE {} SET {} = ?1 WHERE {filter}", w.table, w.blob);
-                let mut update = tx.prepare(&update)?;
                 for (key, blob) in rows {
                     let aad = (w.aad)(&key)?;
                     let plain = old
@@ -146,7 +150,7 @@ impl Store {
                     let wrapped = new.wrap(&aad, &plain)?;
                     let mut params: Vec<Value> = vec![Value::Blob(wrapped)];
                     params.extend(key);
-                    update.execute(rusqlite::params_from_iter(params))?;
+                    tx.execute(&update, &params)?;
                     blobs += 1;
                 }
             }
@@ -206,12 +210,13 @@ mod tests {
             [&nonce[..], &sealed].concat()
         };
         store
-            .lock()
-            .execute(
-                "INSERT INTO key_versions (tag, version, enabled, created_ms, wrapped) \
-                 VALUES (?1, 2, 1, 0, ?2)",
-                rusqlite::params![tag, legacy],
-            )
+            .write(|tx| {
+                tx.execute(
+                    "INSERT INTO key_versions (tag, version, enabled, created_ms, wrapped) \
+                     VALUES (?1, 2, 1, 0, ?2)",
+                    crate::store::sql::args![&tag, &legacy],
+                )
+            })
             .unwrap();
         let old_id = store.kek.id();
 
@@ -233,12 +238,12 @@ mod tests {
         assert_eq!(*again.secret_key, *access.secret_key);
         assert_eq!(*store.generated_secret("device").unwrap(), *generated);
         let blobs: Vec<Vec<u8>> = store
-            .lock()
-            .prepare("SELECT wrapped FROM key_versions")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
+            .read(|tx| {
+                tx.query("SELECT wrapped FROM key_versions", &[])?
+                    .into_iter()
+                    .map(|mut r| r.get(0))
+                    .collect()
+            })
             .unwrap();
         for blob in blobs {
             assert_eq!(&blob[..4], b"kek1");

@@ -2,11 +2,12 @@
 //! the link's), kept wrapped under the KEK with their name as associated
 //! data, so no two installations share key and no public value is used.
 
-use rusqlite::OptionalExtension;
 use zeroize::Zeroizing;
 
+use super::Store;
 use super::StoreError;
-use super::sqlite::{Store, now_ms};
+use super::master_keys::now_ms;
+use super::sql::args;
 
 /// Generated secrets, by name.
 pub trait SecretStore: Send + Sync {
@@ -25,16 +26,18 @@ impl SecretStore for Store {
         let mut fresh = Zeroizing::new([0u8; 32]);
         getrandom::fill(fresh.as_mut()).map_err(|_| StoreError::Random)?;
         let wrapped = self.kek.wrap(&aad(name), fresh.as_ref())?;
-        let blob = self.transact(false, |tx| {
-            tx.prepare_cached(
-                "INSERT OR IGNORE INTO generated_secrets (name, wrapped, created_ms) VALUES (?1, ?2, ?3)",
+        let blob: Vec<u8> = self.transact(false, |tx| {
+            tx.execute(
+                "INSERT INTO generated_secrets (name, wrapped, created_ms) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT DO NOTHING",
+                args![name, &wrapped, now_ms()],
+            )?;
+            tx.query_opt(
+                "SELECT wrapped FROM generated_secrets WHERE name = ?1",
+                args![name],
             )?
-            .execute(rusqlite::params![name, wrapped, now_ms()])?;
-            let blob: Option<Vec<u8>> = tx
-                .prepare_cached("SELECT wrapped FROM generated_secrets WHERE name = ?1")?
-                .query_row([name], |r| r.get(0))
-                .optional()?;
-            blob.ok_or_else(|| StoreError::Corrupt(format!("generated secret {name} vanished")))
+            .ok_or_else(|| StoreError::Corrupt(format!("generated secret {name} vanished")))?
+            .get(0)
         })?;
         let plain = self.kek.unwrap(&aad(name), &blob).map_err(|e| {
             StoreError::Corrupt(format!(

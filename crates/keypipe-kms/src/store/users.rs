@@ -1,5 +1,5 @@
 //! Users (a domain, a name and a memory-hard password hash) and their
-//! login sessions, in the SQLite store.
+//! login sessions, in the store.
 //!
 //! Tokens are never stored: a session is keyed by the SHA-256 of its
 //! refresh token, and each access token issued under it by its own
@@ -12,10 +12,10 @@
 
 use std::fmt;
 
-use rusqlite::{OptionalExtension, params};
-
+use super::Store;
 use super::StoreError;
-use super::sqlite::{Store, now_ms};
+use super::master_keys::now_ms;
+use super::sql::args;
 
 /// SHA-256 of a token.
 pub type TokenHash = [u8; 32];
@@ -101,13 +101,13 @@ fn to_ms(v: u64) -> i64 {
 
 impl UserStore for Store {
     fn add_user(&self, domain: &str, name: &str, password_hash: &str) -> Result<(), StoreError> {
+        let now = now_ms();
         self.transact(false, |tx| {
-            let added = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO users (domain, name, password_hash, created_ms) \
-                     VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![domain, name, password_hash, now_ms()])?;
+            let added = tx.execute(
+                "INSERT INTO users (domain, name, password_hash, created_ms) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                args![domain, name, password_hash, now],
+            )?;
             if added == 0 {
                 return Err(StoreError::Exists {
                     what: user_what(domain, name),
@@ -118,45 +118,48 @@ impl UserStore for Store {
     }
 
     fn user(&self, domain: &str, name: &str) -> Result<Option<UserRecord>, StoreError> {
-        let conn = self.lock();
-        let row = conn
-            .prepare_cached(
+        let row = self.read(|tx| {
+            tx.query_opt(
                 "SELECT password_hash, created_ms FROM users WHERE domain = ?1 AND name = ?2",
-            )?
-            .query_row([domain, name], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                args![domain, name],
+            )
+        })?;
+        row.map(|mut r| {
+            Ok(UserRecord {
+                domain: domain.to_owned(),
+                name: name.to_owned(),
+                password_hash: r.get(0)?,
+                created_ms: u64::try_from(r.get::<i64>(1)?).unwrap_or(0),
             })
-            .optional()?;
-        Ok(row.map(|(password_hash, created)| UserRecord {
-            domain: domain.to_owned(),
-            name: name.to_owned(),
-            password_hash,
-            created_ms: u64::try_from(created).unwrap_or(0),
-        }))
+        })
+        .transpose()
     }
 
     fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT domain, name, password_hash, created_ms FROM users ORDER BY domain, name",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(UserRecord {
-                domain: r.get(0)?,
-                name: r.get(1)?,
-                password_hash: r.get(2)?,
-                created_ms: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
-            })
+        let rows = self.read(|tx| {
+            tx.query(
+                "SELECT domain, name, password_hash, created_ms FROM users ORDER BY domain, name",
+                &[],
+            )
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        rows.into_iter()
+            .map(|mut r| {
+                Ok(UserRecord {
+                    domain: r.get(0)?,
+                    name: r.get(1)?,
+                    password_hash: r.get(2)?,
+                    created_ms: u64::try_from(r.get::<i64>(3)?).unwrap_or(0),
+                })
+            })
+            .collect()
     }
 
     fn remove_user(&self, domain: &str, name: &str) -> Result<bool, StoreError> {
         self.transact(false, |tx| {
-            Ok(tx
-                .prepare_cached("DELETE FROM users WHERE domain = ?1 AND name = ?2")?
-                .execute([domain, name])?
-                > 0)
+            Ok(tx.execute(
+                "DELETE FROM users WHERE domain = ?1 AND name = ?2",
+                args![domain, name],
+            )? > 0)
         })
     }
 
@@ -169,34 +172,33 @@ impl UserStore for Store {
     ) -> Result<bool, StoreError> {
         let now = now_ms();
         self.transact(false, |tx| {
-            tx.prepare_cached("DELETE FROM sessions WHERE expires_ms <= ?1")?
-                .execute([now])?;
-            tx.prepare_cached("DELETE FROM access_tokens WHERE expires_ms <= ?1")?
-                .execute([now])?;
-            let exists = tx
-                .prepare_cached("SELECT 1 FROM users WHERE domain = ?1 AND name = ?2")?
-                .query_row([domain, name], |_| Ok(()))
-                .optional()?
-                .is_some();
-            if !exists {
+            tx.execute("DELETE FROM sessions WHERE expires_ms <= ?1", args![now])?;
+            tx.execute(
+                "DELETE FROM access_tokens WHERE expires_ms <= ?1",
+                args![now],
+            )?;
+            if !tx.exists(
+                "SELECT 1 FROM users WHERE domain = ?1 AND name = ?2",
+                args![domain, name],
+            )? {
                 return Ok(false);
             }
-            tx.prepare_cached(
+            tx.execute(
                 "INSERT INTO sessions (refresh_hash, domain, name, created_ms, expires_ms) \
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![&refresh.0[..], domain, name, now, to_ms(refresh.1)])?;
-            tx.prepare_cached(
+                args![refresh.0, domain, name, now, to_ms(refresh.1)],
+            )?;
+            tx.execute(
                 "INSERT INTO access_tokens (token_hash, refresh_hash, expires_ms) \
                  VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![&access.0[..], &refresh.0[..], to_ms(access.1)])?;
-            tx.prepare_cached(
+                args![access.0, refresh.0, to_ms(access.1)],
+            )?;
+            tx.execute(
                 "DELETE FROM sessions WHERE domain = ?1 AND name = ?2 AND refresh_hash NOT IN \
                  (SELECT refresh_hash FROM sessions WHERE domain = ?1 AND name = ?2 \
-                  ORDER BY created_ms DESC, rowid DESC LIMIT ?3)",
-            )?
-            .execute(params![domain, name, MAX_SESSIONS_PER_USER])?;
+                  ORDER BY created_ms DESC, refresh_hash DESC LIMIT ?3)",
+                args![domain, name, MAX_SESSIONS_PER_USER],
+            )?;
             Ok(true)
         })
     }
@@ -208,37 +210,33 @@ impl UserStore for Store {
     ) -> Result<bool, StoreError> {
         let now = now_ms();
         self.transact(false, |tx| {
-            let live = tx
-                .prepare_cached(
-                    "SELECT 1 FROM sessions WHERE refresh_hash = ?1 AND expires_ms > ?2",
-                )?
-                .query_row(params![&refresh[..], now], |_| Ok(()))
-                .optional()?
-                .is_some();
-            if !live {
+            if !tx.exists(
+                "SELECT 1 FROM sessions WHERE refresh_hash = ?1 AND expires_ms > ?2",
+                args![refresh, now],
+            )? {
                 return Ok(false);
             }
-            tx.prepare_cached(
+            tx.execute(
                 "INSERT INTO access_tokens (token_hash, refresh_hash, expires_ms) \
                  VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![&access.0[..], &refresh[..], to_ms(access.1)])?;
-            tx.prepare_cached(
+                args![access.0, refresh, to_ms(access.1)],
+            )?;
+            tx.execute(
                 "DELETE FROM access_tokens WHERE refresh_hash = ?1 AND token_hash NOT IN \
                  (SELECT token_hash FROM access_tokens WHERE refresh_hash = ?1 \
-                  ORDER BY expires_ms DESC, rowid DESC LIMIT ?2)",
-            )?
-            .execute(params![&refresh[..], MAX_ACCESS_TOKENS_PER_SESSION])?;
+                  ORDER BY expires_ms DESC, token_hash DESC LIMIT ?2)",
+                args![refresh, MAX_ACCESS_TOKENS_PER_SESSION],
+            )?;
             Ok(true)
         })
     }
 
     fn end_session(&self, refresh: &TokenHash) -> Result<bool, StoreError> {
         self.transact(false, |tx| {
-            Ok(tx
-                .prepare_cached("DELETE FROM sessions WHERE refresh_hash = ?1")?
-                .execute([&refresh[..]])?
-                > 0)
+            Ok(tx.execute(
+                "DELETE FROM sessions WHERE refresh_hash = ?1",
+                args![refresh],
+            )? > 0)
         })
     }
 
@@ -246,17 +244,16 @@ impl UserStore for Store {
         &self,
         access: &TokenHash,
     ) -> Result<Option<(String, String)>, StoreError> {
-        let conn = self.lock();
-        Ok(conn
-            .prepare_cached(
+        let now = now_ms();
+        let row = self.read(|tx| {
+            tx.query_opt(
                 "SELECT s.domain, s.name FROM access_tokens a \
                  JOIN sessions s ON s.refresh_hash = a.refresh_hash \
                  WHERE a.token_hash = ?1 AND a.expires_ms > ?2 AND s.expires_ms > ?2",
-            )?
-            .query_row(params![&access[..], now_ms()], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?)
+                args![access, now],
+            )
+        })?;
+        row.map(|mut r| Ok((r.get(0)?, r.get(1)?))).transpose()
     }
 }
 
@@ -323,7 +320,10 @@ mod tests {
         assert!(!store.end_session(&r2).unwrap());
         // Caps: the oldest access tokens and sessions go.
         store.add_user("corp", "carol", "$argon2id$c").unwrap();
-        let r3 = [10u8; 32];
+        // All zeros: below every other refresh hash, so this session is the
+        // one to go even when a later one shares its creation millisecond
+        // (ties are broken by the hash).
+        let r3 = [0u8; 32];
         store
             .create_session("corp", "carol", (&r3, far()), (&[11; 32], far()))
             .unwrap();

@@ -1,32 +1,16 @@
-//! The embedded SQLite implementation of [`KeyStore`].
+//! Master keys and access keys ([`KeyStore`]) on the [`Store`], either
+//! backend.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
-use std::fmt;
-use std::fs::{self, DirBuilder, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{
-    Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
-};
 use zeroize::Zeroizing;
 
-use super::kek::{Kek, UnwrapFailed};
-use super::{
-    AccessKey, Grant, KeyStore, KeySummary, KeyType, KeyVersion, MasterKey, StoreError,
-    StoreOptions, migrations,
-};
+use super::handle::Store;
+use super::sql::{Tx, args};
+use super::{AccessKey, Grant, KeyStore, KeySummary, KeyType, KeyVersion, MasterKey, StoreError};
 use keypipe_core::key::locked::LockedBytes;
 
-/// How long a statement waits for another connection's lock.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Associated data of the KEK check value.
-pub(super) const KEK_CHECK_AAD: &str = "kek_check";
-/// The KEK check value's plaintext (not secret).
-const KEK_CHECK_PLAINTEXT: &[u8] = b"keypipe-store-kek-check-v1";
 /// Attempts at a fresh random identifier before blaming the random source.
 const ID_ATTEMPTS: usize = 8;
 /// Access key ids: 20 of these.
@@ -37,226 +21,6 @@ const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234
 const ACCESS_KEY_LEN: usize = 20;
 /// Length of an access key secret and of an API key.
 const SECRET_LEN: usize = 40;
-
-/// Increments the generation counter (in every write transaction).
-const BUMP_GENERATION: &str = "UPDATE meta SET value = value + 1 WHERE name = 'generation'";
-
-/// The SQLite store: one connection behind a mutex, and the KEK.
-pub struct Store {
-    conn: Mutex<Connection>,
-    pub(super) kek: Kek,
-    db_path: PathBuf,
-}
-
-impl fmt::Debug for Store {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store")
-            .field("db_path", &self.db_path)
-            .field("kek", &self.kek.source())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Store {
-    /// Opens (creating when needed) the store of `options`: the data
-    /// directory, the database with its pragmas and migrations, the KEK
-    /// (environment variable, else file, else a new file when the database
-    /// holds no secret yet), checked against the database.
-    pub fn open(options: &StoreOptions) -> Result<Store, StoreError> {
-        Self::open_with_env(options, &|name| std::env::var_os(name))
-    }
-
-    /// [`Store::open`] reading environment variables through `lookup`
-    /// (the server passes the KEK variable it has already taken out of its
-    /// environment, so children never inherit it).
-    pub fn open_with_env(
-        options: &StoreOptions,
-        lookup: &dyn Fn(&str) -> Option<OsString>,
-    ) -> Result<Store, StoreError> {
-        prepare_data_dir(&options.data_dir)?;
-        let db_path = options.db_path();
-        // Create the database file ourselves so it is 0600 (SQLite gives
-        // the WAL and shm files the database's mode).
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&db_path)
-            .map_err(|e| StoreError::io(&db_path, e))?;
-        // No URI interpretation of the path.
-        let mut conn = Connection::open_with_flags(
-            &db_path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        let mode: String =
-            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::io(
-                &db_path,
-                std::io::Error::other(format!(
-                    "SQLite refused WAL journal mode (got `{mode}`); \
-                     the filesystem may not support it"
-                )),
-            ));
-        }
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", true)?;
-        // Deleted or overwritten content is zeroed, not left in free pages.
-        conn.pragma_update(None, "secure_delete", true)?;
-        migrations::migrate(&mut conn)?;
-
-        let kek = resolve_kek(options, &conn, &db_path, lookup)?;
-        bind_kek(&conn, &kek, &db_path)?;
-        tracing::debug!(db = %db_path.display(), kek = %kek.source(), "store opened");
-        Ok(Store {
-            conn: Mutex::new(conn),
-            kek,
-            db_path,
-        })
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.db_path
-    }
-
-    pub(super) fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic never leaves a transaction open (it rolls back on drop).
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Runs `f` in a `BEGIN IMMEDIATE` transaction that also bumps the
-    /// generation; commits when `f` succeeds, rolls back otherwise.
-    pub(super) fn write<T>(
-        &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        self.transact(true, f)
-    }
-
-    /// [`Store::write`], bumping the generation only when `bump` (users
-    /// and login sessions are never cached, so their writes do not make
-    /// the key caches start over).
-    pub(super) fn transact<T>(
-        &self,
-        bump: bool,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        if bump {
-            tx.prepare_cached(BUMP_GENERATION)?.execute([])?;
-        }
-        tx.commit()?;
-        Ok(out)
-    }
-}
-
-/// Creates the data directory (mode 0700) or warns when an existing one is
-/// open to group or others.
-fn prepare_data_dir(dir: &Path) -> Result<(), StoreError> {
-    match fs::metadata(dir) {
-        Ok(meta) if meta.is_dir() => {
-            let mode = meta.permissions().mode();
-            if mode & 0o077 != 0 {
-                tracing::warn!(
-                    dir = %dir.display(),
-                    mode = format_args!("{:o}", mode & 0o777),
-                    "data directory is accessible to group or others; it should be mode 0700"
-                );
-            }
-            Ok(())
-        }
-        Ok(_) => Err(StoreError::io(
-            dir,
-            std::io::Error::other("not a directory"),
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| StoreError::io(dir, e)),
-        Err(e) => Err(StoreError::io(dir, e)),
-    }
-}
-
-/// Whether the database already has a KEK check value (and so may hold
-/// secrets wrapped under some KEK).
-fn kek_check(conn: &Connection) -> Result<Option<Vec<u8>>, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT wrapped FROM kek_check WHERE id = 1")?
-        .query_row([], |row| row.get(0))
-        .optional()?)
-}
-
-/// The KEK: the variable when present, else the file, else a new file
-/// (only for a database that holds no secret yet).
-fn resolve_kek(
-    options: &StoreOptions,
-    conn: &Connection,
-    db_path: &Path,
-    lookup: &dyn Fn(&str) -> Option<OsString>,
-) -> Result<Kek, StoreError> {
-    if let Some(name) = &options.kek_env
-        && let Some(kek) = Kek::from_env(name, lookup)?
-    {
-        return Ok(kek);
-    }
-    let path = options.kek_path();
-    if let Some(kek) = Kek::load_file(&path)? {
-        return Ok(kek);
-    }
-    if kek_check(conn)?.is_some() {
-        let env_hint = match &options.kek_env {
-            Some(name) => format!(" or set {name}"),
-            None => String::new(),
-        };
-        return Err(StoreError::Kek(format!(
-            "KEK file {} does not exist but database {} already holds secrets wrapped \
-             under a KEK; restore that file{env_hint} (a new KEK could not open them)",
-            path.display(),
-            db_path.display()
-        )));
-    }
-    Kek::create_file(&path)
-}
-
-/// Stores the KEK check value when the database has none, and checks that
-/// `kek` unwraps it.
-fn bind_kek(conn: &Connection, kek: &Kek, db_path: &Path) -> Result<(), StoreError> {
-    let blob = match kek_check(conn)? {
-        Some(blob) => blob,
-        None => {
-            let wrapped = kek.wrap(KEK_CHECK_AAD, KEK_CHECK_PLAINTEXT)?;
-            // Another process may insert first: then its value is checked.
-            conn.prepare_cached("INSERT OR IGNORE INTO kek_check (id, wrapped) VALUES (1, ?1)")?
-                .execute([wrapped])?;
-            kek_check(conn)?.ok_or_else(|| {
-                StoreError::Corrupt("the KEK check value vanished while opening".into())
-            })?
-        }
-    };
-    match kek.unwrap(KEK_CHECK_AAD, &blob) {
-        Ok(plain) if plain.as_slice() == KEK_CHECK_PLAINTEXT => Ok(()),
-        Err(e @ UnwrapFailed::OtherKek { .. }) => Err(StoreError::Kek(format!(
-            "the KEK from {} is not the KEK of database {}: its check value {e}",
-            kek.source(),
-            db_path.display()
-        ))),
-        _ => Err(StoreError::Kek(format!(
-            "the KEK from {} is not the KEK of database {} (its check value does not \
-             unwrap): wrong KEK",
-            kek.source(),
-            db_path.display()
-        ))),
-    }
-}
 
 /// Associated data of a key version's material.
 pub(super) fn version_aad(tag: &str, version: u32) -> String {
@@ -302,21 +66,19 @@ fn random_string(len: usize, alphabet: &[u8]) -> Result<Zeroizing<String>, Store
     Ok(out)
 }
 
-fn exists(tx: &Transaction<'_>, sql: &str, value: &str) -> Result<bool, StoreError> {
-    Ok(tx
-        .prepare_cached(sql)?
-        .query_row([value], |_| Ok(()))
-        .optional()?
-        .is_some())
-}
-
-fn key_exists(tx: &Transaction<'_>, tag: &str) -> Result<bool, StoreError> {
-    exists(tx, "SELECT 1 FROM master_keys WHERE tag = ?1", tag)
+fn key_exists(tx: &mut dyn Tx, tag: &str) -> Result<bool, StoreError> {
+    tx.exists("SELECT 1 FROM master_keys WHERE tag = ?1", args![tag])
 }
 
 fn key_not_found(tag: &str) -> StoreError {
     StoreError::NotFound {
         what: format!("key {tag}"),
+    }
+}
+
+fn version_not_found(tag: &str, version: u32) -> StoreError {
+    StoreError::NotFound {
+        what: format!("version {version} of key {tag}"),
     }
 }
 
@@ -327,15 +89,6 @@ fn to_u64(value: i64, what: impl FnOnce() -> String) -> Result<u64, StoreError> 
 fn parse_key_type(text: &str, tag: &str) -> Result<KeyType, StoreError> {
     text.parse()
         .map_err(|_| StoreError::Corrupt(format!("key {tag}: unknown key type `{text}`")))
-}
-
-/// The columns of a `master_keys` row, as read.
-struct KeyRow {
-    name: String,
-    key_type: String,
-    convergent: bool,
-    enabled: bool,
-    created_ms: i64,
 }
 
 impl KeyStore for Store {
@@ -357,49 +110,50 @@ impl KeyStore for Store {
             }
             let tag = tag.ok_or(StoreError::Random)?;
             let now = now_ms();
-            tx.prepare_cached(
+            tx.execute(
                 "INSERT INTO master_keys (tag, name, key_type, convergent, enabled, created_ms) \
                  VALUES (?1, ?2, ?3, ?4, 1, ?5)",
-            )?
-            .execute(params![tag, name, key_type.as_str(), convergent, now])?;
+                args![&tag, name, key_type.as_str(), convergent, now],
+            )?;
             let wrapped = self.kek.wrap(&version_aad(&tag, 1), material)?;
-            tx.prepare_cached(
+            tx.execute(
                 "INSERT INTO key_versions (tag, version, enabled, created_ms, wrapped) \
                  VALUES (?1, 1, 1, ?2, ?3)",
-            )?
-            .execute(params![tag, now, wrapped])?;
+                args![&tag, now, wrapped],
+            )?;
             Ok(tag)
         })
     }
 
     fn add_version(&self, tag: &str, material: &[u8]) -> Result<u32, StoreError> {
         self.write(|tx| {
-            let newest: Option<Option<i64>> = tx
-                .prepare_cached(
+            let mut newest = tx
+                .query_opt(
                     "SELECT (SELECT max(version) FROM key_versions WHERE tag = ?1) \
                      FROM master_keys WHERE tag = ?1",
+                    args![tag],
                 )?
-                .query_row([tag], |row| row.get(0))
-                .optional()?;
-            let newest = newest.ok_or_else(|| key_not_found(tag))?.unwrap_or(0);
+                .ok_or_else(|| key_not_found(tag))?;
+            let newest = newest.get::<Option<i64>>(0)?.unwrap_or(0);
             let version = u32::try_from(newest + 1).map_err(|_| {
                 StoreError::Corrupt(format!("key {tag}: no version number left after {newest}"))
             })?;
             let wrapped = self.kek.wrap(&version_aad(tag, version), material)?;
-            tx.prepare_cached(
+            tx.execute(
                 "INSERT INTO key_versions (tag, version, enabled, created_ms, wrapped) \
                  VALUES (?1, ?2, 1, ?3, ?4)",
-            )?
-            .execute(params![tag, version, now_ms(), wrapped])?;
+                args![tag, version, now_ms(), wrapped],
+            )?;
             Ok(version)
         })
     }
 
     fn set_key_enabled(&self, tag: &str, enabled: bool) -> Result<(), StoreError> {
         self.write(|tx| {
-            let changed = tx
-                .prepare_cached("UPDATE master_keys SET enabled = ?2 WHERE tag = ?1")?
-                .execute(params![tag, enabled])?;
+            let changed = tx.execute(
+                "UPDATE master_keys SET enabled = ?2 WHERE tag = ?1",
+                args![tag, enabled],
+            )?;
             if changed == 0 {
                 return Err(key_not_found(tag));
             }
@@ -414,18 +168,15 @@ impl KeyStore for Store {
         enabled: bool,
     ) -> Result<(), StoreError> {
         self.write(|tx| {
-            let changed = tx
-                .prepare_cached(
-                    "UPDATE key_versions SET enabled = ?3 WHERE tag = ?1 AND version = ?2",
-                )?
-                .execute(params![tag, version, enabled])?;
+            let changed = tx.execute(
+                "UPDATE key_versions SET enabled = ?3 WHERE tag = ?1 AND version = ?2",
+                args![tag, version, enabled],
+            )?;
             if changed == 0 {
                 if !key_exists(tx, tag)? {
                     return Err(key_not_found(tag));
                 }
-                return Err(StoreError::NotFound {
-                    what: format!("version {version} of key {tag}"),
-                });
+                return Err(version_not_found(tag, version));
             }
             Ok(())
         })
@@ -440,75 +191,56 @@ impl KeyStore for Store {
     ) -> Result<(u64, u64), StoreError> {
         // Counting is not a change the key caches must see: no bump.
         self.transact(false, |tx| {
-            let used: Option<i64> = tx
-                .prepare_cached(
+            let used: i64 = tx
+                .query_opt(
                     "SELECT encryptions FROM key_versions WHERE tag = ?1 AND version = ?2",
+                    args![tag, version],
                 )?
-                .query_row(params![tag, version], |r| r.get(0))
-                .optional()?;
-            let used = to_u64(
-                used.ok_or_else(|| StoreError::NotFound {
-                    what: format!("version {version} of key {tag}"),
-                })?,
-                || format!("key {tag} version {version}: encryptions"),
-            )?;
+                .ok_or_else(|| version_not_found(tag, version))?
+                .get(0)?;
+            let used = to_u64(used, || format!("key {tag} version {version}: encryptions"))?;
             let granted = n.min(limit.saturating_sub(used));
             let after = used + granted;
             let stored = i64::try_from(after)
                 .map_err(|_| StoreError::Corrupt(format!("key {tag}: encryption count")))?;
-            tx.prepare_cached(
+            tx.execute(
                 "UPDATE key_versions SET encryptions = ?3 WHERE tag = ?1 AND version = ?2",
-            )?
-            .execute(params![tag, version, stored])?;
+                args![tag, version, stored],
+            )?;
             Ok((granted, after))
         })
     }
 
     fn key(&self, tag: &str) -> Result<Option<MasterKey>, StoreError> {
         // Read the row and its blobs in one snapshot, unwrap after
-        // releasing the connection.
-        let (row, blobs) = {
-            let mut conn = self.lock();
-            let tx = conn.transaction()?;
-            let row = tx
-                .prepare_cached(
-                    "SELECT name, key_type, convergent, enabled, created_ms \
-                     FROM master_keys WHERE tag = ?1",
-                )?
-                .query_row([tag], |r| {
-                    Ok(KeyRow {
-                        name: r.get(0)?,
-                        key_type: r.get(1)?,
-                        convergent: r.get(2)?,
-                        enabled: r.get(3)?,
-                        created_ms: r.get(4)?,
-                    })
-                })
-                .optional()?;
-            let Some(row) = row else {
+        // the transaction.
+        let found = self.read(|tx| {
+            let Some(row) = tx.query_opt(
+                "SELECT name, key_type, convergent, enabled, created_ms \
+                 FROM master_keys WHERE tag = ?1",
+                args![tag],
+            )?
+            else {
                 return Ok(None);
             };
-            let blobs = tx
-                .prepare_cached(
-                    "SELECT version, enabled, wrapped FROM key_versions \
-                     WHERE tag = ?1 ORDER BY version",
-                )?
-                .query_map([tag], |r| {
-                    Ok((
-                        r.get::<_, u32>(0)?,
-                        r.get::<_, bool>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                    ))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            tx.commit()?;
-            (row, blobs)
+            let blobs = tx.query(
+                "SELECT version, enabled, wrapped FROM key_versions \
+                 WHERE tag = ?1 ORDER BY version",
+                args![tag],
+            )?;
+            Ok(Some((row, blobs)))
+        })?;
+        let Some((mut row, blobs)) = found else {
+            return Ok(None);
         };
-        let key_type = parse_key_type(&row.key_type, tag)?;
-        let created_ms = to_u64(row.created_ms, || format!("key {tag}: creation time"))?;
+        let name: String = row.get(0)?;
+        let key_type = parse_key_type(&row.get::<String>(1)?, tag)?;
+        let created_ms = to_u64(row.get(4)?, || format!("key {tag}: creation time"))?;
         let versions = blobs
             .into_iter()
-            .map(|(version, enabled, wrapped)| {
+            .map(|mut r| {
+                let (version, enabled, wrapped): (u32, bool, Vec<u8>) =
+                    (r.get(0)?, r.get(1)?, r.get(2)?);
                 let material = self
                     .kek
                     .unwrap(&version_aad(tag, version), &wrapped)
@@ -527,67 +259,50 @@ impl KeyStore for Store {
             .collect::<Result<Vec<_>, StoreError>>()?;
         Ok(Some(MasterKey {
             tag: tag.to_owned(),
-            name: row.name,
+            name,
             key_type,
-            convergent: row.convergent,
-            enabled: row.enabled,
+            convergent: row.get(2)?,
+            enabled: row.get(3)?,
             created_ms,
             versions,
         }))
     }
 
     fn list_keys(&self) -> Result<Vec<KeySummary>, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
+        let (version_rows, key_rows) = self.read(|tx| {
+            Ok((
+                tx.query(
+                    "SELECT tag, version, enabled FROM key_versions ORDER BY tag, version",
+                    &[],
+                )?,
+                tx.query(
+                    "SELECT tag, name, key_type, convergent, enabled FROM master_keys \
+                     ORDER BY created_ms, tag",
+                    &[],
+                )?,
+            ))
+        })?;
         let mut versions: HashMap<String, Vec<(u32, bool)>> = HashMap::new();
-        {
-            let mut stmt = tx.prepare_cached(
-                "SELECT tag, version, enabled FROM key_versions ORDER BY tag, version",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, u32>(1)?,
-                    r.get::<_, bool>(2)?,
-                ))
-            })?;
-            for row in rows {
-                let (tag, version, enabled) = row?;
-                versions.entry(tag).or_default().push((version, enabled));
-            }
+        for mut r in version_rows {
+            versions
+                .entry(r.get(0)?)
+                .or_default()
+                .push((r.get(1)?, r.get(2)?));
         }
-        let keys = {
-            let mut stmt = tx.prepare_cached(
-                "SELECT tag, name, key_type, convergent, enabled FROM master_keys \
-                 ORDER BY created_ms, rowid",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, bool>(3)?,
-                    r.get::<_, bool>(4)?,
-                ))
-            })?;
-            let mut keys = Vec::new();
-            for row in rows {
-                let (tag, name, key_type, convergent, enabled) = row?;
-                let key_type = parse_key_type(&key_type, &tag)?;
-                let versions = versions.remove(&tag).unwrap_or_default();
-                keys.push(KeySummary {
+        key_rows
+            .into_iter()
+            .map(|mut r| {
+                let tag: String = r.get(0)?;
+                Ok(KeySummary {
+                    name: r.get(1)?,
+                    key_type: parse_key_type(&r.get::<String>(2)?, &tag)?,
+                    convergent: r.get(3)?,
+                    enabled: r.get(4)?,
+                    versions: versions.remove(&tag).unwrap_or_default(),
                     tag,
-                    name,
-                    key_type,
-                    convergent,
-                    enabled,
-                    versions,
-                });
-            }
-            keys
-        };
-        tx.commit()?;
-        Ok(keys)
+                })
+            })
+            .collect()
     }
 
     fn create_access_key(&self) -> Result<AccessKey, StoreError> {
@@ -596,12 +311,10 @@ impl KeyStore for Store {
             for _ in 0..ID_ATTEMPTS {
                 let access_key = random_string(ACCESS_KEY_LEN, UPPER_ALNUM)?;
                 let api_key = random_string(SECRET_LEN, ALNUM)?;
-                if !exists(
-                    tx,
-                    "SELECT 1 FROM access_keys WHERE access_key = ?1",
-                    &access_key,
-                )? && !exists(tx, "SELECT 1 FROM access_keys WHERE api_key = ?1", &api_key)?
-                {
+                if !tx.exists(
+                    "SELECT 1 FROM access_keys WHERE access_key = ?1 OR api_key = ?2",
+                    args![access_key.as_str(), api_key.as_str()],
+                )? {
                     ids = Some((access_key.to_string(), api_key.to_string()));
                     break;
                 }
@@ -611,12 +324,12 @@ impl KeyStore for Store {
             let wrapped = self
                 .kek
                 .wrap(&access_key_aad(&access_key), secret_key.as_bytes())?;
-            tx.prepare_cached(
+            tx.execute(
                 "INSERT INTO access_keys \
                  (access_key, api_key, enabled, created_ms, revoked_ms, secret_wrapped) \
                  VALUES (?1, ?2, 1, ?3, NULL, ?4)",
-            )?
-            .execute(params![access_key, api_key, now_ms(), wrapped])?;
+                args![&access_key, &api_key, now_ms(), wrapped],
+            )?;
             Ok(AccessKey {
                 access_key,
                 secret_key,
@@ -628,18 +341,17 @@ impl KeyStore for Store {
     }
 
     fn access_key(&self, access_key: &str) -> Result<Option<AccessKey>, StoreError> {
-        let row =
-            {
-                let conn = self.lock();
-                conn.prepare_cached(
+        let found = self.read(|tx| {
+            let Some(row) = tx.query_opt(
                 "SELECT api_key, enabled, secret_wrapped FROM access_keys WHERE access_key = ?1",
+                args![access_key],
             )?
-            .query_row([access_key], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, Vec<u8>>(2)?))
-            })
-            .optional()?
+            else {
+                return Ok(None);
             };
-        let Some((api_key, enabled, wrapped)) = row else {
+            Ok(Some((row, grants_of(tx, access_key)?)))
+        })?;
+        let Some((mut row, grants)) = found else {
             return Ok(None);
         };
         let corrupt = |why: &str| {
@@ -647,6 +359,7 @@ impl KeyStore for Store {
                 "access key {access_key} (table access_keys): the wrapped secret {why}"
             ))
         };
+        let wrapped: Vec<u8> = row.get(2)?;
         let mut plain = self
             .kek
             .unwrap(&access_key_aad(access_key), &wrapped)
@@ -658,71 +371,66 @@ impl KeyStore for Store {
                 return Err(corrupt("is not text"));
             }
         };
-        let grants = grants_of(&self.lock(), access_key)?;
         Ok(Some(AccessKey {
             access_key: access_key.to_owned(),
             secret_key,
-            api_key,
-            enabled,
+            api_key: row.get(0)?,
+            enabled: row.get(1)?,
             grants,
         }))
     }
 
     fn set_grant(&self, access_key: &str, grant: &Grant) -> Result<(), StoreError> {
         self.write(|tx| {
-            if !exists(
-                tx,
+            if !tx.exists(
                 "SELECT 1 FROM access_keys WHERE access_key = ?1",
-                access_key,
+                args![access_key],
             )? {
                 return Err(StoreError::NotFound {
                     what: format!("access key {access_key}"),
                 });
             }
-            tx.prepare_cached(
+            tx.execute(
                 "INSERT INTO access_key_grants (access_key, key_tag, actions) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (access_key, key_tag) DO UPDATE SET actions = excluded.actions",
-            )?
-            .execute(params![access_key, grant.key_tag, grant.actions.join(",")])?;
+                args![access_key, &grant.key_tag, grant.actions.join(",")],
+            )?;
             Ok(())
         })
     }
 
     fn remove_grant(&self, access_key: &str, key_tag: &str) -> Result<bool, StoreError> {
         self.write(|tx| {
-            Ok(tx
-                .prepare_cached(
-                    "DELETE FROM access_key_grants WHERE access_key = ?1 AND key_tag = ?2",
-                )?
-                .execute(params![access_key, key_tag])?
-                > 0)
+            Ok(tx.execute(
+                "DELETE FROM access_key_grants WHERE access_key = ?1 AND key_tag = ?2",
+                args![access_key, key_tag],
+            )? > 0)
         })
     }
 
     fn list_access_keys(&self) -> Result<Vec<(String, bool, Vec<Grant>)>, StoreError> {
-        let conn = self.lock();
-        let keys = conn
-            .prepare_cached(
+        self.read(|tx| {
+            let keys = tx.query(
                 "SELECT access_key, enabled FROM access_keys ORDER BY created_ms, access_key",
-            )?
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))?
-            .collect::<Result<Vec<_>, _>>()?;
-        keys.into_iter()
-            .map(|(ak, enabled)| {
-                let grants = grants_of(&conn, &ak)?;
-                Ok((ak, enabled, grants))
-            })
-            .collect()
+                &[],
+            )?;
+            keys.into_iter()
+                .map(|mut r| {
+                    let ak: String = r.get(0)?;
+                    let grants = grants_of(tx, &ak)?;
+                    Ok((ak, r.get(1)?, grants))
+                })
+                .collect()
+        })
     }
 
     fn revoke_access_key(&self, access_key: &str) -> Result<bool, StoreError> {
         let revoked = self.write(|tx| {
-            let changed = tx
-                .prepare_cached(
-                    "UPDATE access_keys SET enabled = 0, revoked_ms = coalesce(revoked_ms, ?2) \
-                     WHERE access_key = ?1",
-                )?
-                .execute(params![access_key, now_ms()])?;
+            let changed = tx.execute(
+                "UPDATE access_keys SET enabled = 0, revoked_ms = coalesce(revoked_ms, ?2) \
+                 WHERE access_key = ?1",
+                args![access_key, now_ms()],
+            )?;
             if changed == 0 {
                 // Rolls back: nothing changed, the generation stays.
                 return Err(StoreError::NotFound {
@@ -739,37 +447,48 @@ impl KeyStore for Store {
     }
 
     fn generation(&self) -> Result<u64, StoreError> {
-        let value: i64 = self
-            .lock()
-            .prepare_cached("SELECT value FROM meta WHERE name = 'generation'")?
-            .query_row([], |row| row.get(0))?;
+        let value: i64 = self.read(|tx| {
+            tx.query_opt("SELECT value FROM meta WHERE name = 'generation'", &[])?
+                .ok_or_else(|| StoreError::Corrupt("the generation counter is missing".into()))?
+                .get(0)
+        })?;
         to_u64(value, || "the generation counter".into())
     }
 }
 
 /// The grants of `access_key`, by keyTag.
-fn grants_of(conn: &Connection, access_key: &str) -> Result<Vec<Grant>, StoreError> {
-    let rows = conn
-        .prepare_cached(
-            "SELECT key_tag, actions FROM access_key_grants WHERE access_key = ?1 ORDER BY key_tag",
-        )?
-        .query_map([access_key], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows
-        .into_iter()
-        .map(|(key_tag, actions)| Grant {
-            key_tag,
-            actions: actions.split(',').map(str::to_owned).collect(),
+fn grants_of(tx: &mut dyn Tx, access_key: &str) -> Result<Vec<Grant>, StoreError> {
+    tx.query(
+        "SELECT key_tag, actions FROM access_key_grants WHERE access_key = ?1 ORDER BY key_tag",
+        args![access_key],
+    )?
+    .into_iter()
+    .map(|mut r| {
+        Ok(Grant {
+            key_tag: r.get(0)?,
+            actions: r.get::<String>(1)?.split(',').map(str::to_owned).collect(),
         })
-        .collect())
+    })
+    .collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsString;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use rusqlite::Connection;
+
+    use crate::store::migrations;
+
     use super::*;
-    use crate::store::{DB_FILE_NAME, KEK_FILE_NAME};
+    use crate::store::{DB_FILE_NAME, KEK_FILE_NAME, StoreOptions};
+
+    /// How long the raw connections of these tests wait for the store's.
+    const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
     const MATERIAL: &[u8; 32] = b"0123456789abcdef0123456789ABCDEF";
 
@@ -1055,6 +774,7 @@ mod tests {
             data_dir: dir.path().join("d"),
             kek_file: Some(kek_dir.path().join("my.kek")),
             kek_env: None,
+            url: None,
         };
         let store = Store::open_with_env(&options, &no_env).unwrap();
         store
@@ -1089,6 +809,7 @@ mod tests {
             data_dir: dir.path().to_owned(),
             kek_file: None,
             kek_env: Some(var.clone()),
+            url: None,
         };
         let env = |name: &str| (name == var).then(|| OsString::from(&hex));
         let store = Store::open_with_env(&options, &env).unwrap();
@@ -1136,6 +857,7 @@ mod tests {
             data_dir: PathBuf::from(dir),
             kek_file: None,
             kek_env: Some(var),
+            url: None,
         };
         let store = Store::open(&options).unwrap();
         store
@@ -1154,7 +876,7 @@ mod tests {
         let status = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "store::sqlite::tests::env_kek_child",
+                "store::master_keys::tests::env_kek_child",
                 "--test-threads=1",
             ])
             .env(CHILD_DIR, dir.path())
@@ -1168,6 +890,7 @@ mod tests {
             data_dir: dir.path().to_owned(),
             kek_file: None,
             kek_env: Some(var.clone()),
+            url: None,
         };
         let env = |name: &str| (name == var).then(|| OsString::from(&hex));
         let store = Store::open_with_env(&options, &env).unwrap();
@@ -1304,6 +1027,7 @@ mod tests {
             data_dir: dir.path().to_owned(),
             kek_file: Some(wrong.clone()),
             kek_env: None,
+            url: None,
         };
         let err = Store::open_with_env(&options, &no_env).unwrap_err();
         let text = err.to_string();
