@@ -375,7 +375,10 @@ fn ttl_expiry_and_close_zeroize_undelivered_key() {
     // runner), which must zeroize the block before anyone asks for it.
     let deadline = Instant::now() + Duration::from_secs(30);
     while a.stats().counters.expired == 0 {
-        assert!(Instant::now() < deadline, "the sweep never expired the block");
+        assert!(
+            Instant::now() < deadline,
+            "the sweep never expired the block"
+        );
         thread::sleep(Duration::from_millis(50));
     }
     // Chunk 1 of that block is gone.
