@@ -1158,7 +1158,8 @@ mod tests {
              ALTER TABLE issued_certs DROP COLUMN service; \
              ALTER TABLE issued_certs DROP COLUMN holder; \
              ALTER TABLE issued_certs DROP COLUMN device; \
-             ALTER TABLE key_versions DROP COLUMN encryptions; PRAGMA user_version = 5;",
+             ALTER TABLE key_versions DROP COLUMN encryptions; DROP TABLE ephemeral; \
+             PRAGMA user_version = 5;",
         )
         .unwrap();
         drop(conn);

@@ -177,6 +177,18 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE key_versions ADD COLUMN encryptions INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 9: short-lived state shared by the processes of a site (ephemeral):
+    // values wrapped under the KEK, forgotten at forget_ms.
+    r#"
+    CREATE TABLE ephemeral (
+        kind      TEXT NOT NULL,
+        id        BLOB NOT NULL,
+        wrapped   BLOB NOT NULL,
+        forget_ms INTEGER NOT NULL,
+        PRIMARY KEY (kind, id)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX ephemeral_forget ON ephemeral (kind, forget_ms);
+    "#,
 ];
 
 /// The schema version this code writes.

@@ -84,6 +84,7 @@
 mod backend;
 mod ca;
 mod donau;
+mod ephemeral;
 mod handle;
 mod kek;
 mod keytalk;
@@ -106,6 +107,7 @@ use zeroize::Zeroizing;
 
 pub use ca::{CaKeyRecord, CaStore, Enrolment, IssuedRecord};
 pub use donau::{DonauKey, DonauKind, DonauPublicKey, DonauStore};
+pub use ephemeral::{EphemeralChange, EphemeralRow, EphemeralStore};
 pub use handle::Store;
 pub use kek::KekId;
 pub use keytalk::{DeviceRecord, KeyTalkStore};

@@ -13,7 +13,7 @@ use super::handle::KEK_CHECK_AAD;
 use super::kek::{Kek, KekId};
 use super::master_keys::{access_key_aad, version_aad};
 use super::sql::{Row, Value};
-use super::{Store, StoreError, ca, donau, secrets};
+use super::{Store, StoreError, ca, donau, ephemeral, secrets};
 
 /// What a rewrap did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +39,13 @@ fn text(v: &Value) -> Result<&str, StoreError> {
     match v {
         Value::Text(s) => Ok(s),
         _ => Err(StoreError::Corrupt("a key column is not text".into())),
+    }
+}
+
+fn blob(v: &Value) -> Result<&[u8], StoreError> {
+    match v {
+        Value::Blob(b) => Ok(b),
+        _ => Err(StoreError::Corrupt("a key column is not a blob".into())),
     }
 }
 
@@ -90,6 +97,12 @@ const WRAPPED: &[Wrapped] = &[
             let kind = donau::DonauKind::parse(text(&k[0])?)?;
             Ok(donau::aad(kind, text(&k[1])?, int(&k[2])?))
         },
+    },
+    Wrapped {
+        table: "ephemeral",
+        blob: "wrapped",
+        keys: &["kind", "id"],
+        aad: |k| Ok(ephemeral::row_aad(text(&k[0])?, blob(&k[1])?)),
     },
 ];
 
