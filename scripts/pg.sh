@@ -46,16 +46,20 @@ start() {
             --encoding=UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 ||
             { cat "$dir/initdb.log" >&2; exit 1; }
     fi
-    as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+    as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 9>&- \
         -o "-c listen_addresses='' -c unix_socket_directories='$dir' \
             -c max_connections=200 -c fsync=on" start >/dev/null ||
         { tail -20 "$dir/server.log" >&2; exit 1; }
 }
+# One caller at a time (parallel tests may all ask for the cluster).
+mkdir -p "$(dirname "$dir")"
+exec 9>"$dir.lock"
+flock 9
 case "$cmd" in
     start) running || start; url ;;
     ensure) running || start; url ;;
     url) url ;;
     stop) if running; then as_owner "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null; fi ;;
-    restart) as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m fast -w restart >/dev/null ;;
+    restart) as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m fast -w restart >/dev/null 9>&- ;;
     *) echo "usage: scripts/pg.sh start|ensure|url|stop|restart [DIR]" >&2; exit 2 ;;
 esac

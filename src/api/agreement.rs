@@ -11,9 +11,10 @@
 //! as `X-Forwarded-For`, which the client chooses). Errors are
 //! `{"message": "…"}` with 400 (malformed or refused input; nothing is
 //! kept), 401 (credentials, tokens), 404 (unknown reference), 410 (used or
-//! expired reference), 503 (more than `max_queued` requests on the pool),
-//! 500 (internal; details only in the log). Successful answers carry
-//! `Cache-Control: no-store`.
+//! expired reference), 503 (more than `max_queued` requests on the pool;
+//! with a shared store: too many pending agreements, or the store cannot
+//! be reached now), 500 (internal; details only in the log). Successful
+//! answers carry `Cache-Control: no-store`.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -41,32 +42,43 @@ fn message(status: u16, text: &str) -> Response {
     super::json(status, &json!({ "message": text }))
 }
 
+/// 503 (the store cannot be reached now) or 500, the detail logged only.
+fn store_failure(what: &str, unavailable: bool, detail: &str) -> Response {
+    tracing::error!("{what} store failure: {detail}");
+    if unavailable {
+        message(503, "service temporarily unavailable; retry").header("Retry-After", "1")
+    } else {
+        message(500, "internal error")
+    }
+}
+
 fn agreement_error(e: &AgreementError) -> Response {
-    let status = match e {
-        AgreementError::BadRequest(_) => 400,
-        AgreementError::Random => 500,
-    };
-    message(status, &e.to_string())
+    match e {
+        AgreementError::BadRequest(m) => message(400, m),
+        AgreementError::Random => message(500, &e.to_string()),
+        AgreementError::Full => message(503, &e.to_string()).header("Retry-After", "1"),
+        AgreementError::Unavailable(detail) => store_failure("key agreement", true, detail),
+        AgreementError::Store(detail) => store_failure("key agreement", false, detail),
+    }
 }
 
 fn login_error(e: &LoginError) -> Response {
     match e {
         LoginError::BadRequest(m) => message(400, m),
-        LoginError::Reference(r) => {
-            let status = match r {
-                ReferenceError::Unknown => 404,
-                ReferenceError::Used | ReferenceError::Expired => 410,
-            };
-            message(status, &r.to_string())
-        }
+        LoginError::Reference(r) => match r {
+            ReferenceError::Unknown => message(404, &r.to_string()),
+            ReferenceError::Used | ReferenceError::Expired => message(410, &r.to_string()),
+            // Not produced by a login (LoginError::{Unavailable, Store}).
+            ReferenceError::Full => message(503, &r.to_string()).header("Retry-After", "1"),
+            ReferenceError::Unavailable(detail) => store_failure("reference", true, detail),
+            ReferenceError::Store(detail) => store_failure("reference", false, detail),
+        },
         LoginError::Unauthorized { answer_at } => {
             message(401, &e.to_string()).held_until(*answer_at)
         }
         LoginError::InvalidToken => message(401, &e.to_string()),
-        LoginError::Store(detail) => {
-            tracing::error!("login store failure: {detail}");
-            message(500, "internal error")
-        }
+        LoginError::Unavailable(detail) => store_failure("login", true, detail),
+        LoginError::Store(detail) => store_failure("login", false, detail),
     }
 }
 
@@ -236,5 +248,43 @@ mod tests {
             None
         );
         assert_eq!(query_param(None, "a"), None);
+    }
+
+    /// Shared-store failures: 503 when the store cannot be reached now
+    /// or too many agreements are pending, else 500; never the detail.
+    #[test]
+    fn store_failures_answer_503_or_500_without_detail() {
+        let cases: [(Response, u16); 7] = [
+            (agreement_error(&AgreementError::Full), 503),
+            (
+                agreement_error(&AgreementError::Unavailable("SECRET-DETAIL".into())),
+                503,
+            ),
+            (
+                agreement_error(&AgreementError::Store("SECRET-DETAIL".into())),
+                500,
+            ),
+            (
+                login_error(&LoginError::Unavailable("SECRET-DETAIL".into())),
+                503,
+            ),
+            (login_error(&LoginError::Store("SECRET-DETAIL".into())), 500),
+            (
+                login_error(&LoginError::Reference(ReferenceError::Used)),
+                410,
+            ),
+            (
+                login_error(&LoginError::Reference(ReferenceError::Unknown)),
+                404,
+            ),
+        ];
+        for (response, status) in cases {
+            assert_eq!(response.status, status);
+            let body = String::from_utf8_lossy(&response.body).into_owned();
+            assert!(!body.contains("SECRET-DETAIL"), "{body}");
+        }
+        let full = agreement_error(&AgreementError::Full);
+        let body = String::from_utf8_lossy(&full.body).into_owned();
+        assert!(body.contains("too many pending key agreements"), "{body}");
     }
 }

@@ -11,7 +11,8 @@
 //!   `GET /ca/1.0.0/{signing,primary,root}` (PEM as
 //!   `application/octet-stream`; 404 for `root`, which keypipe has not)
 //!   and the one-time download `GET /cert/?<token>` (404 once taken or
-//!   expired).
+//!   expired; when the downloads are shared between processes it runs on
+//!   the pool, and a store failure or a full pool answers 503).
 //!
 //! RCDP and public calls run on the pool (Argon2, key generation, store
 //! writes), at most `max_queued` at once; more are answered at once, RCDP
@@ -118,22 +119,45 @@ impl KeyTalkApi {
                 })
             }),
         );
-        let kt = Arc::clone(&self.keytalk);
+        let me = self.clone();
         router.route(
             Method::Get,
             "/cert/",
             Arc::new(move |req: Request| {
-                let token = req.query().unwrap_or("");
-                Reply::Now(match kt.download(token, Instant::now()) {
-                    Some(d) => Response::empty(200)
-                        .header("Content-Type", d.content_type)
-                        .header("Cache-Control", "no-store")
-                        .body(d.body.to_vec()),
-                    None => not_found(),
-                })
+                let kt = Arc::clone(&me.keytalk);
+                if !kt.is_shared() {
+                    return Reply::Now(download(&kt, &req));
+                }
+                // Shared, the download is a database transaction: on the
+                // pool, as RCDP calls.
+                me.gate.run(unavailable, move || download(&kt, &req))
             }),
         );
     }
+}
+
+/// `GET /cert/?<token>`: the package once, then 404; 503 when the shared
+/// store fails (logged).
+fn download(kt: &KeyTalk, req: &Request) -> Response {
+    let token = req.query().unwrap_or("");
+    match kt.download(token, Instant::now()) {
+        Ok(Some(d)) => Response::empty(200)
+            .header("Content-Type", d.content_type)
+            .header("Cache-Control", "no-store")
+            .body(d.body.to_vec()),
+        Ok(None) => not_found(),
+        Err(e) => {
+            tracing::error!("keytalk: download store: {e}");
+            unavailable().header("Retry-After", "1")
+        }
+    }
+}
+
+/// 503: retry later (the pool is full, or the shared store failed).
+fn unavailable() -> Response {
+    Response::empty(503)
+        .header("Content-Type", "text/plain")
+        .body(&b"unavailable, retry later\n"[..])
 }
 
 fn not_found() -> Response {

@@ -89,7 +89,8 @@ impl NcpApi {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let mut store_failed = false;
+        // Some(true): the store could not be reached now (503); Some(false): it failed (500).
+        let mut store_failed: Option<bool> = None;
         let mut needs_store = false;
         let mut found = None;
         let result = verify(
@@ -121,7 +122,7 @@ impl NcpApi {
                     Ok(_) => Err(AuthError::UnknownAccessKey),
                     Err(e) => {
                         tracing::error!("access key lookup failed: {e}");
-                        store_failed = true;
+                        store_failed = Some(e.is_unavailable());
                         Err(AuthError::UnknownAccessKey)
                     }
                 }
@@ -147,7 +148,8 @@ impl NcpApi {
                 }
             }
             (Ok(()), None) => Err(Some(unauthorized("invalid signature or credentials"))),
-            (Err(_), _) if store_failed => Err(Some(internal_error())),
+            (Err(_), _) if store_failed == Some(true) => Err(Some(unavailable())),
+            (Err(_), _) if store_failed.is_some() => Err(Some(internal_error())),
             (Err(e), _) => Err(Some(unauthorized(&e.to_string()))),
         }
     }
@@ -239,6 +241,14 @@ enum Place {
     Loop,
     /// The pool: the store may be read.
     Pool,
+}
+
+/// 503: the store cannot be reached now (the reply gets `Retry-After`).
+fn unavailable() -> Response {
+    super::json(
+        503,
+        &json!({"code": "SERVICE_UNAVAILABLE", "msg": "Service temporarily unavailable; retry"}),
+    )
 }
 
 fn internal_error() -> Response {

@@ -309,8 +309,7 @@ impl KeySource for StoreKeys {
         if let Some(pinned) = self.pinned_key(tag) {
             return Ok(pinned);
         }
-        self.cached(tag, || self.store.key(tag))
-            .map_err(|e| NcpError::Internal(e.to_string()))
+        Ok(self.cached(tag, || self.store.key(tag))?)
     }
 
     fn reserve_encryptions(
@@ -320,9 +319,7 @@ impl KeySource for StoreKeys {
         n: u64,
         limit: u64,
     ) -> Result<(u64, u64), NcpError> {
-        self.store
-            .reserve_encryptions(tag, version, n, limit)
-            .map_err(|e| NcpError::Internal(e.to_string()))
+        Ok(self.store.reserve_encryptions(tag, version, n, limit)?)
     }
 }
 

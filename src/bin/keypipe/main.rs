@@ -25,7 +25,7 @@ use keypipe_server::kms::keytalk::KeyTalk;
 use keypipe_server::kms::login::LoginService;
 use keypipe_server::kms::replay::ReplayCache;
 use keypipe_server::node::{RunningNode, Services};
-use keypipe_server::store::{SecretStore, Store, StoreOptions};
+use keypipe_server::store::{EphemeralStore, SecretStore, Store, StoreOptions};
 use keypipe_server::tls::Revoked;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -101,6 +101,27 @@ enum Command {
         #[command(subcommand)]
         command: ca_cli::CaCommand,
     },
+    /// The store itself: move an SQLite store to PostgreSQL.
+    Store {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+/// `keypipe store …`.
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy this SQLite store (DATA_DIR) into the empty PostgreSQL database
+    /// URL, wrapped blobs as they are, then check row counts and a sample
+    /// of decryptions; refuses a target that holds anything. Stop the
+    /// server first (writes made during the copy would be left behind).
+    MigrateTo {
+        /// The PostgreSQL database (`postgres://user@host/db` or
+        /// `host=… user=… dbname=…`).
+        url: String,
+    },
 }
 
 /// Where an admin command finds the store.
@@ -112,23 +133,52 @@ struct StoreArgs {
     /// The KEK file (default: DATA_DIR/kek.key); `$KEYPIPE_KEK` wins when set.
     #[arg(long, global = true)]
     kek_file: Option<PathBuf>,
+    /// The store's PostgreSQL database (the `[store] url` of the servers'
+    /// configuration) instead of the SQLite file in DATA_DIR;
+    /// `$KEYPIPE_STORE_URL` when not given.
+    #[arg(long, global = true, env = "KEYPIPE_STORE_URL", hide_env_values = true)]
+    store_url: Option<String>,
 }
 
 impl StoreArgs {
-    /// Opens the store (KEK from `--kek-file`, else `$KEYPIPE_KEK`, else
-    /// `DATA_DIR/kek.key`).
+    /// The store's options (KEK from `--kek-file`, else `$KEYPIPE_KEK`,
+    /// else `DATA_DIR/kek.key`).
+    fn options(&self) -> StoreOptions {
+        let mut options = StoreOptions::new(&self.data_dir);
+        options.kek_file = self.kek_file.clone();
+        options.kek_env = Some("KEYPIPE_KEK".into());
+        options.url = self.store_url.clone();
+        options
+    }
+
+    /// Opens the store.
     fn open(self) -> Result<Store, String> {
-        open_store(self.data_dir, self.kek_file)
+        Store::open(&self.options()).map_err(|e| e.to_string())
     }
 }
 
-/// Opens the store of `data_dir` (KEK from `kek_file`, else
-/// `$KEYPIPE_KEK`, else `data_dir/kek.key`), for the admin commands.
-pub(crate) fn open_store(data_dir: PathBuf, kek_file: Option<PathBuf>) -> Result<Store, String> {
-    let mut options = StoreOptions::new(data_dir);
-    options.kek_file = kek_file;
-    options.kek_env = Some("KEYPIPE_KEK".into());
-    Store::open(&options).map_err(|e| e.to_string())
+/// Runs one `store` command.
+fn store_command(args: StoreArgs, command: StoreCommand) -> Result<String, String> {
+    match command {
+        StoreCommand::MigrateTo { url } => {
+            let options = args.options();
+            let store = Store::open(&options).map_err(|e| e.to_string())?;
+            let copied = store
+                .migrate_to(&options, &url)
+                .map_err(|e| e.to_string())?;
+            let rows: u64 = copied.tables.iter().map(|(_, n)| n).sum();
+            let mut out = format!(
+                "copied {rows} rows of {} tables; {} secrets decrypt the same on both\n",
+                copied.tables.len(),
+                copied.checked
+            );
+            for (table, n) in &copied.tables {
+                out.push_str(&format!("  {table}: {n}\n"));
+            }
+            out.push_str("set [store] url in the servers' configuration to use it\n");
+            Ok(out)
+        }
+    }
 }
 
 /// Prints an admin command's result; the exit code.
@@ -195,6 +245,7 @@ fn main() -> ExitCode {
             "keypipe ca",
             store.open().and_then(|s| ca_cli::run(s, command)),
         ),
+        Command::Store { store, command } => report("keypipe store", store_command(store, command)),
     }
 }
 
@@ -327,13 +378,35 @@ fn serve(
     }
     let services = if let Some(store) = store {
         let keys = StoreKeys::new(Arc::clone(&store) as _).map_err(|e| e.to_string())?;
+        // Shared with the site's other processes (PostgreSQL): the
+        // references, throttles and KeyTalk sessions live in the store.
+        let shared = store
+            .is_shared()
+            .then(|| Arc::clone(&store) as Arc<dyn EphemeralStore>);
         let agreement = config.serves(Protocol::KeyAgreement).then(|| {
-            let agreement = Arc::new(AgreementService::new(config.key_agreement.service_config()));
-            let login = LoginService::new(
-                Arc::clone(&store) as _,
-                Arc::clone(&agreement),
+            let (service, login) = (
+                config.key_agreement.service_config(),
                 config.login.service_config(),
             );
+            let (agreement, login) = match &shared {
+                Some(shared) => {
+                    let agreement =
+                        Arc::new(AgreementService::with_store(service, Arc::clone(shared)));
+                    let login = LoginService::with_store(
+                        Arc::clone(&store) as _,
+                        Arc::clone(&agreement),
+                        login,
+                        Arc::clone(shared),
+                    );
+                    (agreement, login)
+                }
+                None => {
+                    let agreement = Arc::new(AgreementService::new(service));
+                    let login =
+                        LoginService::new(Arc::clone(&store) as _, Arc::clone(&agreement), login);
+                    (agreement, login)
+                }
+            };
             AgreementApi::new(agreement, Arc::new(login), config.key_agreement.max_queued)
         });
         let donau = match (&config.donau, config.serves(Protocol::Donau)) {
@@ -348,7 +421,7 @@ fn serve(
             _ => None,
         };
         let keytalk = if config.serves(Protocol::KeyTalk) {
-            Some(start_keytalk(&mut config, &store)?)
+            Some(start_keytalk(&mut config, &store, shared.clone())?)
         } else {
             None
         };
@@ -489,7 +562,11 @@ fn prepare_etsi014(config: &mut Config, store: &Arc<Store>) -> Result<(), String
 
 /// KeyTalk: the CA (created on first start), the listener's certificate
 /// when the configuration names none, and the service.
-fn start_keytalk(config: &mut Config, store: &Arc<Store>) -> Result<KeyTalkApi, String> {
+fn start_keytalk(
+    config: &mut Config,
+    store: &Arc<Store>,
+    shared: Option<Arc<dyn EphemeralStore>>,
+) -> Result<KeyTalkApi, String> {
     use keypipe_server::kms::ca::Ca;
     let ca = Ca::new(store.as_ref());
     if ca
@@ -524,7 +601,7 @@ fn start_keytalk(config: &mut Config, store: &Arc<Store>) -> Result<KeyTalkApi, 
         .keytalk
         .service_config(format!("http://$(KEYTALK_SVR_HOST):{port}/cert/?"))?;
     let loaded = ca.load().map_err(|e| format!("keytalk: CA: {e}"))?;
-    let service = KeyTalk::new(settings, Arc::clone(store) as _, loaded);
+    let service = KeyTalk::with_shared(settings, Arc::clone(store) as _, loaded, shared);
     Ok(KeyTalkApi::new(
         Arc::new(service),
         config.keytalk.max_queued,

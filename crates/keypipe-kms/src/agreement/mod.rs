@@ -20,6 +20,11 @@
 //!   256 bytes, `nonce` 16 to 1024 bytes.
 //! - A request is refused whole, before any key is generated or any
 //!   reference registered.
+//!
+//! References wait in this process's memory ([`AgreementService::new`]),
+//! or, when several processes share a PostgreSQL store, in the store
+//! ([`AgreementService::with_store`]), so the login may reach any of them;
+//! see [`References`].
 
 pub mod ecdh;
 pub mod ffdhe;
@@ -28,6 +33,7 @@ pub mod public_key;
 mod references;
 mod scheme;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
@@ -38,8 +44,10 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 pub use references::{ReferenceError, References, SessionKey};
+pub(crate) use references::{duration_ms, instant_at, wall_ms};
 pub use scheme::Scheme;
 
+use crate::store::EphemeralStore;
 use kdf::Transcript;
 use public_key::{KeyEncoding, PeerKey};
 
@@ -66,7 +74,8 @@ pub struct AgreementConfig {
     pub schemes: Vec<Scheme>,
     /// How long a reference waits for its login.
     pub reference_ttl: Duration,
-    /// Most references held at once (beyond: the oldest is dropped).
+    /// Most references held at once (beyond: in memory the oldest is
+    /// dropped; in a shared store new agreements are refused, 503).
     pub max_pending: usize,
 }
 
@@ -119,6 +128,29 @@ pub enum AgreementError {
     /// The OS random source failed (500).
     #[error("the OS random source failed")]
     Random,
+    /// The shared store holds `max_pending` references already (503);
+    /// nothing kept.
+    #[error("too many pending key agreements; retry later")]
+    Full,
+    /// The shared store cannot be reached now (503); the detail is
+    /// logged, not sent.
+    #[error("service temporarily unavailable; retry")]
+    Unavailable(String),
+    /// The shared store failed (500); the detail is logged, not sent.
+    #[error("internal error")]
+    Store(String),
+}
+
+impl From<ReferenceError> for AgreementError {
+    /// What registering a reference can fail with.
+    fn from(e: ReferenceError) -> Self {
+        match e {
+            ReferenceError::Full => AgreementError::Full,
+            ReferenceError::Unavailable(detail) => AgreementError::Unavailable(detail),
+            ReferenceError::Store(detail) => AgreementError::Store(detail),
+            other => AgreementError::Store(other.to_string()),
+        }
+    }
 }
 
 /// Why an encrypted field could not be opened.
@@ -149,19 +181,32 @@ fn decode_field(name: &str, value: &str) -> Result<Vec<u8>, AgreementError> {
 }
 
 impl AgreementService {
-    /// A service with `config`.
+    /// A service with `config`, keeping its references in memory (one
+    /// process).
     pub fn new(config: AgreementConfig) -> Self {
         let references = References::new(config.reference_ttl, config.max_pending);
         AgreementService { config, references }
     }
 
-    /// Pending references (live, used or expired, until forgotten).
+    /// A service with `config`, keeping its references in `store`, shared
+    /// with every process using it (for a store where
+    /// `Store::is_shared()`): a reference issued here can be taken by any
+    /// of them, once.
+    pub fn with_store(config: AgreementConfig, store: Arc<dyn EphemeralStore>) -> Self {
+        let references = References::shared(store, config.reference_ttl, config.max_pending);
+        AgreementService { config, references }
+    }
+
+    /// Pending references (live, used or expired, until forgotten); with
+    /// a shared store, those of every process (0 when the store fails).
     pub fn pending(&self) -> usize {
         self.references.len()
     }
 
     /// Runs one agreement. Validates everything first; a refused request
-    /// leaves no state.
+    /// leaves no state. With a shared store it may also fail with
+    /// [`AgreementError::Full`], [`AgreementError::Unavailable`] or
+    /// [`AgreementError::Store`].
     pub fn agree(
         &self,
         spec: &ClientKeyDerivationSpec,
@@ -254,7 +299,7 @@ impl AgreementService {
                 k_enc: keys.k_enc,
             },
             now,
-        );
+        )?;
         Ok(ServerKeyDerivationInfo {
             client_reference_id: reference.to_string(),
             identifier: BASE64.encode(&self.config.identifier),
@@ -266,7 +311,9 @@ impl AgreementService {
 
     /// Takes the key of a reference, once.
     /// The reference comes back in the form the server issued it
-    /// (lowercase, hyphenated), the associated data of its fields.
+    /// (lowercase, hyphenated), the associated data of its fields. With a
+    /// shared store it may also fail with [`ReferenceError::Unavailable`]
+    /// or [`ReferenceError::Store`].
     pub fn take(
         &self,
         reference: &str,
@@ -427,6 +474,103 @@ mod tests {
         assert_eq!(info.scheme, Scheme::EcAes1);
         assert_eq!(info.identifier, "QnJva2Vy");
         assert_eq!(service.pending(), 1);
+    }
+
+    fn p256_spec() -> ClientKeyDerivationSpec {
+        let (_, point) = ecdh::Curve::P256.generate().unwrap();
+        ClientKeyDerivationSpec {
+            identifier: BASE64.encode(b"c"),
+            nonce: BASE64.encode([0u8; 16]),
+            public_key: BASE64.encode(point.to_sec1()),
+            supported_schemes: vec!["SCHEME-EC-AES1".into()],
+        }
+    }
+
+    /// Two services over two handles on one SQLite store, as two processes
+    /// of a site: an agreement made by one is taken by the other, once;
+    /// `max_pending` refuses more.
+    #[test]
+    fn services_sharing_a_store_share_references() {
+        use crate::store::{Store, StoreOptions};
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions::new(dir.path());
+        let config = AgreementConfig {
+            max_pending: 2,
+            ..AgreementConfig::default()
+        };
+        let one =
+            AgreementService::with_store(config.clone(), Arc::new(Store::open(&options).unwrap()));
+        let two = AgreementService::with_store(config, Arc::new(Store::open(&options).unwrap()));
+        let now = Instant::now();
+        let info = one.agree(&p256_spec(), now).unwrap();
+        assert_eq!(two.pending(), 1);
+        let (reference, key) = two.take(&info.client_reference_id, now).unwrap();
+        assert_eq!(reference, info.client_reference_id);
+        assert_eq!(key.scheme, Scheme::EcAes1);
+        assert_eq!(key.k_enc.len(), 16);
+        assert_eq!(one.take(&reference, now).unwrap_err(), ReferenceError::Used);
+        two.agree(&p256_spec(), now).unwrap();
+        assert_eq!(
+            one.agree(&p256_spec(), now).unwrap_err(),
+            AgreementError::Full
+        );
+    }
+
+    /// A store that always fails as `error` says.
+    struct Failing(fn() -> crate::store::StoreError);
+
+    impl EphemeralStore for Failing {
+        fn ephemeral_update(
+            &self,
+            _: &str,
+            _: &[u8],
+            _: &mut dyn FnMut(
+                Option<crate::store::EphemeralRow>,
+            )
+                -> Result<crate::store::EphemeralChange, crate::store::StoreError>,
+        ) -> Result<(), crate::store::StoreError> {
+            Err((self.0)())
+        }
+
+        fn ephemeral_count(&self, _: &str) -> Result<u64, crate::store::StoreError> {
+            Err((self.0)())
+        }
+
+        fn ephemeral_make_room(&self, _: &str, _: u64) -> Result<u64, crate::store::StoreError> {
+            Err((self.0)())
+        }
+    }
+
+    #[test]
+    fn store_failures_are_unavailable_or_internal() {
+        use crate::store::StoreError;
+        let now = Instant::now();
+        let down = AgreementService::with_store(
+            AgreementConfig::default(),
+            Arc::new(Failing(|| StoreError::Unavailable("down".into()))),
+        );
+        assert!(matches!(
+            down.agree(&p256_spec(), now),
+            Err(AgreementError::Unavailable(_))
+        ));
+        let reference = "00000000-0000-4000-8000-000000000000";
+        assert!(matches!(
+            down.take(reference, now),
+            Err(ReferenceError::Unavailable(_))
+        ));
+        assert_eq!(down.pending(), 0);
+        let broken = AgreementService::with_store(
+            AgreementConfig::default(),
+            Arc::new(Failing(|| StoreError::Corrupt("x".into()))),
+        );
+        assert!(matches!(
+            broken.agree(&p256_spec(), now),
+            Err(AgreementError::Store(_))
+        ));
+        assert!(matches!(
+            broken.take(reference, now),
+            Err(ReferenceError::Store(_))
+        ));
     }
 
     /// Property tests of the Base64 fields: the plain ones

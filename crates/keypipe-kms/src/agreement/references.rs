@@ -4,21 +4,44 @@
 //! A reference is a UUIDv4. Taking it hands out `k_enc` once and leaves a
 //! tombstone, so a second use is told apart from a reference never issued
 //! (`Used` vs `Unknown`); entries (tombstones too) are forgotten one TTL
-//! after they expired. The table is bounded: every reference lives the
-//! same TTL, so entries are kept in a queue in expiry order; forgotten
-//! ones leave from its front, and when the table is full the oldest entry
-//! leaves to make room (its login then gets `Unknown`): a flood of
-//! agreements can shorten how long a reference waits, never refuse new
-//! agreements.
+//! after they expired.
+//!
+//! **In memory** (one process; the default, and the mode over SQLite,
+//! which one server process uses) the table is bounded: every reference
+//! lives the same TTL, so entries are kept in a queue in expiry order;
+//! forgotten ones leave from its front, and when the table is full the
+//! oldest entry leaves to make room (its login then gets `Unknown`): a
+//! flood of agreements can shorten how long a reference waits, never
+//! refuse new agreements.
+//!
+//! **Shared** ([`References::shared`], when several processes share a
+//! PostgreSQL store) every reference is a row of the store's ephemeral
+//! table (kind [`SHARED_KIND`]), so a login may reach any process. The
+//! row's id is the SHA-256 of the reference's 16 bytes (the reference is a
+//! bearer value and is never stored); its value (wrapped under the KEK by
+//! the store) is the expiry, a used flag and the scheme and `k_enc`, which
+//! taking the reference drops from the row in the same transaction that
+//! marks it used, so two processes can never both hand out the key. Rows
+//! are forgotten one TTL after they expired, as in memory. The table is
+//! bounded by refusal: when it holds `capacity` rows (live, used or
+//! expired, of every process) a new agreement gets [`ReferenceError::Full`]
+//! (rows of other processes cannot be evicted). The count is read before
+//! the row is written, so concurrent agreements may overshoot `capacity`
+//! by a few.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use super::Scheme;
+use crate::store::{EphemeralChange, EphemeralStore, StoreError};
+
+/// The ephemeral-row kind of a shared reference.
+pub const SHARED_KIND: &str = "agreement-ref";
 
 /// What an agreement left for its login.
 pub struct SessionKey {
@@ -36,8 +59,8 @@ impl std::fmt::Debug for SessionKey {
     }
 }
 
-/// Why a reference could not be taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// Why a reference could not be registered or taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReferenceError {
     /// Never issued (or long forgotten), or not a UUID.
     #[error("unknown client_reference_id")]
@@ -48,6 +71,85 @@ pub enum ReferenceError {
     /// Issued, but its time ran out.
     #[error("client_reference_id expired")]
     Expired,
+    /// Shared mode only: the store holds `capacity` references already;
+    /// no new one is registered (503).
+    #[error("too many pending key agreements; retry later")]
+    Full,
+    /// Shared mode only: the store cannot be reached now (503). The
+    /// detail is for the log, never for the client.
+    #[error("reference store unavailable: {0}")]
+    Unavailable(String),
+    /// Shared mode only: the store failed (500). The detail is for the
+    /// log, never for the client; it holds no key bytes.
+    #[error("reference store failure: {0}")]
+    Store(String),
+}
+
+impl From<StoreError> for ReferenceError {
+    fn from(e: StoreError) -> Self {
+        if e.is_unavailable() {
+            ReferenceError::Unavailable(e.to_string())
+        } else {
+            ReferenceError::Store(e.to_string())
+        }
+    }
+}
+
+/// Largest disagreement of the process's mapping of instants to wall-clock
+/// times with the wall clock before it is re-anchored, ms.
+const MAX_SKEW_MS: i128 = 100;
+
+fn system_ms() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i128::try_from(d.as_millis()).unwrap_or(i128::MAX))
+}
+
+/// The wall-clock time of `at` under `anchor` (an instant and its time).
+fn project((instant, ms): (Instant, i128), at: Instant) -> i128 {
+    let nanos = match at.checked_duration_since(instant) {
+        Some(after) => i128::try_from(after.as_nanos()).unwrap_or(i128::MAX),
+        None => -i128::try_from(instant.duration_since(at).as_nanos()).unwrap_or(i128::MAX),
+    };
+    ms.saturating_add(nanos.div_euclid(1_000_000))
+}
+
+/// The wall-clock time of `at`, ms since the epoch: what a shared store
+/// holds, as processes do not share `Instant`s. One mapping for the whole
+/// process, anchored once, so the distance between two instants carries
+/// over exactly; re-anchored when the wall clock moved more than 100 ms
+/// away from it (a clock step, drift), so processes agree on times to
+/// about that.
+pub(crate) fn wall_ms(at: Instant) -> u64 {
+    static ANCHOR: Mutex<Option<(Instant, i128)>> = Mutex::new(None);
+    let mut anchor = ANCHOR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = (Instant::now(), system_ms());
+    let current = match *anchor {
+        Some(a) if (project(a, now.0) - now.1).abs() <= MAX_SKEW_MS => a,
+        _ => {
+            *anchor = Some(now);
+            now
+        }
+    };
+    u64::try_from(project(current, at).max(0)).unwrap_or(u64::MAX)
+}
+
+/// The instant of wall-clock time `ms`, given that `at` is `at_ms`.
+pub(crate) fn instant_at(at: Instant, at_ms: u64, ms: u64) -> Instant {
+    if ms >= at_ms {
+        at.checked_add(Duration::from_millis(ms - at_ms))
+            .unwrap_or(at)
+    } else {
+        at.checked_sub(Duration::from_millis(at_ms - ms))
+            .unwrap_or(at)
+    }
+}
+
+/// `d` in whole ms, saturating.
+pub(crate) fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 struct Entry {
@@ -55,21 +157,29 @@ struct Entry {
     key: Option<SessionKey>,
 }
 
-/// The table of references.
+/// The table of references, in memory or in a shared store.
 pub struct References {
     ttl: Duration,
     capacity: usize,
-    entries: Mutex<Table>,
+    table: Table,
+}
+
+/// Where the references are.
+enum Table {
+    /// This process's memory.
+    Memory(Mutex<MemoryTable>),
+    /// The ephemeral rows of a store shared by several processes.
+    Shared(Arc<dyn EphemeralStore>),
 }
 
 #[derive(Default)]
-struct Table {
+struct MemoryTable {
     map: HashMap<Uuid, Entry>,
     /// Every id in `map`, oldest (soonest to expire) first.
     order: VecDeque<Uuid>,
 }
 
-impl Table {
+impl MemoryTable {
     fn pop_oldest(&mut self) {
         if let Some(id) = self.order.pop_front() {
             self.map.remove(&id);
@@ -79,32 +189,128 @@ impl Table {
 
 impl std::fmt::Debug for References {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match self.table {
+            Table::Memory(_) => "memory",
+            Table::Shared(_) => "shared",
+        };
         f.debug_struct("References")
             .field("ttl", &self.ttl)
             .field("capacity", &self.capacity)
+            .field("mode", &mode)
             .finish_non_exhaustive()
     }
 }
 
+/// Version of the shared row's layout.
+const ROW_VERSION: u8 = 1;
+/// Bytes before `k_enc` in a shared row: version, expiry, used, scheme.
+const ROW_HEADER: usize = 1 + 8 + 1 + 1;
+
+/// A shared row's value: `version (1) ‖ expires_ms (8, big-endian) ‖ used
+/// (1) ‖ scheme (1) ‖ k_enc` (`k_enc` empty once used).
+struct Row {
+    expires_ms: u64,
+    used: bool,
+    scheme: Scheme,
+    k_enc: Zeroizing<Vec<u8>>,
+}
+
+fn scheme_code(scheme: Scheme) -> u8 {
+    match scheme {
+        Scheme::Aes1 => 1,
+        Scheme::Aes2 => 2,
+        Scheme::EcAes1 => 3,
+        Scheme::EcAes2 => 4,
+    }
+}
+
+fn scheme_of(code: u8) -> Option<Scheme> {
+    Scheme::default_preference()
+        .into_iter()
+        .find(|s| scheme_code(*s) == code)
+}
+
+impl Row {
+    fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::with_capacity(ROW_HEADER + self.k_enc.len()));
+        out.push(ROW_VERSION);
+        out.extend_from_slice(&self.expires_ms.to_be_bytes());
+        out.push(u8::from(self.used));
+        out.push(scheme_code(self.scheme));
+        out.extend_from_slice(&self.k_enc);
+        out
+    }
+
+    fn decode(value: &[u8]) -> Result<Row, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("{SHARED_KIND} row: {what}"));
+        if value.len() < ROW_HEADER || value[0] != ROW_VERSION {
+            return Err(corrupt("unknown layout"));
+        }
+        let mut expires = [0u8; 8];
+        expires.copy_from_slice(&value[1..9]);
+        let used = match value[9] {
+            0 => false,
+            1 => true,
+            _ => return Err(corrupt("bad used flag")),
+        };
+        let scheme = scheme_of(value[10]).ok_or_else(|| corrupt("unknown scheme"))?;
+        let k_enc = Zeroizing::new(value[ROW_HEADER..].to_vec());
+        let expected = if used { 0 } else { scheme.enc_key_len() };
+        if k_enc.len() != expected {
+            return Err(corrupt("bad key length"));
+        }
+        Ok(Row {
+            expires_ms: u64::from_be_bytes(expires),
+            used,
+            scheme,
+            k_enc,
+        })
+    }
+}
+
+/// The shared row id of reference `id`: its SHA-256 (the reference
+/// itself is a bearer value).
+fn row_id(id: &Uuid) -> [u8; 32] {
+    Sha256::digest(id.as_bytes()).into()
+}
+
 impl References {
-    /// A table of at most `capacity` entries living `ttl`.
+    /// A table in memory of at most `capacity` entries living `ttl`.
     pub fn new(ttl: Duration, capacity: usize) -> Self {
         References {
             ttl,
             capacity: capacity.max(1),
-            entries: Mutex::new(Table::default()),
+            table: Table::Memory(Mutex::new(MemoryTable::default())),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.entries
+    /// A table in `store`, shared with every process using it, of at most
+    /// `capacity` entries (beyond: [`ReferenceError::Full`]) living `ttl`.
+    pub fn shared(store: Arc<dyn EphemeralStore>, ttl: Duration, capacity: usize) -> Self {
+        References {
+            ttl,
+            capacity: capacity.max(1),
+            table: Table::Shared(store),
+        }
+    }
+
+    fn lock(table: &Mutex<MemoryTable>) -> std::sync::MutexGuard<'_, MemoryTable> {
+        table
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Registers `key` under a fresh random reference.
-    pub fn insert(&self, key: SessionKey, now: Instant) -> Uuid {
-        let mut table = self.lock();
+    /// Registers `key` under a fresh random reference. In memory this
+    /// always succeeds; shared, it fails with [`ReferenceError::Full`] or
+    /// [`ReferenceError::Store`].
+    pub fn insert(&self, key: SessionKey, now: Instant) -> Result<Uuid, ReferenceError> {
+        match &self.table {
+            Table::Memory(table) => Ok(self.insert_memory(&mut Self::lock(table), key, now)),
+            Table::Shared(store) => self.insert_shared(store.as_ref(), wall_ms(now), key),
+        }
+    }
+
+    fn insert_memory(&self, table: &mut MemoryTable, key: SessionKey, now: Instant) -> Uuid {
         // Forget what is past its expiry and grace, then make room.
         while let Some(oldest) = table.order.front()
             && table
@@ -130,11 +336,61 @@ impl References {
         }
     }
 
+    fn insert_shared(
+        &self,
+        store: &dyn EphemeralStore,
+        now_ms: u64,
+        key: SessionKey,
+    ) -> Result<Uuid, ReferenceError> {
+        if store.ephemeral_count(SHARED_KIND)? >= self.capacity as u64 {
+            return Err(ReferenceError::Full);
+        }
+        let ttl = duration_ms(self.ttl);
+        let expires_ms = now_ms.saturating_add(ttl);
+        let value = Row {
+            expires_ms,
+            used: false,
+            scheme: key.scheme,
+            k_enc: key.k_enc,
+        }
+        .encode();
+        loop {
+            let id = Uuid::new_v4();
+            let mut fresh = false;
+            store.ephemeral_update(SHARED_KIND, &row_id(&id), &mut |row| {
+                fresh = row.is_none();
+                Ok(if fresh {
+                    EphemeralChange::Put {
+                        value: value.clone(),
+                        forget_ms: expires_ms.saturating_add(ttl),
+                    }
+                } else {
+                    EphemeralChange::Keep
+                })
+            })?;
+            if fresh {
+                return Ok(id);
+            }
+        }
+    }
+
     /// Takes the key of `id` (once), with the id in the form it was issued.
     pub fn take(&self, id: &str, now: Instant) -> Result<(Uuid, SessionKey), ReferenceError> {
         let id = Uuid::parse_str(id).map_err(|_| ReferenceError::Unknown)?;
-        let mut table = self.lock();
-        let entry = table.map.get_mut(&id).ok_or(ReferenceError::Unknown)?;
+        let key = match &self.table {
+            Table::Memory(table) => self.take_memory(&mut Self::lock(table), &id, now),
+            Table::Shared(store) => self.take_shared(store.as_ref(), &id, wall_ms(now)),
+        }?;
+        Ok((id, key))
+    }
+
+    fn take_memory(
+        &self,
+        table: &mut MemoryTable,
+        id: &Uuid,
+        now: Instant,
+    ) -> Result<SessionKey, ReferenceError> {
+        let entry = table.map.get_mut(id).ok_or(ReferenceError::Unknown)?;
         if entry.expires + self.ttl <= now {
             // Left to be forgotten from the queue's front.
             return Err(ReferenceError::Unknown);
@@ -143,12 +399,67 @@ impl References {
         if entry.expires <= now {
             return Err(ReferenceError::Expired);
         }
-        Ok((id, key))
+        Ok(key)
     }
 
-    /// Entries held (live, used or expired), for metrics and tests.
+    fn take_shared(
+        &self,
+        store: &dyn EphemeralStore,
+        id: &Uuid,
+        now_ms: u64,
+    ) -> Result<SessionKey, ReferenceError> {
+        let ttl = duration_ms(self.ttl);
+        // Only the last run of the closure counts: it sets both afresh.
+        let mut outcome = Err(ReferenceError::Unknown);
+        store.ephemeral_update(SHARED_KIND, &row_id(id), &mut |row| {
+            outcome = Err(ReferenceError::Unknown);
+            let Some(row) = row else {
+                return Ok(EphemeralChange::Keep);
+            };
+            let stored = Row::decode(&row.value)?;
+            if stored.expires_ms.saturating_add(ttl) <= now_ms {
+                // Left for the store to forget.
+                return Ok(EphemeralChange::Keep);
+            }
+            if stored.used {
+                outcome = Err(ReferenceError::Used);
+                return Ok(EphemeralChange::Keep);
+            }
+            let tombstone = Row {
+                expires_ms: stored.expires_ms,
+                used: true,
+                scheme: stored.scheme,
+                k_enc: Zeroizing::new(Vec::new()),
+            };
+            outcome = if stored.expires_ms <= now_ms {
+                Err(ReferenceError::Expired)
+            } else {
+                Ok(SessionKey {
+                    scheme: stored.scheme,
+                    k_enc: stored.k_enc,
+                })
+            };
+            Ok(EphemeralChange::Put {
+                value: tombstone.encode(),
+                forget_ms: row.forget_ms,
+            })
+        })?;
+        outcome
+    }
+
+    /// Entries held (live, used or expired), for metrics and tests. Shared:
+    /// the rows of every process, and 0 (logged) when the store fails.
     pub fn len(&self) -> usize {
-        self.lock().map.len()
+        match &self.table {
+            Table::Memory(table) => Self::lock(table).map.len(),
+            Table::Shared(store) => match store.ephemeral_count(SHARED_KIND) {
+                Ok(n) => usize::try_from(n).unwrap_or(usize::MAX),
+                Err(e) => {
+                    tracing::warn!("counting shared key-agreement references: {e}");
+                    0
+                }
+            },
+        }
     }
 
     /// True when no entry is held.
@@ -172,16 +483,16 @@ mod tests {
     fn single_use_expiry_and_capacity() {
         let t0 = Instant::now();
         let refs = References::new(Duration::from_secs(10), 2);
-        let a = refs.insert(key(), t0).to_string();
+        let a = refs.insert(key(), t0).unwrap().to_string();
         assert_eq!(*refs.take(&a, t0).unwrap().1.k_enc, vec![7; 16]);
         assert_eq!(refs.take(&a, t0).unwrap_err(), ReferenceError::Used);
-        let b = refs.insert(key(), t0).to_string();
+        let b = refs.insert(key(), t0).unwrap().to_string();
         // Full: the oldest entry (a's tombstone) leaves for c.
-        let c = refs.insert(key(), t0).to_string();
+        let c = refs.insert(key(), t0).unwrap().to_string();
         assert_eq!(refs.len(), 2);
         assert_eq!(refs.take(&a, t0).unwrap_err(), ReferenceError::Unknown);
         // Full again: b, the oldest live one, leaves for d.
-        let d = refs.insert(key(), t0).to_string();
+        let d = refs.insert(key(), t0).unwrap().to_string();
         assert_eq!(refs.take(&b, t0).unwrap_err(), ReferenceError::Unknown);
         assert_eq!(*refs.take(&c, t0).unwrap().1.k_enc, vec![7; 16]);
         let t1 = t0 + Duration::from_secs(11);
@@ -190,7 +501,7 @@ mod tests {
         // Past expiry + TTL, entries are forgotten.
         let t2 = t0 + Duration::from_secs(21);
         assert_eq!(refs.take(&d, t2).unwrap_err(), ReferenceError::Unknown);
-        refs.insert(key(), t2);
+        refs.insert(key(), t2).unwrap();
         assert_eq!(refs.len(), 1);
         assert_eq!(
             refs.take("not-a-uuid", t2).unwrap_err(),
@@ -200,5 +511,192 @@ mod tests {
             refs.take(&Uuid::new_v4().to_string(), t2).unwrap_err(),
             ReferenceError::Unknown
         );
+    }
+
+    /// Shared mode over a real store: each `References` has a store
+    /// handle of its own, as separate processes would.
+    mod shared {
+        use super::*;
+        use crate::store::{Store, StoreOptions};
+        use std::sync::Barrier;
+
+        /// 32 bytes that must never reach the database in clear.
+        const K: &[u8; 32] = b"k_enc/never-in-the-db-in-clear!!";
+
+        fn key() -> SessionKey {
+            SessionKey {
+                scheme: Scheme::EcAes2,
+                k_enc: Zeroizing::new(K.to_vec()),
+            }
+        }
+
+        /// One database (SQLite or PostgreSQL) and the KEK of its data
+        /// directory.
+        pub(crate) struct Site {
+            pub(crate) dir: tempfile::TempDir,
+            pub(crate) options: StoreOptions,
+        }
+
+        impl Site {
+            pub(crate) fn sqlite() -> Site {
+                let dir = tempfile::tempdir().unwrap();
+                let options = StoreOptions::new(dir.path());
+                Site { dir, options }
+            }
+
+            pub(crate) fn postgres(label: &str) -> Site {
+                let dir = tempfile::tempdir().unwrap();
+                let options = StoreOptions {
+                    url: Some(crate::store::testing::fresh_pg_database(label)),
+                    ..StoreOptions::new(dir.path())
+                };
+                Site { dir, options }
+            }
+
+            /// A new handle on the database.
+            pub(crate) fn handle(&self) -> Arc<Store> {
+                Arc::new(Store::open(&self.options).unwrap())
+            }
+
+            fn refs(&self, ttl_s: u64, capacity: usize) -> References {
+                References::shared(self.handle(), Duration::from_secs(ttl_s), capacity)
+            }
+        }
+
+        fn taken_once_through_another_handle(site: &Site) {
+            let t0 = Instant::now();
+            let (a, b) = (site.refs(10, 100), site.refs(10, 100));
+            let id = a.insert(key(), t0).unwrap();
+            let (got, k) = b.take(&id.to_string(), t0).unwrap();
+            assert_eq!(got, id);
+            assert_eq!(k.scheme, Scheme::EcAes2);
+            assert_eq!(k.k_enc.as_slice(), K);
+            // Used, from any handle, in any form of the UUID.
+            assert_eq!(
+                b.take(&id.to_string(), t0).unwrap_err(),
+                ReferenceError::Used
+            );
+            assert_eq!(
+                a.take(&id.to_string(), t0).unwrap_err(),
+                ReferenceError::Used
+            );
+            let upper = id.to_string().to_uppercase();
+            assert_eq!(a.take(&upper, t0).unwrap_err(), ReferenceError::Used);
+            // Never issued.
+            let other = Uuid::new_v4().to_string();
+            assert_eq!(b.take(&other, t0).unwrap_err(), ReferenceError::Unknown);
+            assert_eq!(b.take("nope", t0).unwrap_err(), ReferenceError::Unknown);
+            // Just before expiry: good; after: expired, then used; past
+            // the grace: unknown.
+            let live = a.insert(key(), t0).unwrap().to_string();
+            let t = t0 + Duration::from_millis(9_900);
+            assert_eq!(b.take(&live, t).unwrap().1.k_enc.as_slice(), K);
+            let late = a.insert(key(), t0).unwrap().to_string();
+            let t1 = t0 + Duration::from_secs(11);
+            assert_eq!(b.take(&late, t1).unwrap_err(), ReferenceError::Expired);
+            assert_eq!(a.take(&late, t1).unwrap_err(), ReferenceError::Used);
+            let t2 = t0 + Duration::from_secs(21);
+            assert_eq!(b.take(&late, t2).unwrap_err(), ReferenceError::Unknown);
+            // Every handle counts every row.
+            assert_eq!(a.len(), 3);
+            assert_eq!(b.len(), 3);
+        }
+
+        fn one_of_eight_racing_handles_gets_the_key(site: &Site) {
+            let id = site
+                .refs(60, 100)
+                .insert(key(), Instant::now())
+                .unwrap()
+                .to_string();
+            let barrier = Arc::new(Barrier::new(8));
+            let takers: Vec<_> = (0..8)
+                .map(|_| {
+                    let (refs, barrier, id) =
+                        (site.refs(60, 100), Arc::clone(&barrier), id.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        refs.take(&id, Instant::now())
+                            .map(|(_, k)| k.k_enc.to_vec())
+                    })
+                })
+                .collect();
+            let results: Vec<_> = takers.into_iter().map(|t| t.join().unwrap()).collect();
+            let keys: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+            assert_eq!(keys, vec![&K.to_vec()], "exactly one taker gets the key");
+            for r in &results {
+                if let Err(e) = r {
+                    assert_eq!(*e, ReferenceError::Used);
+                }
+            }
+        }
+
+        fn full_refuses_new_references(site: &Site) {
+            let now = Instant::now();
+            let store = site.handle();
+            let held = store.ephemeral_count(SHARED_KIND).unwrap() as usize;
+            let a = References::shared(store, Duration::from_secs(10), held + 2);
+            let b = site.refs(10, held + 2);
+            let first = a.insert(key(), now).unwrap().to_string();
+            b.insert(key(), now).unwrap();
+            assert_eq!(a.insert(key(), now).unwrap_err(), ReferenceError::Full);
+            assert_eq!(b.insert(key(), now).unwrap_err(), ReferenceError::Full);
+            // A used reference still counts (its tombstone) ...
+            b.take(&first, now).unwrap();
+            assert_eq!(a.insert(key(), now).unwrap_err(), ReferenceError::Full);
+            // ... the references already issued still work.
+            assert_eq!(b.len(), held + 2);
+        }
+
+        fn run_all(site: &Site) {
+            taken_once_through_another_handle(site);
+            one_of_eight_racing_handles_gets_the_key(site);
+            full_refuses_new_references(site);
+        }
+
+        #[test]
+        fn shared_references_on_sqlite() {
+            let site = Site::sqlite();
+            run_all(&site);
+            // Neither the key nor the reference is in the files in clear.
+            let id = site.refs(10, 1000).insert(key(), Instant::now()).unwrap();
+            let mut raw = Vec::new();
+            for file in ["keypipe.db", "keypipe.db-wal"] {
+                if let Ok(bytes) = std::fs::read(site.dir.path().join(file)) {
+                    raw.extend_from_slice(&bytes);
+                }
+            }
+            assert!(raw.len() > 4096, "read the database");
+            assert!(!raw.windows(K.len()).any(|w| w == K), "k_enc in clear");
+            assert!(
+                !raw.windows(16).any(|w| w == id.as_bytes()),
+                "reference in clear"
+            );
+            let text = id.to_string();
+            assert!(!raw.windows(36).any(|w| w == text.as_bytes()));
+        }
+
+        #[test]
+        fn shared_references_on_postgres() {
+            let site = Site::postgres("refs");
+            run_all(&site);
+            let id = site.refs(10, 1000).insert(key(), Instant::now()).unwrap();
+            let url = site.options.url.as_deref().unwrap();
+            let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
+            let rows = client
+                .query(
+                    "SELECT id, wrapped FROM ephemeral WHERE kind = $1",
+                    &[&SHARED_KIND],
+                )
+                .unwrap();
+            assert!(!rows.is_empty());
+            let mut found = false;
+            for row in rows {
+                let (row_id_bytes, wrapped): (Vec<u8>, Vec<u8>) = (row.get(0), row.get(1));
+                assert!(!wrapped.windows(K.len()).any(|w| w == K), "k_enc in clear");
+                assert!(!row_id_bytes.windows(16).any(|w| w == id.as_bytes()));
+                found |= row_id_bytes[..] == Sha256::digest(id.as_bytes())[..];
+            }
+            assert!(found, "the row of the reference, by its hash");
+        }
     }
 }

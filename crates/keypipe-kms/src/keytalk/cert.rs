@@ -21,6 +21,7 @@ use super::config::Service;
 use super::csr::{self, CsrRequirements};
 use super::params::Params;
 use super::session::Session;
+use super::shared::TableError;
 use super::{KeyTalk, Now, package};
 use crate::ca::{EnrolKey, EnrolRequest, Enrolled};
 use crate::store::Enrolment;
@@ -193,11 +194,21 @@ pub(super) fn deliver(
     );
     let mut a = Answer::status("cert");
     if out_of_band {
-        let Some(token) = kt.downloads.park(content_type, body, now.instant) else {
-            return (
-                Answer::error(ERR_PROTOCOL, "no randomness for a download token"),
-                true,
-            );
+        let token = match kt.downloads.try_park(content_type, body, now.instant) {
+            Ok(token) => token,
+            Err(TableError::NoRandomness) => {
+                return (
+                    Answer::error(ERR_PROTOCOL, "no randomness for a download token"),
+                    true,
+                );
+            }
+            Err(TableError::Full) => {
+                return (
+                    Answer::error(ERR_PROTOCOL, "too many downloads waiting: retry later"),
+                    true,
+                );
+            }
+            Err(TableError::Store(e)) => return (super::unavailable("download", &e), true),
         };
         a = a.text(
             "cert-url-templ",

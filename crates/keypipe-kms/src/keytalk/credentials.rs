@@ -12,16 +12,34 @@
 //! (password, device and challenge) clears the count. An attempt is
 //! reserved before its password is checked: attempts for the same name
 //! made meanwhile (in parallel sessions) answer `DELAY` unchecked, so
-//! parallel guessing gains nothing. The counts live in this process.
+//! parallel guessing gains nothing.
+//!
+//! The counts live in this process ([`Failures::new`]) or, when several
+//! processes share the store, in its `ephemeral` table
+//! ([`Failures::shared`]): one row per name (id: the SHA-256 of the name),
+//! holding the count, the end of the delay or lock and the mark of an
+//! attempt being checked, read and changed in one transaction, so an
+//! attempt counted by one process delays or locks the name on every
+//! other. The same rules decide in both; shared, a row is forgotten an
+//! hour past its delay or lock (it would start over then anyway), and an
+//! attempt's mark older than [`BUSY_STALE`] (a process that died while
+//! checking it) is ignored. A store error answers `DELAY` 1 (as the user
+//! store's errors do) and is logged.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use super::config::{CredentialType, Service};
+use super::shared::{self, BUSY_STALE, Shared, Stamp};
 use crate::login::password;
+use crate::store::{EphemeralChange, EphemeralStore, StoreError};
+
+/// The store's rows of failure counts.
+const KIND: &str = "keytalk-failure";
 
 /// What an authentication (or password change) attempt gives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,24 +57,33 @@ pub enum AuthResult {
     Challenge(String, String),
 }
 
-#[derive(Debug, Clone, Copy)]
-struct FailState {
+/// One name's failures (times: `Instant`s in memory, ms since the epoch in
+/// the store).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct FailState<T> {
     count: u32,
-    until: Instant,
+    until: T,
     locked: bool,
-    /// An attempt is being checked.
-    busy: bool,
+    /// An attempt is being checked, since.
+    busy: Option<T>,
 }
 
-impl FailState {
+impl<T: Stamp> FailState<T> {
     /// A name with no failure yet.
-    fn fresh(now: Instant) -> FailState {
+    fn fresh(now: T) -> FailState<T> {
         FailState {
             count: 0,
             until: now,
             locked: false,
-            busy: false,
+            busy: None,
         }
+    }
+
+    /// Ends an attempt that counted nothing: true when the state is the
+    /// fresh one again (its entry goes).
+    fn release(&mut self) -> bool {
+        self.busy = None;
+        self.count == 0
     }
 }
 
@@ -80,7 +107,7 @@ impl Attempt<'_> {
     /// The user authenticated: the count starts over.
     pub fn succeeded(mut self) {
         self.done = true;
-        self.failures.lock().remove(&self.user);
+        self.failures.succeeded(&self.user);
     }
 }
 
@@ -92,49 +119,24 @@ impl Drop for Attempt<'_> {
     }
 }
 
-/// Failed attempts per user name (bounded).
-#[derive(Debug)]
-pub struct Failures {
-    map: Mutex<HashMap<String, FailState>>,
+/// The rules, both modes.
+#[derive(Debug, Clone, Copy)]
+struct Rules {
     base: Duration,
     max_failures: u32,
     lock_time: Duration,
-    capacity: usize,
+    /// An attempt's mark this old is ignored (`None`: never).
+    busy_stale: Option<Duration>,
 }
 
-/// A name idle this long past its delay or lock starts over.
-const FORGET_AFTER: Duration = Duration::from_secs(3600);
-
-fn secs_left(until: Instant, now: Instant) -> u64 {
-    let left = until.saturating_duration_since(now);
-    left.as_secs() + u64::from(left.subsec_nanos() > 0)
-}
-
-impl Failures {
-    /// A table: delays from `base` doubling, `LOCKED` for `lock_time`
-    /// at failure `max_failures`.
-    pub fn new(base: Duration, max_failures: u32, lock_time: Duration) -> Failures {
-        Failures {
-            map: Mutex::new(HashMap::new()),
-            base,
-            max_failures: max_failures.max(1),
-            lock_time,
-            capacity: 100_000,
-        }
+impl Rules {
+    fn busy<T: Stamp>(&self, s: &FailState<T>, now: T) -> bool {
+        s.busy
+            .is_some_and(|since| self.busy_stale.is_none_or(|stale| now.since(since) < stale))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, FailState>> {
-        self.map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Reserves an attempt of `user`, or the answer when it may not try
-    /// now (in a delay or a lock, or another attempt is being checked).
-    pub fn begin(&self, user: &str, now: Instant) -> Result<Attempt<'_>, AuthResult> {
-        let mut map = self.lock();
-        self.make_room(&mut map, user, now);
-        let s = map.entry(user.to_owned()).or_insert(FailState::fresh(now));
+    /// Reserves an attempt, or the answer when it may not run now.
+    fn begin<T: Stamp>(&self, s: &mut FailState<T>, now: T) -> Result<(), AuthResult> {
         if s.until > now {
             let left = secs_left(s.until, now);
             return Err(if s.locked {
@@ -143,10 +145,151 @@ impl Failures {
                 AuthResult::Delay(left)
             });
         }
-        if s.busy {
+        if self.busy(s, now) {
             return Err(AuthResult::Delay(1));
         }
-        s.busy = true;
+        s.busy = Some(now);
+        Ok(())
+    }
+
+    /// Counts a failure: `Delay` or `Locked`.
+    fn failed<T: Stamp>(&self, s: &mut FailState<T>, now: T) -> AuthResult {
+        s.busy = None;
+        if s.locked || s.until.plus(FORGET_AFTER) <= now {
+            // A lock that ran out (or a long pause) starts over.
+            s.count = 0;
+            s.locked = false;
+        }
+        s.count += 1;
+        if s.count >= self.max_failures {
+            s.locked = true;
+            s.until = now.plus(self.lock_time);
+            AuthResult::Locked(secs_left(s.until, now))
+        } else {
+            let delay = self.base.saturating_mul(1 << (s.count - 1).min(16));
+            s.until = now.plus(delay);
+            AuthResult::Delay(secs_left(s.until, now))
+        }
+    }
+
+    /// When a stored state may be forgotten: it then reads as fresh,
+    /// which is what it would start over as.
+    fn forget(&self, s: &FailState<u64>) -> u64 {
+        let busy = s.busy.map_or(0, |since| since.plus(BUSY_STALE));
+        s.until.plus(FORGET_AFTER).max(busy)
+    }
+}
+
+/// Failed attempts per user name (bounded in memory).
+#[derive(Debug)]
+pub struct Failures {
+    /// The table in this process (empty when shared).
+    map: Mutex<HashMap<String, FailState<Instant>>>,
+    /// The table in the store, when shared (rows keyed by the SHA-256 of
+    /// the name).
+    shared: Option<Shared>,
+    rules: Rules,
+    capacity: usize,
+}
+
+/// A name idle this long past its delay or lock starts over.
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
+
+fn secs_left<T: Stamp>(until: T, now: T) -> u64 {
+    let left = until.since(now);
+    left.as_secs() + u64::from(left.subsec_nanos() > 0)
+}
+
+impl Failures {
+    /// A table in this process: delays from `base` doubling, `LOCKED` for
+    /// `lock_time` at failure `max_failures`.
+    pub fn new(base: Duration, max_failures: u32, lock_time: Duration) -> Failures {
+        Failures {
+            map: Mutex::new(HashMap::new()),
+            shared: None,
+            rules: Rules {
+                base,
+                max_failures: max_failures.max(1),
+                lock_time,
+                busy_stale: None,
+            },
+            capacity: 100_000,
+        }
+    }
+
+    /// The same table in `store`, shared by every process using it. An
+    /// attempt's mark older than [`BUSY_STALE`] is taken for that of a
+    /// process that died while checking it, and ignored.
+    pub fn shared(
+        base: Duration,
+        max_failures: u32,
+        lock_time: Duration,
+        store: Arc<dyn EphemeralStore>,
+    ) -> Failures {
+        let mut f = Failures::new(base, max_failures, lock_time);
+        f.shared = Some(Shared::new(store));
+        f.rules.busy_stale = Some(BUSY_STALE);
+        f
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, FailState<Instant>>> {
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `decide` on the stored state of `user` (fresh when none):
+    /// it stores the state as left unless it returns `remove`.
+    fn update_shared<R>(
+        &self,
+        sh: &Shared,
+        user: &str,
+        now: u64,
+        mut decide: impl FnMut(&mut FailState<u64>) -> (R, Outcome),
+    ) -> Result<R, StoreError> {
+        sh.update(KIND, &shared::digest(user), |row| {
+            let (mut s, stored) = match row {
+                Some(row) => (shared::decode(KIND, &row.value)?, true),
+                None => (FailState::fresh(now), false),
+            };
+            let (out, outcome) = decide(&mut s);
+            let change = match outcome {
+                Outcome::Store => EphemeralChange::Put {
+                    value: shared::encode(&s)?,
+                    forget_ms: self.rules.forget(&s),
+                },
+                Outcome::Remove if stored => EphemeralChange::Remove,
+                Outcome::Remove | Outcome::Keep => EphemeralChange::Keep,
+            };
+            Ok((change, out))
+        })
+    }
+
+    /// Reserves an attempt of `user`, or the answer when it may not try
+    /// now (in a delay or a lock, or another attempt is being checked; or,
+    /// shared, the store failed: `Delay(1)`, logged).
+    pub fn begin(&self, user: &str, now: Instant) -> Result<Attempt<'_>, AuthResult> {
+        match &self.shared {
+            None => {
+                let mut map = self.lock();
+                self.make_room(&mut map, user, now);
+                let s = map.entry(user.to_owned()).or_insert(FailState::fresh(now));
+                self.rules.begin(s, now)?;
+            }
+            Some(sh) => {
+                let now = shared::wall_ms(now);
+                let begun = self.update_shared(sh, user, now, |s| {
+                    let begun = self.rules.begin(s, now);
+                    let outcome = if begun.is_ok() {
+                        Outcome::Store
+                    } else {
+                        Outcome::Keep
+                    };
+                    (begun, outcome)
+                });
+                logged(begun, Err(AuthResult::Delay(1)))?;
+            }
+        }
         Ok(Attempt {
             failures: self,
             user: user.to_owned(),
@@ -156,22 +299,53 @@ impl Failures {
 
     /// Ends an attempt that counted nothing.
     fn release(&self, user: &str) {
-        let mut map = self.lock();
-        if let Some(s) = map.get_mut(user) {
-            s.busy = false;
-            if s.count == 0 {
-                map.remove(user);
+        match &self.shared {
+            None => {
+                let mut map = self.lock();
+                if let Some(s) = map.get_mut(user)
+                    && s.release()
+                {
+                    map.remove(user);
+                }
+            }
+            Some(sh) => {
+                let now = shared::wall_ms(Instant::now());
+                let released = self.update_shared(sh, user, now, |s| {
+                    let outcome = if s.release() {
+                        Outcome::Remove
+                    } else {
+                        Outcome::Store
+                    };
+                    ((), outcome)
+                });
+                logged(released, ());
             }
         }
     }
 
-    fn make_room(&self, map: &mut HashMap<String, FailState>, user: &str, now: Instant) {
+    /// The user authenticated: the count starts over.
+    fn succeeded(&self, user: &str) {
+        match &self.shared {
+            None => {
+                self.lock().remove(user);
+            }
+            Some(sh) => {
+                let now = shared::wall_ms(Instant::now());
+                logged(
+                    self.update_shared(sh, user, now, |_| ((), Outcome::Remove)),
+                    (),
+                );
+            }
+        }
+    }
+
+    fn make_room(&self, map: &mut HashMap<String, FailState<Instant>>, user: &str, now: Instant) {
         if map.len() >= self.capacity && !map.contains_key(user) {
-            map.retain(|_, s| s.busy || s.until + FORGET_AFTER > now);
+            map.retain(|_, s| s.busy.is_some() || s.until + FORGET_AFTER > now);
             if map.len() >= self.capacity
                 && let Some(k) = map
                     .iter()
-                    .filter(|(_, s)| !s.busy)
+                    .filter(|(_, s)| s.busy.is_none())
                     .min_by_key(|(_, s)| s.until)
                     .map(|(k, _)| k.clone())
             {
@@ -180,28 +354,42 @@ impl Failures {
         }
     }
 
-    /// Counts a failure of `user`: `Delay` or `Locked`.
+    /// Counts a failure of `user`: `Delay` or `Locked` (shared, a store
+    /// error gives `Delay(1)`, logged, and counts nothing).
     fn failed(&self, user: &str, now: Instant) -> AuthResult {
-        let mut map = self.lock();
-        self.make_room(&mut map, user, now);
-        let s = map.entry(user.to_owned()).or_insert(FailState::fresh(now));
-        s.busy = false;
-        if s.locked || s.until + FORGET_AFTER <= now {
-            // A lock that ran out (or a long pause) starts over.
-            s.count = 0;
-            s.locked = false;
-        }
-        s.count += 1;
-        if s.count >= self.max_failures {
-            s.locked = true;
-            s.until = now + self.lock_time;
-            AuthResult::Locked(secs_left(s.until, now))
-        } else {
-            let delay = self.base.saturating_mul(1 << (s.count - 1).min(16));
-            s.until = now + delay;
-            AuthResult::Delay(secs_left(s.until, now))
+        match &self.shared {
+            None => {
+                let mut map = self.lock();
+                self.make_room(&mut map, user, now);
+                let s = map.entry(user.to_owned()).or_insert(FailState::fresh(now));
+                self.rules.failed(s, now)
+            }
+            Some(sh) => {
+                let now = shared::wall_ms(now);
+                let counted = self.update_shared(sh, user, now, |s| {
+                    (self.rules.failed(s, now), Outcome::Store)
+                });
+                logged(counted, AuthResult::Delay(1))
+            }
         }
     }
+}
+
+/// What becomes of a stored state.
+enum Outcome {
+    /// Stored as left.
+    Store,
+    /// Deleted.
+    Remove,
+    /// Unchanged.
+    Keep,
+}
+
+fn logged<T>(result: Result<T, StoreError>, or: T) -> T {
+    result.unwrap_or_else(|e| {
+        tracing::error!("keytalk: failure count store: {e}");
+        or
+    })
 }
 
 /// A hardware signature as stored and compared: trimmed, upper case.
@@ -308,5 +496,61 @@ mod tests {
         assert_eq!(normalize_hwsig(" cs-ab12 "), "CS-AB12");
         assert!(same_hwsig("CS-AB", "CS-AB"));
         assert!(!same_hwsig("CS-AB", "CS-AC"));
+    }
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use super::*;
+    use crate::keytalk::shared::testing::Db;
+
+    /// Failures counted through one process delay and lock the name on
+    /// the other; an attempt in flight on one holds the other; a stale
+    /// one does not.
+    fn counted_across_processes(db: &Db) {
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        let one = || Failures::shared(s(1), 3, s(300), db.open());
+        let (a, b) = (one(), one());
+        let first = a.begin("u", t).unwrap();
+        assert_eq!(
+            b.begin("u", t).unwrap_err(),
+            AuthResult::Delay(1),
+            "in flight"
+        );
+        assert_eq!(first.failed(t), AuthResult::Delay(1));
+        assert_eq!(b.begin("u", t).unwrap_err(), AuthResult::Delay(1));
+        let t = t + s(1);
+        assert_eq!(b.begin("u", t).unwrap().failed(t), AuthResult::Delay(2));
+        let t = t + s(2);
+        assert_eq!(a.begin("u", t).unwrap().failed(t), AuthResult::Locked(300));
+        assert_eq!(
+            b.begin("u", t + s(100)).unwrap_err(),
+            AuthResult::Locked(200)
+        );
+        assert!(b.begin("other", t).is_ok(), "per user");
+        // A success on one starts the count over on both.
+        let t = t + s(300);
+        b.begin("u", t).unwrap().succeeded();
+        assert_eq!(a.begin("u", t).unwrap().failed(t), AuthResult::Delay(1));
+        // An attempt dropped uncounted leaves no row; one left by a dead
+        // process holds the name until its mark is stale.
+        let t = t + s(1);
+        drop(a.begin("v", t).unwrap());
+        let held = b.begin("v", t).unwrap();
+        std::mem::forget(held);
+        assert_eq!(a.begin("v", t + s(1)).unwrap_err(), AuthResult::Delay(1));
+        assert!(a.begin("v", t + BUSY_STALE + s(1)).is_ok());
+        assert!(db.lacks(b"\"count\""), "values are wrapped");
+    }
+
+    #[test]
+    fn counted_across_processes_on_sqlite() {
+        counted_across_processes(&Db::sqlite());
+    }
+
+    #[test]
+    fn counted_across_processes_on_postgres() {
+        counted_across_processes(&Db::postgres("kt_failures"));
     }
 }

@@ -13,8 +13,13 @@
 //! (JSON typing rules) and [`config`] (services).
 //!
 //! Sessions, one-time downloads and failure counts live in this process
-//! (a KeyTalk front end is one process; see the docs); users, devices and
-//! issued certificates live in the store.
+//! ([`KeyTalk::new`]) or, when several processes share the store
+//! (PostgreSQL, behind a load balancer that does not pin clients), in its
+//! `ephemeral` table ([`KeyTalk::with_shared`]), so each call of an
+//! enrolment may reach another process ([`shared`] says how); users,
+//! devices and issued certificates live in the store. A failure of that
+//! table answers RCDP error 1000 "retry" (HTTP 200, as every RCDP answer)
+//! and is logged.
 
 pub mod answer;
 pub mod cert;
@@ -27,6 +32,7 @@ pub mod params;
 pub mod phase;
 pub mod public;
 pub mod session;
+pub mod shared;
 pub mod version;
 
 use std::sync::Arc;
@@ -38,7 +44,7 @@ use zeroize::Zeroizing;
 
 use crate::ca::LoadedCa;
 use crate::login::password;
-use crate::store::{CaStore, KeyTalkStore, UserStore};
+use crate::store::{CaStore, EphemeralStore, KeyTalkStore, StoreError, UserStore};
 use answer::{Answer, ERR_DIGEST, ERR_PROTOCOL, ERR_RESOLVED_IP, ERR_TIME_OUT_OF_SYNC};
 use config::{KeyTalkConfig, Service};
 use credentials::{Attempt, AuthResult, Failures};
@@ -46,6 +52,7 @@ use oob::{Download, Downloads};
 use params::Params;
 use phase::{Action, Phase};
 use session::{Pending, Session, Sessions, Taken};
+use shared::TableError;
 use version::Version;
 
 /// Longest `USERID` and `HWSIG` accepted (bytes).
@@ -57,6 +64,9 @@ pub const MAX_SESSIONS_PER_USER: usize = 16;
 
 /// Certificates one session may have issued.
 pub const MAX_CERTIFICATES_PER_SESSION: u32 = 8;
+
+/// Out-of-band downloads waiting at most.
+pub const MAX_DOWNLOADS: usize = 10_000;
 
 /// What the KeyTalk service needs of the store.
 pub trait KeyTalkBackend: UserStore + KeyTalkStore + CaStore {}
@@ -166,6 +176,8 @@ pub struct KeyTalk {
     sessions: Sessions,
     downloads: Downloads,
     failures: Failures,
+    /// The three tables above are in the store.
+    shared: bool,
     stats: KeyTalkStats,
     resolver: Resolver,
 }
@@ -180,6 +192,13 @@ impl std::fmt::Debug for KeyTalk {
             .field("services", &self.config.services.len())
             .finish_non_exhaustive()
     }
+}
+
+/// The answer when the shared tables' store fails (logged, never shown to
+/// the client): retry, as when the server is busy.
+fn unavailable(what: &str, e: &dyn std::fmt::Display) -> Answer {
+    tracing::error!("keytalk: {what} store: {e}");
+    Answer::error(ERR_PROTOCOL, "temporarily unavailable: retry in a second")
 }
 
 fn auth_answer(result: &AuthResult, version: Version) -> Answer {
@@ -207,16 +226,47 @@ fn auth_answer(result: &AuthResult, version: Version) -> Answer {
 }
 
 impl KeyTalk {
-    /// The service over `store` and the CA loaded from it.
+    /// The service over `store` and the CA loaded from it; sessions,
+    /// downloads and failure counts in this process.
     pub fn new(config: KeyTalkConfig, store: Arc<dyn KeyTalkBackend>, ca: LoadedCa) -> KeyTalk {
-        KeyTalk {
-            sessions: Sessions::new(
-                config.session_idle,
-                config.session_max_age,
-                config.max_sessions,
+        KeyTalk::with_shared(config, store, ca, None)
+    }
+
+    /// The service over `store` and the CA loaded from it; sessions,
+    /// downloads and failure counts in `shared` (every process of the
+    /// site, given the same store, sees them), or in this process when
+    /// `None` (as [`KeyTalk::new`]).
+    pub fn with_shared(
+        config: KeyTalkConfig,
+        store: Arc<dyn KeyTalkBackend>,
+        ca: LoadedCa,
+        shared: Option<Arc<dyn EphemeralStore>>,
+    ) -> KeyTalk {
+        let (idle, max_age, max_sessions) = (
+            config.session_idle,
+            config.session_max_age,
+            config.max_sessions,
+        );
+        let (delay, max_failures, lock) =
+            (config.failure_delay, config.max_failures, config.lock_time);
+        let is_shared = shared.is_some();
+        let (sessions, downloads, failures) = match shared {
+            None => (
+                Sessions::new(idle, max_age, max_sessions),
+                Downloads::new(config.download_ttl, MAX_DOWNLOADS),
+                Failures::new(delay, max_failures, lock),
             ),
-            downloads: Downloads::new(config.download_ttl, 10_000),
-            failures: Failures::new(config.failure_delay, config.max_failures, config.lock_time),
+            Some(shared) => (
+                Sessions::shared(idle, max_age, max_sessions, Arc::clone(&shared)),
+                Downloads::shared(config.download_ttl, MAX_DOWNLOADS, Arc::clone(&shared)),
+                Failures::shared(delay, max_failures, lock, shared),
+            ),
+        };
+        KeyTalk {
+            sessions,
+            downloads,
+            failures,
+            shared: is_shared,
             config,
             store,
             ca,
@@ -237,7 +287,14 @@ impl KeyTalk {
         &self.stats
     }
 
-    /// Live sessions.
+    /// True when sessions, downloads and failure counts are shared
+    /// through the store (every call may then touch the database).
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Live sessions (shared: of every process; a store error reads as
+    /// none, logged).
     pub fn sessions(&self) -> usize {
         self.sessions.len()
     }
@@ -263,8 +320,18 @@ impl KeyTalk {
                         ),
                     ));
                 };
-                let Some(sid) = self.sessions.open(version, now.instant) else {
-                    return none(Answer::error(ERR_PROTOCOL, "no randomness for a session"));
+                let sid = match self.sessions.try_open(version, now.instant) {
+                    Ok(sid) => sid,
+                    Err(TableError::NoRandomness) => {
+                        return none(Answer::error(ERR_PROTOCOL, "no randomness for a session"));
+                    }
+                    Err(TableError::Full) => {
+                        return none(Answer::error(
+                            ERR_PROTOCOL,
+                            "too many sessions: retry later",
+                        ));
+                    }
+                    Err(TableError::Store(e)) => return none(unavailable("session", &e)),
                 };
                 return RcdpReply {
                     answer: Answer::status("hello").text("version", version.as_str()),
@@ -272,8 +339,10 @@ impl KeyTalk {
                 };
             }
             Action::Eoc | Action::Error => {
-                if let Some(sid) = &req.sid {
-                    self.sessions.close(sid);
+                if let Some(sid) = &req.sid
+                    && let Err(e) = self.sessions.try_close(sid)
+                {
+                    return none(unavailable("session", &e));
                 }
                 return none(Answer::eoc());
             }
@@ -291,15 +360,16 @@ impl KeyTalk {
                 "no session (no keytalkcookie): start with hello",
             ));
         };
-        let mut session = match self.sessions.take(&sid, now.instant) {
-            Taken::Session(s) => s,
-            Taken::Gone => {
+        let mut session = match self.sessions.try_take(&sid, now.instant) {
+            Err(e) => return none(unavailable("session", &e)),
+            Ok(Taken::Session(s)) => s,
+            Ok(Taken::Gone) => {
                 return none(Answer::error(
                     ERR_PROTOCOL,
                     "unknown or expired session: start with hello",
                 ));
             }
-            Taken::Busy => {
+            Ok(Taken::Busy) => {
                 return RcdpReply {
                     answer: Answer::error(
                         ERR_PROTOCOL,
@@ -331,24 +401,35 @@ impl KeyTalk {
             };
         }
         let (answer, keep) = self.dispatch(action, &sid, &mut session, &req.params, now);
-        std::mem::forget(lease);
-        if keep
-            && action == Action::Authentication
+        if !keep {
+            let closed = self.sessions.try_close(&sid);
+            // Not given back even when it could not be deleted: it stays
+            // held until it expires (or, shared, its mark goes stale).
+            std::mem::forget(lease);
+            return none(match closed {
+                Ok(()) => answer,
+                Err(e) => unavailable("session", &e),
+            });
+        }
+        let mut saved = Ok(());
+        if action == Action::Authentication
             && session.phase == Phase::Authenticated
             && let Some(user) = &session.user
         {
-            self.sessions
-                .limit_user(user, &sid, MAX_SESSIONS_PER_USER - 1);
+            saved = self
+                .sessions
+                .try_limit_user(user, &sid, MAX_SESSIONS_PER_USER - 1);
         }
-        if keep {
-            self.sessions.put(&sid, session);
-            RcdpReply {
-                answer,
-                sid: Some(sid),
-            }
-        } else {
-            self.sessions.close(&sid);
-            none(answer)
+        let saved = saved.and_then(|()| self.sessions.try_put(&sid, session));
+        if let Err(e) = saved {
+            // The lease gives the session back as it was, if it can.
+            drop(lease);
+            return none(unavailable("session", &e));
+        }
+        std::mem::forget(lease);
+        RcdpReply {
+            answer,
+            sid: Some(sid),
         }
     }
 
@@ -828,9 +909,10 @@ impl KeyTalk {
         Some((service, session.user.as_deref()?))
     }
 
-    /// Takes the out-of-band download of `token` (once, in time).
-    pub fn download(&self, token: &str, now: Instant) -> Option<Download> {
-        self.downloads.take(token, now)
+    /// Takes the out-of-band download of `token` (once, in time); an
+    /// error when the shared store failed (the caller answers 503).
+    pub fn download(&self, token: &str, now: Instant) -> Result<Option<Download>, StoreError> {
+        self.downloads.try_take(token, now)
     }
 
     /// A CA certificate as PEM for `GET /ca/1.0.0/{which}`: `primary`,

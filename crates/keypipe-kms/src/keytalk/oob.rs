@@ -4,12 +4,32 @@
 //! after the deadline, finds nothing). Packages are encrypted under their
 //! session's passphrase and zeroized when taken or dropped. At most
 //! `capacity` wait at once (the oldest go first).
+//!
+//! The packages wait in this process ([`Downloads::new`]) or, when
+//! several processes share the store, in its `ephemeral` table
+//! ([`Downloads::shared`]), so the download may reach any of them. There
+//! a row's id is the SHA-256 of the token (never the token), its value the
+//! deadline, the content type and the package, wrapped by the store under
+//! the KEK, forgotten at the deadline; a download deletes the row in the
+//! transaction that reads it, so two processes never both hand it out. A
+//! full shared table refuses to park ([`TableError::Full`]) instead of
+//! dropping the oldest (that would read every process's rows).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
+
+use super::shared::{self, Shared, Stamp, TableError};
+use crate::store::{EphemeralChange, EphemeralStore, StoreError};
+
+/// The store's rows of parked packages.
+const KIND: &str = "keytalk-download";
+
+/// The content types packages are served with (a stored one is read back
+/// as one of these).
+const CONTENT_TYPES: [&str; 2] = ["application/x-pkcs12", "application/x-pem-file"];
 
 /// A package waiting for its download.
 pub struct Download {
@@ -17,7 +37,6 @@ pub struct Download {
     pub content_type: &'static str,
     /// The bytes (P12 DER or PEM text).
     pub body: Zeroizing<Vec<u8>>,
-    deadline: Instant,
 }
 
 impl std::fmt::Debug for Download {
@@ -29,9 +48,63 @@ impl std::fmt::Debug for Download {
     }
 }
 
+/// A package and its deadline (an `Instant` in memory, ms since the epoch
+/// in the store).
+struct Parked<T> {
+    download: Download,
+    deadline: T,
+}
+
+impl<T: Stamp> Parked<T> {
+    /// Still to be handed out at `now`.
+    fn in_time(&self, now: T) -> bool {
+        self.deadline > now
+    }
+}
+
+impl Parked<u64> {
+    /// The row's value: deadline (8 bytes, big-endian), content type
+    /// (length byte, text), package; in a buffer of exactly that size.
+    fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let ct = self.download.content_type.as_bytes();
+        let ct = &ct[..ct.len().min(255)];
+        let mut out = Zeroizing::new(Vec::with_capacity(9 + ct.len() + self.download.body.len()));
+        out.extend_from_slice(&self.deadline.to_be_bytes());
+        out.push(u8::try_from(ct.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(ct);
+        out.extend_from_slice(&self.download.body);
+        out
+    }
+
+    fn decode(value: &[u8]) -> Result<Parked<u64>, StoreError> {
+        let corrupt = || StoreError::Corrupt(format!("{KIND} row: truncated"));
+        let (deadline, rest) = value.split_first_chunk::<8>().ok_or_else(corrupt)?;
+        let (&len, rest) = rest.split_first().ok_or_else(corrupt)?;
+        let (ct, body) = rest
+            .split_at_checked(usize::from(len))
+            .ok_or_else(corrupt)?;
+        let content_type = CONTENT_TYPES
+            .into_iter()
+            .find(|known| known.as_bytes() == ct)
+            .unwrap_or("application/octet-stream");
+        Ok(Parked {
+            download: Download {
+                content_type,
+                body: Zeroizing::new(body.to_vec()),
+            },
+            deadline: u64::from_be_bytes(*deadline),
+        })
+    }
+}
+
+enum Table {
+    Memory(Mutex<HashMap<String, Parked<Instant>>>),
+    Shared(Shared),
+}
+
 /// The waiting downloads.
 pub struct Downloads {
-    map: Mutex<HashMap<String, Download>>,
+    table: Table,
     ttl: Duration,
     capacity: usize,
 }
@@ -40,64 +113,129 @@ impl std::fmt::Debug for Downloads {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Downloads")
             .field("ttl", &self.ttl)
+            .field("shared", &matches!(self.table, Table::Shared(_)))
             .finish_non_exhaustive()
     }
 }
 
 impl Downloads {
-    /// An empty table.
+    /// An empty table in this process.
     pub fn new(ttl: Duration, capacity: usize) -> Downloads {
         Downloads {
-            map: Mutex::new(HashMap::new()),
+            table: Table::Memory(Mutex::new(HashMap::new())),
             ttl,
             capacity: capacity.max(1),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Download>> {
-        self.map
-            .lock()
+    /// The table in `store`, shared by every process using it.
+    pub fn shared(ttl: Duration, capacity: usize, store: Arc<dyn EphemeralStore>) -> Downloads {
+        Downloads {
+            table: Table::Shared(Shared::new(store)),
+            ttl,
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn lock(
+        map: &Mutex<HashMap<String, Parked<Instant>>>,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Parked<Instant>>> {
+        map.lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Parks `body`: its token, `None` when the OS random source fails.
+    /// Parks `body`: its token, `None` when the OS random source fails
+    /// (or, shared, the table is full or the store failed: logged).
     pub fn park(
         &self,
         content_type: &'static str,
         body: Zeroizing<Vec<u8>>,
         now: Instant,
     ) -> Option<String> {
-        let mut raw = [0u8; 16];
-        getrandom::fill(&mut raw).ok()?;
-        let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        let mut map = self.lock();
-        map.retain(|_, d| d.deadline > now);
-        if map.len() >= self.capacity
-            && let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, d)| d.deadline)
-                .map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
-        }
-        map.insert(
-            token.clone(),
-            Download {
-                content_type,
-                body,
-                deadline: now + self.ttl,
-            },
-        );
-        Some(token)
+        self.try_park(content_type, body, now)
+            .map_err(|e| {
+                if let TableError::Store(e) = e {
+                    tracing::error!("keytalk: download store: {e}");
+                }
+            })
+            .ok()
     }
 
-    /// Takes the package of `token` if it is still there and in time.
+    /// Parks `body`: its token.
+    pub fn try_park(
+        &self,
+        content_type: &'static str,
+        body: Zeroizing<Vec<u8>>,
+        now: Instant,
+    ) -> Result<String, TableError> {
+        let mut raw = [0u8; 16];
+        getrandom::fill(&mut raw).map_err(|_| TableError::NoRandomness)?;
+        let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let download = Download { content_type, body };
+        match &self.table {
+            Table::Memory(map) => {
+                let mut map = Self::lock(map);
+                map.retain(|_, d| d.in_time(now));
+                if map.len() >= self.capacity
+                    && let Some(oldest) = map
+                        .iter()
+                        .min_by_key(|(_, d)| d.deadline)
+                        .map(|(k, _)| k.clone())
+                {
+                    map.remove(&oldest);
+                }
+                let deadline = now.plus(self.ttl);
+                map.insert(token.clone(), Parked { download, deadline });
+            }
+            Table::Shared(sh) => {
+                let capacity = u64::try_from(self.capacity).unwrap_or(u64::MAX);
+                if sh.count(KIND)? >= capacity {
+                    return Err(TableError::Full);
+                }
+                let deadline = shared::wall_ms(now).plus(self.ttl);
+                let value = Parked { download, deadline }.encode();
+                sh.update(KIND, &shared::digest(&token), |_| {
+                    let change = EphemeralChange::Put {
+                        value: value.clone(),
+                        forget_ms: deadline,
+                    };
+                    Ok((change, ()))
+                })?;
+            }
+        }
+        Ok(token)
+    }
+
+    /// Takes the package of `token` if it is still there and in time (a
+    /// store error reads as none, logged).
     pub fn take(&self, token: &str, now: Instant) -> Option<Download> {
-        let d = self.lock().remove(token)?;
-        (d.deadline > now).then_some(d)
+        self.try_take(token, now).unwrap_or_else(|e| {
+            tracing::error!("keytalk: download store: {e}");
+            None
+        })
+    }
+
+    /// [`Downloads::take`], with the store's errors.
+    pub fn try_take(&self, token: &str, now: Instant) -> Result<Option<Download>, StoreError> {
+        match &self.table {
+            Table::Memory(map) => {
+                let parked = Self::lock(map).remove(token);
+                Ok(parked.filter(|d| d.in_time(now)).map(|d| d.download))
+            }
+            Table::Shared(sh) => {
+                let now = shared::wall_ms(now);
+                sh.update(KIND, &shared::digest(token), |row| {
+                    let Some(row) = row else {
+                        return Ok((EphemeralChange::Keep, None));
+                    };
+                    let parked = Parked::decode(&row.value)?;
+                    let found = parked.in_time(now).then_some(parked.download);
+                    Ok((EphemeralChange::Remove, found))
+                })
+            }
+        }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +258,64 @@ mod tests {
         d.park("x", Zeroizing::new(vec![4]), t + Duration::from_secs(1));
         d.park("x", Zeroizing::new(vec![5]), t + Duration::from_secs(2));
         assert!(d.take(&c, t).is_none(), "the oldest went");
+    }
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use super::*;
+    use crate::keytalk::shared::testing::Db;
+
+    /// Parked through one process, taken once through the other; the
+    /// token and the package never reach the database in clear.
+    fn once_across_processes(db: &Db) {
+        let t = Instant::now();
+        let ttl = Duration::from_secs(300);
+        let (a, b) = (
+            Downloads::shared(ttl, 2, db.open()),
+            Downloads::shared(ttl, 2, db.open()),
+        );
+        let package = b"PKCS12-PACKAGE-BYTES-0123456789".to_vec();
+        let token = a
+            .try_park("application/x-pkcs12", Zeroizing::new(package.clone()), t)
+            .unwrap();
+        assert_eq!(token.len(), 32);
+        assert!(db.lacks(token.as_bytes()) && db.lacks(&package));
+        let d = b.try_take(&token, t).unwrap().unwrap();
+        assert_eq!(
+            (d.content_type, &d.body[..]),
+            ("application/x-pkcs12", &package[..])
+        );
+        assert!(b.try_take(&token, t).unwrap().is_none(), "single use");
+        assert!(a.try_take(&token, t).unwrap().is_none(), "on every process");
+        // Late, then gone; a full table refuses.
+        let pem = a
+            .try_park("application/x-pem-file", Zeroizing::new(vec![2]), t)
+            .unwrap();
+        a.try_park("application/x-pem-file", Zeroizing::new(vec![3]), t)
+            .unwrap();
+        assert!(matches!(
+            b.try_park("application/x-pem-file", Zeroizing::new(vec![4]), t),
+            Err(TableError::Full)
+        ));
+        assert!(b.try_take(&pem, t + ttl).unwrap().is_none(), "expired");
+        assert!(
+            a.try_take(&pem, t).unwrap().is_none(),
+            "an expired one is gone"
+        );
+        assert!(
+            b.park("x", Zeroizing::new(vec![5]), t).is_some(),
+            "room again"
+        );
+    }
+
+    #[test]
+    fn once_across_processes_on_sqlite() {
+        once_across_processes(&Db::sqlite());
+    }
+
+    #[test]
+    fn once_across_processes_on_postgres() {
+        once_across_processes(&Db::postgres("kt_oob"));
     }
 }

@@ -13,7 +13,7 @@
 //! `LOCKED` ends the session.
 
 /// Where a session is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Phase {
     /// After `hello`.
     Hello,

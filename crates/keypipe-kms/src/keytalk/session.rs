@@ -6,18 +6,55 @@
 //! holds at most `capacity` (the oldest go first). The id is a secret
 //! (it decrypts the key it protects): it is never logged and `Debug`
 //! never shows it; the table is keyed by its SHA-256.
+//!
+//! The table lives in this process ([`Sessions::new`]) or, when several
+//! processes share the store, in its `ephemeral` table
+//! ([`Sessions::shared`]), so the calls of one session may reach any of
+//! them. Shared, the same rules hold (the same functions decide), with
+//! these differences:
+//!
+//! - a row is the session's state (JSON, times in ms since the epoch),
+//!   wrapped by the store under the KEK; its id is the SHA-256 of the
+//!   cookie, never the cookie; it is forgotten when it would expire
+//!   (`idle` after its last call or `max_age` after its `hello`);
+//! - a call's busy mark older than [`BUSY_STALE`] is taken for the mark
+//!   of a process that died mid-call, and ignored; the state a call puts
+//!   back is dropped when another call has taken the session since (each
+//!   busy mark names its call);
+//! - a full table refuses `hello` ([`TableError::Full`]) instead of ending
+//!   the oldest sessions not yet authenticated (that would read every
+//!   process's rows); processes opening sessions at the same moment may
+//!   overshoot `capacity` by as many;
+//! - [`Sessions::limit_user`] keeps one more row per user (id: the
+//!   SHA-256 of the name) listing the ids of that user's authenticated
+//!   sessions: each call reads the listed sessions, drops the ones gone
+//!   from the list, and ends the excess by their last call, as in memory;
+//!   a session is deleted only if, in the deleting transaction, it is
+//!   still that user's, authenticated and not busy.
+//!
+//! The methods that can meet a store error come as `try_…`; the plain
+//! ones log it and act as on a missing session.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::phase::Phase;
+use super::shared::{self, BUSY_STALE, Shared, Stamp, TableError};
 use super::version::Version;
+use crate::store::{EphemeralChange, EphemeralStore, StoreError};
+
+/// The store's rows of sessions.
+const KIND: &str = "keytalk-session";
+
+/// The store's rows listing a user's authenticated sessions.
+const USER_KIND: &str = "keytalk-session-user";
 
 /// Authentication that is half done.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Pending {
     /// Nothing.
     #[default]
@@ -39,7 +76,7 @@ pub enum Pending {
 }
 
 /// The state of one session.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Session {
     /// The negotiated version.
     pub version: Version,
@@ -55,10 +92,9 @@ pub struct Session {
     pub pending: Pending,
     /// Certificates issued in this session.
     pub certificates: u32,
-    created: Instant,
-    last: Instant,
-    /// A call of this session is running.
-    busy: bool,
+    /// The call holding it (its busy mark's holder); not stored.
+    #[serde(skip)]
+    holder: u64,
 }
 
 /// What [`Sessions::take`] found.
@@ -76,100 +112,282 @@ pub enum Taken {
 /// The table's key of a session id: its SHA-256 (the table never holds
 /// the ids themselves).
 fn key(sid: &str) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(sid.as_bytes()).into()
+    shared::digest(sid)
+}
+
+/// "A call is running", and which.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Busy<T> {
+    since: T,
+    holder: u64,
+}
+
+/// A session in the table, with its times (`Instant`s in memory, ms since
+/// the epoch in the store).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry<T> {
+    session: Session,
+    created: T,
+    last: T,
+    busy: Option<Busy<T>>,
+}
+
+impl<T: Copy> Entry<T> {
+    /// A session opened at `now`.
+    fn fresh(session: Session, now: T) -> Entry<T> {
+        Entry {
+            session,
+            created: now,
+            last: now,
+            busy: None,
+        }
+    }
+}
+
+/// The rules of the table, both modes.
+#[derive(Debug, Clone, Copy)]
+struct Rules {
+    idle: Duration,
+    max_age: Duration,
+    capacity: usize,
+    /// A busy mark this old is ignored (`None`: never).
+    busy_stale: Option<Duration>,
+}
+
+impl Rules {
+    fn live<T: Stamp>(&self, e: &Entry<T>, now: T) -> bool {
+        now.since(e.last) < self.idle && now.since(e.created) < self.max_age
+    }
+
+    /// When the entry expires unless used.
+    fn expiry<T: Stamp>(&self, e: &Entry<T>) -> T {
+        e.last.plus(self.idle).min(e.created.plus(self.max_age))
+    }
+
+    fn busy<T: Stamp>(&self, e: &Entry<T>, now: T) -> bool {
+        e.busy.is_some_and(|b| {
+            self.busy_stale
+                .is_none_or(|stale| now.since(b.since) < stale)
+        })
+    }
+
+    /// Takes `e` for the call `holder`; `Gone`: the entry goes.
+    fn take<T: Stamp>(&self, e: &mut Entry<T>, now: T, holder: u64) -> Taken {
+        if !self.live(e, now) {
+            return Taken::Gone;
+        }
+        if self.busy(e, now) {
+            return Taken::Busy;
+        }
+        e.busy = Some(Busy { since: now, holder });
+        e.last = now;
+        let mut session = e.session.clone();
+        session.holder = holder;
+        Taken::Session(session)
+    }
+
+    /// `e` counts against `user`'s limit (unless it is the caller's).
+    fn counts_against<T: Stamp>(&self, e: &Entry<T>, user: &str, now: T) -> bool {
+        !self.busy(e, now)
+            && e.session.phase == Phase::Authenticated
+            && e.session.user.as_deref() == Some(user)
+    }
+}
+
+/// What ends a call.
+enum Edit<'a> {
+    /// This state is the session's now (if the call that took it still
+    /// holds it).
+    Put(&'a Session),
+    /// The state stays.
+    Release,
+}
+
+impl Edit<'_> {
+    /// Applies the edit: false when nothing changed.
+    fn apply<T>(&self, e: &mut Entry<T>) -> bool {
+        match self {
+            Edit::Put(session) => {
+                if e.busy.as_ref().is_none_or(|b| b.holder != session.holder) {
+                    return false;
+                }
+                e.session = Session {
+                    holder: 0,
+                    ..(*session).clone()
+                };
+                e.busy = None;
+                true
+            }
+            Edit::Release => e.busy.take().is_some(),
+        }
+    }
+}
+
+/// Of a user's other sessions and their last calls, the ones to end so
+/// that at most `max` stay (unused longest first).
+fn excess<K: Copy, T: Ord + Copy>(mut theirs: Vec<(K, T)>, max: usize) -> Vec<K> {
+    if theirs.len() <= max {
+        return Vec::new();
+    }
+    theirs.sort_by_key(|(_, last)| *last);
+    let n = theirs.len() - max;
+    theirs.into_iter().take(n).map(|(k, _)| k).collect()
+}
+
+/// A fresh holder for a busy mark.
+fn holder() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    shared::random_u64().unwrap_or_else(|| NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+enum Table {
+    Memory(Mutex<HashMap<[u8; 32], Entry<Instant>>>),
+    Shared(Shared),
 }
 
 /// The live sessions.
 pub struct Sessions {
-    map: Mutex<HashMap<[u8; 32], Session>>,
-    idle: Duration,
-    max_age: Duration,
-    capacity: usize,
+    table: Table,
+    rules: Rules,
 }
 
 impl std::fmt::Debug for Sessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sessions")
-            .field("idle", &self.idle)
-            .field("max_age", &self.max_age)
+            .field("idle", &self.rules.idle)
+            .field("max_age", &self.rules.max_age)
+            .field("shared", &matches!(self.table, Table::Shared(_)))
             .finish_non_exhaustive()
     }
 }
 
+fn logged<T>(result: Result<T, StoreError>, or: T) -> T {
+    result.unwrap_or_else(|e| {
+        tracing::error!("keytalk: session store: {e}");
+        or
+    })
+}
+
 impl Sessions {
-    /// An empty table.
+    /// An empty table in this process.
     pub fn new(idle: Duration, max_age: Duration, capacity: usize) -> Sessions {
         Sessions {
-            map: Mutex::new(HashMap::new()),
-            idle,
-            max_age,
-            capacity: capacity.max(1),
+            table: Table::Memory(Mutex::new(HashMap::new())),
+            rules: Rules {
+                idle,
+                max_age,
+                capacity: capacity.max(1),
+                busy_stale: None,
+            },
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Session>> {
-        self.map
-            .lock()
+    /// The table in `store`, shared by every process using it.
+    pub fn shared(
+        idle: Duration,
+        max_age: Duration,
+        capacity: usize,
+        store: Arc<dyn EphemeralStore>,
+    ) -> Sessions {
+        Sessions {
+            table: Table::Shared(Shared::new(store)),
+            rules: Rules {
+                idle,
+                max_age,
+                capacity: capacity.max(1),
+                busy_stale: Some(BUSY_STALE),
+            },
+        }
+    }
+
+    fn lock(
+        map: &Mutex<HashMap<[u8; 32], Entry<Instant>>>,
+    ) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Entry<Instant>>> {
+        map.lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn live(&self, s: &Session, now: Instant) -> bool {
-        now.saturating_duration_since(s.last) < self.idle
-            && now.saturating_duration_since(s.created) < self.max_age
+    /// The store's row for `e`.
+    fn row(&self, e: &Entry<u64>) -> Result<EphemeralChange, StoreError> {
+        Ok(EphemeralChange::Put {
+            value: shared::encode(e)?,
+            forget_ms: self.rules.expiry(e),
+        })
     }
 
-    /// Opens a session at `version`: its id. `None` only when the OS
-    /// random source fails.
+    /// Opens a session at `version`: its id. `None` when the OS random
+    /// source fails (or, shared, the table is full or the store failed).
     pub fn open(&self, version: Version, now: Instant) -> Option<Zeroizing<String>> {
+        match self.try_open(version, now) {
+            Ok(sid) => Some(sid),
+            Err(TableError::Store(e)) => logged(Err(e), None),
+            Err(_) => None,
+        }
+    }
+
+    /// Opens a session at `version`: its id.
+    pub fn try_open(
+        &self,
+        version: Version,
+        now: Instant,
+    ) -> Result<Zeroizing<String>, TableError> {
         let mut raw = Zeroizing::new([0u8; 16]);
-        getrandom::fill(&mut raw[..]).ok()?;
+        getrandom::fill(&mut raw[..]).map_err(|_| TableError::NoRandomness)?;
         let mut sid = Zeroizing::new(String::with_capacity(32));
         for b in raw.iter() {
             sid.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
             sid.push(char::from_digit(u32::from(b & 15), 16).unwrap_or('0'));
         }
-        let mut map = self.lock();
-        if map.len() >= self.capacity {
-            self.make_room(&mut map, now);
+        let session = Session {
+            version,
+            phase: Phase::Hello,
+            service: None,
+            user: None,
+            device: None,
+            pending: Pending::None,
+            certificates: 0,
+            holder: 0,
+        };
+        match &self.table {
+            Table::Memory(map) => {
+                let mut map = Self::lock(map);
+                if map.len() >= self.rules.capacity {
+                    self.make_room(&mut map, now);
+                }
+                map.insert(key(&sid), Entry::fresh(session, now));
+            }
+            Table::Shared(sh) => {
+                let capacity = u64::try_from(self.rules.capacity).unwrap_or(u64::MAX);
+                if sh.count(KIND)? >= capacity {
+                    return Err(TableError::Full);
+                }
+                let entry = Entry::fresh(session, shared::wall_ms(now));
+                sh.update(KIND, &key(&sid), |_| Ok((self.row(&entry)?, ())))?;
+            }
         }
-        map.insert(
-            key(&sid),
-            Session {
-                version,
-                phase: Phase::Hello,
-                service: None,
-                user: None,
-                device: None,
-                pending: Pending::None,
-                certificates: 0,
-                created: now,
-                last: now,
-                busy: false,
-            },
-        );
-        Some(sid)
+        Ok(sid)
     }
 
     /// A full table: drops the expired sessions, then the oldest 1/64 of
     /// those not authenticated (a flood of `hello`s never ends an
     /// authenticated session, and the scan runs once per 1/64 of the
     /// table), the oldest of all only when every session is authenticated.
-    fn make_room(&self, map: &mut HashMap<[u8; 32], Session>, now: Instant) {
-        map.retain(|_, s| self.live(s, now));
-        if map.len() < self.capacity {
+    fn make_room(&self, map: &mut HashMap<[u8; 32], Entry<Instant>>, now: Instant) {
+        map.retain(|_, e| self.rules.live(e, now));
+        if map.len() < self.rules.capacity {
             return;
         }
         let mut waiting: Vec<([u8; 32], Instant)> = map
             .iter()
-            .filter(|(_, s)| !s.busy && s.phase != Phase::Authenticated)
-            .map(|(k, s)| (*k, s.last))
+            .filter(|(_, e)| !self.rules.busy(e, now) && e.session.phase != Phase::Authenticated)
+            .map(|(k, e)| (*k, e.last))
             .collect();
         if waiting.is_empty() {
             waiting = map
                 .iter()
-                .filter(|(_, s)| !s.busy)
-                .map(|(k, s)| (*k, s.last))
+                .filter(|(_, e)| !self.rules.busy(e, now))
+                .map(|(k, e)| (*k, e.last))
                 .collect();
         }
         if waiting.is_empty() {
@@ -177,7 +395,7 @@ impl Sessions {
             // one (calls are bounded by the pool's queue).
             return;
         }
-        let n = (self.capacity / 64).clamp(1, waiting.len());
+        let n = (self.rules.capacity / 64).clamp(1, waiting.len());
         waiting.select_nth_unstable_by_key(n - 1, |(_, last)| *last);
         for (k, _) in &waiting[..n] {
             map.remove(k);
@@ -186,76 +404,215 @@ impl Sessions {
 
     /// Takes the live session `sid` for one call (its idle time starts
     /// over): calls of one session run one at a time, so no call's result
-    /// overwrites another's.
+    /// overwrites another's. A store error reads as `Gone`.
     pub fn take(&self, sid: &str, now: Instant) -> Taken {
-        let mut map = self.lock();
-        let key = key(sid);
-        let live = map.get(&key).is_some_and(|s| self.live(s, now));
-        if !live {
-            map.remove(&key);
-            return Taken::Gone;
-        }
-        let Some(s) = map.get_mut(&key) else {
-            return Taken::Gone;
-        };
-        if s.busy {
-            return Taken::Busy;
-        }
-        s.busy = true;
-        s.last = now;
-        Taken::Session(s.clone())
+        logged(self.try_take(sid, now), Taken::Gone)
     }
 
-    /// Stores `session` as the state of `sid` (if still open) and ends
-    /// the call that took it.
-    pub fn put(&self, sid: &str, mut session: Session) {
-        let mut map = self.lock();
-        if let Some(s) = map.get_mut(&key(sid)) {
-            session.busy = false;
-            *s = session;
+    /// [`Sessions::take`], with the store's errors.
+    pub fn try_take(&self, sid: &str, now: Instant) -> Result<Taken, StoreError> {
+        let key = key(sid);
+        let holder = holder();
+        match &self.table {
+            Table::Memory(map) => {
+                let mut map = Self::lock(map);
+                let Some(e) = map.get_mut(&key) else {
+                    return Ok(Taken::Gone);
+                };
+                let taken = self.rules.take(e, now, holder);
+                if matches!(taken, Taken::Gone) {
+                    map.remove(&key);
+                }
+                Ok(taken)
+            }
+            Table::Shared(sh) => {
+                let now = shared::wall_ms(now);
+                sh.update(KIND, &key, |row| {
+                    let Some(row) = row else {
+                        return Ok((EphemeralChange::Keep, Taken::Gone));
+                    };
+                    let mut e: Entry<u64> = shared::decode(KIND, &row.value)?;
+                    Ok(match self.rules.take(&mut e, now, holder) {
+                        Taken::Gone => (EphemeralChange::Remove, Taken::Gone),
+                        Taken::Busy => (EphemeralChange::Keep, Taken::Busy),
+                        taken => (self.row(&e)?, taken),
+                    })
+                })
+            }
         }
+    }
+
+    /// Applies `edit` to the entry of `sid`, if there is one.
+    fn edit(&self, sid: &str, edit: Edit<'_>) -> Result<(), StoreError> {
+        match &self.table {
+            Table::Memory(map) => {
+                if let Some(e) = Self::lock(map).get_mut(&key(sid)) {
+                    edit.apply(e);
+                }
+                Ok(())
+            }
+            Table::Shared(sh) => sh.update(KIND, &key(sid), |row| {
+                let Some(row) = row else {
+                    return Ok((EphemeralChange::Keep, ()));
+                };
+                let mut e: Entry<u64> = shared::decode(KIND, &row.value)?;
+                if edit.apply(&mut e) {
+                    Ok((self.row(&e)?, ()))
+                } else {
+                    Ok((EphemeralChange::Keep, ()))
+                }
+            }),
+        }
+    }
+
+    /// Stores `session` as the state of `sid` (if still open, and still
+    /// held by the call that took `session`) and ends that call.
+    pub fn put(&self, sid: &str, session: Session) {
+        logged(self.try_put(sid, session), ());
+    }
+
+    /// [`Sessions::put`], with the store's errors.
+    pub fn try_put(&self, sid: &str, session: Session) -> Result<(), StoreError> {
+        self.edit(sid, Edit::Put(&session))
     }
 
     /// Ends the call that took `sid`, leaving its state as it was.
     pub fn release(&self, sid: &str) {
-        if let Some(s) = self.lock().get_mut(&key(sid)) {
-            s.busy = false;
-        }
+        logged(self.try_release(sid), ());
+    }
+
+    /// [`Sessions::release`], with the store's errors.
+    pub fn try_release(&self, sid: &str) -> Result<(), StoreError> {
+        self.edit(sid, Edit::Release)
     }
 
     /// Keeps at most `max` other authenticated sessions of `user` besides
     /// `sid`: the ones unused longest end (one account cannot fill the
     /// table).
     pub fn limit_user(&self, user: &str, sid: &str, max: usize) {
-        let mut map = self.lock();
+        logged(self.try_limit_user(user, sid, max), ());
+    }
+
+    /// [`Sessions::limit_user`], with the store's errors.
+    pub fn try_limit_user(&self, user: &str, sid: &str, max: usize) -> Result<(), StoreError> {
         let own = key(sid);
-        let mut theirs: Vec<([u8; 32], Instant)> = map
-            .iter()
-            .filter(|(k, s)| {
-                **k != own
-                    && !s.busy
-                    && s.phase == Phase::Authenticated
-                    && s.user.as_deref() == Some(user)
-            })
-            .map(|(k, s)| (*k, s.last))
-            .collect();
-        if theirs.len() > max {
-            theirs.sort_by_key(|(_, last)| *last);
-            let excess = theirs.len() - max;
-            for (k, _) in &theirs[..excess] {
-                map.remove(k);
+        match &self.table {
+            Table::Memory(map) => {
+                let now = Instant::now();
+                let mut map = Self::lock(map);
+                let theirs: Vec<([u8; 32], Instant)> = map
+                    .iter()
+                    .filter(|(k, e)| **k != own && self.rules.counts_against(e, user, now))
+                    .map(|(k, e)| (*k, e.last))
+                    .collect();
+                for k in excess(theirs, max) {
+                    map.remove(&k);
+                }
+                Ok(())
+            }
+            Table::Shared(sh) => self.limit_shared(sh, user, own, max),
+        }
+    }
+
+    fn limit_shared(
+        &self,
+        sh: &Shared,
+        user: &str,
+        own: [u8; 32],
+        max: usize,
+    ) -> Result<(), StoreError> {
+        let now = shared::wall_ms(Instant::now());
+        let list_id = shared::digest(user);
+        let keep_listed = now.plus(self.rules.max_age);
+        // This session joins the user's list; the others are read.
+        let listed: Vec<[u8; 32]> = sh.update(USER_KIND, &list_id, |row| {
+            let mut keys: Vec<[u8; 32]> = match row {
+                Some(row) => shared::decode(USER_KIND, &row.value)?,
+                None => Vec::new(),
+            };
+            if !keys.contains(&own) {
+                keys.push(own);
+            }
+            let others = keys.iter().filter(|k| **k != own).copied().collect();
+            let change = EphemeralChange::Put {
+                value: shared::encode(&keys)?,
+                forget_ms: keep_listed,
+            };
+            Ok((change, others))
+        })?;
+        let mut theirs = Vec::new();
+        let mut unlisted = Vec::new();
+        for k in listed {
+            let entry: Option<Entry<u64>> = sh.update(KIND, &k, |row| {
+                let e = row.map(|r| shared::decode(KIND, &r.value)).transpose()?;
+                Ok((EphemeralChange::Keep, e))
+            })?;
+            match entry {
+                Some(e) if self.rules.counts_against(&e, user, now) => theirs.push((k, e.last)),
+                // Busy, or changing its password: still the user's.
+                Some(e) if e.session.user.as_deref() == Some(user) => {}
+                _ => unlisted.push(k),
             }
         }
+        for k in excess(theirs, max) {
+            sh.update(KIND, &k, |row| {
+                let Some(row) = row else {
+                    return Ok((EphemeralChange::Keep, ()));
+                };
+                let e: Entry<u64> = shared::decode(KIND, &row.value)?;
+                if self.rules.counts_against(&e, user, now) {
+                    Ok((EphemeralChange::Remove, ()))
+                } else {
+                    Ok((EphemeralChange::Keep, ()))
+                }
+            })?;
+            unlisted.push(k);
+        }
+        if unlisted.is_empty() {
+            return Ok(());
+        }
+        sh.update(USER_KIND, &list_id, |row| {
+            let Some(row) = row else {
+                return Ok((EphemeralChange::Keep, ()));
+            };
+            let mut keys: Vec<[u8; 32]> = shared::decode(USER_KIND, &row.value)?;
+            keys.retain(|k| !unlisted.contains(k));
+            let change = EphemeralChange::Put {
+                value: shared::encode(&keys)?,
+                forget_ms: row.forget_ms,
+            };
+            Ok((change, ()))
+        })
     }
 
     /// Ends `sid`.
     pub fn close(&self, sid: &str) {
-        self.lock().remove(&key(sid));
+        logged(self.try_close(sid), ());
     }
 
-    /// Live sessions (for metrics).
+    /// [`Sessions::close`], with the store's errors.
+    pub fn try_close(&self, sid: &str) -> Result<(), StoreError> {
+        match &self.table {
+            Table::Memory(map) => {
+                Self::lock(map).remove(&key(sid));
+                Ok(())
+            }
+            Table::Shared(sh) => sh.update(KIND, &key(sid), |_| Ok((EphemeralChange::Remove, ()))),
+        }
+    }
+
+    /// Live sessions (for metrics; shared, of every process). A store
+    /// error reads as none.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        logged(self.try_len(), 0)
+    }
+
+    /// [`Sessions::len`], with the store's errors.
+    pub fn try_len(&self) -> Result<usize, StoreError> {
+        match &self.table {
+            Table::Memory(map) => Ok(Self::lock(map).len()),
+            Table::Shared(sh) => Ok(usize::try_from(sh.count(KIND)?).unwrap_or(usize::MAX)),
+        }
     }
 
     /// True when no session is open.
@@ -263,7 +620,6 @@ impl Sessions {
         self.len() == 0
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,5 +722,144 @@ mod tests {
         assert_eq!(second.phase, Phase::Connected, "the first call's result");
         s.release(&a);
         assert!(matches!(s.take(&a, t), Taken::Session(_)));
+    }
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use super::*;
+    use crate::keytalk::shared::testing::Db;
+
+    fn pair(db: &Db, idle: u64, capacity: usize) -> (Sessions, Sessions) {
+        let one = |_| {
+            Sessions::shared(
+                Duration::from_secs(idle),
+                Duration::from_secs(3600),
+                capacity,
+                db.open(),
+            )
+        };
+        (one(0), one(1))
+    }
+
+    fn taken(t: Taken) -> Session {
+        match t {
+            Taken::Session(s) => s,
+            other => panic!("not taken: {other:?}"),
+        }
+    }
+
+    /// Calls of one session alternate between two processes: each sees
+    /// the other's state and busy mark; a stale mark is ignored and the
+    /// stale call's state dropped; idle sessions end.
+    fn calls_alternate(db: &Db) {
+        let t = Instant::now();
+        let (a, b) = pair(db, 600, 8);
+        let sid = a.try_open(Version::V2_2_0, t).unwrap();
+        let mut s = taken(b.try_take(&sid, t).unwrap());
+        assert_eq!(s.version, Version::V2_2_0);
+        assert!(matches!(a.try_take(&sid, t).unwrap(), Taken::Busy));
+        s.phase = Phase::Connected;
+        b.try_put(&sid, s).unwrap();
+        let first = taken(a.try_take(&sid, t).unwrap());
+        assert_eq!(first.phase, Phase::Connected, "b's result");
+        // a's process "dies" holding it: b waits out the mark.
+        let almost = t + BUSY_STALE - Duration::from_secs(1);
+        assert!(matches!(b.try_take(&sid, almost).unwrap(), Taken::Busy));
+        let later = t + BUSY_STALE + Duration::from_secs(1);
+        let mut second = taken(b.try_take(&sid, later).unwrap());
+        second.phase = Phase::Authenticated;
+        // a's late result is dropped: b took the session since.
+        let mut late = first;
+        late.certificates = 7;
+        a.try_put(&sid, late).unwrap();
+        b.try_put(&sid, second).unwrap();
+        let now = taken(a.try_take(&sid, later).unwrap());
+        assert_eq!((now.phase, now.certificates), (Phase::Authenticated, 0));
+        a.try_release(&sid).unwrap();
+        assert!(matches!(
+            b.try_take(&sid, later).unwrap(),
+            Taken::Session(_)
+        ));
+        b.try_release(&sid).unwrap();
+        // Idle too long, then closed.
+        assert!(matches!(
+            a.try_take(&sid, later + Duration::from_secs(601)).unwrap(),
+            Taken::Gone
+        ));
+        let other = b.try_open(Version::V2_4_1, t).unwrap();
+        assert_eq!(a.try_len().unwrap(), 1);
+        a.try_close(&other).unwrap();
+        assert!(matches!(b.try_take(&other, t).unwrap(), Taken::Gone));
+        assert!(a.is_empty() && b.is_empty());
+        assert!(db.lacks(sid.as_bytes()) && db.lacks(other.as_bytes()));
+    }
+
+    /// A full shared table refuses `hello`; one user keeps a bounded
+    /// number of authenticated sessions across processes.
+    fn capacity_and_user_limit(db: &Db) {
+        let t = Instant::now();
+        let (a, b) = pair(db, 600, 2);
+        let first = a.try_open(Version::V2_4_1, t).unwrap();
+        b.try_open(Version::V2_4_1, t).unwrap();
+        assert!(matches!(
+            b.try_open(Version::V2_4_1, t),
+            Err(TableError::Full)
+        ));
+        assert!(a.open(Version::V2_4_1, t).is_none());
+        b.try_close(&first).unwrap();
+        a.try_open(Version::V2_4_1, t).unwrap();
+
+        let (a, b) = pair(db, 600, 100);
+        let mut sids = Vec::new();
+        for i in 0..5u64 {
+            let (x, y) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+            let at = t + Duration::from_secs(i);
+            let sid = x.try_open(Version::V2_4_1, at).unwrap();
+            let mut s = taken(y.try_take(&sid, at).unwrap());
+            s.phase = Phase::Authenticated;
+            s.user = Some("u".into());
+            x.try_limit_user("u", &sid, 2).unwrap();
+            y.try_put(&sid, s).unwrap();
+            sids.push(sid);
+        }
+        // The first two ended as the fourth and fifth authenticated.
+        let later = t + Duration::from_secs(10);
+        let alive: Vec<bool> = sids
+            .iter()
+            .map(|sid| match a.try_take(sid, later).unwrap() {
+                Taken::Session(s) => {
+                    a.try_put(sid, s).unwrap();
+                    true
+                }
+                _ => false,
+            })
+            .collect();
+        assert_eq!(alive, [false, false, true, true, true]);
+        assert_eq!(
+            b.try_len().unwrap(),
+            2 + 3,
+            "the first table's two, and three"
+        );
+    }
+
+    #[test]
+    fn calls_alternate_between_processes_on_sqlite() {
+        calls_alternate(&Db::sqlite());
+    }
+
+    #[test]
+    fn calls_alternate_between_processes_on_postgres() {
+        calls_alternate(&Db::postgres("kt_sessions"));
+    }
+
+    #[test]
+    fn capacity_and_user_limit_hold_across_processes_on_sqlite() {
+        capacity_and_user_limit(&Db::sqlite());
+    }
+
+    #[test]
+    fn capacity_and_user_limit_hold_across_processes_on_postgres() {
+        capacity_and_user_limit(&Db::postgres("kt_limit"));
     }
 }

@@ -294,3 +294,125 @@ fn an_enrolment_certificate_never_carries_a_role_keypipe_trusts() {
     assert!(s.subject("sae").unwrap_err().contains("may not carry it"));
     assert_eq!(s.subject("alice").unwrap().ou.as_deref(), Some("alice"));
 }
+
+/// Two processes sharing one database, their calls alternating (a load
+/// balancer that does not pin clients).
+mod shared {
+    use super::*;
+    use crate::keytalk::shared::testing::Db;
+
+    fn pair(db: &Db, services: Vec<Service>) -> (Fixture, Fixture) {
+        let first = db.open();
+        Ca::new(first.as_ref()).init("test").unwrap();
+        let make = |store: Arc<Store>| {
+            let ca = Ca::new(store.as_ref()).load().unwrap();
+            let config = KeyTalkConfig {
+                services: services.clone(),
+                failure_delay: std::time::Duration::ZERO,
+                ..KeyTalkConfig::default()
+            };
+            let shared = Some(Arc::clone(&store) as _);
+            let kt = KeyTalk::with_shared(config, Arc::clone(&store) as _, ca, shared);
+            assert!(kt.is_shared());
+            Fixture {
+                _dir: tempfile::tempdir().unwrap(),
+                store,
+                kt,
+            }
+        };
+        (make(first), make(db.open()))
+    }
+
+    /// `hello` through `x`, `handshake` through `y`.
+    fn session(x: &Fixture, y: &Fixture) -> String {
+        let sid = x.call(None, "hello", "").1.unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let utc = super::super::params::format_utc(now).replace('+', "%2B");
+        let v = y
+            .call(Some(&sid), "handshake", &format!("caller-utc={utc}"))
+            .0;
+        assert_eq!(v["status"], "handshake", "{v}");
+        sid
+    }
+
+    fn enrolment_alternates(db: &Db) {
+        let (a, b) = pair(db, vec![service(r#"name = "S""#)]);
+        a.user("u", "correct horse", &["S"]);
+        let sid = session(&a, &b);
+        let v = a.call(Some(&sid), "auth-requirements", "service=S").0;
+        assert_eq!(v["status"], "auth-requirements", "{v}");
+        assert_eq!(
+            b.auth(&sid, "service=S&USERID=u&PASSWD=correct+horse"),
+            "OK"
+        );
+        assert_eq!(a.kt.sessions(), 1);
+        assert_eq!(b.kt.sessions(), 1);
+        let v = a.call(Some(&sid), "csr-requirements", "").0;
+        assert_eq!(v["status"], "csr-requirements", "{v}");
+        let v = b.call(Some(&sid), "cert", "format=P12&out-of-band=true").0;
+        assert_eq!(v["status"], "cert", "{v}");
+        let url = v["cert-url-templ"].as_str().unwrap();
+        let token = url.rsplit_once('?').unwrap().1;
+        let v = a.call(Some(&sid), "cert", "format=PEM").0;
+        assert_eq!(v["status"], "cert", "{v}");
+        assert!(
+            v["cert"]
+                .as_str()
+                .unwrap()
+                .contains("ENCRYPTED PRIVATE KEY")
+        );
+        assert_eq!(b.call(Some(&sid), "eoc", "").0["status"], "eoc");
+        let v = a.call(Some(&sid), "last-messages", "").0;
+        assert_eq!(v["status"], "error", "ended on both: {v}");
+        assert_eq!(a.kt.sessions(), 0);
+        // The package parked by b: taken once, through a.
+        let now = std::time::Instant::now();
+        let package = a.kt.download(token, now).unwrap().unwrap();
+        assert_eq!(package.content_type, "application/x-pkcs12");
+        assert!(package.body.len() > 100);
+        assert!(b.kt.download(token, now).unwrap().is_none());
+        assert!(a.kt.download(token, now).unwrap().is_none());
+        for secret in [sid.as_bytes(), token.as_bytes(), &package.body[..]] {
+            assert!(db.lacks(secret));
+        }
+    }
+
+    fn failures_lock_on_both(db: &Db) {
+        let (a, b) = pair(db, vec![service(r#"name = "S""#)]);
+        a.user("u", "correct horse", &["S"]);
+        let wrong = "service=S&USERID=u&PASSWD=wrong";
+        let sid = session(&a, &b);
+        // Five failures (no delay here), alternating: the fifth locks.
+        for i in 0..4 {
+            let x = if i % 2 == 0 { &a } else { &b };
+            assert_eq!(x.auth(&sid, wrong), "DELAY");
+        }
+        assert_eq!(b.auth(&sid, wrong), "LOCKED");
+        // Locked on both, even with the right password, in a new session.
+        let right = "service=S&USERID=u&PASSWD=correct+horse";
+        let sid = session(&b, &a);
+        assert_eq!(a.auth(&sid, right), "LOCKED");
+        let sid = session(&a, &b);
+        assert_eq!(b.auth(&sid, right), "LOCKED");
+    }
+
+    #[test]
+    fn an_enrolment_alternating_between_processes_completes_on_sqlite() {
+        enrolment_alternates(&Db::sqlite());
+    }
+
+    #[test]
+    fn an_enrolment_alternating_between_processes_completes_on_postgres() {
+        enrolment_alternates(&Db::postgres("kt_enrol"));
+    }
+
+    #[test]
+    fn failures_on_one_process_lock_the_user_on_the_other_on_sqlite() {
+        failures_lock_on_both(&Db::sqlite());
+    }
+
+    #[test]
+    fn failures_on_one_process_lock_the_user_on_the_other_on_postgres() {
+        failures_lock_on_both(&Db::postgres("kt_lock"));
+    }
+}

@@ -5,7 +5,9 @@
 use std::fmt;
 
 /// A supported RCDP version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Version {
     /// 2.0.0: the base protocol.
     V2_0_0,

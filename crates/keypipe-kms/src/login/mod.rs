@@ -21,6 +21,9 @@
 //!   (its refresh token) with a first access token; `refresh` adds an
 //!   access token to a live session; `logout` ends the session and every
 //!   access token issued under it.
+//! - **Several processes** sharing a PostgreSQL store share the throttle
+//!   through it ([`LoginService::with_store`]); one process keeps it in
+//!   memory ([`LoginService::new`]).
 
 pub mod password;
 pub mod throttle;
@@ -36,7 +39,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::agreement::{AgreementService, ReferenceError};
-use crate::store::{StoreError, TokenHash, UserStore};
+use crate::store::{EphemeralStore, StoreError, TokenHash, UserStore};
 use throttle::{Gate, Throttle};
 
 /// Longest domain or user name, bytes.
@@ -139,14 +142,37 @@ pub enum LoginError {
     /// Unknown, expired or ended token (401, at once).
     #[error("invalid or expired token")]
     InvalidToken,
+    /// The store cannot be reached now (503); the message is logged, not
+    /// sent.
+    #[error("service temporarily unavailable; retry")]
+    Unavailable(String),
     /// The store failed (500); the message is logged, not sent.
     #[error("internal error")]
     Store(String),
 }
 
 impl From<StoreError> for LoginError {
+    /// A store that cannot be reached now is 503; any other failure 500.
     fn from(e: StoreError) -> Self {
-        LoginError::Store(e.to_string())
+        if e.is_unavailable() {
+            LoginError::Unavailable(e.to_string())
+        } else {
+            LoginError::Store(e.to_string())
+        }
+    }
+}
+
+impl From<ReferenceError> for LoginError {
+    /// What taking a reference can fail with.
+    fn from(e: ReferenceError) -> Self {
+        match e {
+            ReferenceError::Unavailable(detail) => LoginError::Unavailable(detail),
+            ReferenceError::Store(detail) => LoginError::Store(detail),
+            ReferenceError::Full => LoginError::Store(e.to_string()),
+            ReferenceError::Unknown | ReferenceError::Used | ReferenceError::Expired => {
+                LoginError::Reference(e)
+            }
+        }
     }
 }
 
@@ -196,19 +222,42 @@ fn check_name(field: &str, value: &str) -> Result<(), LoginError> {
 
 impl LoginService {
     /// A service over `users`, opening passwords with `agreement`'s
-    /// references.
+    /// references, throttling failures in memory (one process).
     pub fn new(
         users: Arc<dyn UserStore>,
         agreement: Arc<AgreementService>,
         config: LoginConfig,
     ) -> Self {
-        // Made now, so the first unknown user costs no more than a known one.
-        password::decoy();
         let throttle = Throttle::new(
             config.failure_delay,
             config.max_failure_delay,
             THROTTLE_CAPACITY,
         );
+        Self::with_throttle(users, agreement, config, throttle)
+    }
+
+    /// A service over `users`, opening passwords with `agreement`'s
+    /// references, throttling failures in `ephemeral`, shared with every
+    /// process using it (for a store where `Store::is_shared()`; usually
+    /// the same store as `users`).
+    pub fn with_store(
+        users: Arc<dyn UserStore>,
+        agreement: Arc<AgreementService>,
+        config: LoginConfig,
+        ephemeral: Arc<dyn EphemeralStore>,
+    ) -> Self {
+        let throttle = Throttle::shared(config.failure_delay, config.max_failure_delay, ephemeral);
+        Self::with_throttle(users, agreement, config, throttle)
+    }
+
+    fn with_throttle(
+        users: Arc<dyn UserStore>,
+        agreement: Arc<AgreementService>,
+        config: LoginConfig,
+        throttle: Throttle,
+    ) -> Self {
+        // Made now, so the first unknown user costs no more than a known one.
+        password::decoy();
         LoginService {
             users,
             agreement,
@@ -231,10 +280,7 @@ impl LoginService {
         check_name("username", &req.username)?;
         let password = match reference {
             Some(reference) => {
-                let (issued, key) = self
-                    .agreement
-                    .take(reference, now)
-                    .map_err(LoginError::Reference)?;
+                let (issued, key) = self.agreement.take(reference, now)?;
                 key.open("password", &req.password, &issued)
                     .map_err(|e| LoginError::BadRequest(e.to_string()))?
             }
@@ -255,6 +301,13 @@ impl LoginService {
         {
             Gate::Held(answer_at) => return Err(LoginError::Unauthorized { answer_at }),
             Gate::Check(answer_at) => answer_at,
+            // Logged by the throttle.
+            Gate::StoreFailed { unavailable: true } => {
+                return Err(LoginError::Unavailable("login throttle store".into()));
+            }
+            Gate::StoreFailed { unavailable: false } => {
+                return Err(LoginError::Store("login throttle store".into()));
+            }
         };
         let user = self.users.user(&req.domain, &req.username)?;
         let hash = user

@@ -46,12 +46,34 @@
 //! expired entries are dropped and, failing that, the entry whose hold
 //! ends soonest, so every source and name being attempted is always
 //! tracked.
+//!
+//! **Shared.** When several processes share a PostgreSQL store
+//! ([`Throttle::shared`]) the tables are rows of its ephemeral table
+//! (kinds [`SOURCE_KIND`], [`NAME_KIND`], [`TRUSTED_KIND`]), so an
+//! attacker gains nothing by spreading guesses over the processes. A row's
+//! id is the SHA-256 of its domain, name (and source), so neither is
+//! stored in clear; its value holds the count and wall-clock times (ms
+//! since the epoch), and it is forgotten when it no longer matters
+//! ([`FORGET_AFTER`] past its hold, [`TRUSTED_FOR`] after the login). The
+//! rules are the same functions in both modes. The source's row decides
+//! an attempt in one transaction (held, or charged), so two attempts from
+//! one source are never both checked, whichever processes they reach; the
+//! name's row is charged in a second one (its count may meanwhile have
+//! grown elsewhere: the source's hold then grows to match). The shared
+//! tables are bounded by time, not by count. When the store fails, an
+//! attempt is [`Gate::StoreFailed`] (not checked) and a success's
+//! clearing is skipped; both are logged.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::agreement::{duration_ms, instant_at, wall_ms};
+use crate::store::{EphemeralChange, EphemeralRow, EphemeralStore, StoreError};
 
 /// An entry whose hold ended this long ago starts over.
 pub const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
@@ -60,10 +82,106 @@ pub const SURGE: u32 = 10;
 /// A source that logged in to a name is trusted for it this long.
 pub const TRUSTED_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 
-#[derive(Debug, Clone, Copy)]
-struct State {
+/// Ephemeral-row kind of a shared per-source entry.
+pub const SOURCE_KIND: &str = "login-source";
+/// Ephemeral-row kind of a shared per-name entry.
+pub const NAME_KIND: &str = "login-name";
+/// Ephemeral-row kind of a shared trusted source.
+pub const TRUSTED_KIND: &str = "login-trusted";
+
+/// A time the rules work on: an [`Instant`] in memory, wall-clock ms
+/// since the epoch in a shared store.
+trait Time: Copy + Ord {
+    /// `self` plus `d`.
+    fn after(self, d: Duration) -> Self;
+}
+
+impl Time for Instant {
+    fn after(self, d: Duration) -> Self {
+        self + d
+    }
+}
+
+impl Time for u64 {
+    fn after(self, d: Duration) -> Self {
+        self.saturating_add(duration_ms(d))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct State<T> {
     failures: u32,
-    held_until: Instant,
+    held_until: T,
+}
+
+impl<T: Time> State<T> {
+    /// Until when the entry matters: from then on it starts over (and a
+    /// shared row is forgotten).
+    fn forget_at(&self) -> T {
+        self.held_until.after(FORGET_AFTER)
+    }
+
+    fn is_live(&self, now: T) -> bool {
+        self.forget_at() > now
+    }
+}
+
+// The rules, the same in both modes.
+
+/// Whether an attempt is held, and until when: while its source is held;
+/// else, unless the source is trusted for the name (`trusted_at`: its last
+/// login), while the name, with [`SURGE`] failures or more, is held.
+fn hold_of<T: Time>(
+    source: Option<&State<T>>,
+    name: Option<&State<T>>,
+    trusted_at: Option<T>,
+    now: T,
+) -> Option<T> {
+    if let Some(s) = source
+        && s.held_until > now
+    {
+        return Some(s.held_until);
+    }
+    let trusted = trusted_at.is_some_and(|at| at.after(TRUSTED_FOR) > now);
+    if !trusted
+        && let Some(n) = name
+        && n.failures >= SURGE
+        && n.held_until > now
+    {
+        return Some(n.held_until);
+    }
+    None
+}
+
+/// The entry with one more failure charged (an entry idle long enough, or
+/// none, starts over).
+fn charged<T: Time>(state: Option<State<T>>, now: T) -> State<T> {
+    match state {
+        Some(s) if s.is_live(now) => State {
+            failures: s.failures.saturating_add(1),
+            held_until: s.held_until,
+        },
+        _ => State {
+            failures: 1,
+            held_until: now,
+        },
+    }
+}
+
+/// The failures a success forgives: the source's own (its charge
+/// included), or just the charge when its entry is gone.
+fn own_failures<T>(source: Option<State<T>>) -> u32 {
+    source.map_or(1, |s| s.failures)
+}
+
+/// The name's entry once a success forgave `own` failures (`None`: none
+/// left, the entry goes).
+fn forgiven<T>(name: State<T>, own: u32) -> Option<State<T>> {
+    let failures = name.failures.saturating_sub(own);
+    (failures > 0).then_some(State {
+        failures,
+        held_until: name.held_until,
+    })
 }
 
 /// What to do with an attempt.
@@ -73,6 +191,13 @@ pub enum Gate {
     Check(Instant),
     /// Held: fail without checking, answering at this instant.
     Held(Instant),
+    /// Shared mode only: the store failed (logged); fail at once without
+    /// checking: 503 when `unavailable` (it cannot be reached now), else
+    /// 500.
+    StoreFailed {
+        /// The store cannot be reached now (`StoreError::is_unavailable`).
+        unavailable: bool,
+    },
 }
 
 type Name = (String, String);
@@ -81,20 +206,43 @@ type SourceKey = (String, String, IpAddr);
 #[derive(Debug, Default)]
 struct Tables {
     /// Per `(domain, name, source)`: the back-off.
-    sources: HashMap<SourceKey, State>,
+    sources: HashMap<SourceKey, State<Instant>>,
     /// Per `(domain, name)`: failures from every source (the guard).
-    names: HashMap<Name, State>,
+    names: HashMap<Name, State<Instant>>,
     /// Sources that logged in to a name, and when they did last.
     trusted: HashMap<SourceKey, Instant>,
 }
 
-/// The per-source failure table, with a per-name guard (bounded).
-#[derive(Debug)]
+/// Where the tables are.
+enum Mode {
+    /// This process's memory, bounded.
+    Memory(Mutex<Tables>),
+    /// The ephemeral rows of a store shared by several processes.
+    Shared(Arc<dyn EphemeralStore>),
+}
+
+/// The per-source failure table, with a per-name guard (bounded in
+/// memory; or shared through a store).
 pub struct Throttle {
     base: Duration,
     max: Duration,
     capacity: usize,
-    tables: Mutex<Tables>,
+    mode: Mode,
+}
+
+impl std::fmt::Debug for Throttle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match self.mode {
+            Mode::Memory(_) => "memory",
+            Mode::Shared(_) => "shared",
+        };
+        f.debug_struct("Throttle")
+            .field("base", &self.base)
+            .field("max", &self.max)
+            .field("capacity", &self.capacity)
+            .field("mode", &mode)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The address `ip` is throttled as: an IPv6 address's /64, an
@@ -112,7 +260,7 @@ pub fn source_of(ip: IpAddr) -> IpAddr {
 /// Makes room for `key` in `map` (at most `capacity` entries): expired
 /// entries go first, else the one whose hold ends soonest.
 fn make_room<K: Eq + Hash + Clone>(
-    map: &mut HashMap<K, State>,
+    map: &mut HashMap<K, State<Instant>>,
     key: &K,
     capacity: usize,
     now: Instant,
@@ -120,7 +268,7 @@ fn make_room<K: Eq + Hash + Clone>(
     if map.contains_key(key) || map.len() < capacity {
         return;
     }
-    map.retain(|_, s| s.held_until + FORGET_AFTER > now);
+    map.retain(|_, s| s.is_live(now));
     if map.len() >= capacity
         && let Some(soonest) = map
             .iter()
@@ -131,41 +279,148 @@ fn make_room<K: Eq + Hash + Clone>(
     }
 }
 
-/// Charges one failure to `key`'s entry (starting over when it was idle
-/// long enough); its failure count.
+/// Charges one failure to `key`'s entry in memory (see [`charged`]); its
+/// failure count.
 fn charge<K: Eq + Hash + Clone>(
-    map: &mut HashMap<K, State>,
+    map: &mut HashMap<K, State<Instant>>,
     key: K,
     capacity: usize,
     now: Instant,
 ) -> u32 {
     make_room(map, &key, capacity, now);
-    let state = map.entry(key).or_insert(State {
-        failures: 0,
-        held_until: now,
-    });
-    if state.held_until + FORGET_AFTER <= now {
-        state.failures = 0;
-        state.held_until = now;
-    }
-    state.failures = state.failures.saturating_add(1);
+    let state = charged(map.get(&key).copied(), now);
+    map.insert(key, state);
     state.failures
 }
 
+// Shared rows.
+
+/// Version of the shared rows' layout.
+const ROW_VERSION: u8 = 1;
+
+/// `version (1) ‖ failures (4) ‖ held_until ms (8)`, big-endian.
+fn encode_state(s: &State<u64>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(13);
+    out.push(ROW_VERSION);
+    out.extend_from_slice(&s.failures.to_be_bytes());
+    out.extend_from_slice(&s.held_until.to_be_bytes());
+    out
+}
+
+fn decode_state(value: &[u8]) -> Result<State<u64>, StoreError> {
+    match value {
+        [ROW_VERSION, rest @ ..] if rest.len() == 12 => {
+            let (failures, held) = rest.split_at(4);
+            let mut f = [0u8; 4];
+            let mut h = [0u8; 8];
+            f.copy_from_slice(failures);
+            h.copy_from_slice(held);
+            Ok(State {
+                failures: u32::from_be_bytes(f),
+                held_until: u64::from_be_bytes(h),
+            })
+        }
+        _ => Err(StoreError::Corrupt(
+            "login throttle row: unknown layout".into(),
+        )),
+    }
+}
+
+/// `version (1) ‖ at ms (8)`, big-endian.
+fn encode_at(at: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9);
+    out.push(ROW_VERSION);
+    out.extend_from_slice(&at.to_be_bytes());
+    out
+}
+
+fn decode_at(value: &[u8]) -> Result<u64, StoreError> {
+    match value {
+        [ROW_VERSION, rest @ ..] if rest.len() == 8 => {
+            let mut at = [0u8; 8];
+            at.copy_from_slice(rest);
+            Ok(u64::from_be_bytes(at))
+        }
+        _ => Err(StoreError::Corrupt(
+            "login trust row: unknown layout".into(),
+        )),
+    }
+}
+
+fn put_state(s: &State<u64>) -> EphemeralChange {
+    EphemeralChange::Put {
+        value: encode_state(s).into(),
+        forget_ms: s.forget_at(),
+    }
+}
+
+fn state_of(row: Option<EphemeralRow>) -> Result<Option<State<u64>>, StoreError> {
+    row.map(|r| decode_state(&r.value)).transpose()
+}
+
+/// SHA-256 of the length-prefixed parts (names and addresses are not
+/// stored in clear).
+fn row_id(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in parts {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
+fn name_id(domain: &str, name: &str) -> [u8; 32] {
+    row_id(&[domain.as_bytes(), name.as_bytes()])
+}
+
+fn source_id(domain: &str, name: &str, source: IpAddr) -> [u8; 32] {
+    let address = match source {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    row_id(&[domain.as_bytes(), name.as_bytes(), &address])
+}
+
+/// Reads one row, changing nothing.
+fn read<V>(
+    store: &dyn EphemeralStore,
+    kind: &str,
+    id: &[u8],
+    decode: fn(&[u8]) -> Result<V, StoreError>,
+) -> Result<Option<V>, StoreError> {
+    let mut seen = None;
+    store.ephemeral_update(kind, id, &mut |row| {
+        seen = row.map(|r| decode(&r.value)).transpose()?;
+        Ok(EphemeralChange::Keep)
+    })?;
+    Ok(seen)
+}
+
 impl Throttle {
-    /// A table with delays `base` doubling up to `max`, tracking at most
-    /// `capacity` sources (and `capacity` names).
+    /// A table in memory with delays `base` doubling up to `max`, tracking
+    /// at most `capacity` sources (and `capacity` names).
     pub fn new(base: Duration, max: Duration, capacity: usize) -> Self {
         Throttle {
             base,
             max: max.max(base),
             capacity: capacity.max(1),
-            tables: Mutex::new(Tables::default()),
+            mode: Mode::Memory(Mutex::new(Tables::default())),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
-        self.tables
+    /// A table in `store`, shared with every process using it, with
+    /// delays `base` doubling up to `max`.
+    pub fn shared(base: Duration, max: Duration, store: Arc<dyn EphemeralStore>) -> Self {
+        Throttle {
+            base,
+            max: max.max(base),
+            capacity: usize::MAX,
+            mode: Mode::Shared(store),
+        }
+    }
+
+    fn lock(tables: &Mutex<Tables>) -> std::sync::MutexGuard<'_, Tables> {
+        tables
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -175,31 +430,57 @@ impl Throttle {
         self.base.saturating_mul(1 << doublings).min(self.max)
     }
 
+    /// The hold of a charged attempt: the delay of the higher count, the
+    /// source's own or the name's.
+    fn hold<T: Time>(&self, now: T, own: u32, name: u32) -> T {
+        now.after(self.delay(own.max(name)))
+    }
+
     /// Starts an attempt on `(domain, name)` from `source`: held, or
     /// charged and to be checked.
     pub fn attempt(&self, domain: &str, name: &str, source: IpAddr, now: Instant) -> Gate {
-        let mut t = self.lock();
-        let key = (domain.to_owned(), name.to_owned(), source_of(source));
-        if let Some(s) = t.sources.get(&key)
-            && s.held_until > now
-        {
-            return Gate::Held(s.held_until);
+        match &self.mode {
+            Mode::Memory(tables) => {
+                self.attempt_memory(&mut Self::lock(tables), domain, name, source, now)
+            }
+            Mode::Shared(store) => {
+                let now_ms = wall_ms(now);
+                let at = |ms| instant_at(now, now_ms, ms);
+                match self.attempt_shared(store.as_ref(), domain, name, source, now_ms) {
+                    Ok(Ok(until)) => Gate::Check(at(until)),
+                    Ok(Err(until)) => Gate::Held(at(until)),
+                    Err(e) => {
+                        tracing::error!("login throttle store failure: {e}");
+                        Gate::StoreFailed {
+                            unavailable: e.is_unavailable(),
+                        }
+                    }
+                }
+            }
         }
+    }
+
+    fn attempt_memory(
+        &self,
+        t: &mut Tables,
+        domain: &str,
+        name: &str,
+        source: IpAddr,
+        now: Instant,
+    ) -> Gate {
+        let key = (domain.to_owned(), name.to_owned(), source_of(source));
         let name_key = (key.0.clone(), key.1.clone());
-        let trusted = t
-            .trusted
-            .get(&key)
-            .is_some_and(|&at| at + TRUSTED_FOR > now);
-        if !trusted
-            && let Some(n) = t.names.get(&name_key)
-            && n.failures >= SURGE
-            && n.held_until > now
-        {
-            return Gate::Held(n.held_until);
+        if let Some(until) = hold_of(
+            t.sources.get(&key),
+            t.names.get(&name_key),
+            t.trusted.get(&key).copied(),
+            now,
+        ) {
+            return Gate::Held(until);
         }
         let name_failures = charge(&mut t.names, name_key.clone(), self.capacity, now);
         let own_failures = charge(&mut t.sources, key.clone(), self.capacity, now);
-        let held_until = now + self.delay(own_failures.max(name_failures));
+        let held_until = self.hold(now, own_failures, name_failures);
         if let Some(s) = t.sources.get_mut(&key) {
             s.held_until = held_until;
         }
@@ -209,11 +490,94 @@ impl Throttle {
         Gate::Check(held_until)
     }
 
+    /// An attempt in the store: `Ok(until)` checked, `Err(until)` held.
+    fn attempt_shared(
+        &self,
+        store: &dyn EphemeralStore,
+        domain: &str,
+        name: &str,
+        source: IpAddr,
+        now: u64,
+    ) -> Result<Result<u64, u64>, StoreError> {
+        let source = source_of(source);
+        let (sid, nid) = (source_id(domain, name, source), name_id(domain, name));
+        let trusted_at = read(store, TRUSTED_KIND, &sid, decode_at)?;
+        let name_seen = read(store, NAME_KIND, &nid, decode_state)?;
+        // The source's row decides in one transaction: held, or charged
+        // (with the name's count as it will be once charged).
+        let expected = charged(name_seen, now).failures;
+        let mut step = Err(now);
+        let mut own = 0;
+        store.ephemeral_update(SOURCE_KIND, &sid, &mut |row| {
+            let state = state_of(row)?;
+            if let Some(until) = hold_of(state.as_ref(), name_seen.as_ref(), trusted_at, now) {
+                step = Err(until);
+                return Ok(EphemeralChange::Keep);
+            }
+            let charged = charged(state, now);
+            let until = self.hold(now, charged.failures, expected);
+            (own, step) = (charged.failures, Ok(until));
+            Ok(put_state(&State {
+                failures: charged.failures,
+                held_until: until,
+            }))
+        })?;
+        let Ok(until) = step else {
+            return Ok(step);
+        };
+        // The name's count, as it is now (other processes may have
+        // charged or forgiven it since it was read).
+        let mut final_until = until;
+        store.ephemeral_update(NAME_KIND, &nid, &mut |row| {
+            let charged = charged(state_of(row)?, now);
+            final_until = self.hold(now, own, charged.failures).max(until);
+            Ok(put_state(&State {
+                failures: charged.failures,
+                held_until: charged.held_until.max(final_until),
+            }))
+        })?;
+        if final_until > until {
+            // It grew meanwhile: so does the source's hold.
+            store.ephemeral_update(SOURCE_KIND, &sid, &mut |row| {
+                Ok(match state_of(row)? {
+                    Some(s) => put_state(&State {
+                        failures: s.failures,
+                        held_until: s.held_until.max(final_until),
+                    }),
+                    None => EphemeralChange::Keep,
+                })
+            })?;
+        }
+        Ok(Ok(final_until))
+    }
+
     /// The checked attempt from `source` succeeded: the source starts over
     /// for the name, and the name's count forgets the source's failures
-    /// (this attempt's charge included).
+    /// (this attempt's charge included). Shared, a store failure is
+    /// logged (the login stands).
     pub fn succeeded(&self, domain: &str, name: &str, source: IpAddr, now: Instant) {
-        let mut t = self.lock();
+        match &self.mode {
+            Mode::Memory(tables) => {
+                self.succeeded_memory(&mut Self::lock(tables), domain, name, source, now);
+            }
+            Mode::Shared(store) => {
+                if let Err(e) =
+                    Self::succeeded_shared(store.as_ref(), domain, name, source, wall_ms(now))
+                {
+                    tracing::error!("login throttle store failure (after a success): {e}");
+                }
+            }
+        }
+    }
+
+    fn succeeded_memory(
+        &self,
+        t: &mut Tables,
+        domain: &str,
+        name: &str,
+        source: IpAddr,
+        now: Instant,
+    ) {
         let key = (domain.to_owned(), name.to_owned(), source_of(source));
         if !t.trusted.contains_key(&key) && t.trusted.len() >= self.capacity {
             t.trusted.retain(|_, &mut at| at + TRUSTED_FOR > now);
@@ -228,21 +592,58 @@ impl Throttle {
             }
         }
         t.trusted.insert(key.clone(), now);
-        let own = t.sources.remove(&key).map_or(1, |s| s.failures);
+        let own = own_failures(t.sources.remove(&key));
         let name_key = (key.0, key.1);
-        if let Some(n) = t.names.get_mut(&name_key) {
-            n.failures = n.failures.saturating_sub(own);
-            if n.failures == 0 {
-                t.names.remove(&name_key);
-            }
+        if let Some(&n) = t.names.get(&name_key) {
+            match forgiven(n, own) {
+                Some(n) => t.names.insert(name_key, n),
+                None => t.names.remove(&name_key),
+            };
         }
+    }
+
+    fn succeeded_shared(
+        store: &dyn EphemeralStore,
+        domain: &str,
+        name: &str,
+        source: IpAddr,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let source = source_of(source);
+        let (sid, nid) = (source_id(domain, name, source), name_id(domain, name));
+        store.ephemeral_update(TRUSTED_KIND, &sid, &mut |_| {
+            Ok(EphemeralChange::Put {
+                value: encode_at(now).into(),
+                forget_ms: now.after(TRUSTED_FOR),
+            })
+        })?;
+        let mut own = 1;
+        store.ephemeral_update(SOURCE_KIND, &sid, &mut |row| {
+            own = own_failures(state_of(row)?);
+            Ok(EphemeralChange::Remove)
+        })?;
+        store.ephemeral_update(NAME_KIND, &nid, &mut |row| {
+            Ok(match state_of(row)?.map(|n| forgiven(n, own)) {
+                Some(Some(n)) => put_state(&n),
+                Some(None) => EphemeralChange::Remove,
+                None => EphemeralChange::Keep,
+            })
+        })
     }
 
     /// Sources and names tracked.
     #[cfg(test)]
     fn len(&self) -> (usize, usize) {
-        let t = self.lock();
-        (t.sources.len(), t.names.len())
+        match &self.mode {
+            Mode::Memory(tables) => {
+                let t = Self::lock(tables);
+                (t.sources.len(), t.names.len())
+            }
+            Mode::Shared(store) => {
+                let count = |kind| store.ephemeral_count(kind).unwrap() as usize;
+                (count(SOURCE_KIND), count(NAME_KIND))
+            }
+        }
     }
 }
 
@@ -421,5 +822,205 @@ mod tests {
             t.attempt("d", "a", IpAddr::from([198, 51, 100, i]), t0 + ms(20));
         }
         assert_eq!(t.len().0, 2);
+    }
+
+    /// Shared mode over a real store: each `Throttle` has a store handle
+    /// of its own, as separate processes would.
+    mod shared {
+        use super::*;
+        use crate::store::{Store, StoreOptions};
+
+        struct Site {
+            dir: tempfile::TempDir,
+            options: StoreOptions,
+        }
+
+        impl Site {
+            fn sqlite() -> Site {
+                let dir = tempfile::tempdir().unwrap();
+                let options = StoreOptions::new(dir.path());
+                Site { dir, options }
+            }
+
+            fn postgres(label: &str) -> Site {
+                let dir = tempfile::tempdir().unwrap();
+                let options = StoreOptions {
+                    url: Some(crate::store::testing::fresh_pg_database(label)),
+                    ..StoreOptions::new(dir.path())
+                };
+                Site { dir, options }
+            }
+
+            fn throttle(&self, base_ms: u64, max_ms: u64) -> Throttle {
+                let store = Arc::new(Store::open(&self.options).unwrap());
+                Throttle::shared(
+                    Duration::from_millis(base_ms),
+                    Duration::from_millis(max_ms),
+                    store,
+                )
+            }
+        }
+
+        /// Failures through one handle hold the next attempt through
+        /// another; a success through one clears the source for the other.
+        fn handles_share_holds_and_successes(site: &Site) {
+            let ms = Duration::from_millis;
+            let (x, y) = (ip("192.0.2.1"), ip("198.51.100.7"));
+            let (a, b) = (site.throttle(100, 1000), site.throttle(100, 1000));
+            let t0 = Instant::now();
+            assert_eq!(a.attempt("d", "alice", x, t0), Gate::Check(t0 + ms(100)));
+            // The same source through the other handle is held, uncharged.
+            assert_eq!(
+                b.attempt("d", "alice", x, t0 + ms(50)),
+                Gate::Held(t0 + ms(100))
+            );
+            let t1 = t0 + ms(100);
+            assert_eq!(b.attempt("d", "alice", x, t1), Gate::Check(t1 + ms(200)));
+            assert_eq!(
+                a.attempt("d", "alice", x, t1 + ms(10)),
+                Gate::Held(t1 + ms(200))
+            );
+            // Another source is checked at once, held by the name's count
+            // (x's two failures and its own) were it to fail.
+            assert_eq!(a.attempt("d", "alice", y, t1), Gate::Check(t1 + ms(400)));
+            // x's right password, through b, clears x for a too.
+            let t2 = t1 + ms(200);
+            assert!(matches!(b.attempt("d", "alice", x, t2), Gate::Check(_)));
+            b.succeeded("d", "alice", x, t2);
+            // The name keeps y's failure: x's next failure counts 2.
+            assert_eq!(a.attempt("d", "alice", x, t2), Gate::Check(t2 + ms(200)));
+            assert_eq!(a.len(), (2, 1));
+            // Another name, another domain: untouched.
+            assert_eq!(b.attempt("e", "alice", x, t2), Gate::Check(t2 + ms(100)));
+        }
+
+        /// Memory and shared throttles (two handles, alternating) give the
+        /// same answers to the same attempts and successes: the rules are
+        /// the same.
+        fn same_answers_as_memory(site: &Site) {
+            let ms = Duration::from_millis;
+            let memory = Throttle::new(ms(20), ms(700), 1000);
+            let handles = [site.throttle(20, 700), site.throttle(20, 700)];
+            let sources: Vec<IpAddr> = (0..12u8)
+                .map(|i| IpAddr::from([203, 0, 113, i]))
+                .chain([ip("2001:db8:1:2::1"), ip("2001:db8:1:2:ffff::2")])
+                .collect();
+            let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+            let mut next = |n: u64| {
+                seed = seed
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (seed >> 33) % n
+            };
+            let mut now = Instant::now();
+            let (mut held, mut checked, mut succeeded) = (0, 0, 0);
+            for step in 0..160 {
+                now += ms(next(60));
+                let name = ["alice", "bob"][next(2) as usize];
+                let source = sources[next(sources.len() as u64) as usize];
+                let shared = &handles[step % 2];
+                let expected = memory.attempt("m", name, source, now);
+                let got = shared.attempt("m", name, source, now);
+                assert_eq!(got, expected, "step {step}: {name} from {source}");
+                match expected {
+                    Gate::Check(_) if next(4) == 0 => {
+                        memory.succeeded("m", name, source, now);
+                        handles[(step + 1) % 2].succeeded("m", name, source, now);
+                        succeeded += 1;
+                    }
+                    Gate::Check(_) => checked += 1,
+                    _ => held += 1,
+                }
+            }
+            assert!(
+                held > 20 && checked > 20 && succeeded > 5,
+                "{held} {checked} {succeeded}"
+            );
+        }
+
+        /// Eight handles race one source's attempt: exactly one is
+        /// checked.
+        fn one_of_eight_racing_handles_is_checked(site: &Site) {
+            let barrier = Arc::new(std::sync::Barrier::new(8));
+            let now = Instant::now();
+            let racers: Vec<_> = (0..8)
+                .map(|_| {
+                    let (t, barrier) = (site.throttle(1000, 1000), Arc::clone(&barrier));
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        t.attempt("race", "carol", ip("192.0.2.200"), now)
+                    })
+                })
+                .collect();
+            let gates: Vec<Gate> = racers.into_iter().map(|r| r.join().unwrap()).collect();
+            let until = now + Duration::from_secs(1);
+            let checked = gates.iter().filter(|g| **g == Gate::Check(until)).count();
+            let held = gates.iter().filter(|g| **g == Gate::Held(until)).count();
+            assert_eq!((checked, held), (1, 7), "{gates:?}");
+        }
+
+        fn run_all(site: &Site) {
+            handles_share_holds_and_successes(site);
+            same_answers_as_memory(site);
+            one_of_eight_racing_handles_is_checked(site);
+        }
+
+        #[test]
+        fn shared_throttle_on_sqlite() {
+            let site = Site::sqlite();
+            run_all(&site);
+            // Names are not in the files in clear.
+            let t = site.throttle(100, 1000);
+            let name = "name-that-must-not-be-stored-in-clear";
+            t.attempt("some-domain", name, ip("192.0.2.1"), Instant::now());
+            let mut raw = Vec::new();
+            for file in ["keypipe.db", "keypipe.db-wal"] {
+                if let Ok(bytes) = std::fs::read(site.dir.path().join(file)) {
+                    raw.extend_from_slice(&bytes);
+                }
+            }
+            assert!(raw.len() > 4096, "read the database");
+            assert!(!raw.windows(name.len()).any(|w| w == name.as_bytes()));
+        }
+
+        /// A store that cannot be reached: attempts fail at once, 503.
+        struct Down;
+
+        impl EphemeralStore for Down {
+            fn ephemeral_update(
+                &self,
+                _: &str,
+                _: &[u8],
+                _: &mut dyn FnMut(Option<EphemeralRow>) -> Result<EphemeralChange, StoreError>,
+            ) -> Result<(), StoreError> {
+                Err(StoreError::Unavailable("down".into()))
+            }
+
+            fn ephemeral_count(&self, _: &str) -> Result<u64, StoreError> {
+                Err(StoreError::Unavailable("down".into()))
+            }
+
+            fn ephemeral_make_room(&self, _: &str, _: u64) -> Result<u64, StoreError> {
+                Err(StoreError::Unavailable("down".into()))
+            }
+        }
+
+        #[test]
+        fn a_store_failure_is_not_a_check() {
+            let ms = Duration::from_millis;
+            let t = Throttle::shared(ms(100), ms(1000), Arc::new(Down));
+            let now = Instant::now();
+            assert_eq!(
+                t.attempt("d", "u", ip("192.0.2.1"), now),
+                Gate::StoreFailed { unavailable: true }
+            );
+            // Logged, not panicking.
+            t.succeeded("d", "u", ip("192.0.2.1"), now);
+        }
+
+        #[test]
+        fn shared_throttle_on_postgres() {
+            run_all(&Site::postgres("throttle"));
+        }
     }
 }

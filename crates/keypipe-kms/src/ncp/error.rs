@@ -31,6 +31,21 @@ pub enum NcpError {
     /// for logs only: the reply says just "Server internal error".
     #[error("Server internal error: {0}")]
     Internal(String),
+    /// 503 `SERVICE_UNAVAILABLE`: the store cannot be reached now (the
+    /// reply carries `Retry-After`). The detail is for logs only.
+    #[error("Service unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<crate::store::StoreError> for NcpError {
+    /// A store that cannot be reached now is 503; any other failure 500.
+    fn from(e: crate::store::StoreError) -> Self {
+        if e.is_unavailable() {
+            NcpError::Unavailable(e.to_string())
+        } else {
+            NcpError::Internal(e.to_string())
+        }
+    }
 }
 
 impl NcpError {
@@ -41,6 +56,7 @@ impl NcpError {
             NcpError::NotFound(_) => 404,
             NcpError::InvalidStatus(_) | NcpError::Unprocessable(_) => 422,
             NcpError::Internal(_) => 500,
+            NcpError::Unavailable(_) => 503,
         }
     }
 
@@ -52,6 +68,7 @@ impl NcpError {
             NcpError::InvalidStatus(_) => "INVALID_STATUS",
             NcpError::Unprocessable(_) => "UNPROCESSABLE_ENTITY",
             NcpError::Internal(_) => "INTERNAL_SERVER_ERROR",
+            NcpError::Unavailable(_) => "SERVICE_UNAVAILABLE",
         }
     }
 
@@ -60,6 +77,7 @@ impl NcpError {
     pub fn message(&self) -> String {
         match self {
             NcpError::Internal(_) => "Server internal error".to_owned(),
+            NcpError::Unavailable(_) => "Service temporarily unavailable; retry".to_owned(),
             other => other.to_string(),
         }
     }
@@ -104,6 +122,11 @@ mod tests {
                 "UNPROCESSABLE_ENTITY",
             ),
             (NcpError::Internal("x".into()), 500, "INTERNAL_SERVER_ERROR"),
+            (
+                NcpError::Unavailable("x".into()),
+                503,
+                "SERVICE_UNAVAILABLE",
+            ),
         ];
         for (err, status, code) in cases {
             let reply = err.to_reply();

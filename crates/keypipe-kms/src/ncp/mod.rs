@@ -162,7 +162,8 @@ pub(crate) const MAX_SIGNATURE_PAYLOAD: usize = 512;
 /// store, with a cache).
 pub trait KeySource: Send + Sync {
     /// The key tagged `tag`, `None` when there is none. A failure should be
-    /// [`NcpError::Internal`]; its detail is not sent to the client.
+    /// [`NcpError::Internal`], or [`NcpError::Unavailable`] when the store
+    /// cannot be reached now; its detail is not sent to the client.
     fn key(&self, tag: &str) -> Result<Option<Arc<MasterKey>>, NcpError>;
 
     /// Durably reserves up to `n` more AES-GCM encryptions of version
@@ -599,7 +600,12 @@ impl NcpService {
                 clip(action)
             ))),
         };
-        result.unwrap_or_else(|e| e.to_reply())
+        result.unwrap_or_else(|e| {
+            if let NcpError::Internal(detail) | NcpError::Unavailable(detail) = &e {
+                tracing::warn!(status = e.status(), "NCP {action}: {detail}");
+            }
+            e.to_reply()
+        })
     }
 
     /// As [`NcpService::handle`] for a parsed action, with the error (and

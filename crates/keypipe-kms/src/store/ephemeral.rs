@@ -58,6 +58,14 @@ pub trait EphemeralStore: Send + Sync {
 
     /// Rows of `kind` not yet forgotten.
     fn ephemeral_count(&self, kind: &str) -> Result<u64, StoreError>;
+
+    /// Makes room for one more row of `kind` under `capacity`: forgets
+    /// the rows past their time, then, while `capacity` or more are left,
+    /// the ones forgotten soonest (the least recently renewed), in one
+    /// write transaction. How many rows are left (below `capacity`).
+    /// Processes making room at the same moment may each add their row,
+    /// so the table can exceed `capacity` by that many.
+    fn ephemeral_make_room(&self, kind: &str, capacity: u64) -> Result<u64, StoreError>;
 }
 
 fn aad(kind: &str, id: &[u8]) -> String {
@@ -135,10 +143,36 @@ impl EphemeralStore for Store {
             .get(0)
         })
     }
+
+    fn ephemeral_make_room(&self, kind: &str, capacity: u64) -> Result<u64, StoreError> {
+        self.transact(false, |tx| {
+            tx.execute(
+                "DELETE FROM ephemeral WHERE kind = ?1 AND forget_ms <= ?2",
+                args![kind, now_ms()],
+            )?;
+            let left: u64 = tx
+                .query_opt(
+                    "SELECT count(*) FROM ephemeral WHERE kind = ?1",
+                    args![kind],
+                )?
+                .ok_or_else(|| StoreError::Corrupt("count(*) returned no row".into()))?
+                .get(0)?;
+            let excess = (left + 1).saturating_sub(capacity.max(1));
+            if excess == 0 {
+                return Ok(left);
+            }
+            let gone = tx.execute(
+                "DELETE FROM ephemeral WHERE kind = ?1 AND id IN \
+                 (SELECT id FROM ephemeral WHERE kind = ?1 ORDER BY forget_ms, id LIMIT ?2)",
+                args![kind, i64::try_from(excess).unwrap_or(i64::MAX)],
+            )?;
+            Ok(left - gone)
+        })
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::StoreOptions;
 
@@ -183,6 +217,14 @@ mod tests {
         let err = store.ephemeral_update("t", b"b", &mut |_| Err(StoreError::Random));
         assert!(err.is_err());
         assert_eq!(get(store, b"b").as_deref(), Some(&b"two"[..]));
+        // Room under a capacity of 3: the rows forgotten soonest go first.
+        put(store, b"c", b"three", later + 1);
+        put(store, b"d", b"four", later + 2);
+        assert_eq!(store.ephemeral_make_room("t", 3).unwrap(), 2);
+        assert_eq!(get(store, b"b"), None, "the least recently renewed went");
+        assert_eq!(get(store, b"c").as_deref(), Some(&b"three"[..]));
+        assert_eq!(store.ephemeral_make_room("t", 10).unwrap(), 2);
+        assert_eq!(store.ephemeral_make_room("other", 1).unwrap(), 0);
     }
 
     #[test]

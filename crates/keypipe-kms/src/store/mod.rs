@@ -1,12 +1,18 @@
 //! keypipe's durable store: the master keys of the NCP-KMS-compatible
 //! encryption service and the API access keys of its gateway, users and
-//! their sessions, Donau keys, generated secrets, and keypipe's CA (its
-//! keys and the certificates it issued).
+//! their sessions, Donau keys, generated secrets, keypipe's CA (its keys
+//! and the certificates it issued), and the short-lived state the
+//! processes of a site share (`ephemeral`).
 //!
-//! The services only see the [`KeyStore`] trait; [`Store`] implements it
-//! over an embedded SQLite database. `KeyStore` is the seam for another
-//! backend (PostgreSQL): implement the trait (reusing the KEK and wrapping
-//! rules below) and hand it to the services, which do not change.
+//! The services see traits ([`KeyStore`], [`UserStore`], [`CaStore`],
+//! [`DonauStore`], [`KeyTalkStore`], [`SecretStore`], [`EphemeralStore`]);
+//! [`Store`] implements them all, once, over a small backend-neutral SQL
+//! layer (`sql.rs`: values, rows, a transaction trait). Two backends run
+//! that SQL (`backend/`): an embedded SQLite file (the default: one
+//! process, and the CLI beside it) and PostgreSQL (`StoreOptions::url`:
+//! several processes of one site; see `docs/scale-out.md`). Everything
+//! below holds for both unless it names one. The migrations are one list
+//! for both (`migrations.rs`).
 //!
 //! # File layout
 //!
@@ -14,7 +20,8 @@
 //! when missing (an existing directory open to group or others is used, with
 //! a warning in the log):
 //!
-//! - `keypipe.db`: the SQLite database (created `0600`), with its
+//! - `keypipe.db`: the SQLite database, unless the store is on PostgreSQL
+//!   (created `0600`), with its
 //!   `keypipe.db-wal` and `keypipe.db-shm` companions (SQLite gives them the
 //!   database's mode);
 //! - `kek.key`: the key-encryption key (KEK), unless
@@ -53,7 +60,9 @@
 //!
 //! - key version: `kms_key_version:{tag}:{version}`;
 //! - access key secret: `access_key:{access_key}`;
-//! - the KEK check value: `kek_check`.
+//! - the KEK check value: `kek_check`;
+//! - a shared short-lived value: `ephemeral:{kind}:{id as hex}`
+//!   (others: CA keys, Donau keys and generated secrets, in their files).
 //!
 //! Plaintext secrets are never bound to an SQL statement, so neither the
 //! database file nor its WAL (nor a free page, nor an SQL error) can hold
@@ -62,7 +71,12 @@
 //!
 //! # Durability and concurrency
 //!
-//! `PRAGMA journal_mode=WAL`, `secure_delete=ON` (deleted content is zeroed),
+//! PostgreSQL: writes are `SERIALIZABLE` transactions retried on a
+//! serialization failure, reads one `REPEATABLE READ` snapshot, a pool of
+//! connections; an unreachable database is [`StoreError::Unavailable`]
+//! (the services answer 503). See `backend/postgres.rs`.
+//!
+//! SQLite: `PRAGMA journal_mode=WAL`, `secure_delete=ON` (deleted content is zeroed),
 //! `synchronous=FULL` (a committed write survives
 //! a power cut), `foreign_keys=ON`, and a 5 s busy timeout. The schema is
 //! versioned (`PRAGMA user_version`, see `migrations.rs`): missing steps are
@@ -75,14 +89,17 @@
 //! instead of failing), and each one also increments a generation counter
 //! in the same transaction. [`KeyStore::generation`] reads it cheaply: a
 //! server caching keys re-reads them when it moved, whichever process wrote.
-//! Within a process, [`Store`] is `Send + Sync` (one connection behind a
-//! mutex).
+//! Within a process, [`Store`] is `Send + Sync` (SQLite: one connection
+//! behind a mutex; PostgreSQL: a pool).
 //!
 //! Revoking an access key keeps its row, disabled (`enabled = false`), so
 //! its id is never handed out again and the revocation is visible.
 
 mod backend;
+#[cfg(test)]
+mod backend_tests;
 mod ca;
+mod copy;
 mod donau;
 mod ephemeral;
 mod handle;
@@ -106,6 +123,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 pub use ca::{CaKeyRecord, CaStore, Enrolment, IssuedRecord};
+pub use copy::Copied;
 pub use donau::{DonauKey, DonauKind, DonauPublicKey, DonauStore};
 pub use ephemeral::{EphemeralChange, EphemeralRow, EphemeralStore};
 pub use handle::Store;
@@ -222,6 +240,13 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// True when the store cannot serve now but may soon (no connection,
+    /// a restarting server, writers that kept conflicting): the services
+    /// answer 503 with `Retry-After` rather than 500.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::Conflict)
+    }
+
     /// An [`StoreError::Io`] on `path`.
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         StoreError::Io {

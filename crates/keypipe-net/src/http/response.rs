@@ -83,7 +83,8 @@ impl Response {
     }
 
     /// Appends the serialized response to `out`. `head_only`: the request
-    /// was HEAD. `connection`: the `Connection` header to add, if any.
+    /// was HEAD. `connection`: the `Connection` header to add, if any. A
+    /// 503 without a `Retry-After` header gets `Retry-After: 1`.
     pub fn write_to(&self, out: &mut BytesMut, head_only: bool, connection: Connection) {
         let no_content = matches!(self.status, 100..=199 | 204 | 205 | 304);
         out.reserve(128 + self.body.len());
@@ -97,6 +98,15 @@ impl Response {
             out.put_slice(b": ");
             out.put_slice(value.as_bytes());
             out.put_slice(b"\r\n");
+        }
+        // Every 503 says when to come back (1 s unless the handler said).
+        if self.status == 503
+            && !self
+                .headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("retry-after"))
+        {
+            out.put_slice(b"Retry-After: 1\r\n");
         }
         match self.status {
             100..=199 | 204 | 304 => {}
@@ -205,5 +215,17 @@ mod tests {
             text(&Response::empty(205).body("x"), false, false),
             "HTTP/1.1 205 Reset Content\r\nContent-Length: 0\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn every_503_says_when_to_come_back() {
+        assert!(text(&Response::empty(503), false, false).contains("\r\nRetry-After: 1\r\n"));
+        let own = text(
+            &Response::empty(503).header("Retry-After", "5"),
+            false,
+            false,
+        );
+        assert!(own.contains("Retry-After: 5") && !own.contains("Retry-After: 1"));
+        assert!(!text(&Response::empty(500), false, false).contains("Retry-After"));
     }
 }
