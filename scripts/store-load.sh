@@ -14,6 +14,7 @@ cargo build --release --bin keypipe --example load
 bin=target/release/keypipe
 load=target/release/examples/load
 pgdir=$work/pg
+chmod 711 "$work"   # the cluster runs as user postgres when root runs this
 cluster=$(scripts/pg.sh start "$pgdir")
 stop_pg() { scripts/pg.sh stop "$pgdir" || true; cleanup; }
 trap stop_pg EXIT

@@ -8,13 +8,14 @@ mod support;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use keypipe_server::kms::gateway::{Scheme, signature};
 use keypipe_server::store::{KeyStore, Store, StoreOptions};
 use serde_json::{Value, json};
+use support::ncp::*;
 use support::*;
 
 fn kms(dir: &Path, args: &[&str]) -> Value {
@@ -31,65 +32,6 @@ fn start(dir: &Path, port: u16) -> ServerProcess {
     )
 }
 
-struct Creds {
-    access: String,
-    secret: String,
-    api: String,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// A signed NCP call (`v` 1 or 2) at timestamp `ts`.
-fn call_at(
-    addr: SocketAddr,
-    c: &Creds,
-    v: u8,
-    tag: &str,
-    action: &str,
-    body: &Value,
-    ts: u64,
-) -> Answer {
-    let target = format!("/keys/v{v}/{tag}/{action}");
-    let scheme = if v == 1 { Scheme::V1 } else { Scheme::V2 };
-    let ts = ts.to_string();
-    let sig = signature(
-        scheme,
-        c.secret.as_bytes(),
-        "POST",
-        &target,
-        &ts,
-        &c.access,
-        &c.api,
-    );
-    let body = body.to_string();
-    let mut conn = Conn::open(addr).unwrap();
-    use std::io::Write;
-    write!(
-        conn.stream,
-        "POST {target} HTTP/1.1\r\nHost: t\r\nx-ncp-apigw-timestamp: {ts}\r\nx-ncp-iam-access-key: {}\r\n\
-         x-ncp-apigw-signature-v{v}: {sig}\r\nx-ncp-apigw-api-key: {}\r\nContent-Length: {}\r\n\r\n{body}",
-        c.access,
-        c.api,
-        body.len()
-    )
-    .unwrap();
-    read_answer(&mut conn.reader).unwrap()
-}
-
-/// A signed call with a timestamp of its own: each signed request is
-/// accepted once, so two calls in the same millisecond must differ (any
-/// timestamp within the 5-minute window is valid).
-fn call(addr: SocketAddr, c: &Creds, v: u8, tag: &str, action: &str, body: &Value) -> Answer {
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let back = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 100_000;
-    call_at(addr, c, v, tag, action, body, now_ms() - back)
-}
-
 fn setup() -> (tempfile::TempDir, String, Creds) {
     let dir = tempfile::tempdir().unwrap();
     let key = kms(
@@ -101,11 +43,7 @@ fn setup() -> (tempfile::TempDir, String, Creds) {
         (Some("AES256"), Some(1))
     );
     let ak = kms(dir.path(), &["create-access-key", "--grant", "*:*"]);
-    let creds = Creds {
-        access: ak["access_key"].as_str().unwrap().into(),
-        secret: ak["secret_key"].as_str().unwrap().into(),
-        api: ak["api_key"].as_str().unwrap().into(),
-    };
+    let creds = Creds::from_cli(&ak);
     (dir, key["keyTag"].as_str().unwrap().to_owned(), creds)
 }
 
@@ -395,17 +333,9 @@ fn grants_bound_each_access_key_and_a_captured_request_is_accepted_once() {
     let grant = format!("{tag}:encrypt,decrypt");
     let ak = kms(dir.path(), &["create-access-key", "--grant", &grant]);
     assert_eq!(ak["grants"][0]["actions"], json!(["encrypt", "decrypt"]));
-    let c = Creds {
-        access: ak["access_key"].as_str().unwrap().into(),
-        secret: ak["secret_key"].as_str().unwrap().into(),
-        api: ak["api_key"].as_str().unwrap().into(),
-    };
+    let c = Creds::from_cli(&ak);
     let bare = kms(dir.path(), &["create-access-key"]);
-    let none = Creds {
-        access: bare["access_key"].as_str().unwrap().into(),
-        secret: bare["secret_key"].as_str().unwrap().into(),
-        api: bare["api_key"].as_str().unwrap().into(),
-    };
+    let none = Creds::from_cli(&bare);
     let server = start(dir.path(), free_port());
     let addr = server.addr;
     let pt = json!({"plaintext": B64.encode(b"secret payload")});
@@ -447,7 +377,7 @@ fn grants_bound_each_access_key_and_a_captured_request_is_accepted_once() {
     // F10: a captured decrypt request, replayed with another ciphertext,
     // is refused (the signature does not cover the body).
     let target = format!("/keys/v2/{tag}/decrypt");
-    let ts = now_ms().to_string();
+    let ts = unique_ts().to_string();
     let sig = signature(
         Scheme::V2,
         c.secret.as_bytes(),

@@ -59,6 +59,40 @@ pub struct KeyTalkServer {
     pub target: Target,
     /// A second TLS listener serving the same (as 443 and 4443 do).
     pub rcdp2: std::net::SocketAddr,
+    /// The configuration without its ports (see [`KeyTalkServer::launch`]).
+    template: Template,
+}
+
+/// What [`KeyTalkServer::start_with`] adds to the configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Setup {
+    /// Lines of `[keytalk]` (e.g. `max_failures = 3`).
+    pub policy: String,
+    /// Lines at the head of the file, before `[keytalk]` (top-level keys
+    /// and tables such as `[login]`).
+    pub top: String,
+    /// A PostgreSQL store (shared with other processes): `[store] url` at
+    /// the head of the file, and `--store-url` for every admin command
+    /// run through [`KeyTalkServer::add_user`] and [`KeyTalkServer::admin`].
+    pub store_url: Option<String>,
+    /// Protocols the main listener serves besides `keytalk` (e.g.
+    /// `key-agreement`).
+    pub also_serve: Vec<String>,
+}
+
+/// A configuration with `{main}`, `{rcdp}`, `{rcdp2}` and `{plain}` still
+/// to fill in, and the admin commands' store.
+#[derive(Clone, Debug)]
+struct Template {
+    config: String,
+    store_url: Option<String>,
+}
+
+/// One `keypipe serve` process of a [`KeyTalkServer`]'s site (see
+/// [`KeyTalkServer::start_another`]).
+pub struct KeyTalkProcess {
+    pub server: ServerProcess,
+    pub target: Target,
 }
 
 /// `keypipe {args}` (the command first) with `input` on standard input,
@@ -79,43 +113,92 @@ impl KeyTalkServer {
     /// Starts a server with `policy` lines in `[keytalk]` (e.g.
     /// `max_failures = 3`).
     pub fn start(policy: &str) -> KeyTalkServer {
+        KeyTalkServer::start_with(Setup {
+            policy: policy.to_owned(),
+            ..Setup::default()
+        })
+    }
+
+    /// Starts a server configured with `setup`.
+    pub fn start_with(setup: Setup) -> KeyTalkServer {
         let dir = tempfile::tempdir().unwrap();
         // The challenge's answer is "123456".
         let hash = admin_with_input(dir.path(), &["keytalk", "hash"], "123456\n");
         let services = SERVICES.replace("HASH", hash.as_str().unwrap());
-        let (main, rcdp, plain, rcdp2) = (
-            HeldPort::new(),
-            HeldPort::new(),
-            HeldPort::new(),
-            HeldPort::new(),
-        );
+        let store = setup
+            .store_url
+            .as_ref()
+            .map_or(String::new(), |u| format!("[store]\nurl = \"{u}\"\n"));
+        let serve: Vec<String> = std::iter::once("keytalk".to_owned())
+            .chain(setup.also_serve.iter().cloned())
+            .map(|p| format!("{p:?}"))
+            .collect();
         let config = format!(
-            r#"
+            r#"{store}{top}
 [keytalk]
 {policy}
 {services}
 
 [[node]]
 name = "kt"
-listen = "127.0.0.1:{main}"
+listen = "127.0.0.1:{{main}}"
 workers = 1
-serve = ["keytalk"]
+serve = [{serve}]
 [node.keytalk]
-listen = ["127.0.0.1:{rcdp}", "127.0.0.1:{rcdp2}"]
-ca_listen = "127.0.0.1:{plain}"
+listen = ["127.0.0.1:{{rcdp}}", "127.0.0.1:{{rcdp2}}"]
+ca_listen = "127.0.0.1:{{plain}}"
 "#,
-            main = main.port(),
-            rcdp = rcdp.port(),
-            rcdp2 = rcdp2.port(),
-            plain = plain.port(),
+            top = setup.top,
+            policy = setup.policy,
+            serve = serve.join(", "),
         );
+        let template = Template {
+            config,
+            store_url: setup.store_url,
+        };
+        let (process, rcdp2) = KeyTalkServer::launch(dir.path(), &template);
+        KeyTalkServer {
+            dir,
+            server: process.server,
+            target: process.target,
+            rcdp2,
+            template,
+        }
+    }
+
+    /// Starts one more process on this server's directory (so on its KEK)
+    /// with its configuration (so on its store, when it names a shared
+    /// one) on ports of its own. Start processes one after the other.
+    pub fn start_another(&self) -> KeyTalkProcess {
+        KeyTalkServer::launch(self.dir.path(), &self.template).0
+    }
+
+    /// Starts `template` in `dir` on new ports, waits until its KeyTalk
+    /// listeners answer, and trusts its Primary CA (`dir/primary.pem`):
+    /// the process and its second RCDP listener.
+    fn launch(
+        dir: &std::path::Path,
+        template: &Template,
+    ) -> (KeyTalkProcess, std::net::SocketAddr) {
+        let (main, rcdp, plain, rcdp2) = (
+            HeldPort::new(),
+            HeldPort::new(),
+            HeldPort::new(),
+            HeldPort::new(),
+        );
+        let config = template
+            .config
+            .replace("{main}", &main.port().to_string())
+            .replace("{rcdp}", &rcdp.port().to_string())
+            .replace("{rcdp2}", &rcdp2.port().to_string())
+            .replace("{plain}", &plain.port().to_string());
         let ports = (main.port(), rcdp.port(), plain.port(), rcdp2.port());
         drop((main, rcdp, plain, rcdp2));
-        let server = ServerProcess::start(dir.path(), ports.0, &config);
+        let server = ServerProcess::start(dir, ports.0, &config);
         let target = Target {
             rcdp: format!("127.0.0.1:{}", ports.1).parse().unwrap(),
             host: "localhost".into(),
-            ca_pem: dir.path().join("primary.pem"),
+            ca_pem: dir.join("primary.pem"),
             plain: format!("127.0.0.1:{}", ports.2).parse().unwrap(),
         };
         // The KeyTalk listeners start after the node's own.
@@ -125,12 +208,19 @@ ca_listen = "127.0.0.1:{plain}"
         assert_eq!(status, 200);
         std::fs::write(&target.ca_pem, body).unwrap();
         super::tls::wait_listening(target.rcdp);
-        KeyTalkServer {
-            dir,
-            server,
-            target,
-            rcdp2: format!("127.0.0.1:{}", ports.3).parse().unwrap(),
+        let rcdp2 = format!("127.0.0.1:{}", ports.3).parse().unwrap();
+        (KeyTalkProcess { server, target }, rcdp2)
+    }
+
+    /// `args` (the command first) with `--store-url` after the command
+    /// when the server's store is a shared one.
+    fn admin_args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = vec![args[0]];
+        if let Some(url) = &self.template.store_url {
+            all.extend(["--store-url", url.as_str()]);
         }
+        all.extend_from_slice(&args[1..]);
+        all
     }
 
     /// Adds a KeyTalk user with `password`, member of `services`.
@@ -139,11 +229,16 @@ ca_listen = "127.0.0.1:{plain}"
         for s in services {
             args.extend(["--service", s]);
         }
-        admin_with_input(self.dir.path(), &args, &format!("{password}\n"));
+        admin_with_input(
+            self.dir.path(),
+            &self.admin_args(&args),
+            &format!("{password}\n"),
+        );
     }
 
     /// Runs an admin command on the server's store: its JSON lines.
     pub fn admin(&self, args: &[&str]) -> Vec<Value> {
+        let args = self.admin_args(args);
         let out = super::admin_run(args[0], self.dir.path(), &args[1..], None);
         assert!(
             out.status.success(),

@@ -1496,6 +1496,19 @@ impl Session {
         self.family.rules()
     }
 
+    /// Sends the next calls to `target` (another process of the same
+    /// site, behind the same name and CA, as a load balancer would), with
+    /// the cookie and everything learnt so far; a kept-alive connection
+    /// to the previous target is closed first.
+    pub fn retarget(&mut self, target: &Target) {
+        if let Some(c) = self.http.conn.take() {
+            close(c);
+        }
+        self.http.addr = target.rcdp;
+        self.http.server_name = target.host.clone();
+        self.target = target.clone();
+    }
+
     /// The family.
     pub fn family(&self) -> Family {
         self.family

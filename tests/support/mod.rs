@@ -7,6 +7,7 @@ pub mod etsi014;
 pub mod feeder;
 pub mod keytalk;
 pub mod keytalk_clients;
+pub mod ncp;
 pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
