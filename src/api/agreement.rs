@@ -12,8 +12,9 @@
 //! `{"message": "…"}` with 400 (malformed or refused input; nothing is
 //! kept), 401 (credentials, tokens), 404 (unknown reference), 410 (used or
 //! expired reference), 503 (more than `max_queued` requests on the pool;
-//! with a shared store: too many pending agreements, or the store cannot
-//! be reached now), 500 (internal; details only in the log). Successful
+//! with a shared store: the store cannot be reached now), 500 (internal;
+//! details only in the log). A full table of pending agreements forgets
+//! its oldest references rather than refusing new ones. Successful
 //! answers carry `Cache-Control: no-store`.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -56,7 +57,6 @@ fn agreement_error(e: &AgreementError) -> Response {
     match e {
         AgreementError::BadRequest(m) => message(400, m),
         AgreementError::Random => message(500, &e.to_string()),
-        AgreementError::Full => message(503, &e.to_string()).header("Retry-After", "1"),
         AgreementError::Unavailable(detail) => store_failure("key agreement", true, detail),
         AgreementError::Store(detail) => store_failure("key agreement", false, detail),
     }
@@ -68,8 +68,6 @@ fn login_error(e: &LoginError) -> Response {
         LoginError::Reference(r) => match r {
             ReferenceError::Unknown => message(404, &r.to_string()),
             ReferenceError::Used | ReferenceError::Expired => message(410, &r.to_string()),
-            // Not produced by a login (LoginError::{Unavailable, Store}).
-            ReferenceError::Full => message(503, &r.to_string()).header("Retry-After", "1"),
             ReferenceError::Unavailable(detail) => store_failure("reference", true, detail),
             ReferenceError::Store(detail) => store_failure("reference", false, detail),
         },
@@ -250,12 +248,11 @@ mod tests {
         assert_eq!(query_param(None, "a"), None);
     }
 
-    /// Shared-store failures: 503 when the store cannot be reached now
-    /// or too many agreements are pending, else 500; never the detail.
+    /// Shared-store failures: 503 when the store cannot be reached now,
+    /// else 500; never the detail.
     #[test]
     fn store_failures_answer_503_or_500_without_detail() {
-        let cases: [(Response, u16); 7] = [
-            (agreement_error(&AgreementError::Full), 503),
+        let cases: [(Response, u16); 6] = [
             (
                 agreement_error(&AgreementError::Unavailable("SECRET-DETAIL".into())),
                 503,
@@ -283,8 +280,5 @@ mod tests {
             let body = String::from_utf8_lossy(&response.body).into_owned();
             assert!(!body.contains("SECRET-DETAIL"), "{body}");
         }
-        let full = agreement_error(&AgreementError::Full);
-        let body = String::from_utf8_lossy(&full.body).into_owned();
-        assert!(body.contains("too many pending key agreements"), "{body}");
     }
 }

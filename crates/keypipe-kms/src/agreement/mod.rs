@@ -74,8 +74,8 @@ pub struct AgreementConfig {
     pub schemes: Vec<Scheme>,
     /// How long a reference waits for its login.
     pub reference_ttl: Duration,
-    /// Most references held at once (beyond: in memory the oldest is
-    /// dropped; in a shared store new agreements are refused, 503).
+    /// Most references held at once (beyond, the oldest are forgotten,
+    /// in memory as in a shared store).
     pub max_pending: usize,
 }
 
@@ -128,10 +128,6 @@ pub enum AgreementError {
     /// The OS random source failed (500).
     #[error("the OS random source failed")]
     Random,
-    /// The shared store holds `max_pending` references already (503);
-    /// nothing kept.
-    #[error("too many pending key agreements; retry later")]
-    Full,
     /// The shared store cannot be reached now (503); the detail is
     /// logged, not sent.
     #[error("service temporarily unavailable; retry")]
@@ -145,7 +141,6 @@ impl From<ReferenceError> for AgreementError {
     /// What registering a reference can fail with.
     fn from(e: ReferenceError) -> Self {
         match e {
-            ReferenceError::Full => AgreementError::Full,
             ReferenceError::Unavailable(detail) => AgreementError::Unavailable(detail),
             ReferenceError::Store(detail) => AgreementError::Store(detail),
             other => AgreementError::Store(other.to_string()),
@@ -197,16 +192,18 @@ impl AgreementService {
         AgreementService { config, references }
     }
 
-    /// Pending references (live, used or expired, until forgotten); with
-    /// a shared store, those of every process (0 when the store fails).
+    /// Pending references (live, used or expired, until forgotten). With
+    /// a shared store, those of every process as of this process's last
+    /// agreement (0 before its first): a figure kept in memory, never a
+    /// query, so metrics never wait for the store.
     pub fn pending(&self) -> usize {
         self.references.len()
     }
 
     /// Runs one agreement. Validates everything first; a refused request
-    /// leaves no state. With a shared store it may also fail with
-    /// [`AgreementError::Full`], [`AgreementError::Unavailable`] or
-    /// [`AgreementError::Store`].
+    /// leaves no state. A full table forgets its oldest references to
+    /// make room. With a shared store it may also fail with
+    /// [`AgreementError::Unavailable`] or [`AgreementError::Store`].
     pub fn agree(
         &self,
         spec: &ClientKeyDerivationSpec,
@@ -488,7 +485,7 @@ mod tests {
 
     /// Two services over two handles on one SQLite store, as two processes
     /// of a site: an agreement made by one is taken by the other, once;
-    /// `max_pending` refuses more.
+    /// beyond `max_pending`, the oldest references are forgotten.
     #[test]
     fn services_sharing_a_store_share_references() {
         use crate::store::{Store, StoreOptions};
@@ -503,17 +500,28 @@ mod tests {
         let two = AgreementService::with_store(config, Arc::new(Store::open(&options).unwrap()));
         let now = Instant::now();
         let info = one.agree(&p256_spec(), now).unwrap();
-        assert_eq!(two.pending(), 1);
+        assert_eq!(
+            (one.pending(), two.pending()),
+            (1, 0),
+            "as of the last agreement"
+        );
         let (reference, key) = two.take(&info.client_reference_id, now).unwrap();
         assert_eq!(reference, info.client_reference_id);
         assert_eq!(key.scheme, Scheme::EcAes1);
         assert_eq!(key.k_enc.len(), 16);
         assert_eq!(one.take(&reference, now).unwrap_err(), ReferenceError::Used);
-        two.agree(&p256_spec(), now).unwrap();
+        let second = two.agree(&p256_spec(), now).unwrap();
+        assert_eq!(two.pending(), 2);
+        // Full: the oldest (the used one) goes; every other reference works.
+        let later = now + Duration::from_secs(1);
+        let third = one.agree(&p256_spec(), later).unwrap();
+        assert_eq!(one.pending(), 2);
         assert_eq!(
-            one.agree(&p256_spec(), now).unwrap_err(),
-            AgreementError::Full
+            two.take(&reference, later).unwrap_err(),
+            ReferenceError::Unknown
         );
+        one.take(&second.client_reference_id, later).unwrap();
+        two.take(&third.client_reference_id, later).unwrap();
     }
 
     /// A store that always fails as `error` says.

@@ -23,13 +23,19 @@
 //! taking the reference drops from the row in the same transaction that
 //! marks it used, so two processes can never both hand out the key. Rows
 //! are forgotten one TTL after they expired, as in memory. The table is
-//! bounded by refusal: when it holds `capacity` rows (live, used or
-//! expired, of every process) a new agreement gets [`ReferenceError::Full`]
-//! (rows of other processes cannot be evicted). The count is read before
-//! the row is written, so concurrent agreements may overshoot `capacity`
-//! by a few.
+//! bounded as in memory: before a row is written, the store forgets the
+//! rows past their time and then, while `capacity` or more rows (live,
+//! used or expired, of every process) are left, the ones forgotten
+//! soonest, i.e. the oldest ([`EphemeralStore::ephemeral_make_room`], one
+//! transaction). A flood of agreements shortens how long a reference
+//! waits; it never refuses new agreements. Processes making room at the
+//! same moment may each add their row, so the table can exceed `capacity`
+//! by that many. [`References::len`] never queries the store (it serves
+//! metrics, on an event loop): it is the site-wide count as of this
+//! process's last insert.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -71,10 +77,6 @@ pub enum ReferenceError {
     /// Issued, but its time ran out.
     #[error("client_reference_id expired")]
     Expired,
-    /// Shared mode only: the store holds `capacity` references already;
-    /// no new one is registered (503).
-    #[error("too many pending key agreements; retry later")]
-    Full,
     /// Shared mode only: the store cannot be reached now (503). The
     /// detail is for the log, never for the client.
     #[error("reference store unavailable: {0}")]
@@ -169,7 +171,14 @@ enum Table {
     /// This process's memory.
     Memory(Mutex<MemoryTable>),
     /// The ephemeral rows of a store shared by several processes.
-    Shared(Arc<dyn EphemeralStore>),
+    Shared {
+        /// The store.
+        store: Arc<dyn EphemeralStore>,
+        /// Rows of every process as of this process's last insert (what
+        /// making room left, plus the row added): [`References::len`]
+        /// reads it and never the store.
+        count: AtomicUsize,
+    },
 }
 
 #[derive(Default)]
@@ -191,7 +200,7 @@ impl std::fmt::Debug for References {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mode = match self.table {
             Table::Memory(_) => "memory",
-            Table::Shared(_) => "shared",
+            Table::Shared { .. } => "shared",
         };
         f.debug_struct("References")
             .field("ttl", &self.ttl)
@@ -285,12 +294,15 @@ impl References {
     }
 
     /// A table in `store`, shared with every process using it, of at most
-    /// `capacity` entries (beyond: [`ReferenceError::Full`]) living `ttl`.
+    /// `capacity` entries (beyond, the oldest are forgotten) living `ttl`.
     pub fn shared(store: Arc<dyn EphemeralStore>, ttl: Duration, capacity: usize) -> Self {
         References {
             ttl,
             capacity: capacity.max(1),
-            table: Table::Shared(store),
+            table: Table::Shared {
+                store,
+                count: AtomicUsize::new(0),
+            },
         }
     }
 
@@ -300,13 +312,16 @@ impl References {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Registers `key` under a fresh random reference. In memory this
-    /// always succeeds; shared, it fails with [`ReferenceError::Full`] or
-    /// [`ReferenceError::Store`].
+    /// Registers `key` under a fresh random reference; when the table is
+    /// full, the oldest entries are forgotten to make room. In memory this
+    /// always succeeds; shared, it fails only when the store does
+    /// ([`ReferenceError::Unavailable`], [`ReferenceError::Store`]).
     pub fn insert(&self, key: SessionKey, now: Instant) -> Result<Uuid, ReferenceError> {
         match &self.table {
             Table::Memory(table) => Ok(self.insert_memory(&mut Self::lock(table), key, now)),
-            Table::Shared(store) => self.insert_shared(store.as_ref(), wall_ms(now), key),
+            Table::Shared { store, count } => {
+                self.insert_shared(store.as_ref(), count, wall_ms(now), key)
+            }
         }
     }
 
@@ -339,12 +354,12 @@ impl References {
     fn insert_shared(
         &self,
         store: &dyn EphemeralStore,
+        count: &AtomicUsize,
         now_ms: u64,
         key: SessionKey,
     ) -> Result<Uuid, ReferenceError> {
-        if store.ephemeral_count(SHARED_KIND)? >= self.capacity as u64 {
-            return Err(ReferenceError::Full);
-        }
+        let capacity = u64::try_from(self.capacity).unwrap_or(u64::MAX);
+        let left = store.ephemeral_make_room(SHARED_KIND, capacity)?;
         let ttl = duration_ms(self.ttl);
         let expires_ms = now_ms.saturating_add(ttl);
         let value = Row {
@@ -369,6 +384,8 @@ impl References {
                 })
             })?;
             if fresh {
+                let held = usize::try_from(left.saturating_add(1)).unwrap_or(usize::MAX);
+                count.store(held, Ordering::Relaxed);
                 return Ok(id);
             }
         }
@@ -379,7 +396,7 @@ impl References {
         let id = Uuid::parse_str(id).map_err(|_| ReferenceError::Unknown)?;
         let key = match &self.table {
             Table::Memory(table) => self.take_memory(&mut Self::lock(table), &id, now),
-            Table::Shared(store) => self.take_shared(store.as_ref(), &id, wall_ms(now)),
+            Table::Shared { store, .. } => self.take_shared(store.as_ref(), &id, wall_ms(now)),
         }?;
         Ok((id, key))
     }
@@ -447,18 +464,15 @@ impl References {
         outcome
     }
 
-    /// Entries held (live, used or expired), for metrics and tests. Shared:
-    /// the rows of every process, and 0 (logged) when the store fails.
+    /// Entries held (live, used or expired), for metrics and tests.
+    /// Shared: the rows of every process as of this process's last insert
+    /// (0 before its first), never a query, so metrics never wait for the
+    /// store; rows taken, forgotten or added since, by any process, are
+    /// not seen until the next insert here.
     pub fn len(&self) -> usize {
         match &self.table {
             Table::Memory(table) => Self::lock(table).map.len(),
-            Table::Shared(store) => match store.ephemeral_count(SHARED_KIND) {
-                Ok(n) => usize::try_from(n).unwrap_or(usize::MAX),
-                Err(e) => {
-                    tracing::warn!("counting shared key-agreement references: {e}");
-                    0
-                }
-            },
+            Table::Shared { count, .. } => count.load(Ordering::Relaxed),
         }
     }
 
@@ -597,9 +611,11 @@ mod tests {
             assert_eq!(a.take(&late, t1).unwrap_err(), ReferenceError::Used);
             let t2 = t0 + Duration::from_secs(21);
             assert_eq!(b.take(&late, t2).unwrap_err(), ReferenceError::Unknown);
-            // Every handle counts every row.
+            // The store holds every handle's rows; a handle's len is the
+            // count as of its last insert (b has made none).
+            assert_eq!(site.handle().ephemeral_count(SHARED_KIND).unwrap(), 3);
             assert_eq!(a.len(), 3);
-            assert_eq!(b.len(), 3);
+            assert_eq!(b.len(), 0);
         }
 
         fn one_of_eight_racing_handles_gets_the_key(site: &Site) {
@@ -630,27 +646,39 @@ mod tests {
             }
         }
 
-        fn full_refuses_new_references(site: &Site) {
-            let now = Instant::now();
+        /// A full table forgets its oldest rows, whichever process added
+        /// them, used or not; the new reference works.
+        fn full_forgets_the_oldest_references(site: &Site) {
+            // Later than every row the other tests left: these are newest.
+            let t = Instant::now() + Duration::from_secs(600);
+            let at = |s: u64| t + Duration::from_secs(s);
             let store = site.handle();
-            let held = store.ephemeral_count(SHARED_KIND).unwrap() as usize;
-            let a = References::shared(store, Duration::from_secs(10), held + 2);
-            let b = site.refs(10, held + 2);
-            let first = a.insert(key(), now).unwrap().to_string();
-            b.insert(key(), now).unwrap();
-            assert_eq!(a.insert(key(), now).unwrap_err(), ReferenceError::Full);
-            assert_eq!(b.insert(key(), now).unwrap_err(), ReferenceError::Full);
-            // A used reference still counts (its tombstone) ...
-            b.take(&first, now).unwrap();
-            assert_eq!(a.insert(key(), now).unwrap_err(), ReferenceError::Full);
-            // ... the references already issued still work.
-            assert_eq!(b.len(), held + 2);
+            let held = || store.ephemeral_count(SHARED_KIND).unwrap();
+            let a = References::shared(Arc::clone(&store) as _, Duration::from_secs(10), 2);
+            let b = site.refs(10, 2);
+            let first = a.insert(key(), at(0)).unwrap().to_string();
+            let second = b.insert(key(), at(1)).unwrap().to_string();
+            assert_eq!(held(), 2, "the other tests' older rows went");
+            assert_eq!((a.len(), b.len()), (2, 2));
+            // Full: the oldest (a's) goes for b's new one.
+            let third = b.insert(key(), at(2)).unwrap().to_string();
+            assert_eq!(held(), 2);
+            assert_eq!(b.len(), 2);
+            assert_eq!(a.take(&first, at(2)).unwrap_err(), ReferenceError::Unknown);
+            assert_eq!(a.take(&third, at(2)).unwrap().1.k_enc.as_slice(), K);
+            // A used reference's tombstone counts, and goes in its turn.
+            let fourth = a.insert(key(), at(3)).unwrap().to_string();
+            assert_eq!(held(), 2);
+            assert_eq!(b.take(&second, at(3)).unwrap_err(), ReferenceError::Unknown);
+            assert_eq!(b.take(&third, at(3)).unwrap_err(), ReferenceError::Used);
+            assert_eq!(b.take(&fourth, at(3)).unwrap().1.k_enc.as_slice(), K);
+            assert_eq!(a.len(), 2);
         }
 
         fn run_all(site: &Site) {
             taken_once_through_another_handle(site);
             one_of_eight_racing_handles_gets_the_key(site);
-            full_refuses_new_references(site);
+            full_forgets_the_oldest_references(site);
         }
 
         #[test]

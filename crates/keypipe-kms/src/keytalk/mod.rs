@@ -293,8 +293,9 @@ impl KeyTalk {
         self.shared
     }
 
-    /// Live sessions (shared: of every process; a store error reads as
-    /// none, logged).
+    /// Sessions held, for metrics. Shared: those of every process as of
+    /// this process's last `hello` (a figure kept in memory, never a
+    /// query: metrics never wait for the store).
     pub fn sessions(&self) -> usize {
         self.sessions.len()
     }
@@ -325,6 +326,8 @@ impl KeyTalk {
                     Err(TableError::NoRandomness) => {
                         return none(Answer::error(ERR_PROTOCOL, "no randomness for a session"));
                     }
+                    // Not produced by sessions (a full table makes room);
+                    // only downloads are ever full.
                     Err(TableError::Full) => {
                         return none(Answer::error(
                             ERR_PROTOCOL,

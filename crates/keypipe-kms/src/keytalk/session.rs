@@ -21,10 +21,16 @@
 //!   of a process that died mid-call, and ignored; the state a call puts
 //!   back is dropped when another call has taken the session since (each
 //!   busy mark names its call);
-//! - a full table refuses `hello` ([`TableError::Full`]) instead of ending
-//!   the oldest sessions not yet authenticated (that would read every
-//!   process's rows); processes opening sessions at the same moment may
+//! - a full table makes room for a `hello` by forgetting the sessions that
+//!   would expire soonest (the least recently used), authenticated or not,
+//!   in one transaction ([`EphemeralStore::ephemeral_make_room`]; telling
+//!   authenticated sessions apart would read every process's rows):
+//!   a flood of `hello`s never refuses a new session, but can end idle
+//!   ones early; processes opening sessions at the same moment may
 //!   overshoot `capacity` by as many;
+//! - [`Sessions::len`] never queries the store (it serves metrics, on an
+//!   event loop): it is the site-wide count as of this process's last
+//!   `hello`;
 //! - [`Sessions::limit_user`] keeps one more row per user (id: the
 //!   SHA-256 of the name) listing the ids of that user's authenticated
 //!   sessions: each call reads the listed sessions, drops the ones gone
@@ -36,6 +42,7 @@
 //! ones log it and act as on a missing session.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,7 +55,7 @@ use super::version::Version;
 use crate::store::{EphemeralChange, EphemeralStore, StoreError};
 
 /// The store's rows of sessions.
-const KIND: &str = "keytalk-session";
+pub(super) const KIND: &str = "keytalk-session";
 
 /// The store's rows listing a user's authenticated sessions.
 const USER_KIND: &str = "keytalk-session-user";
@@ -243,7 +250,13 @@ fn holder() -> u64 {
 
 enum Table {
     Memory(Mutex<HashMap<[u8; 32], Entry<Instant>>>),
-    Shared(Shared),
+    Shared {
+        store: Shared,
+        /// Sessions of every process as of this process's last `open`
+        /// (what making room left, plus the one opened): what
+        /// [`Sessions::len`] reads, never the store.
+        count: AtomicUsize,
+    },
 }
 
 /// The live sessions.
@@ -257,7 +270,7 @@ impl std::fmt::Debug for Sessions {
         f.debug_struct("Sessions")
             .field("idle", &self.rules.idle)
             .field("max_age", &self.rules.max_age)
-            .field("shared", &matches!(self.table, Table::Shared(_)))
+            .field("shared", &matches!(self.table, Table::Shared { .. }))
             .finish_non_exhaustive()
     }
 }
@@ -291,7 +304,10 @@ impl Sessions {
         store: Arc<dyn EphemeralStore>,
     ) -> Sessions {
         Sessions {
-            table: Table::Shared(Shared::new(store)),
+            table: Table::Shared {
+                store: Shared::new(store),
+                count: AtomicUsize::new(0),
+            },
             rules: Rules {
                 idle,
                 max_age,
@@ -317,7 +333,7 @@ impl Sessions {
     }
 
     /// Opens a session at `version`: its id. `None` when the OS random
-    /// source fails (or, shared, the table is full or the store failed).
+    /// source fails (or, shared, the store failed).
     pub fn open(&self, version: Version, now: Instant) -> Option<Zeroizing<String>> {
         match self.try_open(version, now) {
             Ok(sid) => Some(sid),
@@ -326,7 +342,10 @@ impl Sessions {
         }
     }
 
-    /// Opens a session at `version`: its id.
+    /// Opens a session at `version`: its id. A full table makes room (in
+    /// memory: see `make_room`; shared: the sessions that would expire
+    /// soonest go). Fails with [`TableError::NoRandomness`] or, shared,
+    /// [`TableError::Store`], never [`TableError::Full`].
     pub fn try_open(
         &self,
         version: Version,
@@ -357,13 +376,13 @@ impl Sessions {
                 }
                 map.insert(key(&sid), Entry::fresh(session, now));
             }
-            Table::Shared(sh) => {
+            Table::Shared { store: sh, count } => {
                 let capacity = u64::try_from(self.rules.capacity).unwrap_or(u64::MAX);
-                if sh.count(KIND)? >= capacity {
-                    return Err(TableError::Full);
-                }
+                let left = sh.make_room(KIND, capacity)?;
                 let entry = Entry::fresh(session, shared::wall_ms(now));
                 sh.update(KIND, &key(&sid), |_| Ok((self.row(&entry)?, ())))?;
+                let held = usize::try_from(left.saturating_add(1)).unwrap_or(usize::MAX);
+                count.store(held, Ordering::Relaxed);
             }
         }
         Ok(sid)
@@ -425,7 +444,7 @@ impl Sessions {
                 }
                 Ok(taken)
             }
-            Table::Shared(sh) => {
+            Table::Shared { store: sh, .. } => {
                 let now = shared::wall_ms(now);
                 sh.update(KIND, &key, |row| {
                     let Some(row) = row else {
@@ -451,7 +470,7 @@ impl Sessions {
                 }
                 Ok(())
             }
-            Table::Shared(sh) => sh.update(KIND, &key(sid), |row| {
+            Table::Shared { store: sh, .. } => sh.update(KIND, &key(sid), |row| {
                 let Some(row) = row else {
                     return Ok((EphemeralChange::Keep, ()));
                 };
@@ -510,7 +529,7 @@ impl Sessions {
                 }
                 Ok(())
             }
-            Table::Shared(sh) => self.limit_shared(sh, user, own, max),
+            Table::Shared { store: sh, .. } => self.limit_shared(sh, user, own, max),
         }
     }
 
@@ -597,21 +616,21 @@ impl Sessions {
                 Self::lock(map).remove(&key(sid));
                 Ok(())
             }
-            Table::Shared(sh) => sh.update(KIND, &key(sid), |_| Ok((EphemeralChange::Remove, ()))),
+            Table::Shared { store: sh, .. } => {
+                sh.update(KIND, &key(sid), |_| Ok((EphemeralChange::Remove, ())))
+            }
         }
     }
 
-    /// Live sessions (for metrics; shared, of every process). A store
-    /// error reads as none.
+    /// Sessions held, for metrics. In memory, this process's. Shared: the
+    /// sessions of every process as of this process's last `open` (0
+    /// before its first), never a query, so metrics never wait for the
+    /// store; sessions closed, forgotten or opened since, by any process,
+    /// are not seen until the next `open` here.
     pub fn len(&self) -> usize {
-        logged(self.try_len(), 0)
-    }
-
-    /// [`Sessions::len`], with the store's errors.
-    pub fn try_len(&self) -> Result<usize, StoreError> {
         match &self.table {
-            Table::Memory(map) => Ok(Self::lock(map).len()),
-            Table::Shared(sh) => Ok(usize::try_from(sh.count(KIND)?).unwrap_or(usize::MAX)),
+            Table::Memory(map) => Self::lock(map).len(),
+            Table::Shared { count, .. } => count.load(Ordering::Relaxed),
         }
     }
 
@@ -749,6 +768,12 @@ mod shared_tests {
         }
     }
 
+    /// Session rows in the store, of every process (what `len` only
+    /// caches).
+    fn held(db: &Db) -> u64 {
+        db.open().ephemeral_count(KIND).unwrap()
+    }
+
     /// Calls of one session alternate between two processes: each sees
     /// the other's state and busy mark; a stale mark is ignored and the
     /// stale call's state dropped; idle sessions end.
@@ -788,27 +813,40 @@ mod shared_tests {
             Taken::Gone
         ));
         let other = b.try_open(Version::V2_4_1, t).unwrap();
-        assert_eq!(a.try_len().unwrap(), 1);
+        assert_eq!(held(db), 1);
+        // Each process's count is the site's as of its last `hello`.
+        assert_eq!((a.len(), b.len()), (1, 1));
         a.try_close(&other).unwrap();
         assert!(matches!(b.try_take(&other, t).unwrap(), Taken::Gone));
-        assert!(a.is_empty() && b.is_empty());
+        assert_eq!(held(db), 0);
         assert!(db.lacks(sid.as_bytes()) && db.lacks(other.as_bytes()));
     }
 
-    /// A full shared table refuses `hello`; one user keeps a bounded
-    /// number of authenticated sessions across processes.
+    /// A full shared table makes room for a `hello` by ending the session
+    /// used least recently, whichever process opened it; one user keeps a
+    /// bounded number of authenticated sessions across processes.
     fn capacity_and_user_limit(db: &Db) {
         let t = Instant::now();
+        let at = |s: u64| t + Duration::from_secs(s);
         let (a, b) = pair(db, 600, 2);
-        let first = a.try_open(Version::V2_4_1, t).unwrap();
-        b.try_open(Version::V2_4_1, t).unwrap();
-        assert!(matches!(
-            b.try_open(Version::V2_4_1, t),
-            Err(TableError::Full)
-        ));
-        assert!(a.open(Version::V2_4_1, t).is_none());
-        b.try_close(&first).unwrap();
-        a.try_open(Version::V2_4_1, t).unwrap();
+        let first = a.try_open(Version::V2_4_1, at(0)).unwrap();
+        let second = b.try_open(Version::V2_4_1, at(1)).unwrap();
+        assert_eq!((held(db), b.len()), (2, 2));
+        // first is used again: second is now the one used least recently.
+        let s = taken(b.try_take(&first, at(2)).unwrap());
+        b.try_put(&first, s).unwrap();
+        let third = b.try_open(Version::V2_4_1, at(3)).unwrap();
+        assert_eq!((held(db), b.len()), (2, 2));
+        assert!(matches!(a.try_take(&second, at(3)).unwrap(), Taken::Gone));
+        for (sid, when) in [(&first, at(3)), (&third, at(4))] {
+            taken(a.try_take(sid, when).unwrap());
+            a.try_release(sid).unwrap();
+        }
+        assert!(a.open(Version::V2_4_1, at(5)).is_some(), "never refused");
+        assert_eq!((held(db), a.len()), (2, 2));
+        assert!(matches!(b.try_take(&first, at(5)).unwrap(), Taken::Gone));
+        taken(b.try_take(&third, at(5)).unwrap());
+        b.try_release(&third).unwrap();
 
         let (a, b) = pair(db, 600, 100);
         let mut sids = Vec::new();
@@ -836,11 +874,9 @@ mod shared_tests {
             })
             .collect();
         assert_eq!(alive, [false, false, true, true, true]);
-        assert_eq!(
-            b.try_len().unwrap(),
-            2 + 3,
-            "the first table's two, and three"
-        );
+        assert_eq!(held(db), 2 + 3, "the first table's two, and three");
+        // As of a's last `hello`, before its limit ended the second.
+        assert_eq!(a.len(), 2 + 4);
     }
 
     #[test]

@@ -40,8 +40,8 @@ pub enum TableError {
     /// The OS random source failed (no id or token could be drawn).
     #[error("the OS random source failed")]
     NoRandomness,
-    /// The shared table is at its capacity (shared mode refuses new rows
-    /// rather than searching every process's rows for the oldest).
+    /// The shared table of downloads is at its capacity (it refuses new
+    /// rows; the shared sessions make room instead).
     #[error("the table is full")]
     Full,
     /// The store failed.
@@ -196,6 +196,14 @@ impl Shared {
     /// Rows of `kind` not yet forgotten.
     pub(super) fn count(&self, kind: &str) -> Result<u64, StoreError> {
         self.0.ephemeral_count(kind)
+    }
+
+    /// Makes room for one more row of `kind` under `capacity`, forgetting
+    /// the rows past their time, then the ones forgotten soonest: how many
+    /// are left (below `capacity`). See
+    /// [`EphemeralStore::ephemeral_make_room`].
+    pub(super) fn make_room(&self, kind: &str, capacity: u64) -> Result<u64, StoreError> {
+        self.0.ephemeral_make_room(kind, capacity)
     }
 }
 

@@ -168,7 +168,6 @@ impl From<ReferenceError> for LoginError {
         match e {
             ReferenceError::Unavailable(detail) => LoginError::Unavailable(detail),
             ReferenceError::Store(detail) => LoginError::Store(detail),
-            ReferenceError::Full => LoginError::Store(e.to_string()),
             ReferenceError::Unknown | ReferenceError::Used | ReferenceError::Expired => {
                 LoginError::Reference(e)
             }
