@@ -4,7 +4,7 @@
 //! process's memory, when several keypipe processes share one database
 //! behind a load balancer that does not pin clients.
 //!
-//! Each table keeps its rules in pure functions over a time [`Stamp`]:
+//! Each table keeps its rules in pure functions over a time `Stamp`:
 //! an [`Instant`] in memory (as before), milliseconds since the epoch in
 //! the store (processes share no `Instant`). A row's id is always a
 //! SHA-256 (of a cookie, a download token, a user name), never the secret

@@ -3,7 +3,7 @@
 //! - **Password transport.** With `?client_reference_id=…` the password is
 //!   encrypted under that agreement's `k_enc`
 //!   (`Base64(iv12 ‖ AES-GCM(k_enc, password, aad = client_reference_id))`,
-//!   see [`SessionKey::open`]); the reference is used up by the attempt,
+//!   see `SessionKey::open`); the reference is used up by the attempt,
 //!   whatever its outcome. Without one the password is plain, which is
 //!   refused unless `allow_plain_password` is set (default: refused).
 //! - **Users** are `(domain, name)`, both case-sensitive, with an Argon2id
