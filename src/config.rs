@@ -101,8 +101,9 @@ pub struct Config {
     pub nodes: Vec<NodeConfig>,
 }
 
-/// `[store]`: the database of the durable store.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[store]`: the database of the durable store. `Debug` never shows the
+/// URL (it may hold a password).
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
     /// A PostgreSQL database shared by several keypipe processes of one
@@ -110,6 +111,14 @@ pub struct StoreSettings {
     /// absent: the embedded SQLite file in `data_dir`.
     #[serde(default)]
     pub url: Option<String>,
+}
+
+impl std::fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSettings")
+            .field("url", &self.url.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// A currency code, checked as it is read (1 to 11 letters `A-Z`).
@@ -877,6 +886,24 @@ mod tests {
         assert_eq!(c.nodes.len(), 2);
         assert_eq!(c.nodes[0].listen.port(), 7004);
         assert_eq!(c.nodes[1].listen.port(), 7005);
+    }
+
+    #[test]
+    fn the_store_url_reaches_the_options_and_never_debug() {
+        let c = Config::from_toml(
+            "[store]\nurl = \"postgres://keypipe:Pa55word@db/keypipe\"\n\
+             [[node]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nserve = [\"ncp-kms\"]",
+        )
+        .unwrap();
+        assert_eq!(
+            c.store_options().url.as_deref(),
+            Some("postgres://keypipe:Pa55word@db/keypipe")
+        );
+        let text = format!("{c:?}");
+        assert!(
+            !text.contains("Pa55word") && text.contains("redacted"),
+            "{text}"
+        );
     }
 
     #[test]

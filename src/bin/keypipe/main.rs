@@ -115,11 +115,13 @@ enum Command {
 enum StoreCommand {
     /// Copy this SQLite store (DATA_DIR) into the empty PostgreSQL database
     /// URL, wrapped blobs as they are, then check row counts and a sample
-    /// of decryptions; refuses a target that holds anything. Stop the
-    /// server first (writes made during the copy would be left behind).
+    /// of decryptions; refuses a target that holds anything. The copy holds
+    /// the SQLite store's write lock: stop the server first (its writes
+    /// would wait, then fail).
     MigrateTo {
         /// The PostgreSQL database (`postgres://user@host/db` or
-        /// `host=… user=… dbname=…`).
+        /// `host=… user=… dbname=…`); `-` reads it from standard input
+        /// (keeps a password out of the process list).
         url: String,
     },
 }
@@ -161,6 +163,15 @@ impl StoreArgs {
 fn store_command(args: StoreArgs, command: StoreCommand) -> Result<String, String> {
     match command {
         StoreCommand::MigrateTo { url } => {
+            let url = if url == "-" {
+                let mut line = Zeroizing::new(String::new());
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .map_err(|e| format!("reading the URL from standard input: {e}"))?;
+                line.trim().to_owned()
+            } else {
+                url
+            };
             let options = args.options();
             let store = Store::open(&options).map_err(|e| e.to_string())?;
             let copied = store

@@ -21,6 +21,11 @@ use super::{KeySource, NcpError};
 pub const GCM_LIMIT: u64 = 1 << 32;
 /// Encryptions reserved from the store at a time.
 pub const BLOCK: u64 = 1 << 16;
+/// Whole requests' worth of encryptions that must be reserved already for
+/// an event loop to encrypt (else the request goes to the pool, which may
+/// reserve): more event loops than this passing the check at the same
+/// moment is what it would take for one of them to reserve on its loop.
+pub const LOOP_MARGIN: u64 = 32;
 
 /// Reserved-but-unused encryptions per keyTag and version.
 #[derive(Debug)]

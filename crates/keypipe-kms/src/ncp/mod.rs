@@ -560,9 +560,17 @@ impl NcpService {
         if !seals || key.key_type != KeyType::Aes256 || key.convergent {
             return true;
         }
+        // A fresh reservation must leave the loops room to serve from.
+        const _: () = assert!(budget::BLOCK > request::MAX_ITEMS as u64 * budget::LOOP_MARGIN);
+        // Room for LOOP_MARGIN whole requests: event loops that passed
+        // this check together each take at most MAX_ITEMS, so none of
+        // them has to reserve (a store write) on its loop.
         newest(key).map_or(true, |v| {
-            self.budget
-                .reserved(&key.tag, v.version, request::MAX_ITEMS as u64)
+            self.budget.reserved(
+                &key.tag,
+                v.version,
+                (request::MAX_ITEMS as u64) * budget::LOOP_MARGIN,
+            )
         })
     }
 

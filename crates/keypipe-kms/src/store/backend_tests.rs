@@ -211,6 +211,7 @@ backend_tests! {
     postgres_only: [
         pg_dump_shows_no_secret_in_clear,
         an_unreachable_database_is_unavailable_quickly,
+        a_missing_database_is_a_clear_fault_not_retry,
     ],
 }
 
@@ -1236,4 +1237,28 @@ fn an_unreachable_database_is_unavailable_quickly(backend: &Backend) {
         other => panic!("expected Unavailable, got {other:?}"),
     }
     assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+/// A database that does not exist is a configuration fault: a
+/// [`StoreError::Database`] naming it and the server's reason (SQLSTATE
+/// 3D000), at once, not an "unavailable, retry" after a timeout.
+fn a_missing_database_is_a_clear_fault_not_retry(backend: &Backend) {
+    let mut options = StoreOptions::new(backend.path("missing"));
+    let cluster = crate::store::testing::pg_cluster();
+    options.url = Some(format!("{cluster} dbname=no_such_keypipe_db"));
+    let start = Instant::now();
+    match Store::open_with_env(&options, &|_| None) {
+        Err(StoreError::Database(message)) => {
+            assert!(
+                message.contains("3D000") && message.contains("no_such_keypipe_db"),
+                "{message}"
+            );
+        }
+        other => panic!("expected Database, got {other:?}"),
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
 }

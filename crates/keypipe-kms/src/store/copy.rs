@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use super::backend::postgres::PgDb;
 use super::backend::{Db, Mode};
-use super::sql::Tx;
+use super::sql::{Row, Tx};
 use super::{CaStore, KeyStore, SecretStore, Store, StoreError, StoreOptions};
 
 /// Every table of the schema, parents before children (foreign keys).
@@ -74,48 +74,18 @@ impl Store {
             ));
         }
         let target = Db::Postgres(PgDb::open(url)?);
-        // Read the whole source in one snapshot.
-        let snapshot = self.read(|tx| {
-            let mut out = Vec::new();
+        // The source's write lock is held for the whole copy (SQLite
+        // `BEGIN IMMEDIATE`): a server or CLI still writing waits, then
+        // fails, rather than have its write left behind.
+        let tables = self.transact(false, |source| {
+            let mut snapshot = Vec::new();
             for &table in TABLES {
-                let cols = columns(tx, table)?;
-                let rows = tx.query(&format!("SELECT {} FROM {table}", cols.join(", ")), &[])?;
-                out.push((table, cols, rows));
+                let cols = columns(source, table)?;
+                let rows =
+                    source.query(&format!("SELECT {} FROM {table}", cols.join(", ")), &[])?;
+                snapshot.push((table, cols, rows));
             }
-            Ok(out)
-        })?;
-        let tables = target.run(Mode::Write, &mut |tx| {
-            for &table in TABLES {
-                // `meta` holds the generation counter from the migrations.
-                let present = if table == "meta" {
-                    count(tx, "meta")?.saturating_sub(1)
-                } else {
-                    count(tx, table)?
-                };
-                if present > 0 {
-                    return Err(StoreError::Exists {
-                        what: format!(
-                            "data in the target database ({table} has {present} rows); \
-                             migrate-to only fills an empty database"
-                        ),
-                    });
-                }
-            }
-            tx.execute("DELETE FROM meta", &[])?;
-            let mut copied = Vec::new();
-            for (table, cols, rows) in &snapshot {
-                let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
-                let insert = format!(
-                    "INSERT INTO {table} ({}) VALUES ({})",
-                    cols.join(", "),
-                    marks.join(", ")
-                );
-                for row in rows {
-                    tx.execute(&insert, &row.0)?;
-                }
-                copied.push((*table, rows.len() as u64));
-            }
-            Ok(copied)
+            target.run(Mode::Write, &mut |tx| fill(tx, &snapshot))
         })?;
         // Counts, as the target sees them after the commit.
         let counts = target.run(Mode::Read, &mut |tx| {
@@ -142,6 +112,45 @@ impl Store {
 /// Constant-time equality of two secrets.
 fn same(a: &[u8], b: &[u8]) -> bool {
     bool::from(subtle::ConstantTimeEq::ct_eq(a, b))
+}
+
+/// Checks that the target is empty, then writes `snapshot` (rows by
+/// table, in [`TABLES`] order) into it; rows per table.
+fn fill(
+    tx: &mut dyn Tx,
+    snapshot: &[(&'static str, Vec<String>, Vec<Row>)],
+) -> Result<Vec<(&'static str, u64)>, StoreError> {
+    for &table in TABLES {
+        // `meta` holds the generation counter from the migrations.
+        let present = if table == "meta" {
+            count(tx, "meta")?.saturating_sub(1)
+        } else {
+            count(tx, table)?
+        };
+        if present > 0 {
+            return Err(StoreError::Exists {
+                what: format!(
+                    "data in the target database ({table} has {present} rows); \
+                     migrate-to only fills an empty database"
+                ),
+            });
+        }
+    }
+    tx.execute("DELETE FROM meta", &[])?;
+    let mut copied = Vec::new();
+    for (table, cols, rows) in snapshot {
+        let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+        let insert = format!(
+            "INSERT INTO {table} ({}) VALUES ({})",
+            cols.join(", "),
+            marks.join(", ")
+        );
+        for row in rows {
+            tx.execute(&insert, &row.0)?;
+        }
+        copied.push((*table, rows.len() as u64));
+    }
+    Ok(copied)
 }
 
 /// Decrypts a sample of secrets through both stores and compares them;

@@ -86,9 +86,12 @@
 //! The CLI and the running server may use the same directory at the same
 //! time: WAL lets readers run beside the writer, every write is one short
 //! `BEGIN IMMEDIATE` transaction (so it waits for the other process's write
-//! instead of failing), and each one also increments a generation counter
-//! in the same transaction. [`KeyStore::generation`] reads it cheaply: a
-//! server caching keys re-reads them when it moved, whichever process wrote.
+//! instead of failing), and each one that changes what the services cache
+//! (keys, access keys, grants, CA, Donau keys) also increments a
+//! generation counter in the same transaction (users, sessions, counters
+//! and short-lived state are never cached and do not).
+//! [`KeyStore::generation`] reads it cheaply: a server caching keys
+//! re-reads them when it moved, whichever process wrote.
 //! Within a process, [`Store`] is `Send + Sync` (SQLite: one connection
 //! behind a mutex; PostgreSQL: a pool).
 //!
@@ -476,7 +479,8 @@ pub trait KeyStore: Send + Sync {
     /// Every access key's id, state and grants (no secret), oldest first.
     fn list_access_keys(&self) -> Result<Vec<(String, bool, Vec<Grant>)>, StoreError>;
 
-    /// A counter that changes on every write (any process): callers cache
+    /// A counter that changes on every write of what callers cache (keys,
+    /// access keys, grants, CA, Donau keys; any process): callers cache
     /// and re-read when it moved.
     fn generation(&self) -> Result<u64, StoreError>;
 }

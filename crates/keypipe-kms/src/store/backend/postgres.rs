@@ -44,6 +44,12 @@ use crate::store::sql::{Row, Tx, Value, dollar_placeholders};
 pub(crate) const POOL_SIZE: u32 = 16;
 /// How long a request waits for a connection (then: unavailable).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A connection whose sent data stays unacknowledged this long is dead.
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+/// Per-session settings unless the URL sets `options`: no statement runs
+/// longer than 10 s, no transaction idles longer than 30 s.
+const SESSION_OPTIONS: &str =
+    "-c statement_timeout=10000 -c idle_in_transaction_session_timeout=30000";
 /// Tries of a write transaction that keeps meeting concurrent writers.
 pub(crate) const WRITE_ATTEMPTS: u32 = 12;
 
@@ -95,6 +101,29 @@ impl PgDb {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        // A database that stops answering (a cut network, a hung server)
+        // fails the call within seconds, so callers get their 503, never a
+        // thread stuck until TCP gives up.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .tcp_user_timeout(SOCKET_TIMEOUT);
+        if config.get_options().is_none() {
+            config.options(SESSION_OPTIONS);
+        }
+        // One connection first, for a clear error (the pool only says it
+        // timed out): a wrong database, role or password is not "retry".
+        config
+            .connect(NoTls)
+            .map_err(|e| match StoreError::from(e) {
+                StoreError::Unavailable(m) => {
+                    StoreError::Unavailable(format!("PostgreSQL {shown}: cannot connect: {m}"))
+                }
+                StoreError::Database(m) => {
+                    StoreError::Database(format!("PostgreSQL {shown}: cannot connect: {m}"))
+                }
+                other => other,
+            })?;
         let pool = r2d2::Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
@@ -232,7 +261,7 @@ struct LogErrors;
 
 impl r2d2::HandleError<postgres::Error> for LogErrors {
     fn handle_error(&self, e: postgres::Error) {
-        tracing::warn!("PostgreSQL connection failed: {e}");
+        tracing::warn!("PostgreSQL connection failed: {}", explain(&e));
     }
 }
 
@@ -362,6 +391,16 @@ impl<'a> FromSql<'a> for Value {
     }
 }
 
+/// What a PostgreSQL error says, for logs and messages: the server's
+/// severity, SQLSTATE and message, never its `DETAIL` (which may echo the
+/// values of a row).
+fn explain(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
         if let Some(code) = e.code() {
@@ -370,13 +409,15 @@ impl From<postgres::Error> for StoreError {
             {
                 return StoreError::Conflict;
             }
-            let class = &code.code()[..2];
             // 08: connection exception; 53: insufficient resources;
-            // 57: operator intervention (shutdown, restart).
-            if matches!(class, "08" | "53" | "57") {
-                return StoreError::Unavailable(e.to_string());
+            // 57: operator intervention (shutdown, restart), but 57014
+            // (a statement timeout) is a slow database, also retry later.
+            // Everything else (28: bad role or password, 3D: no such
+            // database, 42: schema) is a fault to fix, not to retry.
+            if matches!(&code.code()[..2], "08" | "53" | "57") {
+                return StoreError::Unavailable(explain(&e));
             }
-            return StoreError::Database(format!("PostgreSQL: {e}"));
+            return StoreError::Database(format!("PostgreSQL: {}", explain(&e)));
         }
         let io = e
             .source()
