@@ -959,10 +959,65 @@ mod tests {
             assert_eq!((checked, held), (1, 7), "{gates:?}");
         }
 
+        /// A name in its SURGE hold: the hold ends, and eight strangers
+        /// (fresh sources, each through a handle of its own) try at that
+        /// very moment. As in memory, exactly one is checked; the others
+        /// share the name's new hold (many addresses get no more guesses
+        /// than one).
+        fn one_of_eight_racing_strangers_is_checked(site: &Site) {
+            let ms = Duration::from_millis;
+            let stranger = |i: u8| IpAddr::from([198, 18, 0, i]);
+            let surge = |t: &Throttle, t0: Instant| {
+                for i in 0..SURGE {
+                    let source = IpAddr::from([203, 0, 113, 100 + i as u8]);
+                    let gate = t.attempt("race", "dave", source, t0);
+                    assert_eq!(gate, Gate::Check(t0 + ms(1000)), "surge {i}");
+                }
+            };
+            let t0 = Instant::now();
+            let hold_ends = t0 + ms(1000);
+            let expected = |gates: &[Gate]| {
+                let until = hold_ends + ms(1000);
+                let checked = gates.iter().filter(|g| **g == Gate::Check(until)).count();
+                let held = gates.iter().filter(|g| **g == Gate::Held(until)).count();
+                assert_eq!((checked, held), (1, 7), "{gates:?}");
+            };
+            // In memory.
+            let memory = Arc::new(Throttle::new(ms(1000), ms(1000), 1000));
+            surge(&memory, t0);
+            let barrier = Arc::new(std::sync::Barrier::new(8));
+            let racers: Vec<_> = (0..8)
+                .map(|i| {
+                    let (t, barrier) = (Arc::clone(&memory), Arc::clone(&barrier));
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        t.attempt("race", "dave", stranger(i), hold_ends)
+                    })
+                })
+                .collect();
+            let gates: Vec<Gate> = racers.into_iter().map(|r| r.join().unwrap()).collect();
+            expected(&gates);
+            // Shared: the same.
+            surge(&site.throttle(1000, 1000), t0);
+            let barrier = Arc::new(std::sync::Barrier::new(8));
+            let racers: Vec<_> = (0..8)
+                .map(|i| {
+                    let (t, barrier) = (site.throttle(1000, 1000), Arc::clone(&barrier));
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        t.attempt("race", "dave", stranger(i), hold_ends)
+                    })
+                })
+                .collect();
+            let gates: Vec<Gate> = racers.into_iter().map(|r| r.join().unwrap()).collect();
+            expected(&gates);
+        }
+
         fn run_all(site: &Site) {
             handles_share_holds_and_successes(site);
             same_answers_as_memory(site);
             one_of_eight_racing_handles_is_checked(site);
+            one_of_eight_racing_strangers_is_checked(site);
         }
 
         #[test]
