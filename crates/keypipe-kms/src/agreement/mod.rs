@@ -44,7 +44,6 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 pub use references::{ReferenceError, References, SessionKey};
-pub(crate) use references::{duration_ms, instant_at, wall_ms};
 pub use scheme::Scheme;
 
 use crate::store::EphemeralStore;
@@ -510,7 +509,11 @@ mod tests {
         assert_eq!(key.scheme, Scheme::EcAes1);
         assert_eq!(key.k_enc.len(), 16);
         assert_eq!(one.take(&reference, now).unwrap_err(), ReferenceError::Used);
-        let second = two.agree(&p256_spec(), now).unwrap();
+        // A millisecond later: two rows of the same millisecond expire
+        // together, and which of them is the oldest is a toss-up.
+        let second = two
+            .agree(&p256_spec(), now + Duration::from_millis(1))
+            .unwrap();
         assert_eq!(two.pending(), 2);
         // Full: the oldest (the used one) goes; every other reference works.
         let later = now + Duration::from_secs(1);
@@ -528,15 +531,24 @@ mod tests {
     struct Failing(fn() -> crate::store::StoreError);
 
     impl EphemeralStore for Failing {
-        fn ephemeral_update(
+        fn ephemeral_update_rows(
+            &self,
+            _: &[(&str, &[u8])],
+            _: &mut dyn FnMut(
+                Vec<Option<crate::store::EphemeralRow>>,
+            ) -> Result<
+                Vec<crate::store::EphemeralChange>,
+                crate::store::StoreError,
+            >,
+        ) -> Result<(), crate::store::StoreError> {
+            Err((self.0)())
+        }
+
+        fn ephemeral_get(
             &self,
             _: &str,
             _: &[u8],
-            _: &mut dyn FnMut(
-                Option<crate::store::EphemeralRow>,
-            )
-                -> Result<crate::store::EphemeralChange, crate::store::StoreError>,
-        ) -> Result<(), crate::store::StoreError> {
+        ) -> Result<Option<crate::store::EphemeralRow>, crate::store::StoreError> {
             Err((self.0)())
         }
 

@@ -17,34 +17,34 @@
 //! **Shared** ([`References::shared`], when several processes share a
 //! PostgreSQL store) every reference is a row of the store's ephemeral
 //! table (kind [`SHARED_KIND`]), so a login may reach any process. The
-//! row's id is the SHA-256 of the reference's 16 bytes (the reference is a
-//! bearer value and is never stored); its value (wrapped under the KEK by
-//! the store) is the expiry, a used flag and the scheme and `k_enc`, which
-//! taking the reference drops from the row in the same transaction that
-//! marks it used, so two processes can never both hand out the key. Rows
-//! are forgotten one TTL after they expired, as in memory. The table is
-//! bounded as in memory: before a row is written, the store forgets the
-//! rows past their time and then, while `capacity` or more rows (live,
-//! used or expired, of every process) are left, the ones forgotten
+//! row's id is a hash of the reference's 16 bytes (the store's `row_id`:
+//! the reference is a bearer value and is never stored); its value (wrapped
+//! under the KEK by the store) is the expiry, a used flag and the scheme
+//! and `k_enc`, which taking the reference drops from the row in the same
+//! transaction that marks it used, so two processes can never both hand out
+//! the key. Rows are forgotten one TTL after they expired, as in memory.
+//! The table is bounded as in memory: before a row is written, the store
+//! forgets the rows past their time and then, while `capacity` or more rows
+//! (live, used or expired, of every process) are left, the ones forgotten
 //! soonest, i.e. the oldest ([`EphemeralStore::ephemeral_make_room`], one
-//! transaction). A flood of agreements shortens how long a reference
-//! waits; it never refuses new agreements. Processes making room at the
-//! same moment may each add their row, so the table can exceed `capacity`
-//! by that many. [`References::len`] never queries the store (it serves
+//! transaction). A flood of agreements shortens how long a reference waits;
+//! it never refuses new agreements. Processes making room at the same
+//! moment may each add their row, so the table can exceed `capacity` by
+//! that many. [`References::len`] never queries the store (it serves
 //! metrics, on an event loop): it is the site-wide count as of this
 //! process's last insert.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use super::Scheme;
 use crate::store::{EphemeralChange, EphemeralStore, StoreError};
+use crate::store::{duration_ms, row_id, wall_ms};
 
 /// The ephemeral-row kind of a shared reference.
 pub const SHARED_KIND: &str = "agreement-ref";
@@ -95,63 +95,6 @@ impl From<StoreError> for ReferenceError {
             ReferenceError::Store(e.to_string())
         }
     }
-}
-
-/// Largest disagreement of the process's mapping of instants to wall-clock
-/// times with the wall clock before it is re-anchored, ms.
-const MAX_SKEW_MS: i128 = 100;
-
-fn system_ms() -> i128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i128::try_from(d.as_millis()).unwrap_or(i128::MAX))
-}
-
-/// The wall-clock time of `at` under `anchor` (an instant and its time).
-fn project((instant, ms): (Instant, i128), at: Instant) -> i128 {
-    let nanos = match at.checked_duration_since(instant) {
-        Some(after) => i128::try_from(after.as_nanos()).unwrap_or(i128::MAX),
-        None => -i128::try_from(instant.duration_since(at).as_nanos()).unwrap_or(i128::MAX),
-    };
-    ms.saturating_add(nanos.div_euclid(1_000_000))
-}
-
-/// The wall-clock time of `at`, ms since the epoch: what a shared store
-/// holds, as processes do not share `Instant`s. One mapping for the whole
-/// process, anchored once, so the distance between two instants carries
-/// over exactly; re-anchored when the wall clock moved more than 100 ms
-/// away from it (a clock step, drift), so processes agree on times to
-/// about that.
-pub(crate) fn wall_ms(at: Instant) -> u64 {
-    static ANCHOR: Mutex<Option<(Instant, i128)>> = Mutex::new(None);
-    let mut anchor = ANCHOR
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let now = (Instant::now(), system_ms());
-    let current = match *anchor {
-        Some(a) if (project(a, now.0) - now.1).abs() <= MAX_SKEW_MS => a,
-        _ => {
-            *anchor = Some(now);
-            now
-        }
-    };
-    u64::try_from(project(current, at).max(0)).unwrap_or(u64::MAX)
-}
-
-/// The instant of wall-clock time `ms`, given that `at` is `at_ms`.
-pub(crate) fn instant_at(at: Instant, at_ms: u64, ms: u64) -> Instant {
-    if ms >= at_ms {
-        at.checked_add(Duration::from_millis(ms - at_ms))
-            .unwrap_or(at)
-    } else {
-        at.checked_sub(Duration::from_millis(at_ms - ms))
-            .unwrap_or(at)
-    }
-}
-
-/// `d` in whole ms, saturating.
-pub(crate) fn duration_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 struct Entry {
@@ -277,10 +220,10 @@ impl Row {
     }
 }
 
-/// The shared row id of reference `id`: its SHA-256 (the reference
-/// itself is a bearer value).
-fn row_id(id: &Uuid) -> [u8; 32] {
-    Sha256::digest(id.as_bytes()).into()
+/// The shared row id of reference `id`: a hash of its 16 bytes (the
+/// reference itself is a bearer value).
+fn ref_id(id: &Uuid) -> [u8; 32] {
+    row_id(&[id.as_bytes()])
 }
 
 impl References {
@@ -372,7 +315,7 @@ impl References {
         loop {
             let id = Uuid::new_v4();
             let mut fresh = false;
-            store.ephemeral_update(SHARED_KIND, &row_id(&id), &mut |row| {
+            store.ephemeral_update(SHARED_KIND, &ref_id(&id), &mut |row| {
                 fresh = row.is_none();
                 Ok(if fresh {
                     EphemeralChange::Put {
@@ -428,7 +371,7 @@ impl References {
         let ttl = duration_ms(self.ttl);
         // Only the last run of the closure counts: it sets both afresh.
         let mut outcome = Err(ReferenceError::Unknown);
-        store.ephemeral_update(SHARED_KIND, &row_id(id), &mut |row| {
+        store.ephemeral_update(SHARED_KIND, &ref_id(id), &mut |row| {
             outcome = Err(ReferenceError::Unknown);
             let Some(row) = row else {
                 return Ok(EphemeralChange::Keep);
@@ -722,7 +665,7 @@ mod tests {
                 let (row_id_bytes, wrapped): (Vec<u8>, Vec<u8>) = (row.get(0), row.get(1));
                 assert!(!wrapped.windows(K.len()).any(|w| w == K), "k_enc in clear");
                 assert!(!row_id_bytes.windows(16).any(|w| w == id.as_bytes()));
-                found |= row_id_bytes[..] == Sha256::digest(id.as_bytes())[..];
+                found |= row_id_bytes[..] == ref_id(&id)[..];
             }
             assert!(found, "the row of the reference, by its hash");
         }

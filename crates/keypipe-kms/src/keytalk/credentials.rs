@@ -16,7 +16,7 @@
 //!
 //! The counts live in this process ([`Failures::new`]) or, when several
 //! processes share the store, in its `ephemeral` table
-//! ([`Failures::shared`]): one row per name (id: the SHA-256 of the name),
+//! ([`Failures::shared`]): one row per name (id: a hash of the name),
 //! holding the count, the end of the delay or lock and the mark of an
 //! attempt being checked, read and changed in one transaction, so an
 //! attempt counted by one process delays or locks the name on every
@@ -34,9 +34,10 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use super::config::{CredentialType, Service};
-use super::shared::{self, BUSY_STALE, Shared, Stamp};
+use super::shared::{self, BUSY_STALE, Shared, Stamp, logged};
 use crate::login::password;
 use crate::store::{EphemeralChange, EphemeralStore, StoreError};
+use crate::store::{row_id, wall_ms};
 
 /// The store's rows of failure counts.
 const KIND: &str = "keytalk-failure";
@@ -185,7 +186,7 @@ impl Rules {
 pub struct Failures {
     /// The table in this process (empty when shared).
     map: Mutex<HashMap<String, FailState<Instant>>>,
-    /// The table in the store, when shared (rows keyed by the SHA-256 of
+    /// The table in the store, when shared (rows keyed by a hash of
     /// the name).
     shared: Option<Shared>,
     rules: Rules,
@@ -247,7 +248,7 @@ impl Failures {
         now: u64,
         mut decide: impl FnMut(&mut FailState<u64>) -> (R, Outcome),
     ) -> Result<R, StoreError> {
-        sh.update(KIND, &shared::digest(user), |row| {
+        sh.update(KIND, &row_id(&[user.as_bytes()]), |row| {
             let (mut s, stored) = match row {
                 Some(row) => (shared::decode(KIND, &row.value)?, true),
                 None => (FailState::fresh(now), false),
@@ -277,7 +278,7 @@ impl Failures {
                 self.rules.begin(s, now)?;
             }
             Some(sh) => {
-                let now = shared::wall_ms(now);
+                let now = wall_ms(now);
                 let begun = self.update_shared(sh, user, now, |s| {
                     let begun = self.rules.begin(s, now);
                     let outcome = if begun.is_ok() {
@@ -287,7 +288,7 @@ impl Failures {
                     };
                     (begun, outcome)
                 });
-                logged(begun, Err(AuthResult::Delay(1)))?;
+                logged("failure count", begun, Err(AuthResult::Delay(1)))?;
             }
         }
         Ok(Attempt {
@@ -309,7 +310,7 @@ impl Failures {
                 }
             }
             Some(sh) => {
-                let now = shared::wall_ms(Instant::now());
+                let now = wall_ms(Instant::now());
                 let released = self.update_shared(sh, user, now, |s| {
                     let outcome = if s.release() {
                         Outcome::Remove
@@ -318,7 +319,7 @@ impl Failures {
                     };
                     ((), outcome)
                 });
-                logged(released, ());
+                logged("failure count", released, ());
             }
         }
     }
@@ -330,8 +331,9 @@ impl Failures {
                 self.lock().remove(user);
             }
             Some(sh) => {
-                let now = shared::wall_ms(Instant::now());
+                let now = wall_ms(Instant::now());
                 logged(
+                    "failure count",
                     self.update_shared(sh, user, now, |_| ((), Outcome::Remove)),
                     (),
                 );
@@ -365,11 +367,11 @@ impl Failures {
                 self.rules.failed(s, now)
             }
             Some(sh) => {
-                let now = shared::wall_ms(now);
+                let now = wall_ms(now);
                 let counted = self.update_shared(sh, user, now, |s| {
                     (self.rules.failed(s, now), Outcome::Store)
                 });
-                logged(counted, AuthResult::Delay(1))
+                logged("failure count", counted, AuthResult::Delay(1))
             }
         }
     }
@@ -383,13 +385,6 @@ enum Outcome {
     Remove,
     /// Unchanged.
     Keep,
-}
-
-fn logged<T>(result: Result<T, StoreError>, or: T) -> T {
-    result.unwrap_or_else(|e| {
-        tracing::error!("keytalk: failure count store: {e}");
-        or
-    })
 }
 
 /// A hardware signature as stored and compared: trimmed, upper case.

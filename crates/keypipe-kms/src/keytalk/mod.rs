@@ -51,7 +51,7 @@ use credentials::{Attempt, AuthResult, Failures};
 use oob::{Download, Downloads};
 use params::Params;
 use phase::{Action, Phase};
-use session::{Pending, Session, Sessions, Taken};
+use session::{Holder, Pending, Session, Sessions, Taken};
 use shared::TableError;
 use version::Version;
 
@@ -149,11 +149,13 @@ struct Verified<'a> {
 struct Lease<'a> {
     sessions: &'a Sessions,
     sid: &'a str,
+    /// The call: a session another call took since is not its to release.
+    holder: Holder,
 }
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        self.sessions.release(self.sid);
+        self.sessions.release(self.sid, self.holder);
     }
 }
 
@@ -386,6 +388,7 @@ impl KeyTalk {
         let lease = Lease {
             sessions: &self.sessions,
             sid: &sid,
+            holder: session.holder(),
         };
         if !action.allowed_in(session.phase) {
             let phase = match session.phase {

@@ -8,7 +8,7 @@
 //! The packages wait in this process ([`Downloads::new`]) or, when
 //! several processes share the store, in its `ephemeral` table
 //! ([`Downloads::shared`]), so the download may reach any of them. There
-//! a row's id is the SHA-256 of the token (never the token), its value the
+//! a row's id is a hash of the token (never the token), its value the
 //! deadline, the content type and the package, wrapped by the store under
 //! the KEK, forgotten at the deadline; a download deletes the row in the
 //! transaction that reads it, so two processes never both hand it out. A
@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
-use super::shared::{self, Shared, Stamp, TableError};
+use super::shared::{Shared, Stamp, TableError, logged};
 use crate::store::{EphemeralChange, EphemeralStore, StoreError};
+use crate::store::{row_id, wall_ms};
 
 /// The store's rows of parked packages.
 const KIND: &str = "keytalk-download";
@@ -192,9 +193,9 @@ impl Downloads {
                 if sh.count(KIND)? >= capacity {
                     return Err(TableError::Full);
                 }
-                let deadline = shared::wall_ms(now).plus(self.ttl);
+                let deadline = wall_ms(now).plus(self.ttl);
                 let value = Parked { download, deadline }.encode();
-                sh.update(KIND, &shared::digest(&token), |_| {
+                sh.update(KIND, &row_id(&[token.as_bytes()]), |_| {
                     let change = EphemeralChange::Put {
                         value: value.clone(),
                         forget_ms: deadline,
@@ -209,10 +210,7 @@ impl Downloads {
     /// Takes the package of `token` if it is still there and in time (a
     /// store error reads as none, logged).
     pub fn take(&self, token: &str, now: Instant) -> Option<Download> {
-        self.try_take(token, now).unwrap_or_else(|e| {
-            tracing::error!("keytalk: download store: {e}");
-            None
-        })
+        logged("download", self.try_take(token, now), None)
     }
 
     /// [`Downloads::take`], with the store's errors.
@@ -223,8 +221,8 @@ impl Downloads {
                 Ok(parked.filter(|d| d.in_time(now)).map(|d| d.download))
             }
             Table::Shared(sh) => {
-                let now = shared::wall_ms(now);
-                sh.update(KIND, &shared::digest(token), |row| {
+                let now = wall_ms(now);
+                sh.update(KIND, &row_id(&[token.as_bytes()]), |row| {
                     let Some(row) = row else {
                         return Ok((EphemeralChange::Keep, None));
                     };

@@ -5,7 +5,7 @@
 //! `LOCKED`, after `idle` without a call or `max_age` in all; the table
 //! holds at most `capacity` (the oldest go first). The id is a secret
 //! (it decrypts the key it protects): it is never logged and `Debug`
-//! never shows it; the table is keyed by its SHA-256.
+//! never shows it; the table is keyed by a hash of it.
 //!
 //! The table lives in this process ([`Sessions::new`]) or, when several
 //! processes share the store, in its `ephemeral` table
@@ -14,8 +14,8 @@
 //! these differences:
 //!
 //! - a row is the session's state (JSON, times in ms since the epoch),
-//!   wrapped by the store under the KEK; its id is the SHA-256 of the
-//!   cookie, never the cookie; it is forgotten when it would expire
+//!   wrapped by the store under the KEK; its id is a hash of the cookie,
+//!   never the cookie; it is forgotten when it would expire
 //!   (`idle` after its last call or `max_age` after its `hello`);
 //! - a call's busy mark older than [`BUSY_STALE`] is taken for the mark
 //!   of a process that died mid-call, and ignored; the state a call puts
@@ -31,8 +31,8 @@
 //! - [`Sessions::len`] never queries the store (it serves metrics, on an
 //!   event loop): it is the site-wide count as of this process's last
 //!   `hello`;
-//! - [`Sessions::limit_user`] keeps one more row per user (id: the
-//!   SHA-256 of the name) listing the ids of that user's authenticated
+//! - [`Sessions::limit_user`] keeps one more row per user (id: a hash
+//!   of the name) listing the ids of that user's authenticated
 //!   sessions: each call reads the listed sessions, drops the ones gone
 //!   from the list, and ends the excess by their last call, as in memory;
 //!   a session is deleted only if, in the deleting transaction, it is
@@ -50,9 +50,10 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::phase::Phase;
-use super::shared::{self, BUSY_STALE, Shared, Stamp, TableError};
+use super::shared::{self, BUSY_STALE, Shared, Stamp, TableError, logged};
 use super::version::Version;
 use crate::store::{EphemeralChange, EphemeralStore, StoreError};
+use crate::store::{row_id, wall_ms};
 
 /// The store's rows of sessions.
 pub(super) const KIND: &str = "keytalk-session";
@@ -104,6 +105,18 @@ pub struct Session {
     holder: u64,
 }
 
+impl Session {
+    /// The call that took this state: what [`Sessions::release`] ends.
+    pub fn holder(&self) -> Holder {
+        Holder(self.holder)
+    }
+}
+
+/// A call holding a session (taken by [`Sessions::take`]), as
+/// [`Session::holder`] names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder(u64);
+
 /// What [`Sessions::take`] found.
 #[derive(Debug)]
 pub enum Taken {
@@ -116,10 +129,10 @@ pub enum Taken {
     Gone,
 }
 
-/// The table's key of a session id: its SHA-256 (the table never holds
+/// The table's key of a session id: a hash of it (the table never holds
 /// the ids themselves).
 fn key(sid: &str) -> [u8; 32] {
-    shared::digest(sid)
+    row_id(&[sid.as_bytes()])
 }
 
 /// "A call is running", and which.
@@ -201,32 +214,33 @@ impl Rules {
     }
 }
 
-/// What ends a call.
+/// What ends a call; nothing when the call no longer holds the session
+/// (another call took it since, its mark gone stale).
 enum Edit<'a> {
-    /// This state is the session's now (if the call that took it still
-    /// holds it).
+    /// This state is the session's now.
     Put(&'a Session),
     /// The state stays.
-    Release,
+    Release(Holder),
 }
 
 impl Edit<'_> {
     /// Applies the edit: false when nothing changed.
     fn apply<T>(&self, e: &mut Entry<T>) -> bool {
-        match self {
-            Edit::Put(session) => {
-                if e.busy.as_ref().is_none_or(|b| b.holder != session.holder) {
-                    return false;
-                }
-                e.session = Session {
-                    holder: 0,
-                    ..(*session).clone()
-                };
-                e.busy = None;
-                true
-            }
-            Edit::Release => e.busy.take().is_some(),
+        let holder = match self {
+            Edit::Put(session) => session.holder,
+            Edit::Release(Holder(holder)) => *holder,
+        };
+        if e.busy.as_ref().is_none_or(|b| b.holder != holder) {
+            return false;
         }
+        e.busy = None;
+        if let Edit::Put(session) = self {
+            e.session = Session {
+                holder: 0,
+                ..(*session).clone()
+            };
+        }
+        true
     }
 }
 
@@ -273,13 +287,6 @@ impl std::fmt::Debug for Sessions {
             .field("shared", &matches!(self.table, Table::Shared { .. }))
             .finish_non_exhaustive()
     }
-}
-
-fn logged<T>(result: Result<T, StoreError>, or: T) -> T {
-    result.unwrap_or_else(|e| {
-        tracing::error!("keytalk: session store: {e}");
-        or
-    })
 }
 
 impl Sessions {
@@ -337,7 +344,7 @@ impl Sessions {
     pub fn open(&self, version: Version, now: Instant) -> Option<Zeroizing<String>> {
         match self.try_open(version, now) {
             Ok(sid) => Some(sid),
-            Err(TableError::Store(e)) => logged(Err(e), None),
+            Err(TableError::Store(e)) => logged("session", Err(e), None),
             Err(_) => None,
         }
     }
@@ -379,7 +386,7 @@ impl Sessions {
             Table::Shared { store: sh, count } => {
                 let capacity = u64::try_from(self.rules.capacity).unwrap_or(u64::MAX);
                 let left = sh.make_room(KIND, capacity)?;
-                let entry = Entry::fresh(session, shared::wall_ms(now));
+                let entry = Entry::fresh(session, wall_ms(now));
                 sh.update(KIND, &key(&sid), |_| Ok((self.row(&entry)?, ())))?;
                 let held = usize::try_from(left.saturating_add(1)).unwrap_or(usize::MAX);
                 count.store(held, Ordering::Relaxed);
@@ -425,7 +432,7 @@ impl Sessions {
     /// over): calls of one session run one at a time, so no call's result
     /// overwrites another's. A store error reads as `Gone`.
     pub fn take(&self, sid: &str, now: Instant) -> Taken {
-        logged(self.try_take(sid, now), Taken::Gone)
+        logged("session", self.try_take(sid, now), Taken::Gone)
     }
 
     /// [`Sessions::take`], with the store's errors.
@@ -445,7 +452,7 @@ impl Sessions {
                 Ok(taken)
             }
             Table::Shared { store: sh, .. } => {
-                let now = shared::wall_ms(now);
+                let now = wall_ms(now);
                 sh.update(KIND, &key, |row| {
                     let Some(row) = row else {
                         return Ok((EphemeralChange::Keep, Taken::Gone));
@@ -487,7 +494,7 @@ impl Sessions {
     /// Stores `session` as the state of `sid` (if still open, and still
     /// held by the call that took `session`) and ends that call.
     pub fn put(&self, sid: &str, session: Session) {
-        logged(self.try_put(sid, session), ());
+        logged("session", self.try_put(sid, session), ());
     }
 
     /// [`Sessions::put`], with the store's errors.
@@ -495,21 +502,23 @@ impl Sessions {
         self.edit(sid, Edit::Put(&session))
     }
 
-    /// Ends the call that took `sid`, leaving its state as it was.
-    pub fn release(&self, sid: &str) {
-        logged(self.try_release(sid), ());
+    /// Ends the call `holder` on `sid`, leaving its state as it was;
+    /// nothing when another call took the session since (the mark of
+    /// `holder` had gone stale).
+    pub fn release(&self, sid: &str, holder: Holder) {
+        logged("session", self.try_release(sid, holder), ());
     }
 
     /// [`Sessions::release`], with the store's errors.
-    pub fn try_release(&self, sid: &str) -> Result<(), StoreError> {
-        self.edit(sid, Edit::Release)
+    pub fn try_release(&self, sid: &str, holder: Holder) -> Result<(), StoreError> {
+        self.edit(sid, Edit::Release(holder))
     }
 
     /// Keeps at most `max` other authenticated sessions of `user` besides
     /// `sid`: the ones unused longest end (one account cannot fill the
     /// table).
     pub fn limit_user(&self, user: &str, sid: &str, max: usize) {
-        logged(self.try_limit_user(user, sid, max), ());
+        logged("session", self.try_limit_user(user, sid, max), ());
     }
 
     /// [`Sessions::limit_user`], with the store's errors.
@@ -540,8 +549,8 @@ impl Sessions {
         own: [u8; 32],
         max: usize,
     ) -> Result<(), StoreError> {
-        let now = shared::wall_ms(Instant::now());
-        let list_id = shared::digest(user);
+        let now = wall_ms(Instant::now());
+        let list_id = row_id(&[user.as_bytes()]);
         let keep_listed = now.plus(self.rules.max_age);
         // This session joins the user's list; the others are read.
         let listed: Vec<[u8; 32]> = sh.update(USER_KIND, &list_id, |row| {
@@ -562,10 +571,12 @@ impl Sessions {
         let mut theirs = Vec::new();
         let mut unlisted = Vec::new();
         for k in listed {
-            let entry: Option<Entry<u64>> = sh.update(KIND, &k, |row| {
-                let e = row.map(|r| shared::decode(KIND, &r.value)).transpose()?;
-                Ok((EphemeralChange::Keep, e))
-            })?;
+            // Read only: a session is deleted below only if, in the
+            // deleting transaction, it still counts against the user.
+            let entry: Option<Entry<u64>> = sh
+                .get(KIND, &k)?
+                .map(|r| shared::decode(KIND, &r.value))
+                .transpose()?;
             match entry {
                 Some(e) if self.rules.counts_against(&e, user, now) => theirs.push((k, e.last)),
                 // Busy, or changing its password: still the user's.
@@ -606,7 +617,7 @@ impl Sessions {
 
     /// Ends `sid`.
     pub fn close(&self, sid: &str) {
-        logged(self.try_close(sid), ());
+        logged("session", self.try_close(sid), ());
     }
 
     /// [`Sessions::close`], with the store's errors.
@@ -724,6 +735,50 @@ mod tests {
         assert_eq!(alive, [false, false, true, true, true]);
     }
 
+    /// Ending a call (with its state or without) touches the session only
+    /// while that call holds it, in both modes (`Edit::apply` decides).
+    #[test]
+    fn a_call_ends_only_its_own_hold() {
+        let t = Instant::now();
+        let rules = Rules {
+            idle: Duration::from_secs(600),
+            max_age: Duration::from_secs(600),
+            capacity: 8,
+            busy_stale: Some(BUSY_STALE),
+        };
+        let session = Session {
+            version: Version::V2_4_1,
+            phase: Phase::Hello,
+            service: None,
+            user: None,
+            device: None,
+            pending: Pending::None,
+            certificates: 0,
+            holder: 0,
+        };
+        let mut e = Entry::fresh(session, t);
+        let Taken::Session(first) = rules.take(&mut e, t, 1) else {
+            panic!("live");
+        };
+        let later = t + BUSY_STALE;
+        let Taken::Session(mut second) = rules.take(&mut e, later, 2) else {
+            panic!("the first call's mark is stale");
+        };
+        assert!(!Edit::Release(first.holder()).apply(&mut e));
+        assert!(!Edit::Put(&first).apply(&mut e));
+        assert!(rules.busy(&e, later), "the second call still holds it");
+        second.phase = Phase::Connected;
+        assert!(Edit::Put(&second).apply(&mut e));
+        assert!(!rules.busy(&e, later));
+        assert!(!Edit::Release(second.holder()).apply(&mut e), "ended");
+        let Taken::Session(third) = rules.take(&mut e, later, 3) else {
+            panic!("free");
+        };
+        assert_eq!(third.phase, Phase::Connected);
+        assert!(Edit::Release(third.holder()).apply(&mut e));
+        assert!(!rules.busy(&e, later));
+    }
+
     #[test]
     fn calls_of_one_session_run_one_at_a_time() {
         let t = Instant::now();
@@ -739,7 +794,7 @@ mod tests {
             panic!("free again");
         };
         assert_eq!(second.phase, Phase::Connected, "the first call's result");
-        s.release(&a);
+        s.release(&a, second.holder());
         assert!(matches!(s.take(&a, t), Taken::Session(_)));
     }
 }
@@ -801,12 +856,9 @@ mod shared_tests {
         b.try_put(&sid, second).unwrap();
         let now = taken(a.try_take(&sid, later).unwrap());
         assert_eq!((now.phase, now.certificates), (Phase::Authenticated, 0));
-        a.try_release(&sid).unwrap();
-        assert!(matches!(
-            b.try_take(&sid, later).unwrap(),
-            Taken::Session(_)
-        ));
-        b.try_release(&sid).unwrap();
+        a.try_release(&sid, now.holder()).unwrap();
+        let again = taken(b.try_take(&sid, later).unwrap());
+        b.try_release(&sid, again.holder()).unwrap();
         // Idle too long, then closed.
         assert!(matches!(
             a.try_take(&sid, later + Duration::from_secs(601)).unwrap(),
@@ -839,14 +891,14 @@ mod shared_tests {
         assert_eq!((held(db), b.len()), (2, 2));
         assert!(matches!(a.try_take(&second, at(3)).unwrap(), Taken::Gone));
         for (sid, when) in [(&first, at(3)), (&third, at(4))] {
-            taken(a.try_take(sid, when).unwrap());
-            a.try_release(sid).unwrap();
+            let s = taken(a.try_take(sid, when).unwrap());
+            a.try_release(sid, s.holder()).unwrap();
         }
         assert!(a.open(Version::V2_4_1, at(5)).is_some(), "never refused");
         assert_eq!((held(db), a.len()), (2, 2));
         assert!(matches!(b.try_take(&first, at(5)).unwrap(), Taken::Gone));
-        taken(b.try_take(&third, at(5)).unwrap());
-        b.try_release(&third).unwrap();
+        let s = taken(b.try_take(&third, at(5)).unwrap());
+        b.try_release(&third, s.holder()).unwrap();
 
         let (a, b) = pair(db, 600, 100);
         let mut sids = Vec::new();
@@ -877,6 +929,43 @@ mod shared_tests {
         assert_eq!(held(db), 2 + 3, "the first table's two, and three");
         // As of a's last `hello`, before its limit ended the second.
         assert_eq!(a.len(), 2 + 4);
+    }
+
+    /// A call whose mark went stale, and whose session a second call
+    /// took since, ends without touching the second call's mark: the
+    /// session is still busy, and a third call waits for the second.
+    fn a_stale_call_releases_only_its_own_mark(db: &Db) {
+        let t = Instant::now();
+        let (a, b) = pair(db, 600, 8);
+        let sid = a.try_open(Version::V2_4_1, t).unwrap();
+        let first = taken(a.try_take(&sid, t).unwrap());
+        let later = t + BUSY_STALE + Duration::from_secs(1);
+        let mut second = taken(b.try_take(&sid, later).unwrap());
+        // The first call ends (its lease dropped): the second still runs.
+        a.try_release(&sid, first.holder()).unwrap();
+        assert!(
+            matches!(a.try_take(&sid, later).unwrap(), Taken::Busy),
+            "two calls of one session at once"
+        );
+        second.phase = Phase::Connected;
+        b.try_put(&sid, second).unwrap();
+        let third = taken(a.try_take(&sid, later).unwrap());
+        assert_eq!(third.phase, Phase::Connected, "the second call's result");
+        a.try_release(&sid, third.holder()).unwrap();
+        assert!(matches!(
+            b.try_take(&sid, later).unwrap(),
+            Taken::Session(_)
+        ));
+    }
+
+    #[test]
+    fn a_stale_call_releases_only_its_own_mark_on_sqlite() {
+        a_stale_call_releases_only_its_own_mark(&Db::sqlite());
+    }
+
+    #[test]
+    fn a_stale_call_releases_only_its_own_mark_on_postgres() {
+        a_stale_call_releases_only_its_own_mark(&Db::postgres("kt_release"));
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //!
 //! Each table keeps its rules in pure functions over a time `Stamp`:
 //! an [`Instant`] in memory (as before), milliseconds since the epoch in
-//! the store (processes share no `Instant`). A row's id is always a
-//! SHA-256 (of a cookie, a download token, a user name), never the secret
-//! itself; its value is wrapped under the KEK by the store.
+//! the store (processes share no `Instant`; the store's `wall_ms` maps
+//! one to the other, the same mapping as every other table's). A row's id
+//! is always a hash (the store's `row_id`) of a cookie, a download token
+//! or a user name, never the secret itself; its value is wrapped under
+//! the KEK by the store.
 //!
 //! The service shares them when built with a store to share
 //! ([`super::KeyTalk::with_shared`]): meant for a store that
@@ -16,13 +18,14 @@
 //! in memory. Mixing the modes on one site splits its state: every
 //! process of a site must be started the same way.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
+use crate::store::duration_ms;
 use crate::store::{EphemeralChange, EphemeralRow, EphemeralStore, StoreError};
 
 /// A busy mark ("a call of this session is running", "an attempt of this
@@ -74,48 +77,17 @@ impl Stamp for u64 {
     }
 
     fn plus(self, d: Duration) -> u64 {
-        self.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        self.saturating_add(duration_ms(d))
     }
 }
 
-/// Largest disagreement, in ms, between [`wall_ms`]'s mapping and the
-/// wall clock before the mapping is anchored again (a clock step, drift).
-const MAX_SKEW_MS: i128 = 100;
-
-/// `at` on the wall clock, ms since the epoch. The mapping is anchored
-/// once (and again when the wall clock moved more than [`MAX_SKEW_MS`]
-/// away from it), so the distance between two instants carries over
-/// exactly within the process, and processes agree to about the skew of
-/// their clocks.
-pub(super) fn wall_ms(at: Instant) -> u64 {
-    static ANCHOR: Mutex<Option<(Instant, i128)>> = Mutex::new(None);
-    let project = |(instant, ms): (Instant, i128), at: Instant| -> i128 {
-        let nanos = match at.checked_duration_since(instant) {
-            Some(after) => i128::try_from(after.as_nanos()).unwrap_or(i128::MAX),
-            None => -i128::try_from(instant.duration_since(at).as_nanos()).unwrap_or(i128::MAX),
-        };
-        ms.saturating_add(nanos.div_euclid(1_000_000))
-    };
-    let (now, wall) = (
-        Instant::now(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i128::try_from(d.as_millis()).unwrap_or(i128::MAX)),
-    );
-    let mut anchor = ANCHOR
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let current = match *anchor {
-        Some(a) if (project(a, now) - wall).abs() <= MAX_SKEW_MS => a,
-        _ => *anchor.insert((now, wall)),
-    };
-    u64::try_from(project(current, at).max(0)).unwrap_or(u64::MAX)
-}
-
-/// The SHA-256 of `s`: a row's id.
-pub(super) fn digest(s: &str) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(s.as_bytes()).into()
+/// `result`'s value, or `or` when the store failed (logged, naming
+/// `table`): what the methods that cannot return a store error answer.
+pub(super) fn logged<T>(table: &str, result: Result<T, StoreError>, or: T) -> T {
+    result.unwrap_or_else(|e| {
+        tracing::error!("keytalk: {table} store: {e}");
+        or
+    })
 }
 
 /// `value` as JSON in a buffer of exactly its size (no reallocation
@@ -191,6 +163,12 @@ impl Shared {
             Ok(change)
         })?;
         outcome.ok_or_else(|| StoreError::Corrupt(format!("{kind}: no decision was made")))
+    }
+
+    /// The row `(kind, id)`, read only (see
+    /// [`EphemeralStore::ephemeral_get`]).
+    pub(super) fn get(&self, kind: &str, id: &[u8]) -> Result<Option<EphemeralRow>, StoreError> {
+        self.0.ephemeral_get(kind, id)
     }
 
     /// Rows of `kind` not yet forgotten.

@@ -48,21 +48,24 @@
 //! tracked.
 //!
 //! **Shared.** When several processes share a PostgreSQL store
-//! ([`Throttle::shared`]) the tables are rows of its ephemeral table
-//! (kinds [`SOURCE_KIND`], [`NAME_KIND`], [`TRUSTED_KIND`]), so an
-//! attacker gains nothing by spreading guesses over the processes. A row's
-//! id is the SHA-256 of its domain, name (and source), so neither is
-//! stored in clear; its value holds the count and wall-clock times (ms
-//! since the epoch), and it is forgotten when it no longer matters
-//! ([`FORGET_AFTER`] past its hold, [`TRUSTED_FOR`] after the login). The
-//! rules are the same functions in both modes. The source's row decides
-//! an attempt in one transaction (held, or charged), so two attempts from
-//! one source are never both checked, whichever processes they reach; the
-//! name's row is charged in a second one (its count may meanwhile have
-//! grown elsewhere: the source's hold then grows to match). The shared
-//! tables are bounded by time, not by count. When the store fails, an
-//! attempt is [`Gate::StoreFailed`] (not checked) and a success's
-//! clearing is skipped; both are logged.
+//! ([`Throttle::shared`]) the tables are rows of its ephemeral table (kinds
+//! [`SOURCE_KIND`], [`NAME_KIND`], [`TRUSTED_KIND`]), so an attacker gains
+//! nothing by spreading guesses over the processes. A row's id is a hash of
+//! its domain, name (and source), so neither is stored in clear; its value
+//! holds the count and wall-clock times (ms since the epoch), and it is
+//! forgotten when it no longer matters ([`FORGET_AFTER`] past its hold,
+//! [`TRUSTED_FOR`] after the login). The rules are the same functions in
+//! both modes. An attempt is decided on the source's row, the name's row
+//! and the source's trust in one transaction (held, or the source and the
+//! name both charged), as in memory under the lock: two attempts from one
+//! source are never both checked, nor, once a name has [`SURGE`] failures,
+//! two strangers' attempts per hold of the name, whichever processes they
+//! reach. An attempt that reads as held (read-only transactions, no write)
+//! is answered so at once; only the transaction lets one be checked. A
+//! success changes its three rows in one transaction too. The shared tables
+//! are bounded by time, not by count. When the store fails, an attempt is
+//! [`Gate::StoreFailed`] (not checked) and a success's clearing is skipped;
+//! both are logged.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -70,10 +73,8 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
-use crate::agreement::{duration_ms, instant_at, wall_ms};
 use crate::store::{EphemeralChange, EphemeralRow, EphemeralStore, StoreError};
+use crate::store::{duration_ms, instant_at, row_id, wall_ms};
 
 /// An entry whose hold ended this long ago starts over.
 pub const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
@@ -358,17 +359,6 @@ fn state_of(row: Option<EphemeralRow>) -> Result<Option<State<u64>>, StoreError>
     row.map(|r| decode_state(&r.value)).transpose()
 }
 
-/// SHA-256 of the length-prefixed parts (names and addresses are not
-/// stored in clear).
-fn row_id(parts: &[&[u8]]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for part in parts {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part);
-    }
-    h.finalize().into()
-}
-
 fn name_id(domain: &str, name: &str) -> [u8; 32] {
     row_id(&[domain.as_bytes(), name.as_bytes()])
 }
@@ -381,19 +371,8 @@ fn source_id(domain: &str, name: &str, source: IpAddr) -> [u8; 32] {
     row_id(&[domain.as_bytes(), name.as_bytes(), &address])
 }
 
-/// Reads one row, changing nothing.
-fn read<V>(
-    store: &dyn EphemeralStore,
-    kind: &str,
-    id: &[u8],
-    decode: fn(&[u8]) -> Result<V, StoreError>,
-) -> Result<Option<V>, StoreError> {
-    let mut seen = None;
-    store.ephemeral_update(kind, id, &mut |row| {
-        seen = row.map(|r| decode(&r.value)).transpose()?;
-        Ok(EphemeralChange::Keep)
-    })?;
-    Ok(seen)
+fn at_of(row: Option<EphemeralRow>) -> Result<Option<u64>, StoreError> {
+    row.map(|r| decode_at(&r.value)).transpose()
 }
 
 impl Throttle {
@@ -501,54 +480,66 @@ impl Throttle {
     ) -> Result<Result<u64, u64>, StoreError> {
         let source = source_of(source);
         let (sid, nid) = (source_id(domain, name, source), name_id(domain, name));
-        let trusted_at = read(store, TRUSTED_KIND, &sid, decode_at)?;
-        let name_seen = read(store, NAME_KIND, &nid, decode_state)?;
-        // The source's row decides in one transaction: held, or charged
-        // (with the name's count as it will be once charged).
-        let expected = charged(name_seen, now).failures;
-        let mut step = Err(now);
-        let mut own = 0;
-        store.ephemeral_update(SOURCE_KIND, &sid, &mut |row| {
-            let state = state_of(row)?;
-            if let Some(until) = hold_of(state.as_ref(), name_seen.as_ref(), trusted_at, now) {
-                step = Err(until);
-                return Ok(EphemeralChange::Keep);
-            }
-            let charged = charged(state, now);
-            let until = self.hold(now, charged.failures, expected);
-            (own, step) = (charged.failures, Ok(until));
-            Ok(put_state(&State {
-                failures: charged.failures,
-                held_until: until,
-            }))
-        })?;
-        let Ok(until) = step else {
-            return Ok(step);
-        };
-        // The name's count, as it is now (other processes may have
-        // charged or forgiven it since it was read).
-        let mut final_until = until;
-        store.ephemeral_update(NAME_KIND, &nid, &mut |row| {
-            let charged = charged(state_of(row)?, now);
-            final_until = self.hold(now, own, charged.failures).max(until);
-            Ok(put_state(&State {
-                failures: charged.failures,
-                held_until: charged.held_until.max(final_until),
-            }))
-        })?;
-        if final_until > until {
-            // It grew meanwhile: so does the source's hold.
-            store.ephemeral_update(SOURCE_KIND, &sid, &mut |row| {
-                Ok(match state_of(row)? {
-                    Some(s) => put_state(&State {
-                        failures: s.failures,
-                        held_until: s.held_until.max(final_until),
-                    }),
-                    None => EphemeralChange::Keep,
-                })
-            })?;
+        if let Some(until) = Self::held_shared(store, &sid, &nid, now)? {
+            return Ok(Err(until));
         }
-        Ok(Ok(final_until))
+        // The three rows decide in one transaction, as `attempt_memory`
+        // does under the lock: held, or the source and the name charged.
+        let mut step = Err(now);
+        store.ephemeral_update_rows(
+            &[(SOURCE_KIND, &sid), (NAME_KIND, &nid), (TRUSTED_KIND, &sid)],
+            &mut |rows| {
+                let mut rows = rows.into_iter();
+                let own = state_of(rows.next().flatten())?;
+                let theirs = state_of(rows.next().flatten())?;
+                let trusted_at = at_of(rows.next().flatten())?;
+                if let Some(until) = hold_of(own.as_ref(), theirs.as_ref(), trusted_at, now) {
+                    step = Err(until);
+                    let keep = || EphemeralChange::Keep;
+                    return Ok(vec![keep(), keep(), keep()]);
+                }
+                let (own, theirs) = (charged(own, now), charged(theirs, now));
+                let until = self.hold(now, own.failures, theirs.failures);
+                step = Ok(until);
+                Ok(vec![
+                    put_state(&State {
+                        failures: own.failures,
+                        held_until: until,
+                    }),
+                    put_state(&State {
+                        failures: theirs.failures,
+                        held_until: theirs.held_until.max(until),
+                    }),
+                    EphemeralChange::Keep,
+                ])
+            },
+        )?;
+        Ok(step)
+    }
+
+    /// The hold of an attempt as read-only transactions see the rows,
+    /// writing nothing (most attempts under attack are held). Only a hold
+    /// is taken from them: what is read may be outdated by the time it is
+    /// acted on, and a hold read is one the attempt could have met (holds
+    /// end with time or a success); an attempt not held is decided again
+    /// in [`Throttle::attempt_shared`]'s transaction.
+    fn held_shared(
+        store: &dyn EphemeralStore,
+        sid: &[u8],
+        nid: &[u8],
+        now: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let own = state_of(store.ephemeral_get(SOURCE_KIND, sid)?)?;
+        if let Some(until) = hold_of(own.as_ref(), None, None, now) {
+            return Ok(Some(until));
+        }
+        let theirs = state_of(store.ephemeral_get(NAME_KIND, nid)?)?;
+        if hold_of(None, theirs.as_ref(), None, now).is_none() {
+            return Ok(None);
+        }
+        // The name holds strangers: is the source one?
+        let trusted_at = at_of(store.ephemeral_get(TRUSTED_KIND, sid)?)?;
+        Ok(hold_of(None, theirs.as_ref(), trusted_at, now))
     }
 
     /// The checked attempt from `source` succeeded: the source starts over
@@ -611,24 +602,25 @@ impl Throttle {
     ) -> Result<(), StoreError> {
         let source = source_of(source);
         let (sid, nid) = (source_id(domain, name, source), name_id(domain, name));
-        store.ephemeral_update(TRUSTED_KIND, &sid, &mut |_| {
-            Ok(EphemeralChange::Put {
-                value: encode_at(now).into(),
-                forget_ms: now.after(TRUSTED_FOR),
-            })
-        })?;
-        let mut own = 1;
-        store.ephemeral_update(SOURCE_KIND, &sid, &mut |row| {
-            own = own_failures(state_of(row)?);
-            Ok(EphemeralChange::Remove)
-        })?;
-        store.ephemeral_update(NAME_KIND, &nid, &mut |row| {
-            Ok(match state_of(row)?.map(|n| forgiven(n, own)) {
-                Some(Some(n)) => put_state(&n),
-                Some(None) => EphemeralChange::Remove,
-                None => EphemeralChange::Keep,
-            })
-        })
+        // As `succeeded_memory`: trusted, the source cleared, its failures
+        // forgiven on the name, in one transaction.
+        store.ephemeral_update_rows(
+            &[(TRUSTED_KIND, &sid), (SOURCE_KIND, &sid), (NAME_KIND, &nid)],
+            &mut |rows| {
+                let mut rows = rows.into_iter().skip(1);
+                let own = own_failures(state_of(rows.next().flatten())?);
+                let theirs = match state_of(rows.next().flatten())?.map(|n| forgiven(n, own)) {
+                    Some(Some(n)) => put_state(&n),
+                    Some(None) => EphemeralChange::Remove,
+                    None => EphemeralChange::Keep,
+                };
+                let trusted = EphemeralChange::Put {
+                    value: encode_at(now).into(),
+                    forget_ms: now.after(TRUSTED_FOR),
+                };
+                Ok(vec![trusted, EphemeralChange::Remove, theirs])
+            },
+        )
     }
 
     /// Sources and names tracked.
@@ -1042,12 +1034,17 @@ mod tests {
         struct Down;
 
         impl EphemeralStore for Down {
-            fn ephemeral_update(
+            fn ephemeral_update_rows(
                 &self,
-                _: &str,
-                _: &[u8],
-                _: &mut dyn FnMut(Option<EphemeralRow>) -> Result<EphemeralChange, StoreError>,
+                _: &[(&str, &[u8])],
+                _: &mut dyn FnMut(
+                    Vec<Option<EphemeralRow>>,
+                ) -> Result<Vec<EphemeralChange>, StoreError>,
             ) -> Result<(), StoreError> {
+                Err(StoreError::Unavailable("down".into()))
+            }
+
+            fn ephemeral_get(&self, _: &str, _: &[u8]) -> Result<Option<EphemeralRow>, StoreError> {
                 Err(StoreError::Unavailable("down".into()))
             }
 

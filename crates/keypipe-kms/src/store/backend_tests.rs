@@ -207,6 +207,7 @@ backend_tests! {
         rewrap_moves_everything_to_the_new_kek,
         a_wrong_or_missing_kek_is_refused,
         handles_opening_a_new_database_together_all_succeed,
+        keys_and_access_keys_list_in_creation_order,
     ],
     postgres_only: [
         pg_dump_shows_no_secret_in_clear,
@@ -1261,4 +1262,30 @@ fn a_missing_database_is_a_clear_fault_not_retry(backend: &Backend) {
         "{:?}",
         start.elapsed()
     );
+}
+
+/// Keys and access keys made within the same millisecond, through two
+/// handles, list in the order they were made (not by clock or by id).
+fn keys_and_access_keys_list_in_creation_order(backend: &Backend) {
+    let (a, b) = (backend.open(), backend.open());
+    let mut tags = Vec::new();
+    let mut access = Vec::new();
+    for i in 0..24u8 {
+        let store = if i % 2 == 0 { &a } else { &b };
+        tags.push(
+            store
+                .create_key(&format!("k{i}"), KeyType::Aes256, false, &[i; 32])
+                .unwrap(),
+        );
+        access.push(store.create_access_key().unwrap().access_key);
+    }
+    let listed: Vec<String> = a.list_keys().unwrap().into_iter().map(|k| k.tag).collect();
+    assert_eq!(listed, tags);
+    let listed: Vec<String> = b
+        .list_access_keys()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .collect();
+    assert_eq!(listed, access);
 }

@@ -70,6 +70,17 @@ fn key_exists(tx: &mut dyn Tx, tag: &str) -> Result<bool, StoreError> {
     tx.exists("SELECT 1 FROM master_keys WHERE tag = ?1", args![tag])
 }
 
+/// The creation order of a row made in this write transaction: the
+/// generation it commits (writers are serialized on the generation row,
+/// so no two creations share one).
+fn next_seq(tx: &mut dyn Tx) -> Result<i64, StoreError> {
+    let now: i64 = tx
+        .query_opt("SELECT value FROM meta WHERE name = 'generation'", &[])?
+        .ok_or_else(|| StoreError::Corrupt("the generation counter is missing".into()))?
+        .get(0)?;
+    Ok(now + 1)
+}
+
 fn key_not_found(tag: &str) -> StoreError {
     StoreError::NotFound {
         what: format!("key {tag}"),
@@ -110,10 +121,12 @@ impl KeyStore for Store {
             }
             let tag = tag.ok_or(StoreError::Random)?;
             let now = now_ms();
+            let seq = next_seq(tx)?;
             tx.execute(
-                "INSERT INTO master_keys (tag, name, key_type, convergent, enabled, created_ms) \
-                 VALUES (?1, ?2, ?3, ?4, 1, ?5)",
-                args![&tag, name, key_type.as_str(), convergent, now],
+                "INSERT INTO master_keys \
+                 (tag, name, key_type, convergent, enabled, created_ms, seq) \
+                 VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6)",
+                args![&tag, name, key_type.as_str(), convergent, now, seq],
             )?;
             let wrapped = self.kek.wrap(&version_aad(&tag, 1), material)?;
             tx.execute(
@@ -277,7 +290,7 @@ impl KeyStore for Store {
                 )?,
                 tx.query(
                     "SELECT tag, name, key_type, convergent, enabled FROM master_keys \
-                     ORDER BY created_ms, tag",
+                     ORDER BY coalesce(seq, 0), created_ms, tag",
                     &[],
                 )?,
             ))
@@ -321,14 +334,15 @@ impl KeyStore for Store {
             }
             let (access_key, api_key) = ids.ok_or(StoreError::Random)?;
             let secret_key = random_string(SECRET_LEN, ALNUM)?;
+            let seq = next_seq(tx)?;
             let wrapped = self
                 .kek
                 .wrap(&access_key_aad(&access_key), secret_key.as_bytes())?;
             tx.execute(
                 "INSERT INTO access_keys \
-                 (access_key, api_key, enabled, created_ms, revoked_ms, secret_wrapped) \
-                 VALUES (?1, ?2, 1, ?3, NULL, ?4)",
-                args![&access_key, &api_key, now_ms(), wrapped],
+                 (access_key, api_key, enabled, created_ms, revoked_ms, secret_wrapped, seq) \
+                 VALUES (?1, ?2, 1, ?3, NULL, ?4, ?5)",
+                args![&access_key, &api_key, now_ms(), wrapped, seq],
             )?;
             Ok(AccessKey {
                 access_key,
@@ -411,7 +425,8 @@ impl KeyStore for Store {
     fn list_access_keys(&self) -> Result<Vec<(String, bool, Vec<Grant>)>, StoreError> {
         self.read(|tx| {
             let keys = tx.query(
-                "SELECT access_key, enabled FROM access_keys ORDER BY created_ms, access_key",
+                "SELECT access_key, enabled FROM access_keys \
+                 ORDER BY coalesce(seq, 0), created_ms, access_key",
                 &[],
             )?;
             keys.into_iter()
@@ -1159,6 +1174,7 @@ mod tests {
              ALTER TABLE issued_certs DROP COLUMN holder; \
              ALTER TABLE issued_certs DROP COLUMN device; \
              ALTER TABLE key_versions DROP COLUMN encryptions; DROP TABLE ephemeral; \
+             ALTER TABLE master_keys DROP COLUMN seq; ALTER TABLE access_keys DROP COLUMN seq; \
              PRAGMA user_version = 5;",
         )
         .unwrap();

@@ -189,6 +189,13 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ) STRICT, WITHOUT ROWID;
     CREATE INDEX ephemeral_forget ON ephemeral (kind, forget_ms);
     "#,
+    // 10: creation order of keys and access keys that does not depend on
+    // the clock or on SQLite's rowid (the generation counter of the
+    // creating transaction; NULL for older rows).
+    r#"
+    ALTER TABLE master_keys ADD COLUMN seq INTEGER;
+    ALTER TABLE access_keys ADD COLUMN seq INTEGER;
+    "#,
 ];
 
 /// The schema version this code writes.

@@ -128,7 +128,9 @@ use zeroize::Zeroizing;
 pub use ca::{CaKeyRecord, CaStore, Enrolment, IssuedRecord};
 pub use copy::Copied;
 pub use donau::{DonauKey, DonauKind, DonauPublicKey, DonauStore};
-pub use ephemeral::{EphemeralChange, EphemeralRow, EphemeralStore};
+pub use ephemeral::{
+    EphemeralChange, EphemeralRow, EphemeralStore, duration_ms, instant_at, row_id, wall_ms,
+};
 pub use handle::Store;
 pub use kek::KekId;
 pub use keytalk::{DeviceRecord, KeyTalkStore};
