@@ -7,8 +7,10 @@
 //! certificate (chain) as PEM; a CSR that does not match ends the
 //! session with `eoc`, as the vendor's server does. `include-chain` adds
 //! the Signing CA and the Primary CA; `out-of-band` (2.1.0+) parks the
-//! package for one download. Every certificate is recorded in the store
-//! with its service, user and device.
+//! package for one download, its room taken before the certificate is
+//! issued (a full table of downloads refuses the call, and nothing is
+//! issued). Every certificate is recorded in the store with its service,
+//! user and device.
 
 use std::sync::atomic::Ordering;
 
@@ -72,6 +74,17 @@ fn issue(
         );
         "the certificate could not be issued".to_owned()
     })
+}
+
+/// The answer when a package cannot be parked for its download.
+fn park_refused(e: TableError) -> Answer {
+    match e {
+        TableError::NoRandomness => {
+            Answer::error(ERR_PROTOCOL, "no randomness for a download token")
+        }
+        TableError::Full => Answer::error(ERR_PROTOCOL, "too many downloads waiting: retry later"),
+        TableError::Store(e) => super::unavailable("download", &e),
+    }
 }
 
 /// Serves `cert`: the answer, and whether the session goes on.
@@ -140,6 +153,16 @@ pub(super) fn deliver(
         None => EnrolKey::Generate(service.key_type),
     };
     let from_csr = matches!(key, EnrolKey::Csr(_));
+    // Room for the download before the certificate exists: a full table
+    // refuses now, and nothing is issued, recorded or counted.
+    let slot = if out_of_band {
+        match kt.downloads.try_reserve() {
+            Ok(slot) => Some(slot),
+            Err(e) => return (park_refused(e), true),
+        }
+    } else {
+        None
+    };
     let enrolled = match issue(kt, service, &user, session, key) {
         Ok(e) => e,
         Err(e) => return (Answer::error(ERR_PROTOCOL, e), true),
@@ -193,22 +216,11 @@ pub(super) fn deliver(
         "keytalk: certificate issued"
     );
     let mut a = Answer::status("cert");
-    if out_of_band {
-        let token = match kt.downloads.try_park(content_type, body, now.instant) {
+    if let Some(slot) = slot {
+        // Only the store can fail here (the room was found above).
+        let token = match slot.park(content_type, body, now.instant) {
             Ok(token) => token,
-            Err(TableError::NoRandomness) => {
-                return (
-                    Answer::error(ERR_PROTOCOL, "no randomness for a download token"),
-                    true,
-                );
-            }
-            Err(TableError::Full) => {
-                return (
-                    Answer::error(ERR_PROTOCOL, "too many downloads waiting: retry later"),
-                    true,
-                );
-            }
-            Err(TableError::Store(e)) => return (super::unavailable("download", &e), true),
+            Err(e) => return (park_refused(TableError::Store(e)), true),
         };
         a = a.text(
             "cert-url-templ",

@@ -23,8 +23,14 @@
 //! other. The same rules decide in both; shared, a row is forgotten an
 //! hour past its delay or lock (it would start over then anyway), and an
 //! attempt's mark older than [`BUSY_STALE`] (a process that died while
-//! checking it) is ignored. A store error answers `DELAY` 1 (as the user
-//! store's errors do) and is logged.
+//! checking it) is ignored, so a newer attempt may take the name over.
+//! Each mark names its attempt: an attempt that no longer holds the mark
+//! (taken over since) ends without touching it, so the newer attempt
+//! stays the only one checked. Its failure still counts (a wrong password
+//! is a wrong password, however late its answer); its success clears
+//! nothing (failures counted since it began would be erased); dropped
+//! uncounted, it changes nothing. A store error answers `DELAY` 1 (as the
+//! user store's errors do) and is logged.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -58,6 +64,13 @@ pub enum AuthResult {
     Challenge(String, String),
 }
 
+/// "An attempt is being checked", and which.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Busy<T> {
+    since: T,
+    holder: u64,
+}
+
 /// One name's failures (times: `Instant`s in memory, ms since the epoch in
 /// the store).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -65,8 +78,8 @@ struct FailState<T> {
     count: u32,
     until: T,
     locked: bool,
-    /// An attempt is being checked, since.
-    busy: Option<T>,
+    /// An attempt is being checked.
+    busy: Option<Busy<T>>,
 }
 
 impl<T: Stamp> FailState<T> {
@@ -80,11 +93,23 @@ impl<T: Stamp> FailState<T> {
         }
     }
 
-    /// Ends an attempt that counted nothing: true when the state is the
-    /// fresh one again (its entry goes).
-    fn release(&mut self) -> bool {
+    /// True while the attempt `holder` holds the mark.
+    fn held_by(&self, holder: u64) -> bool {
+        self.busy.is_some_and(|b| b.holder == holder)
+    }
+
+    /// Ends the attempt `holder`, which counted nothing: what becomes of
+    /// the state (nothing when another attempt holds the mark).
+    fn release(&mut self, holder: u64) -> Outcome {
+        if !self.held_by(holder) {
+            return Outcome::Keep;
+        }
         self.busy = None;
-        self.count == 0
+        if self.count == 0 {
+            Outcome::Remove
+        } else {
+            Outcome::Store
+        }
     }
 }
 
@@ -95,27 +120,32 @@ impl<T: Stamp> FailState<T> {
 pub struct Attempt<'f> {
     failures: &'f Failures,
     user: String,
+    /// Names this attempt's mark.
+    holder: u64,
     done: bool,
 }
 
 impl Attempt<'_> {
-    /// The attempt failed: `Delay` or `Locked`.
+    /// The attempt failed: `Delay` or `Locked`. It counts even when the
+    /// attempt no longer holds the mark (taken over since, shared): the
+    /// newer attempt's mark then stays.
     pub fn failed(mut self, now: Instant) -> AuthResult {
         self.done = true;
-        self.failures.failed(&self.user, now)
+        self.failures.failed(&self.user, self.holder, now)
     }
 
-    /// The user authenticated: the count starts over.
+    /// The user authenticated: the count starts over (nothing changes
+    /// when the attempt no longer holds the mark).
     pub fn succeeded(mut self) {
         self.done = true;
-        self.failures.succeeded(&self.user);
+        self.failures.succeeded(&self.user, self.holder);
     }
 }
 
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.failures.release(&self.user);
+            self.failures.release(&self.user, self.holder);
         }
     }
 }
@@ -132,12 +162,15 @@ struct Rules {
 
 impl Rules {
     fn busy<T: Stamp>(&self, s: &FailState<T>, now: T) -> bool {
-        s.busy
-            .is_some_and(|since| self.busy_stale.is_none_or(|stale| now.since(since) < stale))
+        s.busy.is_some_and(|b| {
+            self.busy_stale
+                .is_none_or(|stale| now.since(b.since) < stale)
+        })
     }
 
-    /// Reserves an attempt, or the answer when it may not run now.
-    fn begin<T: Stamp>(&self, s: &mut FailState<T>, now: T) -> Result<(), AuthResult> {
+    /// Reserves an attempt for `holder`, or the answer when it may not
+    /// run now.
+    fn begin<T: Stamp>(&self, s: &mut FailState<T>, now: T, holder: u64) -> Result<(), AuthResult> {
         if s.until > now {
             let left = secs_left(s.until, now);
             return Err(if s.locked {
@@ -149,13 +182,17 @@ impl Rules {
         if self.busy(s, now) {
             return Err(AuthResult::Delay(1));
         }
-        s.busy = Some(now);
+        s.busy = Some(Busy { since: now, holder });
         Ok(())
     }
 
-    /// Counts a failure: `Delay` or `Locked`.
-    fn failed<T: Stamp>(&self, s: &mut FailState<T>, now: T) -> AuthResult {
-        s.busy = None;
+    /// Counts a failure of the attempt `holder`: `Delay` or `Locked`. The
+    /// mark is freed only if `holder` holds it; the failure counts
+    /// either way.
+    fn failed<T: Stamp>(&self, s: &mut FailState<T>, now: T, holder: u64) -> AuthResult {
+        if s.held_by(holder) {
+            s.busy = None;
+        }
         if s.locked || s.until.plus(FORGET_AFTER) <= now {
             // A lock that ran out (or a long pause) starts over.
             s.count = 0;
@@ -176,7 +213,7 @@ impl Rules {
     /// When a stored state may be forgotten: it then reads as fresh,
     /// which is what it would start over as.
     fn forget(&self, s: &FailState<u64>) -> u64 {
-        let busy = s.busy.map_or(0, |since| since.plus(BUSY_STALE));
+        let busy = s.busy.map_or(0, |b| b.since.plus(BUSY_STALE));
         s.until.plus(FORGET_AFTER).max(busy)
     }
 }
@@ -270,17 +307,18 @@ impl Failures {
     /// now (in a delay or a lock, or another attempt is being checked; or,
     /// shared, the store failed: `Delay(1)`, logged).
     pub fn begin(&self, user: &str, now: Instant) -> Result<Attempt<'_>, AuthResult> {
+        let holder = shared::new_holder();
         match &self.shared {
             None => {
                 let mut map = self.lock();
                 self.make_room(&mut map, user, now);
                 let s = map.entry(user.to_owned()).or_insert(FailState::fresh(now));
-                self.rules.begin(s, now)?;
+                self.rules.begin(s, now, holder)?;
             }
             Some(sh) => {
                 let now = wall_ms(now);
                 let begun = self.update_shared(sh, user, now, |s| {
-                    let begun = self.rules.begin(s, now);
+                    let begun = self.rules.begin(s, now, holder);
                     let outcome = if begun.is_ok() {
                         Outcome::Store
                     } else {
@@ -294,49 +332,51 @@ impl Failures {
         Ok(Attempt {
             failures: self,
             user: user.to_owned(),
+            holder,
             done: false,
         })
     }
 
-    /// Ends an attempt that counted nothing.
-    fn release(&self, user: &str) {
+    /// Ends the attempt `holder`, which counted nothing.
+    fn release(&self, user: &str, holder: u64) {
         match &self.shared {
             None => {
                 let mut map = self.lock();
                 if let Some(s) = map.get_mut(user)
-                    && s.release()
+                    && matches!(s.release(holder), Outcome::Remove)
                 {
                     map.remove(user);
                 }
             }
             Some(sh) => {
                 let now = wall_ms(Instant::now());
-                let released = self.update_shared(sh, user, now, |s| {
-                    let outcome = if s.release() {
-                        Outcome::Remove
-                    } else {
-                        Outcome::Store
-                    };
-                    ((), outcome)
-                });
+                let released = self.update_shared(sh, user, now, |s| ((), s.release(holder)));
                 logged("failure count", released, ());
             }
         }
     }
 
-    /// The user authenticated: the count starts over.
-    fn succeeded(&self, user: &str) {
+    /// The attempt `holder` of `user` authenticated: the count starts
+    /// over, if `holder` still holds the mark (else nothing changes).
+    fn succeeded(&self, user: &str, holder: u64) {
         match &self.shared {
             None => {
-                self.lock().remove(user);
+                let mut map = self.lock();
+                if map.get(user).is_some_and(|s| s.held_by(holder)) {
+                    map.remove(user);
+                }
             }
             Some(sh) => {
                 let now = wall_ms(Instant::now());
-                logged(
-                    "failure count",
-                    self.update_shared(sh, user, now, |_| ((), Outcome::Remove)),
-                    (),
-                );
+                let done = self.update_shared(sh, user, now, |s| {
+                    let outcome = if s.held_by(holder) {
+                        Outcome::Remove
+                    } else {
+                        Outcome::Keep
+                    };
+                    ((), outcome)
+                });
+                logged("failure count", done, ());
             }
         }
     }
@@ -356,20 +396,21 @@ impl Failures {
         }
     }
 
-    /// Counts a failure of `user`: `Delay` or `Locked` (shared, a store
-    /// error gives `Delay(1)`, logged, and counts nothing).
-    fn failed(&self, user: &str, now: Instant) -> AuthResult {
+    /// Counts a failure of the attempt `holder` of `user`: `Delay` or
+    /// `Locked` (shared, a store error gives `Delay(1)`, logged, and
+    /// counts nothing).
+    fn failed(&self, user: &str, holder: u64, now: Instant) -> AuthResult {
         match &self.shared {
             None => {
                 let mut map = self.lock();
                 self.make_room(&mut map, user, now);
                 let s = map.entry(user.to_owned()).or_insert(FailState::fresh(now));
-                self.rules.failed(s, now)
+                self.rules.failed(s, now, holder)
             }
             Some(sh) => {
                 let now = wall_ms(now);
                 let counted = self.update_shared(sh, user, now, |s| {
-                    (self.rules.failed(s, now), Outcome::Store)
+                    (self.rules.failed(s, now, holder), Outcome::Store)
                 });
                 logged("failure count", counted, AuthResult::Delay(1))
             }
@@ -537,6 +578,58 @@ mod shared_tests {
         assert_eq!(a.begin("v", t + s(1)).unwrap_err(), AuthResult::Delay(1));
         assert!(a.begin("v", t + BUSY_STALE + s(1)).is_ok());
         assert!(db.lacks(b"\"count\""), "values are wrapped");
+    }
+
+    /// An attempt whose mark went stale, and whose name a newer attempt
+    /// took since, ends without touching the newer attempt's mark: its
+    /// failure still counts, its success clears nothing, and a third
+    /// attempt waits for the newer one.
+    fn a_stale_attempt_ends_only_its_own_mark(db: &Db) {
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        let one = || Failures::shared(s(1), 5, s(300), db.open());
+        let (a, b) = (one(), one());
+        let first = a.begin("u", t).unwrap();
+        let later = t + BUSY_STALE + s(1);
+        let second = b.begin("u", later).unwrap();
+        assert_eq!(first.failed(later), AuthResult::Delay(1), "it counts");
+        let after = later + s(1);
+        assert_eq!(
+            a.begin("u", after).unwrap_err(),
+            AuthResult::Delay(1),
+            "two checks of one user at once"
+        );
+        assert_eq!(second.failed(after), AuthResult::Delay(2));
+        let after = after + s(2);
+        // A stale success neither frees the newer mark nor clears the
+        // count; a stale attempt dropped uncounted leaves the mark too.
+        let first = a.begin("u", after).unwrap();
+        let later = after + BUSY_STALE + s(1);
+        let second = b.begin("u", later).unwrap();
+        first.succeeded();
+        assert_eq!(b.begin("u", later).unwrap_err(), AuthResult::Delay(1));
+        let later = later + BUSY_STALE + s(1);
+        let third = a.begin("u", later).unwrap();
+        drop(second);
+        assert_eq!(b.begin("u", later).unwrap_err(), AuthResult::Delay(1));
+        assert_eq!(third.failed(later), AuthResult::Delay(4), "still counted");
+        // The holder's own end frees the name.
+        let later = later + s(4);
+        a.begin("u", later).unwrap().succeeded();
+        assert_eq!(
+            b.begin("u", later).unwrap().failed(later),
+            AuthResult::Delay(1)
+        );
+    }
+
+    #[test]
+    fn a_stale_attempt_ends_only_its_own_mark_on_sqlite() {
+        a_stale_attempt_ends_only_its_own_mark(&Db::sqlite());
+    }
+
+    #[test]
+    fn a_stale_attempt_ends_only_its_own_mark_on_postgres() {
+        a_stale_attempt_ends_only_its_own_mark(&Db::postgres("kt_attempt"));
     }
 
     #[test]

@@ -345,7 +345,7 @@ impl KeyTalk {
             }
             Action::Eoc | Action::Error => {
                 if let Some(sid) = &req.sid
-                    && let Err(e) = self.sessions.try_close(sid)
+                    && let Err(e) = self.sessions.try_end(sid)
                 {
                     return none(unavailable("session", &e));
                 }
@@ -408,7 +408,7 @@ impl KeyTalk {
         }
         let (answer, keep) = self.dispatch(action, &sid, &mut session, &req.params, now);
         if !keep {
-            let closed = self.sessions.try_close(&sid);
+            let closed = self.sessions.try_close(&sid, lease.holder);
             // Not given back even when it could not be deleted: it stays
             // held until it expires (or, shared, its mark goes stale).
             std::mem::forget(lease);

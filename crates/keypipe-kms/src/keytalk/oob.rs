@@ -12,8 +12,15 @@
 //! deadline, the content type and the package, wrapped by the store under
 //! the KEK, forgotten at the deadline; a download deletes the row in the
 //! transaction that reads it, so two processes never both hand it out. A
-//! full shared table refuses to park ([`TableError::Full`]) instead of
-//! dropping the oldest (that would read every process's rows).
+//! full shared table refuses new packages ([`TableError::Full`]) instead
+//! of dropping the oldest (that would read every process's rows).
+//!
+//! Room is taken before the package exists ([`Downloads::try_reserve`]:
+//! its token drawn and, shared, the table found below its capacity), so
+//! a refusal comes before its certificate is issued, never after; a
+//! [`Slot`] so taken is then always parked (only a store error fails
+//! it): processes reserving at the same moment may overshoot `capacity`
+//! by as many.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -98,6 +105,36 @@ impl Parked<u64> {
     }
 }
 
+/// Room for one package ([`Downloads::try_reserve`]): park it with
+/// [`Slot::park`]; dropped, it takes nothing (no row was written).
+pub struct Slot<'d> {
+    downloads: &'d Downloads,
+    token: String,
+}
+
+impl std::fmt::Debug for Slot<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a secret.
+        f.debug_struct("Slot").finish_non_exhaustive()
+    }
+}
+
+impl Slot<'_> {
+    /// Parks `body` for `ttl` from `now`: its token. Never refuses for a
+    /// full table (room was found when the slot was taken); fails only
+    /// when the store does.
+    pub fn park(
+        self,
+        content_type: &'static str,
+        body: Zeroizing<Vec<u8>>,
+        now: Instant,
+    ) -> Result<String, StoreError> {
+        let download = Download { content_type, body };
+        self.downloads.put(&self.token, download, now)?;
+        Ok(self.token)
+    }
+}
+
 enum Table {
     Memory(Mutex<HashMap<String, Parked<Instant>>>),
     Shared(Shared),
@@ -162,17 +199,40 @@ impl Downloads {
             .ok()
     }
 
-    /// Parks `body`: its token.
+    /// Parks `body`: its token ([`Downloads::try_reserve`], then
+    /// [`Slot::park`]).
     pub fn try_park(
         &self,
         content_type: &'static str,
         body: Zeroizing<Vec<u8>>,
         now: Instant,
     ) -> Result<String, TableError> {
+        Ok(self.try_reserve()?.park(content_type, body, now)?)
+    }
+
+    /// Room for one package, before it is made: its token, drawn now.
+    /// Fails with [`TableError::NoRandomness`] or, shared, with
+    /// [`TableError::Full`] when the table holds `capacity` packages
+    /// ([`TableError::Store`] when the store fails). In memory there is
+    /// always room (parking drops the oldest package when full).
+    pub fn try_reserve(&self) -> Result<Slot<'_>, TableError> {
         let mut raw = [0u8; 16];
         getrandom::fill(&mut raw).map_err(|_| TableError::NoRandomness)?;
         let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        let download = Download { content_type, body };
+        if let Table::Shared(sh) = &self.table {
+            let capacity = u64::try_from(self.capacity).unwrap_or(u64::MAX);
+            if sh.count(KIND)? >= capacity {
+                return Err(TableError::Full);
+            }
+        }
+        Ok(Slot {
+            downloads: self,
+            token,
+        })
+    }
+
+    /// Parks `download` under `token`.
+    fn put(&self, token: &str, download: Download, now: Instant) -> Result<(), StoreError> {
         match &self.table {
             Table::Memory(map) => {
                 let mut map = Self::lock(map);
@@ -186,13 +246,9 @@ impl Downloads {
                     map.remove(&oldest);
                 }
                 let deadline = now.plus(self.ttl);
-                map.insert(token.clone(), Parked { download, deadline });
+                map.insert(token.to_owned(), Parked { download, deadline });
             }
             Table::Shared(sh) => {
-                let capacity = u64::try_from(self.capacity).unwrap_or(u64::MAX);
-                if sh.count(KIND)? >= capacity {
-                    return Err(TableError::Full);
-                }
                 let deadline = wall_ms(now).plus(self.ttl);
                 let value = Parked { download, deadline }.encode();
                 sh.update(KIND, &row_id(&[token.as_bytes()]), |_| {
@@ -204,7 +260,7 @@ impl Downloads {
                 })?;
             }
         }
-        Ok(token)
+        Ok(())
     }
 
     /// Takes the package of `token` if it is still there and in time (a
@@ -286,16 +342,23 @@ mod shared_tests {
         );
         assert!(b.try_take(&token, t).unwrap().is_none(), "single use");
         assert!(a.try_take(&token, t).unwrap().is_none(), "on every process");
-        // Late, then gone; a full table refuses.
+        // Late, then gone; a full table refuses, before the package
+        // exists; room found before it filled is kept.
         let pem = a
             .try_park("application/x-pem-file", Zeroizing::new(vec![2]), t)
             .unwrap();
+        let slot = b.try_reserve().unwrap();
         a.try_park("application/x-pem-file", Zeroizing::new(vec![3]), t)
             .unwrap();
+        assert!(matches!(b.try_reserve(), Err(TableError::Full)));
         assert!(matches!(
             b.try_park("application/x-pem-file", Zeroizing::new(vec![4]), t),
             Err(TableError::Full)
         ));
+        let late = slot
+            .park("application/x-pem-file", Zeroizing::new(vec![6]), t)
+            .unwrap();
+        assert_eq!(*a.try_take(&late, t).unwrap().unwrap().body, vec![6]);
         assert!(b.try_take(&pem, t + ttl).unwrap().is_none(), "expired");
         assert!(
             a.try_take(&pem, t).unwrap().is_none(),

@@ -19,8 +19,11 @@
 //!   (`idle` after its last call or `max_age` after its `hello`);
 //! - a call's busy mark older than [`BUSY_STALE`] is taken for the mark
 //!   of a process that died mid-call, and ignored; the state a call puts
-//!   back is dropped when another call has taken the session since (each
-//!   busy mark names its call);
+//!   back is dropped, and its release or close ([`Sessions::close`]:
+//!   `LOCKED`, a refused CSR) does nothing, when another call has taken
+//!   the session since (each busy mark names its call): the newer call
+//!   goes on, and only the client's `eoc` ([`Sessions::end`]) ends a
+//!   session whatever call runs;
 //! - a full table makes room for a `hello` by forgetting the sessions that
 //!   would expire soonest (the least recently used), authenticated or not,
 //!   in one transaction ([`EphemeralStore::ephemeral_make_room`]; telling
@@ -121,7 +124,8 @@ pub struct Holder(u64);
 #[derive(Debug)]
 pub enum Taken {
     /// The session, now held by this call until [`Sessions::put`],
-    /// [`Sessions::release`] or [`Sessions::close`].
+    /// [`Sessions::release`] or [`Sessions::close`] (or its client's
+    /// [`Sessions::end`]).
     Session(Session),
     /// Another call of the session is running.
     Busy,
@@ -161,6 +165,14 @@ impl<T: Copy> Entry<T> {
             last: now,
             busy: None,
         }
+    }
+}
+
+impl<T> Entry<T> {
+    /// True while the call `holder` holds the session (however old its
+    /// mark: no other call took it since).
+    fn held_by(&self, Holder(holder): Holder) -> bool {
+        self.busy.as_ref().is_some_and(|b| b.holder == holder)
     }
 }
 
@@ -227,10 +239,10 @@ impl Edit<'_> {
     /// Applies the edit: false when nothing changed.
     fn apply<T>(&self, e: &mut Entry<T>) -> bool {
         let holder = match self {
-            Edit::Put(session) => session.holder,
-            Edit::Release(Holder(holder)) => *holder,
+            Edit::Put(session) => session.holder(),
+            Edit::Release(holder) => *holder,
         };
-        if e.busy.as_ref().is_none_or(|b| b.holder != holder) {
+        if !e.held_by(holder) {
             return false;
         }
         e.busy = None;
@@ -253,13 +265,6 @@ fn excess<K: Copy, T: Ord + Copy>(mut theirs: Vec<(K, T)>, max: usize) -> Vec<K>
     theirs.sort_by_key(|(_, last)| *last);
     let n = theirs.len() - max;
     theirs.into_iter().take(n).map(|(k, _)| k).collect()
-}
-
-/// A fresh holder for a busy mark.
-fn holder() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    shared::random_u64().unwrap_or_else(|| NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 enum Table {
@@ -438,7 +443,7 @@ impl Sessions {
     /// [`Sessions::take`], with the store's errors.
     pub fn try_take(&self, sid: &str, now: Instant) -> Result<Taken, StoreError> {
         let key = key(sid);
-        let holder = holder();
+        let holder = shared::new_holder();
         match &self.table {
             Table::Memory(map) => {
                 let mut map = Self::lock(map);
@@ -615,13 +620,46 @@ impl Sessions {
         })
     }
 
-    /// Ends `sid`.
-    pub fn close(&self, sid: &str) {
-        logged("session", self.try_close(sid), ());
+    /// Ends `sid` from the call `holder` (`LOCKED`, a refused CSR): only
+    /// while that call holds it. A call that no longer does (its mark
+    /// went stale and another call took the session since) ends nothing:
+    /// the session is the newer call's, which goes on.
+    pub fn close(&self, sid: &str, holder: Holder) {
+        logged("session", self.try_close(sid, holder), ());
     }
 
     /// [`Sessions::close`], with the store's errors.
-    pub fn try_close(&self, sid: &str) -> Result<(), StoreError> {
+    pub fn try_close(&self, sid: &str, holder: Holder) -> Result<(), StoreError> {
+        match &self.table {
+            Table::Memory(map) => {
+                let mut map = Self::lock(map);
+                if map.get(&key(sid)).is_some_and(|e| e.held_by(holder)) {
+                    map.remove(&key(sid));
+                }
+                Ok(())
+            }
+            Table::Shared { store: sh, .. } => sh.update(KIND, &key(sid), |row| {
+                let Some(row) = row else {
+                    return Ok((EphemeralChange::Keep, ()));
+                };
+                let e: Entry<u64> = shared::decode(KIND, &row.value)?;
+                if e.held_by(holder) {
+                    Ok((EphemeralChange::Remove, ()))
+                } else {
+                    Ok((EphemeralChange::Keep, ()))
+                }
+            }),
+        }
+    }
+
+    /// Ends `sid` at its client's word (`eoc`, `error`), whatever call of
+    /// it runs: that call's put, release or close then finds nothing.
+    pub fn end(&self, sid: &str) {
+        logged("session", self.try_end(sid), ());
+    }
+
+    /// [`Sessions::end`], with the store's errors.
+    pub fn try_end(&self, sid: &str) -> Result<(), StoreError> {
         match &self.table {
             Table::Memory(map) => {
                 Self::lock(map).remove(&key(sid));
@@ -707,7 +745,7 @@ mod tests {
         assert!(peek(&s, &c, later).is_some(), "the authenticated one stays");
         assert!(peek(&s, &d, later).is_none(), "the oldest waiting one went");
         assert!(peek(&s, &e, later).is_some());
-        s.close(&e);
+        s.end(&e);
         assert!(peek(&s, &e, later).is_none());
     }
 
@@ -777,6 +815,28 @@ mod tests {
         assert_eq!(third.phase, Phase::Connected);
         assert!(Edit::Release(third.holder()).apply(&mut e));
         assert!(!rules.busy(&e, later));
+    }
+
+    #[test]
+    fn only_the_holding_call_closes_a_session() {
+        let t = Instant::now();
+        let s = Sessions::new(Duration::from_secs(600), Duration::from_secs(600), 8);
+        let (a, b) = (
+            s.open(Version::V2_4_1, t).unwrap(),
+            s.open(Version::V2_4_1, t).unwrap(),
+        );
+        let Taken::Session(on_a) = s.take(&a, t) else {
+            panic!("live");
+        };
+        let Taken::Session(on_b) = s.take(&b, t) else {
+            panic!("live");
+        };
+        s.close(&a, on_b.holder());
+        assert!(matches!(s.take(&a, t), Taken::Busy), "not b's call's");
+        s.close(&a, on_a.holder());
+        assert!(matches!(s.take(&a, t), Taken::Gone));
+        s.end(&b);
+        assert!(matches!(s.take(&b, t), Taken::Gone), "ended by its client");
     }
 
     #[test]
@@ -868,7 +928,7 @@ mod shared_tests {
         assert_eq!(held(db), 1);
         // Each process's count is the site's as of its last `hello`.
         assert_eq!((a.len(), b.len()), (1, 1));
-        a.try_close(&other).unwrap();
+        a.try_end(&other).unwrap();
         assert!(matches!(b.try_take(&other, t).unwrap(), Taken::Gone));
         assert_eq!(held(db), 0);
         assert!(db.lacks(sid.as_bytes()) && db.lacks(other.as_bytes()));
@@ -956,6 +1016,51 @@ mod shared_tests {
             b.try_take(&sid, later).unwrap(),
             Taken::Session(_)
         ));
+    }
+
+    /// A call whose mark went stale, and whose session a second call
+    /// took since, cannot end it: the second call goes on and its result
+    /// stays. The holder's close ends the session; the client's `eoc`
+    /// ends it whatever call runs.
+    fn a_stale_call_closes_only_its_own_hold(db: &Db) {
+        let t = Instant::now();
+        let (a, b) = pair(db, 600, 8);
+        let sid = a.try_open(Version::V2_4_1, t).unwrap();
+        let first = taken(a.try_take(&sid, t).unwrap());
+        let later = t + BUSY_STALE + Duration::from_secs(1);
+        let mut second = taken(b.try_take(&sid, later).unwrap());
+        a.try_close(&sid, first.holder()).unwrap();
+        assert!(
+            matches!(a.try_take(&sid, later).unwrap(), Taken::Busy),
+            "the second call's session was ended under it"
+        );
+        second.phase = Phase::Connected;
+        b.try_put(&sid, second).unwrap();
+        let third = taken(a.try_take(&sid, later).unwrap());
+        assert_eq!(third.phase, Phase::Connected, "the second call's result");
+        // A close from a call that never held it changes nothing either.
+        b.try_close(&sid, first.holder()).unwrap();
+        assert!(matches!(b.try_take(&sid, later).unwrap(), Taken::Busy));
+        a.try_close(&sid, third.holder()).unwrap();
+        assert!(matches!(b.try_take(&sid, later).unwrap(), Taken::Gone));
+        assert_eq!(held(db), 0);
+        let other = a.try_open(Version::V2_4_1, t).unwrap();
+        let running = taken(a.try_take(&other, t).unwrap());
+        b.try_end(&other).unwrap();
+        assert!(matches!(a.try_take(&other, t).unwrap(), Taken::Gone));
+        a.try_put(&other, running).unwrap();
+        assert!(matches!(b.try_take(&other, t).unwrap(), Taken::Gone));
+        assert_eq!(held(db), 0);
+    }
+
+    #[test]
+    fn a_stale_call_closes_only_its_own_hold_on_sqlite() {
+        a_stale_call_closes_only_its_own_hold(&Db::sqlite());
+    }
+
+    #[test]
+    fn a_stale_call_closes_only_its_own_hold_on_postgres() {
+        a_stale_call_closes_only_its_own_hold(&Db::postgres("kt_close"));
     }
 
     #[test]

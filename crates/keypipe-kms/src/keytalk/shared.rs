@@ -123,11 +123,17 @@ pub(super) fn decode<T: DeserializeOwned>(kind: &str, bytes: &[u8]) -> Result<T,
     })
 }
 
-/// A random number (busy marks' holders).
-pub(super) fn random_u64() -> Option<u64> {
+/// A fresh holder for a busy mark (a session's call, a user's attempt):
+/// random, so holders drawn by different processes do not collide; a
+/// counter of this process when the OS random source fails.
+pub(super) fn new_holder() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
     let mut raw = [0u8; 8];
-    getrandom::fill(&mut raw).ok()?;
-    Some(u64::from_le_bytes(raw))
+    match getrandom::fill(&mut raw) {
+        Ok(()) => u64::from_le_bytes(raw),
+        Err(_) => NEXT.fetch_add(1, Ordering::Relaxed),
+    }
 }
 
 /// The store behind the shared tables.

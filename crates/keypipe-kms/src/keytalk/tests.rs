@@ -299,6 +299,7 @@ fn an_enrolment_certificate_never_carries_a_role_keypipe_trusts() {
 /// balancer that does not pin clients).
 mod shared {
     use super::*;
+    use crate::keytalk::oob::Downloads;
     use crate::keytalk::shared::testing::Db;
 
     fn pair(db: &Db, services: Vec<Service>) -> (Fixture, Fixture) {
@@ -403,6 +404,79 @@ mod shared {
         assert_eq!(a.auth(&sid, right), "LOCKED");
         let sid = session(&a, &b);
         assert_eq!(b.auth(&sid, right), "LOCKED");
+    }
+
+    /// A full shared table of downloads refuses an out-of-band `cert`
+    /// before issuing: nothing is issued or recorded, the session's count
+    /// does not move, and the session goes on.
+    fn a_full_download_table_refuses_before_issuing(db: &Db) {
+        use crate::store::CaStore;
+        let (mut a, mut b) = pair(db, vec![service(r#"name = "S""#)]);
+        // Room for one package waiting, site-wide.
+        for x in [&mut a, &mut b] {
+            let store = Arc::clone(&x.store) as _;
+            x.kt.downloads = Downloads::shared(x.kt.config.download_ttl, 1, store);
+        }
+        a.user("u", "correct horse", &["S"]);
+        let sid = session(&a, &b);
+        assert_eq!(
+            b.auth(&sid, "service=S&USERID=u&PASSWD=correct+horse"),
+            "OK"
+        );
+        let certificates = |x: &Fixture| {
+            let now = std::time::Instant::now();
+            let s = match x.kt.sessions.try_take(&sid, now).unwrap() {
+                super::super::session::Taken::Session(s) => s,
+                other => panic!("not taken: {other:?}"),
+            };
+            x.kt.sessions.try_release(&sid, s.holder()).unwrap();
+            s.certificates
+        };
+        let issued = || a.store.issued().unwrap().len();
+        let oob = "format=P12&out-of-band=true";
+        let v = a.call(Some(&sid), "cert", oob).0;
+        assert_eq!(v["status"], "cert", "{v}");
+        let token = v["cert-url-templ"]
+            .as_str()
+            .unwrap()
+            .rsplit_once('?')
+            .unwrap()
+            .1
+            .to_owned();
+        let before = (issued(), certificates(&a));
+        assert_eq!(before.1, 1);
+        let v = b.call(Some(&sid), "cert", oob).0;
+        assert_eq!(v["status"], "error", "{v}");
+        assert!(
+            v["description"]
+                .as_str()
+                .unwrap()
+                .contains("too many downloads waiting"),
+            "{v}"
+        );
+        assert_eq!(
+            (issued(), certificates(&b)),
+            before,
+            "a certificate issued and recorded, then not delivered"
+        );
+        // In band still works; a download makes room again.
+        let v = a.call(Some(&sid), "cert", "format=P12").0;
+        assert_eq!(v["status"], "cert", "{v}");
+        let now = std::time::Instant::now();
+        assert!(b.kt.download(&token, now).unwrap().is_some());
+        let v = b.call(Some(&sid), "cert", oob).0;
+        assert_eq!(v["status"], "cert", "{v}");
+        assert_eq!((issued(), certificates(&a)), (before.0 + 2, 3));
+    }
+
+    #[test]
+    fn a_full_download_table_refuses_before_issuing_on_sqlite() {
+        a_full_download_table_refuses_before_issuing(&Db::sqlite());
+    }
+
+    #[test]
+    fn a_full_download_table_refuses_before_issuing_on_postgres() {
+        a_full_download_table_refuses_before_issuing(&Db::postgres("kt_full"));
     }
 
     #[test]
