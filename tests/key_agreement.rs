@@ -78,12 +78,9 @@ fn login(conn: &mut Conn, session: &Session, password: &str) -> Answer {
 
 /// A login of `corp/name` with `password` encrypted under `session`.
 fn login_as(conn: &mut Conn, session: &Session, name: &str, password: &str) -> Answer {
-    let path = format!(
-        "/rest/login?client_reference_id={}",
-        session.client_reference_id
-    );
-    let body = json!({"domain": "corp", "username": name, "password": session.encrypt(password.as_bytes())});
-    conn.send("POST", &path, Some(&body)).unwrap()
+    let body = session.login_body("corp", name, password);
+    conn.send("POST", &session.login_path(), Some(&body))
+        .unwrap()
 }
 
 /// A fresh agreement, then a login of `corp/name`: the answer and how long
@@ -348,7 +345,7 @@ fn bad_logins_fail_clearly_and_are_throttled() {
     // references are then used up (the attempt consumed its reference).
     let s1 = agree(&mut conn, Scheme::EcAes2, Encoding::Spki);
     let s2 = agree(&mut conn, Scheme::EcAes2, Encoding::Spki);
-    let path = format!("/rest/login?client_reference_id={}", s1.client_reference_id);
+    let path = s1.login_path();
     let a = conn
         .send(
             "POST",

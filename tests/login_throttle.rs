@@ -13,7 +13,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ka_client::{Encoding, Scheme, Session, hello, random_nonce};
-use serde_json::json;
 use support::*;
 
 const PASSWORD: &str = "s3cret-Pässword";
@@ -64,17 +63,11 @@ fn login_from(addr: SocketAddr, source: IpAddr, password: &str) -> (Answer, Dura
         .unwrap();
     assert_eq!(answer.status, 200, "{answer:?}");
     let session: Session = hello.finish(&answer.json()).unwrap();
-    let path = format!(
-        "/rest/login?client_reference_id={}",
-        session.client_reference_id
-    );
-    let body = json!({
-        "domain": "corp",
-        "username": "alice",
-        "password": session.encrypt(password.as_bytes()),
-    });
+    let body = session.login_body("corp", "alice", password);
     let t = Instant::now();
-    let answer = conn.send("POST", &path, Some(&body)).unwrap();
+    let answer = conn
+        .send("POST", &session.login_path(), Some(&body))
+        .unwrap();
     (answer, t.elapsed())
 }
 

@@ -127,17 +127,11 @@ fn agree(addr: SocketAddr) -> ka_client::Session {
 /// A login of `corp/alice` with `password` under `session`'s reference,
 /// on `conn`: the answer and how long it took.
 fn login_on(conn: &mut Conn, session: &ka_client::Session, password: &str) -> (Answer, Duration) {
-    let path = format!(
-        "/rest/login?client_reference_id={}",
-        session.client_reference_id
-    );
-    let body = json!({
-        "domain": "corp",
-        "username": "alice",
-        "password": session.encrypt(password.as_bytes()),
-    });
+    let body = session.login_body("corp", "alice", password);
     let t = Instant::now();
-    let answer = conn.send("POST", &path, Some(&body)).unwrap();
+    let answer = conn
+        .send("POST", &session.login_path(), Some(&body))
+        .unwrap();
     (answer, t.elapsed())
 }
 

@@ -47,7 +47,7 @@ fn message(status: u16, text: &str) -> Response {
 fn store_failure(what: &str, unavailable: bool, detail: &str) -> Response {
     tracing::error!("{what} store failure: {detail}");
     if unavailable {
-        message(503, "service temporarily unavailable; retry").header("Retry-After", "1")
+        message(503, "service temporarily unavailable; retry")
     } else {
         message(500, "internal error")
     }

@@ -148,7 +148,7 @@ fn download(kt: &KeyTalk, req: &Request) -> Response {
         Ok(None) => not_found(),
         Err(e) => {
             tracing::error!("keytalk: download store: {e}");
-            unavailable().header("Retry-After", "1")
+            unavailable()
         }
     }
 }

@@ -138,13 +138,11 @@ impl NcpApi {
                 match self.replay.admit(&key.access_key, ts, signature, now_ms) {
                     Ok(()) => Ok(key),
                     Err(e @ ReplayError::Replayed) => Err(Some(unauthorized(&e.to_string()))),
-                    Err(e @ ReplayError::Full) => Err(Some(
-                        super::json(
-                            503,
-                            &json!({"code": "SERVICE_UNAVAILABLE", "msg": e.to_string()}),
-                        )
-                        .header("Retry-After", "1"),
-                    )),
+                    // 503s carry `Retry-After` (the response writer adds it).
+                    Err(e @ ReplayError::Full) => Err(Some(super::json(
+                        503,
+                        &json!({"code": "SERVICE_UNAVAILABLE", "msg": e.to_string()}),
+                    ))),
                 }
             }
             (Ok(()), None) => Err(Some(unauthorized("invalid signature or credentials"))),

@@ -877,6 +877,20 @@ impl Session {
         B64.encode(out)
     }
 
+    /// The login route under this session's reference.
+    pub fn login_path(&self) -> String {
+        format!(
+            "/rest/login?client_reference_id={}",
+            self.client_reference_id
+        )
+    }
+
+    /// A login body for `domain/name` with `password` encrypted under
+    /// this session.
+    pub fn login_body(&self, domain: &str, name: &str, password: &str) -> Value {
+        json!({"domain": domain, "username": name, "password": self.encrypt(password.as_bytes())})
+    }
+
     /// Inverse of [`Session::encrypt`] (same layout and AAD); errors on bad Base64,
     /// a short input or a failed tag check.
     pub fn decrypt(&self, b64: &str) -> Result<Vec<u8>, String> {

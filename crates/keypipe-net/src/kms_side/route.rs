@@ -124,7 +124,7 @@ fn receive(store: &ReceivedKeys, pushers: &Pushers, req: &Request) -> Response {
         // 409 like a conflicting index: the pushing node drops the chunk
         // for good, so the stream someone else poisoned blocks nothing.
         Err(e @ ReceivedError::OtherPusher) => answer(409, &e.to_string()),
-        Err(e @ ReceivedError::Full) => answer(503, &e.to_string()).header("Retry-After", "1"),
+        Err(e @ ReceivedError::Full) => answer(503, &e.to_string()),
     }
 }
 
