@@ -23,6 +23,25 @@ use crate::store::sql::{Row, Tx, Value};
 /// How long a statement waits for another connection's lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `PRAGMA journal_mode=WAL`, retried while another connection holds
+/// the lock: SQLite answers a busy journal-mode switch at once, without
+/// its busy handler, so handles opening a new database together would
+/// otherwise fail.
+fn enter_wal(conn: &Connection) -> Result<String, StoreError> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// An open SQLite database.
 pub(crate) struct SqliteDb {
     conn: Mutex<Connection>,
@@ -52,8 +71,7 @@ impl SqliteDb {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        let mode: String =
-            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+        let mode = enter_wal(&conn)?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::io(
                 path,
