@@ -5,10 +5,17 @@
 //! names.
 //!
 //! Layers, bottom up (a layer only calls the ones below it): [`key`],
-//! [`device`], [`qkd`] (engine) · [`http`], link, push, KMS side (net) ·
+//! [`device`], [`qkd`], [`rangeset`] (engine) · [`http`], [`tls`],
+//! [`link`], [`linked`], [`push`], [`push_mode`], [`kms_side`] (net) ·
 //! [`store`], [`kms`] (KMS services) · [`api`] · [`node`] · [`config`] and
 //! the `keypipe` binary. The C library (`keypipe-ffi`) stands on the
 //! engine and net crates only.
+//!
+//! The server's own modules beside those: [`process`] (the process's
+//! memory protection), [`revocation`] (revoked certificates from the
+//! store's CA), [`listener_cert`] (certificates keypipe issues for its
+//! listeners) and [`etsi014_supply`] (the engine as ETSI 014's key
+//! supply).
 
 pub mod api;
 pub mod config;

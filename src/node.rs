@@ -1,6 +1,7 @@
 //! A running node: its engine side (engine, network link, pushes and
-//! outbound thread: [`LinkedEngine`]) when it fronts a QKD device, and its
-//! HTTP listener serving the configured protocols.
+//! outbound thread: [`LinkedEngine`]) when it fronts a QKD device, its
+//! HTTP listener serving the configured protocols, and its own ETSI 014
+//! and KeyTalk listeners when it serves them.
 
 use std::sync::{Arc, OnceLock};
 

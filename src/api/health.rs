@@ -1,5 +1,6 @@
-//! `GET /healthz` (200 when the device and the peer link are up, 503
-//! otherwise, JSON detail) and `GET /metrics` (Prometheus text format).
+//! `GET /healthz` (200 when the device, the ledger and the peer link are
+//! up and pairing is not refused, 503 otherwise, JSON detail) and
+//! `GET /metrics` (Prometheus text format).
 //!
 //! The detail and the metrics tell when key flows and how much (traffic
 //! analysis, security review F20): they go only to callers on loopback

@@ -1,6 +1,8 @@
-//! HTTP adapters: one file per protocol maps requests to the services
-//! below. The router, the link-sync routes, the pushes and the KMS-side
-//! route live in `keypipe-net` (the C library serves them too).
+//! HTTP adapters: one file per protocol maps its routes to the services
+//! below, plus `/healthz` and `/metrics`, who may use the ETSI 004 QKD side
+//! (`kms_access`) and the bound on pool work (`pool_gate`). The router,
+//! the link-sync routes, the pushes and the KMS-side route live in
+//! `keypipe-net` (the C library serves them too).
 
 mod agreement;
 mod donau;

@@ -2,56 +2,37 @@
 //! offers) and `[node.etsi014]` (a node's 014 listener and its SAEs).
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::kms::etsi014::Etsi014Config;
 use crate::tls::ServerTlsFiles;
 
-/// `[etsi014]`: what every node's 014 service offers.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Etsi014Settings {
-    /// Default key size, bits (`key_size` in the status).
-    pub key_size: u32,
-    /// Smallest key size, bits.
-    pub min_key_size: u32,
-    /// Largest key size, bits.
-    pub max_key_size: u32,
-    /// Most keys per request.
-    pub max_key_per_request: u32,
-    /// Most `additional_slave_SAE_IDs` (0: no multicast).
-    #[serde(rename = "max_SAE_ID_count")]
-    pub max_sae_id_count: u32,
-    /// Key not redeemed by its slave within this many seconds is
-    /// zeroized (1 to 86400).
-    pub key_ttl_s: u32,
-    /// `enc_keys` waits at most this long for key before answering 503.
-    pub wait_ms: u64,
-    /// `enc_keys` calls waiting for key at once (more: 503 at once).
-    pub max_waiting: usize,
-    /// A multicast key one slave redeemed waits this long for the others.
-    pub copies_ttl_s: u64,
-    /// Multicast keys held for slaves at most.
-    pub max_copies: usize,
-}
-
-impl Default for Etsi014Settings {
-    fn default() -> Self {
-        let d = Etsi014Config::default();
-        Etsi014Settings {
-            key_size: d.key_size,
-            min_key_size: d.min_key_size,
-            max_key_size: d.max_key_size,
-            max_key_per_request: d.max_key_per_request,
-            max_sae_id_count: d.max_sae_id_count,
-            key_ttl_s: d.key_ttl_s,
-            wait_ms: d.wait.as_millis() as u64,
-            max_waiting: 64,
-            copies_ttl_s: d.copies_ttl.as_secs(),
-            max_copies: d.max_copies,
-        }
+tunables! {
+    /// `[etsi014]`: what every node's 014 service offers.
+    pub struct Etsi014Settings => Etsi014Config {
+        /// Default key size, bits (`key_size` in the status).
+        key_size: u32 = same(key_size),
+        /// Smallest key size, bits.
+        min_key_size: u32 = same(min_key_size),
+        /// Largest key size, bits.
+        max_key_size: u32 = same(max_key_size),
+        /// Most keys per request.
+        max_key_per_request: u32 = same(max_key_per_request),
+        /// Most `additional_slave_SAE_IDs` (0: no multicast).
+        #[serde(rename = "max_SAE_ID_count")]
+        max_sae_id_count: u32 = same(max_sae_id_count),
+        /// Key not redeemed by its slave within this many seconds is
+        /// zeroized (60 to 86400, at most the node's `max_ttl_s`).
+        key_ttl_s: u32 = same(key_ttl_s),
+        /// `enc_keys` waits at most this long for key before answering 503.
+        wait_ms: u64 = millis(wait),
+        /// `enc_keys` calls waiting for key at once (more: 503 at once).
+        max_waiting: usize = local(64),
+        /// A multicast key one slave redeemed waits this long for the others.
+        copies_ttl_s: u64 = secs(copies_ttl),
+        /// Multicast keys held for slaves at most.
+        max_copies: usize = same(max_copies),
     }
 }
 
@@ -88,21 +69,14 @@ impl Etsi014Settings {
         peer_kme_id: &str,
         listener: &Etsi014Listener,
     ) -> Result<Etsi014Config, String> {
-        let config = Etsi014Config {
+        let mut config = Etsi014Config {
             kme_id: kme_id.to_owned(),
             peer_kme_id: peer_kme_id.to_owned(),
             saes: listener.saes.clone(),
             peer_saes: listener.peer_saes.clone(),
-            key_size: self.key_size,
-            min_key_size: self.min_key_size,
-            max_key_size: self.max_key_size,
-            max_key_per_request: self.max_key_per_request,
-            max_sae_id_count: self.max_sae_id_count,
-            key_ttl_s: self.key_ttl_s,
-            wait: Duration::from_millis(self.wait_ms),
-            copies_ttl: Duration::from_secs(self.copies_ttl_s),
-            max_copies: self.max_copies,
+            ..Etsi014Config::default()
         };
+        self.apply(&mut config);
         config
             .validate()
             .map_err(|e| format!("node {kme_id}: {e}"))?;

@@ -2,61 +2,40 @@
 //! `[node.keytalk]` (a node's KeyTalk listeners).
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::kms::keytalk::config::{KeyTalkConfig, Service, ServiceConfig};
 use crate::tls::ServerTlsFiles;
 
-/// `[keytalk]`: policy and services of KeyTalk enrolment.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct KeyTalkSettings {
-    /// The user store's domain of KeyTalk users.
-    pub domain: String,
-    /// Largest clock difference accepted at `handshake`, seconds.
-    pub max_clock_skew_s: u64,
-    /// A session without a call this long ends, seconds.
-    pub session_idle_s: u64,
-    /// A session ends this long after its `hello`, seconds.
-    pub session_max_s: u64,
-    /// Sessions open at most.
-    pub max_sessions: usize,
-    /// The first failed authentication's delay, seconds (doubling).
-    pub failure_delay_s: u64,
-    /// Failures in a row before `LOCKED`.
-    pub max_failures: u32,
-    /// How long `LOCKED` lasts, seconds.
-    pub lock_s: u64,
-    /// An out-of-band download waits this long, seconds.
-    pub download_ttl_s: u64,
-    /// Shortest new password (change-password).
-    pub min_password_length: usize,
-    /// RCDP requests on the pool at once (more: 503).
-    pub max_queued: usize,
-    /// The services.
-    #[serde(rename = "service")]
-    pub services: Vec<ServiceConfig>,
-}
-
-impl Default for KeyTalkSettings {
-    fn default() -> Self {
-        let d = KeyTalkConfig::default();
-        KeyTalkSettings {
-            domain: d.domain,
-            max_clock_skew_s: d.max_clock_skew.as_secs(),
-            session_idle_s: d.session_idle.as_secs(),
-            session_max_s: d.session_max_age.as_secs(),
-            max_sessions: d.max_sessions,
-            failure_delay_s: d.failure_delay.as_secs(),
-            max_failures: d.max_failures,
-            lock_s: d.lock_time.as_secs(),
-            download_ttl_s: d.download_ttl.as_secs(),
-            min_password_length: d.min_password_length,
-            max_queued: 64,
-            services: Vec::new(),
-        }
+tunables! {
+    /// `[keytalk]`: policy and services of KeyTalk enrolment.
+    pub struct KeyTalkSettings => KeyTalkConfig {
+        /// The user store's domain of KeyTalk users.
+        domain: String = same(domain),
+        /// Largest clock difference accepted at `handshake`, seconds.
+        max_clock_skew_s: u64 = secs(max_clock_skew),
+        /// A session without a call this long ends, seconds.
+        session_idle_s: u64 = secs(session_idle),
+        /// A session ends this long after its `hello`, seconds.
+        session_max_s: u64 = secs(session_max_age),
+        /// Sessions open at most.
+        max_sessions: usize = same(max_sessions),
+        /// The first failed authentication's delay, seconds (doubling).
+        failure_delay_s: u64 = secs(failure_delay),
+        /// Failures in a row before `LOCKED`.
+        max_failures: u32 = same(max_failures),
+        /// How long `LOCKED` lasts, seconds.
+        lock_s: u64 = secs(lock_time),
+        /// An out-of-band download waits this long, seconds.
+        download_ttl_s: u64 = secs(download_ttl),
+        /// Shortest new password (change-password).
+        min_password_length: usize = same(min_password_length),
+        /// RCDP requests on the pool at once (more: 503).
+        max_queued: usize = local(64),
+        /// The services.
+        #[serde(rename = "service")]
+        services: Vec<ServiceConfig> = local(Vec::new()),
     }
 }
 
@@ -101,20 +80,13 @@ impl KeyTalkSettings {
     /// The service's configuration, its downloads at `download_url`
     /// (`http://$(KEYTALK_SVR_HOST):PORT/cert/?`).
     pub fn service_config(&self, download_url: String) -> Result<KeyTalkConfig, String> {
-        Ok(KeyTalkConfig {
-            domain: self.domain.clone(),
+        let mut config = KeyTalkConfig {
             services: self.validate()?,
-            max_clock_skew: Duration::from_secs(self.max_clock_skew_s),
-            session_idle: Duration::from_secs(self.session_idle_s),
-            session_max_age: Duration::from_secs(self.session_max_s),
-            max_sessions: self.max_sessions,
-            failure_delay: Duration::from_secs(self.failure_delay_s),
-            max_failures: self.max_failures,
-            lock_time: Duration::from_secs(self.lock_s),
-            download_ttl: Duration::from_secs(self.download_ttl_s),
             download_url,
-            min_password_length: self.min_password_length,
-        })
+            ..KeyTalkConfig::default()
+        };
+        self.apply(&mut config);
+        Ok(config)
     }
 }
 
