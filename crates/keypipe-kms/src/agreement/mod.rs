@@ -1,14 +1,18 @@
-//! Key agreement (`POST /rest/key-agreement`), sans-IO: a client sends its
-//! identifier, a nonce, a DH or ECDH public key and the schemes it
-//! supports; the server answers with a fresh public key of its own, its
-//! identifier, a key-confirmation `proof` and a single-use
+//! Key agreement (`POST /rest/key-agreement`), sans-IO: the server's side
+//! of a DH or ECDH exchange, and the single-use reference under which the
+//! derived key waits for one login.
+//!
+//! A client sends its identifier, a nonce, a DH or ECDH public key and the
+//! schemes it supports; the server answers with a fresh public key of its
+//! own, its identifier, a key-confirmation `proof` and a single-use
 //! `client_reference_id` under which the derived `k_enc` waits for one
 //! login (whose sensitive fields are encrypted under it).
 //!
-//! The cryptographic profile (`../shared/specs/README.md` §3, SP 800-56A/C)
-//! is implemented in [`kdf`] (derivation and proof), [`ffdhe`] and
-//! [`ecdh`] (the groups) and [`public_key`] (wire encodings); the README
-//! gives the known-answer vectors for client authors.
+//! The cryptographic profile (keypipe's own, after SP 800-56A/C; written
+//! out, with known-answer vectors for client authors, in
+//! `docs/key-agreement.md`) is implemented in [`kdf`] (derivation and
+//! proof), [`ffdhe`] and [`ecdh`] (the groups) and [`public_key`] (wire
+//! encodings).
 //!
 //! Choices where the profile is silent:
 //! - A public key belongs to exactly one scheme (its group), so the scheme

@@ -1,9 +1,10 @@
 //! Enrolment certificates (KeyTalk): a person's certificate from the
 //! Signing CA, its subject, extended key usages and SANs from a service's
 //! profile, its key made here or taken from a CSR whose fields were
-//! checked first. The CSR itself is never copied: only its public key is
-//! used. The hierarchy is loaded once ([`LoadedCa`]) and shared by every
-//! enrolment.
+//! checked first.
+//!
+//! The CSR itself is never copied: only its public key is used. The
+//! hierarchy is loaded once ([`LoadedCa`]) and shared by every enrolment.
 
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa,

@@ -1,3 +1,7 @@
+//! The CA over a real SQLite store in a temporary directory: the hierarchy
+//! made once, server and client certificates issued from it, refusals with
+//! their reason, and a CSR's public key certified.
+
 use x509_parser::prelude::*;
 
 use super::*;

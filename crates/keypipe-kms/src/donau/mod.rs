@@ -27,7 +27,7 @@
 //!   answer (from public parts only) when it moved, so a change made by
 //!   another process (the CLI) shows within about a second and a request
 //!   never waits on the store.
-//! - **Encodings** (`../shared/specs/README.md` §5): [`amount`],
+//! - **Encodings** (`docs/donau.md`): [`amount`],
 //!   [`crockford`], [`rsa_encoding`]; `pub_key_hash` is the SHA-512 of the
 //!   GNUnet RSA encoding or of the 32-byte CS point; version `"0:0:0"`.
 

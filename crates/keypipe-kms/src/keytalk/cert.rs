@@ -1,16 +1,17 @@
 //! `cert`: issuing the authenticated user's certificate from the
-//! service's profile and delivering it. Server-made keys come as
-//! `format=PEM` (certificate(s), then the key as `ENCRYPTED PRIVATE KEY`)
-//! or `format=P12` (Base64 in band, raw DER out of band), both under the
-//! passphrase = the first 30 characters of the session id. With a `csr`
-//! (2.2.0+), the CSR is held to `csr-requirements` and the answer is the
-//! certificate (chain) as PEM; a CSR that does not match ends the
-//! session with `eoc`, as the vendor's server does. `include-chain` adds
-//! the Signing CA and the Primary CA; `out-of-band` (2.1.0+) parks the
-//! package for one download, its room taken before the certificate is
-//! issued (a full table of downloads refuses the call, and nothing is
-//! issued). Every certificate is recorded in the store with its service,
-//! user and device.
+//! service's profile and delivering it.
+//!
+//! Server-made keys come as `format=PEM` (certificate(s), then the key as
+//! `ENCRYPTED PRIVATE KEY`) or `format=P12` (Base64 in band, raw DER out of
+//! band), both under the passphrase = the first 30 characters of the
+//! session id. With a `csr` (2.2.0+), the CSR is held to `csr-requirements`
+//! and the answer is the certificate (chain) as PEM; a CSR that does not
+//! match ends the session with `eoc`, as the vendor's server does.
+//! `include-chain` adds the Signing CA and the Primary CA; `out-of-band`
+//! (2.1.0+) parks the package for one download, its room taken before the
+//! certificate is issued (a full table of downloads refuses the call, and
+//! nothing is issued). Every certificate is recorded in the store with its
+//! service, user and device.
 
 use std::sync::atomic::Ordering;
 
@@ -83,7 +84,7 @@ fn park_refused(e: TableError) -> Answer {
             Answer::error(ERR_PROTOCOL, "no randomness for a download token")
         }
         TableError::Full => Answer::error(ERR_PROTOCOL, "too many downloads waiting: retry later"),
-        TableError::Store(e) => super::unavailable("download", &e),
+        TableError::Store(e) => super::service::unavailable("download", &e),
     }
 }
 

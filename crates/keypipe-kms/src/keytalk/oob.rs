@@ -1,9 +1,11 @@
 //! Out-of-band certificate downloads: a package parked under a random
 //! one-time token (32 hex digits) for `ttl` (5 minutes by default), handed
 //! out by the first download and then gone (a second download, or one
-//! after the deadline, finds nothing). Packages are encrypted under their
-//! session's passphrase and zeroized when taken or dropped. At most
-//! `capacity` wait at once (the oldest go first).
+//! after the deadline, finds nothing).
+//!
+//! Packages are encrypted under their session's passphrase and zeroized
+//! when taken or dropped. At most `capacity` wait at once (the oldest go
+//! first).
 //!
 //! The packages wait in this process ([`Downloads::new`]) or, when
 //! several processes share the store, in its `ephemeral` table

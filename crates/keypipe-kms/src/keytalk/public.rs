@@ -1,12 +1,14 @@
 //! The public API (no authentication): `/public/{1.0.0,1.1.0,1.2.0,1.2.1}/`
 //! `address-book-list` (`service`), `self-service-availability` and, from
 //! 1.1.0, `smime-cert-enrollment-availability` (both take `cert`, a PEM
-//! certificate). A certificate this CA issued for a KeyTalk enrolment,
-//! checked against the Signing CA, its validity and revocation, is
-//! answered from its service's configuration; any other certificate is
-//! answered "not available" (HTTP 200, as the vendor's server does); no
-//! certificate at all is a bad request: HTTP 400 with
-//! `{"status":"error","error":…}` (the clients accept only these two).
+//! certificate).
+//!
+//! A certificate this CA issued for a KeyTalk enrolment, checked against
+//! the Signing CA, its validity and revocation, is answered from its
+//! service's configuration; any other certificate is answered "not
+//! available" (HTTP 200, as the vendor's server does); no certificate at
+//! all is a bad request: HTTP 400 with `{"status":"error","error":…}` (the
+//! clients accept only these two).
 
 use serde_json::{Value, json};
 

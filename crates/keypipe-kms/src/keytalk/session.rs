@@ -1,4 +1,10 @@
-//! RCDP sessions: one per `hello`, named by a random 128-bit id sent as
+//! RCDP sessions: the state of one session and the table of live ones,
+//! in this process or in the shared store. This file is long because the
+//! table is one concept whose every operation (open, take, put, release,
+//! close, end, the per-user limit) is written for both modes side by side,
+//! decided by the same rules; split by mode, each rule would leave its twin.
+//!
+//! One session per `hello`, named by a random 128-bit id sent as
 //! the `keytalkcookie` (32 lower-case hex digits) and never rotated (the
 //! P12 and PEM passphrase is its first 30 characters, and some clients
 //! keep the first cookie they got). A session ends on `eoc`, `error`,

@@ -1,4 +1,8 @@
-//! Failed-login throttling per user name and source address.
+//! Failed-login throttling per user name and source address, in this
+//! process or in the shared store. This file is long because the throttle
+//! is one concept: one set of rules (pure functions) that both modes
+//! apply, each step (an attempt, a success) written for both side by side,
+//! with the shared rows' encoding.
 //!
 //! **Per source.** Attempts are throttled per `(domain, name, source)`: a
 //! source that sends wrong passwords for a name backs off; every other
