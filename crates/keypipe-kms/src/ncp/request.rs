@@ -224,7 +224,7 @@ pub(crate) fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, NcpErro
     Ok(value)
 }
 
-/// serde's "invalid type: <value>, expected <what>" echoes the value; keep
+/// serde's `invalid type: <value>, expected <what>` echoes the value; keep
 /// the kind and what was expected only.
 fn redact(msg: &str) -> String {
     for kind in ["invalid type", "invalid value", "invalid length"] {

@@ -1,7 +1,7 @@
 //! The two database engines the store runs on: the embedded SQLite file
 //! (one process, or a CLI beside it) and PostgreSQL (several keypipe
 //! processes of one site). Store code never sees which: it gets a
-//! [`Tx`](super::sql::Tx) and writes the SQL both share.
+//! [`Tx`] and writes the SQL both share.
 
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
