@@ -1,8 +1,10 @@
 //! Handles a C caller owns, safe against a free racing a call in flight
-//! (security review F17): every call counts itself in, a shut-down handle
-//! refuses new calls and wakes blocked ones, and free waits until every
-//! call in flight has left, `kp_*_shutdown` calls included, before it
-//! releases anything.
+//! (security review F17): calls count themselves in and out, and shutdown
+//! and free wait for them.
+//!
+//! A shut-down handle refuses new calls and wakes blocked ones; free waits
+//! until every call in flight has left, `kp_*_shutdown` calls included,
+//! before it releases anything.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;

@@ -1,7 +1,9 @@
-//! The ETSI GS QKD 004 KMS side in-process: a listener that receives the
-//! key a QKD node pushes (`POST /api/v1/qkd/etsi004/key-material`, the same
-//! route and store as the server's `etsi004-kms`), and calls that hand each
-//! received index to the C program once, then zeroize it.
+//! The ETSI GS QKD 004 KMS side in-process ([`kp_kms`]): a listener that
+//! receives the key a QKD node pushes, and calls that hand each received
+//! index to the C program once, then zeroize it.
+//!
+//! The listener serves `POST /api/v1/qkd/etsi004/key-material`, the same
+//! route and store as the server's `etsi004-kms`.
 
 use std::ffi::c_char;
 use std::net::SocketAddr;

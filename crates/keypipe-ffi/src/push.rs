@@ -1,7 +1,9 @@
-//! ETSI GS QKD 004 push mode from C: the engine pushes a stream's key to a
-//! KMS over HTTP (to the KMS side of the other process, or of this one:
-//! `kp_kms_new`), exactly as the server's `/api/v1/kms/etsi004` routes do
-//! (both are adapters over `keypipe_net::push_mode`).
+//! ETSI GS QKD 004 push mode from C (`kp_push_open`, `kp_push_start`): the
+//! engine pushes a stream's key over HTTP to a KMS (the KMS side of another
+//! process, or of this one: `kp_kms_new`).
+//!
+//! Exactly as the server's `/api/v1/kms/etsi004` routes do: both are
+//! adapters over `keypipe_net::push_mode`.
 
 use std::ffi::c_char;
 

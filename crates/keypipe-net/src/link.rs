@@ -1,7 +1,9 @@
 //! Link sync between the two nodes of a QKD link over HTTP: the routes
 //! (`POST /api/v1/link/hello`, `POST /api/v1/link/messages`) and the
-//! outbound side, over the sans-IO [`LinkSession`] (handshake, sequence
-//! numbers, MACs: see `qkd::link::session`).
+//! outbound side, over the sans-IO [`LinkSession`].
+//!
+//! The session (handshake, sequence numbers, MACs) is `keypipe-core`'s:
+//! see `qkd::link::session` there.
 //!
 //! The engine sends through [`NetTransport`]; messages from the peer go to
 //! the engine's inbox, in order. Session events reach the engine: a new

@@ -1,6 +1,8 @@
 //! The engine side of a node: the engine, its network link to the peer
 //! node, the push table, and the outbound thread that moves link sync and
-//! pushes. The server's node and the C library both run one; neither
+//! pushes.
+//!
+//! The server's node and the C library both run one; neither
 //! needs the other's parts (the server adds its listener and protocols,
 //! the C library a listener with the link route only).
 

@@ -1,6 +1,8 @@
 //! ETSI GS QKD 004 push mode, QKD side, as calls: OPEN_CONNECT that
 //! registers the KMS to push to, GET_KEY that starts pushing, CLOSE that
-//! stops it. The HTTP routes (the server's `api::etsi004`) and the C ABI
+//! stops it.
+//!
+//! The HTTP routes (the server's `api::etsi004`) and the C ABI
 //! (`kp_push_*`) are both thin adapters over this.
 
 use std::sync::Arc;

@@ -1,6 +1,9 @@
-//! Dispatch by exact path, then method: 404 for an unknown path, 405 with
-//! `Allow` for a known path and another method (HEAD is served by a GET
-//! handler). Every answer is counted by route and status.
+//! Dispatch by path (exact, else the longest registered prefix), then
+//! method: 404 for an unknown path, 405 with `Allow` for a known path and
+//! another method; and the JSON helpers handlers share.
+//!
+//! HEAD is served by a GET handler. Every answer is counted by route and
+//! status.
 
 use std::sync::Arc;
 

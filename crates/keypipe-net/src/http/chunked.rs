@@ -1,7 +1,9 @@
 //! The chunked transfer coding (RFC 9112 §7.1), decoded incrementally:
 //! the decoder keeps its state between reads and looks at each input byte
-//! once, so a body costs time linear in its size however it is cut into
-//! chunks and reads (security review F11). Strict: a chunk-size line is
+//! once.
+//!
+//! Hence a body costs time linear in its size however it is cut into chunks
+//! and reads (security review F11). Strict: a chunk-size line is
 //! hex digits (no whitespace), optional extensions of visible characters,
 //! and CRLF (a bare LF is refused); chunks, extensions and trailer fields
 //! are bounded.

@@ -1,7 +1,8 @@
-//! A connection's receive buffer. Received bytes may be key material (the
-//! KMS side of ETSI 004), so every byte that leaves the buffer's live part
-//! is wiped: on consume, on growth (the old allocation) and on drop. The
-//! storage is initialized once, not per read.
+//! A connection's receive buffer, which wipes every byte leaving its live
+//! part (on consume, on growth: the old allocation, and on drop), as
+//! received bytes may be key material (the KMS side of ETSI 004).
+//!
+//! The storage is initialized once, not per read.
 
 use std::io::{self, Read};
 

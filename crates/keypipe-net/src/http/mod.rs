@@ -1,9 +1,10 @@
 //! HTTP/1.1 without a framework: a sans-IO request parser and response
-//! writer, one mio event loop per worker thread (each with its own
-//! `SO_REUSEPORT` listener), a small pool for slow handlers, and a
-//! non-blocking pipelined client for outbound requests.
+//! writer, the server, a pool for slow handlers and a pipelined outbound
+//! client; here, the [`Service`] a server calls and [`HttpError`].
 //!
-//! This layer knows no protocol: a [`Service`] maps each [`Request`] to a
+//! The server runs one mio event loop per worker thread, each with its own
+//! `SO_REUSEPORT` listener; the client is non-blocking too. This layer
+//! knows no protocol: a [`Service`] maps each [`Request`] to a
 //! [`Response`], now or later (on the pool).
 
 mod chunked;

@@ -1,7 +1,6 @@
 //! A small thread pool for handlers that may block (an OPEN_CONNECT waiting
-//! for the peer's announcement, RSA, FFDHE or Argon2 work), so an event
-//! loop never does. Results travel back to the loop through its channel and
-//! `Waker`.
+//! for the peer's announcement; RSA, FFDHE or Argon2 work), so an event
+//! loop never does. Results go back to the loop by its channel and `Waker`.
 //!
 //! Pool threads run at a lower CPU priority ([`POOL_NICE`]): when a burst
 //! of slow work keeps every core busy, the event loops still get the CPU

@@ -1,6 +1,10 @@
 //! HTTP/1.1 request parsing (sans-IO): bytes in, a [`Request`] or a
 //! [`HttpError`] naming the status to answer out.
 //!
+//! One concept, in one file: a [`Request`] is ranges into the head its
+//! [`RequestParser`] kept, so the two are written together; most of the
+//! length is tests (framing, limits, request smuggling guards).
+//!
 //! Bodies framed by `Content-Length` or `Transfer-Encoding: chunked` (any
 //! method, GET included). A message with both, or with a transfer coding
 //! other than `chunked`, is refused (request smuggling guard).

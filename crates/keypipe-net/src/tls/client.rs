@@ -1,7 +1,6 @@
 //! A node's outbound TLS: the CA bundle it trusts, the client certificate
-//! it presents (to its peer node and to KMSes), and, for the link, the
-//! peer's identity pinned by name (the certificate's `CN`) and optionally
-//! by public key.
+//! it presents (to its peer node and to KMSes), and the link peer's
+//! identity, pinned by name (certificate `CN`) and optionally by public key.
 
 use std::sync::Arc;
 

@@ -1,10 +1,10 @@
-//! TLS by rustls (its sans-IO connections, inside the mio loops; no async
-//! runtime), with the `aws-lc-rs` provider, which offers the hybrid
+//! TLS by rustls (sans-IO connections inside the mio loops): listeners
+//! (`server`), outbound connections (`client`), certificate and key files
+//! (`files`), peer identity (`identity`), and the rule for plain listeners.
+//!
+//! No async runtime. The `aws-lc-rs` provider offers the hybrid
 //! post-quantum key exchange X25519MLKEM768 first (key recorded today
-//! stays unreadable to a future quantum computer: the threat QKD answers):
-//! listeners (`server`), outbound
-//! connections (`client`), certificate and key files (`files`) and the
-//! identity a peer's certificate names (`identity`).
+//! stays unreadable to a future quantum computer: the threat QKD answers).
 //!
 //! Protocol versions TLS 1.3 and 1.2 (KeyTalk's clients pin 1.2 with
 //! secp384r1, which the provider offers), ALPN `http/1.1`, ECDSA P-256 /

@@ -1,7 +1,9 @@
 //! A listener's TLS: its certificate and key, the client certificates it
-//! asks for and trusts, revocation, ALPN `http/1.1`, TLS 1.3 and 1.2,
-//! session resumption (a session cache and tickets), and reloading it all
-//! from the files without dropping a connection.
+//! asks for and trusts, revocation, and reloading it all from the files
+//! without dropping a connection.
+//!
+//! ALPN `http/1.1`, TLS 1.3 and 1.2, session resumption (a session cache
+//! and tickets).
 
 use std::fmt;
 use std::path::PathBuf;

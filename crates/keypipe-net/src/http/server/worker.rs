@@ -1,30 +1,30 @@
-//! The server: `workers` threads, each with its own mio `Poll` and its own
-//! `SO_REUSEPORT` listener on the same address (the kernel spreads new
-//! connections; a connection never migrates), a global connection cap,
-//! request and idle timeouts, and graceful shutdown.
+//! One worker thread's event loop: its own mio `Poll` and listener,
+//! accepting under the caps, pumping connections, answers back from the
+//! pool (or held until due), timeouts, and the graceful end of a shutdown.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::thread::{self, JoinHandle};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, Sender, unbounded};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use socket2::{Domain, Socket, Type};
 
-use super::conn::{Conn, Dispatch, Step};
-use super::transport::Transport;
-use super::{Limits, Pool, Response, Service};
-use crate::tls::TlsAcceptor;
+use super::{ServerConfig, ServerStats};
+use crate::http::conn::{Conn, Dispatch, Step};
+use crate::http::transport::Transport;
+use crate::http::{Pool, Response, Service};
 
 const LISTENER: Token = Token(0);
-const WAKER: Token = Token(1);
+/// The token of a worker's `Waker` (wakes it for a shutdown or a pool
+/// answer).
+pub(super) const WAKER: Token = Token(1);
 const FIRST_CONN: usize = 2;
+
 /// Answers a worker holds back at most (see `Response::hold_until`);
 /// beyond, an answer to hold is replaced by a closing 503, so a flood of
 /// held answers cannot grow memory without bound.
@@ -32,242 +32,6 @@ const MAX_HELD: usize = 65_536;
 
 /// How often timeouts are checked.
 const TICK: Duration = Duration::from_millis(100);
-
-/// Server settings.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Address to listen on (port 0: any free port).
-    pub listen: SocketAddr,
-    /// Event-loop threads (0: one per core).
-    pub workers: usize,
-    /// Request size limits.
-    pub limits: Limits,
-    /// A request must arrive whole within this time of its first byte (408).
-    pub request_timeout: Duration,
-    /// A keep-alive connection with nothing to do is closed after this.
-    pub idle_timeout: Duration,
-    /// Most open connections; more are answered 503 and closed.
-    pub max_connections: usize,
-    /// Most open connections from one address that is not loopback; more
-    /// are answered 503 and closed (one host cannot take every slot).
-    pub max_connections_per_ip: usize,
-    /// On shutdown, how long in-flight requests may take to finish.
-    pub shutdown_grace: Duration,
-    /// TLS on this listener (`None`: plain HTTP).
-    pub tls: Option<Arc<TlsAcceptor>>,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            workers: 0,
-            limits: Limits::default(),
-            request_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            max_connections: 10_000,
-            max_connections_per_ip: 256,
-            shutdown_grace: Duration::from_secs(5),
-            tls: None,
-        }
-    }
-}
-
-/// Counters of one server, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct ServerStats {
-    /// Connections open now.
-    pub open_connections: AtomicUsize,
-    /// Connections accepted since start.
-    pub accepted: AtomicU64,
-    /// Connections refused by the caps.
-    pub refused: AtomicU64,
-    /// Open connections by source address (not loopback).
-    per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
-}
-
-/// The address a per-address cap counts: an IPv6 address by its /64 (one
-/// host usually holds a whole /64).
-fn cap_key(ip: std::net::IpAddr) -> std::net::IpAddr {
-    match ip {
-        std::net::IpAddr::V6(v6) => {
-            let s = v6.segments();
-            std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-        }
-        v4 => v4,
-    }
-}
-
-impl ServerStats {
-    /// Counts a connection from `ip` in, unless `ip` has `cap` open.
-    fn admit_ip(&self, ip: std::net::IpAddr, cap: usize) -> bool {
-        if ip.is_loopback() {
-            return true;
-        }
-        let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(cap_key(ip)).or_insert(0);
-        if *n >= cap {
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    /// Counts a connection from `ip` out.
-    fn release_ip(&self, ip: std::net::IpAddr) {
-        if ip.is_loopback() {
-            return;
-        }
-        let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        let key = cap_key(ip);
-        if let Some(n) = map.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&key);
-            }
-        }
-    }
-}
-
-/// Tells a running server to stop; cheap to clone.
-#[derive(Clone)]
-pub struct Shutdown {
-    stop: Arc<AtomicBool>,
-    wakers: Arc<Vec<Arc<Waker>>>,
-}
-
-impl std::fmt::Debug for Shutdown {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shutdown")
-            .field("stopping", &self.stop.load(Ordering::Relaxed))
-            .finish()
-    }
-}
-
-impl Shutdown {
-    /// Stop accepting, finish in-flight requests (at most the grace time),
-    /// then end the worker threads.
-    pub fn trigger(&self) {
-        self.stop.store(true, Ordering::Release);
-        for w in self.wakers.iter() {
-            let _ = w.wake();
-        }
-    }
-}
-
-/// A running server.
-#[derive(Debug)]
-pub struct Server {
-    addr: SocketAddr,
-    shutdown: Shutdown,
-    threads: Vec<JoinHandle<()>>,
-    stats: Arc<ServerStats>,
-}
-
-impl Server {
-    /// Binds `config.listen` once per worker and starts serving `service`;
-    /// slow handlers run on `pool`.
-    pub fn start(
-        name: &str,
-        config: &ServerConfig,
-        service: Arc<dyn Service>,
-        pool: Pool,
-    ) -> io::Result<Server> {
-        let workers = match config.workers {
-            0 => thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        if config.listen.port() != 0 {
-            // SO_REUSEPORT would let a second server (same user) silently
-            // share the port; a plain bind first fails if anyone listens.
-            drop(std::net::TcpListener::bind(config.listen)?);
-        }
-        let mut listeners = Vec::with_capacity(workers);
-        let mut addr = config.listen;
-        for _ in 0..workers {
-            let listener = bind_reuseport(addr)?;
-            addr = listener.local_addr()?;
-            listeners.push(listener);
-        }
-        let stats = Arc::new(ServerStats::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut polls = Vec::with_capacity(workers);
-        let mut wakers = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            let poll = Poll::new()?;
-            wakers.push(Arc::new(Waker::new(poll.registry(), WAKER)?));
-            polls.push(poll);
-        }
-        let shutdown = Shutdown {
-            stop,
-            wakers: Arc::new(wakers),
-        };
-        let mut threads = Vec::with_capacity(workers);
-        for (i, (poll, listener)) in polls.into_iter().zip(listeners).enumerate() {
-            let (done_tx, done_rx) = unbounded();
-            let worker = Worker {
-                poll,
-                listener: Some(listener),
-                waker: Arc::clone(&shutdown.wakers[i]),
-                conns: Vec::new(),
-                free: Vec::new(),
-                again: Vec::new(),
-                done_tx,
-                done_rx,
-                held: BTreeMap::new(),
-                held_seq: 0,
-                service: Arc::clone(&service),
-                pool: pool.clone(),
-                config: config.clone(),
-                stats: Arc::clone(&stats),
-                stop: Arc::clone(&shutdown.stop),
-            };
-            threads.push(
-                thread::Builder::new()
-                    .name(format!("{name}-http-{i}"))
-                    .spawn(move || worker.run())?,
-            );
-        }
-        Ok(Server {
-            addr,
-            shutdown,
-            threads,
-            stats,
-        })
-    }
-
-    /// The address the server listens on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// The server's counters.
-    pub fn stats(&self) -> &Arc<ServerStats> {
-        &self.stats
-    }
-
-    /// A handle that stops the server.
-    pub fn shutdown_handle(&self) -> Shutdown {
-        self.shutdown.clone()
-    }
-
-    /// Waits until every worker ended (after a shutdown).
-    pub fn join(self) {
-        for t in self.threads {
-            let _ = t.join();
-        }
-    }
-}
-
-fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(TcpListener::from_std(socket.into()))
-}
 
 /// An answer computed on the pool, on its way back to its connection.
 struct Done {
@@ -282,7 +46,9 @@ struct Entry {
     generation: u64,
 }
 
-struct Worker {
+/// One event loop: its connections (by slot), answers coming back from
+/// the pool, and answers held until due.
+pub(super) struct Worker {
     poll: Poll,
     listener: Option<TcpListener>,
     waker: Arc<Waker>,
@@ -302,7 +68,41 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(mut self) {
+    /// A worker on `poll` serving `listener`, woken by `waker`, that ends
+    /// once `stop` is set and its connections are done.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        poll: Poll,
+        listener: TcpListener,
+        waker: Arc<Waker>,
+        service: Arc<dyn Service>,
+        pool: Pool,
+        config: ServerConfig,
+        stats: Arc<ServerStats>,
+        stop: Arc<AtomicBool>,
+    ) -> Worker {
+        let (done_tx, done_rx) = unbounded();
+        Worker {
+            poll,
+            listener: Some(listener),
+            waker,
+            conns: Vec::new(),
+            free: Vec::new(),
+            again: Vec::new(),
+            done_tx,
+            done_rx,
+            held: BTreeMap::new(),
+            held_seq: 0,
+            service,
+            pool,
+            config,
+            stats,
+            stop,
+        }
+    }
+
+    /// Serves until a shutdown has finished every connection.
+    pub(super) fn run(mut self) {
         if let Some(l) = self.listener.as_mut()
             && let Err(e) = self
                 .poll
@@ -401,7 +201,7 @@ impl Worker {
             self.held_seq += 1;
             self.held.insert((due, self.held_seq), done);
         } else {
-            let busy = super::HttpError {
+            let busy = crate::http::HttpError {
                 status: 503,
                 reason: "server busy",
             };
@@ -505,7 +305,7 @@ impl Worker {
             let (tx, waker) = (tx.clone(), Arc::clone(waker));
             pool.spawn(move || {
                 let response = catch_unwind(AssertUnwindSafe(job))
-                    .unwrap_or_else(|_| super::HttpError::INTERNAL.response());
+                    .unwrap_or_else(|_| crate::http::HttpError::INTERNAL.response());
                 let _ = tx.send(Done {
                     slot,
                     generation,
@@ -546,7 +346,7 @@ fn refuse(stream: &mut mio::net::TcpStream) {
     Response::json(503, r#"{"message":"too many connections"}"#).write_to(
         &mut out,
         false,
-        super::Connection::Close,
+        crate::http::Connection::Close,
     );
     let _ = stream.write(&out);
 }
