@@ -1,5 +1,5 @@
 //! An independent client of the key-agreement profile (`POST /rest/key-agreement`,
-//! specs/README.md §3), for integration tests.
+//! docs/key-agreement.md), for integration tests.
 //!
 //! Deliberately shares no code with the server: no `keypipe_server::` import, and other
 //! crypto crates (`ring` for ECDH/HKDF/HMAC/AES-GCM, `num-bigint` for the

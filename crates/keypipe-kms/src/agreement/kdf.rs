@@ -119,8 +119,8 @@ mod tests {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// The KDF vector of the README, computed independently with Python's
-    /// standard library (HKDF written out with `hmac` and `hashlib`).
+    /// The KDF vector of docs/key-agreement.md, computed independently with
+    /// Python's standard library (HKDF written out with `hmac` and `hashlib`).
     #[test]
     fn known_answer_derivation_and_proof() {
         let z: Vec<u8> = (1..=32).collect();

@@ -368,8 +368,8 @@ mod tests {
             .collect()
     }
 
-    /// The README's full known-answer vector (SCHEME-EC-AES1, raw keys),
-    /// computed independently with Python `cryptography` (OpenSSL).
+    /// The full known-answer vector of docs/key-agreement.md (SCHEME-EC-AES1,
+    /// raw keys), computed independently with Python `cryptography` (OpenSSL).
     #[test]
     fn known_answer_with_fixed_keys() {
         let d_c = p256::SecretKey::from_slice(&unhex(
