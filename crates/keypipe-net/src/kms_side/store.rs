@@ -5,8 +5,9 @@
 //!   few words for a stream pushed in order): a push of an index already
 //!   taken by a consumer is a node's retry after a lost 201, answered as
 //!   received and never stored again, so no consumer gets a key twice.
-//!   A KSID is remembered until a day ([`FORGET_AFTER`]) after its last
-//!   push, longer than any stream's TTL (a node never resends past it).
+//!   A KSID is remembered for 25 hours ([`FORGET_AFTER`]) after its last
+//!   push, an hour longer than any stream's TTL (a node never resends
+//!   past it).
 //! - A repeated push of an index still held is accepted again if its bytes
 //!   are the same, refused otherwise.
 //! - Bounded: held key and the bookkeeping of each entry and stream count
