@@ -7,7 +7,7 @@
 //! - `devices`: device id (16 bytes, one-way from the device's identity) ->
 //!   (position, block size): every block id below `position` may have been
 //!   handed out, so the device resumes there after a restart;
-//! - `streams`: KSID -> [`StreamRecord`] (JSON): the stream's definition,
+//! - `streams`: KSID -> `StreamRecord` (JSON): the stream's definition,
 //!   how far it went, and on the leader the stream blocks reserved for it.
 //!
 //! The ledger is the engine's, not the KMS store's: the C library has it

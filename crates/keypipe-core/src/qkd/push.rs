@@ -22,6 +22,10 @@
 //!   last 200 ms, then doubling to 50 ms), a stream at its queue bound
 //!   sleeps until a quarter of the queue is acknowledged, and a new GET_KEY
 //!   wakes it.
+//!
+//! This file is long because the scheduler is one state machine: its
+//! timers, queue bounds, pacing, TTL and close all act on the same
+//! per-stream state.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -12,6 +12,10 @@
 //! Every chunk is handed out at most once (`taken`), or never (`lost`:
 //! expired, dropped because the peer node cannot deliver it, or below a
 //! restart): `done` is the union of both.
+//!
+//! This file is long because it is one concept: a stream's state and the
+//! geometry mapping its chunks onto held blocks, which every operation
+//! here (take, lose, expire, settle) must keep consistent together.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeInclusive;

@@ -3,14 +3,15 @@
 //!
 //! The protocol is sans-IO: a node emits [`LinkMsg`]s into its outbox and
 //! consumes the peer's; a [`LinkTransport`] carries them. This module has
-//! the in-process transport (both nodes in one process); [`session`] frames
-//! them for the network (handshake, sequence numbers, MACs).
+//! the in-process transport (both nodes in one process) and the one of a
+//! node with no peer; [`session`] frames them for the network (handshake,
+//! sequence numbers, MACs).
 //!
 //! Rules (one node of the link is the *leader*, the other the *follower*):
 //! - A sync (`sync_begin`, one `stream` per stream, `sync_end`) opens every
 //!   session: each node tells the other what it holds and delivered, and
 //!   each zeroizes the key the other can no longer deliver (see
-//!   `qkd::sync`).
+//!   `qkd::node::sync`).
 //! - `Open` announces that this side opened a stream (with its QoS). The
 //!   first `Open` creates the stream on the peer; a stream is usable once
 //!   both sides opened it. The follower adopts the leader's QoS.

@@ -31,6 +31,11 @@
 //! Each issued run is recorded as delivered (the ledger keeps it); a
 //! redeemed run is not (after a restart the redeemer's key is gone anyway:
 //! key lives in memory only).
+//!
+//! This file is long because it is one concept: issuing, redeeming and
+//! the `Held` acknowledgements all keep the same invariant (the redeemer
+//! holds every issued byte first), so they stay where it can be checked
+//! together.
 
 use std::time::Instant;
 
@@ -160,9 +165,9 @@ impl Node {
             return;
         };
         stream.local = Side::Open;
-        let msg = super::open_msg(ksid, stream);
+        let msg = super::lifecycle::open_msg(ksid, stream);
         self.outbox.push(msg);
-        self.touch(ksid);
+        self.reservations.touch(ksid);
         if self.role == Role::Follower {
             self.grant_credit(ksid, 0);
         }
@@ -272,9 +277,8 @@ impl Node {
             // The ledger records, ahead, how far this stream is leased.
             let need = last_block + 1 + lookahead(stream, window);
             if stream.reserved < need {
-                stream.reserved = need + stream.window(window);
-                self.dirty.insert(*ksid);
-                self.urgent = true;
+                let end = need + stream.window(window);
+                self.reservations.reserve(*ksid, stream, end);
             }
         }
         for sb in last_block + 1..=last_block + lookahead(stream, window) {
@@ -284,7 +288,7 @@ impl Node {
         }
         self.note_lost(lost, released);
         if lost + released > 0 {
-            self.touch(*ksid);
+            self.reservations.touch(*ksid);
         }
         self.provide(ksid, &missing, now);
         self.scratch = missing;
@@ -301,7 +305,7 @@ impl Node {
         let released = stream.take_span(first, block_size, out, true);
         stream.next_issue = first + len;
         self.held_total -= released;
-        self.touch(*ksid);
+        self.reservations.touch(*ksid);
         if self.role == Role::Follower && released > 0 {
             self.grant_credit(*ksid, 0);
         }
@@ -404,7 +408,7 @@ impl Node {
                 stream.take_span(first, block_size, &mut out[at..at + len as usize], false);
             at += len as usize;
             self.held_total -= released;
-            self.touch(ksid);
+            self.reservations.touch(ksid);
             if self.role == Role::Follower && released > 0 {
                 self.grant_credit(ksid, 0);
             }
@@ -469,9 +473,8 @@ impl Node {
             return;
         }
         stream.unacked.insert(sb);
-        stream.reserved = stream.reserved.max(sb + 1 + stream.window(window));
-        self.dirty.insert(ksid);
-        self.urgent = true;
+        let end = sb + 1 + stream.window(window);
+        self.reservations.reserve(ksid, stream, end);
     }
 
     /// Follower, once the ledger recorded `ksid` leased below its
@@ -537,7 +540,7 @@ impl Node {
         // more than this node remembers raised it).
         stream.next_issue = stream.next_issue.max(stream.floor * block_size);
         self.note_lost(lost, released);
-        self.touch(*ksid);
+        self.reservations.touch(*ksid);
     }
 }
 

@@ -33,7 +33,7 @@ impl Node {
         stream.requested.remove(&sb);
         if stream.issuer.is_some() {
             // A directed stream's record keeps how far it was leased.
-            self.dirty.insert(ksid);
+            self.reservations.touch(ksid);
         }
         let available =
             block_id >= self.next_position || self.spare.as_ref().is_some_and(|b| b.id == block_id);
@@ -192,7 +192,7 @@ impl Node {
             stream.pending.remove(&sb);
             let (lost, released) = stream.lose_block(sb, block_size);
             self.note_lost(lost, released);
-            self.dirty.insert(ksid);
+            self.reservations.touch(ksid);
         }
         // The leader may lease further now.
         self.grant_credit(ksid, 0);

@@ -4,7 +4,7 @@
 //! answers every lease request.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use uuid::Uuid;
 
@@ -59,32 +59,10 @@ impl Node {
             return Assignable::Never;
         }
         let top = sbs.iter().copied().max().unwrap_or(0);
-        // Reserve ahead so the ledger write is done before it is needed;
-        // a fast stream reserves more per write, a slow one less (what a
-        // restart skips is about a fifth of a second of the stream's key).
-        if top + stream.reserve_step / 2 >= stream.reserved {
-            if stream
-                .reserved_at
-                .is_some_and(|t| now.duration_since(t) < Duration::from_millis(200))
-            {
-                stream.reserve_step = (stream.reserve_step * 2).min(reserve.max(4));
-            } else if stream
-                .reserved_at
-                .is_some_and(|t| now.duration_since(t) > Duration::from_secs(2))
-            {
-                stream.reserve_step = (stream.reserve_step / 2).max(4);
-            }
-            stream.reserved_at = Some(now);
-            stream.reserved = stream.reserved.max(top + 1 + stream.reserve_step);
-            self.dirty.insert(*ksid);
-            // Written now, ahead of need (not at the ledger's next period).
-            self.urgent = true;
-        }
-        let n = sbs.len() as u64;
-        if top >= stream.durable {
-            self.urgent = true;
+        if !self.reservations.cover(*ksid, stream, top, now, reserve) {
             return Assignable::Wait;
         }
+        let n = sbs.len() as u64;
         if top >= stream.credit
             || stream.held.len() as u64 + n > stream.window(window)
             || self.held_total + n > budget
@@ -215,7 +193,7 @@ impl Node {
                     }
                     let delivered = taken_within(&stream.taken, lo, hi);
                     self.note_lost(lost, released);
-                    self.dirty.insert(ksid);
+                    self.reservations.touch(ksid);
                     self.outbox.push(LinkMsg::LeaseLost {
                         ksid,
                         stream_block: sb,
@@ -278,7 +256,7 @@ impl Node {
             }
         }
         self.note_lost(lost, released);
-        self.dirty.insert(ksid);
+        self.reservations.touch(ksid);
         if lost > 0 {
             tracing::warn!(%ksid, stream_block = sb, chunks = lost, "a block of this stream is not on both nodes: its undelivered chunks are dropped on both");
         }

@@ -1,26 +1,38 @@
-//! One node of a QKD link: the sans-IO stream manager.
+//! One node of a QKD link: the sans-IO stream manager. This file owns the
+//! [`Node`] with the state its parts share, its dispatch of the peer's
+//! link-sync messages and its background tick.
 //!
 //! A [`Node`] is a plain state machine. Its inputs are API calls
-//! (`open_connect`, `get_key`, `close`), link-sync messages from the peer
-//! node, the key ring (an in-memory queue of device blocks) and the current
-//! time; its outputs are replies, link-sync messages in its outbox, and
-//! stream records for the ledger. It never blocks, sleeps or touches a
-//! socket or a file: the [`super::Engine`] drives it.
+//! (`open_connect`, `get_key`, `close`, the directed-stream calls),
+//! link-sync messages from the peer node, the key ring (an in-memory queue
+//! of device blocks) and the current time; its outputs are replies,
+//! link-sync messages in its outbox, and stream records for the ledger. It
+//! never blocks, sleeps or touches a socket or a file: the
+//! [`super::Engine`] drives it.
 //!
-//! The leader's half (assigning blocks, reservations, answering lease
-//! requests) is in `leader.rs`, the follower's (leases, key confirmation,
-//! credits) in `follower.rs`, and the session-start reconciliation in
-//! `sync.rs`.
+//! Beside this file: a stream's life (open, announce, close) in
+//! `lifecycle.rs`, GET_KEY in `get_key.rs`, what push mode needs in
+//! `pushing.rs`, directed streams in `directed.rs`, the leader's half
+//! (assigning blocks, answering lease requests) in `leader.rs`, the
+//! follower's (leases, key confirmation, credits) in `follower.rs`, what
+//! the ledger must record next (stream records, reservations) in
+//! `reservations.rs`, and the session-start sync in `sync.rs`.
 
 mod directed;
 mod follower;
+mod get_key;
 mod leader;
+mod lifecycle;
+mod pushing;
+mod reservations;
 mod sync;
 
 pub use directed::DirectedError;
 pub(crate) use directed::Issue;
+pub(crate) use get_key::{Attempt, KeyRequest};
+pub use lifecycle::MAX_URI_LEN;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,29 +42,14 @@ use zeroize::Zeroizing;
 use super::confirm::ConfirmKeys;
 use super::ledger::StreamRecord;
 use super::link::{LinkMsg, Role, StreamState};
-use super::qos::{Qos, QosLimits, negotiate};
+use super::qos::QosLimits;
 use super::stream::{Side, Stream};
-use super::{GetKeyError, GetKeyReply, Metadata, OpenReply, Status, StreamError};
-use crate::key::{DeviceBlock, KeyCounters, RingConsumer, Stamp};
-
-/// Longest source or destination URI accepted (bytes).
-pub const MAX_URI_LEN: usize = 2048;
+use crate::key::{DeviceBlock, KeyCounters, RingConsumer};
+use reservations::Reservations;
 
 /// No stream is longer (bytes of key): stream block numbers from the peer
 /// beyond it are refused, so no arithmetic on them can overflow.
 const MAX_STREAM_BYTES: u64 = 1 << 62;
-
-/// Result of one non-blocking `get_key` attempt.
-#[derive(Debug)]
-pub(crate) enum Attempt {
-    /// A final answer.
-    Reply(GetKeyReply),
-    /// The key is not here yet (ring empty, the leader's lease pending,
-    /// flow control, or the ledger's reservation being written).
-    NeedKey,
-    /// The peer side has not opened the stream yet.
-    NeedPeer,
-}
 
 /// Limits and rhythms of a node beyond the QoS limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +78,20 @@ impl Default for Tuning {
             budget_blocks: 256,
         }
     }
+}
+
+/// What a node is: its role on the link, the size of its device's blocks,
+/// and its limits.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeConfig {
+    /// The node's role on its link.
+    pub(crate) role: Role,
+    /// Bytes per device block.
+    pub(crate) block_size: usize,
+    /// The QoS limits of its streams.
+    pub(crate) limits: QosLimits,
+    /// Its limits and rhythms beyond the QoS limits.
+    pub(crate) tuning: Tuning,
 }
 
 /// The stream manager of one node.
@@ -122,44 +133,28 @@ pub struct Node {
     /// Leader: this node's ledger was reset and no sync from the follower
     /// was applied since: the streams the follower lists are pre-reset.
     was_reset: bool,
-    /// The first sync after a reset was applied / is in the records the
-    /// ledger writer took: once they are durable the reset is over.
-    reset_synced: bool,
-    reset_in_records: bool,
-    /// Streams changed since the ledger last took them.
-    dirty: HashSet<Uuid>,
-    /// Streams forgotten since the ledger last took them.
-    removed: Vec<Uuid>,
-    /// A stream waits for its ledger reservation.
-    urgent: bool,
+    /// What the ledger must record next.
+    reservations: Reservations,
     /// Reused by `get_key` for the blocks a chunk misses.
     scratch: Vec<u64>,
 }
 
 impl Node {
-    /// A node with `role` on its link, device blocks of `block_size` bytes
-    /// arriving through `ring` (the first with an id of at least
-    /// `position`), resuming the streams the ledger recorded.
-    #[allow(clippy::too_many_arguments)]
+    /// A node as `config` describes it, device blocks arriving through
+    /// `ring` (counted in `counters`, their check values keyed by `keys`),
+    /// with no stream and at device position 0 until it [`Node::resumed`].
     pub(crate) fn new(
-        role: Role,
-        block_size: usize,
-        limits: QosLimits,
-        tuning: Tuning,
+        config: NodeConfig,
         counters: Arc<KeyCounters>,
         ring: RingConsumer,
         keys: ConfirmKeys,
-        position: u64,
-        records: &[StreamRecord],
-        now: Instant,
     ) -> Self {
-        let mut streams = HashMap::new();
-        for r in records {
-            let s = Stream::restore(r, role, block_size as u64, now);
-            if !s.finished() {
-                streams.insert(r.ksid, s);
-            }
-        }
+        let NodeConfig {
+            role,
+            block_size,
+            limits,
+            tuning,
+        } = config;
         Self {
             role,
             block_size: block_size as u64,
@@ -167,10 +162,10 @@ impl Node {
             tuning,
             counters,
             keys,
-            streams,
+            streams: HashMap::new(),
             outbox: Vec::new(),
             ring,
-            next_position: position,
+            next_position: 0,
             held_total: 0,
             staged: VecDeque::new(),
             peer_position: 0,
@@ -181,13 +176,24 @@ impl Node {
             skip: None,
             adopt: false,
             was_reset: false,
-            reset_synced: false,
-            reset_in_records: false,
-            dirty: HashSet::new(),
-            removed: Vec::new(),
-            urgent: false,
+            reservations: Reservations::default(),
             scratch: Vec::new(),
         }
+    }
+
+    /// The node resuming what its ledger recorded: device blocks below
+    /// `position` are spent (the first it takes has an id of at least
+    /// `position`), and the streams of `records` that were not finished
+    /// come back.
+    pub(crate) fn resumed(mut self, position: u64, records: &[StreamRecord], now: Instant) -> Self {
+        for r in records {
+            let s = Stream::restore(r, self.role, self.block_size, now);
+            if !s.finished() {
+                self.streams.insert(r.ksid, s);
+            }
+        }
+        self.next_position = position;
+        self
     }
 
     /// Messages for the peer node produced since the last call.
@@ -246,12 +252,6 @@ impl Node {
         self.was_reset = was_reset;
     }
 
-    /// True once (after a reset) when the first sync's outcome is durable:
-    /// the ledger's reset mark can go.
-    pub(crate) fn reset_committed(&mut self) -> bool {
-        std::mem::take(&mut self.reset_in_records)
-    }
-
     /// The peer's device is at `position` (from its hello or sync). A node
     /// with a new ledger moves past it at once: its own device, its ring
     /// (blocks below are discarded as they come out) and, on the follower,
@@ -298,326 +298,9 @@ impl Node {
         Some(Zeroizing::new(block.key.bytes().to_vec()))
     }
 
-    /// The QoS of `ksid` when it is open on this node.
-    pub fn open_qos(&self, ksid: &Uuid) -> Result<Qos, GetKeyError> {
-        match self.streams.get(ksid) {
-            Some(s) if s.issuer.is_some() => Err(GetKeyError::UnknownStream),
-            Some(s) if s.local == Side::Open && s.conflict => Err(GetKeyError::QosConflict),
-            Some(s) if s.local == Side::Open && s.failed => Err(GetKeyError::StreamFailed),
-            Some(s) if s.local == Side::Open => Ok(s.qos.clone()),
-            _ => Err(GetKeyError::UnknownStream),
-        }
-    }
-
     /// The QoS limits of this node.
     pub fn limits(&self) -> &QosLimits {
         &self.limits
-    }
-
-    fn touch(&mut self, ksid: Uuid) {
-        self.dirty.insert(ksid);
-    }
-
-    /// OPEN_CONNECT. `link_ok` is false when the device or the peer node is
-    /// down (status 4, nothing created).
-    pub fn open_connect(
-        &mut self,
-        now: Instant,
-        source: &str,
-        destination: &str,
-        qos: &Qos,
-        ksid: Option<Uuid>,
-        link_ok: bool,
-    ) -> OpenReply {
-        let ksid = ksid.filter(|k| !k.is_nil());
-        let reply = |status, ksid, qos| OpenReply {
-            status,
-            ksid,
-            qos,
-            detail: None,
-        };
-        if !link_ok {
-            return reply(Status::NoQkdConnection, ksid, qos.clone());
-        }
-        if let Some(stream) = ksid.and_then(|k| self.streams.get_mut(&k)) {
-            if stream.local != Side::Absent || stream.issuer.is_some() {
-                return reply(Status::KsidInUse, ksid, qos.clone());
-            }
-            if stream.qos_refused {
-                // The peer's QoS is beyond this node: say what it can do.
-                let counter = negotiate(&stream.qos, &self.limits).unwrap_or_else(|c| c);
-                return reply(Status::QosNotMet, ksid, counter);
-            }
-            // The peer opened it first: this side inherits its QoS.
-            stream.local = Side::Open;
-            stream.last_active = now;
-            let status = if stream.peer == Side::Open {
-                Status::Successful
-            } else {
-                Status::PeerNotConnected
-            };
-            let k = ksid.expect("present");
-            let msg = open_msg(k, stream);
-            let qos = stream.qos.clone();
-            self.outbox.push(msg);
-            self.touch(k);
-            return reply(status, ksid, qos);
-        }
-        let opened_here = self.streams.values().filter(|s| s.created_here).count();
-        if opened_here >= self.tuning.max_streams {
-            let mut r = reply(Status::NoQkdConnection, ksid, qos.clone());
-            r.detail = Some("this node has max_streams key streams open: close one first");
-            return r;
-        }
-        let qos = match negotiate(qos, &self.limits) {
-            Ok(qos) => qos,
-            Err(counter) => return reply(Status::QosNotMet, ksid, counter),
-        };
-        let ksid = ksid.unwrap_or_else(Uuid::new_v4);
-        let mut stream = Stream::new(qos.clone(), source, destination, true, now);
-        stream.local = Side::Open;
-        self.outbox.push(open_msg(ksid, &stream));
-        self.streams.insert(ksid, stream);
-        if self.role == Role::Follower {
-            self.grant_credit(ksid, 0);
-        }
-        self.touch(ksid);
-        reply(Status::PeerNotConnected, Some(ksid), qos)
-    }
-
-    /// One non-blocking GET_KEY attempt for wire `index`, writing the chunk
-    /// into `out`. `metadata_capacity` is the caller's metadata buffer size
-    /// (`None`: no metadata wanted). `confirmed`: the caller has the chunk
-    /// once this returns (a pusher confirms later, see [`Node::confirm`]).
-    /// `link_ok`: false pauses delivery (a node cut off from its peer
-    /// cannot tell whether the peer still delivers the same key).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn get_key(
-        &mut self,
-        now: Instant,
-        ksid: &Uuid,
-        index: u32,
-        out: &mut [std::mem::MaybeUninit<u8>],
-        metadata_capacity: Option<usize>,
-        confirmed: bool,
-        link_ok: bool,
-    ) -> Result<Attempt, GetKeyError> {
-        if self.role == Role::Follower {
-            self.pump_leases(now);
-        }
-        let block_size = self.block_size;
-        let role = self.role;
-        let stream = self
-            .streams
-            .get_mut(ksid)
-            .ok_or(GetKeyError::UnknownStream)?;
-        if stream.local != Side::Open || stream.issuer.is_some() {
-            return Err(GetKeyError::UnknownStream);
-        }
-        if stream.conflict {
-            return Err(GetKeyError::QosConflict);
-        }
-        if stream.failed {
-            return Err(GetKeyError::StreamFailed);
-        }
-        let chunk = stream.chunk_size() as usize;
-        if out.len() < chunk {
-            return Err(GetKeyError::BufferTooSmall { needed: chunk });
-        }
-        if stream.peer == Side::Absent {
-            return Ok(Attempt::NeedPeer);
-        }
-        stream.last_active = now;
-        let c = stream.absolute(index);
-        if stream.done.contains(c) {
-            return Err(GetKeyError::Consumed);
-        }
-        // Locate: what of the chunk is here, gone, awaited or missing.
-        let mut missing = std::mem::take(&mut self.scratch);
-        missing.clear();
-        let mut awaited = false;
-        let mut gone = false;
-        for sb in stream.blocks_of(c, block_size) {
-            if let Some(held) = stream.held.get(&sb) {
-                gone |= held.expires <= now;
-            } else if role == Role::Follower
-                && (stream.pending.contains(&sb) || stream.requested.contains(&sb))
-            {
-                awaited = true;
-            } else if stream.assigned.contains(sb)
-                || (role == Role::Follower && sb < stream.floor && !stream.peer_held.contains(sb))
-            {
-                // Assigned once and since released, expired or lost; or
-                // below the leader's restart floor: never again.
-                gone = true;
-            } else {
-                missing.push(sb);
-            }
-        }
-        let stream_missing = !missing.is_empty();
-        if gone {
-            self.scratch = missing;
-            let (lost, released) = lose(stream, c, block_size);
-            self.note_lost(lost, released);
-            self.touch(*ksid);
-            return Err(GetKeyError::Consumed);
-        }
-        if !link_ok {
-            self.scratch = missing;
-            return Ok(Attempt::Reply(GetKeyReply::Status(Status::NoQkdConnection)));
-        }
-        if stream_missing {
-            if !stream.allocating() {
-                self.scratch = missing;
-                let status = Status::PeerNotConnectedGetKey;
-                return Ok(Attempt::Reply(GetKeyReply::Status(status)));
-            }
-            let ready = match self.role {
-                Role::Leader => self.assign(ksid, &missing, now),
-                Role::Follower => {
-                    self.request(ksid, &missing);
-                    false
-                }
-            };
-            self.scratch = missing;
-            if !ready {
-                return Ok(Attempt::NeedKey);
-            }
-        } else if awaited {
-            self.scratch = missing;
-            return Ok(Attempt::NeedKey);
-        } else {
-            self.scratch = missing;
-        }
-        let stream = self.streams.get_mut(ksid).expect("present");
-        let metadata = match metadata_capacity {
-            None => None,
-            Some(capacity) => {
-                let oldest = stream
-                    .blocks_of(c, block_size)
-                    .filter_map(|sb| stream.held.get(&sb))
-                    .map(|h| h.born)
-                    .min();
-                let metadata =
-                    Metadata::new(oldest.map_or(Duration::ZERO, |b| b.until(Stamp::at(now))));
-                if capacity < metadata.len() {
-                    return Ok(Attempt::Reply(GetKeyReply::MetadataTooSmall {
-                        needed: metadata.len(),
-                    }));
-                }
-                Some(metadata)
-            }
-        };
-        let released = stream.take_chunk(c, block_size, &mut out[..chunk]);
-        if confirmed {
-            stream.delivered.insert(c);
-        }
-        self.held_total -= released;
-        self.touch(*ksid);
-        if self.role == Role::Follower && released > 0 {
-            self.grant_credit(*ksid, 0);
-        }
-        Ok(Attempt::Reply(GetKeyReply::Key { index, metadata }))
-    }
-
-    /// The consumer of `ksid` confirmed these wire indexes (a KMS answered
-    /// 201): the ledger records them as delivered.
-    pub fn confirm(&mut self, ksid: &Uuid, indexes: &[u32]) {
-        if let Some(s) = self.streams.get_mut(ksid) {
-            for &i in indexes {
-                let c = s.absolute(i);
-                if s.taken.contains(c) {
-                    s.delivered.insert(c);
-                }
-            }
-            self.dirty.insert(*ksid);
-        }
-    }
-
-    /// Records whether `ksid` is pushed to its KMS (so a restart resumes
-    /// pushing).
-    pub fn set_pushing(&mut self, ksid: &Uuid, pushing: bool) {
-        if let Some(s) = self.streams.get_mut(ksid)
-            && s.pushing != pushing
-        {
-            s.pushing = pushing;
-            self.dirty.insert(*ksid);
-        }
-    }
-
-    /// What this node knows of stream `ksid`'s KMS URIs: opened here, or
-    /// announced by the peer (then as the creating KMS gave them).
-    pub fn stream_uris(&self, ksid: &Uuid) -> Option<super::StreamUris> {
-        self.streams.get(ksid).map(|s| super::StreamUris {
-            source: s.source.clone(),
-            destination: s.destination.clone(),
-            created_here: s.created_here,
-            open_here: s.local == Side::Open,
-        })
-    }
-
-    /// The URI each stream open here is pushed to (the source on the
-    /// creating node, the destination on the other).
-    pub fn target_uris(&self) -> Vec<String> {
-        self.streams
-            .values()
-            .filter(|s| s.local == Side::Open && s.issuer.is_none())
-            .map(|s| {
-                if s.created_here {
-                    s.source.clone()
-                } else {
-                    s.destination.clone()
-                }
-            })
-            .collect()
-    }
-
-    /// Streams open here that were being pushed (after a restart): KSID,
-    /// the URI to push to, QoS, and the wire index to resume at.
-    pub fn pushing_streams(&self) -> Vec<(Uuid, String, Qos, u32)> {
-        self.streams
-            .iter()
-            .filter(|(_, s)| s.local == Side::Open && s.pushing && !s.failed && s.issuer.is_none())
-            .map(|(k, s)| {
-                let target = if s.created_here {
-                    &s.source
-                } else {
-                    &s.destination
-                };
-                (*k, target.clone(), s.qos.clone(), resume_index(s) as u32)
-            })
-            .collect()
-    }
-
-    /// CLOSE: no new key for the stream; this node's undelivered key of it
-    /// is zeroized now (the peer keeps its own copy for its application
-    /// until it closes or the TTL ends).
-    pub fn close(&mut self, ksid: &Uuid) -> Result<Status, StreamError> {
-        if !self
-            .streams
-            .get(ksid)
-            .is_some_and(|s| s.local == Side::Open && s.issuer.is_none())
-        {
-            return Err(StreamError::UnknownStream);
-        }
-        self.close_local(*ksid);
-        Ok(Status::Successful)
-    }
-
-    fn close_local(&mut self, ksid: Uuid) {
-        let Some(stream) = self.streams.get_mut(&ksid) else {
-            return;
-        };
-        stream.local = Side::Closed;
-        stream.pushing = false;
-        let dropped = std::mem::take(&mut stream.held).len() as u64;
-        self.held_total -= dropped;
-        self.counters.expired(dropped);
-        self.drop_pending(&ksid);
-        self.requests.remove(&ksid);
-        self.outbox.push(LinkMsg::Close { ksid });
-        self.touch(ksid);
-        self.forget_if_finished(&ksid);
     }
 
     /// Applies a message from the peer node.
@@ -660,7 +343,7 @@ impl Node {
                     stream.peer = Side::Closed;
                     stream.requested.clear();
                     self.requests.remove(&ksid);
-                    self.touch(ksid);
+                    self.reservations.touch(ksid);
                     self.forget_if_finished(&ksid);
                 }
             }
@@ -704,82 +387,6 @@ impl Node {
         }
     }
 
-    /// The peer opened `ksid` on its side.
-    fn peer_opened(
-        &mut self,
-        now: Instant,
-        ksid: Uuid,
-        qos: Qos,
-        source: &str,
-        destination: &str,
-        issuer: Option<Role>,
-    ) {
-        if !self.admit_announced(now, ksid, &qos, source, destination, issuer) {
-            return;
-        }
-        let stream = self.streams.get_mut(&ksid).expect("present");
-        stream.peer = Side::Open;
-        if stream.local == Side::Absent {
-            adopt_qos(stream, qos, &self.limits, &ksid);
-        } else if stream.qos.key_chunk_size != qos.key_chunk_size || stream.issuer != issuer {
-            // Both sides opened this KSID on their own, with different
-            // chunk sizes: their keys cannot line up. Both detect it.
-            tracing::warn!(%ksid, "both sides opened the stream with different key_chunk_size");
-            stream.conflict = true;
-        }
-        self.touch(ksid);
-        if self.role == Role::Follower {
-            self.grant_credit(ksid, 0);
-        }
-        self.join_directed(ksid);
-    }
-
-    /// Creates `ksid` as the peer announced it (an `Open`, or a sync entry)
-    /// unless it is known already; false when refused: an over-long URI, or
-    /// the peer announced `max_streams` streams already.
-    pub(super) fn admit_announced(
-        &mut self,
-        now: Instant,
-        ksid: Uuid,
-        qos: &Qos,
-        source: &str,
-        destination: &str,
-        issuer: Option<Role>,
-    ) -> bool {
-        if source.len() > MAX_URI_LEN || destination.len() > MAX_URI_LEN {
-            tracing::warn!(%ksid, "the peer announced a stream with an over-long URI; ignored");
-            return false;
-        }
-        if self.streams.contains_key(&ksid) {
-            return true;
-        }
-        let announced = self.streams.values().filter(|s| !s.created_here).count();
-        if announced >= self.tuning.max_streams {
-            tracing::warn!(%ksid, "the peer announced more than max_streams streams; this one is ignored");
-            return false;
-        }
-        let mut stream = Stream::new(qos.clone(), source, destination, false, now);
-        stream.issuer = issuer;
-        self.streams.insert(ksid, stream);
-        true
-    }
-
-    /// Key confirmation failed for `ksid`: stop it for good on this node,
-    /// zeroizing all it holds.
-    fn fail(&mut self, ksid: Uuid) {
-        let Some(stream) = self.streams.get_mut(&ksid) else {
-            return;
-        };
-        stream.failed = true;
-        let dropped = std::mem::take(&mut stream.held).len() as u64;
-        stream.requested.clear();
-        self.held_total -= dropped;
-        self.counters.expired(dropped);
-        self.drop_pending(&ksid);
-        self.requests.remove(&ksid);
-        self.touch(ksid);
-    }
-
     /// Background work: serve waiting lease requests or leases from the
     /// ring, zeroize key whose TTL ended, close idle streams.
     pub fn tick(&mut self, now: Instant) {
@@ -809,7 +416,7 @@ impl Node {
         }
         self.note_lost(lost_total.0, lost_total.1);
         for ksid in changed {
-            self.touch(ksid);
+            self.reservations.touch(ksid);
             if self.role == Role::Follower {
                 self.grant_credit(ksid, 0);
             }
@@ -828,7 +435,7 @@ impl Node {
                 self.counters.expired(s.held.len() as u64);
                 self.drop_pending(&ksid);
                 self.requests.remove(&ksid);
-                self.removed.push(ksid);
+                self.reservations.drop_record(ksid);
             }
         }
     }
@@ -838,155 +445,6 @@ impl Node {
         self.counters.lost(lost);
         self.counters.expired(released);
         self.held_total -= released;
-    }
-
-    fn forget_if_finished(&mut self, ksid: &Uuid) {
-        if self.streams.get(ksid).is_some_and(Stream::finished)
-            && let Some(stream) = self.streams.remove(ksid)
-        {
-            self.held_total -= stream.held.len() as u64;
-            self.counters.expired(stream.held.len() as u64);
-            self.drop_pending(ksid);
-            self.requests.remove(ksid);
-            self.removed.push(*ksid);
-        }
-    }
-
-    /// Streams changed since the last call, as ledger records, and the
-    /// KSIDs forgotten.
-    pub(crate) fn take_records(&mut self) -> (Vec<StreamRecord>, Vec<Uuid>) {
-        // Whatever is asked for after this waits for the next write.
-        self.urgent = false;
-        self.reset_in_records |= std::mem::take(&mut self.reset_synced);
-        let records = self
-            .dirty
-            .drain()
-            .filter_map(|k| self.streams.get(&k).map(|s| s.record(k)))
-            .collect();
-        (records, std::mem::take(&mut self.removed))
-    }
-
-    /// True when a stream waits for its ledger reservation (the ledger
-    /// should write now rather than at its next period).
-    pub(crate) fn wants_commit(&self) -> bool {
-        self.urgent
-    }
-
-    /// The ledger could not write these streams: they are taken again next
-    /// time.
-    pub(crate) fn redirty(&mut self, ksids: &[Uuid], removed: Vec<Uuid>) {
-        self.dirty.extend(ksids.iter().copied());
-        self.removed.extend(removed);
-    }
-
-    /// The ledger durably holds these records.
-    pub(crate) fn committed(&mut self, records: &[StreamRecord]) {
-        for r in records {
-            if let Some(s) = self.streams.get_mut(&r.ksid) {
-                s.durable = s.durable.max(r.reserved);
-                if self.role == Role::Follower && s.issuer.is_some() {
-                    self.ack_recorded(&r.ksid);
-                }
-            }
-        }
-    }
-
-    /// This node's whole view for the peer: sent first in each new session,
-    /// and whenever the peer started one.
-    pub fn begin_sync(&mut self) {
-        if self.role == Role::Follower {
-            // Requests of an old session may never have arrived: they are
-            // asked again when needed.
-            for s in self.streams.values_mut() {
-                s.requested.clear();
-            }
-        }
-        self.outbox.push(LinkMsg::SyncBegin {
-            position: self.next_position,
-        });
-        let role = self.role;
-        for (k, s) in &self.streams {
-            let mut state = s.state(*k, role);
-            if role == Role::Leader && s.issuer == Some(Role::Leader) {
-                // A leader issuing: nothing below its next key is ever
-                // wanted of the follower again (the follower's credit
-                // starts from here, even if it restarted and forgot).
-                state.floor = state
-                    .floor
-                    .max(s.next_issue / self.block_size)
-                    .max(s.assigned.end());
-            }
-            self.outbox.push(LinkMsg::Stream(state));
-        }
-        self.outbox.push(LinkMsg::SyncEnd);
-    }
-}
-
-/// Marks chunk `c` lost; (chunks lost, blocks released).
-fn lose(stream: &mut Stream, c: u64, block_size: u64) -> (u64, u64) {
-    match stream.lose_chunk(c, block_size) {
-        Some(released) => (1, released),
-        None => (0, 0),
-    }
-}
-
-/// The wire index a restarted pusher resumes at: the first chunk not
-/// confirmed, from the start of the run of confirmed chunks the cursor is
-/// in (chunks in between that are gone are skipped as the pusher meets
-/// them).
-fn resume_index(s: &Stream) -> u64 {
-    let mut next = s.cursor;
-    for (start, end) in s.delivered.iter() {
-        if start <= s.cursor && s.cursor < end {
-            next = end;
-        }
-    }
-    if s.delivered.is_empty() { 0 } else { next }
-}
-
-/// Takes the peer's QoS for a stream not opened here yet, within this
-/// node's limits (a peer asking more than this node gives is flagged).
-fn adopt_qos(stream: &mut Stream, qos: Qos, limits: &QosLimits, ksid: &Uuid) {
-    match negotiate(&qos, limits) {
-        Ok(q) => {
-            stream.qos = q;
-            stream.qos_refused = false;
-        }
-        Err(_) => {
-            tracing::warn!(%ksid, key_chunk_size = qos.key_chunk_size, "the peer's QoS for this stream is beyond this node's limits; it cannot be opened here");
-            stream.qos = qos;
-            stream.qos_refused = true;
-        }
-    }
-}
-
-fn open_msg(ksid: Uuid, stream: &Stream) -> LinkMsg {
-    LinkMsg::Open {
-        ksid,
-        qos: stream.qos.clone(),
-        source: stream.source.clone(),
-        destination: stream.destination.clone(),
-        issuer: stream.issuer,
-    }
-}
-
-impl Metadata {
-    /// `{"age_ms":N,"hops":0}` for key of that age.
-    pub(crate) fn new(age: Duration) -> Self {
-        let mut m = Metadata {
-            buf: [0; 48],
-            len: 0,
-        };
-        let mut w = &mut m.buf[..];
-        let _ = std::io::Write::write_fmt(
-            &mut w,
-            format_args!(
-                "{{\"age_ms\":{},\"hops\":0}}",
-                age.as_millis().min(u128::from(u64::MAX))
-            ),
-        );
-        m.len = (48 - w.len()) as u8;
-        m
     }
 }
 

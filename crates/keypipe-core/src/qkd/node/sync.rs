@@ -1,5 +1,6 @@
-//! Reconciliation at session start: each node applies the peer's view
-//! (`sync_begin`, one `stream` each, `sync_end`) to its own.
+//! Reconciliation at session start: each node sends its whole view
+//! (`sync_begin`, one `stream` each, `sync_end`) and applies the peer's to
+//! its own.
 //!
 //! The rule, the same on both nodes: a chunk this node holds is kept only
 //! if the peer can deliver it too — the peer delivered it already, holds
@@ -19,8 +20,9 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
-use super::{Node, adopt_qos, open_msg};
-use crate::qkd::link::{Role, StreamState};
+use super::Node;
+use super::lifecycle::{adopt_qos, open_msg};
+use crate::qkd::link::{LinkMsg, Role, StreamState};
 use crate::qkd::rangeset::RangeSet;
 use crate::qkd::stream::{Side, Stream};
 
@@ -35,6 +37,36 @@ struct PeerView<'a> {
 }
 
 impl Node {
+    /// This node's whole view for the peer: sent first in each new session,
+    /// and whenever the peer started one.
+    pub fn begin_sync(&mut self) {
+        if self.role == Role::Follower {
+            // Requests of an old session may never have arrived: they are
+            // asked again when needed.
+            for s in self.streams.values_mut() {
+                s.requested.clear();
+            }
+        }
+        self.outbox.push(LinkMsg::SyncBegin {
+            position: self.next_position,
+        });
+        let role = self.role;
+        for (k, s) in &self.streams {
+            let mut state = s.state(*k, role);
+            if role == Role::Leader && s.issuer == Some(Role::Leader) {
+                // A leader issuing: nothing below its next key is ever
+                // wanted of the follower again (the follower's credit
+                // starts from here, even if it restarted and forgot).
+                state.floor = state
+                    .floor
+                    .max(s.next_issue / self.block_size)
+                    .max(s.assigned.end());
+            }
+            self.outbox.push(LinkMsg::Stream(state));
+        }
+        self.outbox.push(LinkMsg::SyncEnd);
+    }
+
     pub(super) fn apply_sync(&mut self, now: Instant, position: u64, states: Vec<StreamState>) {
         let ring = self.ring.capacity() as u64;
         if self.adopt {
@@ -93,7 +125,7 @@ impl Node {
                         stream.assigned.insert_range(0, top);
                         stream.floor = stream.floor.max(top);
                         stream.reserved = stream.reserved.max(top);
-                        self.dirty.insert(ksid);
+                        self.reservations.touch(ksid);
                     }
                     self.requests.remove(&ksid);
                 }
@@ -129,7 +161,7 @@ impl Node {
         }
         if self.was_reset {
             self.was_reset = false;
-            self.reset_synced = true;
+            self.reservations.reset_synced();
         }
         let empty = RangeSet::default();
         let unlisted: Vec<Uuid> = self
@@ -165,7 +197,7 @@ impl Node {
         }
         let ksids: Vec<Uuid> = self.streams.keys().copied().collect();
         for ksid in ksids {
-            self.dirty.insert(ksid);
+            self.reservations.touch(ksid);
             if self.role == Role::Follower {
                 self.grant_credit(ksid, 0);
             }

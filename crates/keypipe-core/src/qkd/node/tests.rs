@@ -9,7 +9,8 @@ use proptest::prelude::*;
 use uuid::Uuid;
 
 use super::*;
-use crate::key::{KeyArena, RingProducer};
+use crate::key::{KeyArena, RingProducer, Stamp};
+use crate::qkd::{GetKeyError, GetKeyReply, Qos, Status};
 
 const BLOCK: usize = 64;
 
@@ -78,14 +79,13 @@ impl SimNode {
         let arena = KeyArena::new(BLOCK, 64).unwrap();
         let (tx, rx) = crate::key::ring(8);
         let records_list: Vec<StreamRecord> = records.values().cloned().collect();
-        let node = Node::new(
+        let config = NodeConfig {
             role,
-            BLOCK,
-            LIMITS,
-            tuning(),
-            Arc::new(KeyCounters::default()),
-            rx,
-            keys.clone(),
+            block_size: BLOCK,
+            limits: LIMITS,
+            tuning: tuning(),
+        };
+        let node = Node::new(config, Arc::new(KeyCounters::default()), rx, keys.clone()).resumed(
             reserved,
             &records_list,
             Instant::now(),
@@ -274,13 +274,16 @@ impl Sim {
         let mut out = [0u8; 1024];
         let n = &mut self.nodes[i];
         n.produce();
+        let request = KeyRequest {
+            ksid: &ksid,
+            index,
+            metadata_capacity: None,
+            confirmed: true,
+        };
         let got = n.node.get_key(
             Instant::now(),
-            &ksid,
-            index,
+            request,
             crate::key::as_uninit(&mut out),
-            None,
-            true,
             true,
         );
         self.collect();

@@ -1,6 +1,7 @@
 //! The session layer between two nodes, driven by hand: every answer goes
 //! through the real MAC checks.
 
+use super::mac::MacScope;
 use super::*;
 use crate::qkd::Qos;
 use uuid::Uuid;
@@ -199,15 +200,14 @@ fn a_peer_that_forgot_the_session_starts_a_new_one_never_retried_forever() {
         panic!()
     };
     let body = br#"{"message":"nope"}"#;
-    let mac = b2.answer(
-        b"batch",
-        "node-a",
-        &nonce_s,
-        &nonce_r_of(&b2),
+    let nonce_r = nonce_r_of(&b2);
+    let scope = MacScope {
+        kind: b"batch",
+        nonce_s: &nonce_s,
+        nonce_r: &nonce_r,
         seq,
-        413,
-        body.to_vec(),
-    );
+    };
+    let mac = b2.answer(&scope, "node-a", 413, body.to_vec());
     let (v, _) = a.on_answer(
         batch.id,
         413,
