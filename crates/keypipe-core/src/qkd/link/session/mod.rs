@@ -19,7 +19,8 @@
 //! Every request and every answer carries `X-Keypipe-Link-Mac`: HMAC-SHA256
 //! under the sender's (answerer's) direction key over the kind, both node
 //! names, both nonces, the sequence number (and, for answers, the status)
-//! and the body. Direction keys are BLAKE3 `derive_key("keypipe link-sync v2
+//! and the body; a hello's MAC covers its kind and body, which carries the
+//! sender's name and nonce. Direction keys are BLAKE3 `derive_key("keypipe link-sync v2
 //! from leader" | "… from follower", link.secret)`, so a node's own
 //! messages reflected back never verify; the nonces make a captured batch
 //! worthless in any other session; the names keep two links that share a
