@@ -46,7 +46,13 @@ fn links(text: &str) -> Vec<String> {
         if trimmed.starts_with('[')
             && let Some(end) = trimmed.find("]: ")
         {
-            out.push(trimmed[end + 3..].split_whitespace().next().unwrap_or("").to_owned());
+            out.push(
+                trimmed[end + 3..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned(),
+            );
             continue;
         }
         let line = without_code_spans(line);
@@ -187,8 +193,7 @@ fn every_link_in_the_readme_and_docs_resolves_inside_the_repository() {
     let mut bad = Vec::new();
     let mut checked = 0;
     for page in pages() {
-        let text = fs::read_to_string(&page)
-            .unwrap_or_else(|e| panic!("{}: {e}", page.display()));
+        let text = fs::read_to_string(&page).unwrap_or_else(|e| panic!("{}: {e}", page.display()));
         assert!(
             !text.contains("../shared"),
             "{} names ../shared, which a clone does not have",
@@ -201,7 +206,10 @@ fn every_link_in_the_readme_and_docs_resolves_inside_the_repository() {
             }
         }
     }
-    assert!(checked > 50, "only {checked} links found: is the parser right?");
+    assert!(
+        checked > 50,
+        "only {checked} links found: is the parser right?"
+    );
     assert!(bad.is_empty(), "broken links:\n{}", bad.join("\n"));
 }
 
@@ -219,5 +227,8 @@ fn the_checker_finds_links_and_catches_broken_ones() {
         "points outside the repository"
     );
     assert!(broken(&readme, "LICENSE").is_none());
-    assert_eq!(slug("Key agreement and login (`/rest/…`)"), "key-agreement-and-login-rest");
+    assert_eq!(
+        slug("Key agreement and login (`/rest/…`)"),
+        "key-agreement-and-login-rest"
+    );
 }

@@ -160,6 +160,8 @@ fn the_rules_see_what_they_check() {
     assert_eq!(module_doc(text), "Owns the ring.");
     assert_eq!(code_lines(text), 3);
     assert_eq!(module_doc("fn a() {}\n//! late\n"), "");
-    assert!(is_test_file(Path::new("crates/x/src/qkd/node/tests/directed.rs")));
+    assert!(is_test_file(Path::new(
+        "crates/x/src/qkd/node/tests/directed.rs"
+    )));
     assert!(!is_test_file(Path::new("crates/x/src/qkd/node/mod.rs")));
 }
