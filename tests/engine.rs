@@ -339,6 +339,15 @@ fn bad_arguments_are_refused_and_the_engine_stays_usable() {
 }
 
 /// Indexes of free arena slots that do not read all zero.
+/// Waits up to 30 s (a loaded runner is slow) for `done`.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn dirty_free_slots(e: &Engine) -> Vec<u32> {
     (0..e.arena().capacity() as u32)
         .filter(|&i| {
@@ -373,14 +382,9 @@ fn ttl_expiry_and_close_zeroize_undelivered_key() {
     assert_eq!(held, 1);
     // The TTL is 1 s: wait for the link thread's sweep (late on a loaded
     // runner), which must zeroize the block before anyone asks for it.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while a.stats().counters.expired == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the sweep never expired the block"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("the sweep expires the block", || {
+        a.stats().counters.expired > 0
+    });
     // Chunk 1 of that block is gone.
     let mut out = [0u8; 16];
     assert_eq!(
@@ -390,8 +394,14 @@ fn ttl_expiry_and_close_zeroize_undelivered_key() {
     assert!(dirty_free_slots(&a).is_empty(), "expired slot zeroized");
 
     // Close: undelivered key on the closing node is zeroized at once.
+    // B's copy of the expired block goes at B's own sweep.
+    wait_until("B's expired block released", || b.stats().held_blocks == 0);
     let ksid = open_both(&a, &b, &qos(16, 1000));
-    key(&a, &ksid, 0, 16);
+    let first = key(&a, &ksid, 0, 16);
+    // The block reaches B unasked. Wait for it: had B to ask, and A to
+    // answer after its close, the answer would be that the block is lost
+    // and B would (rightly) drop it: a race this test is not about.
+    wait_until("B holds the block", || b.stats().held_blocks == 1);
     let before = a.stats().counters.expired;
     assert_eq!(a.close(&ksid), Ok(Status::Successful));
     assert!(a.stats().counters.expired > before);
@@ -400,6 +410,7 @@ fn ttl_expiry_and_close_zeroize_undelivered_key() {
         "closed stream's slot zeroized"
     );
     // No new key for the stream anywhere; B still gets what it holds.
+    assert_eq!(key(&b, &ksid, 0, 16), first);
     assert_eq!(
         b.get_key(&ksid, 1, &mut out, None).unwrap().status(),
         Status::Successful
