@@ -36,10 +36,15 @@ echo "msrv: no dependency needs more than Rust $msrv"
 current=$(rustc --version | awk '{print $2}')
 want=$msrv
 [[ $want == *.*.* ]] || want="$want.0"
-if [[ $current == "$want" ]]; then
+# A patch release of the declared minor version counts as that version.
+if [[ ${current%.*} == "${want%.*}" ]]; then
     echo "msrv: the toolchain in use is Rust $current, the declared minimum: the CI build is the MSRV build"
     exit 0
 fi
+command -v rustup >/dev/null || {
+    echo "msrv: building with Rust $want needs rustup (Rust $current is in use)" >&2
+    exit 1
+}
 if ! rustup run "$want" rustc --version >/dev/null 2>&1; then
     echo "msrv: installing Rust $want"
     rustup toolchain install "$want" --profile minimal

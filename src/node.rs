@@ -115,12 +115,12 @@ impl RunningNode {
             Some(engine) => {
                 let mut engine = engine.clone();
                 engine.name = name.clone();
-                let settings = LinkedSettings {
-                    queue_chunks: config.push.queue_chunks,
-                    max_in_flight: config.push.max_in_flight,
+                let mut settings = LinkedSettings {
                     max_body_bytes: config.http.max_body_bytes,
                     revoked: Some(Arc::clone(&services.revoked)),
+                    ..LinkedSettings::default()
                 };
+                config.push.apply(&mut settings);
                 Some(LinkedEngine::start(&engine, settings).map_err(|e| match e {
                     StartError::Config(message) => bad(message),
                     StartError::Engine(e) => NodeError::Engine(name.clone(), e),

@@ -140,9 +140,14 @@ struct Row {
 impl Row {
     /// The dotted paths this row may stand for.
     fn paths(&self) -> Vec<String> {
-        let mut paths = vec![self.key.clone()];
-        if !self.section.is_empty() {
-            paths.push(format!("{}.{}", self.section, self.key));
+        if self.section.is_empty() {
+            return vec![self.key.clone()];
+        }
+        // A bare key stands only for the key of its heading's section; a
+        // dotted one may also be written in full.
+        let mut paths = vec![format!("{}.{}", self.section, self.key)];
+        if self.key.contains('.') {
+            paths.push(self.key.clone());
         }
         paths
     }

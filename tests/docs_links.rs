@@ -1,8 +1,9 @@
-//! Every link in the README, the top-level project pages and `docs/`
-//! resolves inside the repository: the file exists and, with a `#anchor`,
-//! the target page has a heading of that GitHub slug. Links to the web are
-//! allowed only to `http(s)` addresses that are not pages of this project's
-//! inputs outside the repository (`../shared`, which a clone lacks).
+//! Every relative link in the README, the top-level project pages and
+//! `docs/` resolves inside the repository: the file exists and, with a
+//! `#anchor`, the target page has a heading of that GitHub slug. Web
+//! (`http(s)`) links are not followed (there is no network), and no page
+//! names `../shared`, the project's inputs outside the repository that a
+//! clone lacks.
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -338,7 +338,6 @@ fn bad_arguments_are_refused_and_the_engine_stays_usable() {
     assert_eq!(key(&a, &ksid, 0, 64), key(&b, &ksid, 0, 64));
 }
 
-/// Indexes of free arena slots that do not read all zero.
 /// Waits up to 30 s (a loaded runner is slow) for `done`.
 fn wait_until(what: &str, done: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -348,6 +347,7 @@ fn wait_until(what: &str, done: impl Fn() -> bool) {
     }
 }
 
+/// Indexes of free arena slots that do not read all zero.
 fn dirty_free_slots(e: &Engine) -> Vec<u32> {
     (0..e.arena().capacity() as u32)
         .filter(|&i| {

@@ -71,7 +71,11 @@ fn is_test_file(path: &Path) -> bool {
         || name.ends_with("_tests.rs")
         || name == "testing.rs"
         || name == "test_strategies.rs"
-        || path.components().any(|c| c.as_os_str() == "tests")
+        || path
+            .strip_prefix(root())
+            .unwrap_or(path)
+            .components()
+            .any(|c| c.as_os_str() == "tests")
 }
 
 /// Lines before the file's `#[cfg(test)]` unit-test module, if any.

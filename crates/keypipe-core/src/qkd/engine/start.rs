@@ -23,7 +23,7 @@ use crate::qkd::config::{DeviceConfig, EngineConfig, parse_secret};
 use crate::qkd::confirm::{ConfirmKeys, ledger_device_id};
 use crate::qkd::ledger::{DeviceLedger, Ledger, ledger_path};
 use crate::qkd::link::{ChannelTransport, Inbox, LinkTransport, NoPeer, Role};
-use crate::qkd::node::{Node, NodeConfig};
+use crate::qkd::node::{Node, NodeShape};
 
 /// A device to open once the ledger says where it resumes.
 type DeviceOpener<'a> = Box<dyn FnOnce(u64) -> Result<Box<dyn QkdDevice>, EngineError> + 'a>;
@@ -206,7 +206,7 @@ impl Engine {
         let (commit_now, commit_rx) = bounded(1);
         let digester = keys.digester();
         let shared_keys = keys.clone();
-        let node_config = NodeConfig {
+        let node_config = NodeShape {
             role: config.role,
             block_size: config.block_size,
             limits: config.limits(),

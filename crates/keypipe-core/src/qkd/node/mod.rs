@@ -83,7 +83,7 @@ impl Default for Tuning {
 /// What a node is: its role on the link, the size of its device's blocks,
 /// and its limits.
 #[derive(Debug, Clone)]
-pub(crate) struct NodeConfig {
+pub(crate) struct NodeShape {
     /// The node's role on its link.
     pub(crate) role: Role,
     /// Bytes per device block.
@@ -144,12 +144,12 @@ impl Node {
     /// `ring` (counted in `counters`, their check values keyed by `keys`),
     /// with no stream and at device position 0 until it [`Node::resumed`].
     pub(crate) fn new(
-        config: NodeConfig,
+        config: NodeShape,
         counters: Arc<KeyCounters>,
         ring: RingConsumer,
         keys: ConfirmKeys,
     ) -> Self {
-        let NodeConfig {
+        let NodeShape {
             role,
             block_size,
             limits,

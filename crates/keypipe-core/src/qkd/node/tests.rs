@@ -79,7 +79,7 @@ impl SimNode {
         let arena = KeyArena::new(BLOCK, 64).unwrap();
         let (tx, rx) = crate::key::ring(8);
         let records_list: Vec<StreamRecord> = records.values().cloned().collect();
-        let config = NodeConfig {
+        let config = NodeShape {
             role,
             block_size: BLOCK,
             limits: LIMITS,

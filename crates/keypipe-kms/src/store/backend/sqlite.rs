@@ -23,10 +23,12 @@ use crate::store::sql::{Row, Tx, Value};
 /// How long a statement waits for another connection's lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `PRAGMA journal_mode=WAL`, retried while another connection holds
-/// the lock: SQLite answers a busy journal-mode switch at once, without
-/// its busy handler, so handles opening a new database together would
-/// otherwise fail.
+/// `PRAGMA journal_mode=WAL`, retried every 5 ms for up to
+/// [`BUSY_TIMEOUT`] while another connection holds the lock: SQLite can
+/// answer a journal-mode switch busy without waiting in its busy handler,
+/// so handles opening a new database together would otherwise fail. (An
+/// attempt may itself wait up to `BUSY_TIMEOUT`: at worst about twice it
+/// in all.)
 fn enter_wal(conn: &Connection) -> Result<String, StoreError> {
     let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
     loop {

@@ -16,11 +16,13 @@
 //!    there). The first batch of a new session starts with the sender's
 //!    sync. Batches stay well below the receiver's body limit.
 //!
-//! Every request and every answer carries `X-Keypipe-Link-Mac`: HMAC-SHA256
-//! under the sender's (answerer's) direction key over the kind, both node
-//! names, both nonces, the sequence number (and, for answers, the status)
-//! and the body; a hello's MAC covers its kind and body, which carries the
-//! sender's name and nonce. Direction keys are BLAKE3 `derive_key("keypipe link-sync v2
+//! Every batch and every answer other than a refusal carries
+//! `X-Keypipe-Link-Mac`: HMAC-SHA256 under the sender's (answerer's)
+//! direction key over the kind, both node names, both nonces, the
+//! sequence number (and, for answers, the status) and the body. A hello's
+//! MAC covers its kind and body, which carries the sender's name and
+//! nonce; a refusal (400, 401) carries none and changes nothing. Direction
+//! keys are BLAKE3 `derive_key("keypipe link-sync v2
 //! from leader" | "… from follower", link.secret)`, so a node's own
 //! messages reflected back never verify; the nonces make a captured batch
 //! worthless in any other session; the names keep two links that share a
