@@ -21,9 +21,19 @@ impl LinkSession {
         status: u16,
         body: Vec<u8>,
     ) -> Answer {
-        let mac = scope
-            .answer(&self.send_key, &self.me, peer, status, &body)
-            .finalize();
+        self.answer_under(&self.send_key, scope, peer, status, body)
+    }
+
+    /// As [`Self::answer`], MAC'd under `key`.
+    fn answer_under(
+        &self,
+        key: &[u8; 32],
+        scope: &MacScope<'_>,
+        peer: &str,
+        status: u16,
+        body: Vec<u8>,
+    ) -> Answer {
+        let mac = scope.answer(key, &self.me, peer, status, &body).finalize();
         Answer {
             status,
             body,
@@ -31,6 +41,21 @@ impl LinkSession {
             msgs: Vec::new(),
             event: LinkEvent::None,
         }
+    }
+
+    /// The signed 409 refusing to pair with `peer` (a welcome's scope),
+    /// MAC'd under `key`.
+    fn pairing_refused(&self, key: &[u8; 32], peer: &str, nonce_s: &[u8; 32], why: &str) -> Answer {
+        let body = json!({ "message": why, "refused": true, "from": self.me })
+            .to_string()
+            .into_bytes();
+        let scope = MacScope {
+            kind: b"welcome",
+            nonce_s,
+            nonce_r: &[0; 32],
+            seq: 0,
+        };
+        self.answer_under(key, &scope, peer, 409, body)
     }
 
     /// An answer without a MAC (the request could not be authenticated).
@@ -74,25 +99,8 @@ impl LinkSession {
                 // side (its own hello is fresh); a hello can be replayed,
                 // so it changes no state here.
                 tracing::error!("pairing refused: {why}");
-                let body = json!({ "message": why, "refused": true, "from": self.me })
-                    .to_string()
-                    .into_bytes();
-                let scope = MacScope {
-                    kind: b"welcome",
-                    nonce_s: &nonce_s,
-                    nonce_r: &[0; 32],
-                    seq: 0,
-                };
-                let mac = scope
-                    .answer(&self.recv_key, &self.me, &hello.from, 409, &body)
-                    .finalize();
-                return Answer {
-                    status: 409,
-                    body,
-                    mac: Some(hex(&mac.into_bytes())),
-                    msgs: Vec::new(),
-                    event: LinkEvent::None,
-                };
+                // Under the key such a peer verifies with: its own.
+                return self.pairing_refused(&self.recv_key, &hello.from, &nonce_s, &why);
             }
             return Self::unauthenticated(
                 401,
@@ -113,16 +121,7 @@ impl LinkSession {
             // Only the asker's side records it (see above): a replayed
             // hello must not stop this node's link.
             tracing::error!(peer = %hello.from, "pairing refused: {why}");
-            let body = json!({ "message": why, "refused": true, "from": self.me })
-                .to_string()
-                .into_bytes();
-            let scope = MacScope {
-                kind: b"welcome",
-                nonce_s: &nonce_s,
-                nonce_r: &[0; 32],
-                seq: 0,
-            };
-            return self.answer(&scope, &hello.from, 409, body);
+            return self.pairing_refused(&self.send_key, &hello.from, &nonce_s, &why);
         }
         self.learnt_peer = Some(hello.from.clone());
         self.pending = Some(Inbound {
