@@ -271,6 +271,26 @@ fn lost_ledger(leader: bool) {
     } else {
         b.local_addr()
     };
+    if leader {
+        // Healthy means linked; the follower's first sync (which lists the
+        // old stream, so the reset leader stops it) lands just after. Wait
+        // for it: a KMS open that beats it makes the stream the leader's
+        // own, a race this test is not about (no index is given twice
+        // either way: the sync then raises the stream's floor).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let health = request(lost_node, "GET", "/healthz", None).unwrap();
+            let health: serde_json::Value = serde_json::from_slice(&health.body).unwrap();
+            if health["streams"].as_u64().unwrap_or(0) >= 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the follower's sync never came: {health}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let open = json!({"source": kms_a.url(), "destination": kms_b.url(),
                       "key_stream_id": ksid, "qos": {"key_chunk_size": 32}});
     request(lost_node, "POST", OPEN, Some(&open)).unwrap();
